@@ -1,0 +1,611 @@
+//! The filter's configuration: JSON, versioned by `schema_version`, validated on load.
+//!
+//! Errors name the field they are about (`rollouts[1].weight_bp`), so a log line from
+//! Envoy or a message from the controller points at the exact thing to fix.
+
+use std::collections::{BTreeSet, HashSet};
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::bucket::{bucket, version_for_bucket};
+use crate::Version;
+
+/// The only schema this build understands. A config with another value is refused
+/// rather than half-understood.
+pub const SCHEMA_VERSION: u32 = 1;
+/// 100% in basis points.
+pub const MAX_WEIGHT_BP: u32 = 10_000;
+/// Longest accepted user key by default; longer values are treated as absent.
+pub const DEFAULT_MAX_KEY_BYTES: usize = 256;
+const MAX_KEY_BYTES_LIMIT: usize = 4096;
+const MAX_NAME_LEN: usize = 63;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FilterConfig {
+    pub schema_version: u32,
+    /// Tried in order; the first rollout whose `match` fits a request decides it.
+    pub rollouts: Vec<RolloutConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RolloutConfig {
+    /// Stat tag and identity of the rollout: `[a-z0-9][a-z0-9_-]*`, at most 63 bytes.
+    pub name: String,
+    #[serde(default, rename = "match")]
+    pub request_match: RequestMatch,
+    /// Where the sticky user key comes from, tried in order.
+    #[serde(default = "default_key_sources")]
+    pub key_sources: Vec<KeySource>,
+    /// Mixed into the hash so rollouts do not all pick the same users. Defaults to `name`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub salt: Option<String>,
+    /// Canary share in basis points, 0..=10000.
+    pub weight_bp: u32,
+    /// Request header the filter sets to `stable` or `canary`; routes match on it.
+    #[serde(default = "default_route_header")]
+    pub route_header: String,
+    /// Keys that always get canary (opt-in and internal users).
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub allow: BTreeSet<String>,
+    /// Keys that never get canary (e.g. VIP accounts). Wins over everything else.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub deny: BTreeSet<String>,
+    /// When set, a request header with this name and value `always` or `never` forces the
+    /// version. Off by default so users cannot choose.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub force_header: Option<String>,
+    #[serde(default)]
+    pub anonymous_cookie: AnonymousCookie,
+    #[serde(default = "default_max_key_bytes")]
+    pub max_key_bytes: usize,
+}
+
+/// Which requests a rollout applies to. Empty fields match everything.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RequestMatch {
+    /// Exact host names (case-insensitive, port ignored), or `*.suffix` wildcards.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_prefix: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum KeySource {
+    /// A request header, e.g. `{"header": "x-user-id"}`.
+    Header(String),
+    /// A cookie, e.g. `{"cookie": "session_user"}`.
+    Cookie(String),
+}
+
+/// The cookie that makes users without a key sticky: the filter generates a random id,
+/// routes on it and sets it on the response.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AnonymousCookie {
+    pub enabled: bool,
+    pub name: String,
+    pub max_age_s: u64,
+    pub path: String,
+    pub secure: bool,
+    pub http_only: bool,
+    pub same_site: SameSite,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SameSite {
+    Strict,
+    Lax,
+    None,
+}
+
+impl Default for AnonymousCookie {
+    fn default() -> Self {
+        AnonymousCookie {
+            enabled: true,
+            name: "canary_uid".to_string(),
+            max_age_s: 30 * 24 * 3600,
+            path: "/".to_string(),
+            secure: true,
+            http_only: true,
+            same_site: SameSite::Lax,
+        }
+    }
+}
+
+fn default_key_sources() -> Vec<KeySource> {
+    vec![KeySource::Header("x-user-id".to_string())]
+}
+
+fn default_route_header() -> String {
+    "x-canary-version".to_string()
+}
+
+fn default_max_key_bytes() -> usize {
+    DEFAULT_MAX_KEY_BYTES
+}
+
+impl RolloutConfig {
+    /// A rollout with every optional field at its default.
+    pub fn new(name: &str, weight_bp: u32) -> Self {
+        RolloutConfig {
+            name: name.to_string(),
+            request_match: RequestMatch::default(),
+            key_sources: default_key_sources(),
+            salt: None,
+            weight_bp,
+            route_header: default_route_header(),
+            allow: BTreeSet::new(),
+            deny: BTreeSet::new(),
+            force_header: None,
+            anonymous_cookie: AnonymousCookie::default(),
+            max_key_bytes: DEFAULT_MAX_KEY_BYTES,
+        }
+    }
+
+    pub fn salt(&self) -> &str {
+        self.salt.as_deref().unwrap_or(&self.name)
+    }
+
+    /// The version a user key gets from configuration alone: deny list, then allow list,
+    /// then the sticky hash. (The filter may additionally honour a force header.)
+    pub fn version_for_key(&self, key: &str) -> Version {
+        if self.deny.contains(key) {
+            Version::Stable
+        } else if self.allow.contains(key) {
+            Version::Canary
+        } else {
+            version_for_bucket(bucket(self.salt(), key.as_bytes()), self.weight_bp)
+        }
+    }
+}
+
+impl SameSite {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SameSite::Strict => "Strict",
+            SameSite::Lax => "Lax",
+            SameSite::None => "None",
+        }
+    }
+}
+
+/// One problem with one field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldError {
+    /// Path of the field, e.g. `rollouts[0].weight_bp`.
+    pub field: String,
+    pub reason: String,
+}
+
+impl fmt::Display for FieldError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.field, self.reason)
+    }
+}
+
+/// Why a configuration was refused: every problem found, each naming its field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigError {
+    pub errors: Vec<FieldError>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.errors.iter().enumerate() {
+            if i > 0 {
+                f.write_str("; ")?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl ConfigError {
+    fn single(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        ConfigError {
+            errors: vec![FieldError {
+                field: field.into(),
+                reason: reason.into(),
+            }],
+        }
+    }
+}
+
+impl FilterConfig {
+    /// Parses and validates a configuration. Type errors name the field path; all
+    /// validation problems are reported together.
+    pub fn from_json(bytes: &[u8]) -> Result<FilterConfig, ConfigError> {
+        let de = &mut serde_json::Deserializer::from_slice(bytes);
+        let config: FilterConfig = serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            let field = if path == "." || path.is_empty() {
+                "(root)".to_string()
+            } else {
+                path
+            };
+            ConfigError::single(field, e.into_inner().to_string())
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn to_json(&self) -> String {
+        // Serializing plain structs of strings and numbers cannot fail.
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut v = Validator::default();
+        if self.schema_version != SCHEMA_VERSION {
+            v.push(
+                "schema_version",
+                format!(
+                    "unsupported schema version {}, this build reads {SCHEMA_VERSION}",
+                    self.schema_version
+                ),
+            );
+        }
+        let mut names = HashSet::new();
+        for (i, r) in self.rollouts.iter().enumerate() {
+            let at = format!("rollouts[{i}]");
+            if !names.insert(r.name.as_str()) {
+                v.push(
+                    format!("{at}.name"),
+                    format!("duplicate rollout name {:?}", r.name),
+                );
+            }
+            validate_rollout(&mut v, &at, r);
+        }
+        v.finish()
+    }
+
+    pub fn rollout(&self, name: &str) -> Option<&RolloutConfig> {
+        self.rollouts.iter().find(|r| r.name == name)
+    }
+}
+
+#[derive(Default)]
+struct Validator {
+    errors: Vec<FieldError>,
+}
+
+impl Validator {
+    fn push(&mut self, field: impl Into<String>, reason: impl Into<String>) {
+        self.errors.push(FieldError {
+            field: field.into(),
+            reason: reason.into(),
+        });
+    }
+
+    fn check(&mut self, ok: bool, field: impl Into<String>, reason: impl Into<String>) {
+        if !ok {
+            self.push(field, reason);
+        }
+    }
+
+    fn finish(self) -> Result<(), ConfigError> {
+        if self.errors.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError {
+                errors: self.errors,
+            })
+        }
+    }
+}
+
+fn validate_rollout(v: &mut Validator, at: &str, r: &RolloutConfig) {
+    v.check(
+        is_rollout_name(&r.name),
+        format!("{at}.name"),
+        format!(
+            "{:?} must be 1-{MAX_NAME_LEN} bytes of [a-z0-9_-], starting with a letter or digit",
+            r.name
+        ),
+    );
+    v.check(
+        r.weight_bp <= MAX_WEIGHT_BP,
+        format!("{at}.weight_bp"),
+        format!(
+            "must be at most {MAX_WEIGHT_BP} (100%), got {}",
+            r.weight_bp
+        ),
+    );
+    if let Some(salt) = &r.salt {
+        v.check(
+            !salt.is_empty() && !salt.contains('\0'),
+            format!("{at}.salt"),
+            "must be non-empty and contain no NUL byte",
+        );
+    }
+    for (j, host) in r.request_match.hosts.iter().enumerate() {
+        let h = host.strip_prefix("*.").unwrap_or(host);
+        v.check(
+            !h.is_empty()
+                && h.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.'),
+            format!("{at}.match.hosts[{j}]"),
+            format!(
+                "{host:?} is not a host name (letters, digits, '-', '.', optional leading '*.')"
+            ),
+        );
+    }
+    if let Some(prefix) = &r.request_match.path_prefix {
+        v.check(
+            prefix.starts_with('/'),
+            format!("{at}.match.path_prefix"),
+            format!("{prefix:?} must start with '/'"),
+        );
+    }
+    v.check(
+        !r.key_sources.is_empty() || r.anonymous_cookie.enabled,
+        format!("{at}.key_sources"),
+        "must name at least one header or cookie when anonymous_cookie is disabled",
+    );
+    for (j, source) in r.key_sources.iter().enumerate() {
+        match source {
+            KeySource::Header(name) => v.check(
+                is_header_name(name),
+                format!("{at}.key_sources[{j}].header"),
+                format!("{name:?} is not a lowercase HTTP header name"),
+            ),
+            KeySource::Cookie(name) => v.check(
+                is_token(name),
+                format!("{at}.key_sources[{j}].cookie"),
+                format!("{name:?} is not a cookie name"),
+            ),
+        }
+    }
+    v.check(
+        is_header_name(&r.route_header),
+        format!("{at}.route_header"),
+        format!("{:?} is not a lowercase HTTP header name", r.route_header),
+    );
+    if let Some(force) = &r.force_header {
+        v.check(
+            is_header_name(force),
+            format!("{at}.force_header"),
+            format!("{force:?} is not a lowercase HTTP header name"),
+        );
+        v.check(
+            force != &r.route_header,
+            format!("{at}.force_header"),
+            "must differ from route_header",
+        );
+    }
+    for (list, keys) in [("allow", &r.allow), ("deny", &r.deny)] {
+        for key in keys {
+            v.check(
+                !key.is_empty() && key.len() <= r.max_key_bytes,
+                format!("{at}.{list}"),
+                format!(
+                    "key {key:?} must be 1-{} bytes (max_key_bytes)",
+                    r.max_key_bytes
+                ),
+            );
+        }
+    }
+    if let Some(both) = r.allow.intersection(&r.deny).next() {
+        v.push(
+            format!("{at}.allow"),
+            format!("key {both:?} is in both allow and deny"),
+        );
+    }
+    let c = &r.anonymous_cookie;
+    v.check(
+        is_token(&c.name),
+        format!("{at}.anonymous_cookie.name"),
+        format!("{:?} is not a cookie name", c.name),
+    );
+    v.check(
+        c.path.starts_with('/')
+            && c.path
+                .bytes()
+                .all(|b| b.is_ascii_graphic() && b != b';' && b != b','),
+        format!("{at}.anonymous_cookie.path"),
+        format!(
+            "{:?} must start with '/' and contain no ';', ',' or spaces",
+            c.path
+        ),
+    );
+    v.check(
+        c.same_site != SameSite::None || c.secure,
+        format!("{at}.anonymous_cookie.same_site"),
+        "None requires secure: true (browsers drop it otherwise)",
+    );
+    v.check(
+        (1..=MAX_KEY_BYTES_LIMIT).contains(&r.max_key_bytes),
+        format!("{at}.max_key_bytes"),
+        format!("must be 1-{MAX_KEY_BYTES_LIMIT}, got {}", r.max_key_bytes),
+    );
+}
+
+fn is_rollout_name(name: &str) -> bool {
+    let b = name.as_bytes();
+    !b.is_empty()
+        && b.len() <= MAX_NAME_LEN
+        && (b[0].is_ascii_lowercase() || b[0].is_ascii_digit())
+        && b.iter()
+            .all(|&c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'_' || c == b'-')
+}
+
+/// RFC 9110 token characters.
+fn is_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+/// A token with no upper-case letters (HTTP/2 and Envoy use lower-case names) and no
+/// pseudo-header.
+fn is_header_name(s: &str) -> bool {
+    is_token(s) && !s.bytes().any(|b| b.is_ascii_uppercase())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(json: &str) -> Result<FilterConfig, ConfigError> {
+        FilterConfig::from_json(json.as_bytes())
+    }
+
+    fn fields(err: ConfigError) -> Vec<String> {
+        err.errors.into_iter().map(|e| e.field).collect()
+    }
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let c = parse(r#"{"schema_version":1,"rollouts":[{"name":"checkout","weight_bp":500}]}"#)
+            .expect("valid");
+        let r = &c.rollouts[0];
+        assert_eq!(r.route_header, "x-canary-version");
+        assert_eq!(r.key_sources, vec![KeySource::Header("x-user-id".into())]);
+        assert_eq!(r.salt(), "checkout");
+        assert_eq!(r.anonymous_cookie.name, "canary_uid");
+        assert!(r.anonymous_cookie.secure && r.anonymous_cookie.http_only);
+        assert_eq!(r.force_header, None);
+    }
+
+    #[test]
+    fn round_trips_through_json() {
+        let mut r = RolloutConfig::new("a", 2500);
+        r.allow.insert("alice".into());
+        r.deny.insert("vip".into());
+        r.force_header = Some("x-canary-user".into());
+        r.key_sources = vec![
+            KeySource::Cookie("sid".into()),
+            KeySource::Header("x-u".into()),
+        ];
+        let c = FilterConfig {
+            schema_version: SCHEMA_VERSION,
+            rollouts: vec![r],
+        };
+        assert_eq!(parse(&c.to_json()).expect("valid"), c);
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        // (config, expected field paths) — table-driven.
+        let cases: &[(&str, &[&str])] = &[
+            (r#"{"schema_version":2,"rollouts":[]}"#, &["schema_version"]),
+            (
+                r#"{"schema_version":1,"rollouts":[{"name":"a","weight_bp":10001}]}"#,
+                &["rollouts[0].weight_bp"],
+            ),
+            (
+                r#"{"schema_version":1,"rollouts":[{"name":"a","weight_bp":-1}]}"#,
+                &["rollouts[0].weight_bp"],
+            ),
+            (
+                r#"{"schema_version":1,"rollouts":[{"name":"a","weight_bp":"5%"}]}"#,
+                &["rollouts[0].weight_bp"],
+            ),
+            (
+                r#"{"schema_version":1,"rollouts":[{"name":"a","wieght_bp":5}]}"#,
+                &["rollouts[0].wieght_bp"],
+            ),
+            (
+                r#"{"schema_version":1,"rollouts":[{"name":"Bad.Name","weight_bp":5}]}"#,
+                &["rollouts[0].name"],
+            ),
+            (
+                r#"{"schema_version":1,"rollouts":[{"name":"a","weight_bp":5},{"name":"a","weight_bp":5}]}"#,
+                &["rollouts[1].name"],
+            ),
+            (
+                r#"{"schema_version":1,"rollouts":[{"name":"a","weight_bp":5,"route_header":"X-Canary"}]}"#,
+                &["rollouts[0].route_header"],
+            ),
+            (
+                r#"{"schema_version":1,"rollouts":[{"name":"a","weight_bp":5,"key_sources":[{"header":"bad header"}]}]}"#,
+                &["rollouts[0].key_sources[0].header"],
+            ),
+            (
+                r#"{"schema_version":1,"rollouts":[{"name":"a","weight_bp":5,"key_sources":[{"query":"u"}]}]}"#,
+                &["rollouts[0].key_sources[0]"],
+            ),
+            (
+                r#"{"schema_version":1,"rollouts":[{"name":"a","weight_bp":5,"allow":["x"],"deny":["x"]}]}"#,
+                &["rollouts[0].allow"],
+            ),
+            (
+                r#"{"schema_version":1,"rollouts":[{"name":"a","weight_bp":5,"match":{"path_prefix":"api"}}]}"#,
+                &["rollouts[0].match.path_prefix"],
+            ),
+            (
+                r#"{"schema_version":1,"rollouts":[{"name":"a","weight_bp":5,"match":{"hosts":["a b"]}}]}"#,
+                &["rollouts[0].match.hosts[0]"],
+            ),
+            (
+                r#"{"schema_version":1,"rollouts":[{"name":"a","weight_bp":5,"salt":""}]}"#,
+                &["rollouts[0].salt"],
+            ),
+            (
+                r#"{"schema_version":1,"rollouts":[{"name":"a","weight_bp":5,"force_header":"x-canary-version"}]}"#,
+                &["rollouts[0].force_header"],
+            ),
+            (
+                r#"{"schema_version":1,"rollouts":[{"name":"a","weight_bp":5,"anonymous_cookie":{"same_site":"None","secure":false}}]}"#,
+                &["rollouts[0].anonymous_cookie.same_site"],
+            ),
+            (
+                r#"{"schema_version":1,"rollouts":[{"name":"a","weight_bp":5,"anonymous_cookie":{"path":"x"}}]}"#,
+                &["rollouts[0].anonymous_cookie.path"],
+            ),
+            (
+                r#"{"schema_version":1,"rollouts":[{"name":"a","weight_bp":5,"max_key_bytes":0}]}"#,
+                &["rollouts[0].max_key_bytes"],
+            ),
+            (
+                r#"{"schema_version":1,"rollouts":[{"name":"a","weight_bp":5,"key_sources":[],"anonymous_cookie":{"enabled":false}}]}"#,
+                &["rollouts[0].key_sources"],
+            ),
+            (r#"{"rollouts":[]}"#, &["(root)"]),
+            (r#"not json"#, &["(root)"]),
+        ];
+        for (json, expected) in cases {
+            let err = parse(json).expect_err(json);
+            assert_eq!(fields(err.clone()), *expected, "{json}: {err}");
+            let text = err.to_string();
+            for field in *expected {
+                assert!(text.contains(field), "{text} should name {field}");
+            }
+        }
+    }
+
+    #[test]
+    fn all_problems_are_reported_at_once() {
+        let err = parse(
+            r#"{"schema_version":1,"rollouts":[{"name":"A","weight_bp":20000,"route_header":"Bad"}]}"#,
+        )
+        .expect_err("invalid");
+        assert_eq!(
+            fields(err),
+            vec![
+                "rollouts[0].name",
+                "rollouts[0].weight_bp",
+                "rollouts[0].route_header"
+            ]
+        );
+    }
+
+    #[test]
+    fn lists_win_over_the_hash_and_deny_wins_over_allow() {
+        let mut r = RolloutConfig::new("r", 0);
+        r.allow.insert("alice".into());
+        r.deny.insert("vip".into());
+        assert_eq!(r.version_for_key("alice"), Version::Canary);
+        assert_eq!(r.version_for_key("bob"), Version::Stable);
+        r.weight_bp = MAX_WEIGHT_BP;
+        assert_eq!(r.version_for_key("vip"), Version::Stable);
+        assert_eq!(r.version_for_key("bob"), Version::Canary);
+    }
+}

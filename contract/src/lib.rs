@@ -1,0 +1,48 @@
+//! The contract between the wasm-canary controller and its proxy-wasm filter.
+//!
+//! Everything that crosses the process boundary lives here, once: the filter's JSON
+//! configuration (typed, versioned, validated on load), the sticky bucketing function
+//! both sides use to agree on which version a user gets, and the names of the stats the
+//! filter emits and the controller reads.
+
+pub mod bucket;
+pub mod config;
+pub mod stats;
+
+pub use bucket::{bucket, version_for_bucket, BUCKETS};
+pub use config::{
+    AnonymousCookie, ConfigError, FieldError, FilterConfig, KeySource, RequestMatch, RolloutConfig,
+    SameSite, MAX_WEIGHT_BP, SCHEMA_VERSION,
+};
+
+use serde::{Deserialize, Serialize};
+
+/// The two versions a rollout splits traffic between.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Version {
+    Stable,
+    Canary,
+}
+
+impl Version {
+    pub const ALL: [Version; 2] = [Version::Stable, Version::Canary];
+
+    /// The value of the routing header and of the `version` stat tag.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Version::Stable => "stable",
+            Version::Canary => "canary",
+        }
+    }
+
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+impl std::fmt::Display for Version {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}

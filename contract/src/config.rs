@@ -155,14 +155,28 @@ impl RolloutConfig {
     /// The version a user key gets from configuration alone: deny list, then allow list,
     /// then the sticky hash. (The filter may additionally honour a force header.)
     pub fn version_for_key(&self, key: &str) -> Version {
+        self.assign(key).0
+    }
+
+    /// Like [`version_for_key`](Self::version_for_key), also saying which rule decided.
+    pub fn assign(&self, key: &str) -> (Version, Assignment) {
         if self.deny.contains(key) {
-            Version::Stable
+            (Version::Stable, Assignment::DenyList)
         } else if self.allow.contains(key) {
-            Version::Canary
+            (Version::Canary, Assignment::AllowList)
         } else {
-            version_for_bucket(bucket(self.salt(), key.as_bytes()), self.weight_bp)
+            let b = bucket(self.salt(), key.as_bytes());
+            (version_for_bucket(b, self.weight_bp), Assignment::Hash)
         }
     }
+}
+
+/// Which rule put a user key on its version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Assignment {
+    DenyList,
+    AllowList,
+    Hash,
 }
 
 impl SameSite {

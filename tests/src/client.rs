@@ -52,6 +52,7 @@ pub struct Answer {
 pub fn http_client(concurrency: usize) -> Result<reqwest::Client> {
     Ok(reqwest::Client::builder()
         .pool_max_idle_per_host(concurrency)
+        .redirect(reqwest::redirect::Policy::none())
         .timeout(Duration::from_secs(30))
         .build()?)
 }

@@ -34,8 +34,9 @@ pub const SEEN_FORCE: &str = "x-seen-force";
 pub struct UpstreamSpec {
     /// What it answers in `x-served-by`, e.g. `stable`.
     pub name: String,
-    /// Share of requests answered with `error_status`, in basis points; which requests fail
-    /// is decided by a counter, so the count over N requests is exact.
+    /// Share of requests answered with `error_status`, in basis points. Which requests fail
+    /// is decided by a counter over the requests that carry no per-request override, so over
+    /// N such requests exactly `N * error_rate_bp / 10000` (rounded down) fail.
     pub error_rate_bp: u32,
     pub error_status: u16,
     pub delay: Duration,
@@ -60,17 +61,25 @@ impl UpstreamSpec {
 /// A running upstream; stops when dropped.
 pub struct Upstream {
     addr: SocketAddr,
-    requests: Arc<AtomicU64>,
+    counters: Arc<Counters>,
     task: JoinHandle<()>,
+}
+
+#[derive(Default)]
+struct Counters {
+    /// Every request received.
+    requests: AtomicU64,
+    /// Requests answered by the spec's default behaviour (the error-rate pattern's index).
+    patterned: AtomicU64,
 }
 
 impl Upstream {
     pub async fn start(spec: UpstreamSpec) -> Result<Upstream> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
-        let requests = Arc::new(AtomicU64::new(0));
+        let counters = Arc::new(Counters::default());
         let spec = Arc::new(spec);
-        let counter = requests.clone();
+        let counter = counters.clone();
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
@@ -80,8 +89,8 @@ impl Upstream {
                 let counter = counter.clone();
                 tokio::spawn(async move {
                     let service = service_fn(move |req| {
-                        let n = counter.fetch_add(1, Ordering::Relaxed);
-                        answer(spec.clone(), n, req)
+                        counter.requests.fetch_add(1, Ordering::Relaxed);
+                        answer(spec.clone(), counter.clone(), req)
                     });
                     // Errors here are resets we asked for, or clients going away.
                     let _ = http1::Builder::new()
@@ -92,7 +101,7 @@ impl Upstream {
         });
         Ok(Upstream {
             addr,
-            requests,
+            counters,
             task,
         })
     }
@@ -103,7 +112,7 @@ impl Upstream {
 
     /// Requests received so far (including those answered with errors or resets).
     pub fn requests(&self) -> u64 {
-        self.requests.load(Ordering::Relaxed)
+        self.counters.requests.load(Ordering::Relaxed)
     }
 }
 
@@ -137,7 +146,7 @@ fn fails(n: u64, rate_bp: u32) -> bool {
 
 async fn answer(
     spec: Arc<UpstreamSpec>,
-    n: u64,
+    counters: Arc<Counters>,
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Box<dyn std::error::Error + Send + Sync>> {
     if header(&req, "x-upstream-reset").is_some() {
@@ -150,10 +159,17 @@ async fn answer(
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }
-    let status = header(&req, "x-upstream-status")
-        .and_then(|v| v.parse::<u16>().ok())
-        .or_else(|| fails(n, spec.error_rate_bp).then_some(spec.error_status))
-        .unwrap_or(200);
+    let status = match header(&req, "x-upstream-status").and_then(|v| v.parse::<u16>().ok()) {
+        Some(status) => status,
+        None => {
+            let n = counters.patterned.fetch_add(1, Ordering::Relaxed);
+            if fails(n, spec.error_rate_bp) {
+                spec.error_status
+            } else {
+                200
+            }
+        }
+    };
     let seen_route = header(&req, &spec.route_header).unwrap_or("-").to_string();
     let seen_force = header(&req, &spec.force_header).unwrap_or("-").to_string();
     let response = Response::builder()

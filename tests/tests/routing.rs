@@ -152,7 +152,9 @@ async fn users_are_sticky_across_envoys_and_workers() -> Result<()> {
             assert!(
                 cx > 0,
                 "{name} = {cx}: worker {worker} took no connections\n{}",
-                envoy.admin_text("/stats?filter=downstream_cx_total").await?
+                envoy
+                    .admin_text("/stats?filter=downstream_cx_total")
+                    .await?
             );
         }
     }

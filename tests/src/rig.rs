@@ -4,7 +4,11 @@
 use anyhow::{Context, Result};
 use canary_contract::FilterConfig;
 
-use crate::bootstrap::{CanaryBootstrap, FailurePolicy, Listener, ListenerSource, Routing};
+use std::path::PathBuf;
+
+use crate::bootstrap::{
+    lds_file, CanaryBootstrap, FailurePolicy, Listener, ListenerSource, Routing,
+};
 use crate::envoy::{Envoy, EnvoyOptions};
 use crate::paths;
 use crate::upstream::{Upstream, UpstreamSpec};
@@ -18,6 +22,45 @@ pub struct CanaryRig {
     pub envoys: Vec<Envoy>,
     /// Listener base URL of each Envoy, in the same order.
     pub bases: Vec<String>,
+    /// Set for rigs whose listener comes from an LDS file (see [`CanaryRig::start_with_lds`]).
+    lds: Option<LdsFile>,
+}
+
+/// The LDS file a rig's Envoys watch, and what goes in it.
+struct LdsFile {
+    dir: tempfile::TempDir,
+    version: u64,
+    failure_policy: FailurePolicy,
+    route_header: String,
+}
+
+impl LdsFile {
+    const NAME: &'static str = "lds.json";
+
+    fn path(&self) -> PathBuf {
+        self.dir.path().join(Self::NAME)
+    }
+
+    /// Writes the listener with `config_json` (any string, valid or not) as the plugin
+    /// configuration. Written to a temporary file and renamed, as Envoy's file watch expects.
+    fn publish(&mut self, config_json: &str) -> Result<()> {
+        self.version += 1;
+        let listener = Listener {
+            port: 0,
+            routing: Routing::Filter {
+                wasm: paths::filter_wasm()?,
+                config_json: config_json.to_string(),
+                route_header: self.route_header.clone(),
+                failure_policy: self.failure_policy,
+            },
+        };
+        let mut lds = lds_file(&listener);
+        lds["version_info"] = serde_json::json!(self.version.to_string());
+        let tmp = self.dir.path().join(".lds.json.tmp");
+        std::fs::write(&tmp, serde_json::to_vec_pretty(&lds)?)?;
+        std::fs::rename(&tmp, self.path())?;
+        Ok(())
+    }
 }
 
 /// How many Envoys, with how many workers each, and how the upstreams behave.
@@ -90,7 +133,61 @@ impl CanaryRig {
             canary,
             envoys,
             bases,
+            lds: None,
         })
+    }
+
+    /// A rig whose single Envoy reads its listener from an LDS file, so the test can change
+    /// the filter configuration of the running process with [`CanaryRig::publish`]. The first
+    /// configuration may be invalid: then Envoy runs with no listener until a valid one comes.
+    pub async fn start_with_lds(
+        initial_config_json: &str,
+        route_header: &str,
+        options: RigOptions,
+    ) -> Result<CanaryRig> {
+        let stable = Upstream::start(options.stable.clone()).await?;
+        let canary = Upstream::start(options.canary.clone()).await?;
+        let mut lds = LdsFile {
+            dir: tempfile::Builder::new().prefix("canary-lds-").tempdir()?,
+            version: 0,
+            failure_policy: options.failure_policy,
+            route_header: route_header.to_string(),
+        };
+        lds.publish(initial_config_json)?;
+        let bootstrap = CanaryBootstrap {
+            listener: ListenerSource::File(lds.path()),
+            stable: stable.addr(),
+            canary: canary.addr(),
+            stats_flush_ms: STATS_FLUSH_MS,
+        }
+        .to_json();
+        let envoy = Envoy::start(
+            &bootstrap,
+            EnvoyOptions {
+                concurrency: options.concurrency,
+                name: "envoy-lds".to_string(),
+            },
+        )
+        .await?;
+        let bases = match envoy.url().await {
+            Ok(base) => vec![base],
+            Err(_) => Vec::new(),
+        };
+        Ok(CanaryRig {
+            stable,
+            canary,
+            envoys: vec![envoy],
+            bases,
+            lds: Some(lds),
+        })
+    }
+
+    /// Publishes a new plugin configuration through the LDS file (LDS rigs only).
+    pub fn publish(&mut self, config_json: &str) -> Result<()> {
+        self.lds
+            .as_mut()
+            .context("publish needs a rig started with start_with_lds")?
+            .publish(config_json)
     }
 
     pub fn envoy(&self) -> &Envoy {

@@ -13,6 +13,8 @@ PYTHON := $(VENV)/bin/python
 STAMPS := target/stamps
 WASM_RAW := target/wasm32-wasip1/release/canary_filter.wasm
 WASM := target/wasm/canary_filter.wasm
+# A test-only build that panics on request, to test Envoy's failure_policy for real.
+FAULT_WASM := target/wasm/canary_filter_fault_injection.wasm
 # Features rustc already emits for wasm32-wasip1; wasm-opt may use no others.
 WASM_FEATURES := --enable-bulk-memory --enable-sign-ext --enable-mutable-globals \
 	--enable-nontrapping-float-to-int --enable-reference-types --enable-multivalue
@@ -22,6 +24,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 export ENVOY_BIN := $(CURDIR)/$(VENV)/lib/python3/site-packages/envoy/_bin/envoy
 export CANARY_WASM := $(CURDIR)/$(WASM)
+export CANARY_FAULT_WASM := $(CURDIR)/$(FAULT_WASM)
 
 .PHONY: all setup build test lint unit wasm-unit e2e demo bench clean
 
@@ -80,7 +83,15 @@ wasm-unit: setup
 	CARGO_TARGET_WASM32_WASIP1_RUNNER="$(CURDIR)/$(PYTHON) $(CURDIR)/tools/wasi-run.py" \
 		cargo test -p canary-contract --target wasm32-wasip1
 
-e2e: build
+$(FAULT_WASM): setup
+	cargo build --release -p canary-filter --target wasm32-wasip1 --features fault-injection \
+		--target-dir target/fault-injection
+	@mkdir -p $(dir $@)
+	cp target/fault-injection/wasm32-wasip1/release/canary_filter.wasm $@
+
+.PHONY: $(FAULT_WASM)
+
+e2e: build $(FAULT_WASM)
 	cargo test --release -p canary-e2e --tests -- --nocapture
 
 ## demo: Envoy with the filter, two upstreams, a few thousand simulated users.

@@ -148,6 +148,14 @@ impl Context for CanaryHttp {}
 
 impl HttpContext for CanaryHttp {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        #[cfg(feature = "fault-injection")]
+        if self
+            .get_http_request_header_bytes("x-canary-fault")
+            .as_deref()
+            == Some(b"panic")
+        {
+            panic!("fault injected by x-canary-fault");
+        }
         let Some(active) = self.active.clone() else {
             return Action::Continue;
         };

@@ -35,12 +35,22 @@ pub fn envoy_bin() -> Result<PathBuf> {
 
 /// The filter module: `$CANARY_WASM`, else the size-optimised artifact `make build` writes.
 pub fn filter_wasm() -> Result<PathBuf> {
-    let path = std::env::var_os("CANARY_WASM")
+    module("CANARY_WASM", "canary_filter.wasm")
+}
+
+/// The test-only build with the `fault-injection` feature: `$CANARY_FAULT_WASM`, else the
+/// one `make e2e` writes.
+pub fn fault_injection_wasm() -> Result<PathBuf> {
+    module("CANARY_FAULT_WASM", "canary_filter_fault_injection.wasm")
+}
+
+fn module(env: &str, file: &str) -> Result<PathBuf> {
+    let path = std::env::var_os(env)
         .map(PathBuf::from)
-        .unwrap_or_else(|| project_root().join("target/wasm/canary_filter.wasm"));
+        .unwrap_or_else(|| project_root().join("target/wasm").join(file));
     if !path.is_file() {
         bail!(
-            "filter module {} not found (run `make build` or set CANARY_WASM)",
+            "filter module {} not found (run `make build` / `make e2e`, or set {env})",
             path.display()
         );
     }

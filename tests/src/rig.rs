@@ -32,6 +32,7 @@ struct LdsFile {
     version: u64,
     failure_policy: FailurePolicy,
     route_header: String,
+    wasm: PathBuf,
 }
 
 impl LdsFile {
@@ -48,7 +49,7 @@ impl LdsFile {
         let listener = Listener {
             port: 0,
             routing: Routing::Filter {
-                wasm: paths::filter_wasm()?,
+                wasm: self.wasm.clone(),
                 config_json: config_json.to_string(),
                 route_header: self.route_header.clone(),
                 failure_policy: self.failure_policy,
@@ -71,6 +72,14 @@ pub struct RigOptions {
     pub stable: UpstreamSpec,
     pub canary: UpstreamSpec,
     pub failure_policy: FailurePolicy,
+    /// The filter module; `None` means the shipped one ([`paths::filter_wasm`]).
+    pub wasm: Option<PathBuf>,
+}
+
+impl RigOptions {
+    fn wasm(&self) -> Result<PathBuf> {
+        self.wasm.clone().map_or_else(paths::filter_wasm, Ok)
+    }
 }
 
 impl Default for RigOptions {
@@ -80,13 +89,18 @@ impl Default for RigOptions {
             concurrency: 1,
             stable: UpstreamSpec::new("stable"),
             canary: UpstreamSpec::new("canary"),
-            failure_policy: FailurePolicy::FailOpen,
+            failure_policy: FailurePolicy::FailReload,
+            wasm: None,
         }
     }
 }
 
 /// The listener every rig Envoy uses: the filter with `config`, header-matched routes.
-pub fn filter_listener(config: &FilterConfig, failure_policy: FailurePolicy) -> Result<Listener> {
+pub fn filter_listener(
+    config: &FilterConfig,
+    wasm: PathBuf,
+    failure_policy: FailurePolicy,
+) -> Result<Listener> {
     let route_header = config
         .rollouts
         .first()
@@ -95,7 +109,7 @@ pub fn filter_listener(config: &FilterConfig, failure_policy: FailurePolicy) -> 
     Ok(Listener {
         port: 0,
         routing: Routing::Filter {
-            wasm: paths::filter_wasm()?,
+            wasm,
             config_json: config.to_json(),
             route_header,
             failure_policy,
@@ -108,7 +122,11 @@ impl CanaryRig {
         let stable = Upstream::start(options.stable.clone()).await?;
         let canary = Upstream::start(options.canary.clone()).await?;
         let bootstrap = CanaryBootstrap {
-            listener: ListenerSource::Static(filter_listener(config, options.failure_policy)?),
+            listener: ListenerSource::Static(filter_listener(
+                config,
+                options.wasm()?,
+                options.failure_policy,
+            )?),
             stable: stable.addr(),
             canary: canary.addr(),
             stats_flush_ms: STATS_FLUSH_MS,
@@ -152,6 +170,7 @@ impl CanaryRig {
             version: 0,
             failure_policy: options.failure_policy,
             route_header: route_header.to_string(),
+            wasm: options.wasm()?,
         };
         lds.publish(initial_config_json)?;
         let bootstrap = CanaryBootstrap {

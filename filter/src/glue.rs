@@ -3,8 +3,9 @@
 //! Host data is only ever read as bytes, and nothing here unwraps it: a panic would kill
 //! the VM and, under the default failure policy, fail every later request on the worker.
 
+use std::cell::RefCell;
 use std::rc::Rc;
-use std::time::UNIX_EPOCH;
+use std::time::{Duration, UNIX_EPOCH};
 
 use canary_contract::stats::MetricKind;
 use canary_contract::FilterConfig;
@@ -13,7 +14,7 @@ use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel, MetricType};
 
 use crate::cookie::{anonymous_id, set_cookie_value};
-use crate::metrics::{Exchange, MetricHost, MetricOp, RolloutMetrics};
+use crate::metrics::{Exchange, MetricHost, MetricOp, PendingCounters, RolloutMetrics};
 use crate::routing::{RequestHeaders, Router};
 
 proxy_wasm::main! {{
@@ -21,10 +22,29 @@ proxy_wasm::main! {{
     proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(CanaryRoot::default()) });
 }}
 
+/// How often each VM hands its summed counters to Envoy.
+const COUNTER_FLUSH_PERIOD: Duration = Duration::from_millis(250);
+
 /// A configuration that passed validation, with its metric ids.
 struct Active {
     router: Router,
     metrics: Vec<RolloutMetrics>,
+    pending: RefCell<PendingCounters>,
+}
+
+impl Active {
+    fn flush_counters(&self) {
+        let Ok(mut pending) = self.pending.try_borrow_mut() else {
+            return;
+        };
+        for (rollout, version, metric, delta) in pending.drain() {
+            if let Some(metrics) = self.metrics.get(rollout) {
+                let delta = i64::try_from(delta).unwrap_or(i64::MAX);
+                // A failed update is not worth failing anything over.
+                let _ = hostcalls::increment_metric(metrics.id(version, metric), delta);
+            }
+        }
+    }
 }
 
 #[derive(Default)]
@@ -54,6 +74,7 @@ impl CanaryRoot {
             .map(|r| RolloutMetrics::define(&mut EnvoyMetrics, &r.name))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Active {
+            pending: RefCell::new(PendingCounters::new(metrics.len())),
             router: Router::new(config),
             metrics,
         })
@@ -61,6 +82,16 @@ impl CanaryRoot {
 }
 
 impl Context for CanaryRoot {}
+
+impl Drop for CanaryRoot {
+    // Envoy deletes the root context when its configuration is replaced or removed: hand
+    // over what the last timer period counted.
+    fn drop(&mut self) {
+        if let Some(active) = &self.active {
+            active.flush_counters();
+        }
+    }
+}
 
 impl RootContext for CanaryRoot {
     fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
@@ -75,6 +106,7 @@ impl RootContext for CanaryRoot {
                     .collect();
                 log::info!("wasm-canary: configured rollouts [{}]", summary.join(", "));
                 self.active = Some(Rc::new(active));
+                self.set_tick_period(COUNTER_FLUSH_PERIOD);
                 true
             }
             Err(e) => {
@@ -86,6 +118,12 @@ impl RootContext for CanaryRoot {
                 log::error!("wasm-canary: {e} ({kept})");
                 false
             }
+        }
+    }
+
+    fn on_tick(&mut self) {
+        if let Some(active) = &self.active {
+            active.flush_counters();
         }
     }
 
@@ -136,11 +174,17 @@ impl CanaryHttp {
         let Some(metrics) = active.metrics.get(rollout) else {
             return;
         };
-        // A failed metric update is not worth failing the request over.
-        let _ = match version_op {
-            MetricOp::Increment(m) => hostcalls::increment_metric(metrics.id(version, m), 1),
-            MetricOp::Record(m, v) => hostcalls::record_metric(metrics.id(version, m), v),
-        };
+        match version_op {
+            MetricOp::Increment(m) => {
+                if let Ok(mut pending) = active.pending.try_borrow_mut() {
+                    pending.add(rollout, version, m);
+                }
+            }
+            MetricOp::Record(m, v) => {
+                // A failed metric update is not worth failing the request over.
+                let _ = hostcalls::record_metric(metrics.id(version, m), v);
+            }
+        }
     }
 }
 
@@ -161,14 +205,18 @@ impl HttpContext for CanaryHttp {
         };
         let decision = active.router.decide(self, new_anonymous_id);
         // Strip client-sent routing headers on every request, routed or not, so nobody
-        // picks a version by sending the header themselves.
+        // picks a version by sending the header themselves. The header this request's
+        // rollout sets is left to `set_http_request_header`, which replaces every value
+        // (one call into the host fewer on the hot path; the spoofing tests cover it).
+        let rollout = decision
+            .as_ref()
+            .and_then(|d| active.router.rollouts().get(d.rollout));
         for header in active.router.route_headers() {
-            self.remove_http_request_header(header);
+            if rollout.is_none_or(|r| r.route_header != *header) {
+                self.remove_http_request_header(header);
+            }
         }
-        let Some(decision) = decision else {
-            return Action::Continue;
-        };
-        let Some(rollout) = active.router.rollouts().get(decision.rollout) else {
+        let (Some(decision), Some(rollout)) = (decision, rollout) else {
             return Action::Continue;
         };
         if let Some(force) = &rollout.force_header {
@@ -192,10 +240,12 @@ impl HttpContext for CanaryHttp {
             return Action::Continue;
         };
         let status = self.get_http_response_header_bytes(":status");
-        for op in routed
+        let ops = routed
             .exchange
-            .on_response_headers(status.as_deref(), self.now_ms())
-        {
+            .on_response_headers(status.as_deref(), self.now_ms(), || {
+                self.get_property(vec!["response", "code_details"])
+            });
+        for op in ops {
             self.apply(&active, routed.rollout, op, routed.exchange.version);
         }
         if let Some(cookie) = routed.set_cookie.take() {
@@ -204,13 +254,17 @@ impl HttpContext for CanaryHttp {
         self.routed = Some(routed);
         Action::Continue
     }
+}
 
-    fn on_log(&mut self) {
+// The end of a request is accounted for when the SDK drops the context (in Envoy's
+// `proxy_on_delete`), not in `on_log`: the module does not export `proxy_on_log`, which
+// saves one entry into the VM per request. The host context is still valid here.
+impl Drop for CanaryHttp {
+    fn drop(&mut self) {
         let (Some(active), Some(routed)) = (self.active.clone(), self.routed.take()) else {
             return;
         };
-        let details = self.get_property(vec!["response", "code_details"]);
-        for op in routed.exchange.on_end(self.now_ms(), details.as_deref()) {
+        for op in routed.exchange.on_end(self.now_ms()) {
             self.apply(&active, routed.rollout, op, routed.exchange.version);
         }
     }

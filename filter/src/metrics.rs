@@ -6,6 +6,48 @@
 use canary_contract::stats::{stat_name, Metric, MetricKind};
 use canary_contract::Version;
 
+/// Counter increments not yet handed to Envoy, per rollout, version and metric.
+///
+/// Each call into the host costs about as much as the rest of the filter's per-request work,
+/// so counters are summed in the VM (one per worker) and flushed to Envoy on a timer and
+/// when the configuration goes away. Histograms are recorded per request: Envoy needs each
+/// sample.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingCounters {
+    counts: Vec<[[u64; Metric::ALL.len()]; 2]>,
+}
+
+impl PendingCounters {
+    pub fn new(rollouts: usize) -> PendingCounters {
+        PendingCounters {
+            counts: vec![[[0; Metric::ALL.len()]; 2]; rollouts],
+        }
+    }
+
+    pub fn add(&mut self, rollout: usize, version: Version, metric: Metric) {
+        if let Some(per_version) = self.counts.get_mut(rollout) {
+            let slot = &mut per_version[version.index()][metric.index()];
+            *slot = slot.saturating_add(1);
+        }
+    }
+
+    /// Takes every non-zero count, leaving zeros behind.
+    pub fn drain(&mut self) -> Vec<(usize, Version, Metric, u64)> {
+        let mut out = Vec::new();
+        for (rollout, per_version) in self.counts.iter_mut().enumerate() {
+            for version in Version::ALL {
+                for metric in Metric::ALL {
+                    let slot = &mut per_version[version.index()][metric.index()];
+                    if *slot > 0 {
+                        out.push((rollout, version, metric, std::mem::take(slot)));
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
 /// One metric operation for the host to carry out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MetricOp {
@@ -61,15 +103,29 @@ impl Exchange {
         (exchange, MetricOp::Increment(Metric::RqTotal))
     }
 
-    /// Response headers are on their way to the client. `status` is the raw `:status`.
-    pub fn on_response_headers(&mut self, status: Option<&[u8]>, now_ms: u64) -> Vec<MetricOp> {
+    /// Response headers are on their way to the client. `status` is the raw `:status`;
+    /// `code_details` reads Envoy's `response.code_details`, called only for answers that
+    /// can be Envoy's own reply to an upstream reset (each read is a call into the host).
+    pub fn on_response_headers(
+        &mut self,
+        status: Option<&[u8]>,
+        now_ms: u64,
+        code_details: impl FnOnce() -> Option<Vec<u8>>,
+    ) -> Vec<MetricOp> {
         if self.responded {
             return Vec::new();
         }
         self.responded = true;
-        let mut ops = Vec::with_capacity(2);
-        if let Some(class) = status.and_then(parse_status).and_then(Metric::for_status) {
+        let status = status.and_then(parse_status);
+        let mut ops = Vec::with_capacity(3);
+        if let Some(class) = status.and_then(Metric::for_status) {
             ops.push(MetricOp::Increment(class));
+        }
+        if status.is_none_or(|s| s >= 500)
+            && code_details()
+                .is_some_and(|d| d.starts_with(b"upstream_reset_before_response_started"))
+        {
+            ops.push(MetricOp::Increment(Metric::RqReset));
         }
         ops.push(MetricOp::Record(
             Metric::RqHeaderTimeMs,
@@ -78,15 +134,14 @@ impl Exchange {
         ops
     }
 
-    /// The stream is over. `code_details` is Envoy's `response.code_details` property.
-    pub fn on_end(&self, now_ms: u64, code_details: Option<&[u8]>) -> Vec<MetricOp> {
+    /// The stream is over (the filter instance is going away).
+    pub fn on_end(&self, now_ms: u64) -> Vec<MetricOp> {
         let mut ops = vec![MetricOp::Record(
             Metric::RqTimeMs,
             now_ms.saturating_sub(self.started_ms),
         )];
-        let upstream_reset =
-            code_details.is_some_and(|d| d.starts_with(b"upstream_reset_before_response_started"));
-        if !self.responded || upstream_reset {
+        if !self.responded {
+            // The client or the proxy gave up before any response.
             ops.push(MetricOp::Increment(Metric::RqReset));
         }
         ops
@@ -147,15 +202,15 @@ mod tests {
         let (mut x, op) = Exchange::start(Version::Canary, 1_000);
         assert_eq!(op, MetricOp::Increment(Metric::RqTotal));
         assert_eq!(
-            x.on_response_headers(Some(b"503"), 1_040),
+            x.on_response_headers(Some(b"503"), 1_040, || Some(b"via_upstream".to_vec())),
             vec![
                 MetricOp::Increment(Metric::Rq5xx),
                 MetricOp::Record(Metric::RqHeaderTimeMs, 40)
             ]
         );
-        assert_eq!(x.on_response_headers(Some(b"200"), 1_041), vec![]);
+        assert_eq!(x.on_response_headers(Some(b"200"), 1_041, || None), vec![]);
         assert_eq!(
-            x.on_end(1_100, Some(b"via_upstream")),
+            x.on_end(1_100),
             vec![MetricOp::Record(Metric::RqTimeMs, 100)]
         );
     }
@@ -164,7 +219,7 @@ mod tests {
     fn client_gone_before_response_is_a_reset() {
         let (x, _) = Exchange::start(Version::Stable, 5);
         assert_eq!(
-            x.on_end(4, None),
+            x.on_end(4),
             vec![
                 MetricOp::Record(Metric::RqTimeMs, 0),
                 MetricOp::Increment(Metric::RqReset)
@@ -175,11 +230,46 @@ mod tests {
     #[test]
     fn upstream_reset_is_a_5xx_and_a_reset() {
         let (mut x, _) = Exchange::start(Version::Canary, 0);
-        x.on_response_headers(Some(b"503"), 1);
         let details = b"upstream_reset_before_response_started{connection_termination}";
-        assert!(x
-            .on_end(2, Some(details))
-            .contains(&MetricOp::Increment(Metric::RqReset)));
+        assert_eq!(
+            x.on_response_headers(Some(b"503"), 1, || Some(details.to_vec())),
+            vec![
+                MetricOp::Increment(Metric::Rq5xx),
+                MetricOp::Increment(Metric::RqReset),
+                MetricOp::Record(Metric::RqHeaderTimeMs, 1)
+            ]
+        );
+        assert_eq!(x.on_end(2), vec![MetricOp::Record(Metric::RqTimeMs, 2)]);
+    }
+
+    #[test]
+    fn pending_counters_drain_once() {
+        let mut pending = PendingCounters::new(2);
+        pending.add(1, Version::Canary, Metric::Rq5xx);
+        pending.add(1, Version::Canary, Metric::Rq5xx);
+        pending.add(0, Version::Stable, Metric::RqTotal);
+        pending.add(7, Version::Stable, Metric::RqTotal); // unknown rollout: ignored
+        assert_eq!(
+            pending.drain(),
+            vec![
+                (0, Version::Stable, Metric::RqTotal, 1),
+                (1, Version::Canary, Metric::Rq5xx, 2)
+            ]
+        );
+        assert!(pending.drain().is_empty());
+    }
+
+    #[test]
+    fn code_details_are_read_only_when_they_can_matter() {
+        let (mut ok, _) = Exchange::start(Version::Canary, 0);
+        ok.on_response_headers(Some(b"404"), 1, || panic!("read details for a 404"));
+        let (mut odd, _) = Exchange::start(Version::Canary, 0);
+        let mut read = false;
+        odd.on_response_headers(Some(b"abc"), 1, || {
+            read = true;
+            None
+        });
+        assert!(read, "an unparsable status may hide a reset");
     }
 
     #[test]
@@ -187,7 +277,7 @@ mod tests {
         for raw in [&b"99"[..], b"abc", b"1000", b"", b"\xff\xff\xff", b"600"] {
             let (mut x, _) = Exchange::start(Version::Canary, 0);
             assert_eq!(
-                x.on_response_headers(Some(raw), 0),
+                x.on_response_headers(Some(raw), 0, || None),
                 vec![MetricOp::Record(Metric::RqHeaderTimeMs, 0)]
             );
         }

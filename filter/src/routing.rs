@@ -35,6 +35,10 @@ pub struct Router {
     /// Every configured routing header: stripped from all client requests so nobody can
     /// pick a version by sending it.
     route_headers: Vec<String>,
+    /// Whether any rollout matches on host / path: each header read is a call into the
+    /// host, so requests skip the ones no rollout looks at.
+    needs_authority: bool,
+    needs_path: bool,
 }
 
 impl Router {
@@ -56,7 +60,12 @@ impl Router {
                 r
             })
             .collect();
+        let rollouts: Vec<RolloutConfig> = rollouts;
         Router {
+            needs_authority: rollouts.iter().any(|r| !r.request_match.hosts.is_empty()),
+            needs_path: rollouts
+                .iter()
+                .any(|r| r.request_match.path_prefix.is_some()),
             rollouts,
             route_headers,
         }
@@ -77,8 +86,11 @@ impl Router {
         req: &impl RequestHeaders,
         new_id: impl FnOnce() -> String,
     ) -> Option<Decision> {
-        let authority = req.header(":authority");
-        let path = req.header(":path");
+        let authority = self
+            .needs_authority
+            .then(|| req.header(":authority"))
+            .flatten();
+        let path = self.needs_path.then(|| req.header(":path")).flatten();
         let (index, rollout) = self.rollouts.iter().enumerate().find(|(_, r)| {
             matches_request(r, authority.as_deref(), path.as_deref().unwrap_or(b"/"))
         })?;

@@ -38,6 +38,8 @@ pub struct EnvoyOptions {
     pub concurrency: u32,
     /// A label for logs and error messages.
     pub name: String,
+    /// CPUs the process may run on (benchmarks pin proxies away from the load generator).
+    pub cpus: Option<Vec<usize>>,
 }
 
 impl Default for EnvoyOptions {
@@ -45,6 +47,7 @@ impl Default for EnvoyOptions {
         EnvoyOptions {
             concurrency: 1,
             name: "envoy".to_string(),
+            cpus: None,
         }
     }
 }
@@ -102,6 +105,9 @@ impl Envoy {
                 }
                 Ok(())
             });
+        }
+        if let Some(cpus) = options.cpus.clone() {
+            pin_to_cpus(&mut command, cpus);
         }
         let child = command
             .spawn()
@@ -162,6 +168,28 @@ impl Envoy {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// CPU time the process has used so far (user + system), from `/proc`.
+    pub fn cpu_time(&self) -> Result<Duration> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))?;
+        // Fields after the command name (which may contain spaces) start at field 3.
+        let rest = stat
+            .rsplit_once(')')
+            .map(|(_, rest)| rest)
+            .context("malformed /proc/<pid>/stat")?;
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let ticks = |i: usize| -> Result<u64> {
+            fields
+                .get(i)
+                .and_then(|f| f.parse().ok())
+                .context("malformed /proc/<pid>/stat")
+        };
+        // utime and stime are fields 14 and 15 (1-based), i.e. 11 and 12 after the name.
+        let total = ticks(11)? + ticks(12)?;
+        // SAFETY: sysconf has no preconditions.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+        Ok(Duration::from_micros(total * 1_000_000 / hz))
     }
 
     pub fn admin_addr(&self) -> SocketAddr {
@@ -256,6 +284,23 @@ impl Drop for Envoy {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// Restricts the command's process to `cpus` (sched_setaffinity in the child, before exec).
+pub fn pin_to_cpus(command: &mut Command, cpus: Vec<usize>) {
+    // SAFETY: only async-signal-safe libc calls on a stack-allocated cpu_set_t.
+    unsafe {
+        command.pre_exec(move || {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            for &cpu in &cpus {
+                libc::CPU_SET(cpu, &mut set);
+            }
+            if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
     }
 }
 

@@ -140,6 +140,7 @@ impl CanaryRig {
                 EnvoyOptions {
                     concurrency: options.concurrency,
                     name: format!("envoy-{i}"),
+                    cpus: None,
                 },
             )
             .await?;
@@ -185,6 +186,7 @@ impl CanaryRig {
             EnvoyOptions {
                 concurrency: options.concurrency,
                 name: "envoy-lds".to_string(),
+                cpus: None,
             },
         )
         .await?;

@@ -138,21 +138,34 @@ async fn per_version_stats_equal_the_load_sent() -> Result<()> {
         }
     }
 
-    // Counters are live but land after the response (in the log phase): wait for them.
+    // Counters reach Envoy on the filter's flush timer and histograms at Envoy's stats
+    // flush, both after the responses: wait until the totals are in, then check everything.
     let envoy = rig.envoy();
     let labels = |version: Version| [("rollout", "shop"), ("version", version.as_str())];
     let samples = eventually(
-        "histogram counts at /stats/prometheus",
+        "totals at /stats/prometheus",
         Duration::from_secs(30),
         || envoy.prometheus(),
         |samples| {
             Version::ALL.iter().all(|v| {
-                prom::value(samples, "canary_rq_time_ms_count", &labels(*v))
-                    == Some(expected[v].total as f64)
+                let total = Some(expected[v].total as f64);
+                ["canary_rq_total", "canary_rq_time_ms_count"]
+                    .iter()
+                    .all(|metric| prom::value(samples, metric, &labels(*v)) == total)
             })
         },
     )
     .await?;
+    // Give a late flush the chance to show double counting.
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    let samples = {
+        let again = envoy.prometheus().await?;
+        assert_eq!(
+            prom::value(&again, "canary_rq_total", &labels(Version::Canary)),
+            prom::value(&samples, "canary_rq_total", &labels(Version::Canary)),
+        );
+        again
+    };
     for version in Version::ALL {
         let e = &expected[&version];
         let value = |metric: &str| prom::value(&samples, metric, &labels(version));

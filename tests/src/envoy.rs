@@ -5,11 +5,11 @@ use std::net::SocketAddr;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::Value;
+use tokio::sync::{Mutex, MutexGuard};
 
 use crate::bootstrap::LISTENER_NAME;
 use crate::paths;

@@ -81,7 +81,7 @@ fn refusal(json: &str) -> Result<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_configs_are_refused_by_field_and_the_last_good_one_keeps_serving() -> Result<()> {
-    let _slot = envoy::exclusive();
+    let _slot = envoy::exclusive().await;
     let mut rig = CanaryRig::start_with_lds(
         &config_json(10_000),
         "x-canary-version",
@@ -151,7 +151,7 @@ async fn invalid_configs_are_refused_by_field_and_the_last_good_one_keeps_servin
 /// valid configuration arrives.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_invalid_first_config_means_no_listener_until_a_valid_one_arrives() -> Result<()> {
-    let _slot = envoy::exclusive();
+    let _slot = envoy::exclusive().await;
     let (json, field) = INVALID[0];
     let mut rig =
         CanaryRig::start_with_lds(json, "x-canary-version", RigOptions::default()).await?;

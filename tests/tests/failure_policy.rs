@@ -49,7 +49,7 @@ async fn normal(client: &reqwest::Client, base: &str) -> Result<Answer> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fail_closed_answers_503_after_a_crash() -> Result<()> {
-    let _slot = envoy::exclusive();
+    let _slot = envoy::exclusive().await;
     let rig = rig(FailurePolicy::FailClosed).await?;
     let client = http_client(1)?;
     assert_eq!(
@@ -68,7 +68,7 @@ async fn fail_closed_answers_503_after_a_crash() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fail_open_sends_everyone_to_stable_after_a_crash() -> Result<()> {
-    let _slot = envoy::exclusive();
+    let _slot = envoy::exclusive().await;
     let rig = rig(FailurePolicy::FailOpen).await?;
     let client = http_client(1)?;
     assert_eq!(
@@ -94,7 +94,7 @@ async fn fail_open_sends_everyone_to_stable_after_a_crash() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fail_reload_routes_by_the_hash_again_after_a_crash() -> Result<()> {
-    let _slot = envoy::exclusive();
+    let _slot = envoy::exclusive().await;
     let rig = rig(FailurePolicy::FailReload).await?;
     let client = http_client(1)?;
     assert_eq!(

@@ -39,7 +39,7 @@ fn version_of(served_by: Option<&str>) -> Option<Version> {
 /// (one per path prefix, so one process serves every weight), 20,000 users each.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn envoy_agrees_with_contract_at_every_weight_and_ramp_is_monotone() -> Result<()> {
-    let _slot = envoy::exclusive();
+    let _slot = envoy::exclusive().await;
     let weights = [100u32, 500, 2500, 5000];
     let rollouts: Vec<_> = weights
         .iter()
@@ -106,7 +106,7 @@ async fn envoy_agrees_with_contract_at_every_weight_and_ramp_is_monotone() -> Re
 /// each; every user sees one version, the one the contract computes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn users_are_sticky_across_envoys_and_workers() -> Result<()> {
-    let _slot = envoy::exclusive();
+    let _slot = envoy::exclusive().await;
     let rollout = rollout_on_prefix("sticky", "/", "sticky", 3000);
     let rig = CanaryRig::start(
         &config(vec![rollout.clone()]),
@@ -165,7 +165,7 @@ async fn users_are_sticky_across_envoys_and_workers() -> Result<()> {
 /// configured; the deny list beats everything, the allow list beats the force header.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_cannot_pick_a_version_unless_allowed() -> Result<()> {
-    let _slot = envoy::exclusive();
+    let _slot = envoy::exclusive().await;
     let with_lists = |mut r: RolloutConfig| {
         r.allow = BTreeSet::from(["tester".to_string()]);
         r.deny = BTreeSet::from(["vip".to_string()]);
@@ -297,7 +297,7 @@ async fn clients_cannot_pick_a_version_unless_allowed() -> Result<()> {
 /// Issue test 6: a user without a key gets an id cookie once, and stays on one version.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn anonymous_users_get_a_cookie_once_and_stay_put() -> Result<()> {
-    let _slot = envoy::exclusive();
+    let _slot = envoy::exclusive().await;
     let mut rollout = rollout_on_prefix("anon", "/", "anon", 5000);
     rollout.anonymous_cookie.max_age_s = 3600;
     let rig = CanaryRig::start(&config(vec![rollout.clone()]), RigOptions::default()).await?;
@@ -364,7 +364,7 @@ async fn anonymous_users_get_a_cookie_once_and_stay_put() -> Result<()> {
 /// anonymous path; none of them may hurt the VM (a panic would fail every later request).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_keys_fall_back_to_anonymous_and_never_panic() -> Result<()> {
-    let _slot = envoy::exclusive();
+    let _slot = envoy::exclusive().await;
     let rollout = rollout_on_prefix("hostile", "/", "hostile", 5000);
     let rig = CanaryRig::start(&config(vec![rollout.clone()]), RigOptions::default()).await?;
     let client = http_client(4)?;

@@ -47,7 +47,7 @@ struct Expected {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn per_version_stats_equal_the_load_sent() -> Result<()> {
-    let _slot = envoy::exclusive();
+    let _slot = envoy::exclusive().await;
     let rollout = RolloutConfig::new("shop", 3_000);
     let config = FilterConfig {
         schema_version: SCHEMA_VERSION,

@@ -20,15 +20,13 @@ use crate::wait::wait_until;
 /// seconds on a busy 2-core machine.
 const READY_DEADLINE: Duration = Duration::from_secs(60);
 
-static ENVOY_SLOT: Mutex<()> = Mutex::new(());
+static ENVOY_SLOT: Mutex<()> = Mutex::const_new(());
 
 /// Serialises tests that start Envoys: on a 2-core machine, several Envoys compiling wasm at
-/// once make every deadline flaky. Hold the guard for the whole test.
-pub fn exclusive() -> MutexGuard<'static, ()> {
-    // A test that panicked while holding the lock poisons it; the lock itself is still fine.
-    ENVOY_SLOT
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
+/// once make every deadline flaky. Hold the guard for the whole test. (Cargo runs test
+/// binaries one after another, so a lock per process is enough.)
+pub async fn exclusive() -> MutexGuard<'static, ()> {
+    ENVOY_SLOT.lock().await
 }
 
 /// Options for one Envoy process.

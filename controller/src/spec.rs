@@ -1,0 +1,476 @@
+//! The rollout spec (`rollout.yaml`): stages, analysis, checks, where the stats come from.
+//!
+//! Defaults follow the seeds: stages 5% → 25% → 50% → 100% with holds of 30 min, 1 h and 2 h
+//! (seed 000), error rate at most 5% and at most 1.5× stable, p99 at most 1.5× stable and
+//! p95 at most 1.3× stable (seed 000's thresholds and seed 001's rollback triggers), at least
+//! 1,000 requests per version in a stage before it may advance (seed 001).
+
+use std::time::Duration;
+
+use canary_contract::{FilterConfig, RolloutConfig, MAX_WEIGHT_BP, SCHEMA_VERSION};
+use serde::{Deserialize, Serialize};
+
+/// A problem with one field of the spec.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {reason}")]
+pub struct SpecError {
+    /// Path of the field, e.g. `stages[2].weight_pct`.
+    pub field: String,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("invalid rollout spec: {}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+pub struct SpecErrors(pub Vec<SpecError>);
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RolloutSpec {
+    /// The rollout's name: the filter's `rollout` stat label and config entry.
+    pub name: String,
+    #[serde(default = "default_stages")]
+    pub stages: Vec<Stage>,
+    #[serde(default)]
+    pub analysis: Analysis,
+    #[serde(default)]
+    pub checks: Checks,
+    /// Advance early when the canary is clearly better than stable (seed 001).
+    #[serde(default)]
+    pub accelerate: bool,
+    pub sources: Sources,
+    /// JSON POSTed on stage change, pause, rollback and promotion.
+    #[serde(default)]
+    pub webhooks: Vec<Webhook>,
+    /// Options passed through to the filter for this rollout (any field of the filter's
+    /// rollout configuration except `name` and `weight_bp`, which the controller owns).
+    #[serde(default)]
+    pub filter: serde_json::Map<String, serde_json::Value>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Stage {
+    /// Canary share during the stage, in percent (two decimals at most).
+    pub weight_pct: f64,
+    /// Time to observe the stage before it may advance.
+    #[serde(with = "humantime_serde", default)]
+    pub hold: Duration,
+    /// Requests each version must have served during the stage before it may advance.
+    #[serde(default = "default_stage_min_requests")]
+    pub min_requests: u64,
+}
+
+impl Stage {
+    pub fn weight_bp(&self) -> u32 {
+        (self.weight_pct * 100.0).round() as u32
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Analysis {
+    /// How often the canary is judged, over the stats of the last interval.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// Consecutive failed analyses that roll back.
+    pub failure_limit: u32,
+    /// Fewer requests than this for either version in a window: inconclusive.
+    pub min_window_requests: u64,
+    /// Significance level of the tests that call a difference real.
+    pub alpha: f64,
+}
+
+impl Default for Analysis {
+    fn default() -> Self {
+        Analysis {
+            interval: Duration::from_secs(30),
+            failure_limit: 3,
+            min_window_requests: 50,
+            alpha: 0.01,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Checks {
+    pub error_rate: ErrorRateCheck,
+    pub latency: Vec<LatencyCheck>,
+    pub critical: CriticalCheck,
+}
+
+impl Default for Checks {
+    fn default() -> Self {
+        Checks {
+            error_rate: ErrorRateCheck::default(),
+            latency: vec![
+                LatencyCheck {
+                    quantile: 0.99,
+                    max_relative_increase: 1.5,
+                },
+                LatencyCheck {
+                    quantile: 0.95,
+                    max_relative_increase: 1.3,
+                },
+            ],
+            critical: CriticalCheck::default(),
+        }
+    }
+}
+
+/// 5xx and resets over requests.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ErrorRateCheck {
+    /// The canary fails above this rate whatever stable does.
+    pub max_absolute: f64,
+    /// The canary fails above this multiple of stable's rate.
+    pub max_relative_increase: f64,
+    /// Stable's rate is taken as at least this, so a perfect stable does not make any
+    /// canary error a failure.
+    pub stable_rate_floor: f64,
+}
+
+impl Default for ErrorRateCheck {
+    fn default() -> Self {
+        ErrorRateCheck {
+            max_absolute: 0.05,
+            max_relative_increase: 1.5,
+            stable_rate_floor: 0.001,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LatencyCheck {
+    /// e.g. 0.99 for p99.
+    pub quantile: f64,
+    pub max_relative_increase: f64,
+}
+
+/// A gross failure rolls back at once, without waiting for the failure limit.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CriticalCheck {
+    pub error_rate_factor: f64,
+    pub alpha: f64,
+}
+
+impl Default for CriticalCheck {
+    fn default() -> Self {
+        CriticalCheck {
+            error_rate_factor: 5.0,
+            alpha: 0.001,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Sources {
+    /// Envoy admin endpoints, e.g. `http://127.0.0.1:9901`.
+    pub envoy_admin: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Webhook {
+    pub url: String,
+}
+
+fn default_stages() -> Vec<Stage> {
+    let stage = |weight_pct: f64, minutes: u64| Stage {
+        weight_pct,
+        hold: Duration::from_secs(minutes * 60),
+        min_requests: default_stage_min_requests(),
+    };
+    vec![
+        stage(5.0, 30),
+        stage(25.0, 60),
+        stage(50.0, 120),
+        stage(100.0, 0),
+    ]
+}
+
+fn default_stage_min_requests() -> u64 {
+    1_000
+}
+
+impl RolloutSpec {
+    /// Parses and validates a YAML spec; every problem is reported with its field path.
+    pub fn from_yaml(text: &str) -> Result<RolloutSpec, SpecErrors> {
+        let de = serde_yaml_ng::Deserializer::from_str(text);
+        let spec: RolloutSpec = serde_path_to_error::deserialize(de).map_err(|e| {
+            let parent = match e.path().to_string() {
+                p if p == "." || p.is_empty() => None,
+                p => Some(p),
+            };
+            let reason = e.into_inner().to_string();
+            // serde reports a missing field at its parent; name the field itself.
+            let missing = reason
+                .strip_prefix("missing field `")
+                .and_then(|rest| rest.split('`').next());
+            let field = match (parent, missing) {
+                (Some(p), Some(m)) => format!("{p}.{m}"),
+                (None, Some(m)) => m.to_string(),
+                (Some(p), None) => p,
+                (None, None) => "(root)".to_string(),
+            };
+            SpecErrors(vec![SpecError { field, reason }])
+        })?;
+        spec.validate()?;
+        Ok(spec)
+    }
+
+    pub fn validate(&self) -> Result<(), SpecErrors> {
+        let mut errors = Vec::new();
+        let mut push = |field: String, reason: String| errors.push(SpecError { field, reason });
+        if self.stages.is_empty() {
+            push("stages".into(), "at least one stage is needed".into());
+        }
+        let mut previous_bp = 0;
+        for (i, stage) in self.stages.iter().enumerate() {
+            let bp = stage.weight_pct * 100.0;
+            if !(0.0..=f64::from(MAX_WEIGHT_BP)).contains(&bp) || bp.fract().abs() > 1e-6 {
+                push(
+                    format!("stages[{i}].weight_pct"),
+                    format!(
+                        "must be within 0..=100 with at most two decimals, got {}",
+                        stage.weight_pct
+                    ),
+                );
+            } else if stage.weight_bp() <= previous_bp && i > 0 {
+                push(
+                    format!("stages[{i}].weight_pct"),
+                    "stages must increase the weight".into(),
+                );
+            } else {
+                previous_bp = stage.weight_bp();
+            }
+        }
+        if let Some(last) = self.stages.last() {
+            if last.weight_bp() != MAX_WEIGHT_BP {
+                push(
+                    format!("stages[{}].weight_pct", self.stages.len() - 1),
+                    "the last stage must be 100 (full promotion)".into(),
+                );
+            }
+        }
+        if self.analysis.interval < Duration::from_millis(100) {
+            push("analysis.interval".into(), "must be at least 100ms".into());
+        }
+        if self.analysis.failure_limit == 0 {
+            push("analysis.failure_limit".into(), "must be at least 1".into());
+        }
+        if !(self.analysis.alpha > 0.0 && self.analysis.alpha < 0.5) {
+            push("analysis.alpha".into(), "must be in (0, 0.5)".into());
+        }
+        let e = &self.checks.error_rate;
+        if !(e.max_absolute > 0.0 && e.max_absolute <= 1.0) {
+            push(
+                "checks.error_rate.max_absolute".into(),
+                "must be in (0, 1]".into(),
+            );
+        }
+        if e.max_relative_increase < 1.0 {
+            push(
+                "checks.error_rate.max_relative_increase".into(),
+                "must be at least 1".into(),
+            );
+        }
+        if !(e.stable_rate_floor > 0.0 && e.stable_rate_floor < 1.0) {
+            push(
+                "checks.error_rate.stable_rate_floor".into(),
+                "must be in (0, 1)".into(),
+            );
+        }
+        for (i, l) in self.checks.latency.iter().enumerate() {
+            if !(l.quantile > 0.0 && l.quantile < 1.0) {
+                push(
+                    format!("checks.latency[{i}].quantile"),
+                    "must be in (0, 1), e.g. 0.99".into(),
+                );
+            }
+            if l.max_relative_increase < 1.0 {
+                push(
+                    format!("checks.latency[{i}].max_relative_increase"),
+                    "must be at least 1".into(),
+                );
+            }
+        }
+        let c = &self.checks.critical;
+        if c.error_rate_factor <= 1.0 {
+            push(
+                "checks.critical.error_rate_factor".into(),
+                "must be more than 1".into(),
+            );
+        }
+        if !(c.alpha > 0.0 && c.alpha < 0.5) {
+            push("checks.critical.alpha".into(), "must be in (0, 0.5)".into());
+        }
+        if self.sources.envoy_admin.is_empty() {
+            push(
+                "sources.envoy_admin".into(),
+                "at least one Envoy admin endpoint is needed".into(),
+            );
+        }
+        for (i, url) in self.sources.envoy_admin.iter().enumerate() {
+            if !url.starts_with("http://") {
+                push(
+                    format!("sources.envoy_admin[{i}]"),
+                    format!("must be an http:// URL, got {url:?}"),
+                );
+            }
+        }
+        for (i, hook) in self.webhooks.iter().enumerate() {
+            if !(hook.url.starts_with("http://") || hook.url.starts_with("https://")) {
+                push(
+                    format!("webhooks[{i}].url"),
+                    format!("must be an http(s) URL, got {:?}", hook.url),
+                );
+            }
+        }
+        for owned in ["name", "weight_bp"] {
+            if self.filter.contains_key(owned) {
+                push(
+                    format!("filter.{owned}"),
+                    "is set by the controller, not the spec".into(),
+                );
+            }
+        }
+        if let Err(e) = self.filter_config(0) {
+            errors.extend(e.0);
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(SpecErrors(errors))
+        }
+    }
+
+    /// The filter configuration for this rollout at `weight_bp`, validated by the contract;
+    /// its errors are reported against the spec's own field names.
+    pub fn filter_config(&self, weight_bp: u32) -> Result<FilterConfig, SpecErrors> {
+        let mut rollout = self.filter.clone();
+        rollout.insert("name".into(), self.name.clone().into());
+        rollout.insert("weight_bp".into(), weight_bp.into());
+        let config = serde_json::json!({
+            "schema_version": SCHEMA_VERSION,
+            "rollouts": [rollout],
+        });
+        FilterConfig::from_json(config.to_string().as_bytes()).map_err(|e| {
+            SpecErrors(
+                e.errors
+                    .into_iter()
+                    .map(|f| SpecError {
+                        field: match f.field.as_str() {
+                            "rollouts[0].name" => "name".to_string(),
+                            other => other.replacen("rollouts[0]", "filter", 1),
+                        },
+                        reason: f.reason,
+                    })
+                    .collect(),
+            )
+        })
+    }
+
+    /// The rollout's own entry of [`RolloutSpec::filter_config`].
+    pub fn rollout_config(&self, weight_bp: u32) -> Option<RolloutConfig> {
+        self.filter_config(weight_bp)
+            .ok()
+            .and_then(|c| c.rollouts.into_iter().next())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = "name: checkout\nsources:\n  envoy_admin: [\"http://127.0.0.1:9901\"]\n";
+
+    #[test]
+    fn minimal_spec_gets_the_seed_defaults() {
+        let spec = RolloutSpec::from_yaml(MINIMAL).expect("valid");
+        let weights: Vec<u32> = spec.stages.iter().map(Stage::weight_bp).collect();
+        assert_eq!(weights, vec![500, 2_500, 5_000, 10_000]);
+        assert_eq!(spec.stages[0].hold, Duration::from_secs(1_800));
+        assert_eq!(spec.checks.error_rate.max_absolute, 0.05);
+        assert_eq!(spec.checks.latency[0].quantile, 0.99);
+        assert_eq!(spec.analysis.failure_limit, 3);
+        let rollout = spec.rollout_config(500).expect("filter config");
+        assert_eq!(rollout.name, "checkout");
+        assert_eq!(rollout.weight_bp, 500);
+    }
+
+    #[test]
+    fn seed_001_schedule_is_expressible() {
+        let yaml = format!(
+            "{MINIMAL}stages:\n{}",
+            [5, 10, 25, 50, 75, 100]
+                .iter()
+                .map(|w| format!("  - {{weight_pct: {w}, hold: 24h}}\n"))
+                .collect::<String>()
+        );
+        let spec = RolloutSpec::from_yaml(&yaml).expect("valid");
+        assert_eq!(spec.stages.len(), 6);
+        assert_eq!(spec.stages[1].weight_bp(), 1_000);
+        assert_eq!(spec.stages[1].hold, Duration::from_secs(86_400));
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let cases: &[(&str, &str)] = &[
+            ("name: a\n", "sources"),
+            (
+                "name: a\nsources: {envoy_admin: []}\n",
+                "sources.envoy_admin",
+            ),
+            (
+                "name: a\nsources: {envoy_admin: [\"x\"]}\n",
+                "sources.envoy_admin[0]",
+            ),
+            (
+                &format!("{MINIMAL}stages: [{{weight_pct: 50}}, {{weight_pct: 20}}, {{weight_pct: 100}}]\n"),
+                "stages[1].weight_pct",
+            ),
+            (
+                &format!("{MINIMAL}stages: [{{weight_pct: 50}}]\n"),
+                "stages[0].weight_pct",
+            ),
+            (
+                &format!("{MINIMAL}stages: [{{weight_pct: 5, hold: soon}}, {{weight_pct: 100}}]\n"),
+                "stages[0].hold",
+            ),
+            (
+                &format!("{MINIMAL}analysis: {{failure_limit: 0}}\n"),
+                "analysis.failure_limit",
+            ),
+            (
+                &format!("{MINIMAL}analysis: {{intervall: 5s}}\n"),
+                "analysis",
+            ),
+            (
+                &format!("{MINIMAL}checks: {{latency: [{{quantile: 99, max_relative_increase: 2}}]}}\n"),
+                "checks.latency[0].quantile",
+            ),
+            (
+                &format!("{MINIMAL}filter: {{key_sources: [{{query: u}}]}}\n"),
+                "filter.key_sources[0]",
+            ),
+            (&format!("{MINIMAL}filter: {{weight_bp: 5}}\n"), "filter.weight_bp"),
+            ("name: Bad.Name\nsources: {envoy_admin: [\"http://a\"]}\n", "name"),
+            (
+                &format!("{MINIMAL}webhooks: [{{url: ftp://x}}]\n"),
+                "webhooks[0].url",
+            ),
+        ];
+        for (yaml, field) in cases {
+            let err = RolloutSpec::from_yaml(yaml).expect_err(yaml);
+            assert!(
+                err.0.iter().any(|e| e.field.starts_with(field)),
+                "{yaml}: expected an error on {field}, got {err}"
+            );
+        }
+    }
+}

@@ -1,0 +1,363 @@
+//! The filter's per-version stats as one Envoy reports them at `/stats/prometheus`.
+
+use canary_contract::stats::Metric;
+use canary_contract::Version;
+use prometheus_parse::{Scrape, Value};
+use serde::{Deserialize, Serialize};
+
+/// Cumulative latency histogram: `buckets[i] = (upper bound in ms, requests ≤ bound)`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Histogram {
+    pub buckets: Vec<(f64, u64)>,
+    pub count: u64,
+    pub sum_ms: f64,
+}
+
+impl Histogram {
+    /// The `q` quantile (0..1) by linear interpolation inside the bucket that holds it, as
+    /// Prometheus' `histogram_quantile` does. `None` without samples.
+    pub fn quantile(&self, q: f64) -> Option<f64> {
+        if self.count == 0 {
+            return None;
+        }
+        let rank = q * self.count as f64;
+        let mut lower_bound = 0.0;
+        let mut lower_count = 0u64;
+        for &(bound, cumulative) in &self.buckets {
+            if cumulative as f64 >= rank {
+                if bound.is_infinite() {
+                    return Some(lower_bound);
+                }
+                let in_bucket = (cumulative - lower_count) as f64;
+                let fraction = if in_bucket > 0.0 {
+                    (rank - lower_count as f64) / in_bucket
+                } else {
+                    1.0
+                };
+                return Some(lower_bound + (bound - lower_bound) * fraction);
+            }
+            lower_bound = bound;
+            lower_count = cumulative;
+        }
+        Some(lower_bound)
+    }
+
+    /// Requests slower than `bound_ms`, counting whole buckets only: the buckets above the
+    /// first bound ≥ `bound_ms`. Conservative (never more than the true number).
+    pub fn count_above(&self, bound_ms: f64) -> u64 {
+        let at_or_below = self
+            .buckets
+            .iter()
+            .find(|(bound, _)| *bound >= bound_ms)
+            .map_or(self.count, |(_, cumulative)| *cumulative);
+        self.count.saturating_sub(at_or_below)
+    }
+
+    /// `self - earlier`, or `None` if any bucket went down (the counters restarted).
+    pub fn minus(&self, earlier: &Histogram) -> Option<Histogram> {
+        if earlier.count > self.count {
+            return None;
+        }
+        let mut buckets = Vec::with_capacity(self.buckets.len());
+        for &(bound, cumulative) in &self.buckets {
+            let before = earlier
+                .buckets
+                .iter()
+                .find(|(b, _)| *b == bound)
+                .map_or(0, |(_, c)| *c);
+            buckets.push((bound, cumulative.checked_sub(before)?));
+        }
+        Some(Histogram {
+            buckets,
+            count: self.count - earlier.count,
+            sum_ms: (self.sum_ms - earlier.sum_ms).max(0.0),
+        })
+    }
+
+    pub fn plus(&self, other: &Histogram) -> Histogram {
+        if self.buckets.is_empty() {
+            return other.clone();
+        }
+        let buckets = self
+            .buckets
+            .iter()
+            .map(|&(bound, c)| {
+                let o = other
+                    .buckets
+                    .iter()
+                    .find(|(b, _)| *b == bound)
+                    .map_or(0, |(_, c)| *c);
+                (bound, c + o)
+            })
+            .collect();
+        Histogram {
+            buckets,
+            count: self.count + other.count,
+            sum_ms: self.sum_ms + other.sum_ms,
+        }
+    }
+}
+
+/// One version's counters and request-duration histogram.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct VersionStats {
+    pub requests: u64,
+    pub rq_2xx: u64,
+    pub rq_3xx: u64,
+    pub rq_4xx: u64,
+    pub rq_5xx: u64,
+    pub resets: u64,
+    pub duration: Histogram,
+}
+
+impl VersionStats {
+    /// Failed requests: 5xx answers (an upstream reset reaches the client as Envoy's own 503,
+    /// so it is counted here too).
+    pub fn errors(&self) -> u64 {
+        self.rq_5xx
+    }
+
+    pub fn minus(&self, earlier: &VersionStats) -> Option<VersionStats> {
+        Some(VersionStats {
+            requests: self.requests.checked_sub(earlier.requests)?,
+            rq_2xx: self.rq_2xx.checked_sub(earlier.rq_2xx)?,
+            rq_3xx: self.rq_3xx.checked_sub(earlier.rq_3xx)?,
+            rq_4xx: self.rq_4xx.checked_sub(earlier.rq_4xx)?,
+            rq_5xx: self.rq_5xx.checked_sub(earlier.rq_5xx)?,
+            resets: self.resets.checked_sub(earlier.resets)?,
+            duration: self.duration.minus(&earlier.duration)?,
+        })
+    }
+
+    pub fn plus(&self, other: &VersionStats) -> VersionStats {
+        VersionStats {
+            requests: self.requests + other.requests,
+            rq_2xx: self.rq_2xx + other.rq_2xx,
+            rq_3xx: self.rq_3xx + other.rq_3xx,
+            rq_4xx: self.rq_4xx + other.rq_4xx,
+            rq_5xx: self.rq_5xx + other.rq_5xx,
+            resets: self.resets + other.resets,
+            duration: self.duration.plus(&other.duration),
+        }
+    }
+}
+
+/// Both versions of one rollout, from one source.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RolloutStats {
+    pub stable: VersionStats,
+    pub canary: VersionStats,
+}
+
+impl RolloutStats {
+    pub fn version(&self, version: Version) -> &VersionStats {
+        match version {
+            Version::Stable => &self.stable,
+            Version::Canary => &self.canary,
+        }
+    }
+
+    fn version_mut(&mut self, version: Version) -> &mut VersionStats {
+        match version {
+            Version::Stable => &mut self.stable,
+            Version::Canary => &mut self.canary,
+        }
+    }
+
+    pub fn minus(&self, earlier: &RolloutStats) -> Option<RolloutStats> {
+        Some(RolloutStats {
+            stable: self.stable.minus(&earlier.stable)?,
+            canary: self.canary.minus(&earlier.canary)?,
+        })
+    }
+
+    pub fn plus(&self, other: &RolloutStats) -> RolloutStats {
+        RolloutStats {
+            stable: self.stable.plus(&other.stable),
+            canary: self.canary.plus(&other.canary),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StatsError {
+    #[error("stats payload is not Prometheus text: {0}")]
+    Unparsable(String),
+    #[error("no `{metric}` series for rollout `{rollout}` (is the filter loaded and configured with it?)")]
+    MissingSeries { rollout: String, metric: String },
+    #[error("`{metric}` for rollout `{rollout}` has an invalid value {value}")]
+    BadValue {
+        rollout: String,
+        metric: String,
+        value: String,
+    },
+}
+
+/// Reads one rollout's stats from an Envoy `/stats/prometheus` payload.
+pub fn parse_envoy_prometheus(text: &str, rollout: &str) -> Result<RolloutStats, StatsError> {
+    let scrape = Scrape::parse(text.lines().map(|l| Ok(l.to_string())))
+        .map_err(|e| StatsError::Unparsable(e.to_string()))?;
+    let mut stats = RolloutStats::default();
+    let mut found = [[false; Metric::ALL.len()]; 2];
+    for sample in &scrape.samples {
+        if sample.labels.get("rollout") != Some(rollout) {
+            continue;
+        }
+        let version = match sample.labels.get("version") {
+            Some("stable") => Version::Stable,
+            Some("canary") => Version::Canary,
+            _ => continue,
+        };
+        let bad = |value: f64| StatsError::BadValue {
+            rollout: rollout.to_string(),
+            metric: sample.metric.clone(),
+            value: value.to_string(),
+        };
+        let count = |value: f64| -> Result<u64, StatsError> {
+            if value.is_finite() && value >= 0.0 && value.fract() == 0.0 {
+                Ok(value as u64)
+            } else {
+                Err(bad(value))
+            }
+        };
+        let v = stats.version_mut(version);
+        let scalar = match sample.value {
+            Value::Counter(x) | Value::Gauge(x) | Value::Untyped(x) => Some(x),
+            _ => None,
+        };
+        let name = sample.metric.as_str();
+        let duration = Metric::RqTimeMs.name();
+        if name == duration {
+            if let Value::Histogram(buckets) = &sample.value {
+                v.duration.buckets = buckets
+                    .iter()
+                    .map(|b| Ok((b.less_than, count(b.count)?)))
+                    .collect::<Result<_, StatsError>>()?;
+                found[version.index()][Metric::RqTimeMs.index()] = true;
+            }
+            continue;
+        }
+        let Some(x) = scalar else { continue };
+        if name.strip_prefix(duration) == Some("_count") {
+            v.duration.count = count(x)?;
+            continue;
+        }
+        if name.strip_prefix(duration) == Some("_sum") {
+            v.duration.sum_ms = x;
+            continue;
+        }
+        let Some(metric) = Metric::ALL.iter().find(|m| m.name() == name) else {
+            continue;
+        };
+        let slot = match metric {
+            Metric::RqTotal => &mut v.requests,
+            Metric::Rq2xx => &mut v.rq_2xx,
+            Metric::Rq3xx => &mut v.rq_3xx,
+            Metric::Rq4xx => &mut v.rq_4xx,
+            Metric::Rq5xx => &mut v.rq_5xx,
+            Metric::RqReset => &mut v.resets,
+            Metric::RqTimeMs | Metric::RqHeaderTimeMs => continue,
+        };
+        *slot = count(x)?;
+        found[version.index()][metric.index()] = true;
+    }
+    for version in Version::ALL {
+        for metric in [Metric::RqTotal, Metric::Rq5xx] {
+            if !found[version.index()][metric.index()] {
+                return Err(StatsError::MissingSeries {
+                    rollout: rollout.to_string(),
+                    metric: metric.name().to_string(),
+                });
+            }
+        }
+    }
+    Ok(stats)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn envoy_payload(rollout: &str, canary_total: u64, canary_5xx: u64) -> String {
+        let mut out = String::new();
+        for (metric, stable, canary) in [
+            ("canary_rq_total", 900, canary_total),
+            ("canary_rq_2xx", 895, canary_total - canary_5xx),
+            ("canary_rq_5xx", 5, canary_5xx),
+            ("canary_rq_reset", 0, 1),
+        ] {
+            out.push_str(&format!("# TYPE {metric} counter\n"));
+            out.push_str(&format!(
+                "{metric}{{rollout=\"{rollout}\",version=\"stable\"}} {stable}\n"
+            ));
+            out.push_str(&format!(
+                "{metric}{{rollout=\"{rollout}\",version=\"canary\"}} {canary}\n"
+            ));
+        }
+        out.push_str("# TYPE canary_rq_time_ms histogram\n");
+        for (version, n) in [("stable", 900), ("canary", canary_total)] {
+            let l = format!("rollout=\"{rollout}\",version=\"{version}\"");
+            out.push_str(&format!(
+                "canary_rq_time_ms_bucket{{{l},le=\"1\"}} {}\n",
+                n / 2
+            ));
+            out.push_str(&format!(
+                "canary_rq_time_ms_bucket{{{l},le=\"10\"}} {}\n",
+                n - n / 10
+            ));
+            out.push_str(&format!(
+                "canary_rq_time_ms_bucket{{{l},le=\"+Inf\"}} {n}\n"
+            ));
+            out.push_str(&format!("canary_rq_time_ms_sum{{{l}}} {}\n", n * 3));
+            out.push_str(&format!("canary_rq_time_ms_count{{{l}}} {n}\n"));
+        }
+        // Another rollout's series must be ignored.
+        out.push_str("canary_rq_total{rollout=\"other\",version=\"canary\"} 77\n");
+        out
+    }
+
+    #[test]
+    fn reads_counters_and_histograms_of_one_rollout() {
+        let stats = parse_envoy_prometheus(&envoy_payload("shop", 100, 7), "shop").expect("ok");
+        assert_eq!(stats.canary.requests, 100);
+        assert_eq!(stats.canary.rq_5xx, 7);
+        assert_eq!(stats.canary.resets, 1);
+        assert_eq!(stats.stable.requests, 900);
+        assert_eq!(stats.canary.duration.count, 100);
+        assert_eq!(stats.canary.duration.buckets.len(), 3);
+        assert_eq!(stats.canary.duration.sum_ms, 300.0);
+    }
+
+    #[test]
+    fn missing_rollout_is_an_error_not_zeros() {
+        let err = parse_envoy_prometheus(&envoy_payload("shop", 100, 7), "cart").expect_err("");
+        assert!(matches!(err, StatsError::MissingSeries { .. }), "{err}");
+    }
+
+    #[test]
+    fn quantiles_interpolate_inside_buckets() {
+        let h = Histogram {
+            buckets: vec![(10.0, 50), (100.0, 100), (f64::INFINITY, 100)],
+            count: 100,
+            sum_ms: 0.0,
+        };
+        assert_eq!(h.quantile(0.5), Some(10.0));
+        assert_eq!(h.quantile(0.75), Some(55.0));
+        assert_eq!(h.quantile(0.99), Some(98.2));
+        assert_eq!(Histogram::default().quantile(0.99), None);
+        assert_eq!(h.count_above(10.0), 50);
+        assert_eq!(h.count_above(11.0), 0);
+    }
+
+    #[test]
+    fn counter_restart_yields_no_delta() {
+        let before = parse_envoy_prometheus(&envoy_payload("s", 100, 7), "s").expect("ok");
+        let after = parse_envoy_prometheus(&envoy_payload("s", 40, 1), "s").expect("ok");
+        assert_eq!(after.minus(&before), None);
+        let later = parse_envoy_prometheus(&envoy_payload("s", 150, 9), "s").expect("ok");
+        let delta = later.minus(&before).expect("delta");
+        assert_eq!(delta.canary.requests, 50);
+        assert_eq!(delta.canary.rq_5xx, 2);
+        assert_eq!(delta.stable.requests, 0);
+    }
+}

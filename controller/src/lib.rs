@@ -6,6 +6,7 @@
 //! machine). I/O at the edges: stats sources, config publication, HTTP API, state store.
 
 pub mod judge;
+pub mod machine;
 pub mod spec;
 pub mod stats;
 pub mod window;

@@ -1,0 +1,558 @@
+//! The rollout state machine: pure transitions. `step(spec, state, input, now)` returns the
+//! next state and the effects to carry out (publish a weight, notify). No I/O here.
+
+use std::collections::VecDeque;
+
+use serde::{Deserialize, Serialize};
+
+use crate::judge::{Outcome, Verdict};
+use crate::spec::RolloutSpec;
+
+/// Verdicts and events kept in the state (and so in `status`).
+const KEEP_VERDICTS: usize = 10;
+const KEEP_EVENTS: usize = 200;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    Progressing,
+    Paused,
+    /// Terminal: the canary serves 100%.
+    Promoted,
+    /// Terminal: the judge rolled back (weight 0).
+    RolledBack,
+    /// Terminal: an operator aborted (weight 0).
+    Aborted,
+}
+
+impl Phase {
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Phase::Promoted | Phase::RolledBack | Phase::Aborted)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    pub at_ms: u64,
+    pub kind: EventKind,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    Started,
+    StageAdvanced,
+    AnalysisFailed,
+    Paused,
+    Resumed,
+    RolledBack,
+    Promoted,
+    Aborted,
+}
+
+impl EventKind {
+    /// Whether webhooks hear about it: stage changes, pause, rollback, promotion.
+    pub fn notifies(self) -> bool {
+        !matches!(self, EventKind::AnalysisFailed)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VerdictRecord {
+    pub at_ms: u64,
+    pub stage: usize,
+    pub verdict: Verdict,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RolloutState {
+    pub rollout: String,
+    pub phase: Phase,
+    pub stage: usize,
+    pub weight_bp: u32,
+    pub stage_started_ms: u64,
+    /// Requests each version served during the current stage (from analysis windows).
+    pub stage_canary_requests: u64,
+    pub stage_stable_requests: u64,
+    pub consecutive_failures: u32,
+    /// Bumped on every weight change: the filter config's version (ETag).
+    pub config_version: u64,
+    pub verdicts: VecDeque<VerdictRecord>,
+    pub timeline: VecDeque<Event>,
+}
+
+/// What happens to a rollout.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Input {
+    /// The judge's verdict on the last window.
+    Analysis(Verdict),
+    /// Operator: go to the next stage now.
+    Promote,
+    Pause,
+    Resume,
+    Abort,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refused {
+    #[error("the rollout has ended ({0:?})")]
+    Ended(Phase),
+    #[error("the rollout is not paused")]
+    NotPaused,
+    #[error("the rollout is already paused")]
+    AlreadyPaused,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Effect {
+    /// Serve this weight to the filters.
+    PublishWeight(u32),
+    Notify(Event),
+}
+
+impl RolloutState {
+    /// A rollout starting at its first stage.
+    pub fn start(spec: &RolloutSpec, now_ms: u64) -> (RolloutState, Vec<Effect>) {
+        let weight_bp = spec.stages.first().map_or(0, |s| s.weight_bp());
+        let mut state = RolloutState {
+            rollout: spec.name.clone(),
+            phase: Phase::Progressing,
+            stage: 0,
+            weight_bp,
+            stage_started_ms: now_ms,
+            stage_canary_requests: 0,
+            stage_stable_requests: 0,
+            consecutive_failures: 0,
+            config_version: 1,
+            verdicts: VecDeque::new(),
+            timeline: VecDeque::new(),
+        };
+        let mut effects = vec![Effect::PublishWeight(weight_bp)];
+        state.record(
+            &mut effects,
+            now_ms,
+            EventKind::Started,
+            format!(
+                "started at stage 1 of {}, weight {}",
+                spec.stages.len(),
+                pct(weight_bp)
+            ),
+        );
+        (state, effects)
+    }
+
+    fn record(&mut self, effects: &mut Vec<Effect>, at_ms: u64, kind: EventKind, message: String) {
+        let event = Event {
+            at_ms,
+            kind,
+            message,
+        };
+        if kind.notifies() {
+            effects.push(Effect::Notify(event.clone()));
+        }
+        self.timeline.push_back(event);
+        while self.timeline.len() > KEEP_EVENTS {
+            self.timeline.pop_front();
+        }
+    }
+
+    fn set_weight(&mut self, effects: &mut Vec<Effect>, weight_bp: u32) {
+        if weight_bp != self.weight_bp {
+            self.weight_bp = weight_bp;
+            self.config_version += 1;
+            effects.push(Effect::PublishWeight(weight_bp));
+        }
+    }
+
+    fn enter_stage(
+        &mut self,
+        spec: &RolloutSpec,
+        effects: &mut Vec<Effect>,
+        stage: usize,
+        now_ms: u64,
+        why: &str,
+    ) {
+        let Some(next) = spec.stages.get(stage) else {
+            return;
+        };
+        self.stage = stage;
+        self.stage_started_ms = now_ms;
+        self.stage_canary_requests = 0;
+        self.stage_stable_requests = 0;
+        self.consecutive_failures = 0;
+        self.set_weight(effects, next.weight_bp());
+        if stage + 1 == spec.stages.len() {
+            self.phase = Phase::Promoted;
+            self.record(
+                effects,
+                now_ms,
+                EventKind::Promoted,
+                format!("promoted to {} ({why})", pct(self.weight_bp)),
+            );
+        } else {
+            self.record(
+                effects,
+                now_ms,
+                EventKind::StageAdvanced,
+                format!(
+                    "stage {} of {}: weight {} ({why})",
+                    stage + 1,
+                    spec.stages.len(),
+                    pct(self.weight_bp)
+                ),
+            );
+        }
+    }
+
+    fn roll_back(
+        &mut self,
+        effects: &mut Vec<Effect>,
+        now_ms: u64,
+        phase: Phase,
+        kind: EventKind,
+        message: String,
+    ) {
+        self.phase = phase;
+        self.set_weight(effects, 0);
+        self.record(effects, now_ms, kind, message);
+    }
+
+    /// The next state for `input` at `now_ms`, and what to do about it.
+    pub fn step(
+        &self,
+        spec: &RolloutSpec,
+        input: Input,
+        now_ms: u64,
+    ) -> Result<(RolloutState, Vec<Effect>), Refused> {
+        let mut next = self.clone();
+        let mut effects = Vec::new();
+        if self.phase.is_terminal() {
+            return match input {
+                // Late verdicts after the end change nothing.
+                Input::Analysis(_) => Ok((next, effects)),
+                _ => Err(Refused::Ended(self.phase)),
+            };
+        }
+        match input {
+            Input::Analysis(verdict) => next.on_verdict(spec, verdict, now_ms, &mut effects),
+            Input::Promote => {
+                let stage = self.stage + 1;
+                next.phase = Phase::Progressing;
+                next.enter_stage(spec, &mut effects, stage, now_ms, "promoted by an operator");
+            }
+            Input::Pause => {
+                if self.phase == Phase::Paused {
+                    return Err(Refused::AlreadyPaused);
+                }
+                next.phase = Phase::Paused;
+                next.record(
+                    &mut effects,
+                    now_ms,
+                    EventKind::Paused,
+                    format!("paused at {}", pct(self.weight_bp)),
+                );
+            }
+            Input::Resume => {
+                if self.phase != Phase::Paused {
+                    return Err(Refused::NotPaused);
+                }
+                next.phase = Phase::Progressing;
+                next.record(
+                    &mut effects,
+                    now_ms,
+                    EventKind::Resumed,
+                    format!("resumed at {}", pct(self.weight_bp)),
+                );
+            }
+            Input::Abort => next.roll_back(
+                &mut effects,
+                now_ms,
+                Phase::Aborted,
+                EventKind::Aborted,
+                "aborted by an operator: weight 0".into(),
+            ),
+        }
+        Ok((next, effects))
+    }
+
+    fn on_verdict(
+        &mut self,
+        spec: &RolloutSpec,
+        verdict: Verdict,
+        now_ms: u64,
+        effects: &mut Vec<Effect>,
+    ) {
+        self.stage_canary_requests += verdict.canary_requests;
+        self.stage_stable_requests += verdict.stable_requests;
+        let summary = verdict.summary();
+        let outcome = verdict.outcome;
+        let critical = verdict.critical;
+        let clearly_better = verdict.clearly_better;
+        self.verdicts.push_back(VerdictRecord {
+            at_ms: now_ms,
+            stage: self.stage,
+            verdict,
+        });
+        while self.verdicts.len() > KEEP_VERDICTS {
+            self.verdicts.pop_front();
+        }
+        match outcome {
+            Outcome::Fail => {
+                self.consecutive_failures += 1;
+                let limit = spec.analysis.failure_limit;
+                if critical || self.consecutive_failures >= limit {
+                    let why = if critical {
+                        "critical failure".to_string()
+                    } else {
+                        format!("{limit} failed analyses in a row")
+                    };
+                    self.roll_back(
+                        effects,
+                        now_ms,
+                        Phase::RolledBack,
+                        EventKind::RolledBack,
+                        format!("rolled back ({why}): {summary}"),
+                    );
+                } else {
+                    let n = self.consecutive_failures;
+                    self.record(
+                        effects,
+                        now_ms,
+                        EventKind::AnalysisFailed,
+                        format!("analysis failed ({n} of {limit}): {summary}"),
+                    );
+                }
+            }
+            // Inconclusive neither counts against the canary nor for it.
+            Outcome::Inconclusive => {}
+            Outcome::Pass => {
+                self.consecutive_failures = 0;
+                if self.phase != Phase::Progressing {
+                    return;
+                }
+                let Some(stage) = spec.stages.get(self.stage) else {
+                    return;
+                };
+                let enough = self.stage_canary_requests >= stage.min_requests
+                    && self.stage_stable_requests >= stage.min_requests;
+                let held =
+                    now_ms.saturating_sub(self.stage_started_ms) >= stage.hold.as_millis() as u64;
+                if enough && held {
+                    self.enter_stage(spec, effects, self.stage + 1, now_ms, "analysis passed");
+                } else if enough && spec.accelerate && clearly_better {
+                    self.enter_stage(
+                        spec,
+                        effects,
+                        self.stage + 1,
+                        now_ms,
+                        "canary clearly better: accelerated",
+                    );
+                }
+            }
+        }
+    }
+}
+
+pub fn pct(weight_bp: u32) -> String {
+    format!("{}%", f64::from(weight_bp) / 100.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::judge::CheckResult;
+
+    fn spec(accelerate: bool) -> RolloutSpec {
+        let yaml = format!(
+            "name: shop\naccelerate: {accelerate}\nsources: {{envoy_admin: [\"http://127.0.0.1:1\"]}}\n\
+             analysis: {{interval: 1s, failure_limit: 2}}\n\
+             stages:\n  - {{weight_pct: 5, hold: 10s, min_requests: 100}}\n  - {{weight_pct: 50, hold: 10s, min_requests: 100}}\n  - {{weight_pct: 100}}\n"
+        );
+        RolloutSpec::from_yaml(&yaml).expect("valid spec")
+    }
+
+    fn verdict(outcome: Outcome, critical: bool, clearly_better: bool, n: u64) -> Verdict {
+        Verdict {
+            outcome,
+            critical,
+            clearly_better,
+            canary_requests: n,
+            stable_requests: n,
+            checks: vec![CheckResult {
+                check: "error_rate".into(),
+                outcome,
+                canary: None,
+                stable: None,
+                limit: None,
+                p_value: None,
+                reason: format!("{outcome:?}"),
+            }],
+        }
+    }
+
+    fn run(
+        spec: &RolloutSpec,
+        state: &RolloutState,
+        input: Input,
+        at: u64,
+    ) -> (RolloutState, Vec<Effect>) {
+        state.step(spec, input, at).expect("accepted")
+    }
+
+    #[test]
+    fn passes_advance_only_after_hold_and_enough_requests() {
+        let spec = spec(false);
+        let (s, effects) = RolloutState::start(&spec, 0);
+        assert_eq!(effects[0], Effect::PublishWeight(500));
+        let (s, e) = run(
+            &spec,
+            &s,
+            Input::Analysis(verdict(Outcome::Pass, false, false, 200)),
+            5_000,
+        );
+        assert_eq!((s.stage, e.len()), (0, 0), "hold not over");
+        let (s, e) = run(
+            &spec,
+            &s,
+            Input::Analysis(verdict(Outcome::Pass, false, false, 0)),
+            10_000,
+        );
+        assert_eq!(s.stage, 1);
+        assert_eq!(s.weight_bp, 5_000);
+        assert!(e.contains(&Effect::PublishWeight(5_000)));
+        // Held long enough but too few requests in the new stage.
+        let (s, _) = run(
+            &spec,
+            &s,
+            Input::Analysis(verdict(Outcome::Pass, false, false, 50)),
+            25_000,
+        );
+        assert_eq!(s.stage, 1);
+        let (s, e) = run(
+            &spec,
+            &s,
+            Input::Analysis(verdict(Outcome::Pass, false, false, 50)),
+            26_000,
+        );
+        assert_eq!(s.phase, Phase::Promoted);
+        assert_eq!(s.weight_bp, 10_000);
+        assert!(e
+            .iter()
+            .any(|e| matches!(e, Effect::Notify(ev) if ev.kind == EventKind::Promoted)));
+        assert_eq!(s.config_version, 3);
+    }
+
+    #[test]
+    fn inconclusive_never_advances() {
+        let spec = spec(false);
+        let (mut s, _) = RolloutState::start(&spec, 0);
+        for t in 1..100 {
+            s = run(
+                &spec,
+                &s,
+                Input::Analysis(verdict(Outcome::Inconclusive, false, false, 0)),
+                t * 1_000,
+            )
+            .0;
+        }
+        assert_eq!(
+            (s.phase, s.stage, s.weight_bp),
+            (Phase::Progressing, 0, 500)
+        );
+    }
+
+    #[test]
+    fn failure_limit_and_critical_failures_roll_back() {
+        let spec = spec(false);
+        let (s, _) = RolloutState::start(&spec, 0);
+        let (s, e) = run(
+            &spec,
+            &s,
+            Input::Analysis(verdict(Outcome::Fail, false, false, 10)),
+            1_000,
+        );
+        assert_eq!((s.phase, s.consecutive_failures), (Phase::Progressing, 1));
+        assert!(e.is_empty(), "a single failed analysis is not notified");
+        // A pass in between resets the count.
+        let (s, _) = run(
+            &spec,
+            &s,
+            Input::Analysis(verdict(Outcome::Pass, false, false, 10)),
+            2_000,
+        );
+        let (s, _) = run(
+            &spec,
+            &s,
+            Input::Analysis(verdict(Outcome::Fail, false, false, 10)),
+            3_000,
+        );
+        assert_eq!(s.phase, Phase::Progressing);
+        let (s, e) = run(
+            &spec,
+            &s,
+            Input::Analysis(verdict(Outcome::Fail, false, false, 10)),
+            4_000,
+        );
+        assert_eq!((s.phase, s.weight_bp), (Phase::RolledBack, 0));
+        assert!(e.contains(&Effect::PublishWeight(0)));
+
+        let (s, _) = RolloutState::start(&spec, 0);
+        let (s, _) = run(
+            &spec,
+            &s,
+            Input::Analysis(verdict(Outcome::Fail, true, false, 10)),
+            1_000,
+        );
+        assert_eq!(
+            (s.phase, s.weight_bp),
+            (Phase::RolledBack, 0),
+            "critical: at once"
+        );
+        assert!(s.step(&spec, Input::Resume, 2_000).is_err());
+    }
+
+    #[test]
+    fn operator_commands() {
+        let spec = spec(false);
+        let (s, _) = RolloutState::start(&spec, 0);
+        let (s, _) = run(&spec, &s, Input::Pause, 1_000);
+        assert_eq!(
+            s.step(&spec, Input::Pause, 1_500),
+            Err(Refused::AlreadyPaused)
+        );
+        // Paused: passes do not advance, failures still roll back.
+        let (s, _) = run(
+            &spec,
+            &s,
+            Input::Analysis(verdict(Outcome::Pass, false, false, 500)),
+            60_000,
+        );
+        assert_eq!((s.phase, s.stage), (Phase::Paused, 0));
+        let (s, _) = run(&spec, &s, Input::Resume, 61_000);
+        let (s, e) = run(&spec, &s, Input::Promote, 62_000);
+        assert_eq!((s.stage, s.weight_bp), (1, 5_000));
+        assert!(e.contains(&Effect::PublishWeight(5_000)));
+        let (s, _) = run(&spec, &s, Input::Abort, 63_000);
+        assert_eq!((s.phase, s.weight_bp), (Phase::Aborted, 0));
+        assert_eq!(
+            s.step(&spec, Input::Promote, 64_000),
+            Err(Refused::Ended(Phase::Aborted))
+        );
+    }
+
+    #[test]
+    fn clearly_better_canary_accelerates_only_when_enabled() {
+        for accelerate in [false, true] {
+            let spec = spec(accelerate);
+            let (s, _) = RolloutState::start(&spec, 0);
+            let (s, _) = run(
+                &spec,
+                &s,
+                Input::Analysis(verdict(Outcome::Pass, false, true, 200)),
+                1_000,
+            );
+            assert_eq!(s.stage, usize::from(accelerate), "accelerate={accelerate}");
+        }
+    }
+}

@@ -7,6 +7,8 @@
 
 pub mod judge;
 pub mod machine;
+pub mod server;
 pub mod spec;
 pub mod stats;
+pub mod store;
 pub mod window;

@@ -1,0 +1,381 @@
+//! The running controller: the analysis loop (scrape → window → judge → step), durable state,
+//! config publication to the filters, webhooks, and the HTTP API.
+//!
+//! Every change of state goes through one mutex, is saved before it becomes visible, and the
+//! filter configuration served at `/filter-config` is derived from the saved state, so a
+//! restarted controller serves exactly what it served before.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::json;
+use tokio::sync::Mutex;
+
+use crate::judge::{judge, Outcome};
+use crate::machine::{Effect, Input, RolloutState};
+use crate::spec::RolloutSpec;
+use crate::stats::parse_envoy_prometheus;
+use crate::store::{StateStore, StoreError};
+use crate::window::{Reading, Windower};
+
+pub struct ServeOptions {
+    pub listen: SocketAddr,
+    pub state_dir: PathBuf,
+    /// Bearer token for mutating calls; `None` refuses every mutation.
+    pub token: Option<String>,
+}
+
+struct Controller {
+    spec: RolloutSpec,
+    state: RolloutState,
+    store: StateStore,
+    verdict_counts: BTreeMap<&'static str, u64>,
+    source_errors: BTreeMap<String, u64>,
+}
+
+type Shared = Arc<Mutex<Controller>>;
+
+#[derive(Clone)]
+struct AppState {
+    controller: Shared,
+    token: Option<Arc<String>>,
+    http: reqwest::Client,
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Controller {
+    /// Carries out a transition: save first, then notify (publication is the saved state).
+    fn apply(
+        &mut self,
+        next: RolloutState,
+        effects: Vec<Effect>,
+        http: &reqwest::Client,
+    ) -> Result<(), StoreError> {
+        self.store.save(&next)?;
+        self.state = next;
+        for effect in effects {
+            match effect {
+                Effect::PublishWeight(bp) => {
+                    eprintln!(
+                        "canaryctl: {}: weight {} (config version {})",
+                        self.spec.name,
+                        crate::machine::pct(bp),
+                        self.state.config_version
+                    );
+                }
+                Effect::Notify(event) => {
+                    eprintln!("canaryctl: {}: {}", self.spec.name, event.message);
+                    for hook in &self.spec.webhooks {
+                        let body = json!({
+                            "rollout": self.spec.name,
+                            "event": event.kind,
+                            "message": event.message,
+                            "at_ms": event.at_ms,
+                            "weight_bp": self.state.weight_bp,
+                            "stage": self.state.stage,
+                            "phase": self.state.phase,
+                        });
+                        let request = http.post(&hook.url).json(&body);
+                        let url = hook.url.clone();
+                        tokio::spawn(async move {
+                            if let Err(e) = request.send().await {
+                                eprintln!("canaryctl: webhook {url}: {e}");
+                            }
+                        });
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Runs the controller until the process is stopped.
+pub async fn serve(spec: RolloutSpec, options: ServeOptions) -> anyhow::Result<()> {
+    let store = StateStore::open(&options.state_dir, &spec.name)?;
+    let (state, resumed) = match store.load()? {
+        Some(state) => (state, true),
+        None => {
+            let (state, _) = RolloutState::start(&spec, now_ms());
+            store.save(&state)?;
+            (state, false)
+        }
+    };
+    eprintln!(
+        "canaryctl: {} {} at stage {} weight {} (state {})",
+        spec.name,
+        if resumed { "resumed" } else { "started" },
+        state.stage + 1,
+        crate::machine::pct(state.weight_bp),
+        store.path().display()
+    );
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()?;
+    let controller = Arc::new(Mutex::new(Controller {
+        spec: spec.clone(),
+        state,
+        store,
+        verdict_counts: BTreeMap::new(),
+        source_errors: BTreeMap::new(),
+    }));
+    let app = AppState {
+        controller: controller.clone(),
+        token: options.token.map(Arc::new),
+        http: http.clone(),
+    };
+    tokio::spawn(analysis_loop(controller, spec, http));
+    let router = Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/status", get(status))
+        .route("/metrics", get(metrics))
+        .route("/filter-config", get(filter_config))
+        .route("/rollout/{command}", post(command))
+        .with_state(app);
+    let listener = tokio::net::TcpListener::bind(options.listen).await?;
+    eprintln!("canaryctl: listening on http://{}", listener.local_addr()?);
+    axum::serve(listener, router).await?;
+    Ok(())
+}
+
+async fn scrape(http: &reqwest::Client, source: &str, rollout: &str) -> Reading {
+    let url = format!("{}/stats/prometheus", source.trim_end_matches('/'));
+    let result = async {
+        let response = http.get(&url).send().await.map_err(|e| e.to_string())?;
+        if !response.status().is_success() {
+            return Err(format!("{url} returned {}", response.status()));
+        }
+        let text = response.text().await.map_err(|e| e.to_string())?;
+        parse_envoy_prometheus(&text, rollout).map_err(|e| e.to_string())
+    }
+    .await;
+    Reading {
+        source: source.to_string(),
+        result,
+    }
+}
+
+async fn analysis_loop(controller: Shared, spec: RolloutSpec, http: reqwest::Client) {
+    let mut windower = Windower::default();
+    let mut ticker = tokio::time::interval(spec.analysis.interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        let readings = futures::future::join_all(
+            spec.sources
+                .envoy_admin
+                .iter()
+                .map(|s| scrape(&http, s, &spec.name)),
+        )
+        .await;
+        let mut c = controller.lock().await;
+        for r in &readings {
+            if r.result.is_err() {
+                *c.source_errors.entry(r.source.clone()).or_default() += 1;
+            }
+        }
+        let window = windower.close(readings);
+        for note in &window.notes {
+            eprintln!("canaryctl: {note}");
+        }
+        if window.sources_counted == 0 {
+            // Nothing measured: no verdict at all rather than an empty one.
+            continue;
+        }
+        let verdict = judge(&window.stats, &spec.analysis, &spec.checks);
+        *c.verdict_counts
+            .entry(match verdict.outcome {
+                Outcome::Pass => "pass",
+                Outcome::Fail => "fail",
+                Outcome::Inconclusive => "inconclusive",
+            })
+            .or_default() += 1;
+        let step = c.state.step(&spec, Input::Analysis(verdict), now_ms());
+        if let Ok((next, effects)) = step {
+            if let Err(e) = c.apply(next, effects, &http) {
+                eprintln!("canaryctl: could not save state, transition dropped: {e}");
+            }
+        }
+    }
+}
+
+fn status_json(c: &Controller) -> serde_json::Value {
+    let now = now_ms();
+    json!({
+        "rollout": c.spec.name,
+        "phase": c.state.phase,
+        "stage": c.state.stage + 1,
+        "stages": c.spec.stages.len(),
+        "weight_bp": c.state.weight_bp,
+        "time_in_stage_s": now.saturating_sub(c.state.stage_started_ms) as f64 / 1000.0,
+        "stage_requests": {"canary": c.state.stage_canary_requests, "stable": c.state.stage_stable_requests},
+        "consecutive_failures": c.state.consecutive_failures,
+        "failure_limit": c.spec.analysis.failure_limit,
+        "config_version": c.state.config_version,
+        "verdicts": c.state.verdicts,
+        "timeline": c.state.timeline,
+    })
+}
+
+async fn status(State(app): State<AppState>) -> Json<serde_json::Value> {
+    let c = app.controller.lock().await;
+    Json(status_json(&c))
+}
+
+async fn filter_config(State(app): State<AppState>, headers: HeaderMap) -> Response {
+    let c = app.controller.lock().await;
+    let etag = format!("\"{}\"", c.state.config_version);
+    if headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v == etag)
+    {
+        return (StatusCode::NOT_MODIFIED, [(header::ETAG, etag)]).into_response();
+    }
+    match c.spec.filter_config(c.state.weight_bp) {
+        Ok(config) => (
+            StatusCode::OK,
+            [
+                (header::ETAG, etag),
+                (header::CONTENT_TYPE, "application/json".to_string()),
+            ],
+            config.to_json(),
+        )
+            .into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}
+
+async fn metrics(State(app): State<AppState>) -> Response {
+    let c = app.controller.lock().await;
+    let r = &c.spec.name;
+    let mut out = String::new();
+    let mut gauge = |name: &str, help: &str, labels: String, value: f64| {
+        out.push_str(&format!(
+            "# HELP {name} {help}\n# TYPE {name} gauge\n{name}{{{labels}}} {value}\n"
+        ));
+    };
+    gauge(
+        "canary_controller_weight_bp",
+        "Canary weight served to the filters, in basis points.",
+        format!("rollout=\"{r}\""),
+        f64::from(c.state.weight_bp),
+    );
+    gauge(
+        "canary_controller_stage",
+        "Current stage, 1-based.",
+        format!("rollout=\"{r}\""),
+        (c.state.stage + 1) as f64,
+    );
+    gauge(
+        "canary_controller_config_version",
+        "Version of the served filter configuration.",
+        format!("rollout=\"{r}\""),
+        c.state.config_version as f64,
+    );
+    out.push_str("# HELP canary_controller_phase Current phase (1 for the active one).\n# TYPE canary_controller_phase gauge\n");
+    for phase in [
+        "progressing",
+        "paused",
+        "promoted",
+        "rolled_back",
+        "aborted",
+    ] {
+        let active = serde_json::to_value(c.state.phase)
+            .ok()
+            .and_then(|v| v.as_str().map(|s| s == phase))
+            .unwrap_or(false);
+        out.push_str(&format!(
+            "canary_controller_phase{{rollout=\"{r}\",phase=\"{phase}\"}} {}\n",
+            u8::from(active)
+        ));
+    }
+    out.push_str("# HELP canary_controller_verdicts_total Analyses by outcome.\n# TYPE canary_controller_verdicts_total counter\n");
+    for outcome in ["pass", "fail", "inconclusive"] {
+        out.push_str(&format!(
+            "canary_controller_verdicts_total{{rollout=\"{r}\",outcome=\"{outcome}\"}} {}\n",
+            c.verdict_counts.get(outcome).copied().unwrap_or(0)
+        ));
+    }
+    out.push_str("# HELP canary_controller_stats_source_errors_total Failed scrapes by source.\n# TYPE canary_controller_stats_source_errors_total counter\n");
+    for source in &c.spec.sources.envoy_admin {
+        out.push_str(&format!(
+            "canary_controller_stats_source_errors_total{{rollout=\"{r}\",source=\"{source}\"}} {}\n",
+            c.source_errors.get(source).copied().unwrap_or(0)
+        ));
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
+}
+
+fn authorized(app: &AppState, headers: &HeaderMap) -> bool {
+    let Some(token) = &app.token else {
+        return false;
+    };
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .is_some_and(|given| constant_time_eq(given.as_bytes(), token.as_bytes()))
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn command(
+    State(app): State<AppState>,
+    axum::extract::Path(command): axum::extract::Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    if !authorized(&app, &headers) {
+        return (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Bearer")],
+            Json(json!({"error": "a valid bearer token is required"})),
+        )
+            .into_response();
+    }
+    let input = match command.as_str() {
+        "promote" => Input::Promote,
+        "pause" => Input::Pause,
+        "resume" => Input::Resume,
+        "abort" => Input::Abort,
+        other => {
+            return (
+                StatusCode::NOT_FOUND,
+                Json(json!({"error": format!("unknown command {other:?}: promote, pause, resume or abort")})),
+            )
+                .into_response()
+        }
+    };
+    let mut c = app.controller.lock().await;
+    let spec = c.spec.clone();
+    match c.state.step(&spec, input, now_ms()) {
+        Ok((next, effects)) => match c.apply(next, effects, &app.http) {
+            Ok(()) => (StatusCode::OK, Json(status_json(&c))).into_response(),
+            Err(e) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                Json(json!({"error": format!("state not saved, nothing changed: {e}")})),
+            )
+                .into_response(),
+        },
+        Err(refused) => (
+            StatusCode::CONFLICT,
+            Json(json!({"error": refused.to_string()})),
+        )
+            .into_response(),
+    }
+}

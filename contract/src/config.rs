@@ -27,6 +27,60 @@ pub struct FilterConfig {
     pub schema_version: u32,
     /// Tried in order; the first rollout whose `match` fits a request decides it.
     pub rollouts: Vec<RolloutConfig>,
+    /// Where to poll for newer configurations (the controller). Without it the plugin
+    /// configuration is all there is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub controller: Option<ControllerSource>,
+}
+
+/// The controller the filter polls for its configuration (`GET`, conditional on the ETag).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControllerSource {
+    /// Envoy cluster that reaches the controller.
+    pub cluster: String,
+    #[serde(default = "default_controller_path")]
+    pub path: String,
+    /// `:authority` of the poll request.
+    #[serde(default = "default_controller_authority")]
+    pub authority: String,
+    #[serde(default = "default_poll_interval_ms")]
+    pub poll_interval_ms: u64,
+    #[serde(default = "default_poll_timeout_ms")]
+    pub timeout_ms: u64,
+    /// If set: after this long without a successful poll, every rollout routes to stable.
+    /// Unset: the last good configuration stays in force however long the controller is away.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fail_safe_after_s: Option<u64>,
+}
+
+impl ControllerSource {
+    pub fn new(cluster: &str) -> ControllerSource {
+        ControllerSource {
+            cluster: cluster.to_string(),
+            path: default_controller_path(),
+            authority: default_controller_authority(),
+            poll_interval_ms: default_poll_interval_ms(),
+            timeout_ms: default_poll_timeout_ms(),
+            fail_safe_after_s: None,
+        }
+    }
+}
+
+fn default_controller_path() -> String {
+    "/filter-config".to_string()
+}
+
+fn default_controller_authority() -> String {
+    "canary-controller".to_string()
+}
+
+fn default_poll_interval_ms() -> u64 {
+    1_000
+}
+
+fn default_poll_timeout_ms() -> u64 {
+    500
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -266,6 +320,38 @@ impl FilterConfig {
                 ),
             );
         }
+        if let Some(c) = &self.controller {
+            if c.cluster.is_empty() {
+                v.push("controller.cluster", "must name an Envoy cluster");
+            }
+            if !c.path.starts_with('/') {
+                v.push(
+                    "controller.path",
+                    format!("must start with '/', got {:?}", c.path),
+                );
+            }
+            if c.authority.is_empty() || c.authority.bytes().any(|b| b.is_ascii_whitespace()) {
+                v.push("controller.authority", "must be a host name");
+            }
+            if !(100..=60_000).contains(&c.poll_interval_ms) {
+                v.push(
+                    "controller.poll_interval_ms",
+                    format!("must be within 100..=60000, got {}", c.poll_interval_ms),
+                );
+            }
+            if c.timeout_ms < 10 || c.timeout_ms > c.poll_interval_ms.max(10) {
+                v.push(
+                    "controller.timeout_ms",
+                    format!("must be within 10..=poll_interval_ms, got {}", c.timeout_ms),
+                );
+            }
+            if c.fail_safe_after_s == Some(0) {
+                v.push(
+                    "controller.fail_safe_after_s",
+                    "must be at least 1 when set",
+                );
+            }
+        }
         let mut names = HashSet::new();
         for (i, r) in self.rollouts.iter().enumerate() {
             let at = format!("rollouts[{i}]");
@@ -278,6 +364,15 @@ impl FilterConfig {
             validate_rollout(&mut v, &at, r);
         }
         v.finish()
+    }
+
+    /// A configuration of `rollouts` with no controller.
+    pub fn new(rollouts: Vec<RolloutConfig>) -> FilterConfig {
+        FilterConfig {
+            schema_version: SCHEMA_VERSION,
+            rollouts,
+            controller: None,
+        }
     }
 
     pub fn rollout(&self, name: &str) -> Option<&RolloutConfig> {
@@ -498,10 +593,7 @@ mod tests {
             KeySource::Cookie("sid".into()),
             KeySource::Header("x-u".into()),
         ];
-        let c = FilterConfig {
-            schema_version: SCHEMA_VERSION,
-            rollouts: vec![r],
-        };
+        let c = FilterConfig::new(vec![r]);
         assert_eq!(parse(&c.to_json()).expect("valid"), c);
     }
 

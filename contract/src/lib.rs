@@ -11,8 +11,8 @@ pub mod stats;
 
 pub use bucket::{bucket, version_for_bucket, BUCKETS};
 pub use config::{
-    AnonymousCookie, Assignment, ConfigError, FieldError, FilterConfig, KeySource, RequestMatch,
-    RolloutConfig, SameSite, MAX_WEIGHT_BP, SCHEMA_VERSION,
+    AnonymousCookie, Assignment, ConfigError, ControllerSource, FieldError, FilterConfig,
+    KeySource, RequestMatch, RolloutConfig, SameSite, MAX_WEIGHT_BP, SCHEMA_VERSION,
 };
 
 use serde::{Deserialize, Serialize};

@@ -4,15 +4,20 @@
 //! the VM and, under the default failure policy, fail every later request on the worker.
 
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::{Duration, UNIX_EPOCH};
 
 use canary_contract::stats::MetricKind;
-use canary_contract::FilterConfig;
+use canary_contract::{ControllerSource, FilterConfig};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, ContextType, LogLevel, MetricType};
+use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, MetricType};
 
+use crate::control::{
+    decode_ms, decode_shared, encode_ms, encode_shared, fail_safe, interpret, is_stale,
+    lease_expired, PollOutcome, SharedKeys,
+};
 use crate::cookie::{anonymous_id, set_cookie_value};
 use crate::metrics::{Exchange, MetricHost, MetricOp, PendingCounters, RolloutMetrics};
 use crate::routing::{RequestHeaders, Router};
@@ -47,9 +52,36 @@ impl Active {
     }
 }
 
+// A configuration is dropped when it was replaced and its last request has ended, or when
+// Envoy deletes the root context: hand over what was counted since the last flush.
+impl Drop for Active {
+    fn drop(&mut self) {
+        self.flush_counters();
+    }
+}
+
+/// Polling the controller (when the plugin configuration names one).
+struct Controlled {
+    source: ControllerSource,
+    keys: SharedKeys,
+    /// The plugin configuration: in force until the controller has answered.
+    plugin_config: FilterConfig,
+    /// Shared-data version of the configuration this root applied last.
+    applied_cas: Option<u32>,
+    applied_etag: String,
+    latest: Option<FilterConfig>,
+    in_fail_safe: bool,
+    poll_in_flight: Option<u32>,
+    /// The last poll problem logged, so a down controller is logged once, not every poll.
+    last_problem: Option<String>,
+}
+
 #[derive(Default)]
 struct CanaryRoot {
     active: Option<Rc<Active>>,
+    controlled: Option<Controlled>,
+    /// Metric ids by rollout name, defined once per VM.
+    metric_ids: HashMap<String, RolloutMetrics>,
 }
 
 struct EnvoyMetrics;
@@ -64,31 +96,211 @@ impl MetricHost for EnvoyMetrics {
     }
 }
 
+fn now_ms() -> u64 {
+    hostcalls::get_current_time()
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn summary(config: &FilterConfig) -> String {
+    let rollouts: Vec<String> = config
+        .rollouts
+        .iter()
+        .map(|r| format!("{}={}bp", r.name, r.weight_bp))
+        .collect();
+    format!("[{}]", rollouts.join(", "))
+}
+
 impl CanaryRoot {
-    fn load(bytes: &[u8]) -> Result<Active, String> {
-        let config = FilterConfig::from_json(bytes)
-            .map_err(|e| format!("invalid plugin configuration: {e}"))?;
-        let metrics = config
-            .rollouts
-            .iter()
-            .map(|r| RolloutMetrics::define(&mut EnvoyMetrics, &r.name))
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(Active {
+    /// Makes `config` the one new requests use.
+    fn activate(&mut self, config: FilterConfig) -> Result<(), String> {
+        let mut metrics = Vec::with_capacity(config.rollouts.len());
+        for r in &config.rollouts {
+            let ids = match self.metric_ids.get(&r.name) {
+                Some(ids) => ids.clone(),
+                None => {
+                    let ids = RolloutMetrics::define(&mut EnvoyMetrics, &r.name)?;
+                    self.metric_ids.insert(r.name.clone(), ids.clone());
+                    ids
+                }
+            };
+            metrics.push(ids);
+        }
+        self.active = Some(Rc::new(Active {
             pending: RefCell::new(PendingCounters::new(metrics.len())),
             router: Router::new(config),
             metrics,
-        })
+        }));
+        Ok(())
+    }
+
+    /// Applies the controller's configuration from shared data if another root (or this
+    /// one) stored a newer one.
+    fn sync_from_shared(&mut self) {
+        let Some(c) = self.controlled.as_mut() else {
+            return;
+        };
+        let Ok((Some(bytes), cas)) = hostcalls::get_shared_data(&c.keys.config) else {
+            return;
+        };
+        if cas.is_some() && cas == c.applied_cas {
+            return;
+        }
+        c.applied_cas = cas;
+        let Some((etag, body)) = decode_shared(&bytes) else {
+            return;
+        };
+        // Stored only after validation, but shared data is host data: check again.
+        let Ok(config) = FilterConfig::from_json(body) else {
+            return;
+        };
+        c.applied_etag = etag;
+        c.latest = Some(config.clone());
+        if !c.in_fail_safe {
+            if let Err(e) = self.activate(config) {
+                log::error!("wasm-canary: cannot apply the controller's configuration: {e}");
+            }
+        }
+    }
+
+    /// Routes everyone to stable while the controller has been silent for too long.
+    fn check_fail_safe(&mut self) {
+        let Some(c) = self.controlled.as_mut() else {
+            return;
+        };
+        let last_ok = hostcalls::get_shared_data(&c.keys.last_ok)
+            .ok()
+            .and_then(|(bytes, _)| decode_ms(bytes.as_deref()));
+        let stale = is_stale(&c.source, last_ok, now_ms());
+        if stale == c.in_fail_safe {
+            return;
+        }
+        c.in_fail_safe = stale;
+        let current = c.latest.clone().unwrap_or_else(|| c.plugin_config.clone());
+        let config = if stale {
+            log::warn!(
+                "wasm-canary: no answer from the controller for {}s: everyone to stable",
+                c.source.fail_safe_after_s.unwrap_or(0)
+            );
+            fail_safe(current)
+        } else {
+            log::info!(
+                "wasm-canary: controller reachable again: {}",
+                summary(&current)
+            );
+            current
+        };
+        if let Err(e) = self.activate(config) {
+            log::error!("wasm-canary: {e}");
+        }
+    }
+
+    /// Polls the controller if no root in this VM did within the poll interval.
+    fn maybe_poll(&mut self) {
+        let Some(c) = self.controlled.as_mut() else {
+            return;
+        };
+        if c.poll_in_flight.is_some() {
+            return;
+        }
+        let now = now_ms();
+        let Ok((last, cas)) = hostcalls::get_shared_data(&c.keys.lease) else {
+            return;
+        };
+        if !lease_expired(decode_ms(last.as_deref()), now, c.source.poll_interval_ms) {
+            return;
+        }
+        if hostcalls::set_shared_data(&c.keys.lease, Some(&encode_ms(now)), cas).is_err() {
+            return; // another root took the lease
+        }
+        let mut headers = vec![
+            (":method", "GET"),
+            (":path", c.source.path.as_str()),
+            (":authority", c.source.authority.as_str()),
+        ];
+        if !c.applied_etag.is_empty() {
+            headers.push(("if-none-match", c.applied_etag.as_str()));
+        }
+        match hostcalls::dispatch_http_call(
+            &c.source.cluster,
+            headers,
+            None,
+            vec![],
+            Duration::from_millis(c.source.timeout_ms),
+        ) {
+            Ok(token) => c.poll_in_flight = Some(token),
+            Err(status) => {
+                let problem = format!("cannot call cluster {}: {status:?}", c.source.cluster);
+                if c.last_problem.as_ref() != Some(&problem) {
+                    log::warn!("wasm-canary: {problem} (keeping the current configuration)");
+                    c.last_problem = Some(problem);
+                }
+            }
+        }
     }
 }
 
-impl Context for CanaryRoot {}
-
-impl Drop for CanaryRoot {
-    // Envoy deletes the root context when its configuration is replaced or removed: hand
-    // over what the last timer period counted.
-    fn drop(&mut self) {
-        if let Some(active) = &self.active {
-            active.flush_counters();
+impl Context for CanaryRoot {
+    fn on_http_call_response(
+        &mut self,
+        token_id: u32,
+        _num_headers: usize,
+        body_size: usize,
+        _num_trailers: usize,
+    ) {
+        let Some(c) = self.controlled.as_mut() else {
+            return;
+        };
+        if c.poll_in_flight != Some(token_id) {
+            return;
+        }
+        c.poll_in_flight = None;
+        let header = |name: &str| {
+            hostcalls::get_map_value_bytes(MapType::HttpCallResponseHeaders, name)
+                .ok()
+                .flatten()
+        };
+        let status = header(":status");
+        let etag = header("etag");
+        let body = if body_size > 0 {
+            hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size)
+                .ok()
+                .flatten()
+        } else {
+            None
+        };
+        let outcome = interpret(status.as_deref(), etag.as_deref(), body.as_deref());
+        let now = encode_ms(now_ms());
+        match outcome {
+            PollOutcome::Updated { etag, body, config } => {
+                log::info!(
+                    "wasm-canary: configuration {etag} from the controller: {}",
+                    summary(&config)
+                );
+                c.last_problem = None;
+                let _ = hostcalls::set_shared_data(
+                    &c.keys.config,
+                    Some(&encode_shared(&etag, &body)),
+                    None,
+                );
+                let _ = hostcalls::set_shared_data(&c.keys.last_ok, Some(&now), None);
+                self.sync_from_shared();
+                self.check_fail_safe();
+            }
+            PollOutcome::NotModified => {
+                c.last_problem = None;
+                let _ = hostcalls::set_shared_data(&c.keys.last_ok, Some(&now), None);
+                self.check_fail_safe();
+            }
+            PollOutcome::Failed(problem) => {
+                if c.last_problem.as_ref() != Some(&problem) {
+                    log::warn!(
+                        "wasm-canary: poll failed: {problem} (keeping the current configuration)"
+                    );
+                    c.last_problem = Some(problem);
+                }
+            }
         }
     }
 }
@@ -96,34 +308,55 @@ impl Drop for CanaryRoot {
 impl RootContext for CanaryRoot {
     fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
         let bytes = self.get_plugin_configuration().unwrap_or_default();
-        match Self::load(&bytes) {
-            Ok(active) => {
-                let summary: Vec<String> = active
-                    .router
-                    .rollouts()
-                    .iter()
-                    .map(|r| format!("{}={}bp", r.name, r.weight_bp))
-                    .collect();
-                log::info!("wasm-canary: configured rollouts [{}]", summary.join(", "));
-                self.active = Some(Rc::new(active));
-                self.set_tick_period(COUNTER_FLUSH_PERIOD);
-                true
-            }
+        let config = match FilterConfig::from_json(&bytes) {
+            Ok(config) => config,
             Err(e) => {
                 let kept = if self.active.is_some() {
                     "keeping the previous configuration"
                 } else {
                     "no previous configuration"
                 };
-                log::error!("wasm-canary: {e} ({kept})");
-                false
+                log::error!("wasm-canary: invalid plugin configuration: {e} ({kept})");
+                return false;
             }
+        };
+        log::info!("wasm-canary: configured rollouts {}", summary(&config));
+        let mut tick = COUNTER_FLUSH_PERIOD;
+        self.controlled = config.controller.clone().map(|source| {
+            // Ticks both flush counters and pick up new configurations: often enough that
+            // every worker follows a poll within a quarter of the poll interval.
+            tick = tick.min(Duration::from_millis((source.poll_interval_ms / 4).max(25)));
+            Controlled {
+                keys: SharedKeys::new(&source),
+                source,
+                plugin_config: config.clone(),
+                applied_cas: None,
+                applied_etag: String::new(),
+                latest: None,
+                in_fail_safe: false,
+                poll_in_flight: None,
+                last_problem: None,
+            }
+        });
+        if let Err(e) = self.activate(config) {
+            log::error!("wasm-canary: {e}");
+            return false;
         }
+        // A configuration the controller published before this plugin instance existed
+        // (e.g. after a listener update) wins over the plugin's initial one.
+        self.sync_from_shared();
+        self.set_tick_period(tick);
+        true
     }
 
     fn on_tick(&mut self) {
         if let Some(active) = &self.active {
             active.flush_counters();
+        }
+        if self.controlled.is_some() {
+            self.sync_from_shared();
+            self.check_fail_safe();
+            self.maybe_poll();
         }
     }
 

@@ -204,7 +204,7 @@ fn host_without_port(authority: &[u8]) -> &[u8] {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use canary_contract::{RequestMatch, SCHEMA_VERSION};
+    use canary_contract::RequestMatch;
     use std::collections::HashMap;
 
     struct Req(HashMap<String, Vec<u8>>);
@@ -225,10 +225,7 @@ mod tests {
     }
 
     fn router(rollouts: Vec<RolloutConfig>) -> Router {
-        let config = FilterConfig {
-            schema_version: SCHEMA_VERSION,
-            rollouts,
-        };
+        let config = FilterConfig::new(rollouts);
         config.validate().expect("test config is valid");
         Router::new(config)
     }

@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use canary_contract::{FilterConfig, RolloutConfig, SCHEMA_VERSION};
+use canary_contract::{FilterConfig, RolloutConfig};
 use canary_e2e::client::{http_client, send_all, Probe};
 use canary_e2e::envoy::{self, Envoy};
 use canary_e2e::rig::{CanaryRig, RigOptions};
@@ -14,11 +14,7 @@ use canary_e2e::wait::eventually;
 const DEADLINE: Duration = Duration::from_secs(30);
 
 fn config_json(weight_bp: u32) -> String {
-    FilterConfig {
-        schema_version: SCHEMA_VERSION,
-        rollouts: vec![RolloutConfig::new("cfg", weight_bp)],
-    }
-    .to_json()
+    FilterConfig::new(vec![RolloutConfig::new("cfg", weight_bp)]).to_json()
 }
 
 /// Invalid plugin configurations and the field each must be refused for.

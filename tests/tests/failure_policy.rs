@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use anyhow::Result;
-use canary_contract::{FilterConfig, RolloutConfig, SCHEMA_VERSION};
+use canary_contract::{FilterConfig, RolloutConfig};
 use canary_e2e::bootstrap::FailurePolicy;
 use canary_e2e::client::{http_client, send, Answer, Probe};
 use canary_e2e::envoy;
@@ -19,10 +19,7 @@ use canary_e2e::wait::eventually;
 
 /// Everyone on canary, so "the filter routed this" is visible in every answer.
 async fn rig(policy: FailurePolicy) -> Result<CanaryRig> {
-    let config = FilterConfig {
-        schema_version: SCHEMA_VERSION,
-        rollouts: vec![RolloutConfig::new("fault", 10_000)],
-    };
+    let config = FilterConfig::new(vec![RolloutConfig::new("fault", 10_000)]);
     CanaryRig::start(
         &config,
         RigOptions {

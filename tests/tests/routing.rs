@@ -3,7 +3,7 @@
 use std::collections::BTreeSet;
 
 use anyhow::Result;
-use canary_contract::{FilterConfig, RequestMatch, RolloutConfig, Version, SCHEMA_VERSION};
+use canary_contract::{FilterConfig, RequestMatch, RolloutConfig, Version};
 use canary_e2e::client::{http_client, send_all, Probe};
 use canary_e2e::envoy;
 use canary_e2e::rig::{CanaryRig, RigOptions};
@@ -21,10 +21,7 @@ fn rollout_on_prefix(name: &str, prefix: &str, salt: &str, weight_bp: u32) -> Ro
 }
 
 fn config(rollouts: Vec<RolloutConfig>) -> FilterConfig {
-    FilterConfig {
-        schema_version: SCHEMA_VERSION,
-        rollouts,
-    }
+    FilterConfig::new(rollouts)
 }
 
 fn version_of(served_by: Option<&str>) -> Option<Version> {

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use canary_contract::stats::{stat_name, Metric, ENVOY_WASM_PREFIX};
-use canary_contract::{FilterConfig, RolloutConfig, Version, SCHEMA_VERSION};
+use canary_contract::{FilterConfig, RolloutConfig, Version};
 use canary_e2e::client::{http_client, send_all, Probe};
 use canary_e2e::envoy;
 use canary_e2e::prom;
@@ -49,10 +49,7 @@ struct Expected {
 async fn per_version_stats_equal_the_load_sent() -> Result<()> {
     let _slot = envoy::exclusive().await;
     let rollout = RolloutConfig::new("shop", 3_000);
-    let config = FilterConfig {
-        schema_version: SCHEMA_VERSION,
-        rollouts: vec![rollout.clone()],
-    };
+    let config = FilterConfig::new(vec![rollout.clone()]);
     let mut canary = UpstreamSpec::new("canary");
     canary.error_rate_bp = CANARY_ERROR_RATE_BP;
     let rig = CanaryRig::start(

@@ -18,7 +18,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use canary_contract::{FilterConfig, RolloutConfig, SCHEMA_VERSION};
+use canary_contract::{FilterConfig, RolloutConfig};
 use canary_e2e::bootstrap::{
     direct_response_bootstrap, CanaryBootstrap, FailurePolicy, Listener, ListenerSource, Routing,
 };
@@ -152,16 +152,10 @@ async fn main() -> Result<()> {
     .await?;
     let upstream_addr = upstream.listener_addr().await?;
 
-    let filter_config = FilterConfig {
-        schema_version: SCHEMA_VERSION,
-        rollouts: vec![RolloutConfig::new("bench", CANARY_WEIGHT_BP)],
-    };
+    let filter_config = FilterConfig::new(vec![RolloutConfig::new("bench", CANARY_WEIGHT_BP)]);
     let mut passthrough_rollout = RolloutConfig::new("bench", CANARY_WEIGHT_BP);
     passthrough_rollout.request_match.path_prefix = Some("/no-such-prefix/".into());
-    let passthrough_config = FilterConfig {
-        schema_version: SCHEMA_VERSION,
-        rollouts: vec![passthrough_rollout],
-    };
+    let passthrough_config = FilterConfig::new(vec![passthrough_rollout]);
     let cases: Vec<(&str, Routing)> = vec![
         (
             "header_route",

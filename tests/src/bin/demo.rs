@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use canary_contract::{FilterConfig, RolloutConfig, Version, SCHEMA_VERSION};
+use canary_contract::{FilterConfig, RolloutConfig, Version};
 use canary_e2e::client::{http_client, send_all, Probe};
 use canary_e2e::prom;
 use canary_e2e::rig::{CanaryRig, RigOptions};
@@ -21,10 +21,7 @@ const BATCH: usize = 1_500;
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<()> {
     let rollout = RolloutConfig::new("checkout", WEIGHT_BP);
-    let config = FilterConfig {
-        schema_version: SCHEMA_VERSION,
-        rollouts: vec![rollout.clone()],
-    };
+    let config = FilterConfig::new(vec![rollout.clone()]);
     // The canary is a little worse than stable, as a canary often is.
     let mut canary = UpstreamSpec::new("canary");
     canary.error_rate_bp = 300;

@@ -1,0 +1,202 @@
+//! Configuration from the controller, independent of proxy-wasm so it is unit-tested natively.
+//!
+//! One root context at a time (whichever wins a lease in shared data) polls the controller;
+//! a good answer goes to shared data, where every worker's root context picks it up on its
+//! next tick. A bad or missing answer changes nothing: the last good configuration stays.
+
+use canary_contract::{ControllerSource, FilterConfig};
+
+/// Shared-data keys for one controller source (shared data is per VM id, across workers).
+pub struct SharedKeys {
+    pub config: String,
+    pub lease: String,
+    pub last_ok: String,
+}
+
+impl SharedKeys {
+    pub fn new(source: &ControllerSource) -> SharedKeys {
+        let base = format!("wasm-canary/{}{}", source.cluster, source.path);
+        SharedKeys {
+            config: format!("{base}/config"),
+            lease: format!("{base}/lease"),
+            last_ok: format!("{base}/last_ok"),
+        }
+    }
+}
+
+/// `etag \n body`: the configuration as the controller sent it.
+pub fn encode_shared(etag: &str, body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(etag.len() + 1 + body.len());
+    out.extend_from_slice(etag.as_bytes());
+    out.push(b'\n');
+    out.extend_from_slice(body);
+    out
+}
+
+pub fn decode_shared(bytes: &[u8]) -> Option<(String, &[u8])> {
+    let split = bytes.iter().position(|&b| b == b'\n')?;
+    let etag = std::str::from_utf8(&bytes[..split]).ok()?.to_string();
+    Some((etag, &bytes[split + 1..]))
+}
+
+pub fn encode_ms(ms: u64) -> [u8; 8] {
+    ms.to_le_bytes()
+}
+
+pub fn decode_ms(bytes: Option<&[u8]>) -> Option<u64> {
+    bytes
+        .and_then(|b| b.try_into().ok())
+        .map(u64::from_le_bytes)
+}
+
+/// Whether the poll lease (the time of the last poll by anyone) has expired.
+pub fn lease_expired(last_poll_ms: Option<u64>, now_ms: u64, interval_ms: u64) -> bool {
+    last_poll_ms.is_none_or(|last| now_ms.saturating_sub(last) >= interval_ms || last > now_ms)
+}
+
+#[derive(Debug, PartialEq)]
+pub enum PollOutcome {
+    /// A new, valid configuration.
+    Updated {
+        etag: String,
+        body: Vec<u8>,
+        config: FilterConfig,
+    },
+    NotModified,
+    /// Nothing usable; the reason is for the log.
+    Failed(String),
+}
+
+/// Makes sense of the controller's answer to a poll.
+pub fn interpret(status: Option<&[u8]>, etag: Option<&[u8]>, body: Option<&[u8]>) -> PollOutcome {
+    match status {
+        Some(b"304") => return PollOutcome::NotModified,
+        Some(b"200") => {}
+        Some(other) => {
+            return PollOutcome::Failed(format!(
+                "controller answered {}",
+                String::from_utf8_lossy(other)
+            ))
+        }
+        None => return PollOutcome::Failed("no answer (timeout or connection failure)".into()),
+    }
+    let Some(body) = body else {
+        return PollOutcome::Failed("empty configuration".into());
+    };
+    let config = match FilterConfig::from_json(body) {
+        Ok(c) => c,
+        Err(e) => {
+            return PollOutcome::Failed(format!("invalid configuration from the controller: {e}"))
+        }
+    };
+    if config.controller.is_some() {
+        return PollOutcome::Failed(
+            "invalid configuration from the controller: controller: may only be set in the plugin configuration".into(),
+        );
+    }
+    let etag = etag
+        .and_then(|e| std::str::from_utf8(e).ok())
+        .filter(|e| !e.chars().any(char::is_control))
+        .unwrap_or("")
+        .to_string();
+    PollOutcome::Updated {
+        etag,
+        body: body.to_vec(),
+        config,
+    }
+}
+
+/// Whether the controller has been unreachable for longer than the source allows.
+pub fn is_stale(source: &ControllerSource, last_ok_ms: Option<u64>, now_ms: u64) -> bool {
+    match (source.fail_safe_after_s, last_ok_ms) {
+        (None, _) => false,
+        // Never heard from the controller: the plugin configuration is what an operator
+        // wrote, so it stands.
+        (Some(_), None) => false,
+        (Some(after_s), Some(last)) => now_ms.saturating_sub(last) > after_s.saturating_mul(1_000),
+    }
+}
+
+/// Everyone on stable: weight 0 and no allow list (the deny list already means stable).
+pub fn fail_safe(mut config: FilterConfig) -> FilterConfig {
+    for r in &mut config.rollouts {
+        r.weight_bp = 0;
+        r.allow.clear();
+        r.force_header = None;
+    }
+    config
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use canary_contract::RolloutConfig;
+
+    #[test]
+    fn shared_encoding_round_trips() {
+        let bytes = encode_shared("\"7\"", b"{\"a\":1}\n");
+        assert_eq!(
+            decode_shared(&bytes),
+            Some(("\"7\"".to_string(), &b"{\"a\":1}\n"[..]))
+        );
+        assert_eq!(decode_shared(b"no newline"), None);
+        assert_eq!(decode_ms(Some(&encode_ms(42))), Some(42));
+        assert_eq!(decode_ms(Some(b"short")), None);
+    }
+
+    #[test]
+    fn lease() {
+        assert!(lease_expired(None, 5, 1_000));
+        assert!(!lease_expired(Some(1_000), 1_500, 1_000));
+        assert!(lease_expired(Some(1_000), 2_000, 1_000));
+        assert!(lease_expired(Some(9_000), 2_000, 1_000), "clock went back");
+    }
+
+    #[test]
+    fn answers() {
+        let good = FilterConfig::new(vec![RolloutConfig::new("a", 2_500)]).to_json();
+        match interpret(Some(b"200"), Some(b"\"3\""), Some(good.as_bytes())) {
+            PollOutcome::Updated { etag, config, .. } => {
+                assert_eq!(etag, "\"3\"");
+                assert_eq!(config.rollouts[0].weight_bp, 2_500);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            interpret(Some(b"304"), None, None),
+            PollOutcome::NotModified
+        );
+        let cases: [(Option<&[u8]>, Option<&[u8]>, &str); 5] = [
+            (Some(b"503"), Some(good.as_bytes()), "answered 503"),
+            (None, None, "no answer"),
+            (Some(b"200"), None, "empty"),
+            (Some(b"200"), Some(b"<html>"), "invalid configuration"),
+            (
+                Some(b"200"),
+                Some(br#"{"schema_version":1,"rollouts":[{"name":"a","weight_bp":20000}]}"#),
+                "rollouts[0].weight_bp",
+            ),
+        ];
+        for (status, body, want) in cases {
+            match interpret(status, None, body) {
+                PollOutcome::Failed(reason) => assert!(reason.contains(want), "{reason}"),
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn fail_safe_after_silence() {
+        let mut source = ControllerSource::new("ctl");
+        assert!(!is_stale(&source, Some(0), u64::MAX / 2), "off by default");
+        source.fail_safe_after_s = Some(10);
+        assert!(!is_stale(&source, None, 1_000_000));
+        assert!(!is_stale(&source, Some(100_000), 110_000));
+        assert!(is_stale(&source, Some(100_000), 110_001));
+        let mut r = RolloutConfig::new("a", 5_000);
+        r.allow.insert("qa".into());
+        let safe = fail_safe(FilterConfig::new(vec![r]));
+        assert_eq!(safe.rollouts[0].weight_bp, 0);
+        assert!(safe.rollouts[0].allow.is_empty());
+    }
+}

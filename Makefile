@@ -75,7 +75,7 @@ endef
 build: setup
 	cargo build --release -p canary-filter --target wasm32-wasip1
 	$(call wasm_post,$(WASM_RAW),$(WASM))
-	cargo build --release -p canary-e2e --bins
+	cargo build --release -p canary-e2e -p canary-controller --bins
 
 ## test: format, lints, unit tests (native and wasm), end-to-end tests on real Envoy.
 test: lint unit wasm-unit e2e

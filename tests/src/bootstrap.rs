@@ -194,21 +194,25 @@ pub struct CanaryBootstrap {
     pub canary: SocketAddr,
     /// Histograms only change at the admin endpoint at each flush.
     pub stats_flush_ms: u64,
+    /// More static clusters, e.g. the controller the filter polls.
+    pub extra_clusters: Vec<(String, SocketAddr)>,
 }
 
 impl CanaryBootstrap {
     pub fn to_json(&self) -> Value {
+        let mut clusters = vec![
+            static_cluster(STABLE_CLUSTER, self.stable),
+            static_cluster(CANARY_CLUSTER, self.canary),
+        ];
+        for (name, addr) in &self.extra_clusters {
+            clusters.push(static_cluster(name, *addr));
+        }
         let mut bootstrap = json!({
             "node": {"id": "wasm-canary-e2e", "cluster": "wasm-canary"},
             "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
             "stats_config": {"stats_tags": stats_tags()},
             "stats_flush_interval": format!("{}s", self.stats_flush_ms as f64 / 1000.0),
-            "static_resources": {
-                "clusters": [
-                    static_cluster(STABLE_CLUSTER, self.stable),
-                    static_cluster(CANARY_CLUSTER, self.canary),
-                ]
-            }
+            "static_resources": {"clusters": clusters}
         });
         match &self.listener {
             ListenerSource::Static(listener) => {

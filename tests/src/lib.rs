@@ -3,7 +3,9 @@
 
 pub mod bootstrap;
 pub mod client;
+pub mod controller;
 pub mod envoy;
+pub mod load;
 pub mod paths;
 pub mod prom;
 pub mod rig;

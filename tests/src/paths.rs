@@ -70,3 +70,17 @@ pub fn wrk_bin() -> Result<PathBuf> {
     }
     bail!("wrk not found (run `make setup` or set WRK_BIN)")
 }
+
+/// The controller binary: `$CANARYCTL_BIN`, else the release build `make build` writes.
+pub fn canaryctl_bin() -> Result<PathBuf> {
+    let path = std::env::var_os("CANARYCTL_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| project_root().join("target/release/canaryctl"));
+    if !path.is_file() {
+        bail!(
+            "canaryctl {} not found (run `make build` or set CANARYCTL_BIN)",
+            path.display()
+        );
+    }
+    Ok(path)
+}

@@ -130,6 +130,7 @@ impl CanaryRig {
             stable: stable.addr(),
             canary: canary.addr(),
             stats_flush_ms: STATS_FLUSH_MS,
+            extra_clusters: Vec::new(),
         }
         .to_json();
         let mut envoys = Vec::new();
@@ -179,6 +180,7 @@ impl CanaryRig {
             stable: stable.addr(),
             canary: canary.addr(),
             stats_flush_ms: STATS_FLUSH_MS,
+            extra_clusters: Vec::new(),
         }
         .to_json();
         let envoy = Envoy::start(

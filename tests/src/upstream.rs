@@ -7,7 +7,7 @@
 //! - `x-upstream-reset: 1` closes the connection without any response.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -69,6 +69,9 @@ pub struct Upstream {
 struct Counters {
     /// Every request received.
     requests: AtomicU64,
+    /// Live behaviour, changeable while running (fault injection mid-test).
+    error_rate_bp: AtomicU32,
+    delay_ms: AtomicU64,
     /// Requests answered by the spec's default behaviour (the error-rate pattern's index).
     patterned: AtomicU64,
 }
@@ -78,6 +81,12 @@ impl Upstream {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let counters = Arc::new(Counters::default());
+        counters
+            .error_rate_bp
+            .store(spec.error_rate_bp, Ordering::Relaxed);
+        counters
+            .delay_ms
+            .store(spec.delay.as_millis() as u64, Ordering::Relaxed);
         let spec = Arc::new(spec);
         let counter = counters.clone();
         let task = tokio::spawn(async move {
@@ -108,6 +117,20 @@ impl Upstream {
 
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Changes the share of requests answered with the error status, from now on.
+    pub fn set_error_rate_bp(&self, rate_bp: u32) {
+        self.counters
+            .error_rate_bp
+            .store(rate_bp, Ordering::Relaxed);
+    }
+
+    /// Changes the delay before answering, from now on.
+    pub fn set_delay(&self, delay: Duration) {
+        self.counters
+            .delay_ms
+            .store(delay.as_millis() as u64, Ordering::Relaxed);
     }
 
     /// Requests received so far (including those answered with errors or resets).
@@ -155,7 +178,9 @@ async fn answer(
     let delay = header(&req, "x-upstream-delay-ms")
         .and_then(|v| v.parse().ok())
         .map(Duration::from_millis)
-        .unwrap_or(spec.delay);
+        .unwrap_or(Duration::from_millis(
+            counters.delay_ms.load(Ordering::Relaxed),
+        ));
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }
@@ -163,7 +188,7 @@ async fn answer(
         Some(status) => status,
         None => {
             let n = counters.patterned.fetch_add(1, Ordering::Relaxed);
-            if fails(n, spec.error_rate_bp) {
+            if fails(n, counters.error_rate_bp.load(Ordering::Relaxed)) {
                 spec.error_status
             } else {
                 200

@@ -199,6 +199,7 @@ async fn main() -> Result<()> {
             stable: upstream_addr,
             canary: upstream_addr,
             stats_flush_ms: 5_000,
+            extra_clusters: Vec::new(),
         }
         .to_json();
         let envoy = Envoy::start(

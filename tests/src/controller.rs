@@ -1,0 +1,236 @@
+//! The `canaryctl` controller as a real process, and a complete controlled set-up: two
+//! upstreams, Envoys whose filters poll the controller, and the controller judging them.
+
+use std::net::{SocketAddr, TcpListener};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use canary_contract::{ControllerSource, FilterConfig, RolloutConfig};
+use serde_json::Value;
+
+use crate::bootstrap::{CanaryBootstrap, FailurePolicy, ListenerSource};
+use crate::envoy::{Envoy, EnvoyOptions};
+use crate::paths;
+use crate::rig::{filter_listener, STATS_FLUSH_MS};
+use crate::upstream::{Upstream, UpstreamSpec};
+use crate::wait::eventually;
+
+/// Envoy cluster name through which filters reach the controller.
+pub const CONTROLLER_CLUSTER: &str = "canary-controller";
+
+/// A loopback port that was free a moment ago (for processes that must know each other's
+/// addresses before they start).
+pub fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// A running `canaryctl serve`; killed on drop.
+pub struct Canaryctl {
+    child: Child,
+    addr: SocketAddr,
+    log_path: PathBuf,
+    http: reqwest::Client,
+}
+
+impl Canaryctl {
+    /// Starts `canaryctl serve` with `spec_yaml` on `addr`, keeping state in `state_dir`,
+    /// and waits for `/healthz`.
+    pub async fn start(
+        spec_yaml: &str,
+        addr: SocketAddr,
+        state_dir: &Path,
+        token: &str,
+    ) -> Result<Canaryctl> {
+        std::fs::create_dir_all(state_dir)?;
+        let spec_path = state_dir.join("rollout.yaml");
+        std::fs::write(&spec_path, spec_yaml)?;
+        let log_path = state_dir.join(format!("canaryctl-{}.log", addr.port()));
+        let log = std::fs::File::create(&log_path)?;
+        let mut command = Command::new(paths::canaryctl_bin()?);
+        command
+            .arg("serve")
+            .arg("--spec")
+            .arg(&spec_path)
+            .arg("--listen")
+            .arg(addr.to_string())
+            .arg("--state-dir")
+            .arg(state_dir)
+            .env("CANARY_TOKEN", token)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        // SAFETY: prctl is async-signal-safe (see Envoy::start).
+        unsafe {
+            command.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = command.spawn().context("starting canaryctl")?;
+        let mut ctl = Canaryctl {
+            child,
+            addr,
+            log_path,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(5))
+                .build()?,
+        };
+        let url = format!("http://{addr}/healthz");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(Some(status)) = ctl.child.try_wait() {
+                bail!("canaryctl exited with {status}:\n{}", ctl.log());
+            }
+            if let Ok(r) = ctl.http.get(&url).send().await {
+                if r.status().is_success() {
+                    return Ok(ctl);
+                }
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!("canaryctl not healthy in 20s:\n{}", ctl.log());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    pub async fn status(&self) -> Result<Value> {
+        Ok(self
+            .http
+            .get(format!("{}/status", self.url()))
+            .send()
+            .await?
+            .json()
+            .await?)
+    }
+
+    /// POSTs a command; returns the HTTP status code.
+    pub async fn command(&self, command: &str, token: Option<&str>) -> Result<u16> {
+        let mut request = self.http.post(format!("{}/rollout/{command}", self.url()));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        Ok(request.send().await?.status().as_u16())
+    }
+
+    /// SIGKILL, no goodbye: the crash case.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Canaryctl {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Upstreams, Envoys polling a controller address, and (once started) the controller.
+pub struct ControlledRig {
+    pub stable: Upstream,
+    pub canary: Upstream,
+    pub envoys: Vec<Envoy>,
+    pub bases: Vec<String>,
+    pub controller_addr: SocketAddr,
+    pub state_dir: tempfile::TempDir,
+    pub rollout: String,
+}
+
+pub const TOKEN: &str = "test-token";
+
+impl ControlledRig {
+    /// Starts upstreams and `envoys` Envoys (2 workers each) whose filter starts at weight 0
+    /// and polls the controller every `poll_ms`.
+    pub async fn start(
+        rollout: &str,
+        envoys: usize,
+        poll_ms: u64,
+        stable: UpstreamSpec,
+        canary: UpstreamSpec,
+    ) -> Result<ControlledRig> {
+        let stable = Upstream::start(stable).await?;
+        let canary = Upstream::start(canary).await?;
+        let controller_addr: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+        let mut config = FilterConfig::new(vec![RolloutConfig::new(rollout, 0)]);
+        let mut source = ControllerSource::new(CONTROLLER_CLUSTER);
+        source.poll_interval_ms = poll_ms;
+        source.timeout_ms = poll_ms.min(500);
+        config.controller = Some(source);
+        let bootstrap = CanaryBootstrap {
+            listener: ListenerSource::Static(filter_listener(
+                &config,
+                paths::filter_wasm()?,
+                FailurePolicy::FailReload,
+            )?),
+            stable: stable.addr(),
+            canary: canary.addr(),
+            stats_flush_ms: STATS_FLUSH_MS,
+            extra_clusters: vec![(CONTROLLER_CLUSTER.to_string(), controller_addr)],
+        }
+        .to_json();
+        let mut started = Vec::new();
+        let mut bases = Vec::new();
+        for i in 0..envoys {
+            let envoy = Envoy::start(
+                &bootstrap,
+                EnvoyOptions {
+                    concurrency: 2,
+                    name: format!("envoy-{i}"),
+                    cpus: None,
+                },
+            )
+            .await?;
+            bases.push(envoy.url().await?);
+            started.push(envoy);
+        }
+        Ok(ControlledRig {
+            stable,
+            canary,
+            envoys: started,
+            bases,
+            controller_addr,
+            state_dir: tempfile::Builder::new()
+                .prefix("canaryctl-state-")
+                .tempdir()?,
+            rollout: rollout.to_string(),
+        })
+    }
+
+    /// The `sources:` block naming every Envoy's admin endpoint.
+    pub fn sources_yaml(&self) -> String {
+        let admins: Vec<String> = self
+            .envoys
+            .iter()
+            .map(|e| format!("\"http://{}\"", e.admin_addr()))
+            .collect();
+        format!("sources: {{envoy_admin: [{}]}}\n", admins.join(", "))
+    }
+
+    pub async fn start_controller(&self, spec_body: &str) -> Result<Canaryctl> {
+        let spec = format!("name: {}\n{}{spec_body}", self.rollout, self.sources_yaml());
+        Canaryctl::start(&spec, self.controller_addr, self.state_dir.path(), TOKEN).await
+    }
+}
+
+/// Waits until the controller's status satisfies `done`; returns it.
+pub async fn wait_status(
+    ctl: &Canaryctl,
+    what: &str,
+    deadline: Duration,
+    done: impl Fn(&Value) -> bool,
+) -> Result<Value> {
+    eventually(what, deadline, || ctl.status(), |s| done(s)).await
+}

@@ -1,0 +1,275 @@
+//! The controller closing the loop on real Envoys: ramps, rollbacks, crashes, bad input.
+//! Timings are compressed (seconds per stage) so the suite stays fast.
+
+use std::collections::BTreeMap;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use canary_contract::{RolloutConfig, Version};
+use canary_e2e::client::{http_client, send_all, Probe};
+use canary_e2e::controller::{wait_status, ControlledRig, TOKEN};
+use canary_e2e::envoy;
+use canary_e2e::load::{user_id, Load};
+use canary_e2e::paths;
+use canary_e2e::upstream::UpstreamSpec;
+use canary_e2e::wait::eventually;
+
+const ROLLOUT: &str = "shop";
+const POLL_MS: u64 = 500;
+
+fn upstreams(stable_error_bp: u32, canary_error_bp: u32) -> (UpstreamSpec, UpstreamSpec) {
+    let mut stable = UpstreamSpec::new("stable");
+    stable.error_rate_bp = stable_error_bp;
+    let mut canary = UpstreamSpec::new("canary");
+    canary.error_rate_bp = canary_error_bp;
+    (stable, canary)
+}
+
+/// Whether every Envoy routes `users` exactly as the contract does at `weight_bp`.
+async fn routes_at(rig: &ControlledRig, weight_bp: u32, users: &[String]) -> Result<bool> {
+    let rollout = RolloutConfig::new(ROLLOUT, weight_bp);
+    let client = http_client(8)?;
+    for base in &rig.bases {
+        let probes: Vec<Probe> = users.iter().map(|u| Probe::user(base, "/", u)).collect();
+        let answers = send_all(&client, &probes, 8).await?;
+        for (user, answer) in users.iter().zip(&answers) {
+            let want = rollout.version_for_key(user).as_str();
+            if answer.served_by.as_deref() != Some(want) {
+                return Ok(false);
+            }
+        }
+    }
+    Ok(true)
+}
+
+/// Users that are on canary at `weight_bp` (and so on stable at 0).
+fn canary_users(weight_bp: u32, n: usize) -> Vec<String> {
+    let rollout = RolloutConfig::new(ROLLOUT, weight_bp);
+    (0..100_000)
+        .map(user_id)
+        .filter(|u| rollout.version_for_key(u) == Version::Canary)
+        .take(n)
+        .collect()
+}
+
+fn sample_users(n: u32) -> Vec<String> {
+    (0..n).map(user_id).collect()
+}
+
+/// Issue tests 1 and 8: a healthy canary goes through every stage to 100% with no rollback,
+/// and no user ever goes back from canary to stable on any Envoy during the ramp.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthy_canary_is_promoted_and_users_stay_put() -> Result<()> {
+    let _slot = envoy::exclusive().await;
+    let (stable, canary) = upstreams(50, 50);
+    let rig = ControlledRig::start(ROLLOUT, 2, POLL_MS, stable, canary).await?;
+    let ctl = rig
+        .start_controller(
+            "analysis: {interval: 500ms, failure_limit: 3, min_window_requests: 30}\n\
+             stages:\n  - {weight_pct: 10, hold: 2s, min_requests: 100}\n  - {weight_pct: 50, hold: 2s, min_requests: 100}\n  - {weight_pct: 100}\n",
+        )
+        .await?;
+    let load = Load::start(rig.bases.clone(), 2_000, 8, 100);
+    let status = wait_status(&ctl, "promotion", Duration::from_secs(120), |s| {
+        s["phase"] == "promoted" || s["phase"] == "rolled_back"
+    })
+    .await;
+    let seen = load.stop().await;
+    let status = status?;
+    assert_eq!(status["phase"], "promoted", "{}", ctl.log());
+    assert_eq!(status["weight_bp"], 10_000);
+    let advanced = status["timeline"].as_array().map_or(0, |t| {
+        t.iter().filter(|e| e["kind"] == "stage_advanced").count()
+    });
+    assert_eq!(advanced, 1, "10% → 50% then promoted: {status}");
+
+    // Per user and Envoy, versions only move stable → canary (weights only go up).
+    let mut last: BTreeMap<(u32, usize), Version> = BTreeMap::new();
+    let mut back = 0;
+    for o in &seen {
+        let Some(v) = o.version else { continue };
+        if let Some(prev) = last.insert((o.user, o.envoy), v) {
+            if prev == Version::Canary && v == Version::Stable {
+                back += 1;
+            }
+        }
+    }
+    assert!(seen.len() > 1_000, "only {} requests observed", seen.len());
+    assert_eq!(
+        back, 0,
+        "{back} canary → stable moves during a healthy ramp"
+    );
+    let users = sample_users(200);
+    eventually(
+        "both Envoys at 100%",
+        Duration::from_secs(10),
+        || routes_at(&rig, 10_000, &users),
+        |ok| *ok,
+    )
+    .await?;
+    eprintln!(
+        "promoted after {} requests; {} users x envoys observed",
+        seen.len(),
+        last.len()
+    );
+    Ok(())
+}
+
+/// Issue test 2: canary 10% 5xx against stable 0.5%: weight 0 on every Envoy within
+/// (analysis interval × failure limit + one poll interval), plus one interval because the
+/// fault starts part-way through a window.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn error_spike_rolls_back_on_every_envoy_within_the_bound() -> Result<()> {
+    let _slot = envoy::exclusive().await;
+    let (stable, canary) = upstreams(50, 0);
+    let rig = ControlledRig::start(ROLLOUT, 2, POLL_MS, stable, canary).await?;
+    let interval = Duration::from_secs(1);
+    let failure_limit = 3;
+    let ctl = rig
+        .start_controller(&format!(
+            "analysis: {{interval: 1s, failure_limit: {failure_limit}, min_window_requests: 30}}\n\
+             stages:\n  - {{weight_pct: 20, hold: 1h, min_requests: 100}}\n  - {{weight_pct: 100}}\n"
+        ))
+        .await?;
+    let load = Load::start(rig.bases.clone(), 5_000, 8, 100);
+    let watched = canary_users(2_000, 20);
+    eventually(
+        "both Envoys at 20%",
+        Duration::from_secs(30),
+        || routes_at(&rig, 2_000, &watched),
+        |ok| *ok,
+    )
+    .await?;
+    wait_status(&ctl, "a passing analysis", Duration::from_secs(30), |s| {
+        s["verdicts"]
+            .as_array()
+            .is_some_and(|v| v.iter().any(|v| v["verdict"]["outcome"] == "pass"))
+    })
+    .await?;
+
+    rig.canary.set_error_rate_bp(1_000);
+    let fault = Instant::now();
+    let bound = interval * failure_limit + Duration::from_millis(POLL_MS) + interval;
+    let result = eventually(
+        "weight 0 on every Envoy",
+        bound + Duration::from_secs(10),
+        || routes_at(&rig, 0, &watched),
+        |ok| *ok,
+    )
+    .await;
+    let elapsed = fault.elapsed();
+    load.stop().await;
+    result?;
+    let status = ctl.status().await?;
+    eprintln!(
+        "rollback: fault to weight 0 on both Envoys in {:.2}s (bound {:.2}s): {}",
+        elapsed.as_secs_f64(),
+        bound.as_secs_f64(),
+        status["timeline"]
+            .as_array()
+            .and_then(|t| t.last())
+            .map(|e| e["message"].to_string())
+            .unwrap_or_default()
+    );
+    assert_eq!(status["phase"], "rolled_back");
+    assert!(
+        elapsed <= bound,
+        "rollback took {elapsed:?}, bound {bound:?}"
+    );
+    Ok(())
+}
+
+/// Issue test 6: SIGKILL the controller mid-rollout: the Envoys keep their weight while it is
+/// down; the restarted controller resumes the same stage with no weight jump.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn controller_crash_keeps_weights_and_resumes_the_stage() -> Result<()> {
+    let _slot = envoy::exclusive().await;
+    let (stable, canary) = upstreams(0, 0);
+    let rig = ControlledRig::start(ROLLOUT, 2, POLL_MS, stable, canary).await?;
+    let spec = "analysis: {interval: 500ms, min_window_requests: 20}\n\
+                stages:\n  - {weight_pct: 10, hold: 1s, min_requests: 50}\n  - {weight_pct: 50, hold: 1h, min_requests: 50}\n  - {weight_pct: 100}\n";
+    let mut ctl = rig.start_controller(spec).await?;
+    let load = Load::start(rig.bases.clone(), 2_000, 6, 100);
+    let before = wait_status(&ctl, "stage 2", Duration::from_secs(60), |s| {
+        s["stage"] == 2
+    })
+    .await;
+    load.stop().await;
+    let before = before?;
+    let users = sample_users(300);
+    eventually(
+        "both Envoys at 50%",
+        Duration::from_secs(10),
+        || routes_at(&rig, 5_000, &users),
+        |ok| *ok,
+    )
+    .await?;
+
+    ctl.kill();
+    // Several poll intervals with the controller gone: nothing moves.
+    let down_until = Instant::now() + Duration::from_millis(POLL_MS * 6);
+    while Instant::now() < down_until {
+        assert!(
+            routes_at(&rig, 5_000, &users).await?,
+            "an Envoy changed its weight while the controller was down"
+        );
+    }
+
+    let ctl = rig.start_controller(spec).await?;
+    let after = ctl.status().await?;
+    for field in ["stage", "weight_bp", "config_version", "phase"] {
+        assert_eq!(after[field], before[field], "{field} after restart");
+    }
+    assert!(ctl.log().contains("resumed"), "{}", ctl.log());
+    assert!(routes_at(&rig, 5_000, &users).await?);
+    Ok(())
+}
+
+/// Issue test 7: a bad spec exits non-zero naming the field, with nothing started; a
+/// mutation without the token gets 401 and changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_spec_and_unauthenticated_calls_are_refused() -> Result<()> {
+    let _slot = envoy::exclusive().await;
+    let dir = tempfile::tempdir()?;
+    let spec = dir.path().join("bad.yaml");
+    std::fs::write(
+        &spec,
+        "name: shop\nsources: {envoy_admin: [\"http://127.0.0.1:1\"]}\nstages: [{weight_pct: 150}]\n",
+    )?;
+    let port = canary_e2e::controller::free_port()?;
+    let out = Command::new(paths::canaryctl_bin()?)
+        .args(["serve", "--spec"])
+        .arg(&spec)
+        .args(["--listen", &format!("127.0.0.1:{port}"), "--state-dir"])
+        .arg(dir.path().join("state"))
+        .output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "bad spec accepted: {stderr}");
+    assert!(stderr.contains("stages[0].weight_pct"), "{stderr}");
+    assert!(
+        !dir.path().join("state").exists(),
+        "state written for a bad spec"
+    );
+    assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err());
+
+    let (stable, canary) = upstreams(0, 0);
+    let rig = ControlledRig::start(ROLLOUT, 1, POLL_MS, stable, canary).await?;
+    let ctl = rig.start_controller("").await?;
+    for token in [None, Some("wrong")] {
+        for command in ["pause", "promote", "abort"] {
+            assert_eq!(
+                ctl.command(command, token).await?,
+                401,
+                "{command} with {token:?}"
+            );
+        }
+    }
+    let status = ctl.status().await?;
+    assert_eq!(status["phase"], "progressing");
+    assert_eq!(status["stage"], 1);
+    assert_eq!(ctl.command("pause", Some(TOKEN)).await?, 200);
+    assert_eq!(ctl.status().await?["phase"], "paused");
+    assert_eq!(ctl.command("pause", Some(TOKEN)).await?, 409);
+    Ok(())
+}

@@ -4,7 +4,6 @@
 //! the VM and, under the default failure policy, fail every later request on the worker.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -64,12 +63,15 @@ impl Drop for Active {
 struct Controlled {
     source: ControllerSource,
     keys: SharedKeys,
-    /// The plugin configuration: in force until the controller has answered.
-    plugin_config: FilterConfig,
+    /// The plugin configuration (JSON, validated): in force until the controller answers.
+    /// Kept as bytes and parsed again when needed: cloning typed configurations costs
+    /// more module size than parsing, which the module has anyway.
+    plugin_config: Vec<u8>,
     /// Shared-data version of the configuration this root applied last.
     applied_cas: Option<u32>,
     applied_etag: String,
-    latest: Option<FilterConfig>,
+    /// The controller's latest configuration (JSON, validated).
+    latest: Option<Vec<u8>>,
     in_fail_safe: bool,
     poll_in_flight: Option<u32>,
     /// The last poll problem logged, so a down controller is logged once, not every poll.
@@ -80,8 +82,8 @@ struct Controlled {
 struct CanaryRoot {
     active: Option<Rc<Active>>,
     controlled: Option<Controlled>,
-    /// Metric ids by rollout name, defined once per VM.
-    metric_ids: HashMap<String, RolloutMetrics>,
+    /// Metric ids by rollout name, defined once per VM (a handful: a list is enough).
+    metric_ids: Vec<(String, RolloutMetrics)>,
 }
 
 struct EnvoyMetrics;
@@ -117,11 +119,11 @@ impl CanaryRoot {
     fn activate(&mut self, config: FilterConfig) -> Result<(), String> {
         let mut metrics = Vec::with_capacity(config.rollouts.len());
         for r in &config.rollouts {
-            let ids = match self.metric_ids.get(&r.name) {
-                Some(ids) => ids.clone(),
+            let ids = match self.metric_ids.iter().find(|(name, _)| *name == r.name) {
+                Some((_, ids)) => ids.clone(),
                 None => {
                     let ids = RolloutMetrics::define(&mut EnvoyMetrics, &r.name)?;
-                    self.metric_ids.insert(r.name.clone(), ids.clone());
+                    self.metric_ids.push((r.name.clone(), ids.clone()));
                     ids
                 }
             };
@@ -156,7 +158,7 @@ impl CanaryRoot {
             return;
         };
         c.applied_etag = etag;
-        c.latest = Some(config.clone());
+        c.latest = Some(body.to_vec());
         if !c.in_fail_safe {
             if let Err(e) = self.activate(config) {
                 log::error!("wasm-canary: cannot apply the controller's configuration: {e}");
@@ -177,7 +179,10 @@ impl CanaryRoot {
             return;
         }
         c.in_fail_safe = stale;
-        let current = c.latest.clone().unwrap_or_else(|| c.plugin_config.clone());
+        let current = c.latest.as_deref().unwrap_or(&c.plugin_config);
+        let Ok(current) = FilterConfig::from_json(current) else {
+            return;
+        };
         let config = if stale {
             log::warn!(
                 "wasm-canary: no answer from the controller for {}s: everyone to stable",
@@ -329,7 +334,7 @@ impl RootContext for CanaryRoot {
             Controlled {
                 keys: SharedKeys::new(&source),
                 source,
-                plugin_config: config.clone(),
+                plugin_config: bytes.clone(),
                 applied_cas: None,
                 applied_etag: String::new(),
                 latest: None,

@@ -43,13 +43,14 @@ pub struct Router {
 
 impl Router {
     pub fn new(config: FilterConfig) -> Router {
-        let mut route_headers: Vec<String> = config
-            .rollouts
-            .iter()
-            .map(|r| r.route_header.clone())
-            .collect();
-        route_headers.sort();
-        route_headers.dedup();
+        // Usually one header for all rollouts; a linear de-duplication keeps a sort
+        // routine out of the module.
+        let mut route_headers: Vec<String> = Vec::new();
+        for r in &config.rollouts {
+            if !route_headers.contains(&r.route_header) {
+                route_headers.push(r.route_header.clone());
+            }
+        }
         let rollouts = config
             .rollouts
             .into_iter()

@@ -76,6 +76,9 @@ pub struct RolloutState {
     pub stage_canary_requests: u64,
     pub stage_stable_requests: u64,
     pub consecutive_failures: u32,
+    /// Analyses judged so far, over the whole rollout.
+    #[serde(default)]
+    pub analyses: u64,
     /// Bumped on every weight change: the filter config's version (ETag).
     pub config_version: u64,
     pub verdicts: VecDeque<VerdictRecord>,
@@ -124,6 +127,7 @@ impl RolloutState {
             stage_canary_requests: 0,
             stage_stable_requests: 0,
             consecutive_failures: 0,
+            analyses: 0,
             config_version: 1,
             verdicts: VecDeque::new(),
             timeline: VecDeque::new(),
@@ -283,6 +287,7 @@ impl RolloutState {
         now_ms: u64,
         effects: &mut Vec<Effect>,
     ) {
+        self.analyses += 1;
         self.stage_canary_requests += verdict.canary_requests;
         self.stage_stable_requests += verdict.stable_requests;
         let summary = verdict.summary();

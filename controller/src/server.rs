@@ -223,6 +223,7 @@ fn status_json(c: &Controller) -> serde_json::Value {
         "time_in_stage_s": now.saturating_sub(c.state.stage_started_ms) as f64 / 1000.0,
         "stage_requests": {"canary": c.state.stage_canary_requests, "stable": c.state.stage_stable_requests},
         "consecutive_failures": c.state.consecutive_failures,
+        "analyses": c.state.analyses,
         "failure_limit": c.spec.analysis.failure_limit,
         "config_version": c.state.config_version,
         "verdicts": c.state.verdicts,

@@ -166,7 +166,9 @@ mod tests {
             interpret(Some(b"304"), None, None),
             PollOutcome::NotModified
         );
-        let cases: [(Option<&[u8]>, Option<&[u8]>, &str); 5] = [
+        // (status, body, what the reason must mention)
+        type Case<'a> = (Option<&'a [u8]>, Option<&'a [u8]>, &'a str);
+        let cases: [Case; 5] = [
             (Some(b"503"), Some(good.as_bytes()), "answered 503"),
             (None, None, "no answer"),
             (Some(b"200"), None, "empty"),

@@ -273,3 +273,111 @@ async fn bad_spec_and_unauthenticated_calls_are_refused() -> Result<()> {
     assert_eq!(ctl.command("pause", Some(TOKEN)).await?, 409);
     Ok(())
 }
+
+/// Issue test 3: canary p99 twice stable's with equal errors: rolled back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn doubled_latency_rolls_back() -> Result<()> {
+    let _slot = envoy::exclusive().await;
+    let (mut stable, mut canary) = upstreams(0, 0);
+    stable.delay = Duration::from_millis(20);
+    canary.delay = Duration::from_millis(40);
+    let rig = ControlledRig::start(ROLLOUT, 2, POLL_MS, stable, canary).await?;
+    let ctl = rig
+        .start_controller(
+            "analysis: {interval: 1s, failure_limit: 2, min_window_requests: 30}\n\
+             stages:\n  - {weight_pct: 30, hold: 1h, min_requests: 100}\n  - {weight_pct: 100}\n",
+        )
+        .await?;
+    let load = Load::start(rig.bases.clone(), 3_000, 12, 40);
+    let status = wait_status(&ctl, "rollback", Duration::from_secs(60), |s| {
+        s["phase"] != "progressing"
+    })
+    .await;
+    load.stop().await;
+    let status = status?;
+    assert_eq!(status["phase"], "rolled_back", "{status}");
+    let reason = status["timeline"]
+        .as_array()
+        .and_then(|t| t.last())
+        .map(|e| e["message"].to_string())
+        .unwrap_or_default();
+    assert!(reason.contains("latency_p"), "{reason}");
+    eprintln!("latency rollback: {reason}");
+    Ok(())
+}
+
+/// Issue test 4: canary identical to stable, with realistic noise (0.5% errors on both):
+/// no rollback over 30 analysis windows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identical_versions_are_never_rolled_back() -> Result<()> {
+    let _slot = envoy::exclusive().await;
+    let (stable, canary) = upstreams(50, 50);
+    let rig = ControlledRig::start(ROLLOUT, 2, POLL_MS, stable, canary).await?;
+    let ctl = rig
+        .start_controller(
+            "analysis: {interval: 400ms, failure_limit: 3, min_window_requests: 30}\n\
+             stages:\n  - {weight_pct: 30, hold: 1h, min_requests: 100}\n  - {weight_pct: 100}\n",
+        )
+        .await?;
+    let load = Load::start(rig.bases.clone(), 3_000, 8, 100);
+    let status = wait_status(&ctl, "30 analysis windows", Duration::from_secs(90), |s| {
+        s["phase"] != "progressing" || judged(s) >= 30
+    })
+    .await;
+    load.stop().await;
+    let status = status?;
+    assert_eq!(status["phase"], "progressing", "A/A rolled back: {status}");
+    let metrics = reqwest::get(format!("{}/metrics", ctl.url()))
+        .await?
+        .text()
+        .await?;
+    eprintln!(
+        "A/A: {} windows judged\n{}",
+        judged(&status),
+        metrics
+            .lines()
+            .filter(|l| l.contains("verdicts_total"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    Ok(())
+}
+
+/// Windows judged so far, from the controller's `/status`.
+fn judged(status: &serde_json::Value) -> u64 {
+    status["analyses"].as_u64().unwrap_or(0)
+}
+
+/// Issue test 5: traffic below the minimum: the stage holds, verdicts are inconclusive, and
+/// nothing is promoted on no data.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn too_little_traffic_never_promotes() -> Result<()> {
+    let _slot = envoy::exclusive().await;
+    let (stable, canary) = upstreams(0, 0);
+    let rig = ControlledRig::start(ROLLOUT, 1, POLL_MS, stable, canary).await?;
+    let ctl = rig
+        .start_controller(
+            "analysis: {interval: 300ms, min_window_requests: 100}\n\
+             stages:\n  - {weight_pct: 10, hold: 0s, min_requests: 100}\n  - {weight_pct: 100}\n",
+        )
+        .await?;
+    // About 10 requests a second: never 100 per version in a window.
+    let load = Load::start(rig.bases.clone(), 500, 1, 10);
+    let status = wait_status(
+        &ctl,
+        "10 inconclusive windows",
+        Duration::from_secs(30),
+        |s| judged(s) >= 10,
+    )
+    .await;
+    load.stop().await;
+    let status = status?;
+    assert_eq!(status["phase"], "progressing");
+    assert_eq!(status["stage"], 1);
+    let verdicts = status["verdicts"].as_array().cloned().unwrap_or_default();
+    assert!(!verdicts.is_empty());
+    for v in &verdicts {
+        assert_eq!(v["verdict"]["outcome"], "inconclusive", "{v}");
+    }
+    Ok(())
+}

@@ -1,147 +1,196 @@
-//! `make demo`: real Envoy with the canary filter in front of two upstreams, a few thousand
-//! simulated users at a 10% canary weight, live progress, then the observed split and the
-//! per-version stats as Envoy reports them.
+//! `make demo`: a whole canary rollout on real Envoy, driven by the real controller.
+//!
+//! Two Envoys (two workers each) run the filter in front of a stable and a canary upstream;
+//! `canaryctl serve` reads their stats, judges canary against stable every second and
+//! publishes the weight the filters poll. Simulated users send traffic throughout.
+//! 1. A healthy canary is promoted stage by stage to 100%.
+//! 2. A canary that starts failing (10% 5xx) at 25% is rolled back by itself.
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use canary_contract::{FilterConfig, RolloutConfig, Version};
-use canary_e2e::client::{http_client, send_all, Probe};
-use canary_e2e::prom;
-use canary_e2e::rig::{CanaryRig, RigOptions};
+use canary_e2e::controller::{Canaryctl, ControlledRig};
+use canary_e2e::load::Load;
 use canary_e2e::upstream::UpstreamSpec;
-use canary_e2e::wait::eventually;
+use serde_json::Value;
 
-const USERS: usize = 3_000;
-const REQUESTS_PER_USER: usize = 5;
-const WEIGHT_BP: u32 = 1_000;
-const BATCH: usize = 1_500;
+const SPEC: &str = "analysis: {interval: 1s, failure_limit: 3, min_window_requests: 30}\n\
+stages:\n\
+  - {weight_pct: 5, hold: 4s, min_requests: 100}\n\
+  - {weight_pct: 25, hold: 4s, min_requests: 100}\n\
+  - {weight_pct: 50, hold: 4s, min_requests: 100}\n\
+  - {weight_pct: 100}\n";
+
+fn upstreams() -> (UpstreamSpec, UpstreamSpec) {
+    let mut stable = UpstreamSpec::new("stable");
+    stable.error_rate_bp = 50;
+    stable.delay = Duration::from_millis(2);
+    let mut canary = UpstreamSpec::new("canary");
+    canary.error_rate_bp = 50;
+    canary.delay = Duration::from_millis(2);
+    (stable, canary)
+}
+
+fn check<'a>(verdict: &'a Value, name: &str) -> Option<&'a Value> {
+    verdict["checks"]
+        .as_array()?
+        .iter()
+        .find(|c| c["check"] == name)
+}
+
+fn fmt_pct(v: &Value) -> String {
+    v.as_f64()
+        .map_or("    -".into(), |x| format!("{:5.2}%", x * 100.0))
+}
+
+fn fmt_ms(v: &Value) -> String {
+    v.as_f64().map_or("    -".into(), |x| format!("{x:5.1}"))
+}
+
+/// One line per analysis: stage, weight, the window's numbers and the verdict.
+fn progress_line(status: &Value, started: Instant) -> String {
+    let verdict = status["verdicts"]
+        .as_array()
+        .and_then(|v| v.last())
+        .map(|v| &v["verdict"]);
+    let (outcome, nc, ns, ec, es, pc, ps) = match verdict {
+        Some(v) => {
+            let e = check(v, "error_rate");
+            let l = check(v, "latency_p99");
+            (
+                v["outcome"].as_str().unwrap_or("?").to_string(),
+                v["canary_requests"].as_u64().unwrap_or(0),
+                v["stable_requests"].as_u64().unwrap_or(0),
+                e.map_or("    -".into(), |e| fmt_pct(&e["canary"])),
+                e.map_or("    -".into(), |e| fmt_pct(&e["stable"])),
+                l.map_or("    -".into(), |l| fmt_ms(&l["canary"])),
+                l.map_or("    -".into(), |l| fmt_ms(&l["stable"])),
+            )
+        }
+        None => (
+            "-".into(),
+            0,
+            0,
+            "-".into(),
+            "-".into(),
+            "-".into(),
+            "-".into(),
+        ),
+    };
+    format!(
+        "  {:>5.1}s  stage {}/{}  weight {:>5}  window: canary {:>4} req {} err p99 {} ms | stable {:>4} req {} err p99 {} ms  → {}",
+        started.elapsed().as_secs_f64(),
+        status["stage"],
+        status["stages"],
+        format!("{}%", status["weight_bp"].as_f64().unwrap_or(0.0) / 100.0),
+        nc,
+        ec,
+        pc,
+        ns,
+        es,
+        ps,
+        outcome
+    )
+}
+
+/// Prints progress until `done(status)`; also prints timeline events as they appear.
+async fn follow(
+    ctl: &Canaryctl,
+    started: Instant,
+    limit: Duration,
+    done: impl Fn(&Value) -> bool,
+) -> Result<Value> {
+    let mut printed_events = 0;
+    let mut last_analyses = 0;
+    loop {
+        let status = ctl.status().await?;
+        let analyses = status["analyses"].as_u64().unwrap_or(0);
+        if analyses != printed.analyses {
+            printed.analyses = analyses;
+            println!("{}", progress_line(&status, started));
+        }
+        let events = status["timeline"].as_array().cloned().unwrap_or_default();
+        for e in events.iter().skip(printed.events) {
+            println!("  ── {}", e["message"].as_str().unwrap_or(""));
+        }
+        printed.events = events.len();
+        if done(&status) {
+            return Ok(status);
+        }
+        if started.elapsed() > limit {
+            anyhow::bail!("the rollout did not finish in {limit:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<()> {
-    let rollout = RolloutConfig::new("checkout", WEIGHT_BP);
-    let config = FilterConfig::new(vec![rollout.clone()]);
-    // The canary is a little worse than stable, as a canary often is.
-    let mut canary = UpstreamSpec::new("canary");
-    canary.error_rate_bp = 300;
-    canary.delay = Duration::from_millis(3);
-    let rig = CanaryRig::start(
-        &config,
-        RigOptions {
-            concurrency: 2,
-            canary,
-            ..RigOptions::default()
-        },
-    )
-    .await?;
-    let envoy = rig.envoy();
-    println!("wasm-canary demo");
-    println!(
-        "  Envoy listener {}   admin http://{}  (try /stats?filter=canary_ and /stats/prometheus)",
-        rig.base(),
-        envoy.admin_addr()
-    );
-    println!(
-        "  rollout `checkout`: canary weight {}% by FNV-1a hash of x-user-id; {} users x {} requests\n",
-        f64::from(WEIGHT_BP) / 100.0,
-        USERS,
-        REQUESTS_PER_USER
-    );
+    println!("wasm-canary demo: 2 Envoys with the filter, 1 controller, simulated users\n");
 
-    let users: Vec<String> = (0..USERS).map(|i| format!("demo-user-{i:04}")).collect();
-    let probes: Vec<Probe> = (0..REQUESTS_PER_USER)
-        .flat_map(|_| {
-            users
-                .iter()
-                .map(|u| Probe::user(rig.base(), "/checkout", u))
-        })
-        .collect();
-    let client = http_client(32)?;
+    println!(
+        "1. A healthy canary (same 0.5% errors and latency as stable): ramp 5% → 25% → 50% → 100%"
+    );
+    let (stable, canary) = upstreams();
+    let rig = ControlledRig::start("checkout", 2, 500, stable, canary).await?;
+    let ctl = rig.start_controller(SPEC).await?;
+    println!(
+        "   controller {}  (try: canaryctl status --controller {}, curl {}/metrics)",
+        ctl.url(),
+        ctl.url(),
+        ctl.url()
+    );
+    let load = Load::start(rig.bases.clone(), 5_000, 8, 100);
     let started = Instant::now();
-    let mut versions_by_user: BTreeMap<&str, BTreeSet<String>> = BTreeMap::new();
-    let mut by_version: BTreeMap<String, (u64, u64)> = BTreeMap::new();
-    for (batch_index, batch) in probes.chunks(BATCH).enumerate() {
-        let answers = send_all(&client, batch, 32).await?;
-        for (k, answer) in answers.iter().enumerate() {
-            let user = users[(batch_index * BATCH + k) % USERS].as_str();
-            let version = answer.served_by.clone().unwrap_or_else(|| "none".into());
-            let entry = by_version.entry(version.clone()).or_default();
-            entry.0 += 1;
-            if answer.status >= 500 {
-                entry.1 += 1;
-            }
-            versions_by_user.entry(user).or_default().insert(version);
-        }
-        let sent = ((batch_index + 1) * BATCH).min(probes.len());
-        let canary = by_version.get("canary").map_or(0, |v| v.0);
-        println!(
-            "  [{:>5.1}s] {sent:>6}/{} requests   canary share so far {:.2}%",
-            started.elapsed().as_secs_f64(),
-            probes.len(),
-            100.0 * canary as f64 / sent as f64
-        );
-    }
-
-    let canary_users = versions_by_user
-        .values()
-        .filter(|v| v.contains("canary"))
-        .count();
-    let flapping = versions_by_user.values().filter(|v| v.len() > 1).count();
-    let predicted = users
-        .iter()
-        .filter(|u| rollout.version_for_key(u) == Version::Canary)
-        .count();
-    println!("\nObserved by the simulated users");
-    println!(
-        "  users on canary: {canary_users} of {USERS} ({:.2}%), contract predicts {predicted}",
-        100.0 * canary_users as f64 / USERS as f64
-    );
-    println!("  users who saw both versions: {flapping}");
-    for (version, (requests, errors)) in &by_version {
-        println!("  {version:>6}: {requests:>6} requests, {errors:>4} 5xx");
-    }
-
-    // Counters arrive on the filter's flush timer, histograms at Envoy's stats flush.
-    let total = probes.len() as f64;
-    let labels = |v: Version| [("rollout", "checkout"), ("version", v.as_str())];
-    let samples = eventually(
-        "stats at the admin endpoint",
-        Duration::from_secs(20),
-        || envoy.prometheus(),
-        |s| {
-            Version::ALL
-                .iter()
-                .map(|v| prom::value(s, "canary_rq_time_ms_count", &labels(*v)).unwrap_or(0.0))
-                .sum::<f64>()
-                >= total
-        },
+    let status = follow(
+        &ctl,
+        &mut Printed::default(),
+        started,
+        Duration::from_secs(90),
+        |s| s["phase"] != "progressing",
     )
-    .await?;
-    println!("\nReported by Envoy (/stats/prometheus, labels from the bootstrap's tag extraction)");
+    .await;
+    let seen = load.stop().await;
+    let status = status?;
     println!(
-        "  {:>7} {:>8} {:>7} {:>5} {:>5} {:>6} {:>12}",
-        "version", "requests", "2xx", "4xx", "5xx", "reset", "mean ms"
+        "   → {} in {:.1}s, {} requests served\n",
+        status["phase"].as_str().unwrap_or("?"),
+        started.elapsed().as_secs_f64(),
+        seen.len()
     );
-    for version in Version::ALL {
-        let get = |m: &str| prom::value(&samples, m, &labels(version)).unwrap_or(0.0);
-        let count = get("canary_rq_time_ms_count");
-        let mean = if count > 0.0 {
-            get("canary_rq_time_ms_sum") / count
-        } else {
-            0.0
-        };
-        println!(
-            "  {:>7} {:>8} {:>7} {:>5} {:>5} {:>6} {:>12.2}",
-            version.as_str(),
-            get("canary_rq_total"),
-            get("canary_rq_2xx"),
-            get("canary_rq_4xx"),
-            get("canary_rq_5xx"),
-            get("canary_rq_reset"),
-            mean
-        );
+    drop(ctl);
+    drop(rig);
+
+    println!("2. The canary starts failing (10% 5xx) once it reaches 25%: automatic rollback");
+    let (stable, canary) = upstreams();
+    let rig = ControlledRig::start("checkout", 2, 500, stable, canary).await?;
+    let ctl = rig.start_controller(SPEC).await?;
+    let load = Load::start(rig.bases.clone(), 5_000, 8, 100);
+    let started = Instant::now();
+    let mut printed = Printed::default();
+    follow(&ctl, &mut printed, started, Duration::from_secs(60), |s| {
+        s["stage"] == 2
+    })
+    .await?;
+    rig.canary.set_error_rate_bp(1_000);
+    let fault = Instant::now();
+    println!("  ── fault injected: canary now answers 10% of requests with 503");
+    let status = follow(&ctl, &mut printed, started, Duration::from_secs(90), |s| {
+        s["phase"] != "progressing"
+    })
+    .await;
+    load.stop().await;
+    let status = status?;
+    println!(
+        "   → {} {:.1}s after the fault started; weight {}%",
+        status["phase"].as_str().unwrap_or("?"),
+        fault.elapsed().as_secs_f64(),
+        status["weight_bp"].as_f64().unwrap_or(0.0) / 100.0
+    );
+    if let Some(reason) = status["timeline"].as_array().and_then(|t| t.last()) {
+        println!("   reason: {}", reason["message"].as_str().unwrap_or(""));
     }
-    println!("\nThe controller (next issue) turns this into a rollout: ramp, judge, roll back.");
+    println!("\nLook closer: `canaryctl status --controller <url>` (add --output json), the controller's /metrics,");
+    println!("and each Envoy's /stats/prometheus (canary_rq_*{{rollout,version}}).");
     Ok(())
 }

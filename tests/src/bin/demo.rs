@@ -93,15 +93,21 @@ fn progress_line(status: &Value, started: Instant) -> String {
     )
 }
 
+/// What has been printed of one controller's rollout so far.
+#[derive(Default)]
+struct Printed {
+    events: usize,
+    analyses: u64,
+}
+
 /// Prints progress until `done(status)`; also prints timeline events as they appear.
 async fn follow(
     ctl: &Canaryctl,
+    printed: &mut Printed,
     started: Instant,
     limit: Duration,
     done: impl Fn(&Value) -> bool,
 ) -> Result<Value> {
-    let mut printed_events = 0;
-    let mut last_analyses = 0;
     loop {
         let status = ctl.status().await?;
         let analyses = status["analyses"].as_u64().unwrap_or(0);

@@ -108,9 +108,10 @@ e2e: build $(FAULT_WASM)
 demo: build
 	cargo run --release -q -p canary-e2e --bin demo
 
-## bench: filter vs Envoy's native hashed split, written to target/bench/overhead.json.
+## bench: filter vs native split (target/bench/overhead.json); rollback and convergence times (rollout.json).
 bench: build
 	cargo run --release -q -p canary-e2e --bin bench
+	cargo run --release -q -p canary-e2e --bin bench_rollout
 
 clean:
 	cargo clean

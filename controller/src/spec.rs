@@ -203,7 +203,7 @@ impl RolloutSpec {
         let de = serde_yaml_ng::Deserializer::from_str(text);
         let spec: RolloutSpec = serde_path_to_error::deserialize(de).map_err(|e| {
             let parent = match e.path().to_string() {
-                p if p == "." || p.is_empty() => None,
+                p if p == "." || p == "?" || p.is_empty() => None,
                 p => Some(p),
             };
             let reason = e.into_inner().to_string();

@@ -12,6 +12,7 @@ use canary_contract::{ControllerSource, FilterConfig, RolloutConfig};
 use serde_json::Value;
 
 use crate::bootstrap::{CanaryBootstrap, FailurePolicy, ListenerSource};
+use crate::client::{http_client, send_all, Probe};
 use crate::envoy::{Envoy, EnvoyOptions};
 use crate::paths;
 use crate::rig::{filter_listener, STATS_FLUSH_MS};
@@ -100,6 +101,16 @@ impl Canaryctl {
 
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// Peak resident set size so far (VmHWM), in KiB.
+    pub fn peak_rss_kb(&self) -> Result<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .context("no VmHWM in /proc/<pid>/status")
     }
 
     pub fn log(&self) -> String {
@@ -217,6 +228,23 @@ impl ControlledRig {
             .map(|e| format!("\"http://{}\"", e.admin_addr()))
             .collect();
         format!("sources: {{envoy_admin: [{}]}}\n", admins.join(", "))
+    }
+
+    /// Whether every Envoy routes `users` exactly as the contract does at `weight_bp`.
+    pub async fn routes_at(&self, weight_bp: u32, users: &[String]) -> Result<bool> {
+        let rollout = RolloutConfig::new(&self.rollout, weight_bp);
+        let client = http_client(8)?;
+        for base in &self.bases {
+            let probes: Vec<Probe> = users.iter().map(|u| Probe::user(base, "/", u)).collect();
+            let answers = send_all(&client, &probes, 8).await?;
+            for (user, answer) in users.iter().zip(&answers) {
+                let want = rollout.version_for_key(user).as_str();
+                if answer.served_by.as_deref() != Some(want) {
+                    return Ok(false);
+                }
+            }
+        }
+        Ok(true)
     }
 
     pub async fn start_controller(&self, spec_body: &str) -> Result<Canaryctl> {

@@ -7,7 +7,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use canary_contract::{RolloutConfig, Version};
-use canary_e2e::client::{http_client, send_all, Probe};
 use canary_e2e::controller::{wait_status, ControlledRig, TOKEN};
 use canary_e2e::envoy;
 use canary_e2e::load::{user_id, Load};
@@ -26,21 +25,8 @@ fn upstreams(stable_error_bp: u32, canary_error_bp: u32) -> (UpstreamSpec, Upstr
     (stable, canary)
 }
 
-/// Whether every Envoy routes `users` exactly as the contract does at `weight_bp`.
 async fn routes_at(rig: &ControlledRig, weight_bp: u32, users: &[String]) -> Result<bool> {
-    let rollout = RolloutConfig::new(ROLLOUT, weight_bp);
-    let client = http_client(8)?;
-    for base in &rig.bases {
-        let probes: Vec<Probe> = users.iter().map(|u| Probe::user(base, "/", u)).collect();
-        let answers = send_all(&client, &probes, 8).await?;
-        for (user, answer) in users.iter().zip(&answers) {
-            let want = rollout.version_for_key(user).as_str();
-            if answer.served_by.as_deref() != Some(want) {
-                return Ok(false);
-            }
-        }
-    }
-    Ok(true)
+    rig.routes_at(weight_bp, users).await
 }
 
 /// Users that are on canary at `weight_bp` (and so on stable at 0).

@@ -1,0 +1,141 @@
+//! `make bench`, controller part: how fast the loop closes on real Envoys, written to
+//! `target/bench/rollout.json`.
+//! - `rollback_seconds`: canary starts answering 10% 5xx (stable 0.5%) → weight 0 observed
+//!   on both Envoys; analysis interval 1 s, failure limit 3, filters poll every 1 s.
+//! - `converge_seconds`: an operator's promote → the new weight observed on both Envoys.
+//! - `controller_rss_kb`: the controller's peak RSS while judging two Envoys.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Result};
+use canary_contract::{RolloutConfig, Version};
+use canary_e2e::controller::{ControlledRig, TOKEN};
+use canary_e2e::load::{user_id, Load};
+use canary_e2e::paths;
+use canary_e2e::upstream::UpstreamSpec;
+use serde_json::json;
+
+const ROLLOUT: &str = "bench";
+const POLL_MS: u64 = 1_000;
+const RUNS: usize = 3;
+
+fn canary_users(weight_bp: u32, n: usize) -> Vec<String> {
+    let rollout = RolloutConfig::new(ROLLOUT, weight_bp);
+    (0..100_000)
+        .map(user_id)
+        .filter(|u| rollout.version_for_key(u) == Version::Canary)
+        .take(n)
+        .collect()
+}
+
+fn upstreams() -> (UpstreamSpec, UpstreamSpec) {
+    let mut stable = UpstreamSpec::new("stable");
+    stable.error_rate_bp = 50;
+    let mut canary = UpstreamSpec::new("canary");
+    canary.error_rate_bp = 50;
+    (stable, canary)
+}
+
+async fn until(
+    rig: &ControlledRig,
+    weight_bp: u32,
+    users: &[String],
+    limit: Duration,
+) -> Result<Duration> {
+    let start = Instant::now();
+    loop {
+        if rig.routes_at(weight_bp, users).await? {
+            return Ok(start.elapsed());
+        }
+        if start.elapsed() > limit {
+            bail!("weight {weight_bp} not reached on every Envoy in {limit:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> Result<()> {
+    let mut rollback = Vec::new();
+    let mut rss = Vec::new();
+    for run in 0..RUNS {
+        let (stable, canary) = upstreams();
+        let rig = ControlledRig::start(ROLLOUT, 2, POLL_MS, stable, canary).await?;
+        let ctl = rig
+            .start_controller(
+                "analysis: {interval: 1s, failure_limit: 3, min_window_requests: 30}\n\
+                 stages:\n  - {weight_pct: 20, hold: 1h, min_requests: 100}\n  - {weight_pct: 100}\n",
+            )
+            .await?;
+        let load = Load::start(rig.bases.clone(), 5_000, 8, 100);
+        let watched = canary_users(2_000, 20);
+        until(&rig, 2_000, &watched, Duration::from_secs(30)).await?;
+        // A few healthy windows first, as in production.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        rig.canary.set_error_rate_bp(1_000);
+        let took = until(&rig, 0, &watched, Duration::from_secs(30)).await;
+        load.stop().await;
+        let took = took?.as_secs_f64();
+        eprintln!("rollback run {}: {took:.2}s", run + 1);
+        rollback.push(took);
+        rss.push(ctl.peak_rss_kb()?);
+    }
+
+    // Convergence: promote through 10% → 20% → ... and time each weight change.
+    let (stable, canary) = upstreams();
+    let rig = ControlledRig::start(ROLLOUT, 2, POLL_MS, stable, canary).await?;
+    let ctl = rig
+        .start_controller(&format!(
+            "stages:\n{}  - {{weight_pct: 100}}\n",
+            [10, 20, 30, 40, 50]
+                .iter()
+                .map(|w| format!("  - {{weight_pct: {w}, hold: 1h}}\n"))
+                .collect::<String>()
+        ))
+        .await?;
+    let users: Vec<String> = (0..300).map(user_id).collect();
+    until(&rig, 1_000, &users, Duration::from_secs(30)).await?;
+    let mut converge = Vec::new();
+    for weight_bp in [2_000, 3_000, 4_000, 5_000] {
+        // Start measuring when the controller has accepted the change.
+        if ctl.command("promote", Some(TOKEN)).await? != 200 {
+            bail!("promote refused");
+        }
+        let took = until(&rig, weight_bp, &users, Duration::from_secs(30))
+            .await?
+            .as_secs_f64();
+        eprintln!("converge to {}%: {took:.2}s", weight_bp / 100);
+        converge.push(took);
+    }
+    rss.push(ctl.peak_rss_kb()?);
+
+    let report = json!({
+        "settings": {
+            "envoys": 2, "envoy_workers": 2, "filter_poll_interval_s": POLL_MS as f64 / 1000.0,
+            "analysis_interval_s": 1.0, "failure_limit": 3,
+            "fault": "canary 10% 5xx vs stable 0.5%"
+        },
+        "rollback_seconds": median(rollback.clone()),
+        "rollback_seconds_runs": rollback,
+        "converge_seconds": median(converge.clone()),
+        "converge_seconds_runs": converge,
+        "controller_rss_kb": rss.iter().max().copied().unwrap_or(0),
+    });
+    let dir = paths::project_root().join("target/bench");
+    std::fs::create_dir_all(&dir)?;
+    let out = dir.join("rollout.json");
+    std::fs::write(&out, serde_json::to_vec_pretty(&report)?)?;
+    println!(
+        "rollback_seconds = {:.2}, converge_seconds = {:.2}, controller_rss_kb = {}; wrote {}",
+        report["rollback_seconds"].as_f64().unwrap_or(0.0),
+        report["converge_seconds"].as_f64().unwrap_or(0.0),
+        report["controller_rss_kb"],
+        out.display()
+    );
+    Ok(())
+}

@@ -106,32 +106,36 @@ impl Controller {
 /// Runs the controller until the process is stopped.
 pub async fn serve(spec: RolloutSpec, options: ServeOptions) -> anyhow::Result<()> {
     let store = StateStore::open(&options.state_dir, &spec.name)?;
-    let (state, resumed) = match store.load()? {
-        Some(state) => (state, true),
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()?;
+    let (state, start_effects) = match store.load()? {
+        Some(state) => (state, None),
         None => {
-            let (state, _) = RolloutState::start(&spec, now_ms());
-            store.save(&state)?;
-            (state, false)
+            let (state, effects) = RolloutState::start(&spec, now_ms());
+            (state, Some(effects))
         }
     };
+    let mut c = Controller {
+        spec: spec.clone(),
+        state: state.clone(),
+        store,
+        verdict_counts: BTreeMap::new(),
+        source_errors: BTreeMap::new(),
+    };
+    let resumed = start_effects.is_none();
+    if let Some(effects) = start_effects {
+        c.apply(state, effects, &http)?;
+    }
     eprintln!(
         "canaryctl: {} {} at stage {} weight {} (state {})",
         spec.name,
         if resumed { "resumed" } else { "started" },
-        state.stage + 1,
-        crate::machine::pct(state.weight_bp),
-        store.path().display()
+        c.state.stage + 1,
+        crate::machine::pct(c.state.weight_bp),
+        c.store.path().display()
     );
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(2))
-        .build()?;
-    let controller = Arc::new(Mutex::new(Controller {
-        spec: spec.clone(),
-        state,
-        store,
-        verdict_counts: BTreeMap::new(),
-        source_errors: BTreeMap::new(),
-    }));
+    let controller = Arc::new(Mutex::new(c));
     let app = AppState {
         controller: controller.clone(),
         token: options.token.map(Arc::new),

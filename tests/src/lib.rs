@@ -11,3 +11,4 @@ pub mod prom;
 pub mod rig;
 pub mod upstream;
 pub mod wait;
+pub mod webhook;

@@ -13,6 +13,7 @@ use canary_e2e::load::{user_id, Load};
 use canary_e2e::paths;
 use canary_e2e::upstream::UpstreamSpec;
 use canary_e2e::wait::eventually;
+use canary_e2e::webhook::WebhookReceiver;
 
 const ROLLOUT: &str = "shop";
 const POLL_MS: u64 = 500;
@@ -112,10 +113,13 @@ async fn error_spike_rolls_back_on_every_envoy_within_the_bound() -> Result<()> 
     let rig = ControlledRig::start(ROLLOUT, 2, POLL_MS, stable, canary).await?;
     let interval = Duration::from_secs(1);
     let failure_limit = 3;
+    let hooks = WebhookReceiver::start().await?;
     let ctl = rig
         .start_controller(&format!(
             "analysis: {{interval: 1s, failure_limit: {failure_limit}, min_window_requests: 30}}\n\
-             stages:\n  - {{weight_pct: 20, hold: 1h, min_requests: 100}}\n  - {{weight_pct: 100}}\n"
+             webhooks: [{{url: \"{}\"}}]\n\
+             stages:\n  - {{weight_pct: 20, hold: 1h, min_requests: 100}}\n  - {{weight_pct: 100}}\n",
+            hooks.url()
         ))
         .await?;
     let load = Load::start(rig.bases.clone(), 5_000, 8, 100);
@@ -162,6 +166,24 @@ async fn error_spike_rolls_back_on_every_envoy_within_the_bound() -> Result<()> 
     assert!(
         elapsed <= bound,
         "rollback took {elapsed:?}, bound {bound:?}"
+    );
+    // The webhook heard about the start and the rollback, with the numbers.
+    let received = eventually(
+        "rollback webhook",
+        Duration::from_secs(5),
+        || async { Ok(hooks.received()) },
+        |r| r.iter().any(|h| h["event"] == "rolled_back"),
+    )
+    .await?;
+    assert_eq!(received[0]["event"], "started", "{received:?}");
+    let rollback = received.iter().find(|h| h["event"] == "rolled_back");
+    assert!(
+        rollback.is_some_and(|h| h["weight_bp"] == 0
+            && h["rollout"] == ROLLOUT
+            && h["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("error rate"))),
+        "{received:?}"
     );
     Ok(())
 }

@@ -162,6 +162,15 @@ pub struct ControlledRig {
 
 pub const TOKEN: &str = "test-token";
 
+/// A stable and a canary upstream failing the given shares of requests (basis points).
+pub fn upstream_pair(stable_error_bp: u32, canary_error_bp: u32) -> (UpstreamSpec, UpstreamSpec) {
+    let mut stable = UpstreamSpec::new("stable");
+    stable.error_rate_bp = stable_error_bp;
+    let mut canary = UpstreamSpec::new("canary");
+    canary.error_rate_bp = canary_error_bp;
+    (stable, canary)
+}
+
 impl ControlledRig {
     /// Starts upstreams and `envoys` Envoys (2 workers each) whose filter starts at weight 0
     /// and polls the controller every `poll_ms`.

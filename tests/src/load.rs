@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use canary_contract::Version;
+use canary_contract::{RolloutConfig, Version};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
@@ -27,6 +27,17 @@ pub struct Load {
 
 pub fn user_id(user: u32) -> String {
     format!("load-user-{user}")
+}
+
+/// The first `n` load users that `rollout` puts on canary at `weight_bp` (and so on stable
+/// at 0): the users whose answers show which weight an Envoy applies.
+pub fn canary_users(rollout: &str, weight_bp: u32, n: usize) -> Vec<String> {
+    let rollout = RolloutConfig::new(rollout, weight_bp);
+    (0..100_000)
+        .map(user_id)
+        .filter(|u| rollout.version_for_key(u) == Version::Canary)
+        .take(n)
+        .collect()
 }
 
 impl Load {

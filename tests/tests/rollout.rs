@@ -6,10 +6,10 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use canary_contract::{RolloutConfig, Version};
-use canary_e2e::controller::{wait_status, ControlledRig, TOKEN};
+use canary_contract::Version;
+use canary_e2e::controller::{upstream_pair, wait_status, ControlledRig, TOKEN};
 use canary_e2e::envoy;
-use canary_e2e::load::{user_id, Load};
+use canary_e2e::load::{self, user_id, Load};
 use canary_e2e::paths;
 use canary_e2e::upstream::UpstreamSpec;
 use canary_e2e::wait::eventually;
@@ -19,25 +19,15 @@ const ROLLOUT: &str = "shop";
 const POLL_MS: u64 = 500;
 
 fn upstreams(stable_error_bp: u32, canary_error_bp: u32) -> (UpstreamSpec, UpstreamSpec) {
-    let mut stable = UpstreamSpec::new("stable");
-    stable.error_rate_bp = stable_error_bp;
-    let mut canary = UpstreamSpec::new("canary");
-    canary.error_rate_bp = canary_error_bp;
-    (stable, canary)
+    upstream_pair(stable_error_bp, canary_error_bp)
 }
 
 async fn routes_at(rig: &ControlledRig, weight_bp: u32, users: &[String]) -> Result<bool> {
     rig.routes_at(weight_bp, users).await
 }
 
-/// Users that are on canary at `weight_bp` (and so on stable at 0).
 fn canary_users(weight_bp: u32, n: usize) -> Vec<String> {
-    let rollout = RolloutConfig::new(ROLLOUT, weight_bp);
-    (0..100_000)
-        .map(user_id)
-        .filter(|u| rollout.version_for_key(u) == Version::Canary)
-        .take(n)
-        .collect()
+    load::canary_users(ROLLOUT, weight_bp, n)
 }
 
 fn sample_users(n: u32) -> Vec<String> {

@@ -8,9 +8,8 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
-use canary_contract::{RolloutConfig, Version};
-use canary_e2e::controller::{ControlledRig, TOKEN};
-use canary_e2e::load::{user_id, Load};
+use canary_e2e::controller::{upstream_pair, ControlledRig, TOKEN};
+use canary_e2e::load::{self, user_id, Load};
 use canary_e2e::paths;
 use canary_e2e::upstream::UpstreamSpec;
 use serde_json::json;
@@ -20,20 +19,11 @@ const POLL_MS: u64 = 1_000;
 const RUNS: usize = 3;
 
 fn canary_users(weight_bp: u32, n: usize) -> Vec<String> {
-    let rollout = RolloutConfig::new(ROLLOUT, weight_bp);
-    (0..100_000)
-        .map(user_id)
-        .filter(|u| rollout.version_for_key(u) == Version::Canary)
-        .take(n)
-        .collect()
+    load::canary_users(ROLLOUT, weight_bp, n)
 }
 
 fn upstreams() -> (UpstreamSpec, UpstreamSpec) {
-    let mut stable = UpstreamSpec::new("stable");
-    stable.error_rate_bp = 50;
-    let mut canary = UpstreamSpec::new("canary");
-    canary.error_rate_bp = 50;
-    (stable, canary)
+    upstream_pair(50, 50)
 }
 
 async fn until(

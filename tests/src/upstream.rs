@@ -78,7 +78,12 @@ struct Counters {
 
 impl Upstream {
     pub async fn start(spec: UpstreamSpec) -> Result<Upstream> {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        Self::start_on("127.0.0.1:0".parse()?, spec).await
+    }
+
+    /// Like [`Upstream::start`], on a given address (e.g. to stand where a controller was).
+    pub async fn start_on(addr: SocketAddr, spec: UpstreamSpec) -> Result<Upstream> {
+        let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let counters = Arc::new(Counters::default());
         counters

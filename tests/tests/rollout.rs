@@ -379,3 +379,53 @@ async fn too_little_traffic_never_promotes() -> Result<()> {
     }
     Ok(())
 }
+
+/// The filter keeps its last good configuration when the controller goes away and something
+/// else answers its polls with garbage.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_from_the_controller_address_keeps_the_last_good_config() -> Result<()> {
+    let _slot = envoy::exclusive().await;
+    let (stable, canary) = upstreams(0, 0);
+    let rig = ControlledRig::start(ROLLOUT, 1, POLL_MS, stable, canary).await?;
+    let mut ctl = rig
+        .start_controller("stages:\n  - {weight_pct: 50, hold: 1h}\n  - {weight_pct: 100}\n")
+        .await?;
+    let users = sample_users(200);
+    eventually(
+        "Envoy at 50%",
+        Duration::from_secs(15),
+        || routes_at(&rig, 5_000, &users),
+        |ok| *ok,
+    )
+    .await?;
+    ctl.kill();
+    // An HTTP server that answers every poll with 200 and a body that is not a configuration.
+    let _impostor =
+        canary_e2e::upstream::Upstream::start_on(rig.controller_addr, UpstreamSpec::new("garbage"))
+            .await?;
+    let envoy = &rig.envoys[0];
+    eventually(
+        "the filter noticing the garbage",
+        Duration::from_secs(15),
+        || async { Ok(envoy.log()) },
+        |log| log.contains("invalid configuration from the controller"),
+    )
+    .await?;
+    for _ in 0..4 {
+        assert!(
+            routes_at(&rig, 5_000, &users).await?,
+            "weight changed on garbage"
+        );
+        tokio::time::sleep(Duration::from_millis(POLL_MS)).await;
+    }
+    let warnings = envoy
+        .log()
+        .matches("invalid configuration from the controller")
+        .count();
+    // Once per root context that polled (main thread and two workers), not once per poll.
+    assert!(
+        (1..=3).contains(&warnings),
+        "{warnings} warnings: a failing controller must be logged, but not on every poll"
+    );
+    Ok(())
+}

@@ -18,8 +18,9 @@ FAULT_WASM := target/wasm/canary_filter_fault_injection.wasm
 # Features rustc already emits for wasm32-wasip1; wasm-opt may use no others.
 WASM_FEATURES := --enable-bulk-memory --enable-sign-ext --enable-mutable-globals \
 	--enable-nontrapping-float-to-int --enable-reference-types --enable-multivalue
-# Debian packages: the load generator and binaryen's wasm-opt.
-APT_PACKAGES := wrk binaryen
+# Debian packages: the load generator, binaryen's wasm-opt, and the Prometheus server the
+# Prometheus-source tests scrape with.
+APT_PACKAGES := wrk binaryen prometheus
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 export ENVOY_BIN := $(CURDIR)/$(VENV)/lib/python3/site-packages/envoy/_bin/envoy
@@ -38,10 +39,11 @@ $(STAMPS)/rust-target: rust-toolchain.toml
 	rustup target add wasm32-wasip1 --toolchain $(TOOLCHAIN)
 	@mkdir -p $(@D) && touch $@
 
-$(STAMPS)/apt:
+$(STAMPS)/apt: Makefile
 	@missing=""; \
 	command -v wrk >/dev/null || missing="$$missing wrk"; \
 	command -v wasm-opt >/dev/null || missing="$$missing binaryen"; \
+	command -v prometheus >/dev/null || missing="$$missing prometheus"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing apt packages:$$missing"; \
 		$(SUDO) apt-get update -qq; \

@@ -21,10 +21,10 @@ use tokio::sync::Mutex;
 
 use crate::judge::{judge, Outcome};
 use crate::machine::{Effect, Input, RolloutState};
+use crate::sources;
 use crate::spec::RolloutSpec;
-use crate::stats::parse_envoy_prometheus;
 use crate::store::{StateStore, StoreError};
-use crate::window::{Reading, Windower};
+use crate::window::Windower;
 
 pub struct ServeOptions {
     pub listen: SocketAddr,
@@ -155,36 +155,13 @@ pub async fn serve(spec: RolloutSpec, options: ServeOptions) -> anyhow::Result<(
     Ok(())
 }
 
-async fn scrape(http: &reqwest::Client, source: &str, rollout: &str) -> Reading {
-    let url = format!("{}/stats/prometheus", source.trim_end_matches('/'));
-    let result = async {
-        let response = http.get(&url).send().await.map_err(|e| e.to_string())?;
-        if !response.status().is_success() {
-            return Err(format!("{url} returned {}", response.status()));
-        }
-        let text = response.text().await.map_err(|e| e.to_string())?;
-        parse_envoy_prometheus(&text, rollout).map_err(|e| e.to_string())
-    }
-    .await;
-    Reading {
-        source: source.to_string(),
-        result,
-    }
-}
-
 async fn analysis_loop(controller: Shared, spec: RolloutSpec, http: reqwest::Client) {
     let mut windower = Windower::default();
     let mut ticker = tokio::time::interval(spec.analysis.interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
-        let readings = futures::future::join_all(
-            spec.sources
-                .envoy_admin
-                .iter()
-                .map(|s| scrape(&http, s, &spec.name)),
-        )
-        .await;
+        let readings = sources::read(&http, &spec.sources, &spec.name).await;
         let mut c = controller.lock().await;
         for r in &readings {
             if r.result.is_err() {
@@ -316,7 +293,18 @@ async fn metrics(State(app): State<AppState>) -> Response {
         ));
     }
     out.push_str("# HELP canary_controller_stats_source_errors_total Failed scrapes by source.\n# TYPE canary_controller_stats_source_errors_total counter\n");
-    for source in &c.spec.sources.envoy_admin {
+    let mut sources: std::collections::BTreeSet<&str> = c
+        .spec
+        .sources
+        .envoy_admin
+        .iter()
+        .map(String::as_str)
+        .collect();
+    if c.spec.sources.prometheus.is_some() {
+        sources.insert("prometheus");
+    }
+    sources.extend(c.source_errors.keys().map(String::as_str));
+    for source in sources {
         out.push_str(&format!(
             "canary_controller_stats_source_errors_total{{rollout=\"{r}\",source=\"{source}\"}} {}\n",
             c.source_errors.get(source).copied().unwrap_or(0)

@@ -169,8 +169,28 @@ impl Default for CriticalCheck {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Sources {
-    /// Envoy admin endpoints, e.g. `http://127.0.0.1:9901`.
+    /// Envoy admin endpoints, e.g. `http://127.0.0.1:9901` (where the controller can reach
+    /// them; not inside a mesh).
+    #[serde(default)]
     pub envoy_admin: Vec<String>,
+    /// A Prometheus server that scrapes the Envoys' `/stats/prometheus` (in a mesh).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prometheus: Option<PrometheusSource>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrometheusSource {
+    /// e.g. `http://prometheus.istio-system:9090`.
+    pub url: String,
+    /// How far behind "now" to read, so the last scrape of every target has landed: at
+    /// least one scrape interval.
+    #[serde(with = "humantime_serde", default = "default_prometheus_lag")]
+    pub lag: Duration,
+}
+
+fn default_prometheus_lag() -> Duration {
+    Duration::from_secs(15)
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -309,11 +329,26 @@ impl RolloutSpec {
         if !(c.alpha > 0.0 && c.alpha < 0.5) {
             push("checks.critical.alpha".into(), "must be in (0, 0.5)".into());
         }
-        if self.sources.envoy_admin.is_empty() {
-            push(
-                "sources.envoy_admin".into(),
-                "at least one Envoy admin endpoint is needed".into(),
-            );
+        match (
+            &self.sources.prometheus,
+            self.sources.envoy_admin.is_empty(),
+        ) {
+            (None, true) => push(
+                "sources".into(),
+                "name Envoy admin endpoints (envoy_admin) or a Prometheus server (prometheus)"
+                    .into(),
+            ),
+            (Some(_), false) => push(
+                "sources".into(),
+                "use envoy_admin or prometheus, not both".into(),
+            ),
+            (Some(p), true) if !p.url.starts_with("http://") && !p.url.starts_with("https://") => {
+                push(
+                    "sources.prometheus.url".into(),
+                    format!("must be an http(s) URL, got {:?}", p.url),
+                )
+            }
+            _ => {}
         }
         for (i, url) in self.sources.envoy_admin.iter().enumerate() {
             if !url.starts_with("http://") {
@@ -422,9 +457,10 @@ mod tests {
     fn errors_name_the_field() {
         let cases: &[(&str, &str)] = &[
             ("name: a\n", "sources"),
+            ("name: a\nsources: {envoy_admin: []}\n", "sources"),
             (
-                "name: a\nsources: {envoy_admin: []}\n",
-                "sources.envoy_admin",
+                "name: a\nsources: {prometheus: {url: \"prom:9090\"}}\n",
+                "sources.prometheus.url",
             ),
             (
                 "name: a\nsources: {envoy_admin: [\"x\"]}\n",

@@ -193,61 +193,52 @@ pub enum StatsError {
     },
 }
 
-/// Reads one rollout's stats from an Envoy `/stats/prometheus` payload.
-pub fn parse_envoy_prometheus(text: &str, rollout: &str) -> Result<RolloutStats, StatsError> {
-    let scrape = Scrape::parse(text.lines().map(|l| Ok(l.to_string())))
-        .map_err(|e| StatsError::Unparsable(e.to_string()))?;
-    let mut stats = RolloutStats::default();
-    let mut found = [[false; Metric::ALL.len()]; 2];
-    for sample in &scrape.samples {
-        if sample.labels.get("rollout") != Some(rollout) {
-            continue;
-        }
-        let version = match sample.labels.get("version") {
-            Some("stable") => Version::Stable,
-            Some("canary") => Version::Canary,
-            _ => continue,
-        };
-        let bad = |value: f64| StatsError::BadValue {
-            rollout: rollout.to_string(),
-            metric: sample.metric.clone(),
-            value: value.to_string(),
-        };
+/// One scalar sample of the filter's metrics for one version.
+struct FlatSample<'a> {
+    name: &'a str,
+    version: Version,
+    /// The `le` bound of a `_bucket` sample.
+    le: Option<f64>,
+    value: f64,
+}
+
+/// Builds one source's [`RolloutStats`] from flat samples (counters, `_bucket`, `_count`,
+/// `_sum`), as both Envoy's text format and Prometheus' query API deliver them.
+#[derive(Default)]
+struct Accumulator {
+    stats: RolloutStats,
+    found: [[bool; Metric::ALL.len()]; 2],
+}
+
+impl Accumulator {
+    fn add(&mut self, rollout: &str, s: FlatSample) -> Result<(), StatsError> {
         let count = |value: f64| -> Result<u64, StatsError> {
             if value.is_finite() && value >= 0.0 && value.fract() == 0.0 {
                 Ok(value as u64)
             } else {
-                Err(bad(value))
+                Err(StatsError::BadValue {
+                    rollout: rollout.to_string(),
+                    metric: s.name.to_string(),
+                    value: value.to_string(),
+                })
             }
         };
-        let v = stats.version_mut(version);
-        let scalar = match sample.value {
-            Value::Counter(x) | Value::Gauge(x) | Value::Untyped(x) => Some(x),
-            _ => None,
-        };
-        let name = sample.metric.as_str();
+        let v = self.stats.version_mut(s.version);
         let duration = Metric::RqTimeMs.name();
-        if name == duration {
-            if let Value::Histogram(buckets) = &sample.value {
-                v.duration.buckets = buckets
-                    .iter()
-                    .map(|b| Ok((b.less_than, count(b.count)?)))
-                    .collect::<Result<_, StatsError>>()?;
-                found[version.index()][Metric::RqTimeMs.index()] = true;
+        if let Some(suffix) = s.name.strip_prefix(duration) {
+            match (suffix, s.le) {
+                ("_bucket", Some(le)) => v.duration.buckets.push((le, count(s.value)?)),
+                ("_count", _) => {
+                    v.duration.count = count(s.value)?;
+                    self.found[s.version.index()][Metric::RqTimeMs.index()] = true;
+                }
+                ("_sum", _) => v.duration.sum_ms = s.value,
+                _ => {}
             }
-            continue;
+            return Ok(());
         }
-        let Some(x) = scalar else { continue };
-        if name.strip_prefix(duration) == Some("_count") {
-            v.duration.count = count(x)?;
-            continue;
-        }
-        if name.strip_prefix(duration) == Some("_sum") {
-            v.duration.sum_ms = x;
-            continue;
-        }
-        let Some(metric) = Metric::ALL.iter().find(|m| m.name() == name) else {
-            continue;
+        let Some(metric) = Metric::ALL.iter().find(|m| m.name() == s.name) else {
+            return Ok(());
         };
         let slot = match metric {
             Metric::RqTotal => &mut v.requests,
@@ -256,22 +247,144 @@ pub fn parse_envoy_prometheus(text: &str, rollout: &str) -> Result<RolloutStats,
             Metric::Rq4xx => &mut v.rq_4xx,
             Metric::Rq5xx => &mut v.rq_5xx,
             Metric::RqReset => &mut v.resets,
-            Metric::RqTimeMs | Metric::RqHeaderTimeMs => continue,
+            Metric::RqTimeMs | Metric::RqHeaderTimeMs => return Ok(()),
         };
-        *slot = count(x)?;
-        found[version.index()][metric.index()] = true;
+        *slot = count(s.value)?;
+        self.found[s.version.index()][metric.index()] = true;
+        Ok(())
     }
-    for version in Version::ALL {
-        for metric in [Metric::RqTotal, Metric::Rq5xx] {
-            if !found[version.index()][metric.index()] {
-                return Err(StatsError::MissingSeries {
-                    rollout: rollout.to_string(),
-                    metric: metric.name().to_string(),
-                });
+
+    fn finish(mut self, rollout: &str) -> Result<RolloutStats, StatsError> {
+        for version in Version::ALL {
+            for metric in [Metric::RqTotal, Metric::Rq5xx] {
+                if !self.found[version.index()][metric.index()] {
+                    return Err(StatsError::MissingSeries {
+                        rollout: rollout.to_string(),
+                        metric: metric.name().to_string(),
+                    });
+                }
             }
+            let buckets = &mut self.stats.version_mut(version).duration.buckets;
+            buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+        }
+        Ok(self.stats)
+    }
+}
+
+fn version_label(value: Option<&str>) -> Option<Version> {
+    match value {
+        Some("stable") => Some(Version::Stable),
+        Some("canary") => Some(Version::Canary),
+        _ => None,
+    }
+}
+
+/// Reads one rollout's stats from an Envoy `/stats/prometheus` payload.
+pub fn parse_envoy_prometheus(text: &str, rollout: &str) -> Result<RolloutStats, StatsError> {
+    let scrape = Scrape::parse(text.lines().map(|l| Ok(l.to_string())))
+        .map_err(|e| StatsError::Unparsable(e.to_string()))?;
+    let mut acc = Accumulator::default();
+    for sample in &scrape.samples {
+        if sample.labels.get("rollout") != Some(rollout) {
+            continue;
+        }
+        let Some(version) = version_label(sample.labels.get("version")) else {
+            continue;
+        };
+        match &sample.value {
+            Value::Counter(x) | Value::Gauge(x) | Value::Untyped(x) => acc.add(
+                rollout,
+                FlatSample {
+                    name: &sample.metric,
+                    version,
+                    le: None,
+                    value: *x,
+                },
+            )?,
+            Value::Histogram(buckets) => {
+                let name = format!("{}_bucket", sample.metric);
+                for b in buckets {
+                    acc.add(
+                        rollout,
+                        FlatSample {
+                            name: &name,
+                            version,
+                            le: Some(b.less_than),
+                            value: b.count,
+                        },
+                    )?;
+                }
+            }
+            Value::Summary(_) => {}
         }
     }
-    Ok(stats)
+    acc.finish(rollout)
+}
+
+/// The PromQL selector for every series of `rollout` the judge needs.
+pub fn prometheus_selector(rollout: &str) -> String {
+    format!(
+        "{{__name__=~\"canary_rq_(total|2xx|3xx|4xx|5xx|reset|time_ms_bucket|time_ms_count|time_ms_sum)\",rollout=\"{rollout}\"}}"
+    )
+}
+
+/// Reads a Prometheus `/api/v1/query` answer (an instant vector of
+/// [`prometheus_selector`]) into one [`RolloutStats`] per scraped Envoy (`instance` label).
+pub fn parse_prometheus_query(
+    body: &[u8],
+    rollout: &str,
+) -> Result<std::collections::BTreeMap<String, RolloutStats>, StatsError> {
+    let answer: serde_json::Value =
+        serde_json::from_slice(body).map_err(|e| StatsError::Unparsable(e.to_string()))?;
+    if answer["status"] != "success" {
+        return Err(StatsError::Unparsable(format!(
+            "query failed: {}",
+            answer["error"].as_str().unwrap_or("no error message")
+        )));
+    }
+    let results = answer["data"]["result"]
+        .as_array()
+        .ok_or_else(|| StatsError::Unparsable("no data.result array".into()))?;
+    let mut per_instance: std::collections::BTreeMap<String, Accumulator> = Default::default();
+    for r in results {
+        let labels = &r["metric"];
+        if labels["rollout"] != rollout {
+            continue;
+        }
+        let Some(version) = version_label(labels["version"].as_str()) else {
+            continue;
+        };
+        let (Some(name), Some(instance)) =
+            (labels["__name__"].as_str(), labels["instance"].as_str())
+        else {
+            continue;
+        };
+        let value = r["value"][1]
+            .as_str()
+            .and_then(|v| v.parse::<f64>().ok())
+            .ok_or_else(|| StatsError::Unparsable(format!("bad value for {name}")))?;
+        let le = match labels["le"].as_str() {
+            Some("+Inf") => Some(f64::INFINITY),
+            Some(le) => Some(
+                le.parse::<f64>()
+                    .map_err(|_| StatsError::Unparsable(format!("bad le {le:?} for {name}")))?,
+            ),
+            None => None,
+        };
+        per_instance.entry(instance.to_string()).or_default().add(
+            rollout,
+            FlatSample {
+                name,
+                version,
+                le,
+                value,
+            },
+        )?;
+    }
+    per_instance
+        .into_iter()
+        .map(|(instance, acc)| Ok((instance, acc.finish(rollout)?)))
+        .collect()
 }
 
 #[cfg(test)]
@@ -326,6 +439,54 @@ mod tests {
         assert_eq!(stats.canary.duration.count, 100);
         assert_eq!(stats.canary.duration.buckets.len(), 3);
         assert_eq!(stats.canary.duration.sum_ms, 300.0);
+    }
+
+    /// Turns an Envoy text payload into the JSON a Prometheus instant query returns for it.
+    fn as_query_answer(text: &str, instance: &str) -> serde_json::Value {
+        let mut result = Vec::new();
+        for line in text
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+        {
+            let (series, value) = line.rsplit_once(' ').expect("sample line");
+            let (name, labels) = series.split_once('{').expect("labels");
+            let mut metric =
+                serde_json::json!({"__name__": name, "instance": instance, "job": "envoy"});
+            for pair in labels.trim_end_matches('}').split(',') {
+                let (k, v) = pair.split_once('=').expect("label");
+                metric[k] = serde_json::json!(v.trim_matches('"'));
+            }
+            result.push(serde_json::json!({"metric": metric, "value": [1.0, value]}));
+        }
+        serde_json::json!({"status": "success", "data": {"resultType": "vector", "result": result}})
+    }
+
+    #[test]
+    fn prometheus_query_answers_match_the_envoy_payload_per_instance() {
+        let a = envoy_payload("shop", 100, 7);
+        let b = envoy_payload("shop", 40, 1);
+        let mut answer = as_query_answer(&a, "10.0.0.1:15090");
+        let other = as_query_answer(&b, "10.0.0.2:15090");
+        if let (Some(x), Some(y)) = (
+            answer["data"]["result"].as_array_mut(),
+            other["data"]["result"].as_array(),
+        ) {
+            x.extend(y.iter().cloned());
+        }
+        let body = answer.to_string();
+        let parsed = parse_prometheus_query(body.as_bytes(), "shop").expect("parsed");
+        assert_eq!(parsed.len(), 2);
+        assert_eq!(
+            parsed["10.0.0.1:15090"],
+            parse_envoy_prometheus(&a, "shop").expect("a")
+        );
+        assert_eq!(
+            parsed["10.0.0.2:15090"],
+            parse_envoy_prometheus(&b, "shop").expect("b")
+        );
+        let failed = br#"{"status":"error","error":"parse error"}"#;
+        assert!(parse_prometheus_query(failed, "shop").is_err());
+        assert!(prometheus_selector("shop").contains("rollout=\"shop\""));
     }
 
     #[test]

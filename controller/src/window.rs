@@ -38,6 +38,23 @@ impl Windower {
             sources_total: readings.len(),
             ..Window::default()
         };
+        // A source missing from this round (a Prometheus target gone stale) loses its
+        // baseline too: its next delta must not span the gap.
+        let present: std::collections::BTreeSet<String> = readings
+            .iter()
+            .filter(|r| r.result.is_ok())
+            .map(|r| r.source.clone())
+            .collect();
+        let vanished: Vec<String> = self
+            .baselines
+            .keys()
+            .filter(|k| !present.contains(*k) && !readings.iter().any(|r| &r.source == *k))
+            .cloned()
+            .collect();
+        for source in vanished {
+            window.notes.push(format!("{source}: no data this time"));
+            self.baselines.remove(&source);
+        }
         for reading in readings {
             match reading.result {
                 Ok(now) => {
@@ -127,5 +144,12 @@ mod tests {
         let fifth = w.close(vec![ok("a", stats(40, 1, 360)), ok("b", stats(1, 0, 10))]);
         assert_eq!(fifth.sources_counted, 1, "b restarted: counters went down");
         assert!(fifth.notes.iter().any(|n| n.contains("went down")));
+
+        // b vanishes (no reading at all), then returns: no delta over the gap.
+        let sixth = w.close(vec![ok("a", stats(50, 1, 450))]);
+        assert!(sixth.notes.iter().any(|n| n.contains("b: no data")));
+        let seventh = w.close(vec![ok("a", stats(60, 1, 540)), ok("b", stats(9, 0, 90))]);
+        assert_eq!(seventh.sources_counted, 1);
+        assert_eq!(seventh.stats.canary.requests, 10);
     }
 }

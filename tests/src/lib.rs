@@ -8,6 +8,7 @@ pub mod envoy;
 pub mod load;
 pub mod paths;
 pub mod prom;
+pub mod prometheus;
 pub mod rig;
 pub mod upstream;
 pub mod wait;

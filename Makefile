@@ -18,9 +18,8 @@ FAULT_WASM := target/wasm/canary_filter_fault_injection.wasm
 # Features rustc already emits for wasm32-wasip1; wasm-opt may use no others.
 WASM_FEATURES := --enable-bulk-memory --enable-sign-ext --enable-mutable-globals \
 	--enable-nontrapping-float-to-int --enable-reference-types --enable-multivalue
-# Debian packages: the load generator, binaryen's wasm-opt, and the Prometheus server the
-# Prometheus-source tests scrape with.
-APT_PACKAGES := wrk binaryen prometheus
+# Debian packages installed by $(STAMPS)/apt when missing: wrk (load generator), binaryen
+# (wasm-opt), prometheus (the server the Prometheus-source tests scrape with).
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 export ENVOY_BIN := $(CURDIR)/$(VENV)/lib/python3/site-packages/envoy/_bin/envoy

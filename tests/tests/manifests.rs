@@ -1,0 +1,103 @@
+//! The manifests say what the code expects: the WasmPlugin's `pluginConfig` passes the
+//! filter's own validation and points at the controller's Service, the ConfigMap's rollout
+//! spec passes the controller's, the routing example matches on the header the filter sets,
+//! and the stats bootstrap carries the contract's tag rules. (Schemas: tools/validate-manifests.py.)
+
+use std::path::Path;
+
+use anyhow::{anyhow, Context, Result};
+use canary_contract::stats::ENVOY_STATS_TAGS;
+use canary_contract::FilterConfig;
+use canary_controller::spec::RolloutSpec;
+use canary_e2e::paths::project_root;
+use serde_json::Value;
+
+fn docs(relative: &str) -> Result<Vec<Value>> {
+    let path = project_root().join("manifests").join(relative);
+    let text = std::fs::read_to_string(&path).with_context(|| path.display().to_string())?;
+    serde_yaml_ng::Deserializer::from_str(&text)
+        .map(|d| {
+            use serde::Deserialize;
+            Value::deserialize(d).map_err(|e| anyhow!("{}: {e}", Path::new(relative).display()))
+        })
+        .collect()
+}
+
+fn one(relative: &str, kind: &str) -> Result<Value> {
+    docs(relative)?
+        .into_iter()
+        .find(|d| d["kind"] == kind)
+        .ok_or_else(|| anyhow!("no {kind} in {relative}"))
+}
+
+#[test]
+fn plugin_config_is_valid_and_polls_the_controller_service() -> Result<()> {
+    let plugin = one("base/wasmplugin.yaml", "WasmPlugin")?;
+    let json = plugin["spec"]["pluginConfig"].to_string();
+    let config =
+        FilterConfig::from_json(json.as_bytes()).map_err(|e| anyhow!("pluginConfig: {e}"))?;
+    let controller = config.controller.context("pluginConfig.controller")?;
+
+    let service = one("base/controller-service.yaml", "Service")?;
+    let port = service["spec"]["ports"][0]["port"]
+        .as_u64()
+        .context("service port")?;
+    let host = format!(
+        "{}.{}.svc.cluster.local",
+        service["metadata"]["name"]
+            .as_str()
+            .context("service name")?,
+        service["metadata"]["namespace"]
+            .as_str()
+            .context("service namespace")?
+    );
+    // Istio's name for the outbound cluster of a Service port.
+    assert_eq!(controller.cluster, format!("outbound|{port}||{host}"));
+    assert_eq!(controller.authority, host);
+
+    let routing = docs("examples/checkout-routing.yaml")?;
+    let vs = routing
+        .iter()
+        .find(|d| d["kind"] == "VirtualService")
+        .context("VirtualService")?;
+    let header = &config.rollouts[0].route_header;
+    assert_eq!(
+        vs["spec"]["http"][0]["match"][0]["headers"][header]["exact"], "canary",
+        "the VirtualService must match the filter's {header}"
+    );
+    Ok(())
+}
+
+#[test]
+fn rollout_spec_in_the_configmap_is_valid_and_matches_the_plugin() -> Result<()> {
+    let map = one("base/controller-configmap.yaml", "ConfigMap")?;
+    let yaml = map["data"]["rollout.yaml"]
+        .as_str()
+        .context("data.rollout.yaml")?;
+    let spec = RolloutSpec::from_yaml(yaml).map_err(|e| anyhow!("{e}"))?;
+    let plugin = one("base/wasmplugin.yaml", "WasmPlugin")?;
+    assert_eq!(
+        plugin["spec"]["pluginConfig"]["rollouts"][0]["name"], spec.name,
+        "the plugin's initial rollout must be the one the controller drives"
+    );
+    Ok(())
+}
+
+#[test]
+fn stats_bootstrap_carries_the_contract_tag_rules() -> Result<()> {
+    let map = one("base/envoy-stats-bootstrap.yaml", "ConfigMap")?;
+    let bootstrap: Value = serde_json::from_str(
+        map["data"]["custom_bootstrap.json"]
+            .as_str()
+            .context("custom_bootstrap.json")?,
+    )?;
+    let tags = bootstrap["stats_config"]["stats_tags"]
+        .as_array()
+        .context("stats_tags")?;
+    let got: Vec<(&str, &str)> = tags
+        .iter()
+        .filter_map(|t| Some((t["tag_name"].as_str()?, t["regex"].as_str()?)))
+        .collect();
+    assert_eq!(got, ENVOY_STATS_TAGS.to_vec());
+    Ok(())
+}

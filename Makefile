@@ -21,14 +21,15 @@ FAULT_WASM := target/wasm/canary_filter_fault_injection.wasm
 WASM_FEATURES := --enable-bulk-memory --enable-sign-ext --enable-mutable-globals \
 	--enable-nontrapping-float-to-int --enable-reference-types --enable-multivalue
 # Debian packages installed by $(STAMPS)/apt when missing: wrk (load generator), binaryen
-# (wasm-opt), prometheus (the server the Prometheus-source tests scrape with).
+# (wasm-opt), prometheus (the server the Prometheus-source tests scrape with), skopeo
+# (reads the OCI layouts `make images` writes).
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 export ENVOY_BIN := $(CURDIR)/$(VENV)/lib/python3/site-packages/envoy/_bin/envoy
 export CANARY_WASM := $(CURDIR)/$(WASM)
 export CANARY_FAULT_WASM := $(CURDIR)/$(FAULT_WASM)
 
-.PHONY: all setup build test lint unit wasm-unit manifests e2e demo bench clean
+.PHONY: all setup build test lint unit wasm-unit manifests images e2e demo bench clean
 
 all: build
 
@@ -37,7 +38,7 @@ setup: $(STAMPS)/rust-target $(STAMPS)/apt $(STAMPS)/venv
 
 $(STAMPS)/rust-target: rust-toolchain.toml
 	rustup toolchain install $(TOOLCHAIN) --profile minimal --component rustfmt,clippy --target wasm32-wasip1
-	rustup target add wasm32-wasip1 --toolchain $(TOOLCHAIN)
+	rustup target add wasm32-wasip1 x86_64-unknown-linux-musl --toolchain $(TOOLCHAIN)
 	@mkdir -p $(@D) && touch $@
 
 $(STAMPS)/apt: Makefile
@@ -45,6 +46,7 @@ $(STAMPS)/apt: Makefile
 	command -v wrk >/dev/null || missing="$$missing wrk"; \
 	command -v wasm-opt >/dev/null || missing="$$missing binaryen"; \
 	command -v prometheus >/dev/null || missing="$$missing prometheus"; \
+	command -v skopeo >/dev/null || missing="$$missing skopeo"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing apt packages:$$missing"; \
 		$(SUDO) apt-get update -qq; \
@@ -82,7 +84,7 @@ build: setup
 	cargo build --release -p canary-e2e -p canary-controller --bins
 
 ## test: format, lints, unit tests (native and wasm), end-to-end tests on real Envoy.
-test: lint unit wasm-unit manifests e2e
+test: lint unit wasm-unit manifests images e2e
 
 lint: setup
 	cargo fmt --all --check
@@ -104,6 +106,16 @@ $(FAULT_WASM): setup
 	$(call wasm_post,target/fault-injection/wasm32-wasip1/release/canary_filter.wasm,$@)
 
 .PHONY: $(FAULT_WASM)
+
+IMAGE_TAG := 0.1.0
+
+## images: OCI layouts of the filter (Istio's Wasm format) and the static controller.
+images: build
+	cargo build --release -p canary-controller --target x86_64-unknown-linux-musl
+	python3 tools/oci-image.py wasm $(WASM) target/images/filter $(IMAGE_TAG)
+	python3 tools/oci-image.py binary target/x86_64-unknown-linux-musl/release/canaryctl \
+		target/images/canaryctl $(IMAGE_TAG)
+	python3 tools/check-images.py $(IMAGE_TAG)
 
 # Every manifest against its schema (Istio CRDs, Kubernetes built-ins), offline. Their
 # content (pluginConfig, rollout spec) is checked by tests/tests/manifests.rs.

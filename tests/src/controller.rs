@@ -45,6 +45,17 @@ impl Canaryctl {
         state_dir: &Path,
         token: &str,
     ) -> Result<Canaryctl> {
+        Self::start_on_cpus(spec_yaml, addr, state_dir, token, None).await
+    }
+
+    /// [`Canaryctl::start`], restricted to `cpus` (benchmarks).
+    pub async fn start_on_cpus(
+        spec_yaml: &str,
+        addr: SocketAddr,
+        state_dir: &Path,
+        token: &str,
+        cpus: Option<Vec<usize>>,
+    ) -> Result<Canaryctl> {
         std::fs::create_dir_all(state_dir)?;
         let spec_path = state_dir.join("rollout.yaml");
         std::fs::write(&spec_path, spec_yaml)?;
@@ -71,6 +82,9 @@ impl Canaryctl {
                 }
                 Ok(())
             });
+        }
+        if let Some(cpus) = cpus {
+            crate::envoy::pin_to_cpus(&mut command, cpus);
         }
         let child = command.spawn().context("starting canaryctl")?;
         let mut ctl = Canaryctl {

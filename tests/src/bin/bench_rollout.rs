@@ -8,7 +8,8 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
-use canary_e2e::controller::{upstream_pair, ControlledRig, TOKEN};
+use canary_e2e::controller::{free_port, upstream_pair, Canaryctl, ControlledRig, TOKEN};
+use canary_e2e::envoy::pin_to_cpus;
 use canary_e2e::load::{self, user_id, Load};
 use canary_e2e::paths;
 use canary_e2e::upstream::UpstreamSpec;
@@ -41,6 +42,26 @@ async fn until(
             bail!("weight {weight_bp} not reached on every Envoy in {limit:?}");
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Requests/s wrk gets from `url` in 5 s (1 thread, 32 connections, on CPU 1).
+fn wrk_rps(url: &str, if_none_match: Option<&str>) -> Result<f64> {
+    let mut command = std::process::Command::new(paths::wrk_bin()?);
+    pin_to_cpus(&mut command, vec![1]);
+    command.args(["-t", "1", "-c", "32", "-d", "5s"]);
+    if let Some(etag) = if_none_match {
+        command.args(["-H", &format!("If-None-Match: {etag}")]);
+    }
+    let out = command.arg(url).output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let rps = text
+        .lines()
+        .find_map(|l| l.strip_prefix("Requests/sec:"))
+        .and_then(|v| v.trim().parse::<f64>().ok());
+    match rps {
+        Some(rps) if !text.contains("Non-2xx") => Ok(rps),
+        _ => bail!("wrk against {url}:\n{text}"),
     }
 }
 
@@ -103,6 +124,25 @@ async fn main() -> Result<()> {
         converge.push(took);
     }
     rss.push(ctl.peak_rss_kb()?);
+    drop(ctl);
+    drop(rig);
+
+    // Polls one controller core answers: wrk (on CPU 1) against /filter-config of a
+    // controller pinned to CPU 0, conditional (304, the steady state) and full (200).
+    let state = tempfile::tempdir()?;
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+    let poll_ctl = Canaryctl::start_on_cpus(
+        "name: bench\nsources: {envoy_admin: [\"http://127.0.0.1:1\"]}\nanalysis: {interval: 1h}\n",
+        addr,
+        state.path(),
+        TOKEN,
+        Some(vec![0]),
+    )
+    .await?;
+    let url = format!("{}/filter-config", poll_ctl.url());
+    let polls_304 = wrk_rps(&url, Some("\"1\""))?;
+    let polls_200 = wrk_rps(&url, None)?;
+    eprintln!("controller polls/s on one core: {polls_304:.0} conditional (304), {polls_200:.0} full (200)");
 
     let report = json!({
         "settings": {
@@ -115,6 +155,8 @@ async fn main() -> Result<()> {
         "converge_seconds": median(converge.clone()),
         "converge_seconds_runs": converge,
         "controller_rss_kb": rss.iter().max().copied().unwrap_or(0),
+        "controller_polls_per_core_304": polls_304,
+        "controller_polls_per_core_200": polls_200,
     });
     let dir = paths::project_root().join("target/bench");
     std::fs::create_dir_all(&dir)?;

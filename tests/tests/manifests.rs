@@ -101,3 +101,15 @@ fn stats_bootstrap_carries_the_contract_tag_rules() -> Result<()> {
     assert_eq!(got, ENVOY_STATS_TAGS.to_vec());
     Ok(())
 }
+
+#[test]
+fn traffic_extension_alternative_carries_the_same_plugin_config() -> Result<()> {
+    let plugin = one("base/wasmplugin.yaml", "WasmPlugin")?;
+    let extension = one("alternatives/trafficextension.yaml", "TrafficExtension")?;
+    assert_eq!(
+        extension["spec"]["wasm"]["pluginConfig"], plugin["spec"]["pluginConfig"],
+        "the two ways of attaching the filter must configure it the same"
+    );
+    assert_eq!(extension["spec"]["wasm"]["failStrategy"], plugin["spec"]["failStrategy"]);
+    Ok(())
+}

@@ -49,6 +49,13 @@ pub fn decode_ms(bytes: Option<&[u8]>) -> Option<u64> {
         .map(u64::from_le_bytes)
 }
 
+/// This proxy's poll period: up to 10% shorter than configured, by a random amount drawn
+/// once per configuration, so proxies that started together drift apart instead of polling
+/// the controller in lockstep.
+pub fn jittered_interval(interval_ms: u64, random: u64) -> u64 {
+    interval_ms - random % (interval_ms / 10 + 1)
+}
+
 /// Whether the poll lease (the time of the last poll by anyone) has expired.
 pub fn lease_expired(last_poll_ms: Option<u64>, now_ms: u64, interval_ms: u64) -> bool {
     last_poll_ms.is_none_or(|last| now_ms.saturating_sub(last) >= interval_ms || last > now_ms)
@@ -142,6 +149,15 @@ mod tests {
         assert_eq!(decode_shared(b"no newline"), None);
         assert_eq!(decode_ms(Some(&encode_ms(42))), Some(42));
         assert_eq!(decode_ms(Some(b"short")), None);
+    }
+
+    #[test]
+    fn jitter_stays_within_ten_percent() {
+        for random in [0, 1, 99, 100, 101, u64::MAX] {
+            let ms = jittered_interval(1_000, random);
+            assert!((900..=1_000).contains(&ms), "{ms}");
+        }
+        assert_ne!(jittered_interval(1_000, 7), jittered_interval(1_000, 8));
     }
 
     #[test]

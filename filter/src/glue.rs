@@ -15,7 +15,7 @@ use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, Metr
 
 use crate::control::{
     decode_ms, decode_shared, encode_ms, encode_shared, fail_safe, interpret, is_stale,
-    lease_expired, PollOutcome, SharedKeys,
+    jittered_interval, lease_expired, PollOutcome, SharedKeys,
 };
 use crate::cookie::{anonymous_id, set_cookie_value};
 use crate::metrics::{Exchange, MetricHost, MetricOp, PendingCounters, RolloutMetrics};
@@ -63,6 +63,8 @@ impl Drop for Active {
 struct Controlled {
     source: ControllerSource,
     keys: SharedKeys,
+    /// `source.poll_interval_ms` with this proxy's jitter.
+    poll_interval_ms: u64,
     /// The plugin configuration (JSON, validated): in force until the controller answers.
     /// Kept as bytes and parsed again when needed: cloning typed configurations costs
     /// more module size than parsing, which the module has anyway.
@@ -213,7 +215,7 @@ impl CanaryRoot {
         let Ok((last, cas)) = hostcalls::get_shared_data(&c.keys.lease) else {
             return;
         };
-        if !lease_expired(decode_ms(last.as_deref()), now, c.source.poll_interval_ms) {
+        if !lease_expired(decode_ms(last.as_deref()), now, c.poll_interval_ms) {
             return;
         }
         if hostcalls::set_shared_data(&c.keys.lease, Some(&encode_ms(now)), cas).is_err() {
@@ -331,8 +333,15 @@ impl RootContext for CanaryRoot {
             // Ticks both flush counters and pick up new configurations: often enough that
             // every worker follows a poll within a quarter of the poll interval.
             tick = tick.min(Duration::from_millis((source.poll_interval_ms / 4).max(25)));
+            let mut random = [0u8; 8];
+            // Without randomness the period is just not jittered.
+            let _ = getrandom::fill(&mut random);
             Controlled {
                 keys: SharedKeys::new(&source),
+                poll_interval_ms: jittered_interval(
+                    source.poll_interval_ms,
+                    u64::from_le_bytes(random),
+                ),
                 source,
                 plugin_config: bytes.clone(),
                 applied_cas: None,

@@ -110,6 +110,29 @@ fn traffic_extension_alternative_carries_the_same_plugin_config() -> Result<()> 
         extension["spec"]["wasm"]["pluginConfig"], plugin["spec"]["pluginConfig"],
         "the two ways of attaching the filter must configure it the same"
     );
-    assert_eq!(extension["spec"]["wasm"]["failStrategy"], plugin["spec"]["failStrategy"]);
+    assert_eq!(
+        extension["spec"]["wasm"]["failStrategy"],
+        plugin["spec"]["failStrategy"]
+    );
+    Ok(())
+}
+
+#[test]
+fn mesh_config_keeps_the_filter_stats() -> Result<()> {
+    let map = one("examples/mesh-config-stats.yaml", "ConfigMap")?;
+    let mesh: Value = serde_yaml_ng::from_str(map["data"]["mesh"].as_str().context("data.mesh")?)?;
+    let prefixes = &mesh["defaultConfig"]["proxyStatsMatcher"]["inclusionPrefixes"];
+    // Every stat the filter defines starts with this prefix (the contract's stat names).
+    let prefix = prefixes[0].as_str().context("inclusionPrefixes[0]")?;
+    let name = format!(
+        "{}{}",
+        canary_contract::stats::ENVOY_WASM_PREFIX,
+        canary_contract::stats::stat_name(
+            canary_contract::stats::Metric::RqTotal,
+            "checkout",
+            canary_contract::Version::Canary
+        )
+    );
+    assert!(name.starts_with(prefix), "{name} is not kept by {prefix}");
     Ok(())
 }

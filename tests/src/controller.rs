@@ -2,12 +2,11 @@
 //! upstreams, Envoys whose filters poll the controller, and the controller judging them.
 
 use std::net::{SocketAddr, TcpListener};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use canary_contract::{ControllerSource, FilterConfig, RolloutConfig};
 use serde_json::Value;
 
@@ -15,6 +14,7 @@ use crate::bootstrap::{CanaryBootstrap, FailurePolicy, ListenerSource};
 use crate::client::{http_client, send_all, Probe};
 use crate::envoy::{Envoy, EnvoyOptions};
 use crate::paths;
+use crate::process::{die_with_parent, wait_http_ok};
 use crate::rig::{filter_listener, STATS_FLUSH_MS};
 use crate::upstream::{Upstream, UpstreamSpec};
 use crate::wait::eventually;
@@ -74,17 +74,9 @@ impl Canaryctl {
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
-        // SAFETY: prctl is async-signal-safe (see Envoy::start).
-        unsafe {
-            command.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        die_with_parent(&mut command);
         if let Some(cpus) = cpus {
-            crate::envoy::pin_to_cpus(&mut command, cpus);
+            crate::process::pin_to_cpus(&mut command, cpus);
         }
         let child = command.spawn().context("starting canaryctl")?;
         let mut ctl = Canaryctl {
@@ -96,21 +88,16 @@ impl Canaryctl {
                 .build()?,
         };
         let url = format!("http://{addr}/healthz");
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Ok(Some(status)) = ctl.child.try_wait() {
-                bail!("canaryctl exited with {status}:\n{}", ctl.log());
-            }
-            if let Ok(r) = ctl.http.get(&url).send().await {
-                if r.status().is_success() {
-                    return Ok(ctl);
-                }
-            }
-            if tokio::time::Instant::now() > deadline {
-                bail!("canaryctl not healthy in 20s:\n{}", ctl.log());
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let log_path = ctl.log_path.clone();
+        wait_http_ok(
+            &mut ctl.child,
+            &url,
+            Duration::from_secs(20),
+            "canaryctl",
+            || std::fs::read_to_string(&log_path).unwrap_or_default(),
+        )
+        .await?;
+        Ok(ctl)
     }
 
     pub fn url(&self) -> String {

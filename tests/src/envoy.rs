@@ -2,7 +2,6 @@
 //! and logs, and kill on drop so a failing test leaves no process behind.
 
 use std::net::SocketAddr;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -13,6 +12,7 @@ use tokio::sync::{Mutex, MutexGuard};
 
 use crate::bootstrap::LISTENER_NAME;
 use crate::paths;
+use crate::process::{die_with_parent, pin_to_cpus};
 use crate::prom::{self, Sample};
 use crate::wait::wait_until;
 
@@ -94,16 +94,7 @@ impl Envoy {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
-        // SAFETY: prctl is async-signal-safe; it makes the kernel kill Envoy if the test
-        // process dies before it can run our Drop (e.g. SIGKILL on a CI timeout).
-        unsafe {
-            command.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        die_with_parent(&mut command);
         if let Some(cpus) = options.cpus.clone() {
             pin_to_cpus(&mut command, cpus);
         }
@@ -282,23 +273,6 @@ impl Drop for Envoy {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-    }
-}
-
-/// Restricts the command's process to `cpus` (sched_setaffinity in the child, before exec).
-pub fn pin_to_cpus(command: &mut Command, cpus: Vec<usize>) {
-    // SAFETY: only async-signal-safe libc calls on a stack-allocated cpu_set_t.
-    unsafe {
-        command.pre_exec(move || {
-            let mut set: libc::cpu_set_t = std::mem::zeroed();
-            for &cpu in &cpus {
-                libc::CPU_SET(cpu, &mut set);
-            }
-            if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
     }
 }
 

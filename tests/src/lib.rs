@@ -7,6 +7,7 @@ pub mod controller;
 pub mod envoy;
 pub mod load;
 pub mod paths;
+pub mod process;
 pub mod prom;
 pub mod prometheus;
 pub mod rig;

@@ -2,7 +2,6 @@
 //! `/stats/prometheus`, as it would scrape sidecars in a mesh.
 
 use std::net::SocketAddr;
-use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -10,6 +9,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 
 use crate::controller::free_port;
+use crate::process::{die_with_parent, wait_http_ok};
 
 pub struct Prometheus {
     child: Child,
@@ -61,15 +61,7 @@ impl Prometheus {
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
-        // SAFETY: prctl is async-signal-safe (see Envoy::start).
-        unsafe {
-            command.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        die_with_parent(&mut command);
         let child = command.spawn().context("starting prometheus")?;
         let mut prometheus = Prometheus {
             child,
@@ -77,26 +69,17 @@ impl Prometheus {
             log_path,
             _dir: dir,
         };
-        let http = reqwest::Client::new();
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(Some(status)) = prometheus.child.try_wait() {
-                bail!("prometheus exited with {status}:\n{}", prometheus.log());
-            }
-            if let Ok(r) = http
-                .get(format!("{}/-/ready", prometheus.url()))
-                .send()
-                .await
-            {
-                if r.status().is_success() {
-                    return Ok(prometheus);
-                }
-            }
-            if tokio::time::Instant::now() > deadline {
-                bail!("prometheus not ready in 30s:\n{}", prometheus.log());
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let url = format!("{}/-/ready", prometheus.url());
+        let log_path = prometheus.log_path.clone();
+        wait_http_ok(
+            &mut prometheus.child,
+            &url,
+            Duration::from_secs(30),
+            "prometheus",
+            || std::fs::read_to_string(&log_path).unwrap_or_default(),
+        )
+        .await?;
+        Ok(prometheus)
     }
 
     pub fn url(&self) -> String {

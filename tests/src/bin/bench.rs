@@ -22,8 +22,9 @@ use canary_contract::{FilterConfig, RolloutConfig};
 use canary_e2e::bootstrap::{
     direct_response_bootstrap, CanaryBootstrap, FailurePolicy, Listener, ListenerSource, Routing,
 };
-use canary_e2e::envoy::{pin_to_cpus, Envoy, EnvoyOptions};
+use canary_e2e::envoy::{Envoy, EnvoyOptions};
 use canary_e2e::paths;
+use canary_e2e::process::pin_to_cpus;
 use serde::Serialize;
 use serde_json::json;
 

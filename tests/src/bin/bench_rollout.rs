@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
 use canary_e2e::controller::{free_port, upstream_pair, Canaryctl, ControlledRig, TOKEN};
-use canary_e2e::envoy::pin_to_cpus;
 use canary_e2e::load::{self, user_id, Load};
 use canary_e2e::paths;
+use canary_e2e::process::pin_to_cpus;
 use canary_e2e::upstream::UpstreamSpec;
 use serde_json::json;
 

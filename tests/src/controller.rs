@@ -182,6 +182,18 @@ impl ControlledRig {
         stable: UpstreamSpec,
         canary: UpstreamSpec,
     ) -> Result<ControlledRig> {
+        Self::start_with_fail_safe(rollout, envoys, poll_ms, None, stable, canary).await
+    }
+
+    /// [`ControlledRig::start`] with the filter's `fail_safe_after_s` set.
+    pub async fn start_with_fail_safe(
+        rollout: &str,
+        envoys: usize,
+        poll_ms: u64,
+        fail_safe_after_s: Option<u64>,
+        stable: UpstreamSpec,
+        canary: UpstreamSpec,
+    ) -> Result<ControlledRig> {
         let stable = Upstream::start(stable).await?;
         let canary = Upstream::start(canary).await?;
         let controller_addr: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
@@ -189,6 +201,7 @@ impl ControlledRig {
         let mut source = ControllerSource::new(CONTROLLER_CLUSTER);
         source.poll_interval_ms = poll_ms;
         source.timeout_ms = poll_ms.min(500);
+        source.fail_safe_after_s = fail_safe_after_s;
         config.controller = Some(source);
         let bootstrap = CanaryBootstrap {
             listener: ListenerSource::Static(filter_listener(

@@ -429,3 +429,54 @@ async fn garbage_from_the_controller_address_keeps_the_last_good_config() -> Res
     );
     Ok(())
 }
+
+/// With `fail_safe_after_s`, a filter that cannot reach the controller for that long sends
+/// everyone to stable, and returns to the controller's weight when it answers again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fail_safe_sends_everyone_to_stable_while_the_controller_is_away() -> Result<()> {
+    let _slot = envoy::exclusive().await;
+    let (stable, canary) = upstreams(0, 0);
+    let rig =
+        ControlledRig::start_with_fail_safe(ROLLOUT, 1, POLL_MS, Some(2), stable, canary).await?;
+    let spec = "stages:\n  - {weight_pct: 50, hold: 1h}\n  - {weight_pct: 100}\n";
+    let mut ctl = rig.start_controller(spec).await?;
+    let users = sample_users(200);
+    eventually(
+        "Envoy at 50%",
+        Duration::from_secs(15),
+        || routes_at(&rig, 5_000, &users),
+        |ok| *ok,
+    )
+    .await?;
+    ctl.kill();
+    let down = Instant::now();
+    // Still 50% within the grace period...
+    assert!(routes_at(&rig, 5_000, &users).await?);
+    // ...then everyone on stable.
+    eventually(
+        "fail-safe to stable",
+        Duration::from_secs(15),
+        || routes_at(&rig, 0, &users),
+        |ok| *ok,
+    )
+    .await?;
+    let after = down.elapsed();
+    assert!(
+        after >= Duration::from_secs(2),
+        "fail-safe after {after:?}, before the 2 s grace"
+    );
+    // The controller comes back (same state): the filter follows it again.
+    let _ctl = rig.start_controller(spec).await?;
+    eventually(
+        "back to 50%",
+        Duration::from_secs(15),
+        || routes_at(&rig, 5_000, &users),
+        |ok| *ok,
+    )
+    .await?;
+    eprintln!(
+        "fail-safe engaged {:.2}s after the controller died",
+        after.as_secs_f64()
+    );
+    Ok(())
+}

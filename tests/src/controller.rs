@@ -22,10 +22,28 @@ use crate::wait::eventually;
 /// Envoy cluster name through which filters reach the controller.
 pub const CONTROLLER_CLUSTER: &str = "canary-controller";
 
-/// A loopback port that was free a moment ago (for processes that must know each other's
-/// addresses before they start).
+/// A loopback port that was free a moment ago, for processes that must know each other's
+/// addresses before they start. Chosen below the kernel's ephemeral range, so the many
+/// outgoing connections of a test cannot take it before its process binds it.
 pub fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    let ephemeral_start = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().and_then(|p| p.parse::<u16>().ok()))
+        .unwrap_or(32_768);
+    let low = 20_000u16.min(ephemeral_start.saturating_sub(2_000));
+    let span = u32::from(ephemeral_start.saturating_sub(low)).max(1);
+    let mut seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos())
+        ^ std::process::id().rotate_left(16);
+    for _ in 0..100 {
+        seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+        let port = low + (seed % span) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    anyhow::bail!("no free port found in {low}..{ephemeral_start}")
 }
 
 /// A running `canaryctl serve`; killed on drop.

@@ -28,7 +28,11 @@ pub const CONTROLLER_CLUSTER: &str = "canary-controller";
 pub fn free_port() -> Result<u16> {
     let ephemeral_start = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
         .ok()
-        .and_then(|s| s.split_whitespace().next().and_then(|p| p.parse::<u16>().ok()))
+        .and_then(|s| {
+            s.split_whitespace()
+                .next()
+                .and_then(|p| p.parse::<u16>().ok())
+        })
         .unwrap_or(32_768);
     let low = 20_000u16.min(ephemeral_start.saturating_sub(2_000));
     let span = u32::from(ephemeral_start.saturating_sub(low)).max(1);

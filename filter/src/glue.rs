@@ -404,13 +404,6 @@ impl RequestHeaders for CanaryHttp {
 }
 
 impl CanaryHttp {
-    fn now_ms(&self) -> u64 {
-        self.get_current_time()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0)
-    }
-
     fn apply(
         &self,
         active: &Active,
@@ -470,7 +463,7 @@ impl HttpContext for CanaryHttp {
             self.remove_http_request_header(force);
         }
         self.set_http_request_header(&rollout.route_header, Some(decision.version.as_str()));
-        let (exchange, op) = Exchange::start(decision.version, self.now_ms());
+        let (exchange, op) = Exchange::start(decision.version, now_ms());
         self.apply(&active, decision.rollout, op, decision.version);
         self.routed = Some(Routed {
             rollout: decision.rollout,
@@ -489,7 +482,7 @@ impl HttpContext for CanaryHttp {
         let status = self.get_http_response_header_bytes(":status");
         let ops = routed
             .exchange
-            .on_response_headers(status.as_deref(), self.now_ms(), || {
+            .on_response_headers(status.as_deref(), now_ms(), || {
                 self.get_property(vec!["response", "code_details"])
             });
         for op in ops {
@@ -511,7 +504,7 @@ impl Drop for CanaryHttp {
         let (Some(active), Some(routed)) = (self.active.clone(), self.routed.take()) else {
             return;
         };
-        for op in routed.exchange.on_end(self.now_ms()) {
+        for op in routed.exchange.on_end(now_ms()) {
             self.apply(&active, routed.rollout, op, routed.exchange.version);
         }
     }

@@ -292,8 +292,38 @@ impl ControlledRig {
         Ok(true)
     }
 
+    /// Waits until every Envoy routes `users` as at `weight_bp`; returns how long that took.
+    pub async fn wait_for_weight(
+        &self,
+        weight_bp: u32,
+        users: &[String],
+        deadline: Duration,
+    ) -> Result<Duration> {
+        let start = tokio::time::Instant::now();
+        loop {
+            if self.routes_at(weight_bp, users).await? {
+                return Ok(start.elapsed());
+            }
+            if start.elapsed() > deadline {
+                anyhow::bail!("weight {weight_bp}bp not reached on every Envoy in {deadline:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Starts the controller reading the Envoys' admin endpoints.
     pub async fn start_controller(&self, spec_body: &str) -> Result<Canaryctl> {
-        let spec = format!("name: {}\n{}{spec_body}", self.rollout, self.sources_yaml());
+        self.start_controller_with_sources(&self.sources_yaml(), spec_body)
+            .await
+    }
+
+    /// Starts the controller with its own `sources:` block (e.g. a Prometheus server).
+    pub async fn start_controller_with_sources(
+        &self,
+        sources_yaml: &str,
+        spec_body: &str,
+    ) -> Result<Canaryctl> {
+        let spec = format!("name: {}\n{sources_yaml}{spec_body}", self.rollout);
         Canaryctl::start(&spec, self.controller_addr, self.state_dir.path(), TOKEN).await
     }
 }

@@ -42,18 +42,11 @@ fn sources(prometheus: &Prometheus) -> String {
 async fn prometheus_source_rolls_back_an_error_spike() -> Result<()> {
     let _slot = envoy::exclusive().await;
     let (rig, prometheus) = rig_with_prometheus(50, 0).await?;
-    let spec = format!(
-        "name: {ROLLOUT}\n{}analysis: {{interval: 1s, failure_limit: 3, min_window_requests: 30}}\n\
-         stages:\n  - {{weight_pct: 20, hold: 1h, min_requests: 100}}\n  - {{weight_pct: 100}}\n",
-        sources(&prometheus)
-    );
-    let ctl = canary_e2e::controller::Canaryctl::start(
-        &spec,
-        rig.controller_addr,
-        rig.state_dir.path(),
-        canary_e2e::controller::TOKEN,
-    )
-    .await?;
+    let spec = "analysis: {interval: 1s, failure_limit: 3, min_window_requests: 30}\n\
+                stages:\n  - {weight_pct: 20, hold: 1h, min_requests: 100}\n  - {weight_pct: 100}\n";
+    let ctl = rig
+        .start_controller_with_sources(&sources(&prometheus), spec)
+        .await?;
     let load = Load::start(rig.bases.clone(), 5_000, 8, 100);
     let watched = load::canary_users(ROLLOUT, 2_000, 20);
     let passed = wait_status(
@@ -73,13 +66,9 @@ async fn prometheus_source_rolls_back_an_error_spike() -> Result<()> {
     };
     rig.canary.set_error_rate_bp(1_000);
     let fault = Instant::now();
-    let result = eventually(
-        "weight 0 on every Envoy",
-        Duration::from_secs(30),
-        || rig.routes_at(0, &watched),
-        |ok| *ok,
-    )
-    .await;
+    let result = rig
+        .wait_for_weight(0, &watched, Duration::from_secs(30))
+        .await;
     load.stop().await;
     result?;
     let status = ctl.status().await?;
@@ -96,18 +85,11 @@ async fn prometheus_source_rolls_back_an_error_spike() -> Result<()> {
 async fn prometheus_source_promotes_a_healthy_canary() -> Result<()> {
     let _slot = envoy::exclusive().await;
     let (rig, prometheus) = rig_with_prometheus(50, 50).await?;
-    let spec = format!(
-        "name: {ROLLOUT}\n{}analysis: {{interval: 1s, failure_limit: 3, min_window_requests: 30}}\n\
-         stages:\n  - {{weight_pct: 10, hold: 2s, min_requests: 100}}\n  - {{weight_pct: 50, hold: 2s, min_requests: 100}}\n  - {{weight_pct: 100}}\n",
-        sources(&prometheus)
-    );
-    let ctl = canary_e2e::controller::Canaryctl::start(
-        &spec,
-        rig.controller_addr,
-        rig.state_dir.path(),
-        canary_e2e::controller::TOKEN,
-    )
-    .await?;
+    let spec = "analysis: {interval: 1s, failure_limit: 3, min_window_requests: 30}\n\
+                stages:\n  - {weight_pct: 10, hold: 2s, min_requests: 100}\n  - {weight_pct: 50, hold: 2s, min_requests: 100}\n  - {weight_pct: 100}\n";
+    let ctl = rig
+        .start_controller_with_sources(&sources(&prometheus), spec)
+        .await?;
     let load = Load::start(rig.bases.clone(), 3_000, 8, 100);
     let status = wait_status(&ctl, "promotion", Duration::from_secs(120), |s| {
         s["phase"] == "promoted" || s["phase"] == "rolled_back"
@@ -129,13 +111,8 @@ async fn prometheus_and_admin_sources_agree() -> Result<()> {
         .start_controller("stages:\n  - {weight_pct: 30, hold: 1h}\n  - {weight_pct: 100}\n")
         .await?;
     let users = load::canary_users(ROLLOUT, 3_000, 20);
-    eventually(
-        "both Envoys at 30%",
-        Duration::from_secs(15),
-        || rig.routes_at(3_000, &users),
-        |ok| *ok,
-    )
-    .await?;
+    rig.wait_for_weight(3_000, &users, Duration::from_secs(15))
+        .await?;
     let load = Load::start(rig.bases.clone(), 3_000, 8, 100);
     tokio::time::sleep(Duration::from_secs(4)).await;
     load.stop().await;

@@ -22,10 +22,6 @@ fn upstreams(stable_error_bp: u32, canary_error_bp: u32) -> (UpstreamSpec, Upstr
     upstream_pair(stable_error_bp, canary_error_bp)
 }
 
-async fn routes_at(rig: &ControlledRig, weight_bp: u32, users: &[String]) -> Result<bool> {
-    rig.routes_at(weight_bp, users).await
-}
-
 fn canary_users(weight_bp: u32, n: usize) -> Vec<String> {
     load::canary_users(ROLLOUT, weight_bp, n)
 }
@@ -78,13 +74,8 @@ async fn healthy_canary_is_promoted_and_users_stay_put() -> Result<()> {
         "{back} canary → stable moves during a healthy ramp"
     );
     let users = sample_users(200);
-    eventually(
-        "both Envoys at 100%",
-        Duration::from_secs(10),
-        || routes_at(&rig, 10_000, &users),
-        |ok| *ok,
-    )
-    .await?;
+    rig.wait_for_weight(10_000, &users, Duration::from_secs(10))
+        .await?;
     eprintln!(
         "promoted after {} requests; {} users x envoys observed",
         seen.len(),
@@ -114,13 +105,8 @@ async fn error_spike_rolls_back_on_every_envoy_within_the_bound() -> Result<()> 
         .await?;
     let load = Load::start(rig.bases.clone(), 5_000, 8, 100);
     let watched = canary_users(2_000, 20);
-    eventually(
-        "both Envoys at 20%",
-        Duration::from_secs(30),
-        || routes_at(&rig, 2_000, &watched),
-        |ok| *ok,
-    )
-    .await?;
+    rig.wait_for_weight(2_000, &watched, Duration::from_secs(30))
+        .await?;
     wait_status(&ctl, "a passing analysis", Duration::from_secs(30), |s| {
         s["verdicts"]
             .as_array()
@@ -131,13 +117,9 @@ async fn error_spike_rolls_back_on_every_envoy_within_the_bound() -> Result<()> 
     rig.canary.set_error_rate_bp(1_000);
     let fault = Instant::now();
     let bound = interval * failure_limit + Duration::from_millis(POLL_MS) + interval;
-    let result = eventually(
-        "weight 0 on every Envoy",
-        bound + Duration::from_secs(10),
-        || routes_at(&rig, 0, &watched),
-        |ok| *ok,
-    )
-    .await;
+    let result = rig
+        .wait_for_weight(0, &watched, bound + Duration::from_secs(10))
+        .await;
     let elapsed = fault.elapsed();
     load.stop().await;
     result?;
@@ -196,20 +178,15 @@ async fn controller_crash_keeps_weights_and_resumes_the_stage() -> Result<()> {
     load.stop().await;
     let before = before?;
     let users = sample_users(300);
-    eventually(
-        "both Envoys at 50%",
-        Duration::from_secs(10),
-        || routes_at(&rig, 5_000, &users),
-        |ok| *ok,
-    )
-    .await?;
+    rig.wait_for_weight(5_000, &users, Duration::from_secs(10))
+        .await?;
 
     ctl.kill();
     // Several poll intervals with the controller gone: nothing moves.
     let down_until = Instant::now() + Duration::from_millis(POLL_MS * 6);
     while Instant::now() < down_until {
         assert!(
-            routes_at(&rig, 5_000, &users).await?,
+            rig.routes_at(5_000, &users).await?,
             "an Envoy changed its weight while the controller was down"
         );
     }
@@ -220,7 +197,7 @@ async fn controller_crash_keeps_weights_and_resumes_the_stage() -> Result<()> {
         assert_eq!(after[field], before[field], "{field} after restart");
     }
     assert!(ctl.log().contains("resumed"), "{}", ctl.log());
-    assert!(routes_at(&rig, 5_000, &users).await?);
+    assert!(rig.routes_at(5_000, &users).await?);
     Ok(())
 }
 
@@ -391,13 +368,8 @@ async fn garbage_from_the_controller_address_keeps_the_last_good_config() -> Res
         .start_controller("stages:\n  - {weight_pct: 50, hold: 1h}\n  - {weight_pct: 100}\n")
         .await?;
     let users = sample_users(200);
-    eventually(
-        "Envoy at 50%",
-        Duration::from_secs(15),
-        || routes_at(&rig, 5_000, &users),
-        |ok| *ok,
-    )
-    .await?;
+    rig.wait_for_weight(5_000, &users, Duration::from_secs(15))
+        .await?;
     ctl.kill();
     // An HTTP server that answers every poll with 200 and a body that is not a configuration.
     let _impostor =
@@ -413,7 +385,7 @@ async fn garbage_from_the_controller_address_keeps_the_last_good_config() -> Res
     .await?;
     for _ in 0..4 {
         assert!(
-            routes_at(&rig, 5_000, &users).await?,
+            rig.routes_at(5_000, &users).await?,
             "weight changed on garbage"
         );
         tokio::time::sleep(Duration::from_millis(POLL_MS)).await;
@@ -441,25 +413,15 @@ async fn fail_safe_sends_everyone_to_stable_while_the_controller_is_away() -> Re
     let spec = "stages:\n  - {weight_pct: 50, hold: 1h}\n  - {weight_pct: 100}\n";
     let mut ctl = rig.start_controller(spec).await?;
     let users = sample_users(200);
-    eventually(
-        "Envoy at 50%",
-        Duration::from_secs(15),
-        || routes_at(&rig, 5_000, &users),
-        |ok| *ok,
-    )
-    .await?;
+    rig.wait_for_weight(5_000, &users, Duration::from_secs(15))
+        .await?;
     ctl.kill();
     let down = Instant::now();
     // Still 50% within the grace period...
-    assert!(routes_at(&rig, 5_000, &users).await?);
+    assert!(rig.routes_at(5_000, &users).await?);
     // ...then everyone on stable.
-    eventually(
-        "fail-safe to stable",
-        Duration::from_secs(15),
-        || routes_at(&rig, 0, &users),
-        |ok| *ok,
-    )
-    .await?;
+    rig.wait_for_weight(0, &users, Duration::from_secs(15))
+        .await?;
     let after = down.elapsed();
     // The grace runs from the last good poll, up to one poll interval before the kill.
     let earliest = Duration::from_secs(2) - Duration::from_millis(POLL_MS);
@@ -469,13 +431,8 @@ async fn fail_safe_sends_everyone_to_stable_while_the_controller_is_away() -> Re
     );
     // The controller comes back (same state): the filter follows it again.
     let _ctl = rig.start_controller(spec).await?;
-    eventually(
-        "back to 50%",
-        Duration::from_secs(15),
-        || routes_at(&rig, 5_000, &users),
-        |ok| *ok,
-    )
-    .await?;
+    rig.wait_for_weight(5_000, &users, Duration::from_secs(15))
+        .await?;
     eprintln!(
         "fail-safe engaged {:.2}s after the controller died",
         after.as_secs_f64()

@@ -5,7 +5,7 @@
 //! - `converge_seconds`: an operator's promote → the new weight observed on both Envoys.
 //! - `controller_rss_kb`: the controller's peak RSS while judging two Envoys.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Result};
 use canary_e2e::controller::{free_port, upstream_pair, Canaryctl, ControlledRig, TOKEN};
@@ -25,24 +25,6 @@ fn canary_users(weight_bp: u32, n: usize) -> Vec<String> {
 
 fn upstreams() -> (UpstreamSpec, UpstreamSpec) {
     upstream_pair(50, 50)
-}
-
-async fn until(
-    rig: &ControlledRig,
-    weight_bp: u32,
-    users: &[String],
-    limit: Duration,
-) -> Result<Duration> {
-    let start = Instant::now();
-    loop {
-        if rig.routes_at(weight_bp, users).await? {
-            return Ok(start.elapsed());
-        }
-        if start.elapsed() > limit {
-            bail!("weight {weight_bp} not reached on every Envoy in {limit:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 /// Requests/s wrk gets from `url` in 5 s (1 thread, 32 connections, on CPU 1).
@@ -85,11 +67,14 @@ async fn main() -> Result<()> {
             .await?;
         let load = Load::start(rig.bases.clone(), 5_000, 8, 100);
         let watched = canary_users(2_000, 20);
-        until(&rig, 2_000, &watched, Duration::from_secs(30)).await?;
+        rig.wait_for_weight(2_000, &watched, Duration::from_secs(30))
+            .await?;
         // A few healthy windows first, as in production.
         tokio::time::sleep(Duration::from_secs(3)).await;
         rig.canary.set_error_rate_bp(1_000);
-        let took = until(&rig, 0, &watched, Duration::from_secs(30)).await;
+        let took = rig
+            .wait_for_weight(0, &watched, Duration::from_secs(30))
+            .await;
         load.stop().await;
         let took = took?.as_secs_f64();
         eprintln!("rollback run {}: {took:.2}s", run + 1);
@@ -110,14 +95,16 @@ async fn main() -> Result<()> {
         ))
         .await?;
     let users: Vec<String> = (0..300).map(user_id).collect();
-    until(&rig, 1_000, &users, Duration::from_secs(30)).await?;
+    rig.wait_for_weight(1_000, &users, Duration::from_secs(30))
+        .await?;
     let mut converge = Vec::new();
     for weight_bp in [2_000, 3_000, 4_000, 5_000] {
         // Start measuring when the controller has accepted the change.
         if ctl.command("promote", Some(TOKEN)).await? != 200 {
             bail!("promote refused");
         }
-        let took = until(&rig, weight_bp, &users, Duration::from_secs(30))
+        let took = rig
+            .wait_for_weight(weight_bp, &users, Duration::from_secs(30))
             .await?
             .as_secs_f64();
         eprintln!("converge to {}%: {took:.2}s", weight_bp / 100);

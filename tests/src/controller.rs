@@ -3,7 +3,7 @@
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -14,7 +14,7 @@ use crate::bootstrap::{CanaryBootstrap, FailurePolicy, ListenerSource};
 use crate::client::{http_client, send_all, Probe};
 use crate::envoy::{Envoy, EnvoyOptions};
 use crate::paths;
-use crate::process::{die_with_parent, wait_http_ok};
+use crate::process::{spawn_logged, wait_http_ok};
 use crate::rig::{filter_listener, STATS_FLUSH_MS};
 use crate::upstream::{Upstream, UpstreamSpec};
 use crate::wait::eventually;
@@ -82,7 +82,6 @@ impl Canaryctl {
         let spec_path = state_dir.join("rollout.yaml");
         std::fs::write(&spec_path, spec_yaml)?;
         let log_path = state_dir.join(format!("canaryctl-{}.log", addr.port()));
-        let log = std::fs::File::create(&log_path)?;
         let mut command = Command::new(paths::canaryctl_bin()?);
         command
             .arg("serve")
@@ -92,15 +91,11 @@ impl Canaryctl {
             .arg(addr.to_string())
             .arg("--state-dir")
             .arg(state_dir)
-            .env("CANARY_TOKEN", token)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log);
-        die_with_parent(&mut command);
+            .env("CANARY_TOKEN", token);
         if let Some(cpus) = cpus {
             crate::process::pin_to_cpus(&mut command, cpus);
         }
-        let child = command.spawn().context("starting canaryctl")?;
+        let child = spawn_logged(&mut command, &log_path, "canaryctl")?;
         let mut ctl = Canaryctl {
             child,
             addr,
@@ -110,13 +105,12 @@ impl Canaryctl {
                 .build()?,
         };
         let url = format!("http://{addr}/healthz");
-        let log_path = ctl.log_path.clone();
         wait_http_ok(
             &mut ctl.child,
             &url,
             Duration::from_secs(20),
             "canaryctl",
-            || std::fs::read_to_string(&log_path).unwrap_or_default(),
+            &ctl.log_path,
         )
         .await?;
         Ok(ctl)

@@ -12,7 +12,7 @@ use tokio::sync::{Mutex, MutexGuard};
 
 use crate::bootstrap::LISTENER_NAME;
 use crate::paths;
-use crate::process::{die_with_parent, pin_to_cpus};
+use crate::process::{die_with_parent, log_tail, pin_to_cpus, wait_http_ok};
 use crate::prom::{self, Sample};
 use crate::wait::wait_until;
 
@@ -138,25 +138,14 @@ impl Envoy {
 
     async fn wait_ready(&mut self) -> Result<()> {
         let url = format!("http://{}/ready", self.admin);
-        let deadline = tokio::time::Instant::now() + READY_DEADLINE;
-        loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                bail!("{} exited with {status}\n{}", self.name, self.log_tail(40));
-            }
-            if let Ok(resp) = self.http.get(&url).send().await {
-                if resp.status().is_success() {
-                    return Ok(());
-                }
-            }
-            if tokio::time::Instant::now() > deadline {
-                bail!(
-                    "{} not ready in {READY_DEADLINE:?}\n{}",
-                    self.name,
-                    self.log_tail(40)
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        wait_http_ok(
+            &mut self.child,
+            &url,
+            READY_DEADLINE,
+            &self.name,
+            &self.log_path,
+        )
+        .await
     }
 
     /// CPU time the process has used so far (user + system), from `/proc`.
@@ -258,9 +247,7 @@ impl Envoy {
     }
 
     pub fn log_tail(&self, lines: usize) -> String {
-        let log = self.log();
-        let all: Vec<&str> = log.lines().collect();
-        all[all.len().saturating_sub(lines)..].join("\n")
+        log_tail(&self.log_path, lines)
     }
 
     /// Whether the process is still running.

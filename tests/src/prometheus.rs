@@ -3,13 +3,13 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 
 use crate::controller::free_port;
-use crate::process::{die_with_parent, wait_http_ok};
+use crate::process::{spawn_logged, wait_http_ok};
 
 pub struct Prometheus {
     child: Child,
@@ -49,7 +49,6 @@ impl Prometheus {
         std::fs::write(&config_path, config)?;
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
         let log_path = dir.path().join("prometheus.log");
-        let log = std::fs::File::create(&log_path)?;
         let mut command = Command::new(prometheus_bin()?);
         command
             .arg(format!("--config.file={}", config_path.display()))
@@ -57,12 +56,8 @@ impl Prometheus {
                 "--storage.tsdb.path={}",
                 dir.path().join("data").display()
             ))
-            .arg(format!("--web.listen-address={addr}"))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log);
-        die_with_parent(&mut command);
-        let child = command.spawn().context("starting prometheus")?;
+            .arg(format!("--web.listen-address={addr}"));
+        let child = spawn_logged(&mut command, &log_path, "prometheus")?;
         let mut prometheus = Prometheus {
             child,
             addr,
@@ -70,13 +65,12 @@ impl Prometheus {
             _dir: dir,
         };
         let url = format!("{}/-/ready", prometheus.url());
-        let log_path = prometheus.log_path.clone();
         wait_http_ok(
             &mut prometheus.child,
             &url,
             Duration::from_secs(30),
             "prometheus",
-            || std::fs::read_to_string(&log_path).unwrap_or_default(),
+            &prometheus.log_path,
         )
         .await?;
         Ok(prometheus)

@@ -26,6 +26,25 @@ pub enum Phase {
 }
 
 impl Phase {
+    pub const ALL: [Phase; 5] = [
+        Phase::Progressing,
+        Phase::Paused,
+        Phase::Promoted,
+        Phase::RolledBack,
+        Phase::Aborted,
+    ];
+
+    /// The name used in `/status` (serde) and as the `/metrics` label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Progressing => "progressing",
+            Phase::Paused => "paused",
+            Phase::Promoted => "promoted",
+            Phase::RolledBack => "rolled_back",
+            Phase::Aborted => "aborted",
+        }
+    }
+
     pub fn is_terminal(self) -> bool {
         matches!(self, Phase::Promoted | Phase::RolledBack | Phase::Aborted)
     }
@@ -446,6 +465,16 @@ mod tests {
             .iter()
             .any(|e| matches!(e, Effect::Notify(ev) if ev.kind == EventKind::Promoted)));
         assert_eq!(s.config_version, 3);
+    }
+
+    #[test]
+    fn phase_names_match_the_status_json() {
+        for phase in Phase::ALL {
+            assert_eq!(
+                serde_json::to_value(phase).ok(),
+                Some(phase.as_str().into())
+            );
+        }
     }
 
     #[test]

@@ -20,7 +20,7 @@ use serde_json::json;
 use tokio::sync::Mutex;
 
 use crate::judge::{judge, Outcome};
-use crate::machine::{Effect, Input, RolloutState};
+use crate::machine::{Effect, Input, Phase, RolloutState};
 use crate::sources;
 use crate::spec::RolloutSpec;
 use crate::store::{StateStore, StoreError};
@@ -39,6 +39,9 @@ struct Controller {
     store: StateStore,
     verdict_counts: BTreeMap<&'static str, u64>,
     source_errors: BTreeMap<String, u64>,
+    /// The served filter configuration and the config version it was built for: every
+    /// proxy fetches the same bytes after a change, so they are built once per change.
+    published: Option<(u64, String)>,
 }
 
 type Shared = Arc<Mutex<Controller>>;
@@ -57,6 +60,19 @@ pub fn now_ms() -> u64 {
 }
 
 impl Controller {
+    /// The filter configuration for the current weight, as JSON.
+    fn filter_config_json(&mut self) -> Result<String, crate::spec::SpecErrors> {
+        let version = self.state.config_version;
+        if let Some((built_for, json)) = &self.published {
+            if *built_for == version {
+                return Ok(json.clone());
+            }
+        }
+        let json = self.spec.filter_config(self.state.weight_bp)?.to_json();
+        self.published = Some((version, json.clone()));
+        Ok(json)
+    }
+
     /// Carries out a transition: save first, then notify (publication is the saved state).
     fn apply(
         &mut self,
@@ -122,6 +138,7 @@ pub async fn serve(spec: RolloutSpec, options: ServeOptions) -> anyhow::Result<(
         store,
         verdict_counts: BTreeMap::new(),
         source_errors: BTreeMap::new(),
+        published: None,
     };
     let resumed = start_effects.is_none();
     if let Some(effects) = start_effects {
@@ -218,7 +235,7 @@ async fn status(State(app): State<AppState>) -> Json<serde_json::Value> {
 }
 
 async fn filter_config(State(app): State<AppState>, headers: HeaderMap) -> Response {
-    let c = app.controller.lock().await;
+    let mut c = app.controller.lock().await;
     let etag = format!("\"{}\"", c.state.config_version);
     if headers
         .get(header::IF_NONE_MATCH)
@@ -227,14 +244,14 @@ async fn filter_config(State(app): State<AppState>, headers: HeaderMap) -> Respo
     {
         return (StatusCode::NOT_MODIFIED, [(header::ETAG, etag)]).into_response();
     }
-    match c.spec.filter_config(c.state.weight_bp) {
-        Ok(config) => (
+    match c.filter_config_json() {
+        Ok(json) => (
             StatusCode::OK,
             [
                 (header::ETAG, etag),
                 (header::CONTENT_TYPE, "application/json".to_string()),
             ],
-            config.to_json(),
+            json,
         )
             .into_response(),
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
@@ -269,20 +286,11 @@ async fn metrics(State(app): State<AppState>) -> Response {
         c.state.config_version as f64,
     );
     out.push_str("# HELP canary_controller_phase Current phase (1 for the active one).\n# TYPE canary_controller_phase gauge\n");
-    for phase in [
-        "progressing",
-        "paused",
-        "promoted",
-        "rolled_back",
-        "aborted",
-    ] {
-        let active = serde_json::to_value(c.state.phase)
-            .ok()
-            .and_then(|v| v.as_str().map(|s| s == phase))
-            .unwrap_or(false);
+    for phase in Phase::ALL {
         out.push_str(&format!(
-            "canary_controller_phase{{rollout=\"{r}\",phase=\"{phase}\"}} {}\n",
-            u8::from(active)
+            "canary_controller_phase{{rollout=\"{r}\",phase=\"{}\"}} {}\n",
+            phase.as_str(),
+            u8::from(phase == c.state.phase)
         ));
     }
     out.push_str("# HELP canary_controller_verdicts_total Analyses by outcome.\n# TYPE canary_controller_verdicts_total counter\n");

@@ -199,9 +199,15 @@ impl Envoy {
     }
 
     pub async fn admin_text(&self, path: &str) -> Result<String> {
+        self.admin_query(path, &[]).await
+    }
+
+    /// GET `path` with `query` parameters (encoded by the client) from the admin endpoint.
+    async fn admin_query(&self, path: &str, query: &[(&str, &str)]) -> Result<String> {
         let resp = self
             .http
             .get(format!("http://{}{path}", self.admin))
+            .query(query)
             .send()
             .await
             .with_context(|| format!("{}: GET {path}", self.name))?;
@@ -220,13 +226,12 @@ impl Envoy {
 
     /// Counters and gauges by full name, from `/stats?format=json`.
     pub async fn counter(&self, name: &str) -> Result<Option<u64>> {
-        let filter = format!("^{}$", regex_escape(name));
-        let stats = self
-            .admin_json(&format!(
-                "/stats?format=json&filter={}",
-                url_escape(&filter)
-            ))
+        let filter = format!("^{}$", regex::escape(name));
+        let text = self
+            .admin_query("/stats", &[("format", "json"), ("filter", &filter)])
             .await?;
+        let stats: Value = serde_json::from_str(&text)
+            .with_context(|| format!("{}: parsing /stats?format=json", self.name))?;
         Ok(stats["stats"].as_array().and_then(|stats| {
             stats
                 .iter()
@@ -261,27 +266,4 @@ impl Drop for Envoy {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn regex_escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        if "\\.+*?()|[]{}^$".contains(c) {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    out
-}
-
-fn url_escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }

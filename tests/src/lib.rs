@@ -6,6 +6,7 @@ pub mod client;
 pub mod controller;
 pub mod envoy;
 pub mod load;
+pub mod measure;
 pub mod paths;
 pub mod process;
 pub mod prom;

@@ -23,6 +23,7 @@ use canary_e2e::bootstrap::{
     direct_response_bootstrap, CanaryBootstrap, FailurePolicy, Listener, ListenerSource, Routing,
 };
 use canary_e2e::envoy::{Envoy, EnvoyOptions};
+use canary_e2e::measure::median;
 use canary_e2e::paths;
 use canary_e2e::process::pin_to_cpus;
 use serde::Serialize;
@@ -75,19 +76,6 @@ fn env_or(name: &str, default: u64) -> u64 {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    let n = values.len();
-    if n == 0 {
-        return f64::NAN;
-    }
-    if n % 2 == 1 {
-        values[n / 2]
-    } else {
-        (values[n / 2 - 1] + values[n / 2]) / 2.0
-    }
 }
 
 fn run_wrk(script: &Path, url: &str, seconds: u64, connections: u64, pin: bool) -> Result<Run> {

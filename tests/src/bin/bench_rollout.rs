@@ -10,6 +10,7 @@ use std::time::Duration;
 use anyhow::{bail, Result};
 use canary_e2e::controller::{free_port, upstream_pair, Canaryctl, ControlledRig, TOKEN};
 use canary_e2e::load::{self, user_id, Load};
+use canary_e2e::measure::median;
 use canary_e2e::paths;
 use canary_e2e::process::pin_to_cpus;
 use canary_e2e::upstream::UpstreamSpec;
@@ -45,11 +46,6 @@ fn wrk_rps(url: &str, if_none_match: Option<&str>) -> Result<f64> {
         Some(rps) if !text.contains("Non-2xx") => Ok(rps),
         _ => bail!("wrk against {url}:\n{text}"),
     }
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]

@@ -214,13 +214,19 @@ impl RolloutConfig {
 
     /// Like [`version_for_key`](Self::version_for_key), also saying which rule decided.
     pub fn assign(&self, key: &str) -> (Version, Assignment) {
+        self.assign_at_weight(key, self.weight_bp)
+    }
+
+    /// [`assign`](Self::assign) with the hash compared to `weight_bp` instead of the
+    /// configured weight (the filter holds a raise back until every worker has it).
+    pub fn assign_at_weight(&self, key: &str, weight_bp: u32) -> (Version, Assignment) {
         if self.deny.contains(key) {
             (Version::Stable, Assignment::DenyList)
         } else if self.allow.contains(key) {
             (Version::Canary, Assignment::AllowList)
         } else {
             let b = bucket(self.salt(), key.as_bytes());
-            (version_for_bucket(b, self.weight_bp), Assignment::Hash)
+            (version_for_bucket(b, weight_bp), Assignment::Hash)
         }
     }
 }

@@ -2,7 +2,9 @@
 //!
 //! One root context at a time (whichever wins a lease in shared data) polls the controller;
 //! a good answer goes to shared data, where every worker's root context picks it up on its
-//! next tick. A bad or missing answer changes nothing: the last good configuration stays.
+//! next tick. Raises take effect at an instant stored with the configuration, so every
+//! worker switches together. A bad or missing answer changes nothing: the last good
+//! configuration stays.
 
 use canary_contract::{ControllerSource, FilterConfig};
 
@@ -24,19 +26,47 @@ impl SharedKeys {
     }
 }
 
-/// `etag \n body`: the configuration as the controller sent it.
-pub fn encode_shared(etag: &str, body: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(etag.len() + 1 + body.len());
+/// What the polling root stores for every worker: the configuration as the controller sent
+/// it, and the instant from which raises in it apply (the same on every worker).
+#[derive(Debug, PartialEq)]
+pub struct SharedConfig<'a> {
+    pub etag: String,
+    pub raise_at_ms: u64,
+    pub body: &'a [u8],
+}
+
+/// `etag \n raise_at_ms \n body`.
+pub fn encode_shared(etag: &str, raise_at_ms: u64, body: &[u8]) -> Vec<u8> {
+    let at = raise_at_ms.to_string();
+    let mut out = Vec::with_capacity(etag.len() + at.len() + 2 + body.len());
     out.extend_from_slice(etag.as_bytes());
+    out.push(b'\n');
+    out.extend_from_slice(at.as_bytes());
     out.push(b'\n');
     out.extend_from_slice(body);
     out
 }
 
-pub fn decode_shared(bytes: &[u8]) -> Option<(String, &[u8])> {
-    let split = bytes.iter().position(|&b| b == b'\n')?;
-    let etag = std::str::from_utf8(&bytes[..split]).ok()?.to_string();
-    Some((etag, &bytes[split + 1..]))
+pub fn decode_shared(bytes: &[u8]) -> Option<SharedConfig<'_>> {
+    let mut parts = bytes.splitn(3, |&b| b == b'\n');
+    let etag = std::str::from_utf8(parts.next()?).ok()?.to_string();
+    let raise_at_ms = std::str::from_utf8(parts.next()?).ok()?.parse().ok()?;
+    Some(SharedConfig {
+        etag,
+        raise_at_ms,
+        body: parts.next()?,
+    })
+}
+
+/// How often each worker looks for a new configuration in shared data.
+pub fn sync_period_ms(poll_interval_ms: u64) -> u64 {
+    (poll_interval_ms / 10).clamp(10, 50)
+}
+
+/// How long after it is stored a raise waits: every worker has looked at shared data by
+/// then, even one whose tick runs a period late on a busy machine.
+pub fn raise_delay_ms(poll_interval_ms: u64) -> u64 {
+    3 * sync_period_ms(poll_interval_ms)
 }
 
 pub fn encode_ms(ms: u64) -> [u8; 8] {
@@ -141,12 +171,17 @@ mod tests {
 
     #[test]
     fn shared_encoding_round_trips() {
-        let bytes = encode_shared("\"7\"", b"{\"a\":1}\n");
+        let bytes = encode_shared("\"7\"", 1_234, b"{\"a\":1}\n");
         assert_eq!(
             decode_shared(&bytes),
-            Some(("\"7\"".to_string(), &b"{\"a\":1}\n"[..]))
+            Some(SharedConfig {
+                etag: "\"7\"".to_string(),
+                raise_at_ms: 1_234,
+                body: &b"{\"a\":1}\n"[..],
+            })
         );
         assert_eq!(decode_shared(b"no newline"), None);
+        assert_eq!(decode_shared(b"etag\nnot a time\n{}"), None);
         assert_eq!(decode_ms(Some(&encode_ms(42))), Some(42));
         assert_eq!(decode_ms(Some(b"short")), None);
     }

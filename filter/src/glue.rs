@@ -15,7 +15,7 @@ use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, Metr
 
 use crate::control::{
     decode_ms, decode_shared, encode_ms, encode_shared, fail_safe, interpret, is_stale,
-    jittered_interval, lease_expired, PollOutcome, SharedKeys,
+    jittered_interval, lease_expired, raise_delay_ms, sync_period_ms, PollOutcome, SharedKeys,
 };
 use crate::cookie::{anonymous_id, set_cookie_value};
 use crate::metrics::{Exchange, MetricHost, MetricOp, PendingCounters, RolloutMetrics};
@@ -117,8 +117,9 @@ fn summary(config: &FilterConfig) -> String {
 }
 
 impl CanaryRoot {
-    /// Makes `config` the one new requests use.
-    fn activate(&mut self, config: FilterConfig) -> Result<(), String> {
+    /// Makes `config` the one new requests use; with `raise_at_ms`, weights it raises over
+    /// the current configuration's wait until then.
+    fn activate(&mut self, config: FilterConfig, raise_at_ms: Option<u64>) -> Result<(), String> {
         let mut metrics = Vec::with_capacity(config.rollouts.len());
         for r in &config.rollouts {
             let ids = match self.metric_ids.iter().find(|(name, _)| *name == r.name) {
@@ -131,9 +132,13 @@ impl CanaryRoot {
             };
             metrics.push(ids);
         }
+        let router = match (&self.active, raise_at_ms) {
+            (Some(current), Some(at)) => Router::succeeding(config, &current.router, now_ms(), at),
+            _ => Router::new(config),
+        };
         self.active = Some(Rc::new(Active {
             pending: RefCell::new(PendingCounters::new(metrics.len())),
-            router: Router::new(config),
+            router,
             metrics,
         }));
         Ok(())
@@ -152,17 +157,17 @@ impl CanaryRoot {
             return;
         }
         c.applied_cas = cas;
-        let Some((etag, body)) = decode_shared(&bytes) else {
+        let Some(shared) = decode_shared(&bytes) else {
             return;
         };
         // Stored only after validation, but shared data is host data: check again.
-        let Ok(config) = FilterConfig::from_json(body) else {
+        let Ok(config) = FilterConfig::from_json(shared.body) else {
             return;
         };
-        c.applied_etag = etag;
-        c.latest = Some(body.to_vec());
+        c.applied_etag = shared.etag;
+        c.latest = Some(shared.body.to_vec());
         if !c.in_fail_safe {
-            if let Err(e) = self.activate(config) {
+            if let Err(e) = self.activate(config, Some(shared.raise_at_ms)) {
                 log::error!("wasm-canary: cannot apply the controller's configuration: {e}");
             }
         }
@@ -185,6 +190,9 @@ impl CanaryRoot {
         let Ok(current) = FilterConfig::from_json(current) else {
             return;
         };
+        // Each worker notices the controller's return at its own tick: the raise back to the
+        // controller's weights waits as long as a raise from a poll would.
+        let raise_at_ms = now_ms() + raise_delay_ms(c.source.poll_interval_ms);
         let config = if stale {
             log::warn!(
                 "wasm-canary: no answer from the controller for {}s: everyone to stable",
@@ -198,7 +206,7 @@ impl CanaryRoot {
             );
             current
         };
-        if let Err(e) = self.activate(config) {
+        if let Err(e) = self.activate(config, Some(raise_at_ms)) {
             log::error!("wasm-canary: {e}");
         }
     }
@@ -278,7 +286,8 @@ impl Context for CanaryRoot {
             None
         };
         let outcome = interpret(status.as_deref(), etag.as_deref(), body.as_deref());
-        let now = encode_ms(now_ms());
+        let now_ms = now_ms();
+        let now = encode_ms(now_ms);
         match outcome {
             PollOutcome::Updated { etag, body, config } => {
                 log::info!(
@@ -286,9 +295,10 @@ impl Context for CanaryRoot {
                     summary(&config)
                 );
                 c.last_problem = None;
+                let raise_at_ms = now_ms + raise_delay_ms(c.source.poll_interval_ms);
                 let _ = hostcalls::set_shared_data(
                     &c.keys.config,
-                    Some(&encode_shared(&etag, &body)),
+                    Some(&encode_shared(&etag, raise_at_ms, &body)),
                     None,
                 );
                 let _ = hostcalls::set_shared_data(&c.keys.last_ok, Some(&now), None);
@@ -331,8 +341,10 @@ impl RootContext for CanaryRoot {
         let mut tick = COUNTER_FLUSH_PERIOD;
         self.controlled = config.controller.clone().map(|source| {
             // Ticks both flush counters and pick up new configurations: often enough that
-            // every worker follows a poll within a quarter of the poll interval.
-            tick = tick.min(Duration::from_millis((source.poll_interval_ms / 4).max(25)));
+            // every worker has a raise before it takes effect.
+            tick = tick.min(Duration::from_millis(sync_period_ms(
+                source.poll_interval_ms,
+            )));
             let mut random = [0u8; 8];
             // Without randomness the period is just not jittered.
             let _ = getrandom::fill(&mut random);
@@ -352,7 +364,7 @@ impl RootContext for CanaryRoot {
                 last_problem: None,
             }
         });
-        if let Err(e) = self.activate(config) {
+        if let Err(e) = self.activate(config, None) {
             log::error!("wasm-canary: {e}");
             return false;
         }
@@ -443,7 +455,8 @@ impl HttpContext for CanaryHttp {
         let Some(active) = self.active.clone() else {
             return Action::Continue;
         };
-        let decision = active.router.decide(self, new_anonymous_id);
+        let now = now_ms();
+        let decision = active.router.decide(self, now, new_anonymous_id);
         // Strip client-sent routing headers on every request, routed or not, so nobody
         // picks a version by sending the header themselves. The header this request's
         // rollout sets is left to `set_http_request_header`, which replaces every value
@@ -463,7 +476,7 @@ impl HttpContext for CanaryHttp {
             self.remove_http_request_header(force);
         }
         self.set_http_request_header(&rollout.route_header, Some(decision.version.as_str()));
-        let (exchange, op) = Exchange::start(decision.version, now_ms());
+        let (exchange, op) = Exchange::start(decision.version, now);
         self.apply(&active, decision.rollout, op, decision.version);
         self.routed = Some(Routed {
             rollout: decision.rollout,

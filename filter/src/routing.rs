@@ -39,6 +39,17 @@ pub struct Router {
     /// host, so requests skip the ones no rollout looks at.
     needs_authority: bool,
     needs_path: bool,
+    /// Per rollout, a raise not in force yet.
+    raises: Vec<Option<PendingRaise>>,
+}
+
+/// A weight raise waiting for an instant every worker agrees on: until `at_ms` the rollout
+/// keeps `previous_bp`. Workers see a new configuration at their own ticks; applied at
+/// once, a raise would send a user to canary on one worker and back to stable on another.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct PendingRaise {
+    previous_bp: u32,
+    at_ms: u64,
 }
 
 impl Router {
@@ -63,12 +74,46 @@ impl Router {
             .collect();
         let rollouts: Vec<RolloutConfig> = rollouts;
         Router {
+            raises: vec![None; rollouts.len()],
             needs_authority: rollouts.iter().any(|r| !r.request_match.hosts.is_empty()),
             needs_path: rollouts
                 .iter()
                 .any(|r| r.request_match.path_prefix.is_some()),
             rollouts,
             route_headers,
+        }
+    }
+
+    /// `config` taking over from `previous` at `now_ms`. Lower weights apply at once (a
+    /// rollback must not wait, and a user only ever leaves canary then); raises wait until
+    /// `raise_at_ms`, an instant every worker of the proxy gets with the configuration.
+    pub fn succeeding(
+        config: FilterConfig,
+        previous: &Router,
+        now_ms: u64,
+        raise_at_ms: u64,
+    ) -> Router {
+        let mut router = Router::new(config);
+        for (r, raise) in router.rollouts.iter().zip(&mut router.raises) {
+            let Some(index) = previous.rollouts.iter().position(|p| p.name == r.name) else {
+                continue;
+            };
+            let previous_bp = previous.weight_bp(index, now_ms);
+            if r.weight_bp > previous_bp && now_ms < raise_at_ms {
+                *raise = Some(PendingRaise {
+                    previous_bp,
+                    at_ms: raise_at_ms,
+                });
+            }
+        }
+        router
+    }
+
+    /// The weight rollout `index` routes by at `now_ms`.
+    pub fn weight_bp(&self, index: usize, now_ms: u64) -> u32 {
+        match self.raises.get(index).copied().flatten() {
+            Some(raise) if now_ms < raise.at_ms => raise.previous_bp,
+            _ => self.rollouts.get(index).map_or(0, |r| r.weight_bp),
         }
     }
 
@@ -80,11 +125,12 @@ impl Router {
         &self.route_headers
     }
 
-    /// The first rollout that applies to the request, and the version for it.
+    /// The first rollout that applies to the request at `now_ms`, and the version for it.
     /// `new_id` is called only when an anonymous user needs a new id.
     pub fn decide(
         &self,
         req: &impl RequestHeaders,
+        now_ms: u64,
         new_id: impl FnOnce() -> String,
     ) -> Option<Decision> {
         let authority = self
@@ -132,7 +178,11 @@ impl Router {
             });
 
         // Operator lists beat the client's force header; the force header beats the hash.
-        let (version, reason) = match (key.as_deref().map(|k| rollout.assign(k)), forced) {
+        let weight_bp = self.weight_bp(index, now_ms);
+        let assigned = key
+            .as_deref()
+            .map(|k| rollout.assign_at_weight(k, weight_bp));
+        let (version, reason) = match (assigned, forced) {
             (Some((v, a @ (Assignment::DenyList | Assignment::AllowList))), _) => {
                 (v, Reason::Config(a))
             }
@@ -236,13 +286,60 @@ mod tests {
     }
 
     #[test]
+    fn raises_wait_for_their_instant_and_rollbacks_do_not() {
+        let at_10 = router(vec![RolloutConfig::new("r", 1_000)]);
+        let config = |weight_bp| FilterConfig::new(vec![RolloutConfig::new("r", weight_bp)]);
+        // Seen at 100 ms, in force at 300 ms.
+        let at_50 = Router::succeeding(config(5_000), &at_10, 100, 300);
+        assert_eq!(at_50.weight_bp(0, 100), 1_000);
+        assert_eq!(at_50.weight_bp(0, 299), 1_000);
+        assert_eq!(at_50.weight_bp(0, 300), 5_000);
+        let moving = (0..10_000)
+            .map(|i| format!("user-{i}"))
+            .find(|u| {
+                (1_000..5_000).contains(&canary_contract::bucket(
+                    &at_10.rollouts()[0].name,
+                    u.as_bytes(),
+                ))
+            })
+            .expect("a user between 10% and 50%");
+        let version_at = |r: &Router, now| {
+            r.decide(&Req::new(&[("x-user-id", moving.as_bytes())]), now, no_id)
+                .map(|d| d.version)
+        };
+        assert_eq!(version_at(&at_50, 299), Some(Version::Stable));
+        assert_eq!(version_at(&at_50, 300), Some(Version::Canary));
+
+        // A second raise before the first is in force starts from the weight in force.
+        let at_100 = Router::succeeding(config(10_000), &at_50, 200, 400);
+        assert_eq!(at_100.weight_bp(0, 399), 1_000);
+        assert_eq!(at_100.weight_bp(0, 400), 10_000);
+        // A raise seen after its instant (a late tick) applies at once.
+        assert_eq!(
+            Router::succeeding(config(5_000), &at_10, 500, 300).weight_bp(0, 500),
+            5_000
+        );
+        // Lower weights apply at once, even while a raise is pending.
+        let rolled_back = Router::succeeding(config(0), &at_50, 200, 9_999);
+        assert_eq!(rolled_back.weight_bp(0, 200), 0);
+        // A rollout that was not there before starts at its weight.
+        let new = Router::succeeding(
+            FilterConfig::new(vec![RolloutConfig::new("other", 5_000)]),
+            &at_10,
+            100,
+            300,
+        );
+        assert_eq!(new.weight_bp(0, 100), 5_000);
+    }
+
+    #[test]
     fn hashed_choice_agrees_with_the_contract() {
         let r = router(vec![RolloutConfig::new("r", 2_500)]);
         let cfg = &r.rollouts()[0];
         for i in 0..5_000 {
             let user = format!("user-{i}");
             let d = r
-                .decide(&Req::new(&[("x-user-id", user.as_bytes())]), no_id)
+                .decide(&Req::new(&[("x-user-id", user.as_bytes())]), 0, no_id)
                 .expect("matches");
             assert_eq!(d.version, cfg.version_for_key(&user));
             assert_eq!(d.reason, Reason::Config(Assignment::Hash));
@@ -264,12 +361,12 @@ mod tests {
             ("cookie", b"a=b; sid=from-cookie"),
         ]);
         assert_eq!(
-            r.decide(&both, no_id).map(|d| d.reason),
+            r.decide(&both, 0, no_id).map(|d| d.reason),
             Some(Reason::Config(Assignment::DenyList))
         );
         let cookie_only = Req::new(&[("cookie", b"sid=from-cookie")]);
         assert_eq!(
-            r.decide(&cookie_only, no_id).map(|d| d.reason),
+            r.decide(&cookie_only, 0, no_id).map(|d| d.reason),
             Some(Reason::Config(Assignment::AllowList))
         );
     }
@@ -281,7 +378,9 @@ mod tests {
         let bad: [&[u8]; 4] = [b"", &huge, b"\xff\xfe\xfd", b"a\x01b"];
         for value in bad {
             let d = r
-                .decide(&Req::new(&[("x-user-id", value)]), || "fresh".to_string())
+                .decide(&Req::new(&[("x-user-id", value)]), 0, || {
+                    "fresh".to_string()
+                })
                 .expect("matches");
             assert_eq!(d.new_anonymous_id.as_deref(), Some("fresh"));
             let cfg = &r.rollouts()[0];
@@ -293,7 +392,7 @@ mod tests {
     fn anonymous_cookie_is_reused() {
         let r = router(vec![RolloutConfig::new("r", 5_000)]);
         let d = r
-            .decide(&Req::new(&[("cookie", b"canary_uid=abc123")]), no_id)
+            .decide(&Req::new(&[("cookie", b"canary_uid=abc123")]), 0, no_id)
             .expect("matches");
         assert_eq!(d.new_anonymous_id, None);
         assert_eq!(d.version, r.rollouts()[0].version_for_key("abc123"));
@@ -304,7 +403,7 @@ mod tests {
         let mut cfg = RolloutConfig::new("r", 10_000);
         cfg.anonymous_cookie.enabled = false;
         let r = router(vec![cfg]);
-        let d = r.decide(&Req::new(&[]), no_id).expect("matches");
+        let d = r.decide(&Req::new(&[]), 0, no_id).expect("matches");
         assert_eq!((d.version, d.reason), (Version::Stable, Reason::NoKey));
     }
 
@@ -313,7 +412,7 @@ mod tests {
         let plain = router(vec![RolloutConfig::new("r", 0)]);
         let forced_req = Req::new(&[("x-user-id", b"u1"), ("x-canary-user", b"always")]);
         assert_eq!(
-            plain.decide(&forced_req, no_id).map(|d| d.version),
+            plain.decide(&forced_req, 0, no_id).map(|d| d.version),
             Some(Version::Stable)
         );
 
@@ -321,19 +420,19 @@ mod tests {
         cfg.force_header = Some("x-canary-user".into());
         cfg.deny.insert("vip".into());
         let r = router(vec![cfg]);
-        let d = r.decide(&forced_req, no_id).expect("matches");
+        let d = r.decide(&forced_req, 0, no_id).expect("matches");
         assert_eq!(
             (d.version, d.reason),
             (Version::Canary, Reason::ForceHeader)
         );
         let vip = Req::new(&[("x-user-id", b"vip"), ("x-canary-user", b"always")]);
         assert_eq!(
-            r.decide(&vip, no_id).map(|d| d.reason),
+            r.decide(&vip, 0, no_id).map(|d| d.reason),
             Some(Reason::Config(Assignment::DenyList))
         );
         let junk = Req::new(&[("x-user-id", b"u1"), ("x-canary-user", b"yes please")]);
         assert_eq!(
-            r.decide(&junk, no_id).map(|d| d.reason),
+            r.decide(&junk, 0, no_id).map(|d| d.reason),
             Some(Reason::Config(Assignment::Hash))
         );
     }
@@ -360,7 +459,7 @@ mod tests {
         for (host, path, want) in table {
             let req = Req::new(&[(":authority", host), (":path", path), ("x-user-id", b"u")]);
             assert_eq!(
-                r.decide(&req, no_id).map(|d| d.rollout),
+                r.decide(&req, 0, no_id).map(|d| d.rollout),
                 Some(*want),
                 "{:?} {:?}",
                 String::from_utf8_lossy(host),
@@ -374,7 +473,7 @@ mod tests {
         let mut cfg = RolloutConfig::new("r", 10_000);
         cfg.request_match.path_prefix = Some("/only".into());
         let r = router(vec![cfg]);
-        assert_eq!(r.decide(&Req::new(&[(":path", b"/other")]), no_id), None);
+        assert_eq!(r.decide(&Req::new(&[(":path", b"/other")]), 0, no_id), None);
     }
 
     #[test]

@@ -57,18 +57,8 @@ async fn healthy_canary_is_promoted_and_users_stay_put() -> Result<()> {
     });
     assert_eq!(advanced, 1, "10% → 50% then promoted: {status}");
 
-    // Per user and Envoy, versions only move stable → canary (weights only go up).
-    let mut last: BTreeMap<(u32, usize), Version> = BTreeMap::new();
-    let mut back = 0;
-    for o in &seen {
-        let Some(v) = o.version else { continue };
-        if let Some(prev) = last.insert((o.user, o.envoy), v) {
-            if prev == Version::Canary && v == Version::Stable {
-                back += 1;
-            }
-        }
-    }
     assert!(seen.len() > 1_000, "only {} requests observed", seen.len());
+    let (back, pairs) = moves_back_to_stable(&seen);
     assert_eq!(
         back, 0,
         "{back} canary → stable moves during a healthy ramp"
@@ -77,10 +67,60 @@ async fn healthy_canary_is_promoted_and_users_stay_put() -> Result<()> {
     rig.wait_for_weight(10_000, &users, Duration::from_secs(10))
         .await?;
     eprintln!(
-        "promoted after {} requests; {} users x envoys observed",
+        "promoted after {} requests; {pairs} users x envoys observed",
         seen.len(),
-        last.len()
     );
+    Ok(())
+}
+
+/// How often a user went from canary back to stable on the same Envoy (weights only go up,
+/// so never), and how many (user, Envoy) pairs were observed.
+fn moves_back_to_stable(seen: &[load::Observation]) -> (usize, usize) {
+    let mut last: BTreeMap<(u32, usize), Version> = BTreeMap::new();
+    let mut back = 0;
+    for o in seen {
+        let Some(v) = o.version else { continue };
+        if let Some(prev) = last.insert((o.user, o.envoy), v) {
+            if prev == Version::Canary && v == Version::Stable {
+                back += 1;
+            }
+        }
+    }
+    (back, last.len())
+}
+
+/// A raise reaches each worker's root context at its own tick; it must still take effect on
+/// every worker at once, or a user whose requests land on two workers is sent to canary by
+/// one and back to stable by the other. Few users, many connections (spread over both
+/// workers), many quick raises: each user is seen on both workers around every raise.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raises_take_effect_on_every_worker_at_once() -> Result<()> {
+    let _slot = envoy::exclusive().await;
+    let (stable, canary) = upstreams(0, 0);
+    let rig = ControlledRig::start(ROLLOUT, 1, POLL_MS, stable, canary).await?;
+    let stages: String = (1..10)
+        .map(|w| format!("  - {{weight_pct: {}, hold: 1h}}\n", w * 10))
+        .collect();
+    let ctl = rig
+        .start_controller(&format!("stages:\n{stages}  - {{weight_pct: 100}}\n"))
+        .await?;
+    let users = sample_users(100);
+    rig.wait_for_weight(1_000, &users, Duration::from_secs(15))
+        .await?;
+    let load = Load::start(rig.bases.clone(), 100, 16, 1_000);
+    for weight_bp in (2..=10).map(|w| w * 1_000) {
+        assert_eq!(ctl.command("promote", Some(TOKEN)).await?, 200);
+        rig.wait_for_weight(weight_bp, &users, Duration::from_secs(15))
+            .await?;
+    }
+    let seen = load.stop().await;
+    let (back, _) = moves_back_to_stable(&seen);
+    eprintln!(
+        "9 raises under {} requests from 100 users: {back} moves back to stable",
+        seen.len()
+    );
+    assert!(seen.len() > 2_000, "only {} requests observed", seen.len());
+    assert_eq!(back, 0, "{back} canary → stable moves while raising");
     Ok(())
 }
 

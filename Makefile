@@ -15,6 +15,8 @@ PYTHON := $(VENV)/bin/python
 STAMPS := target/stamps
 WASM_RAW := target/wasm32-wasip1/release/canary_filter.wasm
 WASM := target/wasm/canary_filter.wasm
+# The same filter with LLM response signals (the `llm` feature): reads response bodies.
+LLM_WASM := target/wasm/canary_filter_llm.wasm
 # A test-only build that panics on request, to test Envoy's failure_policy for real.
 FAULT_WASM := target/wasm/canary_filter_fault_injection.wasm
 # Features rustc already emits for wasm32-wasip1; wasm-opt may use no others.
@@ -28,6 +30,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export ENVOY_BIN := $(CURDIR)/$(VENV)/lib/python3/site-packages/envoy/_bin/envoy
 export CANARY_WASM := $(CURDIR)/$(WASM)
 export CANARY_FAULT_WASM := $(CURDIR)/$(FAULT_WASM)
+export CANARY_LLM_WASM := $(CURDIR)/$(LLM_WASM)
 
 .PHONY: all setup build test lint unit wasm-unit manifests images e2e demo bench clean
 
@@ -66,12 +69,13 @@ $(STAMPS)/venv: Makefile
 
 # Post-processing of a cargo-built module ($(1)) into the shipped one ($(2)):
 # 1. wasm-metadce drops the proxy-wasm exports the filter does not use (body, trailers,
-#    network and gRPC callbacks, on_done; list in filter/wasm-exports.json). Envoy skips a
-#    callback the module does not export, so every response body chunk no longer enters V8.
+#    network and gRPC callbacks, on_done; list in $(3), default filter/wasm-exports.json).
+#    Envoy skips a callback the module does not export, so in the plain module response
+#    body chunks never enter V8; the LLM module keeps `proxy_on_response_body`.
 # 2. wasm-opt -Oz shrinks the rest.
 define wasm_post
 	@mkdir -p $(dir $(2))
-	wasm-metadce $(WASM_FEATURES) --graph-file filter/wasm-exports.json $(1) -o $(2).dce >/dev/null
+	wasm-metadce $(WASM_FEATURES) --graph-file $(or $(3),filter/wasm-exports.json) $(1) -o $(2).dce >/dev/null
 	wasm-opt -Oz --strip-debug --strip-producers $(WASM_FEATURES) $(2).dce -o $(2)
 	@rm -f $(2).dce
 	@echo "$(2): $$(stat -c %s $(2)) bytes (cargo built $$(stat -c %s $(1)))"
@@ -79,8 +83,10 @@ endef
 
 ## build: the filter (release wasm, trimmed and optimised) and the host binaries.
 build: setup
-	cargo build --release -p canary-filter --target wasm32-wasip1
+	cargo build --release -p canary-filter --target wasm32-wasip1 --no-default-features
 	$(call wasm_post,$(WASM_RAW),$(WASM))
+	cargo build --release -p canary-filter --target wasm32-wasip1 --target-dir target/llm
+	$(call wasm_post,target/llm/wasm32-wasip1/release/canary_filter.wasm,$(LLM_WASM),filter/wasm-exports-llm.json)
 	cargo build --release -p canary-e2e -p canary-controller --bins
 
 ## test: format, lints, unit tests (native and wasm), end-to-end tests on real Envoy.
@@ -90,6 +96,7 @@ lint: setup
 	cargo fmt --all --check
 	cargo clippy --workspace --all-targets -- -D warnings
 	cargo clippy -p canary-filter -p canary-contract --target wasm32-wasip1 -- -D warnings
+	cargo clippy -p canary-filter --no-default-features --target wasm32-wasip1 -- -D warnings
 
 unit: setup
 	cargo test --workspace --lib --bins
@@ -101,8 +108,8 @@ wasm-unit: setup
 		cargo test -p canary-contract --target wasm32-wasip1
 
 $(FAULT_WASM): setup
-	cargo build --release -p canary-filter --target wasm32-wasip1 --features fault-injection \
-		--target-dir target/fault-injection
+	cargo build --release -p canary-filter --target wasm32-wasip1 --no-default-features \
+		--features fault-injection --target-dir target/fault-injection
 	$(call wasm_post,target/fault-injection/wasm32-wasip1/release/canary_filter.wasm,$@)
 
 .PHONY: $(FAULT_WASM)

@@ -115,6 +115,11 @@ pub struct RolloutConfig {
     pub anonymous_cookie: AnonymousCookie,
     #[serde(default = "default_max_key_bytes")]
     pub max_key_bytes: usize,
+    /// LLM signals to read from responses (tokens, cost, time to first token, refusals,
+    /// quality headers). Absent: response bodies are not looked at.
+    #[cfg(feature = "llm")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub llm: Option<crate::llm::LlmSignals>,
 }
 
 /// Which requests a rollout applies to. Empty fields match everything.
@@ -199,6 +204,8 @@ impl RolloutConfig {
             force_header: None,
             anonymous_cookie: AnonymousCookie::default(),
             max_key_bytes: DEFAULT_MAX_KEY_BYTES,
+            #[cfg(feature = "llm")]
+            llm: None,
         }
     }
 
@@ -387,19 +394,19 @@ impl FilterConfig {
 }
 
 #[derive(Default)]
-struct Validator {
+pub(crate) struct Validator {
     errors: Vec<FieldError>,
 }
 
 impl Validator {
-    fn push(&mut self, field: impl Into<String>, reason: impl Into<String>) {
+    pub(crate) fn push(&mut self, field: impl Into<String>, reason: impl Into<String>) {
         self.errors.push(FieldError {
             field: field.into(),
             reason: reason.into(),
         });
     }
 
-    fn check(&mut self, ok: bool, field: impl Into<String>, reason: impl Into<String>) {
+    pub(crate) fn check(&mut self, ok: bool, field: impl Into<String>, reason: impl Into<String>) {
         if !ok {
             self.push(field, reason);
         }
@@ -540,6 +547,10 @@ fn validate_rollout(v: &mut Validator, at: &str, r: &RolloutConfig) {
         format!("{at}.max_key_bytes"),
         format!("must be 1-{MAX_KEY_BYTES_LIMIT}, got {}", r.max_key_bytes),
     );
+    #[cfg(feature = "llm")]
+    if let Some(llm) = &r.llm {
+        crate::llm::validate_llm(v, &format!("{at}.llm"), llm);
+    }
 }
 
 fn is_rollout_name(name: &str) -> bool {
@@ -560,7 +571,7 @@ fn is_token(s: &str) -> bool {
 
 /// A token with no upper-case letters (HTTP/2 and Envoy use lower-case names) and no
 /// pseudo-header.
-fn is_header_name(s: &str) -> bool {
+pub(crate) fn is_header_name(s: &str) -> bool {
     is_token(s) && !s.bytes().any(|b| b.is_ascii_uppercase())
 }
 
@@ -683,7 +694,37 @@ mod tests {
             (r#"{"rollouts":[]}"#, &["(root)"]),
             (r#"not json"#, &["(root)"]),
         ];
-        for (json, expected) in cases {
+        let llm_cases: &[(&str, &[&str])] = &[
+            (
+                r#"{"schema_version":1,"rollouts":[{"name":"a","weight_bp":5,"llm":{"path_prefixes":["v1"],"max_body_bytes":0}}]}"#,
+                &[
+                    "rollouts[0].llm.path_prefixes[0]",
+                    "rollouts[0].llm.max_body_bytes",
+                ],
+            ),
+            (
+                r#"{"schema_version":1,"rollouts":[{"name":"a","weight_bp":5,"llm":{"prices":{"canary":{"output_nano_usd_per_token":1000000001}}}}]}"#,
+                &["rollouts[0].llm.prices.canary.output_nano_usd_per_token"],
+            ),
+            (
+                r#"{"schema_version":1,"rollouts":[{"name":"a","weight_bp":5,"llm":{"prices":{"beta":{}}}}]}"#,
+                &["rollouts[0].llm.prices.beta"],
+            ),
+            (
+                r#"{"schema_version":1,"rollouts":[{"name":"a","weight_bp":5,"llm":{"quality_headers":[{"header":"x-q","signal":"Task"},{"header":"X-Q","signal":"ok"},{"header":"x-r","signal":"ok"}]}}]}"#,
+                &[
+                    "rollouts[0].llm.quality_headers[0].signal",
+                    "rollouts[0].llm.quality_headers[1].header",
+                    "rollouts[0].llm.quality_headers[2].signal",
+                ],
+            ),
+        ];
+        let llm_cases = if cfg!(feature = "llm") {
+            llm_cases
+        } else {
+            &[]
+        };
+        for (json, expected) in cases.iter().chain(llm_cases) {
             let err = parse(json).expect_err(json);
             assert_eq!(fields(err.clone()), *expected, "{json}: {err}");
             let text = err.to_string();

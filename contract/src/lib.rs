@@ -7,6 +7,8 @@
 
 pub mod bucket;
 pub mod config;
+#[cfg(feature = "llm")]
+pub mod llm;
 pub mod stats;
 
 pub use bucket::{bucket, version_for_bucket, BUCKETS};
@@ -14,6 +16,8 @@ pub use config::{
     AnonymousCookie, Assignment, ConfigError, ControllerSource, FieldError, FilterConfig,
     KeySource, RequestMatch, RolloutConfig, SameSite, MAX_WEIGHT_BP, SCHEMA_VERSION,
 };
+#[cfg(feature = "llm")]
+pub use llm::{LlmSignals, QualityHeader, TokenPrice, VersionPrices};
 
 use serde::{Deserialize, Serialize};
 

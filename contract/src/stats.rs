@@ -33,10 +33,25 @@ pub enum Metric {
     RqTimeMs,
     /// Milliseconds from request headers to response headers.
     RqHeaderTimeMs,
+    // LLM signals, defined only for rollouts with `llm` configured.
+    /// LLM responses whose token usage was read.
+    LlmResponses,
+    /// LLM responses with no readable usage: malformed, truncated, over the size cap.
+    LlmUnparsed,
+    LlmInputTokens,
+    LlmOutputTokens,
+    /// Tokens × the version's price, in nano-USD.
+    LlmCostNanoUsd,
+    /// Responses whose finish/stop reason is a configured refusal reason.
+    LlmRefusals,
+    /// Milliseconds from request headers to the first response body bytes.
+    LlmTtftMs,
+    /// Milliseconds from the first response body bytes to the end of the response.
+    LlmStreamMs,
 }
 
 impl Metric {
-    pub const ALL: [Metric; 8] = [
+    pub const ALL: [Metric; 16] = [
         Metric::RqTotal,
         Metric::Rq2xx,
         Metric::Rq3xx,
@@ -45,7 +60,20 @@ impl Metric {
         Metric::RqReset,
         Metric::RqTimeMs,
         Metric::RqHeaderTimeMs,
+        Metric::LlmResponses,
+        Metric::LlmUnparsed,
+        Metric::LlmInputTokens,
+        Metric::LlmOutputTokens,
+        Metric::LlmCostNanoUsd,
+        Metric::LlmRefusals,
+        Metric::LlmTtftMs,
+        Metric::LlmStreamMs,
     ];
+
+    /// Whether the metric exists only for rollouts with LLM signals.
+    pub fn is_llm(self) -> bool {
+        self.index() >= Metric::LlmResponses.index()
+    }
 
     /// The metric name, also the Prometheus name once tags are extracted.
     pub fn name(self) -> &'static str {
@@ -58,12 +86,22 @@ impl Metric {
             Metric::RqReset => "canary_rq_reset",
             Metric::RqTimeMs => "canary_rq_time_ms",
             Metric::RqHeaderTimeMs => "canary_rq_header_time_ms",
+            Metric::LlmResponses => "canary_llm_responses",
+            Metric::LlmUnparsed => "canary_llm_unparsed",
+            Metric::LlmInputTokens => "canary_llm_input_tokens",
+            Metric::LlmOutputTokens => "canary_llm_output_tokens",
+            Metric::LlmCostNanoUsd => "canary_llm_cost_nanousd",
+            Metric::LlmRefusals => "canary_llm_refusals",
+            Metric::LlmTtftMs => "canary_llm_ttft_ms",
+            Metric::LlmStreamMs => "canary_llm_stream_ms",
         }
     }
 
     pub fn kind(self) -> MetricKind {
         match self {
-            Metric::RqTimeMs | Metric::RqHeaderTimeMs => MetricKind::Histogram,
+            Metric::RqTimeMs | Metric::RqHeaderTimeMs | Metric::LlmTtftMs | Metric::LlmStreamMs => {
+                MetricKind::Histogram
+            }
             _ => MetricKind::Counter,
         }
     }
@@ -89,6 +127,59 @@ pub fn stat_name(metric: Metric, rollout: &str, version: Version) -> String {
     format!(
         "{}.rollout.{rollout}.version.{}",
         metric.name(),
+        version.as_str()
+    )
+}
+
+/// The three counters of a quality signal: samples, their sum in thousandths and the sum of
+/// their squares in millionths (mean and variance, so the judge can test a difference).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum QualityPart {
+    Count,
+    SumMilli,
+    SumSqMicro,
+}
+
+impl QualityPart {
+    pub const ALL: [QualityPart; 3] = [
+        QualityPart::Count,
+        QualityPart::SumMilli,
+        QualityPart::SumSqMicro,
+    ];
+
+    pub fn suffix(self) -> &'static str {
+        match self {
+            QualityPart::Count => "count",
+            QualityPart::SumMilli => "sum_milli",
+            QualityPart::SumSqMicro => "sumsq_micro",
+        }
+    }
+
+    /// `canary_quality_<signal>_<suffix>`, the metric (and Prometheus) name.
+    pub fn metric_name(self, signal: &str) -> String {
+        format!("canary_quality_{signal}_{}", self.suffix())
+    }
+
+    /// The signal and part a metric name is about, if it is a quality counter.
+    pub fn parse(metric: &str) -> Option<(&str, QualityPart)> {
+        let rest = metric.strip_prefix("canary_quality_")?;
+        QualityPart::ALL.into_iter().find_map(|part| {
+            let signal = rest.strip_suffix(part.suffix())?.strip_suffix('_')?;
+            (!signal.is_empty()).then_some((signal, part))
+        })
+    }
+}
+
+/// The stat name of a quality counter as the filter defines it.
+pub fn quality_stat_name(
+    signal: &str,
+    part: QualityPart,
+    rollout: &str,
+    version: Version,
+) -> String {
+    format!(
+        "{}.rollout.{rollout}.version.{}",
+        part.metric_name(signal),
         version.as_str()
     )
 }
@@ -131,6 +222,26 @@ mod tests {
                 .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'));
             assert_eq!(Metric::ALL[m.index()], m);
         }
+    }
+
+    #[test]
+    fn quality_names_parse_back() {
+        assert_eq!(
+            quality_stat_name(
+                "task_success",
+                QualityPart::SumMilli,
+                "chat",
+                Version::Canary
+            ),
+            "canary_quality_task_success_sum_milli.rollout.chat.version.canary"
+        );
+        for part in QualityPart::ALL {
+            let name = part.metric_name("task_success");
+            assert_eq!(QualityPart::parse(&name), Some(("task_success", part)));
+        }
+        assert_eq!(QualityPart::parse("canary_quality__count"), None);
+        assert_eq!(QualityPart::parse("canary_rq_total"), None);
+        assert!(Metric::LlmTtftMs.is_llm() && !Metric::RqHeaderTimeMs.is_llm());
     }
 
     #[test]

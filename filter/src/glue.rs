@@ -18,6 +18,10 @@ use crate::control::{
     jittered_interval, lease_expired, raise_delay_ms, sync_period_ms, PollOutcome, SharedKeys,
 };
 use crate::cookie::{anonymous_id, set_cookie_value};
+#[cfg(feature = "llm")]
+use crate::llm::{quality_milli, LlmExchange};
+#[cfg(feature = "llm")]
+use crate::metrics::quality_increments;
 use crate::metrics::{Exchange, MetricHost, MetricOp, PendingCounters, RolloutMetrics};
 use crate::routing::{RequestHeaders, Router};
 
@@ -42,10 +46,14 @@ impl Active {
             return;
         };
         for (rollout, version, metric, delta) in pending.drain() {
-            if let Some(metrics) = self.metrics.get(rollout) {
+            if let Some(id) = self
+                .metrics
+                .get(rollout)
+                .and_then(|m| m.id(version, metric))
+            {
                 let delta = i64::try_from(delta).unwrap_or(i64::MAX);
                 // A failed update is not worth failing anything over.
-                let _ = hostcalls::increment_metric(metrics.id(version, metric), delta);
+                let _ = hostcalls::increment_metric(id, delta);
             }
         }
     }
@@ -84,7 +92,8 @@ struct Controlled {
 struct CanaryRoot {
     active: Option<Rc<Active>>,
     controlled: Option<Controlled>,
-    /// Metric ids by rollout name, defined once per VM (a handful: a list is enough).
+    /// Metric ids by rollout name and metric set, defined once per VM (a handful: a list
+    /// is enough).
     metric_ids: Vec<(String, RolloutMetrics)>,
 }
 
@@ -122,11 +131,22 @@ impl CanaryRoot {
     fn activate(&mut self, config: FilterConfig, raise_at_ms: Option<u64>) -> Result<(), String> {
         let mut metrics = Vec::with_capacity(config.rollouts.len());
         for r in &config.rollouts {
-            let ids = match self.metric_ids.iter().find(|(name, _)| *name == r.name) {
+            // The metric set depends on the LLM signals configured, not only the name.
+            #[cfg_attr(not(feature = "llm"), allow(unused_mut))]
+            let mut key = r.name.clone();
+            #[cfg(feature = "llm")]
+            if let Some(llm) = &r.llm {
+                key.push_str(" llm");
+                for q in &llm.quality_headers {
+                    key.push(' ');
+                    key.push_str(&q.signal);
+                }
+            }
+            let ids = match self.metric_ids.iter().find(|(k, _)| *k == key) {
                 Some((_, ids)) => ids.clone(),
                 None => {
-                    let ids = RolloutMetrics::define(&mut EnvoyMetrics, &r.name)?;
-                    self.metric_ids.push((r.name.clone(), ids.clone()));
+                    let ids = RolloutMetrics::define(&mut EnvoyMetrics, r)?;
+                    self.metric_ids.push((key, ids.clone()));
                     ids
                 }
             };
@@ -402,6 +422,9 @@ struct Routed {
     rollout: usize,
     exchange: Exchange,
     set_cookie: Option<String>,
+    /// Set when the rollout reads LLM signals and the request is an LLM call.
+    #[cfg(feature = "llm")]
+    llm: Option<LlmExchange>,
 }
 
 struct CanaryHttp {
@@ -429,12 +452,67 @@ impl CanaryHttp {
         match version_op {
             MetricOp::Increment(m) => {
                 if let Ok(mut pending) = active.pending.try_borrow_mut() {
-                    pending.add(rollout, version, m);
+                    pending.add(rollout, version, m, 1);
+                }
+            }
+            MetricOp::Add(m, delta) => {
+                if let Ok(mut pending) = active.pending.try_borrow_mut() {
+                    pending.add(rollout, version, m, delta);
                 }
             }
             MetricOp::Record(m, v) => {
-                // A failed metric update is not worth failing the request over.
-                let _ = hostcalls::record_metric(metrics.id(version, m), v);
+                if let Some(id) = metrics.id(version, m) {
+                    // A failed metric update is not worth failing the request over.
+                    let _ = hostcalls::record_metric(id, v);
+                }
+            }
+        }
+    }
+
+    /// Response headers of an LLM call: set up the body reader, count quality headers.
+    #[cfg(feature = "llm")]
+    fn llm_response_headers(&self, active: &Active, routed: &mut Routed) {
+        let (Some(llm), Some(signals), Some(metrics)) = (
+            routed.llm.as_mut(),
+            active
+                .router
+                .rollouts()
+                .get(routed.rollout)
+                .and_then(|r| r.llm.as_ref()),
+            active.metrics.get(routed.rollout),
+        ) else {
+            return;
+        };
+        let content_type = self.get_http_response_header_bytes("content-type");
+        llm.on_response_headers(content_type.as_deref(), signals.max_body_bytes);
+        for (i, q) in signals.quality_headers.iter().enumerate() {
+            let value = self
+                .get_http_response_header_bytes(&q.header)
+                .and_then(|v| quality_milli(&v));
+            let (Some(value), Some(ids)) = (value, metrics.quality(i, routed.exchange.version))
+            else {
+                continue;
+            };
+            for (id, delta) in ids.into_iter().zip(quality_increments(value)) {
+                let _ = hostcalls::increment_metric(id, i64::try_from(delta).unwrap_or(i64::MAX));
+            }
+        }
+    }
+
+    /// The end of an LLM call's response (or of its stream).
+    #[cfg(feature = "llm")]
+    fn llm_end(&self, active: &Active, routed: &mut Routed) {
+        let Some(signals) = active
+            .router
+            .rollouts()
+            .get(routed.rollout)
+            .and_then(|r| r.llm.as_ref())
+        else {
+            return;
+        };
+        if let Some(llm) = routed.llm.as_mut() {
+            for op in llm.on_end(now_ms(), signals, routed.exchange.version) {
+                self.apply(active, routed.rollout, op, routed.exchange.version);
             }
         }
     }
@@ -478,7 +556,18 @@ impl HttpContext for CanaryHttp {
         self.set_http_request_header(&rollout.route_header, Some(decision.version.as_str()));
         let (exchange, op) = Exchange::start(decision.version, now);
         self.apply(&active, decision.rollout, op, decision.version);
+        #[cfg(feature = "llm")]
+        let llm = rollout.llm.as_ref().and_then(|signals| {
+            // `:path` is read only when the LLM calls are a subset of the rollout's requests.
+            let is_call = signals.path_prefixes.is_empty()
+                || self
+                    .get_http_request_header_bytes(":path")
+                    .is_some_and(|p| signals.applies_to(&p));
+            is_call.then(|| LlmExchange::start(now))
+        });
         self.routed = Some(Routed {
+            #[cfg(feature = "llm")]
+            llm,
             rollout: decision.rollout,
             exchange,
             set_cookie: decision
@@ -488,7 +577,8 @@ impl HttpContext for CanaryHttp {
         Action::Continue
     }
 
-    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+    #[cfg_attr(not(feature = "llm"), allow(unused_variables))]
+    fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         let (Some(active), Some(mut routed)) = (self.active.clone(), self.routed.take()) else {
             return Action::Continue;
         };
@@ -503,6 +593,43 @@ impl HttpContext for CanaryHttp {
         }
         if let Some(cookie) = routed.set_cookie.take() {
             self.add_http_response_header("set-cookie", &cookie);
+        }
+        #[cfg(feature = "llm")]
+        if routed.llm.is_some() {
+            self.llm_response_headers(&active, &mut routed);
+            if end_of_stream {
+                self.llm_end(&active, &mut routed);
+            }
+        }
+        self.routed = Some(routed);
+        Action::Continue
+    }
+
+    // Bodies pass on unchanged and unbuffered (always `Continue`); an LLM call's chunks are
+    // copied, up to the cap, and read.
+    #[cfg(feature = "llm")]
+    fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        let Some(active) = self.active.clone() else {
+            return Action::Continue;
+        };
+        let Some(mut routed) = self.routed.take() else {
+            return Action::Continue;
+        };
+        let signals = active
+            .router
+            .rollouts()
+            .get(routed.rollout)
+            .and_then(|r| r.llm.as_ref());
+        if let (Some(llm), Some(signals)) = (routed.llm.as_mut(), signals) {
+            let ops = llm.on_body(body_size, now_ms(), signals, || {
+                self.get_http_response_body(0, body_size)
+            });
+            for op in ops {
+                self.apply(&active, routed.rollout, op, routed.exchange.version);
+            }
+            if end_of_stream {
+                self.llm_end(&active, &mut routed);
+            }
         }
         self.routed = Some(routed);
         Action::Continue
@@ -520,6 +647,9 @@ impl Drop for CanaryHttp {
         for op in routed.exchange.on_end(now_ms()) {
             self.apply(&active, routed.rollout, op, routed.exchange.version);
         }
+        // A stream that ended early (reset, client gone): counted as unparsed.
+        #[cfg(feature = "llm")]
+        self.llm_end(&active, &mut { routed });
     }
 }
 

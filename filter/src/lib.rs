@@ -6,6 +6,8 @@
 
 pub mod control;
 pub mod cookie;
+#[cfg(feature = "llm")]
+pub mod llm;
 pub mod metrics;
 pub mod routing;
 

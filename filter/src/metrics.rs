@@ -3,8 +3,10 @@
 //! The accounting (`Exchange`) is plain Rust: it turns request lifecycle events into
 //! metric operations, so the exact counting rules are unit-tested without a proxy.
 
-use canary_contract::stats::{stat_name, Metric, MetricKind};
-use canary_contract::Version;
+#[cfg(feature = "llm")]
+use canary_contract::stats::quality_stat_name;
+use canary_contract::stats::{stat_name, Metric, MetricKind, QualityPart};
+use canary_contract::{RolloutConfig, Version};
 
 /// Counter increments not yet handed to Envoy, per rollout, version and metric.
 ///
@@ -24,10 +26,10 @@ impl PendingCounters {
         }
     }
 
-    pub fn add(&mut self, rollout: usize, version: Version, metric: Metric) {
+    pub fn add(&mut self, rollout: usize, version: Version, metric: Metric, delta: u64) {
         if let Some(per_version) = self.counts.get_mut(rollout) {
             let slot = &mut per_version[version.index()][metric.index()];
-            *slot = slot.saturating_add(1);
+            *slot = slot.saturating_add(delta);
         }
     }
 
@@ -52,6 +54,7 @@ impl PendingCounters {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MetricOp {
     Increment(Metric),
+    Add(Metric, u64),
     Record(Metric, u64),
 }
 
@@ -60,29 +63,82 @@ pub trait MetricHost {
     fn define(&mut self, kind: MetricKind, name: &str) -> Result<u32, String>;
 }
 
-/// Envoy metric ids of one rollout, per version and metric.
+/// Envoy metric ids of one rollout, per version and metric. LLM metrics exist only for
+/// rollouts with LLM signals configured.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RolloutMetrics {
-    ids: [[u32; Metric::ALL.len()]; 2],
+    ids: [[Option<u32>; Metric::ALL.len()]; 2],
+    /// Per quality header of the configuration, in order: ids per version and part.
+    quality: Vec<[[u32; QualityPart::ALL.len()]; 2]>,
+}
+
+fn define_one(host: &mut impl MetricHost, kind: MetricKind, name: &str) -> Result<u32, String> {
+    host.define(kind, name)
+        .map_err(|e| format!("defining metric {name}: {e}"))
 }
 
 impl RolloutMetrics {
-    pub fn define(host: &mut impl MetricHost, rollout: &str) -> Result<RolloutMetrics, String> {
-        let mut ids = [[0; Metric::ALL.len()]; 2];
+    pub fn define(
+        host: &mut impl MetricHost,
+        rollout: &RolloutConfig,
+    ) -> Result<RolloutMetrics, String> {
+        let name = rollout.name.as_str();
+        let mut ids = [[None; Metric::ALL.len()]; 2];
+        #[cfg(feature = "llm")]
+        let signals = rollout.llm.as_ref();
+        #[cfg(not(feature = "llm"))]
+        let signals: Option<()> = None;
         for version in Version::ALL {
             for metric in Metric::ALL {
-                let name = stat_name(metric, rollout, version);
-                ids[version.index()][metric.index()] = host
-                    .define(metric.kind(), &name)
-                    .map_err(|e| format!("defining metric {name}: {e}"))?;
+                if metric.is_llm() && signals.is_none() {
+                    continue;
+                }
+                let stat = stat_name(metric, name, version);
+                ids[version.index()][metric.index()] =
+                    Some(define_one(host, metric.kind(), &stat)?);
             }
         }
-        Ok(RolloutMetrics { ids })
+        #[cfg(feature = "llm")]
+        let quality = define_quality(host, name, signals)?;
+        #[cfg(not(feature = "llm"))]
+        let quality = Vec::new();
+        Ok(RolloutMetrics { ids, quality })
     }
 
-    pub fn id(&self, version: Version, metric: Metric) -> u32 {
+    pub fn id(&self, version: Version, metric: Metric) -> Option<u32> {
         self.ids[version.index()][metric.index()]
     }
+
+    /// Ids of quality header `index`'s count, sum and sum of squares.
+    pub fn quality(&self, index: usize, version: Version) -> Option<[u32; 3]> {
+        self.quality.get(index).map(|q| q[version.index()])
+    }
+}
+
+#[cfg(feature = "llm")]
+fn define_quality(
+    host: &mut impl MetricHost,
+    rollout: &str,
+    signals: Option<&canary_contract::LlmSignals>,
+) -> Result<Vec<[[u32; QualityPart::ALL.len()]; 2]>, String> {
+    let mut quality = Vec::new();
+    for q in signals.map_or(&[][..], |s| &s.quality_headers) {
+        let mut per_version = [[0; QualityPart::ALL.len()]; 2];
+        for version in Version::ALL {
+            for (i, part) in QualityPart::ALL.into_iter().enumerate() {
+                let stat = quality_stat_name(&q.signal, part, rollout, version);
+                per_version[version.index()][i] = define_one(host, MetricKind::Counter, &stat)?;
+            }
+        }
+        quality.push(per_version);
+    }
+    Ok(quality)
+}
+
+/// The increments of one quality sample (a value in thousandths): count, sum, sum of squares.
+#[cfg(feature = "llm")]
+pub fn quality_increments(value_milli: u64) -> [u64; 3] {
+    [1, value_milli, value_milli * value_milli]
 }
 
 /// The lifecycle of one routed request.
@@ -172,14 +228,55 @@ mod tests {
     #[test]
     fn defines_every_metric_for_both_versions() {
         let mut host = Recorder::default();
-        let m = RolloutMetrics::define(&mut host, "checkout").expect("defined");
-        assert_eq!(host.0.len(), 2 * Metric::ALL.len());
-        let (kind, name) = &host.0[m.id(Version::Canary, Metric::RqTimeMs) as usize];
-        assert_eq!(*kind, MetricKind::Histogram);
+        let plain = RolloutConfig::new("checkout", 0);
+        let m = RolloutMetrics::define(&mut host, &plain).expect("defined");
+        let base = Metric::ALL.iter().filter(|m| !m.is_llm()).count();
+        assert_eq!(host.0.len(), 2 * base, "no LLM metrics without LLM signals");
+        assert_eq!(m.id(Version::Canary, Metric::LlmResponses), None);
+        let name_of = |id: Option<u32>| host.0[id.expect("defined") as usize].clone();
+        let (kind, name) = name_of(m.id(Version::Canary, Metric::RqTimeMs));
+        assert_eq!(kind, MetricKind::Histogram);
         assert_eq!(name, "canary_rq_time_ms.rollout.checkout.version.canary");
-        let (kind, name) = &host.0[m.id(Version::Stable, Metric::Rq5xx) as usize];
-        assert_eq!(*kind, MetricKind::Counter);
+        let (kind, name) = name_of(m.id(Version::Stable, Metric::Rq5xx));
+        assert_eq!(kind, MetricKind::Counter);
         assert_eq!(name, "canary_rq_5xx.rollout.checkout.version.stable");
+    }
+
+    #[cfg(feature = "llm")]
+    #[test]
+    fn llm_rollouts_also_define_llm_and_quality_metrics() {
+        let mut host = Recorder::default();
+        let mut chat = RolloutConfig::new("chat", 0);
+        chat.llm = Some(canary_contract::LlmSignals {
+            quality_headers: vec![canary_contract::QualityHeader {
+                header: "x-task-success".into(),
+                signal: "task_success".into(),
+            }],
+            ..Default::default()
+        });
+        let m = RolloutMetrics::define(&mut host, &chat).expect("defined");
+        assert_eq!(host.0.len(), 2 * Metric::ALL.len() + 2 * 3);
+        let ttft = m.id(Version::Canary, Metric::LlmTtftMs).expect("defined");
+        assert_eq!(
+            host.0[ttft as usize],
+            (
+                MetricKind::Histogram,
+                "canary_llm_ttft_ms.rollout.chat.version.canary".to_string()
+            )
+        );
+        let [count, sum, sumsq] = m.quality(0, Version::Stable).expect("defined");
+        for (id, name) in [
+            (count, "canary_quality_task_success_count"),
+            (sum, "canary_quality_task_success_sum_milli"),
+            (sumsq, "canary_quality_task_success_sumsq_micro"),
+        ] {
+            assert_eq!(
+                host.0[id as usize].1,
+                format!("{name}.rollout.chat.version.stable")
+            );
+        }
+        assert_eq!(m.quality(1, Version::Stable), None);
+        assert_eq!(quality_increments(875), [1, 875, 765_625]);
     }
 
     #[test]
@@ -190,7 +287,8 @@ mod tests {
                 Err("BadArgument".into())
             }
         }
-        let err = RolloutMetrics::define(&mut Failing, "r").expect_err("fails");
+        let err =
+            RolloutMetrics::define(&mut Failing, &RolloutConfig::new("r", 0)).expect_err("fails");
         assert!(
             err.contains("canary_rq_total.rollout.r.version.stable"),
             "{err}"
@@ -245,14 +343,16 @@ mod tests {
     #[test]
     fn pending_counters_drain_once() {
         let mut pending = PendingCounters::new(2);
-        pending.add(1, Version::Canary, Metric::Rq5xx);
-        pending.add(1, Version::Canary, Metric::Rq5xx);
-        pending.add(0, Version::Stable, Metric::RqTotal);
-        pending.add(7, Version::Stable, Metric::RqTotal); // unknown rollout: ignored
+        pending.add(1, Version::Canary, Metric::Rq5xx, 1);
+        pending.add(1, Version::Canary, Metric::Rq5xx, 1);
+        pending.add(0, Version::Stable, Metric::RqTotal, 1);
+        pending.add(0, Version::Stable, Metric::LlmInputTokens, 120);
+        pending.add(7, Version::Stable, Metric::RqTotal, 1); // unknown rollout: ignored
         assert_eq!(
             pending.drain(),
             vec![
                 (0, Version::Stable, Metric::RqTotal, 1),
+                (0, Version::Stable, Metric::LlmInputTokens, 120),
                 (1, Version::Canary, Metric::Rq5xx, 2)
             ]
         );

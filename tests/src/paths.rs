@@ -38,6 +38,11 @@ pub fn filter_wasm() -> Result<PathBuf> {
     module("CANARY_WASM", "canary_filter.wasm")
 }
 
+/// The filter built with LLM response signals: `$CANARY_LLM_WASM`, else `make build`'s.
+pub fn llm_filter_wasm() -> Result<PathBuf> {
+    module("CANARY_LLM_WASM", "canary_filter_llm.wasm")
+}
+
 /// The test-only build with the `fault-injection` feature: `$CANARY_FAULT_WASM`, else the
 /// one `make e2e` writes.
 pub fn fault_injection_wasm() -> Result<PathBuf> {

@@ -28,6 +28,9 @@ pub struct Reading {
     pub input_tokens: Option<u64>,
     pub output_tokens: Option<u64>,
     pub refusal: bool,
+    /// A `finish_reason` / `stop_reason` was seen: the answer got to its end (a stream cut
+    /// after Anthropic's `message_start` has usage, but is not a whole answer).
+    pub ended: bool,
     /// Something could not be read: malformed JSON, a body over the cap.
     pub broken: bool,
 }
@@ -37,10 +40,11 @@ impl Reading {
     /// `stop_reason`, `choices[].finish_reason` and `choices[].message|delta.refusal`, also
     /// inside `message` (Anthropic `message_start`) and `delta` (`message_delta`).
     fn take(&mut self, event: &Value, refusal_reasons: &[String]) {
-        let is_refusal = |reason: Option<&Value>| {
-            reason
-                .and_then(Value::as_str)
-                .is_some_and(|r| refusal_reasons.iter().any(|x| x == r))
+        let mut ended = false;
+        let mut is_refusal = |reason: Option<&Value>| {
+            let reason = reason.and_then(Value::as_str);
+            ended |= reason.is_some();
+            reason.is_some_and(|r| refusal_reasons.iter().any(|x| x == r))
         };
         if let Some(usage) = event.get("usage") {
             let count = |openai: &str, anthropic: &str| {
@@ -67,8 +71,9 @@ impl Reading {
                     .and_then(Value::as_str)
                     .is_some_and(|r| !r.is_empty())
             });
-            self.refusal |= refused_text || is_refusal(choice.get("finish_reason"));
+            self.refusal |= is_refusal(choice.get("finish_reason")) || refused_text;
         }
+        self.ended |= ended;
         for nested in ["message", "delta"] {
             if let Some(inner) = event.get(nested).filter(|v| v.is_object()) {
                 self.take(inner, refusal_reasons);
@@ -76,9 +81,9 @@ impl Reading {
         }
     }
 
-    /// Token usage was found and nothing was broken.
+    /// The answer's end and its token usage were read, and nothing was broken.
     pub fn is_complete(&self) -> bool {
-        !self.broken && (self.input_tokens.is_some() || self.output_tokens.is_some())
+        !self.broken && self.ended && (self.input_tokens.is_some() || self.output_tokens.is_some())
     }
 }
 
@@ -378,6 +383,15 @@ mod tests {
                 "data: {\"usage\":{\"prompt_tokens\":3\n\n",
             ),
             ("text/event-stream", &ANTHROPIC_SSE[..40]),
+            // Usage from `message_start`, cut before `message_delta`: not a whole answer.
+            (
+                "text/event-stream",
+                &ANTHROPIC_SSE[..ANTHROPIC_SSE.len() / 2],
+            ),
+            (
+                "application/json",
+                "{\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":4}}",
+            ),
             ("text/event-stream", "data: \u{fffd}\u{0}\n"),
         ];
         for (content_type, body) in cases {

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use bytes::Bytes;
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -21,6 +21,8 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
+
+use crate::fake_llm::{self, LlmBehaviour, LlmCounters};
 
 /// Response header naming the upstream that answered.
 pub const SERVED_BY: &str = "x-served-by";
@@ -43,6 +45,8 @@ pub struct UpstreamSpec {
     /// Which request header the upstream echoes back in `x-seen-route`.
     pub route_header: String,
     pub force_header: String,
+    /// Answer as a fake LLM service instead (see [`fake_llm`]); errors and delays still apply.
+    pub llm: Option<LlmBehaviour>,
 }
 
 impl UpstreamSpec {
@@ -54,6 +58,7 @@ impl UpstreamSpec {
             delay: Duration::ZERO,
             route_header: "x-canary-version".to_string(),
             force_header: "x-canary-user".to_string(),
+            llm: None,
         }
     }
 }
@@ -74,6 +79,7 @@ struct Counters {
     delay_ms: AtomicU64,
     /// Requests answered by the spec's default behaviour (the error-rate pattern's index).
     patterned: AtomicU64,
+    llm: LlmCounters,
 }
 
 impl Upstream {
@@ -176,7 +182,7 @@ async fn answer(
     spec: Arc<UpstreamSpec>,
     counters: Arc<Counters>,
     req: Request<Incoming>,
-) -> Result<Response<Full<Bytes>>, Box<dyn std::error::Error + Send + Sync>> {
+) -> Result<Response<fake_llm::Body>, Box<dyn std::error::Error + Send + Sync>> {
     if header(&req, "x-upstream-reset").is_some() {
         return Err(Box::new(ResetRequested));
     }
@@ -202,13 +208,22 @@ async fn answer(
     };
     let seen_route = header(&req, &spec.route_header).unwrap_or("-").to_string();
     let seen_force = header(&req, &spec.force_header).unwrap_or("-").to_string();
-    let response = Response::builder()
+    let mut response = Response::builder()
         .status(StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR))
         .header(SERVED_BY, spec.name.as_str())
         .header(SEEN_ROUTE, seen_route)
-        .header(SEEN_FORCE, seen_force)
-        .body(Full::new(Bytes::from(format!("{}\n", spec.name))))?;
-    Ok(response)
+        .header(SEEN_FORCE, seen_force);
+    let body = match &spec.llm {
+        Some(behaviour) if status == 200 => {
+            let (headers, body) = fake_llm::answer(behaviour, &counters.llm, req).await;
+            for (name, value) in headers {
+                response = response.header(name, value);
+            }
+            body
+        }
+        _ => Full::new(Bytes::from(format!("{}\n", spec.name))).boxed_unsync(),
+    };
+    Ok(response.body(body)?)
 }
 
 #[cfg(test)]

@@ -41,6 +41,12 @@ struct Active {
 }
 
 impl Active {
+    /// The LLM signals rollout `index` reads, if any.
+    #[cfg(feature = "llm")]
+    fn llm_signals(&self, index: usize) -> Option<&canary_contract::LlmSignals> {
+        self.router.rollouts().get(index)?.llm.as_ref()
+    }
+
     fn flush_counters(&self) {
         let Ok(mut pending) = self.pending.try_borrow_mut() else {
             return;
@@ -51,9 +57,7 @@ impl Active {
                 .get(rollout)
                 .and_then(|m| m.id(version, metric))
             {
-                let delta = i64::try_from(delta).unwrap_or(i64::MAX);
-                // A failed update is not worth failing anything over.
-                let _ = hostcalls::increment_metric(id, delta);
+                increment(id, delta);
             }
         }
     }
@@ -107,6 +111,11 @@ impl MetricHost for EnvoyMetrics {
         };
         hostcalls::define_metric(kind, name).map_err(|status| format!("{status:?}"))
     }
+}
+
+fn increment(metric_id: u32, delta: u64) {
+    // A failed update is not worth failing anything over.
+    let _ = hostcalls::increment_metric(metric_id, i64::try_from(delta).unwrap_or(i64::MAX));
 }
 
 fn now_ms() -> u64 {
@@ -306,8 +315,8 @@ impl Context for CanaryRoot {
             None
         };
         let outcome = interpret(status.as_deref(), etag.as_deref(), body.as_deref());
-        let now_ms = now_ms();
-        let now = encode_ms(now_ms);
+        let polled_ms = now_ms();
+        let now = encode_ms(polled_ms);
         match outcome {
             PollOutcome::Updated { etag, body, config } => {
                 log::info!(
@@ -315,7 +324,7 @@ impl Context for CanaryRoot {
                     summary(&config)
                 );
                 c.last_problem = None;
-                let raise_at_ms = now_ms + raise_delay_ms(c.source.poll_interval_ms);
+                let raise_at_ms = polled_ms + raise_delay_ms(c.source.poll_interval_ms);
                 let _ = hostcalls::set_shared_data(
                     &c.keys.config,
                     Some(&encode_shared(&etag, raise_at_ms, &body)),
@@ -474,11 +483,7 @@ impl CanaryHttp {
     fn llm_response_headers(&self, active: &Active, routed: &mut Routed) {
         let (Some(llm), Some(signals), Some(metrics)) = (
             routed.llm.as_mut(),
-            active
-                .router
-                .rollouts()
-                .get(routed.rollout)
-                .and_then(|r| r.llm.as_ref()),
+            active.llm_signals(routed.rollout),
             active.metrics.get(routed.rollout),
         ) else {
             return;
@@ -494,7 +499,7 @@ impl CanaryHttp {
                 continue;
             };
             for (id, delta) in ids.into_iter().zip(quality_increments(value)) {
-                let _ = hostcalls::increment_metric(id, i64::try_from(delta).unwrap_or(i64::MAX));
+                increment(id, delta);
             }
         }
     }
@@ -502,12 +507,7 @@ impl CanaryHttp {
     /// The end of an LLM call's response (or of its stream).
     #[cfg(feature = "llm")]
     fn llm_end(&self, active: &Active, routed: &mut Routed) {
-        let Some(signals) = active
-            .router
-            .rollouts()
-            .get(routed.rollout)
-            .and_then(|r| r.llm.as_ref())
-        else {
+        let Some(signals) = active.llm_signals(routed.rollout) else {
             return;
         };
         if let Some(llm) = routed.llm.as_mut() {
@@ -615,11 +615,7 @@ impl HttpContext for CanaryHttp {
         let Some(mut routed) = self.routed.take() else {
             return Action::Continue;
         };
-        let signals = active
-            .router
-            .rollouts()
-            .get(routed.rollout)
-            .and_then(|r| r.llm.as_ref());
+        let signals = active.llm_signals(routed.rollout);
         if let (Some(llm), Some(signals)) = (routed.llm.as_mut(), signals) {
             let ops = llm.on_body(body_size, now_ms(), signals, || {
                 self.get_http_response_body(0, body_size)

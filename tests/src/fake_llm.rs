@@ -18,6 +18,8 @@ use hyper::body::{Frame, Incoming};
 use hyper::Request;
 use serde_json::{json, Value};
 
+use crate::upstream::in_share;
+
 pub type Body = UnsyncBoxBody<Bytes, Infallible>;
 
 /// How the fake model answers.
@@ -58,12 +60,6 @@ impl Default for LlmBehaviour {
 #[derive(Debug, Default)]
 pub struct LlmCounters {
     answers: AtomicU64,
-}
-
-/// Whether the n-th answer (0-based) is in the `rate_bp` share: spread evenly.
-pub fn in_share(n: u64, rate_bp: u32) -> bool {
-    let rate = u64::from(rate_bp.min(10_000));
-    (n + 1) * rate / 10_000 != n * rate / 10_000
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

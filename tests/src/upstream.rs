@@ -171,9 +171,9 @@ fn header<'a>(req: &'a Request<Incoming>, name: &str) -> Option<&'a str> {
     req.headers().get(name).and_then(|v| v.to_str().ok())
 }
 
-/// Whether the n-th request (0-based) is one of the `rate_bp` share that fails: spread
-/// evenly, so any window of 10,000 requests holds exactly `rate_bp` failures.
-fn fails(n: u64, rate_bp: u32) -> bool {
+/// Whether the n-th request (0-based) is in the `rate_bp` share (that fails, refuses…):
+/// spread evenly, so any window of 10,000 requests holds exactly `rate_bp` of them.
+pub fn in_share(n: u64, rate_bp: u32) -> bool {
     let rate = u64::from(rate_bp.min(10_000));
     (n + 1) * rate / 10_000 != n * rate / 10_000
 }
@@ -199,7 +199,7 @@ async fn answer(
         Some(status) => status,
         None => {
             let n = counters.patterned.fetch_add(1, Ordering::Relaxed);
-            if fails(n, counters.error_rate_bp.load(Ordering::Relaxed)) {
+            if in_share(n, counters.error_rate_bp.load(Ordering::Relaxed)) {
                 spec.error_status
             } else {
                 200
@@ -228,13 +228,15 @@ async fn answer(
 
 #[cfg(test)]
 mod tests {
-    use super::fails;
+    use super::in_share;
 
     #[test]
     fn error_rate_is_exact_over_any_10k_window() {
         for rate in [0, 1, 250, 1000, 3333, 10_000] {
             for start in [0u64, 17, 9999] {
-                let n = (start..start + 10_000).filter(|&n| fails(n, rate)).count();
+                let n = (start..start + 10_000)
+                    .filter(|&n| in_share(n, rate))
+                    .count();
                 assert_eq!(n as u32, rate, "rate {rate} from {start}");
             }
         }

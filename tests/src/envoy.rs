@@ -22,11 +22,37 @@ const READY_DEADLINE: Duration = Duration::from_secs(60);
 
 static ENVOY_SLOT: Mutex<()> = Mutex::const_new(());
 
+/// Held while a test runs its Envoys: see [`exclusive`].
+pub struct EnvoySlot {
+    _in_process: MutexGuard<'static, ()>,
+    /// An advisory lock on a file shared by every test process on the machine; released when
+    /// the file is closed, also if the process dies.
+    _machine: std::fs::File,
+}
+
 /// Serialises tests that start Envoys: on a 2-core machine, several Envoys compiling wasm at
-/// once make every deadline flaky. Hold the guard for the whole test. (Cargo runs test
-/// binaries one after another, so a lock per process is enough.)
-pub async fn exclusive() -> MutexGuard<'static, ()> {
-    ENVOY_SLOT.lock().await
+/// once make every deadline flaky. Hold the guard for the whole test. The in-process mutex
+/// orders a binary's tests; the file lock orders test processes of other checkouts (or a
+/// `make bench` beside a `make test`).
+pub async fn exclusive() -> EnvoySlot {
+    let in_process = ENVOY_SLOT.lock().await;
+    let path = std::env::temp_dir().join("wasm-canary-envoy.lock");
+    let machine = tokio::task::spawn_blocking(move || -> std::io::Result<std::fs::File> {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)?;
+        file.lock()?;
+        Ok(file)
+    })
+    .await
+    .expect("the lock task does not panic")
+    .unwrap_or_else(|e| panic!("cannot lock {}: {e}", std::env::temp_dir().display()));
+    EnvoySlot {
+        _in_process: in_process,
+        _machine: machine,
+    }
 }
 
 /// Options for one Envoy process.

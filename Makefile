@@ -136,9 +136,11 @@ e2e: build $(FAULT_WASM)
 demo: build
 	cargo run --release -q -p canary-e2e --bin demo
 
-## bench: filter vs native split (target/bench/overhead.json); rollback and convergence times (rollout.json).
+## bench: filter vs native split (target/bench/overhead.json); LLM time-to-first-token overhead
+## (llm.json); rollback and convergence times (rollout.json).
 bench: build
 	cargo run --release -q -p canary-e2e --bin bench
+	cargo run --release -q -p canary-e2e --bin bench_llm
 	cargo run --release -q -p canary-e2e --bin bench_rollout
 
 clean:

@@ -43,7 +43,12 @@ pub async fn exclusive() -> EnvoySlot {
             .truncate(false)
             .write(true)
             .open(&path)?;
-        file.lock()?;
+        // flock(2) rather than File::lock, which is newer than the workspace's MSRV.
+        use std::os::fd::AsRawFd;
+        // SAFETY: a plain syscall on a descriptor this closure owns.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
         Ok(file)
     })
     .await

@@ -6,6 +6,7 @@
 //! machine). I/O at the edges: stats sources, config publication, HTTP API, state store.
 
 pub mod judge;
+pub mod llm_checks;
 pub mod llm_stats;
 pub mod machine;
 pub mod server;

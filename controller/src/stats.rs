@@ -242,7 +242,7 @@ impl Accumulator {
             }
             return Ok(());
         }
-        if v.llm.add_sample(s.name, s.le, s.value, &count)? {
+        if v.llm.add_sample(s.name, s.le, s.value, count)? {
             return Ok(());
         }
         let Some(metric) = Metric::ALL.iter().find(|m| m.name() == s.name) else {

@@ -203,22 +203,23 @@ async fn main() -> Result<()> {
     llm_scenario().await?;
 
     println!("\nLook closer: `canaryctl status --controller <url>` (add --output json), the controller's /metrics,");
-    println!("and each Envoy's /stats/prometheus (canary_rq_*{{rollout,version}}).");
+    println!("and each Envoy's /stats/prometheus (canary_rq_*, canary_llm_*{{rollout,version}}).");
     Ok(())
 }
 
-const LLM_SPEC: &str = "analysis: {interval: 1s, failure_limit: 3, min_window_requests: 30}\n\
-stages:\n\
-  - {weight_pct: 10, hold: 4s, min_requests: 100}\n\
-  - {weight_pct: 50, hold: 4s, min_requests: 100}\n\
-  - {weight_pct: 100}\n\
-checks: {llm: {cost: {min_samples: 30}, refusals: {min_samples: 30}}}\n\
-filter:\n\
-  llm:\n\
-    prices:\n\
-      stable: {input_nano_usd_per_token: 3000, output_nano_usd_per_token: 15000}\n\
-      canary: {input_nano_usd_per_token: 3000, output_nano_usd_per_token: 15000}\n\
-    quality_headers: [{header: x-quality-score, signal: quality_score}]\n";
+const LLM_SPEC: &str = r#"analysis: {interval: 1s, failure_limit: 3, min_window_requests: 30}
+stages:
+  - {weight_pct: 10, hold: 4s, min_requests: 100}
+  - {weight_pct: 50, hold: 4s, min_requests: 100}
+  - {weight_pct: 100}
+checks: {llm: {cost: {min_samples: 30}, refusals: {min_samples: 30}}}
+filter:
+  llm:
+    prices:
+      stable: {input_nano_usd_per_token: 3000, output_nano_usd_per_token: 15000}
+      canary: {input_nano_usd_per_token: 3000, output_nano_usd_per_token: 15000}
+    quality_headers: [{header: x-quality-score, signal: quality_score}]
+"#;
 
 /// One line per analysis of the LLM rollout: answers and cost per answer of each version.
 fn llm_line(status: &Value, started: Instant) -> String {

@@ -231,9 +231,14 @@ pub fn judge(window: &RolloutStats, analysis: &Analysis, checks: &Checks) -> Ver
         checks.critical.alpha,
         &mut verdict.critical,
     );
-    verdict.checks.extend(llm);
+    let mut outcomes: Vec<Outcome> = verdict.checks.iter().map(|c| c.outcome).collect();
+    outcomes.extend(
+        llm.iter()
+            .filter(|(_, counts)| *counts)
+            .map(|(c, _)| c.outcome),
+    );
+    verdict.checks.extend(llm.into_iter().map(|(c, _)| c));
 
-    let outcomes: Vec<Outcome> = verdict.checks.iter().map(|c| c.outcome).collect();
     verdict.outcome = if outcomes.contains(&Outcome::Fail) {
         Outcome::Fail
     } else if outcomes.contains(&Outcome::Inconclusive) {

@@ -84,6 +84,9 @@ pub struct QualityCheck {
     pub min_samples: u64,
     /// Signals judged as scores; empty: every signal except `task_success.signal`.
     pub signals: Vec<String>,
+    /// Whether a window with too few samples is inconclusive (holds the stage); when false
+    /// it is reported but does not hold the stage (for sparsely sampled scores).
+    pub required: bool,
 }
 
 impl Default for QualityCheck {
@@ -93,6 +96,7 @@ impl Default for QualityCheck {
             max_relative_decrease: 0.05,
             min_samples: 30,
             signals: Vec::new(),
+            required: true,
         }
     }
 }
@@ -107,6 +111,8 @@ pub struct TaskSuccessCheck {
     /// Seed 000: the canary's success rate must be at least 0.90.
     pub min_absolute: f64,
     pub min_samples: u64,
+    /// As `quality.required`.
+    pub required: bool,
 }
 
 impl Default for TaskSuccessCheck {
@@ -116,6 +122,7 @@ impl Default for TaskSuccessCheck {
             signal: "task_success".into(),
             min_absolute: 0.90,
             min_samples: 30,
+            required: true,
         }
     }
 }
@@ -134,6 +141,9 @@ pub struct ThumbsDownCheck {
     pub stable_rate_floor: f64,
     /// Ratings each version needs in the window.
     pub min_samples: u64,
+    /// As `quality.required`; off by default: ratings come sparsely, and a window without
+    /// enough of them should not hold the stage.
+    pub required: bool,
 }
 
 impl Default for ThumbsDownCheck {
@@ -144,6 +154,7 @@ impl Default for ThumbsDownCheck {
             max_absolute: None,
             stable_rate_floor: 0.01,
             min_samples: 30,
+            required: false,
         }
     }
 }
@@ -248,37 +259,50 @@ fn not_a_multiple(x: f64) -> bool {
     x.is_nan() || x < 1.0
 }
 
-/// The LLM checks of one window. `critical` is set when the cost is past the critical
-/// multiple significantly at `critical_alpha`.
+/// The LLM checks of one window, each with whether its outcome counts towards the
+/// verdict's (a check that is not `required` and has too few samples does not). `critical`
+/// is set when the cost is past the critical multiple significantly at `critical_alpha`.
 pub fn judge_llm(
     window: &RolloutStats,
     analysis: &Analysis,
     checks: &LlmChecks,
     critical_alpha: f64,
     critical: &mut bool,
-) -> Vec<CheckResult> {
+) -> Vec<(CheckResult, bool)> {
     let (c, s) = (&window.canary.llm, &window.stable.llm);
     let mut out = Vec::new();
+    let optional = |mut r: CheckResult, required: bool| {
+        if required || r.outcome != Outcome::Inconclusive {
+            (r, true)
+        } else {
+            r.reason
+                .push_str(" (not required: does not hold the stage)");
+            (r, false)
+        }
+    };
     if checks.cost.enabled {
         if let Some(r) = cost_check(c, s, analysis, &checks.cost, critical_alpha, critical) {
-            out.push(r);
+            out.push((r, true));
         }
     }
     if checks.refusals.enabled && (c.answers() > 0 || s.answers() > 0) {
         let r = &checks.refusals;
-        out.push(proportion_check(
-            Proportion {
-                check: "refusal_rate",
-                what: "refusal rate",
-                unit: "answers",
-                canary: (c.refusals.min(c.answers()), c.answers()),
-                stable: (s.refusals.min(s.answers()), s.answers()),
-                max_relative_increase: r.max_relative_increase,
-                max_absolute: None,
-                stable_rate_floor: r.stable_rate_floor,
-                min_samples: r.min_samples,
-            },
-            analysis,
+        out.push(optional(
+            proportion_check(
+                Proportion {
+                    check: "refusal_rate",
+                    what: "refusal rate",
+                    unit: "answers",
+                    canary: (c.refusals.min(c.answers()), c.answers()),
+                    stable: (s.refusals.min(s.answers()), s.answers()),
+                    max_relative_increase: r.max_relative_increase,
+                    max_absolute: None,
+                    stable_rate_floor: r.stable_rate_floor,
+                    min_samples: r.min_samples,
+                },
+                analysis,
+            ),
+            true,
         ));
     }
     if checks.quality.enabled {
@@ -294,14 +318,14 @@ pub fn judge_llm(
             };
             if judged {
                 if let Some(r) = quality_check(signal, c, s, analysis, q) {
-                    out.push(r);
+                    out.push(optional(r, q.required));
                 }
             }
         }
     }
     if checks.task_success.enabled {
         if let Some(r) = task_success_check(c, s, analysis, &checks.task_success) {
-            out.push(r);
+            out.push(optional(r, checks.task_success.required));
         }
     }
     let (cf, sf) = (
@@ -310,19 +334,22 @@ pub fn judge_llm(
     );
     if checks.thumbs_down.enabled && (cf > 0 || sf > 0) {
         let d = &checks.thumbs_down;
-        out.push(proportion_check(
-            Proportion {
-                check: "thumbs_down_rate",
-                what: "thumbs-down rate",
-                unit: "ratings",
-                canary: (c.feedback_down, cf),
-                stable: (s.feedback_down, sf),
-                max_relative_increase: d.max_relative_increase,
-                max_absolute: d.max_absolute,
-                stable_rate_floor: d.stable_rate_floor,
-                min_samples: d.min_samples,
-            },
-            analysis,
+        out.push(optional(
+            proportion_check(
+                Proportion {
+                    check: "thumbs_down_rate",
+                    what: "thumbs-down rate",
+                    unit: "ratings",
+                    canary: (c.feedback_down, cf),
+                    stable: (s.feedback_down, sf),
+                    max_relative_increase: d.max_relative_increase,
+                    max_absolute: d.max_absolute,
+                    stable_rate_floor: d.stable_rate_floor,
+                    min_samples: d.min_samples,
+                },
+                analysis,
+            ),
+            d.required,
         ));
     }
     let t = &checks.ttft;
@@ -349,7 +376,7 @@ pub fn judge_llm(
         r.canary_n = Some(c.ttft.count);
         r.stable_n = Some(s.ttft.count);
         r.worse = Some(Worse::Higher);
-        out.push(r);
+        out.push((r, true));
     }
     out
 }
@@ -784,6 +811,7 @@ mod tests {
         let version = |llm: LlmStats| VersionStats {
             requests: 1_000,
             rq_2xx: 1_000,
+            duration: ttft(20.0, 1_000),
             llm,
             ..VersionStats::default()
         };
@@ -802,7 +830,7 @@ mod tests {
             0.001,
             &mut critical,
         );
-        (checks, critical)
+        (checks.into_iter().map(|(c, _)| c).collect(), critical)
     }
 
     fn outcome_of(w: &RolloutStats, check: &str) -> Option<Outcome> {
@@ -1055,7 +1083,11 @@ mod tests {
         };
         let w = window(fb(880, 120), fb(8_800, 1_200));
         let mut critical = false;
-        let r = judge_llm(&w, &Analysis::default(), &checks, 0.001, &mut critical);
+        let r: Vec<CheckResult> =
+            judge_llm(&w, &Analysis::default(), &checks, 0.001, &mut critical)
+                .into_iter()
+                .map(|(c, _)| c)
+                .collect();
         assert_eq!(r[0].outcome, Outcome::Fail, "{}", r[0].reason);
         assert!(
             r[0].reason.contains("above the absolute limit"),
@@ -1142,6 +1174,27 @@ mod tests {
                 "refusal_rate"
             ]
         );
+        // A few ratings do not hold the stage (thumbs-down is not required by default)...
+        let mut w = window(
+            answers(&mut rng, 200, 400.0, 2),
+            answers(&mut rng, 1_800, 400.0, 18),
+        );
+        w.canary.llm.feedback_down = 3;
+        w.stable.llm.feedback_up = 10;
+        let v = verdict(&w);
+        assert_eq!(v.outcome, Outcome::Pass, "{}", v.summary());
+        let thumbs = v.checks.iter().find(|c| c.check == "thumbs_down_rate");
+        assert_eq!(thumbs.map(|c| c.outcome), Some(Outcome::Inconclusive));
+        // ...but a required quality signal with too few samples does.
+        w.canary
+            .llm
+            .quality
+            .insert("helpful".into(), quality(&mut rng, 5, 0.9, true));
+        w.stable
+            .llm
+            .quality
+            .insert("helpful".into(), quality(&mut rng, 500, 0.9, true));
+        assert_eq!(verdict(&w).outcome, Outcome::Inconclusive);
         // A plain rollout gets no LLM checks at all.
         let plain = window(LlmStats::default(), LlmStats::default());
         assert_eq!(verdict(&plain).checks.len(), 3);

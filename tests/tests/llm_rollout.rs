@@ -256,3 +256,42 @@ async fn thumbs_down_feedback_is_attributed_and_rolls_back() -> Result<()> {
     eprintln!("feedback counted: {f}");
     Ok(())
 }
+
+/// The cost rollback judged from a real Prometheus server scraping the Envoy (the mesh set-up),
+/// not the admin endpoint: the LLM series come through the query too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prometheus_source_rolls_back_a_costlier_canary() -> Result<()> {
+    let _slot = envoy::exclusive().await;
+    let stable = LlmBehaviour::default();
+    let canary = LlmBehaviour {
+        completion_tokens: 2 * stable.completion_tokens,
+        ..LlmBehaviour::default()
+    };
+    let rig = ControlledRig::start_llm(ROLLOUT, 1, POLL_MS, stable, canary).await?;
+    let admins: Vec<_> = rig.envoys.iter().map(|e| e.admin_addr()).collect();
+    let prometheus =
+        canary_e2e::prometheus::Prometheus::start(&admins, Duration::from_secs(1)).await?;
+    let sources = format!(
+        "sources: {{prometheus: {{url: \"{}\", lag: 2s}}}}\n",
+        prometheus.url()
+    );
+    let ctl = rig
+        .start_controller_with_sources(&sources, &spec("1h", 2))
+        .await?;
+    let status = run_until_done(&rig, &ctl, Duration::from_secs(90)).await?;
+    assert_eq!(
+        status["phase"],
+        "rolled_back",
+        "{}\n{}",
+        ctl.log(),
+        prometheus.log()
+    );
+    let message = rollback_message(&status);
+    eprintln!("prometheus source: {message}");
+    assert!(
+        message.contains("cost per response canary $0.001000")
+            && message.contains("stable $0.000520"),
+        "{message}"
+    );
+    Ok(())
+}

@@ -460,7 +460,7 @@ fn cost_check(
     let p = welch_greater((cmu, cvar, n.0), (smu, svar, n.1));
     let ratio = cmu / smu;
     let fail = ratio > check.max_relative_increase && p < analysis.alpha;
-    if ratio >= check.critical_relative_increase && p < critical_alpha {
+    if fail && ratio >= check.critical_relative_increase && p < critical_alpha {
         *critical = true;
     }
     let limit_nano = check.max_relative_increase * smu * 1_000.0;

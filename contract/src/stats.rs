@@ -48,10 +48,13 @@ pub enum Metric {
     LlmTtftMs,
     /// Milliseconds from the first response body bytes to the end of the response.
     LlmStreamMs,
+    /// Sum over responses of (cost in micro-USD)², rounded: with the cost counter, the
+    /// variance of the cost per response, so the judge can test a difference of means.
+    LlmCostSumSqMicroUsd2,
 }
 
 impl Metric {
-    pub const ALL: [Metric; 16] = [
+    pub const ALL: [Metric; 17] = [
         Metric::RqTotal,
         Metric::Rq2xx,
         Metric::Rq3xx,
@@ -68,6 +71,7 @@ impl Metric {
         Metric::LlmRefusals,
         Metric::LlmTtftMs,
         Metric::LlmStreamMs,
+        Metric::LlmCostSumSqMicroUsd2,
     ];
 
     /// Whether the metric exists only for rollouts with LLM signals.
@@ -94,6 +98,7 @@ impl Metric {
             Metric::LlmRefusals => "canary_llm_refusals",
             Metric::LlmTtftMs => "canary_llm_ttft_ms",
             Metric::LlmStreamMs => "canary_llm_stream_ms",
+            Metric::LlmCostSumSqMicroUsd2 => "canary_llm_cost_sumsq_microusd2",
         }
     }
 
@@ -120,6 +125,13 @@ impl Metric {
             _ => None,
         }
     }
+}
+
+/// The increment of [`Metric::LlmCostSumSqMicroUsd2`] for one response costing `cost_nano_usd`:
+/// (cost / 1000)², rounded, saturating.
+pub fn cost_sumsq_micro_usd2(cost_nano_usd: u64) -> u64 {
+    let squared = u128::from(cost_nano_usd) * u128::from(cost_nano_usd);
+    u64::try_from((squared + 500_000) / 1_000_000).unwrap_or(u64::MAX)
 }
 
 /// The stat name as the filter defines it (without Envoy's `wasmcustom.` prefix).
@@ -242,6 +254,11 @@ mod tests {
         assert_eq!(QualityPart::parse("canary_quality__count"), None);
         assert_eq!(QualityPart::parse("canary_rq_total"), None);
         assert!(Metric::LlmTtftMs.is_llm() && !Metric::RqHeaderTimeMs.is_llm());
+        assert!(Metric::LlmCostSumSqMicroUsd2.is_llm());
+        // 20,000 nano-USD = 20 µUSD → 400 µUSD²; 1,499 nano → 1.499² = 2.247 → 2.
+        assert_eq!(cost_sumsq_micro_usd2(20_000), 400);
+        assert_eq!(cost_sumsq_micro_usd2(1_499), 2);
+        assert_eq!(cost_sumsq_micro_usd2(u64::MAX), u64::MAX);
     }
 
     #[test]

@@ -37,6 +37,22 @@ pub struct CheckResult {
     /// One-sided p-value of "the canary is worse".
     pub p_value: Option<f64>,
     pub reason: String,
+    /// Samples behind each version's value (LLM checks: responses, ratings...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary_n: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stable_n: Option<u64>,
+    /// Which direction of the value is bad.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worse: Option<Worse>,
+}
+
+/// The bad direction of a checked value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Worse {
+    Higher,
+    Lower,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -126,6 +142,9 @@ pub fn judge(window: &RolloutStats, analysis: &Analysis, checks: &Checks) -> Ver
                 "too little traffic: canary {} and stable {} requests, need {min} each",
                 canary.requests, stable.requests
             ),
+            canary_n: None,
+            stable_n: None,
+            worse: None,
         });
         return verdict;
     }
@@ -178,6 +197,9 @@ pub fn judge(window: &RolloutStats, analysis: &Analysis, checks: &Checks) -> Ver
                 _ => "",
             }
         ),
+        canary_n: Some(nc),
+        stable_n: Some(ns),
+        worse: Some(Worse::Higher),
     });
     // Significantly fewer errors than half of stable's (seed 001's acceleration rule).
     let errors_clearly_better =
@@ -202,7 +224,21 @@ pub fn judge(window: &RolloutStats, analysis: &Analysis, checks: &Checks) -> Ver
         verdict.checks.push(result);
     }
 
-    let outcomes: Vec<Outcome> = verdict.checks.iter().map(|c| c.outcome).collect();
+    let llm = crate::llm_checks::judge_llm(
+        window,
+        analysis,
+        &checks.llm,
+        checks.critical.alpha,
+        &mut verdict.critical,
+    );
+    let mut outcomes: Vec<Outcome> = verdict.checks.iter().map(|c| c.outcome).collect();
+    outcomes.extend(
+        llm.iter()
+            .filter(|(_, counts)| *counts)
+            .map(|(c, _)| c.outcome),
+    );
+    verdict.checks.extend(llm.into_iter().map(|(c, _)| c));
+
     verdict.outcome = if outcomes.contains(&Outcome::Fail) {
         Outcome::Fail
     } else if outcomes.contains(&Outcome::Inconclusive) {
@@ -215,7 +251,7 @@ pub fn judge(window: &RolloutStats, analysis: &Analysis, checks: &Checks) -> Ver
     verdict
 }
 
-fn trim_quantile(q: f64) -> String {
+pub(crate) fn trim_quantile(q: f64) -> String {
     let s = format!("{:.3}", q * 100.0);
     s.trim_end_matches('0').trim_end_matches('.').to_string()
 }
@@ -231,7 +267,7 @@ fn above_bucket_of(h: &Histogram, quantile_ms: f64) -> (f64, u64) {
     (bound, h.count_above(bound))
 }
 
-fn latency_check(
+pub(crate) fn latency_check(
     name: &str,
     canary: &Histogram,
     stable: &Histogram,
@@ -249,6 +285,9 @@ fn latency_check(
             limit: None,
             p_value: None,
             reason: format!("{name}: no duration samples"),
+            canary_n: Some(canary.count),
+            stable_n: Some(stable.count),
+            worse: Some(Worse::Higher),
         };
     };
     if canary.count < min || stable.count < min {
@@ -263,6 +302,9 @@ fn latency_check(
                 "{name}: too few duration samples ({} canary, {} stable)",
                 canary.count, stable.count
             ),
+            canary_n: Some(canary.count),
+            stable_n: Some(stable.count),
+            worse: Some(Worse::Higher),
         };
     }
     let limit = max_relative_increase * sq;
@@ -289,6 +331,9 @@ fn latency_check(
                 ""
             }
         ),
+        canary_n: Some(canary.count),
+        stable_n: Some(stable.count),
+        worse: Some(Worse::Higher),
     }
 }
 

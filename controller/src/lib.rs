@@ -5,7 +5,10 @@
 //! windows from scrapes), [`judge`] (window in, verdict out), [`machine`] (the rollout state
 //! machine). I/O at the edges: stats sources, config publication, HTTP API, state store.
 
+pub mod feedback;
 pub mod judge;
+pub mod llm_checks;
+pub mod llm_stats;
 pub mod machine;
 pub mod server;
 pub mod sources;

@@ -411,6 +411,9 @@ mod tests {
                 limit: None,
                 p_value: None,
                 reason: format!("{outcome:?}"),
+                canary_n: None,
+                stable_n: None,
+                worse: None,
             }],
         }
     }

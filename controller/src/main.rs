@@ -105,6 +105,12 @@ fn print_status(status: &serde_json::Value, output: Output) {
             now.saturating_sub(at.as_u64().unwrap_or(0)) as f64 / 1000.0
         )
     };
+    if let Some(f) = status.get("feedback") {
+        println!(
+            "feedback: canary {} up / {} down, stable {} up / {} down",
+            f["canary"]["up"], f["canary"]["down"], f["stable"]["up"], f["stable"]["down"]
+        );
+    }
     println!("last verdicts:");
     for v in status["verdicts"]
         .as_array()

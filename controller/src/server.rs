@@ -42,6 +42,14 @@ struct Controller {
     /// The served filter configuration and the config version it was built for: every
     /// proxy fetches the same bytes after a change, so they are built once per change.
     published: Option<(u64, String)>,
+    /// Weights served over time, for ratings that arrive late.
+    weights: crate::feedback::WeightHistory,
+    /// Ratings not yet in an analysis window.
+    feedback: crate::feedback::PendingFeedback,
+    /// Ratings received, by version and rating (for /metrics).
+    feedback_total: BTreeMap<(&'static str, &'static str), u64>,
+    /// The last judged window's checks (for /metrics).
+    last_checks: Vec<crate::judge::CheckResult>,
 }
 
 type Shared = Arc<Mutex<Controller>>;
@@ -85,6 +93,7 @@ impl Controller {
         for effect in effects {
             match effect {
                 Effect::PublishWeight(bp) => {
+                    self.weights.record(now_ms(), bp);
                     eprintln!(
                         "canaryctl: {}: weight {} (config version {})",
                         self.spec.name,
@@ -139,7 +148,13 @@ pub async fn serve(spec: RolloutSpec, options: ServeOptions) -> anyhow::Result<(
         verdict_counts: BTreeMap::new(),
         source_errors: BTreeMap::new(),
         published: None,
+        weights: crate::feedback::WeightHistory::default(),
+        feedback: crate::feedback::PendingFeedback::default(),
+        feedback_total: BTreeMap::new(),
+        last_checks: Vec::new(),
     };
+    c.weights
+        .record(c.state.stage_started_ms, c.state.weight_bp);
     let resumed = start_effects.is_none();
     if let Some(effects) = start_effects {
         c.apply(state, effects, &http)?;
@@ -165,6 +180,7 @@ pub async fn serve(spec: RolloutSpec, options: ServeOptions) -> anyhow::Result<(
         .route("/metrics", get(metrics))
         .route("/filter-config", get(filter_config))
         .route("/rollout/{command}", post(command))
+        .route("/feedback", post(feedback))
         .with_state(app);
     let listener = tokio::net::TcpListener::bind(options.listen).await?;
     eprintln!("canaryctl: listening on http://{}", listener.local_addr()?);
@@ -185,7 +201,7 @@ async fn analysis_loop(controller: Shared, spec: RolloutSpec, http: reqwest::Cli
                 *c.source_errors.entry(r.source.clone()).or_default() += 1;
             }
         }
-        let window = windower.close(readings);
+        let mut window = windower.close(readings);
         for note in &window.notes {
             eprintln!("canaryctl: {note}");
         }
@@ -193,7 +209,11 @@ async fn analysis_loop(controller: Shared, spec: RolloutSpec, http: reqwest::Cli
             // Nothing measured: no verdict at all rather than an empty one.
             continue;
         }
+        let stats = &mut window.stats;
+        c.feedback
+            .drain_into(&mut stats.canary.llm, &mut stats.stable.llm);
         let verdict = judge(&window.stats, &spec.analysis, &spec.checks);
+        c.last_checks = verdict.checks.clone();
         *c.verdict_counts
             .entry(match verdict.outcome {
                 Outcome::Pass => "pass",
@@ -226,6 +246,12 @@ fn status_json(c: &Controller) -> serde_json::Value {
         "config_version": c.state.config_version,
         "verdicts": c.state.verdicts,
         "timeline": c.state.timeline,
+        "feedback": {
+            "canary": {"up": c.feedback_total.get(&("canary", "up")).copied().unwrap_or(0),
+                       "down": c.feedback_total.get(&("canary", "down")).copied().unwrap_or(0)},
+            "stable": {"up": c.feedback_total.get(&("stable", "up")).copied().unwrap_or(0),
+                       "down": c.feedback_total.get(&("stable", "down")).copied().unwrap_or(0)},
+        },
     })
 }
 
@@ -318,7 +344,91 @@ async fn metrics(State(app): State<AppState>) -> Response {
             c.source_errors.get(source).copied().unwrap_or(0)
         ));
     }
+    out.push_str("# HELP canary_controller_check_value Each version's value in the last judged window, per check (error_rate, latency_p99, cost_per_response in nano-USD, refusal_rate, quality_<signal>, task_success_rate, thumbs_down_rate, ttft_p95 in ms).\n# TYPE canary_controller_check_value gauge\n");
+    for check in &c.last_checks {
+        for (version, value) in [("canary", check.canary), ("stable", check.stable)] {
+            if let Some(value) = value {
+                out.push_str(&format!(
+                    "canary_controller_check_value{{rollout=\"{r}\",check=\"{}\",version=\"{version}\"}} {value}\n",
+                    check.check
+                ));
+            }
+        }
+    }
+    out.push_str("# HELP canary_controller_check_samples Samples behind each version's value in the last judged window, per check.\n# TYPE canary_controller_check_samples gauge\n");
+    for check in &c.last_checks {
+        for (version, n) in [("canary", check.canary_n), ("stable", check.stable_n)] {
+            if let Some(n) = n {
+                out.push_str(&format!(
+                    "canary_controller_check_samples{{rollout=\"{r}\",check=\"{}\",version=\"{version}\"}} {n}\n",
+                    check.check
+                ));
+            }
+        }
+    }
+    out.push_str("# HELP canary_controller_feedback_total User ratings received at POST /feedback, by the version they were attributed to.\n# TYPE canary_controller_feedback_total counter\n");
+    for version in ["stable", "canary"] {
+        for rating in ["up", "down"] {
+            out.push_str(&format!(
+                "canary_controller_feedback_total{{rollout=\"{r}\",version=\"{version}\",rating=\"{rating}\"}} {}\n",
+                c.feedback_total.get(&(version, rating)).copied().unwrap_or(0)
+            ));
+        }
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
+}
+
+/// `POST /feedback`: a user's thumbs up or down, counted for the version that user is on.
+async fn feedback(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    if !authorized(&app, &headers) {
+        return (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Bearer")],
+            Json(json!({"error": "a valid bearer token is required"})),
+        )
+            .into_response();
+    }
+    let bad = |e: crate::feedback::FeedbackError| {
+        (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"error": e.to_string(), "field": e.field})),
+        )
+            .into_response()
+    };
+    let rating = match crate::feedback::parse(&body) {
+        Ok(f) => f,
+        Err(e) => return bad(e),
+    };
+    let mut c = app.controller.lock().await;
+    let attribution =
+        match crate::feedback::attribute(&c.spec, &c.weights, c.state.weight_bp, &rating) {
+            Ok(a) => a,
+            Err(e) => return bad(e),
+        };
+    c.feedback.add(attribution.version, rating.rating);
+    let key = (
+        attribution.version.as_str(),
+        match rating.rating {
+            crate::feedback::Rating::Up => "up",
+            crate::feedback::Rating::Down => "down",
+        },
+    );
+    *c.feedback_total.entry(key).or_default() += 1;
+    (
+        StatusCode::OK,
+        Json(json!({
+            "rollout": c.spec.name,
+            "version": attribution.version.as_str(),
+            "assignment": format!("{:?}", attribution.assignment).to_lowercase(),
+            "weight_bp": attribution.weight_bp,
+            "rating": rating.rating,
+        })),
+    )
+        .into_response()
 }
 
 fn authorized(app: &AppState, headers: &HeaderMap) -> bool {

@@ -97,6 +97,8 @@ pub struct Checks {
     pub error_rate: ErrorRateCheck,
     pub latency: Vec<LatencyCheck>,
     pub critical: CriticalCheck,
+    /// LLM signals and user feedback (checked only where the window has such samples).
+    pub llm: crate::llm_checks::LlmChecks,
 }
 
 impl Default for Checks {
@@ -114,6 +116,7 @@ impl Default for Checks {
                 },
             ],
             critical: CriticalCheck::default(),
+            llm: crate::llm_checks::LlmChecks::default(),
         }
     }
 }
@@ -329,6 +332,9 @@ impl RolloutSpec {
         if !(c.alpha > 0.0 && c.alpha < 0.5) {
             push("checks.critical.alpha".into(), "must be in (0, 0.5)".into());
         }
+        for e in self.checks.llm.validate() {
+            push(e.field, e.reason);
+        }
         match (
             &self.sources.prometheus,
             self.sources.envoy_admin.is_empty(),
@@ -433,6 +439,14 @@ mod tests {
         assert_eq!(spec.checks.error_rate.max_absolute, 0.05);
         assert_eq!(spec.checks.latency[0].quantile, 0.99);
         assert_eq!(spec.analysis.failure_limit, 3);
+        let llm = &spec.checks.llm;
+        assert_eq!(llm.cost.max_relative_increase, 1.5);
+        assert_eq!(llm.cost.critical_relative_increase, 3.0);
+        assert_eq!(llm.refusals.max_relative_increase, 2.0);
+        assert_eq!(llm.quality.max_relative_decrease, 0.05);
+        assert_eq!(llm.task_success.min_absolute, 0.90);
+        assert_eq!(llm.ttft.quantile, 0.95);
+        assert!(llm.thumbs_down.enabled && llm.thumbs_down.max_absolute.is_none());
         let rollout = spec.rollout_config(500).expect("filter config");
         assert_eq!(rollout.name, "checkout");
         assert_eq!(rollout.weight_bp, 500);
@@ -499,6 +513,22 @@ mod tests {
             (
                 &format!("{MINIMAL}webhooks: [{{url: ftp://x}}]\n"),
                 "webhooks[0].url",
+            ),
+            (
+                &format!("{MINIMAL}checks: {{llm: {{cost: {{critical_relative_increase: 1.2}}}}}}\n"),
+                "checks.llm.cost.critical_relative_increase",
+            ),
+            (
+                &format!("{MINIMAL}checks: {{llm: {{task_success: {{min_absolute: 90}}}}}}\n"),
+                "checks.llm.task_success.min_absolute",
+            ),
+            (
+                &format!("{MINIMAL}checks: {{llm: {{refusals: {{min_samples: 0}}}}}}\n"),
+                "checks.llm.refusals.min_samples",
+            ),
+            (
+                &format!("{MINIMAL}checks: {{llm: {{ttft: {{quantil: 0.9}}}}}}\n"),
+                "checks.llm.ttft",
             ),
         ];
         for (yaml, field) in cases {

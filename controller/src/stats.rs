@@ -108,6 +108,9 @@ pub struct VersionStats {
     pub rq_5xx: u64,
     pub resets: u64,
     pub duration: Histogram,
+    /// LLM signals and user feedback (zero for rollouts without them).
+    #[serde(default)]
+    pub llm: crate::llm_stats::LlmStats,
 }
 
 impl VersionStats {
@@ -126,6 +129,7 @@ impl VersionStats {
             rq_5xx: self.rq_5xx.checked_sub(earlier.rq_5xx)?,
             resets: self.resets.checked_sub(earlier.resets)?,
             duration: self.duration.minus(&earlier.duration)?,
+            llm: self.llm.minus(&earlier.llm)?,
         })
     }
 
@@ -138,6 +142,7 @@ impl VersionStats {
             rq_5xx: self.rq_5xx + other.rq_5xx,
             resets: self.resets + other.resets,
             duration: self.duration.plus(&other.duration),
+            llm: self.llm.plus(&other.llm),
         }
     }
 }
@@ -237,6 +242,9 @@ impl Accumulator {
             }
             return Ok(());
         }
+        if v.llm.add_sample(s.name, s.le, s.value, count)? {
+            return Ok(());
+        }
         let Some(metric) = Metric::ALL.iter().find(|m| m.name() == s.name) else {
             return Ok(());
         };
@@ -267,6 +275,7 @@ impl Accumulator {
             }
             let buckets = &mut self.stats.version_mut(version).duration.buckets;
             buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+            self.stats.version_mut(version).llm.finish();
         }
         Ok(self.stats)
     }
@@ -325,7 +334,8 @@ pub fn parse_envoy_prometheus(text: &str, rollout: &str) -> Result<RolloutStats,
 /// The PromQL selector for every series of `rollout` the judge needs.
 pub fn prometheus_selector(rollout: &str) -> String {
     format!(
-        "{{__name__=~\"canary_rq_(total|2xx|3xx|4xx|5xx|reset|time_ms_bucket|time_ms_count|time_ms_sum)\",rollout=\"{rollout}\"}}"
+        "{{__name__=~\"canary_rq_(total|2xx|3xx|4xx|5xx|reset|time_ms_bucket|time_ms_count|time_ms_sum)|{}\",rollout=\"{rollout}\"}}",
+        crate::llm_stats::PROMETHEUS_NAME_ALTERNATIVES
     )
 }
 
@@ -488,6 +498,113 @@ mod tests {
         let failed = br#"{"status":"error","error":"parse error"}"#;
         assert!(parse_prometheus_query(failed, "shop").is_err());
         assert!(prometheus_selector("shop").contains("rollout=\"shop\""));
+    }
+
+    /// Envoy's `/stats/prometheus` for an LLM rollout: the request series plus LLM counters,
+    /// the TTFT histogram and one quality signal, as Envoy 1.40 prints them.
+    fn llm_payload(canary_responses: u64) -> String {
+        let mut out = envoy_payload("chat", 100, 0);
+        for (metric, stable, canary) in [
+            ("canary_llm_responses", 900, canary_responses),
+            ("canary_llm_unparsed", 2, 1),
+            ("canary_llm_input_tokens", 90_000, canary_responses * 100),
+            ("canary_llm_output_tokens", 180_000, canary_responses * 400),
+            (
+                "canary_llm_cost_nanousd",
+                135_000_000,
+                canary_responses * 300_000,
+            ),
+            (
+                "canary_llm_cost_sumsq_microusd2",
+                22_500_000,
+                canary_responses * 90_000,
+            ),
+            ("canary_llm_refusals", 9, 3),
+            ("canary_quality_helpful_count", 450, 50),
+            ("canary_quality_helpful_sum_milli", 400_000, 40_000),
+            (
+                "canary_quality_helpful_sumsq_micro",
+                380_000_000,
+                36_000_000,
+            ),
+        ] {
+            out.push_str(&format!("# TYPE {metric} counter\n"));
+            out.push_str(&format!(
+                "{metric}{{rollout=\"chat\",version=\"stable\"}} {stable}\n"
+            ));
+            out.push_str(&format!(
+                "{metric}{{rollout=\"chat\",version=\"canary\"}} {canary}\n"
+            ));
+        }
+        out.push_str("# TYPE canary_llm_ttft_ms histogram\n");
+        for (version, n) in [("stable", 900), ("canary", canary_responses)] {
+            let l = format!("rollout=\"chat\",version=\"{version}\"");
+            for (le, c) in [("100", n / 2), ("250", n - n / 20), ("+Inf", n)] {
+                out.push_str(&format!(
+                    "canary_llm_ttft_ms_bucket{{{l},le=\"{le}\"}} {c}\n"
+                ));
+            }
+            out.push_str(&format!("canary_llm_ttft_ms_sum{{{l}}} {}.5\n", n * 120));
+            out.push_str(&format!("canary_llm_ttft_ms_count{{{l}}} {n}\n"));
+        }
+        out
+    }
+
+    #[test]
+    fn reads_llm_counters_ttft_and_quality_signals() {
+        let stats = parse_envoy_prometheus(&llm_payload(100), "chat").expect("ok");
+        let (c, s) = (&stats.canary.llm, &stats.stable.llm);
+        assert_eq!(c.responses, 100);
+        assert_eq!(c.unparsed, 1);
+        assert_eq!(c.output_tokens, 40_000);
+        assert_eq!(c.cost_nanousd, 30_000_000);
+        assert_eq!(c.cost_sumsq_microusd2, 9_000_000);
+        assert_eq!(c.cost_per_response_nanousd(), Some(300_000.0));
+        assert_eq!((c.refusals, s.refusals), (3, 9));
+        assert_eq!(c.ttft.count, 100);
+        assert_eq!(
+            c.ttft.buckets,
+            vec![(100.0, 50), (250.0, 95), (f64::INFINITY, 100)]
+        );
+        assert_eq!(c.ttft.sum_ms, 12_000.5);
+        let q = s.quality["helpful"];
+        assert_eq!(
+            (q.count, q.sum_milli, q.sumsq_micro),
+            (450, 400_000, 380_000_000)
+        );
+        // The request series are unaffected; a plain rollout has no LLM stats at all.
+        assert_eq!(stats.canary.requests, 100);
+        let plain = parse_envoy_prometheus(&envoy_payload("shop", 100, 7), "shop").expect("ok");
+        assert!(plain.canary.llm.is_empty() && plain.stable.llm.is_empty());
+        // Windows: deltas of everything.
+        let later = parse_envoy_prometheus(&llm_payload(160), "chat").expect("ok");
+        let delta = later.minus(&stats).expect("delta");
+        assert_eq!(delta.canary.llm.responses, 60);
+        assert_eq!(delta.canary.llm.cost_nanousd, 18_000_000);
+        assert_eq!(delta.canary.llm.ttft.count, 60);
+        assert_eq!(delta.stable.llm.quality["helpful"].count, 0);
+        assert_eq!(stats.plus(&delta), later);
+    }
+
+    #[test]
+    fn prometheus_query_answers_carry_the_llm_series_too() {
+        let text = llm_payload(100);
+        let body = as_query_answer(&text, "10.0.0.1:15090").to_string();
+        let parsed = parse_prometheus_query(body.as_bytes(), "chat").expect("parsed");
+        assert_eq!(
+            parsed["10.0.0.1:15090"],
+            parse_envoy_prometheus(&text, "chat").expect("envoy")
+        );
+        assert_eq!(parsed["10.0.0.1:15090"].canary.llm.responses, 100);
+        // The query asks for every series the judge reads.
+        let selector = prometheus_selector("chat");
+        for metric in canary_contract::stats::Metric::ALL {
+            if metric.is_llm() && metric != canary_contract::stats::Metric::LlmStreamMs {
+                let stem = metric.name().trim_start_matches("canary_llm_");
+                assert!(selector.contains(stem), "{selector} lacks {stem}");
+            }
+        }
+        assert!(selector.contains("canary_quality_.+_(count|sum_milli|sumsq_micro)"));
     }
 
     #[test]

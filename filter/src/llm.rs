@@ -238,7 +238,7 @@ impl LlmExchange {
         if std::mem::replace(&mut self.finished, true) {
             return Vec::new();
         }
-        let mut ops = Vec::with_capacity(6);
+        let mut ops = Vec::with_capacity(7);
         if let Some(first) = self.first_body_ms {
             ops.push(MetricOp::Record(
                 Metric::LlmStreamMs,
@@ -262,9 +262,11 @@ impl LlmExchange {
         ops.push(MetricOp::Increment(Metric::LlmResponses));
         ops.push(MetricOp::Add(Metric::LlmInputTokens, input));
         ops.push(MetricOp::Add(Metric::LlmOutputTokens, output));
+        let cost = signals.prices.of(version).cost_nano_usd(input, output);
+        ops.push(MetricOp::Add(Metric::LlmCostNanoUsd, cost));
         ops.push(MetricOp::Add(
-            Metric::LlmCostNanoUsd,
-            signals.prices.of(version).cost_nano_usd(input, output),
+            Metric::LlmCostSumSqMicroUsd2,
+            canary_contract::stats::cost_sumsq_micro_usd2(cost),
         ));
         ops
     }
@@ -445,6 +447,7 @@ mod tests {
                 MetricOp::Add(Metric::LlmOutputTokens, 2),
                 // 2 tokens × $10/Mtok = 20,000 nano-USD.
                 MetricOp::Add(Metric::LlmCostNanoUsd, 20_000),
+                MetricOp::Add(Metric::LlmCostSumSqMicroUsd2, 400),
             ]
         );
         assert!(

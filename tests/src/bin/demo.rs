@@ -5,11 +5,14 @@
 //! publishes the weight the filters poll. Simulated users send traffic throughout.
 //! 1. A healthy canary is promoted stage by stage to 100%.
 //! 2. A canary that starts failing (10% 5xx) at 25% is rolled back by itself.
+//! 3. An LLM service (the LLM build of the filter, fake LLM upstreams): the canary model
+//!    answers with twice the output tokens, and is rolled back for its cost per answer.
 
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use canary_e2e::controller::{Canaryctl, ControlledRig};
+use canary_e2e::fake_llm::LlmBehaviour;
 use canary_e2e::load::Load;
 use canary_e2e::upstream::UpstreamSpec;
 use serde_json::Value;
@@ -196,7 +199,104 @@ async fn main() -> Result<()> {
     if let Some(reason) = status["timeline"].as_array().and_then(|t| t.last()) {
         println!("   reason: {}", reason["message"].as_str().unwrap_or(""));
     }
+
+    llm_scenario().await?;
+
     println!("\nLook closer: `canaryctl status --controller <url>` (add --output json), the controller's /metrics,");
-    println!("and each Envoy's /stats/prometheus (canary_rq_*{{rollout,version}}).");
+    println!("and each Envoy's /stats/prometheus (canary_rq_*, canary_llm_*{{rollout,version}}).");
+    Ok(())
+}
+
+const LLM_SPEC: &str = r#"analysis: {interval: 1s, failure_limit: 3, min_window_requests: 30}
+stages:
+  - {weight_pct: 10, hold: 4s, min_requests: 100}
+  - {weight_pct: 50, hold: 4s, min_requests: 100}
+  - {weight_pct: 100}
+checks: {llm: {cost: {min_samples: 30}, refusals: {min_samples: 30}}}
+filter:
+  llm:
+    prices:
+      stable: {input_nano_usd_per_token: 3000, output_nano_usd_per_token: 15000}
+      canary: {input_nano_usd_per_token: 3000, output_nano_usd_per_token: 15000}
+    quality_headers: [{header: x-quality-score, signal: quality_score}]
+"#;
+
+/// One line per analysis of the LLM rollout: answers and cost per answer of each version.
+fn llm_line(status: &Value, started: Instant) -> String {
+    let verdict = status["verdicts"]
+        .as_array()
+        .and_then(|v| v.last())
+        .map(|v| &v["verdict"]);
+    let cost = verdict.and_then(|v| check(v, "cost_per_response"));
+    let usd = |c: Option<&Value>, version: &str| {
+        c.and_then(|c| c[version].as_f64())
+            .map_or("        -".into(), |nano| format!("${:.6}", nano / 1e9))
+    };
+    let n = |c: Option<&Value>, version: &str| {
+        c.and_then(|c| c[&format!("{version}_n")].as_u64())
+            .unwrap_or(0)
+    };
+    format!(
+        "  {:>5.1}s  stage {}/{}  weight {:>5}  cost/answer: canary {} ({:>4} answers) | stable {} ({:>4})  → {}",
+        started.elapsed().as_secs_f64(),
+        status["stage"],
+        status["stages"],
+        format!("{}%", status["weight_bp"].as_f64().unwrap_or(0.0) / 100.0),
+        usd(cost, "canary"),
+        n(cost, "canary"),
+        usd(cost, "stable"),
+        n(cost, "stable"),
+        verdict
+            .and_then(|v| v["outcome"].as_str())
+            .unwrap_or("-")
+    )
+}
+
+async fn llm_scenario() -> Result<()> {
+    println!(
+        "\n3. An LLM service: the canary model answers with twice the output tokens (same prices)"
+    );
+    let stable = LlmBehaviour {
+        prompt_tokens: 200,
+        completion_tokens: 300,
+        ..LlmBehaviour::default()
+    };
+    let canary = LlmBehaviour {
+        completion_tokens: 600,
+        ..stable.clone()
+    };
+    let rig = ControlledRig::start_llm("chat", 2, 500, stable, canary).await?;
+    let ctl = rig.start_controller(LLM_SPEC).await?;
+    let load = Load::start(rig.bases.clone(), 5_000, 8, 100);
+    let started = Instant::now();
+    let mut analyses = 0;
+    let mut events = 0;
+    let status = loop {
+        let status = ctl.status().await?;
+        let now = status["analyses"].as_u64().unwrap_or(0);
+        if now != analyses {
+            analyses = now;
+            println!("{}", llm_line(&status, started));
+        }
+        let timeline = status["timeline"].as_array().cloned().unwrap_or_default();
+        for e in timeline.iter().skip(events) {
+            println!("  ── {}", e["message"].as_str().unwrap_or(""));
+        }
+        events = timeline.len();
+        if status["phase"] != "progressing" || started.elapsed() > Duration::from_secs(60) {
+            break status;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    load.stop().await;
+    println!(
+        "   → {} after {:.1}s; weight {}%",
+        status["phase"].as_str().unwrap_or("?"),
+        started.elapsed().as_secs_f64(),
+        status["weight_bp"].as_f64().unwrap_or(0.0) / 100.0
+    );
+    if let Some(reason) = status["timeline"].as_array().and_then(|t| t.last()) {
+        println!("   reason: {}", reason["message"].as_str().unwrap_or(""));
+    }
     Ok(())
 }

@@ -149,9 +149,12 @@ impl CanaryRoot {
     fn activate(&mut self, config: FilterConfig, raise_at_ms: Option<u64>) -> Result<(), String> {
         let mut metrics = Vec::with_capacity(config.rollouts.len());
         for r in &config.rollouts {
-            // The metric set depends on the LLM signals configured, not only the name.
-            #[cfg_attr(not(feature = "llm"), allow(unused_mut))]
+            // The metric set depends on the LLM signals and breaker configured, not only
+            // the name.
             let mut key = r.name.clone();
+            if r.circuit_breaker.is_some() {
+                key.push_str(" breaker");
+            }
             #[cfg(feature = "llm")]
             if let Some(llm) = &r.llm {
                 key.push_str(" llm");

@@ -13,6 +13,7 @@ use canary_e2e::controller::{upstream_pair, wait_status, ControlledRig};
 use canary_e2e::envoy::{self, Envoy};
 use canary_e2e::load::{self, Load};
 use canary_e2e::paths;
+use canary_e2e::prometheus::Prometheus;
 use canary_e2e::rig::{CanaryRig, RigOptions};
 use canary_e2e::upstream::UpstreamSpec;
 use canary_e2e::wait::eventually;
@@ -227,16 +228,45 @@ async fn breaker_works_the_same_in_the_llm_module() -> Result<()> {
 /// breaker, is two failed windows, the failure limit.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn controller_counts_a_trip_as_a_failed_analysis() -> Result<()> {
+    trip_fails_the_analysis(false).await
+}
+
+/// The same with the controller reading a real Prometheus server that scrapes the Envoy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn controller_counts_a_trip_as_a_failed_analysis_from_prometheus() -> Result<()> {
+    trip_fails_the_analysis(true).await
+}
+
+async fn trip_fails_the_analysis(from_prometheus: bool) -> Result<()> {
     let _slot = envoy::exclusive().await;
     let (stable, canary) = upstream_pair(0, 5_000);
     let rig = ControlledRig::start(ROLLOUT, 1, 500, stable, canary).await?;
+    let prometheus = if from_prometheus {
+        let admins: Vec<_> = rig.envoys.iter().map(|e| e.admin_addr()).collect();
+        Some(Prometheus::start(&admins, Duration::from_secs(1)).await?)
+    } else {
+        None
+    };
+    let sources = match &prometheus {
+        Some(p) => format!(
+            "sources: {{prometheus: {{url: \"{}\", lag: 2s}}}}\n",
+            p.url()
+        ),
+        None => rig.sources_yaml(),
+    };
     let ctl = rig
-        .start_controller(
+        .start_controller_with_sources(
+            &sources,
             "analysis: {interval: 1s, failure_limit: 2, min_window_requests: 1000000}\n\
              stages:\n  - {weight_pct: 50, hold: 1h}\n  - {weight_pct: 100}\n\
              filter:\n  circuit_breaker: {error_rate_bp: 2500, window_s: 5, min_requests: 20, open_s: 30}\n",
         )
         .await?;
+    // Traffic only once the controller has a baseline, so the trip falls in a window.
+    wait_status(&ctl, "a first analysis", Duration::from_secs(30), |s| {
+        s["analyses"].as_u64() >= Some(1)
+    })
+    .await?;
     let load = Load::start(rig.bases.clone(), 200, 4, 50);
     let status = wait_status(&ctl, "rollback", Duration::from_secs(60), |s| {
         s["phase"] == "rolled_back"

@@ -313,6 +313,18 @@ async fn trip_fails_the_analysis(from_prometheus: bool) -> Result<()> {
             .is_some_and(|v| v >= 1.0)),
         "{metrics}"
     );
+    let out = std::process::Command::new(paths::canaryctl_bin()?)
+        .args(["status", "--controller", &ctl.url()])
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    ensure!(
+        out.status.success()
+            && text
+                .lines()
+                .any(|l| l.starts_with("circuit breaker: open on 1 Envoy(s); ")),
+        "canaryctl status: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // Rolled back: weight 0 everywhere, every user on stable.
     let users: Vec<String> = (0..50).map(load::user_id).collect();
     rig.wait_for_weight(0, &users, Duration::from_secs(15))

@@ -5,12 +5,14 @@
 //! both sides use to agree on which version a user gets, and the names of the stats the
 //! filter emits and the controller reads.
 
+pub mod breaker;
 pub mod bucket;
 pub mod config;
 #[cfg(feature = "llm")]
 pub mod llm;
 pub mod stats;
 
+pub use breaker::CircuitBreaker;
 pub use bucket::{bucket, version_for_bucket, BUCKETS};
 pub use config::{
     AnonymousCookie, Assignment, ConfigError, ControllerSource, FieldError, FilterConfig,

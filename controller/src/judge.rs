@@ -118,7 +118,44 @@ fn rate(bad: u64, n: u64) -> f64 {
     }
 }
 
+/// The verdict on one window. A circuit breaker that tripped in the window, or is open at
+/// its end, fails it whatever the other checks say (the canary then has little or no
+/// traffic, which alone would be inconclusive): it counts toward the failure limit like
+/// any failed analysis, so a canary that keeps tripping (or stays open) is rolled back,
+/// and one that recovers after a blip goes on.
 pub fn judge(window: &RolloutStats, analysis: &Analysis, checks: &Checks) -> Verdict {
+    let mut verdict = judge_requests(window, analysis, checks);
+    if let Some(check) = breaker_check(&window.canary) {
+        verdict.checks.insert(0, check);
+        verdict.outcome = Outcome::Fail;
+        verdict.clearly_better = false;
+    }
+    verdict
+}
+
+fn breaker_check(canary: &crate::stats::VersionStats) -> Option<CheckResult> {
+    if canary.breaker_trips == 0 && canary.breaker_open == 0 {
+        return None;
+    }
+    Some(CheckResult {
+        check: "circuit_breaker".into(),
+        outcome: Outcome::Fail,
+        canary: Some(canary.breaker_trips as f64),
+        stable: None,
+        limit: Some(0.0),
+        p_value: None,
+        reason: format!(
+            "circuit breaker: {} trip(s) in the window, open on {} Envoy(s) at its end, \
+             {} canary request(s) sent to stable",
+            canary.breaker_trips, canary.breaker_open, canary.breaker_diverted
+        ),
+        canary_n: None,
+        stable_n: None,
+        worse: Some(Worse::Higher),
+    })
+}
+
+fn judge_requests(window: &RolloutStats, analysis: &Analysis, checks: &Checks) -> Verdict {
     let canary = &window.canary;
     let stable = &window.stable;
     let min = analysis.min_window_requests;
@@ -467,6 +504,33 @@ mod tests {
         assert!(v.clearly_better);
         let v = verdict(&window(version(2_000, 0, 3.0), version(18_000, 0, 20.0)));
         assert!(v.clearly_better, "{}", v.summary());
+    }
+
+    #[test]
+    fn a_breaker_trip_or_open_breaker_fails_the_window() {
+        // Open all window long: the canary had no traffic, which alone is inconclusive.
+        let mut idle = window(version(0, 0, 20.0), version(900, 0, 20.0));
+        idle.canary.breaker_open = 1;
+        idle.canary.breaker_diverted = 95;
+        let v = verdict(&idle);
+        assert_eq!(v.outcome, Outcome::Fail, "{}", v.summary());
+        assert!(!v.critical, "counts toward the failure limit");
+        assert_eq!(v.checks[0].check, "circuit_breaker");
+        assert!(
+            v.summary().contains("open on 1 Envoy(s)"),
+            "{}",
+            v.summary()
+        );
+        // A trip in an otherwise passing window.
+        let mut tripped = window(version(500, 1, 20.0), version(4_500, 9, 20.0));
+        tripped.canary.breaker_trips = 1;
+        let v = verdict(&tripped);
+        assert_eq!(v.outcome, Outcome::Fail, "{}", v.summary());
+        assert!(!v.clearly_better);
+        assert_eq!(v.checks.len(), 4);
+        // Closed and no trip: no breaker check at all.
+        let v = verdict(&window(version(500, 1, 20.0), version(4_500, 9, 20.0)));
+        assert!(v.checks.iter().all(|c| c.check != "circuit_breaker"));
     }
 
     /// A/A: identical versions with binomial noise in errors must not fail over many

@@ -39,6 +39,7 @@ struct Controller {
     store: StateStore,
     verdict_counts: BTreeMap<&'static str, u64>,
     source_errors: BTreeMap<String, u64>,
+    breaker: BreakerSeen,
     /// The served filter configuration and the config version it was built for: every
     /// proxy fetches the same bytes after a change, so they are built once per change.
     published: Option<(u64, String)>,
@@ -50,6 +51,16 @@ struct Controller {
     feedback_total: BTreeMap<(&'static str, &'static str), u64>,
     /// The last judged window's checks (for /metrics).
     last_checks: Vec<crate::judge::CheckResult>,
+}
+
+/// The filters' circuit breakers as the analysis windows saw them (since this process
+/// started).
+#[derive(Debug, Default, Clone, Copy)]
+struct BreakerSeen {
+    trips: u64,
+    diverted: u64,
+    /// Envoys whose breaker was open at the end of the last window.
+    open: u64,
 }
 
 type Shared = Arc<Mutex<Controller>>;
@@ -147,6 +158,7 @@ pub async fn serve(spec: RolloutSpec, options: ServeOptions) -> anyhow::Result<(
         store,
         verdict_counts: BTreeMap::new(),
         source_errors: BTreeMap::new(),
+        breaker: BreakerSeen::default(),
         published: None,
         weights: crate::feedback::WeightHistory::default(),
         feedback: crate::feedback::PendingFeedback::default(),
@@ -212,6 +224,10 @@ async fn analysis_loop(controller: Shared, spec: RolloutSpec, http: reqwest::Cli
         let stats = &mut window.stats;
         c.feedback
             .drain_into(&mut stats.canary.llm, &mut stats.stable.llm);
+        let canary = &window.stats.canary;
+        c.breaker.trips += canary.breaker_trips;
+        c.breaker.diverted += canary.breaker_diverted;
+        c.breaker.open = canary.breaker_open;
         let verdict = judge(&window.stats, &spec.analysis, &spec.checks);
         c.last_checks = verdict.checks.clone();
         *c.verdict_counts
@@ -244,6 +260,11 @@ fn status_json(c: &Controller) -> serde_json::Value {
         "analyses": c.state.analyses,
         "failure_limit": c.spec.analysis.failure_limit,
         "config_version": c.state.config_version,
+        "circuit_breaker": {
+            "open_envoys": c.breaker.open,
+            "trips": c.breaker.trips,
+            "diverted_requests": c.breaker.diverted,
+        },
         "verdicts": c.state.verdicts,
         "timeline": c.state.timeline,
         "feedback": {
@@ -311,6 +332,28 @@ async fn metrics(State(app): State<AppState>) -> Response {
         format!("rollout=\"{r}\""),
         c.state.config_version as f64,
     );
+    gauge(
+        "canary_controller_breaker_open",
+        "Envoys whose circuit breaker was open at the end of the last analysis window.",
+        format!("rollout=\"{r}\""),
+        c.breaker.open as f64,
+    );
+    for (name, help, value) in [
+        (
+            "canary_controller_breaker_trips_total",
+            "Circuit breaker trips seen in analysis windows.",
+            c.breaker.trips,
+        ),
+        (
+            "canary_controller_breaker_diverted_total",
+            "Canary requests the circuit breakers sent to stable, seen in analysis windows.",
+            c.breaker.diverted,
+        ),
+    ] {
+        out.push_str(&format!(
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name}{{rollout=\"{r}\"}} {value}\n"
+        ));
+    }
     out.push_str("# HELP canary_controller_phase Current phase (1 for the active one).\n# TYPE canary_controller_phase gauge\n");
     for phase in Phase::ALL {
         out.push_str(&format!(

@@ -509,6 +509,10 @@ mod tests {
                 "filter.key_sources[0]",
             ),
             (&format!("{MINIMAL}filter: {{weight_bp: 5}}\n"), "filter.weight_bp"),
+            (
+                &format!("{MINIMAL}filter: {{circuit_breaker: {{open_s: 0}}}}\n"),
+                "filter.circuit_breaker.open_s",
+            ),
             ("name: Bad.Name\nsources: {envoy_admin: [\"http://a\"]}\n", "name"),
             (
                 &format!("{MINIMAL}webhooks: [{{url: ftp://x}}]\n"),

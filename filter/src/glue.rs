@@ -3,16 +3,17 @@
 //! Host data is only ever read as bytes, and nothing here unwraps it: a panic would kill
 //! the VM and, under the default failure policy, fail every later request on the worker.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::time::{Duration, UNIX_EPOCH};
 
-use canary_contract::stats::MetricKind;
-use canary_contract::{ControllerSource, FilterConfig};
+use canary_contract::stats::{Metric, MetricKind};
+use canary_contract::{ControllerSource, FilterConfig, Version};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, MetricType};
 
+use crate::breaker::{Local, Tick};
 use crate::control::{
     decode_ms, decode_shared, encode_ms, encode_shared, fail_safe, interpret, is_stale,
     jittered_interval, lease_expired, raise_delay_ms, sync_period_ms, PollOutcome, SharedKeys,
@@ -32,12 +33,17 @@ proxy_wasm::main! {{
 
 /// How often each VM hands its summed counters to Envoy.
 const COUNTER_FLUSH_PERIOD: Duration = Duration::from_millis(250);
+/// How often a worker checks its rollouts' circuit breakers (when the plugin configuration
+/// has one): a trip takes up to this long, and the other workers follow within as long.
+const BREAKER_TICK_PERIOD: Duration = Duration::from_millis(100);
 
 /// A configuration that passed validation, with its metric ids.
 struct Active {
     router: Router,
     metrics: Vec<RolloutMetrics>,
     pending: RefCell<PendingCounters>,
+    /// Per rollout: until when its circuit breaker sends canary users to stable (ms).
+    breaker_open_until: Vec<Cell<u64>>,
 }
 
 impl Active {
@@ -99,6 +105,8 @@ struct CanaryRoot {
     /// Metric ids by rollout name and metric set, defined once per VM (a handful: a list
     /// is enough).
     metric_ids: Vec<(String, RolloutMetrics)>,
+    /// Circuit breakers by rollout name and window: they outlive configurations.
+    breakers: Vec<(String, Local)>,
 }
 
 struct EnvoyMetrics;
@@ -108,6 +116,7 @@ impl MetricHost for EnvoyMetrics {
         let kind = match kind {
             MetricKind::Counter => MetricType::Counter,
             MetricKind::Histogram => MetricType::Histogram,
+            MetricKind::Gauge => MetricType::Gauge,
         };
         hostcalls::define_metric(kind, name).map_err(|status| format!("{status:?}"))
     }
@@ -140,9 +149,12 @@ impl CanaryRoot {
     fn activate(&mut self, config: FilterConfig, raise_at_ms: Option<u64>) -> Result<(), String> {
         let mut metrics = Vec::with_capacity(config.rollouts.len());
         for r in &config.rollouts {
-            // The metric set depends on the LLM signals configured, not only the name.
-            #[cfg_attr(not(feature = "llm"), allow(unused_mut))]
+            // The metric set depends on the LLM signals and breaker configured, not only
+            // the name.
             let mut key = r.name.clone();
+            if r.circuit_breaker.is_some() {
+                key.push_str(" breaker");
+            }
             #[cfg(feature = "llm")]
             if let Some(llm) = &r.llm {
                 key.push_str(" llm");
@@ -167,10 +179,74 @@ impl CanaryRoot {
         };
         self.active = Some(Rc::new(Active {
             pending: RefCell::new(PendingCounters::new(metrics.len())),
+            breaker_open_until: (0..metrics.len()).map(|_| Cell::new(0)).collect(),
             router,
             metrics,
         }));
+        // An open breaker stays open across configurations.
+        self.check_breakers();
         Ok(())
+    }
+
+    /// Ticks every circuit breaker on the proxy's canary counters (see `breaker`); a trip
+    /// is stored in shared data with the CAS token read, so it is stored and counted once.
+    fn check_breakers(&mut self) {
+        let Some(active) = self.active.clone() else {
+            return;
+        };
+        let now = now_ms();
+        for (i, r) in active.router.rollouts().iter().enumerate() {
+            let (Some(config), Some(metrics)) = (&r.circuit_breaker, active.metrics.get(i)) else {
+                continue;
+            };
+            let canary = |m| metrics.id(Version::Canary, m);
+            let count = |m| canary(m).and_then(|id| hostcalls::get_metric(id).ok());
+            let key = format!("wasm-canary/breaker/{}", r.name);
+            let (stored, cas) = hostcalls::get_shared_data(&key).unwrap_or_default();
+            let name = format!("{} {}", r.name, config.window_s);
+            let j = match self.breakers.iter().position(|(n, _)| *n == name) {
+                Some(j) => j,
+                None => {
+                    self.breakers.push((name, Local::new(config)));
+                    self.breakers.len() - 1
+                }
+            };
+            let local = &mut self.breakers[j].1;
+            let tick = local.tick(
+                config,
+                now,
+                count(Metric::RqTotal).unwrap_or(0),
+                count(Metric::Rq5xx).unwrap_or(0),
+                decode_ms(stored.as_deref()).unwrap_or(0),
+            );
+            let open = match tick {
+                Tick::Steady => None,
+                Tick::Closed => Some(0),
+                Tick::Trip {
+                    open_until_ms,
+                    requests,
+                    errors,
+                } => hostcalls::set_shared_data(&key, Some(&encode_ms(open_until_ms)), cas)
+                    .ok()
+                    .map(|()| {
+                        local.opened(open_until_ms);
+                        log::warn!(
+                            "wasm-canary: {}: circuit breaker open: {errors} of {requests} canary answers failed",
+                            r.name
+                        );
+                        if let Some(id) = canary(Metric::BreakerTrips) {
+                            increment(id, 1);
+                        }
+                        1
+                    }),
+            };
+            if let Some(cell) = active.breaker_open_until.get(i) {
+                cell.set(local.open_until_ms());
+            }
+            if let (Some(value), Some(id)) = (open, canary(Metric::BreakerOpen)) {
+                let _ = hostcalls::record_metric(id, value);
+            }
+        }
     }
 
     /// Applies the controller's configuration from shared data if another root (or this
@@ -368,6 +444,9 @@ impl RootContext for CanaryRoot {
         };
         log::info!("wasm-canary: configured rollouts {}", summary(&config));
         let mut tick = COUNTER_FLUSH_PERIOD;
+        if config.rollouts.iter().any(|r| r.circuit_breaker.is_some()) {
+            tick = BREAKER_TICK_PERIOD;
+        }
         self.controlled = config.controller.clone().map(|source| {
             // Ticks both flush counters and pick up new configurations: often enough that
             // every worker has a raise before it takes effect.
@@ -408,6 +487,8 @@ impl RootContext for CanaryRoot {
         if let Some(active) = &self.active {
             active.flush_counters();
         }
+        // After the flush, so the counters include this worker's answers.
+        self.check_breakers();
         if self.controlled.is_some() {
             self.sync_from_shared();
             self.check_fail_safe();
@@ -534,7 +615,22 @@ impl HttpContext for CanaryHttp {
             return Action::Continue;
         };
         let now = now_ms();
-        let decision = active.router.decide(self, now, new_anonymous_id);
+        let mut decision = active.router.decide(self, now, new_anonymous_id);
+        if let Some(d) = decision.as_mut() {
+            let open_until = active
+                .breaker_open_until
+                .get(d.rollout)
+                .map_or(0, Cell::get);
+            if d.version == Version::Canary && now < open_until {
+                d.version = Version::Stable;
+                self.apply(
+                    &active,
+                    d.rollout,
+                    MetricOp::Increment(Metric::BreakerDiverted),
+                    Version::Canary,
+                );
+            }
+        }
         // Strip client-sent routing headers on every request, routed or not, so nobody
         // picks a version by sending the header themselves. The header this request's
         // rollout sets is left to `set_http_request_header`, which replaces every value

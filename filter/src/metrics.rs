@@ -93,6 +93,11 @@ impl RolloutMetrics {
                 if metric.is_llm() && signals.is_none() {
                     continue;
                 }
+                if metric.is_breaker()
+                    && (version == Version::Stable || rollout.circuit_breaker.is_none())
+                {
+                    continue;
+                }
                 let stat = stat_name(metric, name, version);
                 ids[version.index()][metric.index()] =
                     Some(define_one(host, metric.kind(), &stat)?);
@@ -230,8 +235,16 @@ mod tests {
         let mut host = Recorder::default();
         let plain = RolloutConfig::new("checkout", 0);
         let m = RolloutMetrics::define(&mut host, &plain).expect("defined");
-        let base = Metric::ALL.iter().filter(|m| !m.is_llm()).count();
-        assert_eq!(host.0.len(), 2 * base, "no LLM metrics without LLM signals");
+        let base = Metric::ALL
+            .iter()
+            .filter(|m| !m.is_llm() && !m.is_breaker())
+            .count();
+        assert_eq!(
+            host.0.len(),
+            2 * base,
+            "no LLM or breaker metrics without their configuration"
+        );
+        assert_eq!(m.id(Version::Canary, Metric::BreakerTrips), None);
         assert_eq!(m.id(Version::Canary, Metric::LlmResponses), None);
         let name_of = |id: Option<u32>| host.0[id.expect("defined") as usize].clone();
         let (kind, name) = name_of(m.id(Version::Canary, Metric::RqTimeMs));
@@ -240,6 +253,29 @@ mod tests {
         let (kind, name) = name_of(m.id(Version::Stable, Metric::Rq5xx));
         assert_eq!(kind, MetricKind::Counter);
         assert_eq!(name, "canary_rq_5xx.rollout.checkout.version.stable");
+    }
+
+    #[test]
+    fn breaker_metrics_exist_for_the_canary_of_rollouts_with_a_breaker() {
+        let mut host = Recorder::default();
+        let mut r = RolloutConfig::new("shop", 0);
+        r.circuit_breaker = Some(canary_contract::CircuitBreaker::default());
+        let m = RolloutMetrics::define(&mut host, &r).expect("defined");
+        for metric in [
+            Metric::BreakerTrips,
+            Metric::BreakerOpen,
+            Metric::BreakerDiverted,
+        ] {
+            assert_eq!(m.id(Version::Stable, metric), None);
+            let id = m.id(Version::Canary, metric).expect("defined");
+            assert_eq!(
+                host.0[id as usize],
+                (
+                    metric.kind(),
+                    format!("{}.rollout.shop.version.canary", metric.name())
+                )
+            );
+        }
     }
 
     #[cfg(feature = "llm")]
@@ -255,7 +291,8 @@ mod tests {
             ..Default::default()
         });
         let m = RolloutMetrics::define(&mut host, &chat).expect("defined");
-        assert_eq!(host.0.len(), 2 * Metric::ALL.len() + 2 * 3);
+        let breaker = Metric::ALL.iter().filter(|m| m.is_breaker()).count();
+        assert_eq!(host.0.len(), 2 * (Metric::ALL.len() - breaker) + 2 * 3);
         let ttft = m.id(Version::Canary, Metric::LlmTtftMs).expect("defined");
         assert_eq!(
             host.0[ttft as usize],

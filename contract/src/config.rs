@@ -124,6 +124,11 @@ pub struct RolloutConfig {
     #[cfg(feature = "llm")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub llm: Option<crate::llm::LlmSignals>,
+    /// Lighter tiers and a deterministic response for when this rollout's service fails
+    /// (see [`crate::fallback`]). Absent: no chain.
+    #[cfg(feature = "fallback")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback: Option<crate::fallback::Fallback>,
 }
 
 /// Which requests a rollout applies to. Empty fields match everything.
@@ -211,6 +216,8 @@ impl RolloutConfig {
             circuit_breaker: None,
             #[cfg(feature = "llm")]
             llm: None,
+            #[cfg(feature = "fallback")]
+            fallback: None,
         }
     }
 
@@ -562,9 +569,13 @@ fn validate_rollout(v: &mut Validator, at: &str, r: &RolloutConfig) {
     if let Some(llm) = &r.llm {
         crate::llm::validate_llm(v, &format!("{at}.llm"), llm);
     }
+    #[cfg(feature = "fallback")]
+    if let Some(f) = &r.fallback {
+        crate::fallback::validate_fallback(v, &format!("{at}.fallback"), f);
+    }
 }
 
-fn is_rollout_name(name: &str) -> bool {
+pub(crate) fn is_rollout_name(name: &str) -> bool {
     let b = name.as_bytes();
     !b.is_empty()
         && b.len() <= MAX_NAME_LEN

@@ -8,6 +8,8 @@
 pub mod breaker;
 pub mod bucket;
 pub mod config;
+#[cfg(feature = "fallback")]
+pub mod fallback;
 #[cfg(feature = "llm")]
 pub mod llm;
 pub mod stats;

@@ -224,11 +224,16 @@ pub fn quality_stat_name(
 /// `stats_config.stats_tags` entries that turn the stat name into `rollout` and `version`
 /// labels. Envoy matches each regex against the full stat name; the first group is removed
 /// from the name, the second is the tag value.
-pub const ENVOY_STATS_TAGS: [(&str, &str); 2] = [
+pub const ENVOY_STATS_TAGS: [(&str, &str); 3] = [
     ("rollout", r"^wasmcustom\.canary_\w+\.(rollout\.([^.]+)\.)"),
     (
         "version",
         r"^wasmcustom\.canary_\w+\.rollout\.[^.]+\.(version\.([^.]+))$",
+    ),
+    // The fallback chain's per-tier stats (`canary_tier_*`).
+    (
+        "tier",
+        r"^wasmcustom\.canary_tier_\w+\.rollout\.[^.]+\.(tier\.([^.]+))$",
     ),
 ];
 

@@ -44,6 +44,9 @@ struct Active {
     pending: RefCell<PendingCounters>,
     /// Per rollout: until when its circuit breaker sends canary users to stable (ms).
     breaker_open_until: Vec<Cell<u64>>,
+    /// Per rollout: its fallback chain, if configured.
+    #[cfg(feature = "fallback")]
+    chains: Vec<Option<crate::glue_fallback::Chain>>,
 }
 
 impl Active {
@@ -107,6 +110,8 @@ struct CanaryRoot {
     metric_ids: Vec<(String, RolloutMetrics)>,
     /// Circuit breakers by rollout name and window: they outlive configurations.
     breakers: Vec<(String, Local)>,
+    #[cfg(feature = "fallback")]
+    chain: crate::glue_fallback::ChainRoot,
 }
 
 struct EnvoyMetrics;
@@ -173,6 +178,12 @@ impl CanaryRoot {
             };
             metrics.push(ids);
         }
+        #[cfg(feature = "fallback")]
+        let chains = config
+            .rollouts
+            .iter()
+            .map(|r| self.chain.chain(r))
+            .collect::<Result<Vec<_>, _>>()?;
         let router = match (&self.active, raise_at_ms) {
             (Some(current), Some(at)) => Router::succeeding(config, &current.router, now_ms(), at),
             _ => Router::new(config),
@@ -180,12 +191,32 @@ impl CanaryRoot {
         self.active = Some(Rc::new(Active {
             pending: RefCell::new(PendingCounters::new(metrics.len())),
             breaker_open_until: (0..metrics.len()).map(|_| Cell::new(0)).collect(),
+            #[cfg(feature = "fallback")]
+            chains,
             router,
             metrics,
         }));
         // An open breaker stays open across configurations.
         self.check_breakers();
+        #[cfg(feature = "fallback")]
+        self.check_chains();
         Ok(())
+    }
+
+    /// Ticks the fallback chains' tier breakers (see `glue_fallback`).
+    #[cfg(feature = "fallback")]
+    fn check_chains(&mut self) {
+        let Some(active) = self.active.clone() else {
+            return;
+        };
+        let now = now_ms();
+        for (i, r) in active.router.rollouts().iter().enumerate() {
+            if let (Some(Some(chain)), Some(metrics)) =
+                (active.chains.get(i), active.metrics.get(i))
+            {
+                self.chain.tick(r, metrics, chain, now);
+            }
+        }
     }
 
     /// Ticks every circuit breaker on the proxy's canary counters (see `breaker`); a trip
@@ -447,6 +478,10 @@ impl RootContext for CanaryRoot {
         if config.rollouts.iter().any(|r| r.circuit_breaker.is_some()) {
             tick = BREAKER_TICK_PERIOD;
         }
+        #[cfg(feature = "fallback")]
+        if config.rollouts.iter().any(|r| r.fallback.is_some()) {
+            tick = BREAKER_TICK_PERIOD;
+        }
         self.controlled = config.controller.clone().map(|source| {
             // Ticks both flush counters and pick up new configurations: often enough that
             // every worker has a raise before it takes effect.
@@ -489,6 +524,8 @@ impl RootContext for CanaryRoot {
         }
         // After the flush, so the counters include this worker's answers.
         self.check_breakers();
+        #[cfg(feature = "fallback")]
+        self.check_chains();
         if self.controlled.is_some() {
             self.sync_from_shared();
             self.check_fail_safe();
@@ -500,6 +537,8 @@ impl RootContext for CanaryRoot {
         Some(Box::new(CanaryHttp {
             active: self.active.clone(),
             routed: None,
+            #[cfg(feature = "fallback")]
+            tier: None,
         }))
     }
 
@@ -520,6 +559,10 @@ struct Routed {
 struct CanaryHttp {
     active: Option<Rc<Active>>,
     routed: Option<Routed>,
+    /// (rollout, tier, probe) when a lighter tier of the fallback chain serves the request,
+    /// or it is a half-open tier's probe.
+    #[cfg(feature = "fallback")]
+    tier: Option<(usize, usize, bool)>,
 }
 
 impl RequestHeaders for CanaryHttp {
@@ -556,6 +599,88 @@ impl CanaryHttp {
                     let _ = hostcalls::record_metric(id, v);
                 }
             }
+        }
+    }
+
+    /// Sends the request down the fallback chain when the rollout's own service's breaker
+    /// is open: to the first lighter tier that takes it, else answers it with the
+    /// configured degraded response. `None`: the rollout's own service serves it.
+    #[cfg(feature = "fallback")]
+    fn fall_back(
+        &mut self,
+        active: &Active,
+        index: usize,
+        rollout: &canary_contract::RolloutConfig,
+    ) -> Option<Action> {
+        let chain = active.chains.get(index)?.as_ref()?;
+        let fallback = rollout.fallback.as_ref()?;
+        let count = |tier: usize| {
+            if let Some(id) = chain.ids.get(tier).and_then(|t| t.rq_total) {
+                increment(id, 1);
+            }
+        };
+        let (chosen, probe) = chain.choose();
+        match chosen {
+            Some(0) => {
+                self.tier = probe.then_some((index, 0, probe));
+                None
+            }
+            Some(tier) => {
+                let value = &fallback.tiers.get(tier - 1)?.route_value;
+                self.set_http_request_header(&rollout.route_header, Some(value));
+                count(tier);
+                self.tier = Some((index, tier, probe));
+                Some(Action::Continue)
+            }
+            None => {
+                count(chain.response_index());
+                let r = &fallback.response;
+                let mut headers: Vec<(&str, &str)> = vec![
+                    (canary_contract::fallback::DEGRADED_HEADER, "1"),
+                    ("content-type", "application/json"),
+                ];
+                for (name, value) in &r.headers {
+                    headers.retain(|(n, _)| n != name);
+                    headers.push((name, value));
+                }
+                self.send_http_response(u32::from(r.status), headers, Some(r.body_json.as_bytes()));
+                Some(Action::Pause)
+            }
+        }
+    }
+
+    /// Counts a lighter tier's 5xx answer (its breaker reads it) and marks a probe's answer
+    /// (`x-canary-probe: <tier>`): a probe is a user's request, and its failure reaches them.
+    #[cfg(feature = "fallback")]
+    fn tier_answered(&mut self) {
+        let (Some(active), Some((rollout, tier, probe))) = (self.active.clone(), self.tier.take())
+        else {
+            return;
+        };
+        if probe {
+            let name = active
+                .router
+                .rollouts()
+                .get(rollout)
+                .and_then(|r| r.fallback.as_ref())
+                .and_then(|f| f.tiers.get(tier.wrapping_sub(1)))
+                .map_or(canary_contract::fallback::PRIMARY_TIER, |t| t.name.as_str());
+            self.add_http_response_header("x-canary-probe", name);
+        }
+        if tier == 0 {
+            return; // counted in `canary_rq_*`
+        }
+        let failed = self
+            .get_http_response_header_bytes(":status")
+            .is_some_and(|s| s.first() == Some(&b'5'));
+        let id = active
+            .chains
+            .get(rollout)
+            .and_then(Option::as_ref)
+            .and_then(|c| c.ids.get(tier))
+            .and_then(|t| t.rq_5xx);
+        if let (true, Some(id)) = (failed, id) {
+            increment(id, 1);
         }
     }
 
@@ -649,6 +774,10 @@ impl HttpContext for CanaryHttp {
         if let Some(force) = &rollout.force_header {
             self.remove_http_request_header(force);
         }
+        #[cfg(feature = "fallback")]
+        if let Some(action) = self.fall_back(&active, decision.rollout, rollout) {
+            return action;
+        }
         self.set_http_request_header(&rollout.route_header, Some(decision.version.as_str()));
         let (exchange, op) = Exchange::start(decision.version, now);
         self.apply(&active, decision.rollout, op, decision.version);
@@ -675,6 +804,8 @@ impl HttpContext for CanaryHttp {
 
     #[cfg_attr(not(feature = "llm"), allow(unused_variables))]
     fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        #[cfg(feature = "fallback")]
+        self.tier_answered();
         let (Some(active), Some(mut routed)) = (self.active.clone(), self.routed.take()) else {
             return Action::Continue;
         };

@@ -16,3 +16,5 @@ pub mod routing;
 
 #[cfg(target_arch = "wasm32")]
 mod glue;
+#[cfg(all(target_arch = "wasm32", feature = "fallback"))]
+mod glue_fallback;

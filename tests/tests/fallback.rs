@@ -17,7 +17,7 @@ use canary_e2e::bootstrap::{CanaryBootstrap, FailurePolicy, ListenerSource};
 use canary_e2e::envoy::{self, Envoy, EnvoyOptions};
 use canary_e2e::load;
 use canary_e2e::paths;
-use canary_e2e::rig::filter_listener;
+use canary_e2e::rig::{filter_listener, CanaryRig, RigOptions};
 use canary_e2e::upstream::{Upstream, UpstreamSpec, SERVED_BY};
 use canary_e2e::wait::eventually;
 use futures::stream::{self, StreamExt};
@@ -331,5 +331,48 @@ async fn chain_serves_lite_then_the_degraded_response_then_recovers() -> Result<
         stat(&envoy, TierMetric::BreakerTrips, "primary").await?
     );
     ensure!(lite_served > 0 && lite_5xx > 0);
+    Ok(())
+}
+
+/// The chain is in the LLM module only: the plain module refuses the field by name and
+/// serves nothing from that configuration; the same rollout without it is accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_plain_module_refuses_the_fallback_field() -> Result<()> {
+    let _slot = envoy::exclusive().await;
+    let mut rig = CanaryRig::start_with_lds(
+        &config().to_json(),
+        "x-canary-version",
+        RigOptions {
+            wasm: Some(paths::filter_wasm()?),
+            ..RigOptions::default()
+        },
+    )
+    .await?;
+    eventually(
+        "the plain module's refusal in Envoy's log",
+        Duration::from_secs(20),
+        || async {
+            Ok(rig.envoy().log().contains(
+                "invalid plugin configuration: rollouts[0].fallback: unknown field `fallback`",
+            ))
+        },
+        |&refused| refused,
+    )
+    .await?;
+    let mut plain = config();
+    plain.rollouts[0].fallback = None;
+    rig.publish(&plain.to_json())?;
+    let answer = eventually(
+        "the configuration without the chain serves",
+        Duration::from_secs(20),
+        || async {
+            let client = reqwest::Client::new();
+            let base = rig.envoy().url().await?;
+            send(&client, &base, "u1").await
+        },
+        |r| r.served_by.is_some(),
+    )
+    .await?;
+    ensure!(answer.served_by.as_deref() == Some("canary"), "{answer:?}");
     Ok(())
 }

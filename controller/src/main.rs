@@ -107,6 +107,16 @@ fn print_status(status: &serde_json::Value, output: Output) {
             breaker["open_envoys"], breaker["trips"], breaker["diverted_requests"]
         );
     }
+    for (tier, t) in status["fallback"].as_object().into_iter().flatten() {
+        println!(
+            "fallback tier {tier}: {} (open on {} Envoy(s), half-open on {}); {} trip(s), {} request(s) served",
+            t["state"].as_str().unwrap_or("?"),
+            t["open_envoys"],
+            t["half_open_envoys"],
+            t["trips"],
+            t["requests"]
+        );
+    }
     let now = now_ms();
     let ago = |at: &serde_json::Value| {
         format!(

@@ -40,6 +40,9 @@ struct Controller {
     verdict_counts: BTreeMap<&'static str, u64>,
     source_errors: BTreeMap<String, u64>,
     breaker: BreakerSeen,
+    /// The fallback chain's tiers as the analysis windows saw them: counters summed since
+    /// this process started, breaker gauges as at the end of the last window.
+    tiers: BTreeMap<String, crate::stats::TierStats>,
     /// The served filter configuration and the config version it was built for: every
     /// proxy fetches the same bytes after a change, so they are built once per change.
     published: Option<(u64, String)>,
@@ -159,6 +162,7 @@ pub async fn serve(spec: RolloutSpec, options: ServeOptions) -> anyhow::Result<(
         verdict_counts: BTreeMap::new(),
         source_errors: BTreeMap::new(),
         breaker: BreakerSeen::default(),
+        tiers: BTreeMap::new(),
         published: None,
         weights: crate::feedback::WeightHistory::default(),
         feedback: crate::feedback::PendingFeedback::default(),
@@ -228,6 +232,13 @@ async fn analysis_loop(controller: Shared, spec: RolloutSpec, http: reqwest::Cli
         c.breaker.trips += canary.breaker_trips;
         c.breaker.diverted += canary.breaker_diverted;
         c.breaker.open = canary.breaker_open;
+        for (name, t) in &window.stats.tiers {
+            let seen = c.tiers.entry(name.clone()).or_default();
+            seen.requests += t.requests;
+            seen.rq_5xx += t.rq_5xx;
+            seen.trips += t.trips;
+            (seen.open, seen.half_open) = (t.open, t.half_open);
+        }
         let verdict = judge(&window.stats, &spec.analysis, &spec.checks);
         c.last_checks = verdict.checks.clone();
         *c.verdict_counts
@@ -265,6 +276,14 @@ fn status_json(c: &Controller) -> serde_json::Value {
             "trips": c.breaker.trips,
             "diverted_requests": c.breaker.diverted,
         },
+        "fallback": c.tiers.iter().map(|(name, t)| (name.clone(), json!({
+            "state": t.state(),
+            "open_envoys": t.open,
+            "half_open_envoys": t.half_open,
+            "trips": t.trips,
+            "requests": t.requests,
+            "rq_5xx": t.rq_5xx,
+        }))).collect::<serde_json::Map<_, _>>(),
         "verdicts": c.state.verdicts,
         "timeline": c.state.timeline,
         "feedback": {
@@ -353,6 +372,25 @@ async fn metrics(State(app): State<AppState>) -> Response {
         out.push_str(&format!(
             "# HELP {name} {help}\n# TYPE {name} counter\n{name}{{rollout=\"{r}\"}} {value}\n"
         ));
+    }
+    type TierValue = fn(&crate::stats::TierStats) -> u64;
+    let tier_series: [(&str, &str, &str, TierValue); 4] = [
+        ("canary_controller_tier_breaker_open", "gauge", "Envoys whose breaker of this fallback tier was open at the end of the last analysis window.", |t| t.open),
+        ("canary_controller_tier_breaker_half_open", "gauge", "Envoys whose breaker of this fallback tier was half-open at the end of the last analysis window.", |t| t.half_open),
+        ("canary_controller_tier_breaker_trips_total", "counter", "Trips of this fallback tier's breakers seen in analysis windows.", |t| t.trips),
+        ("canary_controller_tier_requests_total", "counter", "Requests this fallback tier served, seen in analysis windows.", |t| t.requests),
+    ];
+    for (name, kind, help, value) in tier_series {
+        if c.tiers.is_empty() {
+            break;
+        }
+        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
+        for (tier, t) in &c.tiers {
+            out.push_str(&format!(
+                "{name}{{rollout=\"{r}\",tier=\"{tier}\"}} {}\n",
+                value(t)
+            ));
+        }
     }
     out.push_str("# HELP canary_controller_phase Current phase (1 for the active one).\n# TYPE canary_controller_phase gauge\n");
     for phase in Phase::ALL {

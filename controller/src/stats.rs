@@ -1,5 +1,7 @@
 //! The filter's per-version stats as one Envoy reports them at `/stats/prometheus`.
 
+use std::collections::BTreeMap;
+
 use canary_contract::stats::Metric;
 use canary_contract::Version;
 use prometheus_parse::{Scrape, Value};
@@ -169,6 +171,55 @@ impl VersionStats {
 pub struct RolloutStats {
     pub stable: VersionStats,
     pub canary: VersionStats,
+    /// The fallback chain's tiers by name (rollouts with `fallback` only).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tiers: BTreeMap<String, TierStats>,
+}
+
+/// One tier of a rollout's fallback chain (`canary_tier_*{tier=...}`), from one source.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TierStats {
+    /// Requests the tier served (lighter tiers and the filter's response; the rollout's own
+    /// service counts in `canary_rq_*`).
+    pub requests: u64,
+    pub rq_5xx: u64,
+    pub trips: u64,
+    /// Envoys whose breaker of this tier is open / half-open (gauges: the value at the end
+    /// of a window, summed over sources).
+    pub open: u64,
+    pub half_open: u64,
+}
+
+impl TierStats {
+    fn minus(&self, earlier: &TierStats) -> Option<TierStats> {
+        Some(TierStats {
+            requests: self.requests.checked_sub(earlier.requests)?,
+            rq_5xx: self.rq_5xx.checked_sub(earlier.rq_5xx)?,
+            trips: self.trips.checked_sub(earlier.trips)?,
+            ..self.clone()
+        })
+    }
+
+    fn plus(&self, other: &TierStats) -> TierStats {
+        TierStats {
+            requests: self.requests + other.requests,
+            rq_5xx: self.rq_5xx + other.rq_5xx,
+            trips: self.trips + other.trips,
+            open: self.open + other.open,
+            half_open: self.half_open + other.half_open,
+        }
+    }
+
+    /// `closed`, `open` or `half_open`: the worst over the Envoys.
+    pub fn state(&self) -> &'static str {
+        if self.open > 0 {
+            "open"
+        } else if self.half_open > 0 {
+            "half_open"
+        } else {
+            "closed"
+        }
+    }
 }
 
 impl RolloutStats {
@@ -187,16 +238,28 @@ impl RolloutStats {
     }
 
     pub fn minus(&self, earlier: &RolloutStats) -> Option<RolloutStats> {
+        let mut tiers = BTreeMap::new();
+        for (name, t) in &self.tiers {
+            let before = earlier.tiers.get(name).cloned().unwrap_or_default();
+            tiers.insert(name.clone(), t.minus(&before)?);
+        }
         Some(RolloutStats {
             stable: self.stable.minus(&earlier.stable)?,
             canary: self.canary.minus(&earlier.canary)?,
+            tiers,
         })
     }
 
     pub fn plus(&self, other: &RolloutStats) -> RolloutStats {
+        let mut tiers = self.tiers.clone();
+        for (name, t) in &other.tiers {
+            let sum = tiers.get(name).cloned().unwrap_or_default().plus(t);
+            tiers.insert(name.clone(), sum);
+        }
         RolloutStats {
             stable: self.stable.plus(&other.stable),
             canary: self.canary.plus(&other.canary),
+            tiers,
         }
     }
 }
@@ -233,6 +296,36 @@ struct Accumulator {
 }
 
 impl Accumulator {
+    /// A `canary_tier_*` sample of tier `tier`.
+    fn add_tier(
+        &mut self,
+        rollout: &str,
+        tier: &str,
+        name: &str,
+        value: f64,
+    ) -> Result<(), StatsError> {
+        let Some(metric) = name.strip_prefix("canary_tier_") else {
+            return Ok(());
+        };
+        if !(value.is_finite() && value >= 0.0 && value.fract() == 0.0) {
+            return Err(StatsError::BadValue {
+                rollout: rollout.to_string(),
+                metric: name.to_string(),
+                value: value.to_string(),
+            });
+        }
+        let t = self.stats.tiers.entry(tier.to_string()).or_default();
+        let n = value as u64;
+        match metric {
+            "rq_total" => t.requests = n,
+            "rq_5xx" => t.rq_5xx = n,
+            "breaker_trips" => t.trips = n,
+            "breaker_state" => (t.open, t.half_open) = (u64::from(n == 1), u64::from(n == 2)),
+            _ => {}
+        }
+        Ok(())
+    }
+
     fn add(&mut self, rollout: &str, s: FlatSample) -> Result<(), StatsError> {
         let count = |value: f64| -> Result<u64, StatsError> {
             if value.is_finite() && value >= 0.0 && value.fract() == 0.0 {
@@ -318,6 +411,12 @@ pub fn parse_envoy_prometheus(text: &str, rollout: &str) -> Result<RolloutStats,
         if sample.labels.get("rollout") != Some(rollout) {
             continue;
         }
+        if let (Some(tier), Value::Counter(x) | Value::Gauge(x) | Value::Untyped(x)) =
+            (sample.labels.get("tier"), &sample.value)
+        {
+            acc.add_tier(rollout, tier, &sample.metric, *x)?;
+            continue;
+        }
         let Some(version) = version_label(sample.labels.get("version")) else {
             continue;
         };
@@ -354,7 +453,7 @@ pub fn parse_envoy_prometheus(text: &str, rollout: &str) -> Result<RolloutStats,
 /// The PromQL selector for every series of `rollout` the judge needs.
 pub fn prometheus_selector(rollout: &str) -> String {
     format!(
-        "{{__name__=~\"canary_rq_(total|2xx|3xx|4xx|5xx|reset|time_ms_bucket|time_ms_count|time_ms_sum)|canary_breaker_(trips|open|diverted)|{}\",rollout=\"{rollout}\"}}",
+        "{{__name__=~\"canary_rq_(total|2xx|3xx|4xx|5xx|reset|time_ms_bucket|time_ms_count|time_ms_sum)|canary_breaker_(trips|open|diverted)|canary_tier_(rq_total|rq_5xx|breaker_trips|breaker_state)|{}\",rollout=\"{rollout}\"}}",
         crate::llm_stats::PROMETHEUS_NAME_ALTERNATIVES
     )
 }
@@ -382,9 +481,6 @@ pub fn parse_prometheus_query(
         if labels["rollout"] != rollout {
             continue;
         }
-        let Some(version) = version_label(labels["version"].as_str()) else {
-            continue;
-        };
         let (Some(name), Some(instance)) =
             (labels["__name__"].as_str(), labels["instance"].as_str())
         else {
@@ -394,6 +490,16 @@ pub fn parse_prometheus_query(
             .as_str()
             .and_then(|v| v.parse::<f64>().ok())
             .ok_or_else(|| StatsError::Unparsable(format!("bad value for {name}")))?;
+        if let Some(tier) = labels["tier"].as_str() {
+            per_instance
+                .entry(instance.to_string())
+                .or_default()
+                .add_tier(rollout, tier, name, value)?;
+            continue;
+        }
+        let Some(version) = version_label(labels["version"].as_str()) else {
+            continue;
+        };
         let le = match labels["le"].as_str() {
             Some("+Inf") => Some(f64::INFINITY),
             Some(le) => Some(
@@ -667,6 +773,51 @@ mod tests {
         let parsed = parse_prometheus_query(answer.as_bytes(), "shop").expect("parsed");
         assert_eq!(parsed["10.0.0.1:15090"].canary.breaker_trips, 2);
         assert_eq!(parsed["10.0.0.1:15090"].canary.breaker_open, 1);
+    }
+
+    #[test]
+    fn fallback_tier_series_are_read_from_both_sources() {
+        let with_tiers = |lite: u64, lite_5xx: u64, state: u64| {
+            format!(
+                "{}# TYPE canary_tier_rq_total counter\ncanary_tier_rq_total{{rollout=\"shop\",tier=\"lite\"}} {lite}\n\
+                 canary_tier_rq_total{{rollout=\"shop\",tier=\"response\"}} 4\n\
+                 canary_tier_rq_total{{rollout=\"other\",tier=\"lite\"}} 999\n\
+                 # TYPE canary_tier_rq_5xx counter\ncanary_tier_rq_5xx{{rollout=\"shop\",tier=\"lite\"}} {lite_5xx}\n\
+                 # TYPE canary_tier_breaker_trips counter\ncanary_tier_breaker_trips{{rollout=\"shop\",tier=\"primary\"}} 1\n\
+                 # TYPE canary_tier_breaker_state gauge\ncanary_tier_breaker_state{{rollout=\"shop\",tier=\"primary\"}} {state}\n",
+                envoy_payload("shop", 100, 7)
+            )
+        };
+        let before = parse_envoy_prometheus(&with_tiers(10, 2, 1), "shop").expect("ok");
+        let lite = &before.tiers["lite"];
+        assert_eq!((lite.requests, lite.rq_5xx), (10, 2));
+        assert_eq!(before.tiers["response"].requests, 4);
+        assert_eq!(before.tiers["primary"].state(), "open");
+        let after = parse_envoy_prometheus(&with_tiers(25, 2, 2), "shop").expect("ok");
+        let delta = after.minus(&before).expect("delta");
+        assert_eq!(delta.tiers["lite"].requests, 15);
+        assert_eq!(delta.tiers["primary"].trips, 0);
+        assert_eq!(
+            delta.tiers["primary"].state(),
+            "half_open",
+            "the gauge, not a delta"
+        );
+        assert_eq!(before.plus(&before).tiers["primary"].open, 2, "Envoys open");
+        // Without a chain: no tiers, and none serialized.
+        let plain = parse_envoy_prometheus(&envoy_payload("shop", 100, 7), "shop").expect("ok");
+        assert!(plain.tiers.is_empty());
+        assert!(!serde_json::to_string(&plain)
+            .expect("json")
+            .contains("tiers"));
+        assert!(prometheus_selector("shop").contains("canary_tier_(rq_total|"));
+        let answer = as_query_answer(&with_tiers(7, 1, 0), "10.0.0.1:15090").to_string();
+        let parsed = parse_prometheus_query(answer.as_bytes(), "shop").expect("parsed");
+        let from_prometheus = &parsed["10.0.0.1:15090"];
+        assert_eq!(
+            from_prometheus,
+            &parse_envoy_prometheus(&with_tiers(7, 1, 0), "shop").expect("envoy")
+        );
+        assert_eq!(from_prometheus.tiers["primary"].state(), "closed");
     }
 
     #[test]

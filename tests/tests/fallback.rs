@@ -14,6 +14,7 @@ use canary_contract::fallback::{
 use canary_contract::stats::ENVOY_WASM_PREFIX;
 use canary_contract::{CircuitBreaker, FilterConfig, RolloutConfig};
 use canary_e2e::bootstrap::{CanaryBootstrap, FailurePolicy, ListenerSource};
+use canary_e2e::controller::{free_port, wait_status, Canaryctl};
 use canary_e2e::envoy::{self, Envoy, EnvoyOptions};
 use canary_e2e::load;
 use canary_e2e::paths;
@@ -202,6 +203,25 @@ async fn chain_serves_lite_then_the_degraded_response_then_recovers() -> Result<
     )
     .await?;
     let base = envoy.url().await?;
+    // The controller reads this Envoy's stats (the filter does not poll it here): it shows
+    // the tiers' breakers.
+    let state_dir = tempfile::Builder::new().prefix("canaryctl-fb-").tempdir()?;
+    let ctl = Canaryctl::start(
+        &format!(
+            "name: {ROLLOUT}\nsources: {{envoy_admin: [\"http://{}\"]}}\n\
+             analysis: {{interval: 1s, failure_limit: 1000, min_window_requests: 1000000}}\n\
+             stages:\n  - {{weight_pct: 50, hold: 1h}}\n  - {{weight_pct: 100}}\n",
+            envoy.admin_addr()
+        ),
+        format!("127.0.0.1:{}", free_port()?).parse()?,
+        state_dir.path(),
+        "token",
+    )
+    .await?;
+    wait_status(&ctl, "a first analysis", Duration::from_secs(30), |s| {
+        s["analyses"].as_u64() >= Some(1)
+    })
+    .await?;
 
     // The canary fails every request until the primary tier's breaker trips.
     let first = batch(&base).await?;
@@ -284,6 +304,41 @@ async fn chain_serves_lite_then_the_degraded_response_then_recovers() -> Result<
     ensure!(
         responses as usize >= degraded,
         "{responses} counted, {degraded} seen"
+    );
+
+    // The controller shows both breakers tripped and not closed (without traffic, a
+    // half-open breaker stays half-open), and the filter's responses.
+    let status = wait_status(&ctl, "the tiers in /status", Duration::from_secs(30), |s| {
+        let tier = |t: &str| &s["fallback"][t];
+        ["primary", "lite"]
+            .iter()
+            .all(|t| tier(t)["trips"].as_u64() >= Some(1) && tier(t)["state"] != "closed")
+            && tier("response")["requests"].as_u64() >= Some(1)
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}\n{}", ctl.log()))?;
+    eprintln!("controller: {}", status["fallback"]);
+    let metrics = ctl.metrics().await?;
+    ensure!(
+        metrics.lines().any(|l| l
+            .strip_prefix(
+                "canary_controller_tier_breaker_trips_total{rollout=\"fb\",tier=\"lite\"} "
+            )
+            .and_then(|v| v.parse::<f64>().ok())
+            .is_some_and(|v| v >= 1.0)),
+        "{metrics}"
+    );
+    let out = std::process::Command::new(paths::canaryctl_bin()?)
+        .args(["status", "--controller", &ctl.url()])
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    ensure!(
+        out.status.success()
+            && text
+                .lines()
+                .any(|l| l.starts_with("fallback tier lite: ") && !l.contains("closed")),
+        "canaryctl status: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
     );
 
     // Both recover: half-open probes close the breakers and users are back on canary.

@@ -108,6 +108,13 @@ fn print_status(status: &serde_json::Value, output: Output) {
         );
     }
     for (tier, t) in status["fallback"].as_object().into_iter().flatten() {
+        if t["state"].is_null() {
+            println!(
+                "fallback response: {} request(s) answered by the filter",
+                t["requests"]
+            );
+            continue;
+        }
         println!(
             "fallback tier {tier}: {} (open on {} Envoy(s), half-open on {}); {} trip(s), {} request(s) served",
             t["state"].as_str().unwrap_or("?"),

@@ -277,7 +277,8 @@ fn status_json(c: &Controller) -> serde_json::Value {
             "diverted_requests": c.breaker.diverted,
         },
         "fallback": c.tiers.iter().map(|(name, t)| (name.clone(), json!({
-            "state": t.state(),
+            // The filter's own response has no breaker.
+            "state": (name != canary_contract::fallback::RESPONSE_TIER).then(|| t.state()),
             "open_envoys": t.open,
             "half_open_envoys": t.half_open,
             "trips": t.trips,

@@ -120,6 +120,10 @@ pub struct RolloutConfig {
     #[cfg(feature = "llm")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub llm: Option<crate::llm::LlmSignals>,
+    /// Per-user token and request buckets and the quota sentinel's throttle.
+    #[cfg(feature = "llm")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<crate::ratelimit::RateLimit>,
 }
 
 /// Which requests a rollout applies to. Empty fields match everything.
@@ -206,6 +210,8 @@ impl RolloutConfig {
             max_key_bytes: DEFAULT_MAX_KEY_BYTES,
             #[cfg(feature = "llm")]
             llm: None,
+            #[cfg(feature = "llm")]
+            rate_limit: None,
         }
     }
 
@@ -550,6 +556,11 @@ fn validate_rollout(v: &mut Validator, at: &str, r: &RolloutConfig) {
     #[cfg(feature = "llm")]
     if let Some(llm) = &r.llm {
         crate::llm::validate_llm(v, &format!("{at}.llm"), llm);
+    }
+    #[cfg(feature = "llm")]
+    if let Some(limit) = &r.rate_limit {
+        let at = format!("{at}.rate_limit");
+        crate::ratelimit::validate_rate_limit(v, &at, limit, r.llm.is_some());
     }
 }
 

@@ -10,6 +10,7 @@ pub mod judge;
 pub mod llm_checks;
 pub mod llm_stats;
 pub mod machine;
+pub mod quota;
 pub mod server;
 pub mod sources;
 pub mod spec;

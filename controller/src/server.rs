@@ -41,7 +41,7 @@ struct Controller {
     source_errors: BTreeMap<String, u64>,
     /// The served filter configuration and the config version it was built for: every
     /// proxy fetches the same bytes after a change, so they are built once per change.
-    published: Option<(u64, String)>,
+    published: Option<(String, String)>,
     /// Weights served over time, for ratings that arrive late.
     weights: crate::feedback::WeightHistory,
     /// Ratings not yet in an analysis window.
@@ -50,6 +50,9 @@ struct Controller {
     feedback_total: BTreeMap<(&'static str, &'static str), u64>,
     /// The last judged window's checks (for /metrics).
     last_checks: Vec<crate::judge::CheckResult>,
+    /// The global quota sentinel (`quota` in the spec); not saved: a restarted controller
+    /// measures again.
+    quota: crate::quota::Sentinel,
 }
 
 type Shared = Arc<Mutex<Controller>>;
@@ -70,15 +73,27 @@ pub fn now_ms() -> u64 {
 impl Controller {
     /// The filter configuration for the current weight, as JSON.
     fn filter_config_json(&mut self) -> Result<String, crate::spec::SpecErrors> {
-        let version = self.state.config_version;
+        let etag = self.etag();
         if let Some((built_for, json)) = &self.published {
-            if *built_for == version {
+            if *built_for == etag {
                 return Ok(json.clone());
             }
         }
-        let json = self.spec.filter_config(self.state.weight_bp)?.to_json();
-        self.published = Some((version, json.clone()));
+        let mut config = self.spec.filter_config(self.state.weight_bp)?;
+        crate::quota::apply_throttle(&mut config, self.quota.throttled);
+        let json = config.to_json();
+        self.published = Some((etag, json.clone()));
         Ok(json)
+    }
+
+    /// The served configuration's ETag: the config version, marked while throttled (the
+    /// throttle changes the configuration without a new rollout state).
+    fn etag(&self) -> String {
+        if self.quota.throttled {
+            format!("\"{}-throttled\"", self.state.config_version)
+        } else {
+            format!("\"{}\"", self.state.config_version)
+        }
     }
 
     /// Carries out a transition: save first, then notify (publication is the saved state).
@@ -152,6 +167,7 @@ pub async fn serve(spec: RolloutSpec, options: ServeOptions) -> anyhow::Result<(
         feedback: crate::feedback::PendingFeedback::default(),
         feedback_total: BTreeMap::new(),
         last_checks: Vec::new(),
+        quota: crate::quota::Sentinel::default(),
     };
     c.weights
         .record(c.state.stage_started_ms, c.state.weight_bp);
@@ -190,6 +206,7 @@ pub async fn serve(spec: RolloutSpec, options: ServeOptions) -> anyhow::Result<(
 
 async fn analysis_loop(controller: Shared, spec: RolloutSpec, http: reqwest::Client) {
     let mut windower = Windower::default();
+    let mut last_close = std::time::Instant::now();
     let mut ticker = tokio::time::interval(spec.analysis.interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -202,12 +219,27 @@ async fn analysis_loop(controller: Shared, spec: RolloutSpec, http: reqwest::Cli
             }
         }
         let mut window = windower.close(readings);
+        let window_ms = last_close.elapsed().as_millis() as u64;
+        last_close = std::time::Instant::now();
         for note in &window.notes {
             eprintln!("canaryctl: {note}");
         }
         if window.sources_counted == 0 {
             // Nothing measured: no verdict at all rather than an empty one.
             continue;
+        }
+        if let Some(quota) = &spec.quota {
+            let s = &window.stats;
+            let tokens = [&s.stable.llm, &s.canary.llm]
+                .iter()
+                .map(|l| l.input_tokens + l.output_tokens)
+                .sum();
+            if let Some(change) = c.quota.observe(quota, tokens, window_ms, now_ms()) {
+                eprintln!(
+                    "canaryctl: {}: quota sentinel: {change:?} (quota {} tokens/min)",
+                    spec.name, quota.tokens_per_minute
+                );
+            }
         }
         let stats = &mut window.stats;
         c.feedback
@@ -246,6 +278,12 @@ fn status_json(c: &Controller) -> serde_json::Value {
         "config_version": c.state.config_version,
         "verdicts": c.state.verdicts,
         "timeline": c.state.timeline,
+        "quota": c.spec.quota.as_ref().map(|q| json!({
+            "tokens_per_minute": q.tokens_per_minute,
+            "activate_share": q.activate_share,
+            "clear_share": q.clear_share,
+            "sentinel": c.quota,
+        })),
         "feedback": {
             "canary": {"up": c.feedback_total.get(&("canary", "up")).copied().unwrap_or(0),
                        "down": c.feedback_total.get(&("canary", "down")).copied().unwrap_or(0)},
@@ -262,7 +300,7 @@ async fn status(State(app): State<AppState>) -> Json<serde_json::Value> {
 
 async fn filter_config(State(app): State<AppState>, headers: HeaderMap) -> Response {
     let mut c = app.controller.lock().await;
-    let etag = format!("\"{}\"", c.state.config_version);
+    let etag = c.etag();
     if headers
         .get(header::IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok())
@@ -311,6 +349,26 @@ async fn metrics(State(app): State<AppState>) -> Response {
         format!("rollout=\"{r}\""),
         c.state.config_version as f64,
     );
+    if let Some(q) = &c.spec.quota {
+        gauge(
+            "canary_controller_quota_tokens_per_minute",
+            "Tokens per minute over every proxy in the last window.",
+            format!("rollout=\"{r}\""),
+            c.quota.last_tokens_per_minute.unwrap_or(0.0),
+        );
+        gauge(
+            "canary_controller_quota_limit_tokens_per_minute",
+            "The configured quota (quota.tokens_per_minute).",
+            format!("rollout=\"{r}\""),
+            q.tokens_per_minute as f64,
+        );
+        gauge(
+            "canary_controller_quota_throttled",
+            "1 while the quota sentinel throttles non-priority requests.",
+            format!("rollout=\"{r}\""),
+            f64::from(u8::from(c.quota.throttled)),
+        );
+    }
     out.push_str("# HELP canary_controller_phase Current phase (1 for the active one).\n# TYPE canary_controller_phase gauge\n");
     for phase in Phase::ALL {
         out.push_str(&format!(

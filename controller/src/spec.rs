@@ -45,6 +45,9 @@ pub struct RolloutSpec {
     /// rollout configuration except `name` and `weight_bp`, which the controller owns).
     #[serde(default)]
     pub filter: serde_json::Map<String, serde_json::Value>,
+    /// The global quota sentinel: throttle non-priority requests near the LLM quota.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quota: Option<crate::quota::QuotaSpec>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -382,6 +385,9 @@ impl RolloutSpec {
         }
         if let Err(e) = self.filter_config(0) {
             errors.extend(e.0);
+        }
+        if let Some(quota) = &self.quota {
+            errors.extend(quota.validate(self.filter.contains_key("llm")));
         }
         if errors.is_empty() {
             Ok(())

@@ -7,6 +7,8 @@ use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::{Duration, UNIX_EPOCH};
 
+#[cfg(feature = "llm")]
+use canary_contract::stats::Metric;
 use canary_contract::stats::MetricKind;
 use canary_contract::{ControllerSource, FilterConfig};
 use proxy_wasm::hostcalls;
@@ -23,6 +25,8 @@ use crate::llm::{quality_milli, LlmExchange};
 #[cfg(feature = "llm")]
 use crate::metrics::quality_increments;
 use crate::metrics::{Exchange, MetricHost, MetricOp, PendingCounters, RolloutMetrics};
+#[cfg(feature = "llm")]
+use crate::ratelimit::RateLimiter;
 use crate::routing::{RequestHeaders, Router};
 
 proxy_wasm::main! {{
@@ -99,6 +103,9 @@ struct CanaryRoot {
     /// Metric ids by rollout name and metric set, defined once per VM (a handful: a list
     /// is enough).
     metric_ids: Vec<(String, RolloutMetrics)>,
+    /// Per-user buckets of this worker: outlive configuration updates.
+    #[cfg(feature = "llm")]
+    limiter: Rc<RefCell<RateLimiter>>,
 }
 
 struct EnvoyMetrics;
@@ -150,6 +157,10 @@ impl CanaryRoot {
                     key.push(' ');
                     key.push_str(&q.signal);
                 }
+            }
+            #[cfg(feature = "llm")]
+            if r.rate_limit.is_some() {
+                key.push_str(" rate_limit");
             }
             let ids = match self.metric_ids.iter().find(|(k, _)| *k == key) {
                 Some((_, ids)) => ids.clone(),
@@ -419,6 +430,8 @@ impl RootContext for CanaryRoot {
         Some(Box::new(CanaryHttp {
             active: self.active.clone(),
             routed: None,
+            #[cfg(feature = "llm")]
+            limiter: self.limiter.clone(),
         }))
     }
 
@@ -434,11 +447,16 @@ struct Routed {
     /// Set when the rollout reads LLM signals and the request is an LLM call.
     #[cfg(feature = "llm")]
     llm: Option<LlmExchange>,
+    /// User key and tokens charged up front, to settle with the answer's token count.
+    #[cfg(feature = "llm")]
+    charge: Option<(String, u64)>,
 }
 
 struct CanaryHttp {
     active: Option<Rc<Active>>,
     routed: Option<Routed>,
+    #[cfg(feature = "llm")]
+    limiter: Rc<RefCell<RateLimiter>>,
 }
 
 impl RequestHeaders for CanaryHttp {
@@ -511,8 +529,76 @@ impl CanaryHttp {
             return;
         };
         if let Some(llm) = routed.llm.as_mut() {
+            let mut tokens = None;
             for op in llm.on_end(now_ms(), signals, routed.exchange.version) {
+                if let MetricOp::Add(Metric::LlmInputTokens | Metric::LlmOutputTokens, n) = op {
+                    tokens = Some(tokens.unwrap_or(0u64).saturating_add(n));
+                }
                 self.apply(active, routed.rollout, op, routed.exchange.version);
+            }
+            // Settled once, with a readable answer; otherwise the estimate stands.
+            if let (Some(actual), Some((key, charged)), Some(r)) = (
+                tokens,
+                routed.charge.take(),
+                active.router.rollouts().get(routed.rollout),
+            ) {
+                if let Ok(mut limiter) = self.limiter.try_borrow_mut() {
+                    limiter.settle(&r.name, &key, charged, actual, now_ms());
+                }
+            }
+        }
+    }
+
+    /// Per-user limits and the quota throttle: `Err` when the request was answered with 429.
+    #[cfg(feature = "llm")]
+    fn rate_limit(
+        &self,
+        active: &Active,
+        decision: &crate::routing::Decision,
+        now: u64,
+    ) -> Result<Option<(String, u64)>, ()> {
+        let Some(rollout) = active.router.rollouts().get(decision.rollout) else {
+            return Ok(None);
+        };
+        let Some(limit) = &rollout.rate_limit else {
+            return Ok(None);
+        };
+        let Ok(mut limiter) = self.limiter.try_borrow_mut() else {
+            return Ok(None);
+        };
+        let key = decision.key.as_deref();
+        let is_priority = || {
+            key.is_some_and(|k| limit.priority.keys.contains(k))
+                || limit.priority.header.as_deref().is_some_and(|h| {
+                    self.get_http_request_header_bytes(h).is_some_and(|v| {
+                        std::str::from_utf8(&v).is_ok_and(|v| limit.priority.values.contains(v))
+                    })
+                })
+        };
+        match limiter.check(&rollout.name, limit, key, now, is_priority) {
+            Ok(admitted) => {
+                if admitted.priority_passed {
+                    let op = MetricOp::Increment(Metric::ThrottlePriorityPassed);
+                    self.apply(active, decision.rollout, op, decision.version);
+                }
+                let settle = admitted.tracked && limit.tokens_per_minute.is_some();
+                Ok(key
+                    .filter(|_| settle)
+                    .map(|k| (k.to_string(), admitted.charged_tokens)))
+            }
+            Err(rejection) => {
+                let op = MetricOp::Increment(rejection.reason.metric());
+                self.apply(active, decision.rollout, op, decision.version);
+                let retry_after = rejection.retry_after_s.to_string();
+                self.send_http_response(
+                    429,
+                    vec![
+                        ("retry-after", retry_after.as_str()),
+                        ("content-type", "application/json"),
+                    ],
+                    Some(rejection.body().as_bytes()),
+                );
+                Err(())
             }
         }
     }
@@ -553,6 +639,12 @@ impl HttpContext for CanaryHttp {
         if let Some(force) = &rollout.force_header {
             self.remove_http_request_header(force);
         }
+        #[cfg(feature = "llm")]
+        let charge = match self.rate_limit(&active, &decision, now) {
+            Ok(charge) => charge,
+            // Answered locally with 429: not routed, so not in the request counts.
+            Err(()) => return Action::Pause,
+        };
         self.set_http_request_header(&rollout.route_header, Some(decision.version.as_str()));
         let (exchange, op) = Exchange::start(decision.version, now);
         self.apply(&active, decision.rollout, op, decision.version);
@@ -568,6 +660,8 @@ impl HttpContext for CanaryHttp {
         self.routed = Some(Routed {
             #[cfg(feature = "llm")]
             llm,
+            #[cfg(feature = "llm")]
+            charge,
             rollout: decision.rollout,
             exchange,
             set_cookie: decision

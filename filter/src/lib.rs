@@ -9,6 +9,8 @@ pub mod cookie;
 #[cfg(feature = "llm")]
 pub mod llm;
 pub mod metrics;
+#[cfg(feature = "llm")]
+pub mod ratelimit;
 pub mod routing;
 
 #[cfg(target_arch = "wasm32")]

@@ -88,9 +88,15 @@ impl RolloutMetrics {
         let signals = rollout.llm.as_ref();
         #[cfg(not(feature = "llm"))]
         let signals: Option<()> = None;
+        #[cfg(feature = "llm")]
+        let rate_limited = rollout.rate_limit.is_some();
+        #[cfg(not(feature = "llm"))]
+        let rate_limited = false;
         for version in Version::ALL {
             for metric in Metric::ALL {
-                if metric.is_llm() && signals.is_none() {
+                if (metric.is_llm() && signals.is_none())
+                    || (metric.is_rate_limit() && !rate_limited)
+                {
                     continue;
                 }
                 let stat = stat_name(metric, name, version);
@@ -230,7 +236,10 @@ mod tests {
         let mut host = Recorder::default();
         let plain = RolloutConfig::new("checkout", 0);
         let m = RolloutMetrics::define(&mut host, &plain).expect("defined");
-        let base = Metric::ALL.iter().filter(|m| !m.is_llm()).count();
+        let base = Metric::ALL
+            .iter()
+            .filter(|m| !m.is_llm() && !m.is_rate_limit())
+            .count();
         assert_eq!(host.0.len(), 2 * base, "no LLM metrics without LLM signals");
         assert_eq!(m.id(Version::Canary, Metric::LlmResponses), None);
         let name_of = |id: Option<u32>| host.0[id.expect("defined") as usize].clone();
@@ -255,7 +264,8 @@ mod tests {
             ..Default::default()
         });
         let m = RolloutMetrics::define(&mut host, &chat).expect("defined");
-        assert_eq!(host.0.len(), 2 * Metric::ALL.len() + 2 * 3);
+        let rate_limit = Metric::ALL.iter().filter(|m| m.is_rate_limit()).count();
+        assert_eq!(host.0.len(), 2 * (Metric::ALL.len() - rate_limit) + 2 * 3);
         let ttft = m.id(Version::Canary, Metric::LlmTtftMs).expect("defined");
         assert_eq!(
             host.0[ttft as usize],

@@ -25,6 +25,21 @@ pub struct QuotaSpec {
     /// Consecutive windows below `clear_share` before the throttle goes off.
     #[serde(default = "default_clear_windows")]
     pub clear_windows: u32,
+    /// Each user's allowance over the whole fleet. The filters' buckets are per proxy, so the
+    /// controller publishes `allowance / proxies` (rounded up) as their `rate_limit`, with
+    /// proxies = the sources it read in the last round.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_user: Option<PerUser>,
+}
+
+/// `quota.per_user`: per-user allowances over the fleet.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PerUser {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens_per_minute: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requests_per_minute: Option<u64>,
 }
 
 fn default_activate_share() -> f64 {
@@ -40,7 +55,9 @@ fn default_clear_windows() -> u32 {
 }
 
 impl QuotaSpec {
-    pub fn validate(&self, has_llm: bool) -> Vec<SpecError> {
+    /// `filter` is the spec's pass-through filter options.
+    pub fn validate(&self, filter: &serde_json::Map<String, serde_json::Value>) -> Vec<SpecError> {
+        let has_llm = filter.contains_key("llm");
         let mut errors = Vec::new();
         let mut push = |field: &str, reason: String| {
             errors.push(SpecError {
@@ -74,6 +91,23 @@ impl QuotaSpec {
                 "tokens_per_minute",
                 "needs filter.llm: tokens are counted from the LLM answers".into(),
             );
+        }
+        if let Some(per_user) = &self.per_user {
+            let own = filter.get("rate_limit");
+            for (field, value) in [
+                ("tokens_per_minute", per_user.tokens_per_minute),
+                ("requests_per_minute", per_user.requests_per_minute),
+            ] {
+                if value == Some(0) {
+                    push(&format!("per_user.{field}"), "must be at least 1".into());
+                }
+                if value.is_some() && own.and_then(|r| r.get(field)).is_some() {
+                    push(
+                        &format!("per_user.{field}"),
+                        format!("filter.rate_limit.{field} is set too: set one of them"),
+                    );
+                }
+            }
         }
         errors
     }
@@ -157,6 +191,29 @@ pub fn apply_throttle(config: &mut canary_contract::FilterConfig, throttled: boo
     }
 }
 
+/// Publishes each user's fleet allowance divided among `proxies` (rounded up: a user on
+/// one proxy may exceed the allowance slightly rather than be refused below it).
+pub fn apply_per_user(
+    config: &mut canary_contract::FilterConfig,
+    per_user: &PerUser,
+    proxies: usize,
+) {
+    let proxies = proxies.max(1) as u64;
+    for rollout in &mut config.rollouts {
+        let limit = rollout.rate_limit.get_or_insert_with(Default::default);
+        if let Some(t) = per_user.tokens_per_minute {
+            limit.tokens_per_minute = Some(t.div_ceil(proxies));
+        }
+        if let Some(r) = per_user.requests_per_minute {
+            limit.requests_per_minute = Some(r.div_ceil(proxies));
+        }
+        // The estimate must fit the smaller bucket.
+        if let Some(t) = limit.tokens_per_minute {
+            limit.estimate_tokens = limit.estimate_tokens.min(t);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -172,7 +229,9 @@ mod tests {
             (s.activate_share, s.clear_share, s.clear_windows),
             (0.8, 0.6, 3)
         );
-        assert!(s.validate(true).is_empty());
+        let llm: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_str(r#"{"llm": {}}"#).expect("json");
+        assert!(s.validate(&llm).is_empty());
     }
 
     #[test]
@@ -227,8 +286,13 @@ mod tests {
             activate_share: 1.5,
             clear_share: 0.0,
             clear_windows: 0,
+            per_user: None,
         };
-        let fields: Vec<String> = bad.validate(false).into_iter().map(|e| e.field).collect();
+        let fields: Vec<String> = bad
+            .validate(&serde_json::Map::new())
+            .into_iter()
+            .map(|e| e.field)
+            .collect();
         assert_eq!(
             fields,
             [
@@ -241,7 +305,9 @@ mod tests {
         );
         let mut s = spec();
         s.clear_share = s.activate_share;
-        assert_eq!(s.validate(true).len(), 1, "no hysteresis");
+        let llm: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_str(r#"{"llm": {}}"#).expect("json");
+        assert_eq!(s.validate(&llm).len(), 1, "no hysteresis");
     }
 
     #[test]
@@ -283,5 +349,48 @@ mod spec_tests {
         let bad = format!("{BASE}filter:\n  rate_limit: {{tokens_per_minute: 5}}\n");
         let err = RolloutSpec::from_yaml(&bad).expect_err("tokens need llm");
         assert_eq!(err.0[0].field, "filter.rate_limit.tokens_per_minute");
+    }
+}
+
+#[cfg(test)]
+mod per_user_tests {
+    use super::*;
+    use crate::spec::RolloutSpec;
+
+    #[test]
+    fn a_fleet_allowance_is_divided_among_the_proxies() {
+        let mut c = canary_contract::FilterConfig::new(vec![canary_contract::RolloutConfig::new(
+            "chat", 0,
+        )]);
+        let per_user = PerUser {
+            tokens_per_minute: Some(10_000),
+            requests_per_minute: Some(10),
+        };
+        apply_per_user(&mut c, &per_user, 3);
+        let r = c.rollouts[0].rate_limit.clone().expect("published");
+        assert_eq!(
+            (r.tokens_per_minute, r.requests_per_minute),
+            (Some(3_334), Some(4))
+        );
+        apply_per_user(&mut c, &per_user, 0);
+        let r = c.rollouts[0].rate_limit.clone().expect("published");
+        assert_eq!(r.requests_per_minute, Some(10), "no proxy known: as one");
+    }
+
+    #[test]
+    fn per_user_and_the_filter_own_limit_exclude_each_other() {
+        let base = "name: chat\nsources:\n  envoy_admin: [\"http://127.0.0.1:9901\"]\n";
+        let both = format!(
+            "{base}filter:\n  llm: {{}}\n  rate_limit: {{requests_per_minute: 5}}\nquota: {{tokens_per_minute: 100, per_user: {{requests_per_minute: 10, tokens_per_minute: 0}}}}\n"
+        );
+        let err = RolloutSpec::from_yaml(&both).expect_err("invalid");
+        let fields: Vec<&str> = err.0.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "quota.per_user.tokens_per_minute",
+                "quota.per_user.requests_per_minute"
+            ]
+        );
     }
 }

@@ -53,6 +53,8 @@ struct Controller {
     /// The global quota sentinel (`quota` in the spec); not saved: a restarted controller
     /// measures again.
     quota: crate::quota::Sentinel,
+    /// Proxies read in the last round (for `quota.per_user`, divided among them).
+    proxies: usize,
 }
 
 type Shared = Arc<Mutex<Controller>>;
@@ -80,20 +82,33 @@ impl Controller {
             }
         }
         let mut config = self.spec.filter_config(self.state.weight_bp)?;
+        if let Some(per_user) = self.spec.quota.as_ref().and_then(|q| q.per_user.as_ref()) {
+            crate::quota::apply_per_user(&mut config, per_user, self.proxies);
+        }
         crate::quota::apply_throttle(&mut config, self.quota.throttled);
         let json = config.to_json();
         self.published = Some((etag, json.clone()));
         Ok(json)
     }
 
-    /// The served configuration's ETag: the config version, marked while throttled (the
-    /// throttle changes the configuration without a new rollout state).
+    /// The served configuration's ETag: the config version, plus the proxy count per-user
+    /// allowances are divided by and the throttle (both change the configuration without a
+    /// new rollout state).
     fn etag(&self) -> String {
-        if self.quota.throttled {
-            format!("\"{}-throttled\"", self.state.config_version)
-        } else {
-            format!("\"{}\"", self.state.config_version)
+        let mut etag = format!("\"{}", self.state.config_version);
+        if self
+            .spec
+            .quota
+            .as_ref()
+            .is_some_and(|q| q.per_user.is_some())
+        {
+            etag.push_str(&format!("-p{}", self.proxies));
         }
+        if self.quota.throttled {
+            etag.push_str("-throttled");
+        }
+        etag.push('"');
+        etag
     }
 
     /// Carries out a transition: save first, then notify (publication is the saved state).
@@ -168,6 +183,7 @@ pub async fn serve(spec: RolloutSpec, options: ServeOptions) -> anyhow::Result<(
         feedback_total: BTreeMap::new(),
         last_checks: Vec::new(),
         quota: crate::quota::Sentinel::default(),
+        proxies: spec.sources.envoy_admin.len().max(1),
     };
     c.weights
         .record(c.state.stage_started_ms, c.state.weight_bp);
@@ -213,6 +229,10 @@ async fn analysis_loop(controller: Shared, spec: RolloutSpec, http: reqwest::Cli
         ticker.tick().await;
         let readings = sources::read(&http, &spec.sources, &spec.name).await;
         let mut c = controller.lock().await;
+        let readable = readings.iter().filter(|r| r.result.is_ok()).count();
+        if readable > 0 {
+            c.proxies = readable;
+        }
         for r in &readings {
             if r.result.is_err() {
                 *c.source_errors.entry(r.source.clone()).or_default() += 1;
@@ -282,6 +302,8 @@ fn status_json(c: &Controller) -> serde_json::Value {
             "tokens_per_minute": q.tokens_per_minute,
             "activate_share": q.activate_share,
             "clear_share": q.clear_share,
+            "per_user": q.per_user,
+            "proxies": c.proxies,
             "sentinel": c.quota,
         })),
         "feedback": {

@@ -387,7 +387,7 @@ impl RolloutSpec {
             errors.extend(e.0);
         }
         if let Some(quota) = &self.quota {
-            errors.extend(quota.validate(self.filter.contains_key("llm")));
+            errors.extend(quota.validate(&self.filter));
         }
         if errors.is_empty() {
             Ok(())

@@ -441,3 +441,49 @@ async fn quota_sentinel_throttles_non_priority_users_and_clears_with_hysteresis(
     );
     Ok(())
 }
+
+/// `quota.per_user`: a user's fleet-wide allowance, divided by the controller among the
+/// proxies it reads (two here), so each proxy's bucket holds half.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_controller_divides_a_per_user_allowance_among_its_proxies() -> Result<()> {
+    let _slot = envoy::exclusive().await;
+    let rig = ControlledRig::start_llm(
+        ROLLOUT,
+        2,
+        500,
+        LlmBehaviour::default(),
+        LlmBehaviour::default(),
+    )
+    .await?;
+    let spec = "analysis: {interval: 1s, failure_limit: 1000, min_window_requests: 1000000}\n\
+                stages:\n  - {weight_pct: 50, hold: 1h}\n  - {weight_pct: 100}\n\
+                filter:\n  llm: {}\n\
+                quota: {tokens_per_minute: 100000000, per_user: {requests_per_minute: 10}}\n";
+    let ctl = rig.start_controller(spec).await?;
+    let served: Value = reqwest::get(format!("{}/filter-config", ctl.url()))
+        .await?
+        .json()
+        .await?;
+    ensure!(
+        served["rollouts"][0]["rate_limit"]["requests_per_minute"] == 5,
+        "{served}"
+    );
+    // One keep-alive connection per client: one worker, whose bucket holds the proxy's 5.
+    for (i, base) in rig.bases.iter().enumerate() {
+        let client = reqwest::Client::new();
+        let probe = format!("probe-{i}");
+        eventually(
+            "the filter has the controller's limits",
+            DEADLINE,
+            || chat(&client, base, &probe, None),
+            |r| r.status == 429,
+        )
+        .await?;
+        let (passed, reply) = until_limited(&client, base, "traveller", 20).await?;
+        check_rejection(&reply, "requests_per_minute")?;
+        ensure!(passed == 5, "proxy {i}: {passed} passed");
+    }
+    let status = ctl.status().await?;
+    ensure!(status["quota"]["proxies"] == 2, "{status}");
+    Ok(())
+}

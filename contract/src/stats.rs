@@ -94,7 +94,13 @@ impl Metric {
 
     /// Whether the metric exists only for rollouts with `rate_limit`.
     pub fn is_rate_limit(self) -> bool {
-        self.index() >= Metric::RateLimitedTokens.index()
+        matches!(
+            self,
+            Metric::RateLimitedTokens
+                | Metric::RateLimitedRequests
+                | Metric::Throttled
+                | Metric::ThrottlePriorityPassed
+        )
     }
 
     /// The metric name, also the Prometheus name once tags are extracted.

@@ -8,6 +8,8 @@
 //!
 //! Amounts are kept in fixed point, scaled by the refill period in ms: a bucket of `n`
 //! per period refills `n` units per ms, so refill, charge and refund are exact integers.
+//! The contract caps limits at 10^12 per period and periods at an hour, so a full bucket
+//! (< 3.6 × 10^18) fits an `i64`; anything larger (a huge answer) saturates.
 
 use std::collections::HashMap;
 
@@ -107,33 +109,38 @@ impl Limits {
 /// cost more than estimated, paid back by refill before the next admission).
 #[derive(Debug, Clone, Copy)]
 struct UserBucket {
-    tokens: i128,
-    requests: i128,
+    tokens: i64,
+    requests: i64,
     /// Latest instant seen; refill never runs backwards when the clock does.
     seen_ms: u64,
 }
 
 /// Balance after refilling `per_period` per period over `elapsed_ms`, capped at one period.
-fn refill(balance: i128, per_period: Option<u64>, period_ms: u64, elapsed_ms: u64) -> i128 {
+/// `n` units of a bucket refilled over `period_ms`, in the buckets' fixed point.
+fn scaled(n: u64, period_ms: u64) -> i64 {
+    let n = i64::try_from(n).unwrap_or(i64::MAX);
+    n.saturating_mul(i64::try_from(period_ms).unwrap_or(i64::MAX))
+}
+
+fn refill(balance: i64, per_period: Option<u64>, period_ms: u64, elapsed_ms: u64) -> i64 {
     let Some(n) = per_period else {
         return balance;
     };
-    let cap = i128::from(n) * i128::from(period_ms);
-    let added = i128::from(n) * i128::from(elapsed_ms.min(period_ms));
+    let cap = scaled(n, period_ms);
+    let added = scaled(n, elapsed_ms.min(period_ms));
     balance.saturating_add(added).min(cap)
 }
 
 /// Whole seconds until `balance` reaches `target`, at least 1.
-fn wait_s(balance: i128, target: i128, per_period: u64) -> u64 {
-    let deficit = (target - balance).max(1);
-    let per_ms = i128::from(per_period.max(1));
-    let ms = (deficit + per_ms - 1) / per_ms;
-    u64::try_from((ms + 999) / 1000).unwrap_or(u64::MAX).max(1)
+fn wait_s(balance: i64, target: i64, per_period: u64) -> u64 {
+    let deficit = target.saturating_sub(balance).max(1) as u64;
+    let ms = deficit.div_ceil(per_period.max(1));
+    ms.div_ceil(1000).max(1)
 }
 
 impl UserBucket {
     fn full(limits: &Limits, now_ms: u64) -> UserBucket {
-        let cap = |n: Option<u64>| i128::from(n.unwrap_or(0)) * i128::from(limits.period_ms);
+        let cap = |n: Option<u64>| scaled(n.unwrap_or(0), limits.period_ms);
         UserBucket {
             tokens: cap(limits.tokens),
             requests: cap(limits.requests),
@@ -251,7 +258,7 @@ impl RateLimiter {
             .entry(key.to_string())
             .or_insert_with(|| UserBucket::full(&limits, now_ms));
         bucket.advance(&limits, now_ms);
-        let p = i128::from(limits.period_ms);
+        let p = scaled(1, limits.period_ms);
         if let Some(n) = limits.requests {
             if bucket.requests < p {
                 return Err(Rejection {
@@ -260,7 +267,7 @@ impl RateLimiter {
                 });
             }
         }
-        let estimate = i128::from(limits.estimate) * p;
+        let estimate = scaled(limits.estimate, limits.period_ms);
         if let Some(n) = limits.tokens {
             // A debt must be paid off first, and the estimate must fit.
             if bucket.tokens <= 0 || bucket.tokens < estimate {
@@ -305,10 +312,14 @@ impl RateLimiter {
             .entry(key.to_string())
             .or_insert_with(|| UserBucket::full(&limits, now_ms));
         bucket.advance(&limits, now_ms);
-        let p = i128::from(limits.period_ms);
-        let cap = i128::from(n) * p;
-        let difference = (i128::from(actual) - i128::from(charged)) * p;
-        bucket.tokens = bucket.tokens.saturating_sub(difference).min(cap);
+        let cap = scaled(n, limits.period_ms);
+        bucket.tokens = if actual >= charged {
+            let extra = scaled(actual - charged, limits.period_ms);
+            bucket.tokens.saturating_sub(extra)
+        } else {
+            let refund = scaled(charged - actual, limits.period_ms);
+            bucket.tokens.saturating_add(refund).min(cap)
+        };
     }
 
     /// Users tracked for `rollout` (for tests and bounds).

@@ -567,14 +567,8 @@ impl CanaryHttp {
             return Ok(None);
         };
         let key = decision.key.as_deref();
-        let is_priority = || {
-            key.is_some_and(|k| limit.priority.keys.contains(k))
-                || limit.priority.header.as_deref().is_some_and(|h| {
-                    self.get_http_request_header_bytes(h).is_some_and(|v| {
-                        std::str::from_utf8(&v).is_ok_and(|v| limit.priority.values.contains(v))
-                    })
-                })
-        };
+        let is_priority =
+            || crate::ratelimit::is_priority(limit, key, |h| self.get_http_request_header_bytes(h));
         match limiter.check(&rollout.name, limit, key, now, is_priority) {
             Ok(admitted) => {
                 if admitted.priority_passed {

@@ -76,6 +76,21 @@ pub struct Admitted {
     pub tracked: bool,
 }
 
+/// Whether a request passes the throttle: its user key is a priority key, or the priority
+/// header (read only if configured) has one of the priority values.
+pub fn is_priority(
+    config: &RateLimit,
+    key: Option<&str>,
+    header: impl FnOnce(&str) -> Option<Vec<u8>>,
+) -> bool {
+    let p = &config.priority;
+    key.is_some_and(|k| p.keys.contains(k))
+        || p.header
+            .as_deref()
+            .and_then(header)
+            .is_some_and(|v| std::str::from_utf8(&v).is_ok_and(|v| p.values.contains(v)))
+}
+
 /// One rollout's limits per worker, in the units the buckets use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Limits {
@@ -444,6 +459,31 @@ mod tests {
             .check("chat", &c, Some("vip"), 0, || true)
             .expect_err("own limit");
         assert_eq!(r.reason, Refusal::Requests);
+    }
+
+    #[test]
+    fn priority_by_key_or_header_value() {
+        let mut c = limit(None, None);
+        c.priority.keys.insert("vip".into());
+        let no_header = |_: &str| -> Option<Vec<u8>> { panic!("no header configured") };
+        assert!(is_priority(&c, Some("vip"), no_header));
+        assert!(!is_priority(&c, Some("bob"), no_header));
+        assert!(!is_priority(&c, None, no_header));
+        c.priority.header = Some("x-priority".into());
+        c.priority.values.insert("high".into());
+        let sent =
+            |value: &'static [u8]| move |name: &str| (name == "x-priority").then(|| value.to_vec());
+        assert!(is_priority(&c, Some("bob"), sent(b"high")));
+        assert!(
+            !is_priority(&c, Some("bob"), sent(b"HIGH")),
+            "values are exact"
+        );
+        assert!(
+            !is_priority(&c, Some("bob"), sent(b"\xffhigh")),
+            "not UTF-8"
+        );
+        assert!(!is_priority(&c, Some("bob"), |_| None));
+        assert!(is_priority(&c, Some("vip"), |_| None));
     }
 
     #[test]

@@ -505,16 +505,16 @@ async fn the_controller_divides_a_per_user_allowance_among_its_proxies() -> Resu
     .await?;
     let spec = "analysis: {interval: 1s, failure_limit: 1000, min_window_requests: 1000000}\n\
                 stages:\n  - {weight_pct: 50, hold: 1h}\n  - {weight_pct: 100}\n\
-                filter:\n  llm: {}\n\
-                quota: {tokens_per_minute: 100000000, per_user: {requests_per_minute: 10}}\n";
+                filter:\n  llm: {}\n  rate_limit: {workers: 2}\n\
+                quota: {tokens_per_minute: 100000000, per_user: {requests_per_minute: 20}}\n";
     let ctl = rig.start_controller(spec).await?;
     let (limit, etag) = served_limit(&ctl).await?;
-    ensure!(limit["requests_per_minute"] == 5, "{limit}");
+    ensure!(limit["requests_per_minute"] == 10, "{limit}");
     ensure!(etag.ends_with("-p2\""), "{etag}");
 
-    // Envoy 0 enforces its half. Its two workers each hold a bucket of 5 (`workers: 1`), and
-    // a client's new connection may land on either: a user gets 5, at most 9 if it moves
-    // between workers — fewer than the 10 an undivided allowance would give on one worker.
+    // Envoy 0 enforces its half, 10. Its two workers each hold half of that (`workers: 2`),
+    // and a client's connections may land on either: a user gets 5 to 10, never more than
+    // the proxy's share.
     let base = rig.bases[0].clone();
     let envoy = &rig.envoys[0];
     let client = reqwest::Client::new();
@@ -537,8 +537,8 @@ async fn the_controller_divides_a_per_user_allowance_among_its_proxies() -> Resu
     let client = reqwest::Client::new();
     let limited = until_limited(&client, &base, "traveller", 30).await?;
     check_rejection(&limited.reply, "requests_per_minute")?;
-    // 5 per 60 s per worker: one more per 12 s the requests took.
-    limited.check_passed(5, 4, 5.0 / 60.0)?;
+    // Plus one more per 6 s the requests took (10 per 60 s per proxy).
+    limited.check_passed(5, 5, 10.0 / 60.0)?;
     eprintln!("envoy 0: {} passed, then 429", limited.passed);
 
     // One proxy gone: the next round reads one, and the whole allowance goes to it.
@@ -547,7 +547,7 @@ async fn the_controller_divides_a_per_user_allowance_among_its_proxies() -> Resu
         "the allowance re-divided among the one proxy left",
         DEADLINE,
         || served_limit(&ctl),
-        |(l, _)| l["requests_per_minute"] == 10,
+        |(l, _)| l["requests_per_minute"] == 20,
     )
     .await?;
     ensure!(etag.ends_with("-p1\""), "{etag}");

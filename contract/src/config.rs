@@ -120,6 +120,10 @@ pub struct RolloutConfig {
     #[cfg(feature = "llm")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub llm: Option<crate::llm::LlmSignals>,
+    /// Copy a sample of the LLM calls to a candidate and compare its answers (shadow mode).
+    #[cfg(feature = "llm")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<crate::shadow::Shadow>,
 }
 
 /// Which requests a rollout applies to. Empty fields match everything.
@@ -206,6 +210,8 @@ impl RolloutConfig {
             max_key_bytes: DEFAULT_MAX_KEY_BYTES,
             #[cfg(feature = "llm")]
             llm: None,
+            #[cfg(feature = "llm")]
+            shadow: None,
         }
     }
 
@@ -550,6 +556,10 @@ fn validate_rollout(v: &mut Validator, at: &str, r: &RolloutConfig) {
     #[cfg(feature = "llm")]
     if let Some(llm) = &r.llm {
         crate::llm::validate_llm(v, &format!("{at}.llm"), llm);
+    }
+    #[cfg(feature = "llm")]
+    if let Some(shadow) = &r.shadow {
+        crate::shadow::validate_shadow(v, &format!("{at}.shadow"), shadow, r.llm.is_some());
     }
 }
 

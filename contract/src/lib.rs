@@ -9,6 +9,8 @@ pub mod bucket;
 pub mod config;
 #[cfg(feature = "llm")]
 pub mod llm;
+#[cfg(feature = "llm")]
+pub mod shadow;
 pub mod stats;
 
 pub use bucket::{bucket, version_for_bucket, BUCKETS};
@@ -18,6 +20,8 @@ pub use config::{
 };
 #[cfg(feature = "llm")]
 pub use llm::{LlmSignals, QualityHeader, TokenPrice, VersionPrices};
+#[cfg(feature = "llm")]
+pub use shadow::{Shadow, ShadowMetric, TextNormalisation};
 
 use serde::{Deserialize, Serialize};
 

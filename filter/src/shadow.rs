@@ -307,6 +307,11 @@ impl<T: Clone> ShadowBook<T> {
         self.entries.remove(&id).map(|e| (e.ctx, Outcome::Failed))
     }
 
+    /// The context of the entry whose copy was answered with `token`.
+    pub fn context(&self, token: u32) -> Option<&T> {
+        self.entries.get(self.by_token.get(&token)?).map(|e| &e.ctx)
+    }
+
     pub fn is_candidate_token(&self, token: u32) -> bool {
         self.by_token.contains_key(&token)
     }

@@ -311,27 +311,31 @@ impl ShadowShared {
                 .ok()
                 .flatten()
         };
-        let status = header(":status")
+        let mut status = header(":status")
             .as_deref()
             .and_then(crate::metrics::parse_status);
         let content_type = header("content-type");
-        let mut answer = Answer {
-            status,
-            ..Answer::default()
-        };
         let mut ops = Vec::new();
         let settled = {
             let Ok(mut book) = self.book.try_borrow_mut() else {
                 return true;
             };
-            // Read the body only for a live entry whose rollout reads LLM answers.
-            let signals = book.context(token).and_then(|ctx| {
-                ctx.active
-                    .router
-                    .rollouts()
-                    .get(ctx.rollout)
-                    .and_then(|r| r.llm.clone())
-            });
+            let rollout = book
+                .context(token)
+                .and_then(|ctx| ctx.active.router.rollouts().get(ctx.rollout));
+            let signals = rollout.and_then(|r| r.llm.clone());
+            let timeout_ms = rollout
+                .and_then(|r| r.shadow.as_ref())
+                .map_or(u64::MAX, |s| s.timeout_ms);
+            // At the timeout Envoy answers the call itself with a 504: that is no answer.
+            // (A reset or refused connection comes as Envoy's 503 and is compared as one.)
+            if status == Some(504) && now.saturating_sub(sent).saturating_add(50) >= timeout_ms {
+                status = None;
+            }
+            let mut answer = Answer {
+                status,
+                ..Answer::default()
+            };
             if let (Some(signals), Some(_)) = (signals.as_ref(), status) {
                 let mut llm = LlmExchange::start(sent);
                 llm.capture();

@@ -163,7 +163,7 @@ async fn users_only_ever_see_the_primary() -> Result<()> {
     let _slot = envoy::exclusive().await;
     // A candidate that always disagrees, then is slow, then fails.
     let shadow = Shadow {
-        timeout_ms: 2_000,
+        timeout_ms: 3_000,
         ..Shadow::new(CANARY_CLUSTER)
     };
     let candidate = LlmBehaviour {
@@ -190,13 +190,26 @@ async fn users_only_ever_see_the_primary() -> Result<()> {
     assert_eq!(shadow_value(&samples, "canary_shadow_agree"), 0.0);
     assert_eq!(rig.canary.requests(), disagreeing, "one copy per request");
 
-    // Slow: the candidate answers after 5 s (past the 2 s timeout); users do not wait.
+    // Late: the candidate answers 1.5 s after the user got the primary's answer and the
+    // user's stream is gone; its answers are still compared (the root context holds the
+    // call, not the user's stream).
+    rig.canary.set_delay(Duration::from_millis(1_500));
+    let late = send_and_check(&rig, 10..14, 8, Some(Duration::from_millis(1_200))).await?;
+    let samples = eventually(
+        "late answers compared",
+        Duration::from_secs(30),
+        || canary_view(envoy),
+        |s| shadow_value(s, "canary_shadow_compared") == (disagreeing + late) as f64,
+    )
+    .await?;
+    assert_eq!(shadow_value(&samples, "canary_shadow_failed"), 0.0);
+    // Too slow: the candidate answers after 5 s, past the 3 s timeout; users do not wait.
     rig.canary.set_delay(Duration::from_secs(5));
-    let slow = send_and_check(&rig, 10..14, 8, Some(Duration::from_secs(4))).await?;
+    let slow = send_and_check(&rig, 14..18, 8, Some(Duration::from_secs(2))).await?;
     // Failing: every answer is a 503.
     rig.canary.set_delay(Duration::ZERO);
     rig.canary.set_error_rate_bp(10_000);
-    let failing = send_and_check(&rig, 14..20, 4, None).await?;
+    let failing = send_and_check(&rig, 18..24, 4, None).await?;
 
     let samples = eventually(
         "timeouts and failures counted",
@@ -204,24 +217,28 @@ async fn users_only_ever_see_the_primary() -> Result<()> {
         || canary_view(envoy),
         |s| {
             shadow_value(s, "canary_shadow_failed") == slow as f64
-                && shadow_value(s, "canary_shadow_compared") == (disagreeing + failing) as f64
-                && shadow_value(s, "canary_rq_total") == (disagreeing + slow + failing) as f64
+                && shadow_value(s, "canary_shadow_compared")
+                    == (disagreeing + late + failing) as f64
+                && shadow_value(s, "canary_rq_total") == (disagreeing + late + slow + failing) as f64
         },
     )
     .await?;
-    let total = disagreeing + slow + failing;
+    let total = disagreeing + late + slow + failing;
     assert_eq!(shadow_value(&samples, "canary_shadow_requests"), total as f64);
-    assert_eq!(shadow_value(&samples, "canary_shadow_agree_status"), disagreeing as f64);
+    assert_eq!(
+        shadow_value(&samples, "canary_shadow_agree_status"),
+        (disagreeing + late) as f64
+    );
     assert_eq!(shadow_value(&samples, "canary_shadow_dropped"), 0.0);
     // The candidate's own answers are the canary's signals (its weight is 0).
     let canary = |metric: &str| shadow_value(&samples, metric);
     assert_eq!(canary("canary_rq_total"), total as f64);
     assert_eq!(canary("canary_rq_5xx"), (slow + failing) as f64);
     assert_eq!(canary("canary_rq_reset"), slow as f64);
-    assert_eq!(canary("canary_llm_responses"), disagreeing as f64);
+    assert_eq!(canary("canary_llm_responses"), (disagreeing + late) as f64);
     assert!(!envoy.log().contains("panicked"), "{}", envoy.log_tail(30));
     eprintln!(
-        "shadow: {disagreeing} disagreeing, {slow} slow (timed out), {failing} failing copies; every user answer was the primary's"
+        "shadow: {disagreeing} disagreeing, {late} late (compared after the user's stream ended), {slow} slow (timed out), {failing} failing copies; every user answer was the primary's"
     );
     Ok(())
 }

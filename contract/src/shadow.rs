@@ -237,7 +237,10 @@ mod tests {
         )
         .expect_err("unknown normalisation")
         .to_string();
-        assert!(err.contains("rollouts[0].shadow.text_normalisation"), "{err}");
+        assert!(
+            err.contains("rollouts[0].shadow.text_normalisation"),
+            "{err}"
+        );
     }
 
     #[test]

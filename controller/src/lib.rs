@@ -8,6 +8,7 @@
 pub mod judge;
 pub mod machine;
 pub mod server;
+pub mod shadow;
 pub mod sources;
 pub mod spec;
 pub mod stats;

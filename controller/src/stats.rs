@@ -147,6 +147,9 @@ impl VersionStats {
 pub struct RolloutStats {
     pub stable: VersionStats,
     pub canary: VersionStats,
+    /// The shadow counters (zero without a shadow phase).
+    #[serde(default)]
+    pub shadow: crate::shadow::ShadowCounts,
 }
 
 impl RolloutStats {
@@ -168,6 +171,7 @@ impl RolloutStats {
         Some(RolloutStats {
             stable: self.stable.minus(&earlier.stable)?,
             canary: self.canary.minus(&earlier.canary)?,
+            shadow: self.shadow.minus(&earlier.shadow)?,
         })
     }
 
@@ -175,6 +179,7 @@ impl RolloutStats {
         RolloutStats {
             stable: self.stable.plus(&other.stable),
             canary: self.canary.plus(&other.canary),
+            shadow: self.shadow.plus(&other.shadow),
         }
     }
 }
@@ -223,6 +228,12 @@ impl Accumulator {
                 })
             }
         };
+        if let Some(m) = canary_contract::ShadowMetric::parse(s.name) {
+            if s.version == Version::Canary {
+                self.stats.shadow.set(m, count(s.value)?);
+            }
+            return Ok(());
+        }
         let v = self.stats.version_mut(s.version);
         let duration = Metric::RqTimeMs.name();
         if let Some(suffix) = s.name.strip_prefix(duration) {
@@ -325,7 +336,7 @@ pub fn parse_envoy_prometheus(text: &str, rollout: &str) -> Result<RolloutStats,
 /// The PromQL selector for every series of `rollout` the judge needs.
 pub fn prometheus_selector(rollout: &str) -> String {
     format!(
-        "{{__name__=~\"canary_rq_(total|2xx|3xx|4xx|5xx|reset|time_ms_bucket|time_ms_count|time_ms_sum)\",rollout=\"{rollout}\"}}"
+        "{{__name__=~\"canary_rq_(total|2xx|3xx|4xx|5xx|reset|time_ms_bucket|time_ms_count|time_ms_sum)|canary_shadow_[a-z_]+\",rollout=\"{rollout}\"}}"
     )
 }
 

@@ -420,7 +420,8 @@ mod tests {
             json!({"choices": [], "usage": {"prompt_tokens": 3}}),
         ];
         assert_eq!(capture(&openai_stream).text, "Hello");
-        let anthropic = json!({"content": [{"type": "text", "text": "Hi"}, {"type": "text", "text": " you"}]});
+        let anthropic =
+            json!({"content": [{"type": "text", "text": "Hi"}, {"type": "text", "text": " you"}]});
         assert_eq!(capture(&[anthropic]).text, "Hi you");
         let anthropic_stream = [
             json!({"type": "message_start", "message": {"id": "m", "content": []}}),
@@ -433,16 +434,24 @@ mod tests {
 
     #[test]
     fn structure_ignores_values_and_array_lengths() {
-        let a = capture(&[json!({"id": "a", "created": 1, "choices": [{"message": {"content": "x"}}],
-                                 "usage": {"prompt_tokens": 3}})]);
-        let b = capture(&[json!({"id": "bbb", "created": 99, "choices": [{"message": {"content": "y"}},
-                                 {"message": {"content": "z"}}], "usage": {"prompt_tokens": 7}})]);
+        let a = capture(&[
+            json!({"id": "a", "created": 1, "choices": [{"message": {"content": "x"}}],
+                                 "usage": {"prompt_tokens": 3}}),
+        ]);
+        let b = capture(&[
+            json!({"id": "bbb", "created": 99, "choices": [{"message": {"content": "y"}},
+                                 {"message": {"content": "z"}}], "usage": {"prompt_tokens": 7}}),
+        ]);
         assert_eq!(a.shape, b.shape);
         assert!(a.shape.contains(".choices[].message.content:string"));
-        let missing_usage = capture(&[json!({"id": "a", "created": 1, "choices": [{"message": {"content": "x"}}]})]);
+        let missing_usage = capture(&[
+            json!({"id": "a", "created": 1, "choices": [{"message": {"content": "x"}}]}),
+        ]);
         assert_ne!(a.shape, missing_usage.shape);
-        let null_content = capture(&[json!({"id": "a", "created": 1, "choices": [{"message": {"content": null}}],
-                                           "usage": {"prompt_tokens": 3}})]);
+        let null_content = capture(&[
+            json!({"id": "a", "created": 1, "choices": [{"message": {"content": null}}],
+                                           "usage": {"prompt_tokens": 3}}),
+        ]);
         assert_ne!(a.shape, null_content.shape);
         // Bounded: a huge object keeps at most MAX_SHAPE_PATHS paths.
         let wide: serde_json::Map<String, Value> =
@@ -557,7 +566,10 @@ mod tests {
         book.sent(ids[0], 1);
         book.sent(ids[1], 2);
         let no_answer = Answer::default();
-        assert_eq!(book.candidate(1, no_answer), Some((0, Some(Outcome::Failed))));
+        assert_eq!(
+            book.candidate(1, no_answer),
+            Some((0, Some(Outcome::Failed)))
+        );
         assert_eq!(book.primary(ids[0], answer(200, "x")), None);
         // An unreadable primary (cut stream): dropped, not compared.
         book.candidate(2, answer(200, "x"));
@@ -569,7 +581,10 @@ mod tests {
         assert_eq!(book.primary(ids[1], cut), Some((1, Outcome::Dropped)));
         // A request whose body never ended (client gone): dropped at the primary's end.
         let c = book.open(3, 0, 100, 2, HOW).expect("room");
-        assert_eq!(book.primary(c, Answer::default()), Some((3, Outcome::Dropped)));
+        assert_eq!(
+            book.primary(c, Answer::default()),
+            Some((3, Outcome::Dropped))
+        );
         // Abandoned before sending (body over the cap).
         let d = book.open(4, 0, 100, 2, HOW).expect("room");
         assert_eq!(book.abandon(d), Some(4));

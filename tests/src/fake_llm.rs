@@ -115,7 +115,11 @@ pub async fn answer(
         counters.agreeing.fetch_add(1, Ordering::Relaxed),
         behaviour.agreement_bp,
     );
-    let text = if agree { "Sure." } else { "Certainly not that." };
+    let text = if agree {
+        "Sure."
+    } else {
+        "Certainly not that."
+    };
     let token = if agree { "tok" } else { "other" };
     let mut headers = vec![
         (

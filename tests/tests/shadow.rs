@@ -9,15 +9,15 @@ use anyhow::Result;
 use canary_contract::{FilterConfig, LlmSignals, RolloutConfig, Shadow};
 use canary_e2e::bootstrap::CANARY_CLUSTER;
 use canary_e2e::envoy;
+use canary_e2e::envoy::Envoy;
 use canary_e2e::fake_llm::LlmBehaviour;
 use canary_e2e::paths;
-use canary_e2e::envoy::Envoy;
-use prometheus_parse::Value;
-use std::collections::BTreeMap;
 use canary_e2e::rig::{CanaryRig, RigOptions};
 use canary_e2e::upstream::{UpstreamSpec, SERVED_BY};
 use canary_e2e::wait::eventually;
 use futures::StreamExt;
+use prometheus_parse::Value;
+use std::collections::BTreeMap;
 
 const ROLLOUT: &str = "chat";
 const PATHS: [&str; 2] = ["/v1/chat/completions", "/v1/messages"];
@@ -151,7 +151,10 @@ async fn send_and_check(
             "{headers:?}"
         );
         if let Some(max) = max_duration {
-            assert!(took < max, "{path} stream={stream} took {took:?}: waited for the candidate?");
+            assert!(
+                took < max,
+                "{path} stream={stream} took {took:?}: waited for the candidate?"
+            );
         }
         sent += 1;
     }
@@ -184,8 +187,14 @@ async fn users_only_ever_see_the_primary() -> Result<()> {
         },
     )
     .await?;
-    assert_eq!(shadow_value(&samples, "canary_shadow_agree_status"), disagreeing as f64);
-    assert_eq!(shadow_value(&samples, "canary_shadow_agree_structure"), disagreeing as f64);
+    assert_eq!(
+        shadow_value(&samples, "canary_shadow_agree_status"),
+        disagreeing as f64
+    );
+    assert_eq!(
+        shadow_value(&samples, "canary_shadow_agree_structure"),
+        disagreeing as f64
+    );
     assert_eq!(shadow_value(&samples, "canary_shadow_agree_text"), 0.0);
     assert_eq!(shadow_value(&samples, "canary_shadow_agree"), 0.0);
     assert_eq!(rig.canary.requests(), disagreeing, "one copy per request");
@@ -219,12 +228,16 @@ async fn users_only_ever_see_the_primary() -> Result<()> {
             shadow_value(s, "canary_shadow_failed") == slow as f64
                 && shadow_value(s, "canary_shadow_compared")
                     == (disagreeing + late + failing) as f64
-                && shadow_value(s, "canary_rq_total") == (disagreeing + late + slow + failing) as f64
+                && shadow_value(s, "canary_rq_total")
+                    == (disagreeing + late + slow + failing) as f64
         },
     )
     .await?;
     let total = disagreeing + late + slow + failing;
-    assert_eq!(shadow_value(&samples, "canary_shadow_requests"), total as f64);
+    assert_eq!(
+        shadow_value(&samples, "canary_shadow_requests"),
+        total as f64
+    );
     assert_eq!(
         shadow_value(&samples, "canary_shadow_agree_status"),
         (disagreeing + late) as f64
@@ -275,7 +288,10 @@ async fn measured_agreement_is_the_candidates() -> Result<()> {
     let agree = shadow_value(&samples, "canary_shadow_agree");
     // Every other request of each worker is copied.
     let half = sent as f64 / 2.0;
-    assert!((requests - half).abs() <= 2.0, "{requests} copies of {sent}");
+    assert!(
+        (requests - half).abs() <= 2.0,
+        "{requests} copies of {sent}"
+    );
     assert_eq!(rig.canary.requests() as f64, requests);
     let measured = agree / compared;
     let configured = f64::from(agreement_bp) / 10_000.0;
@@ -283,8 +299,14 @@ async fn measured_agreement_is_the_candidates() -> Result<()> {
         (measured - configured).abs() <= 0.02,
         "measured agreement {measured:.4}, configured {configured}"
     );
-    assert_eq!(shadow_value(&samples, "canary_shadow_agree_status"), compared);
-    assert_eq!(shadow_value(&samples, "canary_shadow_agree_structure"), compared);
+    assert_eq!(
+        shadow_value(&samples, "canary_shadow_agree_status"),
+        compared
+    );
+    assert_eq!(
+        shadow_value(&samples, "canary_shadow_agree_structure"),
+        compared
+    );
     assert_eq!(shadow_value(&samples, "canary_shadow_agree_text"), agree);
     let canary = |metric: &str| shadow_value(&samples, metric);
     assert_eq!(canary("canary_rq_2xx"), requests);

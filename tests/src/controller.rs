@@ -210,6 +210,29 @@ impl ControlledRig {
         stable: UpstreamSpec,
         canary: UpstreamSpec,
     ) -> Result<ControlledRig> {
+        let wasm = paths::filter_wasm()?;
+        Self::start_with_module(
+            rollout,
+            envoys,
+            poll_ms,
+            fail_safe_after_s,
+            stable,
+            canary,
+            wasm,
+        )
+        .await
+    }
+
+    /// [`ControlledRig::start`] with another filter module (e.g. the LLM build).
+    pub async fn start_with_module(
+        rollout: &str,
+        envoys: usize,
+        poll_ms: u64,
+        fail_safe_after_s: Option<u64>,
+        stable: UpstreamSpec,
+        canary: UpstreamSpec,
+        wasm: PathBuf,
+    ) -> Result<ControlledRig> {
         let stable = Upstream::start(stable).await?;
         let canary = Upstream::start(canary).await?;
         let controller_addr: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
@@ -222,7 +245,7 @@ impl ControlledRig {
         let bootstrap = CanaryBootstrap {
             listener: ListenerSource::Static(filter_listener(
                 &config,
-                paths::filter_wasm()?,
+                wasm,
                 FailurePolicy::FailReload,
             )?),
             stable: stable.addr(),

@@ -3,11 +3,14 @@
 //! answers, byte for byte, however the candidate behaves; the measured agreement is the
 //! candidate's configured one; the candidate's own answers are counted as the canary's.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use canary_contract::{FilterConfig, LlmSignals, RolloutConfig, Shadow};
 use canary_e2e::bootstrap::CANARY_CLUSTER;
+use canary_e2e::controller::{wait_status, ControlledRig};
 use canary_e2e::envoy;
 use canary_e2e::envoy::Envoy;
 use canary_e2e::fake_llm::LlmBehaviour;
@@ -315,6 +318,190 @@ async fn measured_agreement_is_the_candidates() -> Result<()> {
         "shadow: {sent} requests, {requests} copies, {compared} compared, agreement {:.2}% (configured {:.2}%)",
         measured * 100.0,
         configured * 100.0
+    );
+    Ok(())
+}
+
+/// LLM calls from `users` users until stopped; counts who answered.
+struct ChatLoad {
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<Result<BTreeMap<String, u64>>>,
+}
+
+impl ChatLoad {
+    fn start(base: String, users: u32) -> ChatLoad {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let task = tokio::spawn(async move {
+            let client = reqwest::Client::new();
+            let mut served: BTreeMap<String, u64> = BTreeMap::new();
+            let mut n = 0u32;
+            while !flag.load(Ordering::Relaxed) {
+                let batch = (0..4).map(|i| {
+                    let user = format!("user-{}", (n + i) % users);
+                    let path = PATHS[((n + i) % 2) as usize];
+                    let client = client.clone();
+                    let base = base.clone();
+                    async move { chat(&client, &base, path, &user, false).await }
+                });
+                for answer in futures::future::join_all(batch).await {
+                    let (served_by, _, _) = answer?;
+                    *served.entry(served_by).or_default() += 1;
+                }
+                n = n.wrapping_add(4);
+            }
+            Ok(served)
+        });
+        ChatLoad { stop, task }
+    }
+
+    async fn stop(self) -> Result<BTreeMap<String, u64>> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.task.await?
+    }
+}
+
+fn controlled_spec() -> String {
+    format!(
+        "filter: {{llm: {{path_prefixes: [\"/v1/\"]}}}}\n\
+         analysis: {{interval: 500ms, failure_limit: 3, min_window_requests: 20}}\n\
+         shadow: {{copy: {{cluster: {CANARY_CLUSTER}, sample_bp: 10000, timeout_ms: 5000}}, \
+                  min_compared: 150, min_agreement_pct: 90, failure_limit: 3}}\n\
+         stages:\n  - {{weight_pct: 50, hold: 1s, min_requests: 10}}\n  - {{weight_pct: 100}}\n"
+    )
+}
+
+async fn controlled_rig(agreement_bp: u32) -> Result<ControlledRig> {
+    let mut stable = UpstreamSpec::new("stable");
+    stable.llm = Some(LlmBehaviour::default());
+    let mut canary = UpstreamSpec::new("canary");
+    canary.llm = Some(LlmBehaviour {
+        agreement_bp,
+        ..LlmBehaviour::default()
+    });
+    ControlledRig::start_with_module(
+        ROLLOUT,
+        1,
+        500,
+        None,
+        stable,
+        canary,
+        paths::llm_filter_wasm()?,
+    )
+    .await
+}
+
+fn advanced(status: &serde_json::Value) -> usize {
+    status["timeline"].as_array().map_or(0, |t| {
+        t.iter()
+            .filter(|e| e["kind"] == "stage_advanced" || e["kind"] == "promoted")
+            .count()
+    })
+}
+
+/// Issue test 4, the gate: a candidate agreeing 50% of the time never gets a real user; the
+/// shadow phase fails its gate and the rollout is rolled back with the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shadow_gate_blocks_a_disagreeing_candidate() -> Result<()> {
+    let _slot = envoy::exclusive().await;
+    let rig = controlled_rig(5_000).await?;
+    let ctl = rig.start_controller(&controlled_spec()).await?;
+    let load = ChatLoad::start(rig.bases[0].clone(), 50);
+    let status = wait_status(
+        &ctl,
+        "the shadow gate to decide",
+        Duration::from_secs(90),
+        |s| s["phase"] == "rolled_back" || advanced(s) > 0,
+    )
+    .await;
+    let served = load.stop().await?;
+    let status = status?;
+    assert_eq!(status["phase"], "rolled_back", "{status}\n{}", ctl.log());
+    assert_eq!(status["weight_bp"], 0);
+    assert_eq!(advanced(&status), 0, "{status}");
+    let agreement = status["shadow"]["agreement_pct"].as_f64().unwrap_or(-1.0);
+    assert!(
+        (agreement - 50.0).abs() <= 2.0,
+        "agreement {agreement}: {status}"
+    );
+    let gate = status["shadow"]["gate"].as_str().unwrap_or_default();
+    assert!(gate.contains("< 90.0%"), "{gate}");
+    // Nobody was routed to the candidate: every user answer came from stable.
+    assert!(
+        served.get("stable").copied().unwrap_or(0) > 100,
+        "{served:?}"
+    );
+    assert_eq!(served.keys().collect::<Vec<_>>(), ["stable"], "{served:?}");
+    let metrics = reqwest::get(format!("{}/metrics", ctl.url()))
+        .await?
+        .text()
+        .await?;
+    assert!(
+        metrics.contains("canary_controller_shadow_agreement_ratio{rollout=\"chat\"} 0.5"),
+        "{metrics}"
+    );
+    eprintln!(
+        "shadow gate: agreement {agreement:.1}%, rolled back: {}; users served {served:?}",
+        status["timeline"]
+            .as_array()
+            .and_then(|t| t.last())
+            .map_or(String::new(), |e| e["message"].to_string())
+    );
+    Ok(())
+}
+
+/// Issue test 4, the other way: a candidate agreeing 98% of the time passes the gate and the
+/// rollout moves to its first stage, where real users reach it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shadow_gate_lets_an_agreeing_candidate_into_the_first_stage() -> Result<()> {
+    let _slot = envoy::exclusive().await;
+    let rig = controlled_rig(9_800).await?;
+    let ctl = rig.start_controller(&controlled_spec()).await?;
+    let load = ChatLoad::start(rig.bases[0].clone(), 50);
+    let status = wait_status(
+        &ctl,
+        "the shadow gate to pass",
+        Duration::from_secs(90),
+        |s| s["phase"] == "rolled_back" || advanced(s) > 0,
+    )
+    .await;
+    let status = match status {
+        Ok(s) => s,
+        Err(e) => {
+            load.stop().await?;
+            return Err(e);
+        }
+    };
+    assert_eq!(status["phase"], "progressing", "{status}\n{}", ctl.log());
+    assert_eq!(status["weight_bp"], 5_000, "{status}");
+    assert_eq!(status["shadow"]["active"], false);
+    let agreement = status["shadow"]["agreement_pct"].as_f64().unwrap_or(-1.0);
+    assert!(agreement >= 90.0, "{status}");
+    // Users now reach the candidate (the filter dropped the shadow copy with the new config).
+    let users: Vec<String> = (0..50).map(|u| format!("user-{u}")).collect();
+    let rollout = canary_contract::RolloutConfig::new(ROLLOUT, 5_000);
+    let want_canary = users
+        .iter()
+        .filter(|u| rollout.version_for_key(u) == canary_contract::Version::Canary)
+        .count();
+    eventually(
+        "users routed at 50%",
+        Duration::from_secs(30),
+        || async {
+            let client = reqwest::Client::new();
+            let mut canary = 0;
+            for u in &users {
+                let (by, _, _) = chat(&client, &rig.bases[0], PATHS[0], u, false).await?;
+                canary += usize::from(by == "canary");
+            }
+            Ok(canary)
+        },
+        |n| *n == want_canary,
+    )
+    .await?;
+    let served = load.stop().await?;
+    eprintln!(
+        "shadow gate passed at agreement {agreement:.1}%; {want_canary} of 50 users on the candidate at 50%; load saw {served:?}"
     );
     Ok(())
 }

@@ -744,6 +744,24 @@ mod tests {
         }
     }
 
+    /// Without the `llm` feature (the plain filter), a rollout with `llm` or `shadow` is
+    /// refused naming the field, so it cannot silently lose its checks or its shadow.
+    #[cfg(not(feature = "llm"))]
+    #[test]
+    fn the_plain_build_refuses_llm_and_shadow() {
+        for field in ["llm", "shadow"] {
+            let json = format!(
+                r#"{{"schema_version":1,"rollouts":[{{"name":"a","weight_bp":5,"{field}":{{}}}}]}}"#
+            );
+            let err = parse(&json).expect_err(&json);
+            assert_eq!(
+                fields(err.clone()),
+                [format!("rollouts[0].{field}")],
+                "{err}"
+            );
+        }
+    }
+
     #[test]
     fn all_problems_are_reported_at_once() {
         let err = parse(

@@ -43,7 +43,7 @@ pub enum TextNormalisation {
     /// Every run of whitespace is one space, ends trimmed.
     #[default]
     CollapseWhitespace,
-    /// As `collapse_whitespace`, and case ignored.
+    /// As `collapse_whitespace`, and the case of ASCII letters ignored.
     CollapseWhitespaceLowercase,
 }
 

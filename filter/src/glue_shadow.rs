@@ -10,7 +10,6 @@
 //! the answer in its own `on_http_call_response`. The tick sends anything left over.
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -36,7 +35,7 @@ pub(super) struct ShadowCtx {
 pub(super) struct ShadowShared {
     book: RefCell<ShadowBook<ShadowCtx>>,
     /// When each outstanding copy was sent, by call token (the candidate's latency).
-    sent_ms: RefCell<HashMap<u32, u64>>,
+    sent_ms: RefCell<crate::shadow::VecMap<u32, u64>>,
     queue: Cell<Option<u32>>,
 }
 

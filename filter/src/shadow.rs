@@ -6,8 +6,6 @@
 //! The candidate's answer never reaches the user: the copy is a separate call made by the
 //! root context, and nothing here can pause or change the user's request or response.
 
-use std::collections::{BTreeSet, HashMap};
-
 use canary_contract::TextNormalisation;
 use serde_json::Value;
 
@@ -46,7 +44,8 @@ const MAX_TEXT_BYTES: usize = 64 * 1024;
 /// stream, the union of its events' structures and the concatenation of their texts.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Capture {
-    pub shape: BTreeSet<String>,
+    /// Sorted, no duplicates (a vector: a set type would add its code to the module).
+    pub shape: Vec<String>,
     pub text: String,
 }
 
@@ -100,7 +99,10 @@ impl Capture {
             Value::Array(_) => "array",
             Value::Object(_) => "object",
         };
-        self.shape.insert(format!("{path}:{kind}"));
+        let entry = format!("{path}:{kind}");
+        if let Err(at) = self.shape.binary_search(&entry) {
+            self.shape.insert(at, entry);
+        }
         let len = path.len();
         match value {
             Value::Array(items) => {
@@ -146,13 +148,14 @@ impl Agreement {
     }
 }
 
+/// Lowercasing is ASCII only: Unicode case tables would add 18 KB to the module.
 pub fn normalise(text: &str, how: TextNormalisation) -> String {
     let collapse = |t: &str| t.split_whitespace().collect::<Vec<_>>().join(" ");
     match how {
         TextNormalisation::Exact => text.to_string(),
         TextNormalisation::TrimWhitespace => text.trim().to_string(),
         TextNormalisation::CollapseWhitespace => collapse(text),
-        TextNormalisation::CollapseWhitespaceLowercase => collapse(text).to_lowercase(),
+        TextNormalisation::CollapseWhitespaceLowercase => collapse(text).to_ascii_lowercase(),
     }
 }
 
@@ -204,17 +207,80 @@ struct Entry<T> {
 /// needs to count an outcome (the configuration and rollout it belongs to).
 pub struct ShadowBook<T> {
     next_id: u64,
-    entries: HashMap<u64, Entry<T>>,
-    by_token: HashMap<u32, u64>,
+    entries: VecMap<u64, Entry<T>>,
+    by_token: VecMap<u32, u64>,
 }
 
 impl<T> Default for ShadowBook<T> {
     fn default() -> Self {
         ShadowBook {
             next_id: 0,
-            entries: HashMap::new(),
-            by_token: HashMap::new(),
+            entries: VecMap::default(),
+            by_token: VecMap::default(),
         }
+    }
+}
+
+/// A small map as a vector: the book holds at most `max_in_flight` entries, and a hash map
+/// would add its hashing code to the module for no gain at this size.
+pub struct VecMap<K, V> {
+    items: Vec<(K, V)>,
+}
+
+impl<K, V> Default for VecMap<K, V> {
+    fn default() -> Self {
+        VecMap { items: Vec::new() }
+    }
+}
+
+impl<K: PartialEq + Copy, V> VecMap<K, V> {
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    fn position(&self, key: &K) -> Option<usize> {
+        self.items.iter().position(|(k, _)| k == key)
+    }
+
+    pub fn get(&self, key: &K) -> Option<&V> {
+        self.position(key).map(|i| &self.items[i].1)
+    }
+
+    pub fn get_mut(&mut self, key: &K) -> Option<&mut V> {
+        let i = self.position(key)?;
+        Some(&mut self.items[i].1)
+    }
+
+    pub fn contains_key(&self, key: &K) -> bool {
+        self.position(key).is_some()
+    }
+
+    pub fn insert(&mut self, key: K, value: V) {
+        match self.position(&key) {
+            Some(i) => self.items[i].1 = value,
+            None => self.items.push((key, value)),
+        }
+    }
+
+    pub fn remove(&mut self, key: &K) -> Option<V> {
+        let i = self.position(key)?;
+        Some(self.items.swap_remove(i).1)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&K, &V)> {
+        self.items.iter().map(|(k, v)| (k, v))
+    }
+
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = (&K, &mut V)> {
+        self.items.iter_mut().map(|(k, v)| (&*k, v))
+    }
+
+    pub fn retain(&mut self, mut keep: impl FnMut(&K, &V) -> bool) {
+        self.items.retain(|(k, v)| keep(k, v));
     }
 }
 
@@ -443,7 +509,13 @@ mod tests {
                                  {"message": {"content": "z"}}], "usage": {"prompt_tokens": 7}}),
         ]);
         assert_eq!(a.shape, b.shape);
-        assert!(a.shape.contains(".choices[].message.content:string"));
+        assert!(a
+            .shape
+            .contains(&".choices[].message.content:string".to_string()));
+        assert!(
+            a.shape.windows(2).all(|w| w[0] < w[1]),
+            "sorted, no duplicates"
+        );
         let missing_usage = capture(&[
             json!({"id": "a", "created": 1, "choices": [{"message": {"content": "x"}}]}),
         ]);

@@ -505,3 +505,44 @@ async fn shadow_gate_lets_an_agreeing_candidate_into_the_first_stage() -> Result
     );
     Ok(())
 }
+
+/// The plain module (no response bodies) refuses a rollout with `shadow`, naming the field,
+/// and keeps serving its last good configuration: a rollout cannot silently lose its shadow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_plain_module_refuses_shadow() -> Result<()> {
+    let _slot = envoy::exclusive().await;
+    let good = FilterConfig::new(vec![RolloutConfig::new(ROLLOUT, 0)]).to_json();
+    let mut rig =
+        CanaryRig::start_with_lds(&good, "x-canary-version", RigOptions::default()).await?;
+    let rejected = |envoy: &Envoy| {
+        let envoy = envoy.admin_addr();
+        async move {
+            let text = reqwest::get(format!("http://{envoy}/stats?filter=lds.update_rejected"))
+                .await?
+                .text()
+                .await?;
+            Ok::<_, anyhow::Error>(text)
+        }
+    };
+    let before = rejected(rig.envoy()).await?;
+    rig.publish(
+        r#"{"schema_version":1,"rollouts":[{"name":"chat","weight_bp":0,"shadow":{"cluster":"canary"}}]}"#,
+    )?;
+    eventually(
+        "the shadow configuration refused",
+        Duration::from_secs(30),
+        || rejected(rig.envoy()),
+        |now| *now != before,
+    )
+    .await?;
+    let log = rig.envoy().log();
+    assert!(
+        log.contains("invalid plugin configuration: rollouts[0].shadow: unknown field `shadow`"),
+        "{}",
+        rig.envoy().log_tail(20)
+    );
+    let client = reqwest::Client::new();
+    let (served_by, _, _) = chat(&client, rig.base(), PATHS[0], "someone", false).await?;
+    assert_eq!(served_by, "stable");
+    Ok(())
+}

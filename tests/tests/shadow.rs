@@ -169,7 +169,7 @@ async fn users_only_ever_see_the_primary() -> Result<()> {
     let _slot = envoy::exclusive().await;
     // A candidate that always disagrees, then is slow, then fails.
     let shadow = Shadow {
-        timeout_ms: 3_000,
+        timeout_ms: 4_000,
         ..Shadow::new(CANARY_CLUSTER)
     };
     let candidate = LlmBehaviour {
@@ -202,11 +202,11 @@ async fn users_only_ever_see_the_primary() -> Result<()> {
     assert_eq!(shadow_value(&samples, "canary_shadow_agree"), 0.0);
     assert_eq!(rig.canary.requests(), disagreeing, "one copy per request");
 
-    // Late: the candidate answers 1.5 s after the user got the primary's answer and the
+    // Late: the candidate answers 2.5 s after the user got the primary's answer and the
     // user's stream is gone; its answers are still compared (the root context holds the
-    // call, not the user's stream).
-    rig.canary.set_delay(Duration::from_millis(1_500));
-    let late = send_and_check(&rig, 10..14, 8, Some(Duration::from_millis(1_200))).await?;
+    // call, not the user's stream). Users never wait for it.
+    rig.canary.set_delay(Duration::from_millis(2_500));
+    let late = send_and_check(&rig, 10..14, 8, Some(Duration::from_secs(2))).await?;
     let samples = eventually(
         "late answers compared",
         Duration::from_secs(30),
@@ -215,9 +215,9 @@ async fn users_only_ever_see_the_primary() -> Result<()> {
     )
     .await?;
     assert_eq!(shadow_value(&samples, "canary_shadow_failed"), 0.0);
-    // Too slow: the candidate answers after 5 s, past the 3 s timeout; users do not wait.
-    rig.canary.set_delay(Duration::from_secs(5));
-    let slow = send_and_check(&rig, 14..18, 8, Some(Duration::from_secs(2))).await?;
+    // Too slow: the candidate answers after 6 s, past the 4 s timeout; users do not wait.
+    rig.canary.set_delay(Duration::from_secs(6));
+    let slow = send_and_check(&rig, 14..18, 8, Some(Duration::from_secs(3))).await?;
     // Failing: every answer is a 503.
     rig.canary.set_delay(Duration::ZERO);
     rig.canary.set_error_rate_bp(10_000);
@@ -544,5 +544,73 @@ async fn the_plain_module_refuses_shadow() -> Result<()> {
     let client = reqwest::Client::new();
     let (served_by, _, _) = chat(&client, rig.base(), PATHS[0], "someone", false).await?;
     assert_eq!(served_by, "stable");
+    Ok(())
+}
+
+/// The bounds: over `max_in_flight` a sampled request is not copied (counted dropped, never
+/// queued), and a request body over `max_request_bytes` is not copied either; users are
+/// served as always.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copies_are_bounded_and_dropped_never_queued() -> Result<()> {
+    let _slot = envoy::exclusive().await;
+    let shadow = Shadow {
+        max_in_flight: 1,
+        ..Shadow::new(CANARY_CLUSTER)
+    };
+    let rig = shadow_rig(shadow, LlmBehaviour::default()).await?;
+    let envoy = rig.envoy();
+    // The candidate takes 4 s: while one copy per worker is out, the others are dropped.
+    rig.canary.set_delay(Duration::from_secs(4));
+    let sent = send_and_check(&rig, 0..4, 16, Some(Duration::from_secs(3))).await?;
+    let samples = eventually(
+        "every sampled request compared or dropped",
+        Duration::from_secs(30),
+        || canary_view(envoy),
+        |s| {
+            shadow_value(s, "canary_shadow_compared") + shadow_value(s, "canary_shadow_dropped")
+                == sent as f64
+        },
+    )
+    .await?;
+    let compared = shadow_value(&samples, "canary_shadow_compared");
+    // Two workers, one copy each at a time, all 16 requests at once: at most a few copies.
+    assert!((1.0..=4.0).contains(&compared), "{samples:?}");
+    assert_eq!(
+        rig.canary.requests() as f64,
+        compared,
+        "dropped copies never reach it"
+    );
+
+    // A body over the cap: not copied.
+    rig.canary.set_delay(Duration::ZERO);
+    let client = reqwest::Client::new();
+    let dropped_before = shadow_value(&samples, "canary_shadow_dropped");
+    let big = format!(
+        r#"{{"model":"fake","stream":false,"messages":[{{"role":"user","content":"{}"}}]}}"#,
+        "x".repeat(100 * 1024)
+    );
+    let response = client
+        .post(format!("{}{}", rig.base(), PATHS[0]))
+        .header("x-user-id", "big")
+        .header("content-type", "application/json")
+        .body(big)
+        .send()
+        .await?;
+    assert_eq!(response.status(), 200);
+    let served_by = response.headers().get(SERVED_BY).cloned();
+    assert_eq!(
+        served_by.as_ref().and_then(|v| v.to_str().ok()),
+        Some("stable")
+    );
+    response.bytes().await?;
+    eventually(
+        "the oversized request dropped",
+        Duration::from_secs(30),
+        || canary_view(envoy),
+        |s| shadow_value(s, "canary_shadow_dropped") == dropped_before + 1.0,
+    )
+    .await?;
+    assert_eq!(rig.canary.requests() as f64, compared);
+    eprintln!("bounded: {sent} requests at once, {compared} copied, the rest dropped; a 100 KB body not copied");
     Ok(())
 }

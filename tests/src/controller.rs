@@ -144,6 +144,30 @@ impl Canaryctl {
             .await?)
     }
 
+    /// POSTs a user rating to `/feedback`; returns the status code and the JSON answer.
+    pub async fn feedback(&self, body: &Value, token: Option<&str>) -> Result<(u16, Value)> {
+        let mut request = self
+            .http
+            .post(format!("{}/feedback", self.url()))
+            .json(body);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().await?;
+        let code = response.status().as_u16();
+        Ok((code, response.json().await.unwrap_or(Value::Null)))
+    }
+
+    pub async fn metrics(&self) -> Result<String> {
+        Ok(self
+            .http
+            .get(format!("{}/metrics", self.url()))
+            .send()
+            .await?
+            .text()
+            .await?)
+    }
+
     /// POSTs a command; returns the HTTP status code.
     pub async fn command(&self, command: &str, token: Option<&str>) -> Result<u16> {
         let mut request = self.http.post(format!("{}/rollout/{command}", self.url()));
@@ -201,6 +225,31 @@ impl ControlledRig {
         Self::start_with_fail_safe(rollout, envoys, poll_ms, None, stable, canary).await
     }
 
+    /// [`ControlledRig::start`] with the LLM build of the filter (for specs whose `filter`
+    /// has `llm`) and the upstreams answering as fake LLM services.
+    pub async fn start_llm(
+        rollout: &str,
+        envoys: usize,
+        poll_ms: u64,
+        stable: crate::fake_llm::LlmBehaviour,
+        canary: crate::fake_llm::LlmBehaviour,
+    ) -> Result<ControlledRig> {
+        let mut stable_spec = UpstreamSpec::new("stable");
+        stable_spec.llm = Some(stable);
+        let mut canary_spec = UpstreamSpec::new("canary");
+        canary_spec.llm = Some(canary);
+        Self::start_inner(
+            rollout,
+            envoys,
+            poll_ms,
+            None,
+            paths::llm_filter_wasm()?,
+            stable_spec,
+            canary_spec,
+        )
+        .await
+    }
+
     /// [`ControlledRig::start`] with the filter's `fail_safe_after_s` set.
     pub async fn start_with_fail_safe(
         rollout: &str,
@@ -210,28 +259,26 @@ impl ControlledRig {
         stable: UpstreamSpec,
         canary: UpstreamSpec,
     ) -> Result<ControlledRig> {
-        let wasm = paths::filter_wasm()?;
-        Self::start_with_module(
+        Self::start_inner(
             rollout,
             envoys,
             poll_ms,
             fail_safe_after_s,
+            paths::filter_wasm()?,
             stable,
             canary,
-            wasm,
         )
         .await
     }
 
-    /// [`ControlledRig::start`] with another filter module (e.g. the LLM build).
-    pub async fn start_with_module(
+    async fn start_inner(
         rollout: &str,
         envoys: usize,
         poll_ms: u64,
         fail_safe_after_s: Option<u64>,
+        wasm: std::path::PathBuf,
         stable: UpstreamSpec,
         canary: UpstreamSpec,
-        wasm: PathBuf,
     ) -> Result<ControlledRig> {
         let stable = Upstream::start(stable).await?;
         let canary = Upstream::start(canary).await?;

@@ -372,23 +372,11 @@ fn controlled_spec() -> String {
 }
 
 async fn controlled_rig(agreement_bp: u32) -> Result<ControlledRig> {
-    let mut stable = UpstreamSpec::new("stable");
-    stable.llm = Some(LlmBehaviour::default());
-    let mut canary = UpstreamSpec::new("canary");
-    canary.llm = Some(LlmBehaviour {
+    let candidate = LlmBehaviour {
         agreement_bp,
         ..LlmBehaviour::default()
-    });
-    ControlledRig::start_with_module(
-        ROLLOUT,
-        1,
-        500,
-        None,
-        stable,
-        canary,
-        paths::llm_filter_wasm()?,
-    )
-    .await
+    };
+    ControlledRig::start_llm(ROLLOUT, 1, 500, LlmBehaviour::default(), candidate).await
 }
 
 fn advanced(status: &serde_json::Value) -> usize {
@@ -436,10 +424,12 @@ async fn shadow_gate_blocks_a_disagreeing_candidate() -> Result<()> {
         .await?
         .text()
         .await?;
-    assert!(
-        metrics.contains("canary_controller_shadow_agreement_ratio{rollout=\"chat\"} 0.5"),
-        "{metrics}"
-    );
+    // Over the phase's windows (the first reading is only a baseline): close to 50%.
+    let ratio = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("canary_controller_shadow_agreement_ratio{rollout=\"chat\"} "))
+        .and_then(|v| v.parse::<f64>().ok());
+    assert!(ratio.is_some_and(|r| (r - 0.5).abs() <= 0.02), "{metrics}");
     eprintln!(
         "shadow gate: agreement {agreement:.1}%, rolled back: {}; users served {served:?}",
         status["timeline"]

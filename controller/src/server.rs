@@ -224,14 +224,6 @@ fn status_json(c: &Controller) -> serde_json::Value {
         "stage": c.state.stage + 1,
         "stages": c.spec.stages.len(),
         "weight_bp": c.state.weight_bp,
-        "time_in_stage_s": now.saturating_sub(c.state.stage_started_ms) as f64 / 1000.0,
-        "stage_requests": {"canary": c.state.stage_canary_requests, "stable": c.state.stage_stable_requests},
-        "consecutive_failures": c.state.consecutive_failures,
-        "analyses": c.state.analyses,
-        "failure_limit": c.spec.analysis.failure_limit,
-        "config_version": c.state.config_version,
-        "verdicts": c.state.verdicts,
-        "timeline": c.state.timeline,
         "shadow": c.state.shadow.as_ref().map(|s| json!({
             "active": s.active,
             "agreement_pct": s.agreement_pct(),
@@ -240,6 +232,14 @@ fn status_json(c: &Controller) -> serde_json::Value {
             "gate_failures": s.gate_failures,
             "counts": s.counts,
         })),
+        "time_in_stage_s": now.saturating_sub(c.state.stage_started_ms) as f64 / 1000.0,
+        "stage_requests": {"canary": c.state.stage_canary_requests, "stable": c.state.stage_stable_requests},
+        "consecutive_failures": c.state.consecutive_failures,
+        "analyses": c.state.analyses,
+        "failure_limit": c.spec.analysis.failure_limit,
+        "config_version": c.state.config_version,
+        "verdicts": c.state.verdicts,
+        "timeline": c.state.timeline,
     })
 }
 

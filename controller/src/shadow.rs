@@ -203,6 +203,14 @@ pub fn filter_config(
     Ok(config)
 }
 
+/// The Prometheus query for `rollout`: the judge's series and the shadow counters.
+pub fn prometheus_query(rollout: &str) -> String {
+    format!(
+        "{} or {{__name__=~\"canary_shadow_[a-z_]+\",rollout=\"{rollout}\"}}",
+        crate::stats::prometheus_selector(rollout)
+    )
+}
+
 fn pct1(x: f64) -> String {
     format!("{:.1}%", x)
 }
@@ -486,7 +494,8 @@ mod tests {
             .expect("parsed");
         let e1 = &per["e1"].shadow;
         assert_eq!((e1.compared, e1.failed), (12, 2));
-        assert!(crate::stats::prometheus_selector("chat").contains("canary_shadow_"));
+        assert!(prometheus_query("chat")
+            .ends_with(r#" or {__name__=~"canary_shadow_[a-z_]+",rollout="chat"}"#));
     }
 
     #[test]

@@ -336,7 +336,7 @@ pub fn parse_envoy_prometheus(text: &str, rollout: &str) -> Result<RolloutStats,
 /// The PromQL selector for every series of `rollout` the judge needs.
 pub fn prometheus_selector(rollout: &str) -> String {
     format!(
-        "{{__name__=~\"canary_rq_(total|2xx|3xx|4xx|5xx|reset|time_ms_bucket|time_ms_count|time_ms_sum)|canary_shadow_[a-z_]+\",rollout=\"{rollout}\"}}"
+        "{{__name__=~\"canary_rq_(total|2xx|3xx|4xx|5xx|reset|time_ms_bucket|time_ms_count|time_ms_sum)\",rollout=\"{rollout}\"}}"
     )
 }
 

@@ -203,12 +203,19 @@ pub fn filter_config(
     Ok(config)
 }
 
-/// The Prometheus query for `rollout`: the judge's series and the shadow counters.
+/// The Prometheus query for `rollout`: the judge's selector with the shadow counters added
+/// to its name pattern. (Not `A or B`: set operators match label sets without the metric
+/// name, so every shadow series would be dropped as a duplicate of a request series.)
 pub fn prometheus_query(rollout: &str) -> String {
-    format!(
-        "{} or {{__name__=~\"canary_shadow_[a-z_]+\",rollout=\"{rollout}\"}}",
-        crate::stats::prometheus_selector(rollout)
-    )
+    let selector = crate::stats::prometheus_selector(rollout);
+    match selector.find("\",rollout=") {
+        Some(at) => format!(
+            "{}|canary_shadow_[a-z_]+{}",
+            &selector[..at],
+            &selector[at..]
+        ),
+        None => selector,
+    }
 }
 
 fn pct1(x: f64) -> String {
@@ -494,8 +501,12 @@ mod tests {
             .expect("parsed");
         let e1 = &per["e1"].shadow;
         assert_eq!((e1.compared, e1.failed), (12, 2));
-        assert!(prometheus_query("chat")
-            .ends_with(r#" or {__name__=~"canary_shadow_[a-z_]+",rollout="chat"}"#));
+        let query = prometheus_query("chat");
+        assert!(
+            query.starts_with(r#"{__name__=~"canary_rq_(total|"#)
+                && query.ends_with(r#"|canary_shadow_[a-z_]+",rollout="chat"}"#),
+            "{query}"
+        );
     }
 
     #[test]

@@ -15,6 +15,7 @@ use canary_e2e::envoy;
 use canary_e2e::envoy::Envoy;
 use canary_e2e::fake_llm::LlmBehaviour;
 use canary_e2e::paths;
+use canary_e2e::prometheus::Prometheus;
 use canary_e2e::rig::{CanaryRig, RigOptions};
 use canary_e2e::upstream::{UpstreamSpec, SERVED_BY};
 use canary_e2e::wait::eventually;
@@ -361,10 +362,15 @@ impl ChatLoad {
     }
 }
 
+/// The spec of the gate tests. The latency checks are loosened: the copies' times (copy sent
+/// → whole answer, from the same test process that also serves stable at that moment) differ
+/// from the users' by about a millisecond here, which the p99/p95 checks call significant;
+/// these tests are about agreement. Latency regressions are the judge's own tests.
 fn controlled_spec() -> String {
     format!(
         "filter: {{llm: {{path_prefixes: [\"/v1/\"]}}}}\n\
          analysis: {{interval: 500ms, failure_limit: 3, min_window_requests: 20}}\n\
+         checks: {{latency: [{{quantile: 0.99, max_relative_increase: 10}}]}}\n\
          shadow: {{copy: {{cluster: {CANARY_CLUSTER}, sample_bp: 10000, timeout_ms: 5000}}, \
                   min_compared: 150, min_agreement_pct: 90, failure_limit: 3}}\n\
          stages:\n  - {{weight_pct: 50, hold: 1s, min_requests: 10}}\n  - {{weight_pct: 100}}\n"
@@ -602,5 +608,41 @@ async fn copies_are_bounded_and_dropped_never_queued() -> Result<()> {
     .await?;
     assert_eq!(rig.canary.requests() as f64, compared);
     eprintln!("bounded: {sent} requests at once, {compared} copied, the rest dropped; a 100 KB body not copied");
+    Ok(())
+}
+
+/// The gate judged from a real Prometheus server scraping the Envoy (as in a mesh): the
+/// shadow counters come through the Prometheus query too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shadow_gate_reads_prometheus() -> Result<()> {
+    let _slot = envoy::exclusive().await;
+    let rig = controlled_rig(5_000).await?;
+    let admins: Vec<_> = rig.envoys.iter().map(|e| e.admin_addr()).collect();
+    let prometheus = Prometheus::start(&admins, Duration::from_secs(1)).await?;
+    let sources = format!(
+        "sources: {{prometheus: {{url: \"{}\", lag: 2s}}}}\n",
+        prometheus.url()
+    );
+    let ctl = rig
+        .start_controller_with_sources(&sources, &controlled_spec())
+        .await?;
+    let load = ChatLoad::start(rig.bases[0].clone(), 50);
+    let status = wait_status(
+        &ctl,
+        "the shadow gate to decide",
+        Duration::from_secs(90),
+        |s| s["phase"] == "rolled_back" || advanced(s) > 0,
+    )
+    .await;
+    let served = load.stop().await?;
+    let status = status?;
+    assert_eq!(status["phase"], "rolled_back", "{status}\n{}", ctl.log());
+    assert_eq!(served.keys().collect::<Vec<_>>(), ["stable"], "{served:?}");
+    let agreement = status["shadow"]["agreement_pct"].as_f64().unwrap_or(-1.0);
+    assert!(
+        (agreement - 50.0).abs() <= 2.0,
+        "agreement {agreement}: {status}"
+    );
+    eprintln!("shadow gate from Prometheus: agreement {agreement:.1}%, rolled back");
     Ok(())
 }

@@ -124,6 +124,10 @@ pub struct RolloutConfig {
     #[cfg(feature = "llm")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub llm: Option<crate::llm::LlmSignals>,
+    /// Copy a sample of the LLM calls to a candidate and compare its answers (shadow mode).
+    #[cfg(feature = "llm")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<crate::shadow::Shadow>,
 }
 
 /// Which requests a rollout applies to. Empty fields match everything.
@@ -211,6 +215,8 @@ impl RolloutConfig {
             circuit_breaker: None,
             #[cfg(feature = "llm")]
             llm: None,
+            #[cfg(feature = "llm")]
+            shadow: None,
         }
     }
 
@@ -562,6 +568,10 @@ fn validate_rollout(v: &mut Validator, at: &str, r: &RolloutConfig) {
     if let Some(llm) = &r.llm {
         crate::llm::validate_llm(v, &format!("{at}.llm"), llm);
     }
+    #[cfg(feature = "llm")]
+    if let Some(shadow) = &r.shadow {
+        crate::shadow::validate_shadow(v, &format!("{at}.shadow"), shadow, r.llm.is_some());
+    }
 }
 
 fn is_rollout_name(name: &str) -> bool {
@@ -742,6 +752,24 @@ mod tests {
             for field in *expected {
                 assert!(text.contains(field), "{text} should name {field}");
             }
+        }
+    }
+
+    /// Without the `llm` feature (the plain filter), a rollout with `llm` or `shadow` is
+    /// refused naming the field, so it cannot silently lose its checks or its shadow.
+    #[cfg(not(feature = "llm"))]
+    #[test]
+    fn the_plain_build_refuses_llm_and_shadow() {
+        for field in ["llm", "shadow"] {
+            let json = format!(
+                r#"{{"schema_version":1,"rollouts":[{{"name":"a","weight_bp":5,"{field}":{{}}}}]}}"#
+            );
+            let err = parse(&json).expect_err(&json);
+            assert_eq!(
+                fields(err.clone()),
+                [format!("rollouts[0].{field}")],
+                "{err}"
+            );
         }
     }
 

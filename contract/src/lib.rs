@@ -10,6 +10,8 @@ pub mod bucket;
 pub mod config;
 #[cfg(feature = "llm")]
 pub mod llm;
+#[cfg(feature = "llm")]
+pub mod shadow;
 pub mod stats;
 
 pub use breaker::CircuitBreaker;
@@ -20,6 +22,8 @@ pub use config::{
 };
 #[cfg(feature = "llm")]
 pub use llm::{LlmSignals, QualityHeader, TokenPrice, VersionPrices};
+#[cfg(feature = "llm")]
+pub use shadow::{Shadow, ShadowMetric, TextNormalisation};
 
 use serde::{Deserialize, Serialize};
 

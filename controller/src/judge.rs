@@ -427,7 +427,11 @@ mod tests {
     }
 
     fn window(canary: VersionStats, stable: VersionStats) -> RolloutStats {
-        RolloutStats { stable, canary }
+        RolloutStats {
+            stable,
+            canary,
+            ..RolloutStats::default()
+        }
     }
 
     fn verdict(w: &RolloutStats) -> Verdict {

@@ -11,6 +11,7 @@ pub mod llm_checks;
 pub mod llm_stats;
 pub mod machine;
 pub mod server;
+pub mod shadow;
 pub mod sources;
 pub mod spec;
 pub mod stats;

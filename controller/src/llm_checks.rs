@@ -818,6 +818,7 @@ mod tests {
         RolloutStats {
             canary: version(canary),
             stable: version(stable),
+            ..RolloutStats::default()
         }
     }
 

@@ -87,7 +87,9 @@ impl Controller {
                 return Ok(json.clone());
             }
         }
-        let json = self.spec.filter_config(self.state.weight_bp)?.to_json();
+        let json =
+            crate::shadow::filter_config(&self.spec, self.state.weight_bp, self.state.in_shadow())?
+                .to_json();
         self.published = Some((version, json.clone()));
         Ok(json)
     }
@@ -237,7 +239,11 @@ async fn analysis_loop(controller: Shared, spec: RolloutSpec, http: reqwest::Cli
                 Outcome::Inconclusive => "inconclusive",
             })
             .or_default() += 1;
-        let step = c.state.step(&spec, Input::Analysis(verdict), now_ms());
+        let input = match spec.shadow {
+            Some(_) => Input::ShadowWindow(verdict, window.stats.shadow.clone()),
+            None => Input::Analysis(verdict),
+        };
+        let step = c.state.step(&spec, input, now_ms());
         if let Ok((next, effects)) = step {
             if let Err(e) = c.apply(next, effects, &http) {
                 eprintln!("canaryctl: could not save state, transition dropped: {e}");
@@ -254,6 +260,14 @@ fn status_json(c: &Controller) -> serde_json::Value {
         "stage": c.state.stage + 1,
         "stages": c.spec.stages.len(),
         "weight_bp": c.state.weight_bp,
+        "shadow": c.state.shadow.as_ref().map(|s| json!({
+            "active": s.active,
+            "agreement_pct": s.agreement_pct(),
+            "min_agreement_pct": c.spec.shadow.as_ref().map(|g| g.min_agreement_pct),
+            "gate": s.gate,
+            "gate_failures": s.gate_failures,
+            "counts": s.counts,
+        })),
         "time_in_stage_s": now.saturating_sub(c.state.stage_started_ms) as f64 / 1000.0,
         "stage_requests": {"canary": c.state.stage_canary_requests, "stable": c.state.stage_stable_requests},
         "consecutive_failures": c.state.consecutive_failures,
@@ -338,6 +352,34 @@ async fn metrics(State(app): State<AppState>) -> Response {
         format!("rollout=\"{r}\""),
         c.breaker.open as f64,
     );
+    if let Some(s) = &c.state.shadow {
+        gauge(
+            "canary_controller_shadow_active",
+            "1 while the rollout is in its shadow phase (weight 0, copies to the candidate).",
+            format!("rollout=\"{r}\""),
+            f64::from(u8::from(s.active)),
+        );
+        if let Some(a) = s.counts.agreement() {
+            gauge(
+                "canary_controller_shadow_agreement_ratio",
+                "Share of compared shadow answers that agree with stable's, over the phase.",
+                format!("rollout=\"{r}\""),
+                a,
+            );
+        }
+        gauge(
+            "canary_controller_shadow_compared",
+            "Shadow answers compared over the phase.",
+            format!("rollout=\"{r}\""),
+            s.counts.compared as f64,
+        );
+        gauge(
+            "canary_controller_shadow_gate_failures",
+            "Consecutive failed shadow gate decisions.",
+            format!("rollout=\"{r}\""),
+            f64::from(s.gate_failures),
+        );
+    }
     for (name, help, value) in [
         (
             "canary_controller_breaker_trips_total",

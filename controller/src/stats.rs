@@ -169,6 +169,9 @@ impl VersionStats {
 pub struct RolloutStats {
     pub stable: VersionStats,
     pub canary: VersionStats,
+    /// The shadow counters (zero without a shadow phase).
+    #[serde(default)]
+    pub shadow: crate::shadow::ShadowCounts,
 }
 
 impl RolloutStats {
@@ -190,6 +193,7 @@ impl RolloutStats {
         Some(RolloutStats {
             stable: self.stable.minus(&earlier.stable)?,
             canary: self.canary.minus(&earlier.canary)?,
+            shadow: self.shadow.minus(&earlier.shadow)?,
         })
     }
 
@@ -197,6 +201,7 @@ impl RolloutStats {
         RolloutStats {
             stable: self.stable.plus(&other.stable),
             canary: self.canary.plus(&other.canary),
+            shadow: self.shadow.plus(&other.shadow),
         }
     }
 }
@@ -245,6 +250,12 @@ impl Accumulator {
                 })
             }
         };
+        if let Some(m) = canary_contract::ShadowMetric::parse(s.name) {
+            if s.version == Version::Canary {
+                self.stats.shadow.set(m, count(s.value)?);
+            }
+            return Ok(());
+        }
         let v = self.stats.version_mut(s.version);
         let duration = Metric::RqTimeMs.name();
         if let Some(suffix) = s.name.strip_prefix(duration) {

@@ -26,6 +26,12 @@ use crate::metrics::quality_increments;
 use crate::metrics::{Exchange, MetricHost, MetricOp, PendingCounters, RolloutMetrics};
 use crate::routing::{RequestHeaders, Router};
 
+#[cfg(feature = "llm")]
+#[path = "glue_shadow.rs"]
+mod shadow;
+#[cfg(feature = "llm")]
+use shadow::{ShadowCopy, ShadowShared};
+
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
     proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(CanaryRoot::default()) });
@@ -44,6 +50,12 @@ struct Active {
     pending: RefCell<PendingCounters>,
     /// Per rollout: until when its circuit breaker sends canary users to stable (ms).
     breaker_open_until: Vec<Cell<u64>>,
+    /// Per rollout with `shadow`: its shadow counters' ids, in `ShadowMetric` order.
+    #[cfg(feature = "llm")]
+    shadow_ids: Vec<Option<Vec<u32>>>,
+    /// Per rollout: which requests are copied to the candidate.
+    #[cfg(feature = "llm")]
+    samplers: RefCell<Vec<crate::shadow::Sampler>>,
 }
 
 impl Active {
@@ -107,6 +119,8 @@ struct CanaryRoot {
     metric_ids: Vec<(String, RolloutMetrics)>,
     /// Circuit breakers by rollout name and window: they outlive configurations.
     breakers: Vec<(String, Local)>,
+    #[cfg(feature = "llm")]
+    shadow: Rc<ShadowShared>,
 }
 
 struct EnvoyMetrics;
@@ -119,6 +133,31 @@ impl MetricHost for EnvoyMetrics {
             MetricKind::Gauge => MetricType::Gauge,
         };
         hostcalls::define_metric(kind, name).map_err(|status| format!("{status:?}"))
+    }
+}
+
+/// Carries out one metric operation of rollout `rollout` of `active`.
+fn apply_op(active: &Active, rollout: usize, op: MetricOp, version: canary_contract::Version) {
+    let Some(metrics) = active.metrics.get(rollout) else {
+        return;
+    };
+    match op {
+        MetricOp::Increment(m) => {
+            if let Ok(mut pending) = active.pending.try_borrow_mut() {
+                pending.add(rollout, version, m, 1);
+            }
+        }
+        MetricOp::Add(m, delta) => {
+            if let Ok(mut pending) = active.pending.try_borrow_mut() {
+                pending.add(rollout, version, m, delta);
+            }
+        }
+        MetricOp::Record(m, v) => {
+            if let Some(id) = metrics.id(version, m) {
+                // A failed metric update is not worth failing the request over.
+                let _ = hostcalls::record_metric(id, v);
+            }
+        }
     }
 }
 
@@ -173,6 +212,24 @@ impl CanaryRoot {
             };
             metrics.push(ids);
         }
+        #[cfg(feature = "llm")]
+        let mut shadow_ids = Vec::with_capacity(config.rollouts.len());
+        #[cfg(feature = "llm")]
+        for r in &config.rollouts {
+            let Some(_) = r.shadow else {
+                shadow_ids.push(None);
+                continue;
+            };
+            let mut ids = Vec::with_capacity(canary_contract::ShadowMetric::ALL.len());
+            for m in canary_contract::ShadowMetric::ALL {
+                let name = m.stat_name(&r.name);
+                ids.push(
+                    hostcalls::define_metric(MetricType::Counter, &name)
+                        .map_err(|status| format!("defining metric {name}: {status:?}"))?,
+                );
+            }
+            shadow_ids.push(Some(ids));
+        }
         let router = match (&self.active, raise_at_ms) {
             (Some(current), Some(at)) => Router::succeeding(config, &current.router, now_ms(), at),
             _ => Router::new(config),
@@ -180,6 +237,14 @@ impl CanaryRoot {
         self.active = Some(Rc::new(Active {
             pending: RefCell::new(PendingCounters::new(metrics.len())),
             breaker_open_until: (0..metrics.len()).map(|_| Cell::new(0)).collect(),
+            #[cfg(feature = "llm")]
+            samplers: RefCell::new(
+                (0..metrics.len())
+                    .map(|_| crate::shadow::Sampler::default())
+                    .collect(),
+            ),
+            #[cfg(feature = "llm")]
+            shadow_ids,
             router,
             metrics,
         }));
@@ -369,6 +434,10 @@ impl Context for CanaryRoot {
         body_size: usize,
         _num_trailers: usize,
     ) {
+        #[cfg(feature = "llm")]
+        if self.shadow.candidate_response(token_id, body_size) {
+            return;
+        }
         let Some(c) = self.controlled.as_mut() else {
             return;
         };
@@ -476,6 +545,8 @@ impl RootContext for CanaryRoot {
             log::error!("wasm-canary: {e}");
             return false;
         }
+        #[cfg(feature = "llm")]
+        self.shadow.register_queue();
         // A configuration the controller published before this plugin instance existed
         // (e.g. after a listener update) wins over the plugin's initial one.
         self.sync_from_shared();
@@ -484,6 +555,11 @@ impl RootContext for CanaryRoot {
     }
 
     fn on_tick(&mut self) {
+        #[cfg(feature = "llm")]
+        {
+            self.shadow.send_ready();
+            self.shadow.expire();
+        }
         if let Some(active) = &self.active {
             active.flush_counters();
         }
@@ -496,10 +572,17 @@ impl RootContext for CanaryRoot {
         }
     }
 
+    #[cfg(feature = "llm")]
+    fn on_queue_ready(&mut self, _queue_id: u32) {
+        self.shadow.send_ready();
+    }
+
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
         Some(Box::new(CanaryHttp {
             active: self.active.clone(),
             routed: None,
+            #[cfg(feature = "llm")]
+            shadow: self.shadow.clone(),
         }))
     }
 
@@ -515,11 +598,16 @@ struct Routed {
     /// Set when the rollout reads LLM signals and the request is an LLM call.
     #[cfg(feature = "llm")]
     llm: Option<LlmExchange>,
+    /// Set when the request is copied to the shadow candidate.
+    #[cfg(feature = "llm")]
+    shadow: Option<ShadowCopy>,
 }
 
 struct CanaryHttp {
     active: Option<Rc<Active>>,
     routed: Option<Routed>,
+    #[cfg(feature = "llm")]
+    shadow: Rc<ShadowShared>,
 }
 
 impl RequestHeaders for CanaryHttp {
@@ -536,27 +624,7 @@ impl CanaryHttp {
         version_op: MetricOp,
         version: canary_contract::Version,
     ) {
-        let Some(metrics) = active.metrics.get(rollout) else {
-            return;
-        };
-        match version_op {
-            MetricOp::Increment(m) => {
-                if let Ok(mut pending) = active.pending.try_borrow_mut() {
-                    pending.add(rollout, version, m, 1);
-                }
-            }
-            MetricOp::Add(m, delta) => {
-                if let Ok(mut pending) = active.pending.try_borrow_mut() {
-                    pending.add(rollout, version, m, delta);
-                }
-            }
-            MetricOp::Record(m, v) => {
-                if let Some(id) = metrics.id(version, m) {
-                    // A failed metric update is not worth failing the request over.
-                    let _ = hostcalls::record_metric(id, v);
-                }
-            }
-        }
+        apply_op(active, rollout, version_op, version);
     }
 
     /// Response headers of an LLM call: set up the body reader, count quality headers.
@@ -595,6 +663,9 @@ impl CanaryHttp {
             for op in llm.on_end(now_ms(), signals, routed.exchange.version) {
                 self.apply(active, routed.rollout, op, routed.exchange.version);
             }
+            if let Some(copy) = routed.shadow.take() {
+                self.shadow.primary_end(copy, llm);
+            }
         }
     }
 }
@@ -602,7 +673,8 @@ impl CanaryHttp {
 impl Context for CanaryHttp {}
 
 impl HttpContext for CanaryHttp {
-    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+    #[cfg_attr(not(feature = "llm"), allow(unused_variables))]
+    fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         #[cfg(feature = "fault-injection")]
         if self
             .get_http_request_header_bytes("x-canary-fault")
@@ -661,9 +733,26 @@ impl HttpContext for CanaryHttp {
                     .is_some_and(|p| signals.applies_to(&p));
             is_call.then(|| LlmExchange::start(now))
         });
+        // Only LLM calls are shadowed: the primary's answer is read by their reader.
+        #[cfg(feature = "llm")]
+        let (mut llm, mut shadow) = (llm, None);
+        #[cfg(feature = "llm")]
+        if let Some(llm) = llm.as_mut() {
+            shadow = self.shadow.start(&active, decision.rollout, || {
+                self.get_http_request_headers_bytes()
+            });
+            if let Some(copy) = shadow.as_mut() {
+                llm.capture();
+                if end_of_stream {
+                    self.shadow.request_end(copy);
+                }
+            }
+        }
         self.routed = Some(Routed {
             #[cfg(feature = "llm")]
             llm,
+            #[cfg(feature = "llm")]
+            shadow,
             rollout: decision.rollout,
             exchange,
             set_cookie: decision
@@ -691,6 +780,10 @@ impl HttpContext for CanaryHttp {
             self.add_http_response_header("set-cookie", &cookie);
         }
         #[cfg(feature = "llm")]
+        if let Some(copy) = routed.shadow.as_mut() {
+            ShadowShared::response_status(copy, status.as_deref());
+        }
+        #[cfg(feature = "llm")]
         if routed.llm.is_some() {
             self.llm_response_headers(&active, &mut routed);
             if end_of_stream {
@@ -698,6 +791,25 @@ impl HttpContext for CanaryHttp {
             }
         }
         self.routed = Some(routed);
+        Action::Continue
+    }
+
+    // The request body passes on unchanged (always `Continue`); a shadowed request's is
+    // copied, up to the cap.
+    #[cfg(feature = "llm")]
+    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        let (Some(active), Some(routed)) = (self.active.as_ref(), self.routed.as_mut()) else {
+            return Action::Continue;
+        };
+        if let Some(copy) = routed.shadow.as_mut() {
+            let rollout = routed.rollout;
+            self.shadow
+                .request_body(copy, active, rollout, body_size, end_of_stream, || {
+                    hostcalls::get_buffer(BufferType::HttpRequestBody, 0, body_size)
+                        .ok()
+                        .flatten()
+                });
+        }
         Action::Continue
     }
 

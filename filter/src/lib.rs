@@ -11,6 +11,8 @@ pub mod cookie;
 pub mod llm;
 pub mod metrics;
 pub mod routing;
+#[cfg(feature = "llm")]
+pub mod shadow;
 
 #[cfg(target_arch = "wasm32")]
 mod glue;

@@ -209,7 +209,7 @@ impl Exchange {
     }
 }
 
-fn parse_status(raw: &[u8]) -> Option<u16> {
+pub fn parse_status(raw: &[u8]) -> Option<u16> {
     if raw.len() != 3 || !raw.iter().all(u8::is_ascii_digit) {
         return None;
     }

@@ -443,7 +443,6 @@ pub fn pct(weight_bp: u32) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::judge::CheckResult;
 
     fn spec(accelerate: bool) -> RolloutSpec {
         let yaml = format!(
@@ -455,25 +454,7 @@ mod tests {
     }
 
     fn verdict(outcome: Outcome, critical: bool, clearly_better: bool, n: u64) -> Verdict {
-        Verdict {
-            outcome,
-            critical,
-            clearly_better,
-            canary_requests: n,
-            stable_requests: n,
-            checks: vec![CheckResult {
-                check: "error_rate".into(),
-                outcome,
-                canary: None,
-                stable: None,
-                limit: None,
-                p_value: None,
-                reason: format!("{outcome:?}"),
-                canary_n: None,
-                stable_n: None,
-                worse: None,
-            }],
-        }
+        crate::judge::test_support::verdict_of(outcome, critical, clearly_better, n, n)
     }
 
     fn run(

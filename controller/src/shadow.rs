@@ -320,7 +320,6 @@ pub fn leave(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::judge::CheckResult;
     use crate::machine::Input;
 
     fn spec() -> RolloutSpec {
@@ -334,25 +333,7 @@ mod tests {
     }
 
     fn verdict(outcome: Outcome) -> Verdict {
-        Verdict {
-            outcome,
-            critical: false,
-            clearly_better: false,
-            canary_requests: 50,
-            stable_requests: 500,
-            checks: vec![CheckResult {
-                check: "error_rate".into(),
-                outcome,
-                canary: None,
-                stable: None,
-                limit: None,
-                p_value: None,
-                reason: format!("{outcome:?}"),
-                canary_n: None,
-                stable_n: None,
-                worse: None,
-            }],
-        }
+        crate::judge::test_support::verdict_of(outcome, false, false, 50, 500)
     }
 
     fn counts(compared: u64, agree: u64) -> ShadowCounts {

@@ -3,7 +3,7 @@
 //! Errors name the field they are about (`rollouts[1].weight_bp`), so a log line from
 //! Envoy or a message from the controller points at the exact thing to fix.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::BTreeSet;
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
@@ -115,6 +115,10 @@ pub struct RolloutConfig {
     pub anonymous_cookie: AnonymousCookie,
     #[serde(default = "default_max_key_bytes")]
     pub max_key_bytes: usize,
+    /// Sends the canary's users to stable at once when the canary's error rate in this
+    /// proxy crosses a limit (see [`crate::breaker`]). Absent: no breaker.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub circuit_breaker: Option<crate::breaker::CircuitBreaker>,
     /// LLM signals to read from responses (tokens, cost, time to first token, refusals,
     /// quality headers). Absent: response bodies are not looked at.
     #[cfg(feature = "llm")]
@@ -124,6 +128,10 @@ pub struct RolloutConfig {
     #[cfg(feature = "llm")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<crate::ratelimit::RateLimit>,
+    /// Copy a sample of the LLM calls to a candidate and compare its answers (shadow mode).
+    #[cfg(feature = "llm")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<crate::shadow::Shadow>,
 }
 
 /// Which requests a rollout applies to. Empty fields match everything.
@@ -208,10 +216,13 @@ impl RolloutConfig {
             force_header: None,
             anonymous_cookie: AnonymousCookie::default(),
             max_key_bytes: DEFAULT_MAX_KEY_BYTES,
+            circuit_breaker: None,
             #[cfg(feature = "llm")]
             llm: None,
             #[cfg(feature = "llm")]
             rate_limit: None,
+            #[cfg(feature = "llm")]
+            shadow: None,
         }
     }
 
@@ -371,15 +382,18 @@ impl FilterConfig {
                 );
             }
         }
-        let mut names = HashSet::new();
+        // A handful of rollouts: a linear check keeps a hash set (SipHash, random keys) out
+        // of the filter module, about 3 KB.
+        let mut names: Vec<&str> = Vec::with_capacity(self.rollouts.len());
         for (i, r) in self.rollouts.iter().enumerate() {
             let at = format!("rollouts[{i}]");
-            if !names.insert(r.name.as_str()) {
+            if names.contains(&r.name.as_str()) {
                 v.push(
                     format!("{at}.name"),
                     format!("duplicate rollout name {:?}", r.name),
                 );
             }
+            names.push(&r.name);
             validate_rollout(&mut v, &at, r);
         }
         v.finish()
@@ -553,6 +567,9 @@ fn validate_rollout(v: &mut Validator, at: &str, r: &RolloutConfig) {
         format!("{at}.max_key_bytes"),
         format!("must be 1-{MAX_KEY_BYTES_LIMIT}, got {}", r.max_key_bytes),
     );
+    if let Some(b) = &r.circuit_breaker {
+        crate::breaker::validate_breaker(v, &format!("{at}.circuit_breaker"), b);
+    }
     #[cfg(feature = "llm")]
     if let Some(llm) = &r.llm {
         crate::llm::validate_llm(v, &format!("{at}.llm"), llm);
@@ -561,6 +578,10 @@ fn validate_rollout(v: &mut Validator, at: &str, r: &RolloutConfig) {
     if let Some(limit) = &r.rate_limit {
         let at = format!("{at}.rate_limit");
         crate::ratelimit::validate_rate_limit(v, &at, limit, r.llm.is_some());
+    }
+    #[cfg(feature = "llm")]
+    if let Some(shadow) = &r.shadow {
+        crate::shadow::validate_shadow(v, &format!("{at}.shadow"), shadow, r.llm.is_some());
     }
 }
 
@@ -742,6 +763,24 @@ mod tests {
             for field in *expected {
                 assert!(text.contains(field), "{text} should name {field}");
             }
+        }
+    }
+
+    /// Without the `llm` feature (the plain filter), a rollout with `llm` or `shadow` is
+    /// refused naming the field, so it cannot silently lose its checks or its shadow.
+    #[cfg(not(feature = "llm"))]
+    #[test]
+    fn the_plain_build_refuses_llm_and_shadow() {
+        for field in ["llm", "shadow"] {
+            let json = format!(
+                r#"{{"schema_version":1,"rollouts":[{{"name":"a","weight_bp":5,"{field}":{{}}}}]}}"#
+            );
+            let err = parse(&json).expect_err(&json);
+            assert_eq!(
+                fields(err.clone()),
+                [format!("rollouts[0].{field}")],
+                "{err}"
+            );
         }
     }
 

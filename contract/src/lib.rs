@@ -5,14 +5,18 @@
 //! both sides use to agree on which version a user gets, and the names of the stats the
 //! filter emits and the controller reads.
 
+pub mod breaker;
 pub mod bucket;
 pub mod config;
 #[cfg(feature = "llm")]
 pub mod llm;
 #[cfg(feature = "llm")]
 pub mod ratelimit;
+#[cfg(feature = "llm")]
+pub mod shadow;
 pub mod stats;
 
+pub use breaker::CircuitBreaker;
 pub use bucket::{bucket, version_for_bucket, BUCKETS};
 pub use config::{
     AnonymousCookie, Assignment, ConfigError, ControllerSource, FieldError, FilterConfig,
@@ -22,6 +26,8 @@ pub use config::{
 pub use llm::{LlmSignals, QualityHeader, TokenPrice, VersionPrices};
 #[cfg(feature = "llm")]
 pub use ratelimit::{Priority, RateLimit};
+#[cfg(feature = "llm")]
+pub use shadow::{Shadow, ShadowMetric, TextNormalisation};
 
 use serde::{Deserialize, Serialize};
 

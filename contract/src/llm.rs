@@ -1,7 +1,5 @@
 //! The `llm` part of a rollout: which responses are LLM calls and what to read from them.
 
-use std::collections::HashSet;
-
 use serde::{Deserialize, Serialize};
 
 use crate::config::{is_header_name, Validator};
@@ -150,7 +148,8 @@ pub(crate) fn validate_llm(v: &mut Validator, at: &str, llm: &LlmSignals) {
             "must not be empty",
         );
     }
-    let mut signals = HashSet::new();
+    // A linear check: a hash set (SipHash, random keys) costs the module about 8 KB.
+    let mut signals: Vec<&str> = Vec::with_capacity(llm.quality_headers.len());
     for (j, q) in llm.quality_headers.iter().enumerate() {
         v.check(
             is_header_name(&q.header),
@@ -170,10 +169,11 @@ pub(crate) fn validate_llm(v: &mut Validator, at: &str, llm: &LlmSignals) {
             ),
         );
         v.check(
-            signals.insert(q.signal.as_str()),
+            !signals.contains(&q.signal.as_str()),
             format!("{at}.quality_headers[{j}].signal"),
             format!("duplicate signal {:?}", q.signal),
         );
+        signals.push(&q.signal);
     }
 }
 

@@ -15,6 +15,7 @@ pub const ENVOY_WASM_PREFIX: &str = "wasmcustom.";
 pub enum MetricKind {
     Counter,
     Histogram,
+    Gauge,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -33,6 +34,15 @@ pub enum Metric {
     RqTimeMs,
     /// Milliseconds from request headers to response headers.
     RqHeaderTimeMs,
+    // Circuit breaker, defined only for rollouts with `circuit_breaker` configured and only
+    // with `version="canary"` (the version whose breaker it is).
+    /// Times the breaker opened in this proxy.
+    BreakerTrips,
+    /// 1 while the breaker is open (the canary's users go to stable), else 0.
+    BreakerOpen,
+    /// Requests that would have gone to canary and went to stable because the breaker was
+    /// open (they are also in `canary_rq_total{version="stable"}`).
+    BreakerDiverted,
     // LLM signals, defined only for rollouts with `llm` configured.
     /// LLM responses whose token usage was read.
     LlmResponses,
@@ -63,7 +73,7 @@ pub enum Metric {
 }
 
 impl Metric {
-    pub const ALL: [Metric; 21] = [
+    pub const ALL: [Metric; 24] = [
         Metric::RqTotal,
         Metric::Rq2xx,
         Metric::Rq3xx,
@@ -72,6 +82,9 @@ impl Metric {
         Metric::RqReset,
         Metric::RqTimeMs,
         Metric::RqHeaderTimeMs,
+        Metric::BreakerTrips,
+        Metric::BreakerOpen,
+        Metric::BreakerDiverted,
         Metric::LlmResponses,
         Metric::LlmUnparsed,
         Metric::LlmInputTokens,
@@ -103,6 +116,14 @@ impl Metric {
         )
     }
 
+    /// Whether the metric exists only for rollouts with a circuit breaker (canary only).
+    pub fn is_breaker(self) -> bool {
+        matches!(
+            self,
+            Metric::BreakerTrips | Metric::BreakerOpen | Metric::BreakerDiverted
+        )
+    }
+
     /// The metric name, also the Prometheus name once tags are extracted.
     pub fn name(self) -> &'static str {
         match self {
@@ -114,6 +135,9 @@ impl Metric {
             Metric::RqReset => "canary_rq_reset",
             Metric::RqTimeMs => "canary_rq_time_ms",
             Metric::RqHeaderTimeMs => "canary_rq_header_time_ms",
+            Metric::BreakerTrips => "canary_breaker_trips",
+            Metric::BreakerOpen => "canary_breaker_open",
+            Metric::BreakerDiverted => "canary_breaker_diverted",
             Metric::LlmResponses => "canary_llm_responses",
             Metric::LlmUnparsed => "canary_llm_unparsed",
             Metric::LlmInputTokens => "canary_llm_input_tokens",
@@ -135,6 +159,7 @@ impl Metric {
             Metric::RqTimeMs | Metric::RqHeaderTimeMs | Metric::LlmTtftMs | Metric::LlmStreamMs => {
                 MetricKind::Histogram
             }
+            Metric::BreakerOpen => MetricKind::Gauge,
             _ => MetricKind::Counter,
         }
     }
@@ -289,6 +314,8 @@ mod tests {
         assert_eq!(cost_sumsq_micro_usd2(20_000), 400);
         assert_eq!(cost_sumsq_micro_usd2(1_499), 2);
         assert_eq!(cost_sumsq_micro_usd2(u64::MAX), u64::MAX);
+        assert!(Metric::BreakerOpen.is_breaker() && !Metric::BreakerOpen.is_llm());
+        assert_eq!(Metric::BreakerOpen.kind(), MetricKind::Gauge);
     }
 
     #[test]

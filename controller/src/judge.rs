@@ -118,7 +118,44 @@ fn rate(bad: u64, n: u64) -> f64 {
     }
 }
 
+/// The verdict on one window. A circuit breaker that tripped in the window, or is open at
+/// its end, fails it whatever the other checks say (the canary then has little or no
+/// traffic, which alone would be inconclusive): it counts toward the failure limit like
+/// any failed analysis, so a canary that keeps tripping (or stays open) is rolled back,
+/// and one that recovers after a blip goes on.
 pub fn judge(window: &RolloutStats, analysis: &Analysis, checks: &Checks) -> Verdict {
+    let mut verdict = judge_requests(window, analysis, checks);
+    if let Some(check) = breaker_check(&window.canary) {
+        verdict.checks.insert(0, check);
+        verdict.outcome = Outcome::Fail;
+        verdict.clearly_better = false;
+    }
+    verdict
+}
+
+fn breaker_check(canary: &crate::stats::VersionStats) -> Option<CheckResult> {
+    if canary.breaker_trips == 0 && canary.breaker_open == 0 {
+        return None;
+    }
+    Some(CheckResult {
+        check: "circuit_breaker".into(),
+        outcome: Outcome::Fail,
+        canary: Some(canary.breaker_trips as f64),
+        stable: None,
+        limit: Some(0.0),
+        p_value: None,
+        reason: format!(
+            "circuit breaker: {} trip(s) in the window, open on {} Envoy(s) at its end, \
+             {} canary request(s) sent to stable",
+            canary.breaker_trips, canary.breaker_open, canary.breaker_diverted
+        ),
+        canary_n: None,
+        stable_n: None,
+        worse: Some(Worse::Higher),
+    })
+}
+
+fn judge_requests(window: &RolloutStats, analysis: &Analysis, checks: &Checks) -> Verdict {
     let canary = &window.canary;
     let stable = &window.stable;
     let min = analysis.min_window_requests;
@@ -355,18 +392,19 @@ fn latency_better(
     fisher_greater(stable_above, stable.count, canary_above, canary.count) < analysis.alpha
 }
 
+/// Shared by the controller's test modules.
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::stats::VersionStats;
+pub(crate) mod test_support {
+    use super::{CheckResult, Outcome, Verdict};
+    use crate::stats::Histogram;
 
-    /// Envoy's default bucket bounds (ms) up to 10 s.
+    /// Envoy's default histogram bounds up to 10 s.
     const BOUNDS: [f64; 13] = [
         0.5, 1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0,
     ];
 
     /// A histogram of `n` requests taking exactly `ms` each.
-    fn all_at(ms: f64, n: u64) -> Histogram {
+    pub(crate) fn all_at(ms: f64, n: u64) -> Histogram {
         let mut buckets: Vec<(f64, u64)> = BOUNDS
             .iter()
             .map(|b| (*b, if *b >= ms { n } else { 0 }))
@@ -379,6 +417,43 @@ mod tests {
         }
     }
 
+    /// A verdict with one error-rate check of that outcome.
+    pub(crate) fn verdict_of(
+        outcome: Outcome,
+        critical: bool,
+        clearly_better: bool,
+        canary_requests: u64,
+        stable_requests: u64,
+    ) -> Verdict {
+        Verdict {
+            outcome,
+            critical,
+            clearly_better,
+            canary_requests,
+            stable_requests,
+            checks: vec![CheckResult {
+                check: "error_rate".into(),
+                outcome,
+                canary: None,
+                stable: None,
+                limit: None,
+                p_value: None,
+                reason: format!("{outcome:?}"),
+                canary_n: None,
+                stable_n: None,
+                worse: None,
+            }],
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stats::VersionStats;
+
+    use super::test_support::all_at;
+
     fn version(n: u64, errors: u64, ms: f64) -> VersionStats {
         VersionStats {
             requests: n,
@@ -390,7 +465,11 @@ mod tests {
     }
 
     fn window(canary: VersionStats, stable: VersionStats) -> RolloutStats {
-        RolloutStats { stable, canary }
+        RolloutStats {
+            stable,
+            canary,
+            ..RolloutStats::default()
+        }
     }
 
     fn verdict(w: &RolloutStats) -> Verdict {
@@ -467,6 +546,33 @@ mod tests {
         assert!(v.clearly_better);
         let v = verdict(&window(version(2_000, 0, 3.0), version(18_000, 0, 20.0)));
         assert!(v.clearly_better, "{}", v.summary());
+    }
+
+    #[test]
+    fn a_breaker_trip_or_open_breaker_fails_the_window() {
+        // Open all window long: the canary had no traffic, which alone is inconclusive.
+        let mut idle = window(version(0, 0, 20.0), version(900, 0, 20.0));
+        idle.canary.breaker_open = 1;
+        idle.canary.breaker_diverted = 95;
+        let v = verdict(&idle);
+        assert_eq!(v.outcome, Outcome::Fail, "{}", v.summary());
+        assert!(!v.critical, "counts toward the failure limit");
+        assert_eq!(v.checks[0].check, "circuit_breaker");
+        assert!(
+            v.summary().contains("open on 1 Envoy(s)"),
+            "{}",
+            v.summary()
+        );
+        // A trip in an otherwise passing window.
+        let mut tripped = window(version(500, 1, 20.0), version(4_500, 9, 20.0));
+        tripped.canary.breaker_trips = 1;
+        let v = verdict(&tripped);
+        assert_eq!(v.outcome, Outcome::Fail, "{}", v.summary());
+        assert!(!v.clearly_better);
+        assert_eq!(v.checks.len(), 4);
+        // Closed and no trip: no breaker check at all.
+        let v = verdict(&window(version(500, 1, 20.0), version(4_500, 9, 20.0)));
+        assert!(v.checks.iter().all(|c| c.check != "circuit_breaker"));
     }
 
     /// A/A: identical versions with binomial noise in errors must not fail over many

@@ -12,6 +12,7 @@ pub mod llm_stats;
 pub mod machine;
 pub mod quota;
 pub mod server;
+pub mod shadow;
 pub mod sources;
 pub mod spec;
 pub mod stats;

@@ -98,6 +98,15 @@ fn print_status(status: &serde_json::Value, output: Output) {
         status["consecutive_failures"],
         status["failure_limit"],
     );
+    let breaker = &status["circuit_breaker"];
+    if breaker["trips"].as_u64().unwrap_or(0) > 0
+        || breaker["open_envoys"].as_u64().unwrap_or(0) > 0
+    {
+        println!(
+            "circuit breaker: open on {} Envoy(s); {} trip(s), {} canary request(s) sent to stable",
+            breaker["open_envoys"], breaker["trips"], breaker["diverted_requests"]
+        );
+    }
     let now = now_ms();
     let ago = |at: &serde_json::Value| {
         format!(

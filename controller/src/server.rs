@@ -39,6 +39,7 @@ struct Controller {
     store: StateStore,
     verdict_counts: BTreeMap<&'static str, u64>,
     source_errors: BTreeMap<String, u64>,
+    breaker: BreakerSeen,
     /// The served filter configuration and the config version it was built for: every
     /// proxy fetches the same bytes after a change, so they are built once per change.
     published: Option<(String, String)>,
@@ -55,6 +56,16 @@ struct Controller {
     quota: crate::quota::Sentinel,
     /// Proxies read in the last round (for `quota.per_user`, divided among them).
     proxies: usize,
+}
+
+/// The filters' circuit breakers as the analysis windows saw them (since this process
+/// started).
+#[derive(Debug, Default, Clone, Copy)]
+struct BreakerSeen {
+    trips: u64,
+    diverted: u64,
+    /// Envoys whose breaker was open at the end of the last window.
+    open: u64,
 }
 
 type Shared = Arc<Mutex<Controller>>;
@@ -81,7 +92,8 @@ impl Controller {
                 return Ok(json.clone());
             }
         }
-        let mut config = self.spec.filter_config(self.state.weight_bp)?;
+        let mut config =
+            crate::shadow::filter_config(&self.spec, self.state.weight_bp, self.state.in_shadow())?;
         if let Some(per_user) = self.spec.quota.as_ref().and_then(|q| q.per_user.as_ref()) {
             crate::quota::apply_per_user(&mut config, per_user, self.proxies);
         }
@@ -177,6 +189,7 @@ pub async fn serve(spec: RolloutSpec, options: ServeOptions) -> anyhow::Result<(
         store,
         verdict_counts: BTreeMap::new(),
         source_errors: BTreeMap::new(),
+        breaker: BreakerSeen::default(),
         published: None,
         weights: crate::feedback::WeightHistory::default(),
         feedback: crate::feedback::PendingFeedback::default(),
@@ -264,6 +277,10 @@ async fn analysis_loop(controller: Shared, spec: RolloutSpec, http: reqwest::Cli
         let stats = &mut window.stats;
         c.feedback
             .drain_into(&mut stats.canary.llm, &mut stats.stable.llm);
+        let canary = &window.stats.canary;
+        c.breaker.trips += canary.breaker_trips;
+        c.breaker.diverted += canary.breaker_diverted;
+        c.breaker.open = canary.breaker_open;
         let verdict = judge(&window.stats, &spec.analysis, &spec.checks);
         c.last_checks = verdict.checks.clone();
         *c.verdict_counts
@@ -273,7 +290,11 @@ async fn analysis_loop(controller: Shared, spec: RolloutSpec, http: reqwest::Cli
                 Outcome::Inconclusive => "inconclusive",
             })
             .or_default() += 1;
-        let step = c.state.step(&spec, Input::Analysis(verdict), now_ms());
+        let input = match spec.shadow {
+            Some(_) => Input::ShadowWindow(verdict, window.stats.shadow.clone()),
+            None => Input::Analysis(verdict),
+        };
+        let step = c.state.step(&spec, input, now_ms());
         if let Ok((next, effects)) = step {
             if let Err(e) = c.apply(next, effects, &http) {
                 eprintln!("canaryctl: could not save state, transition dropped: {e}");
@@ -290,12 +311,25 @@ fn status_json(c: &Controller) -> serde_json::Value {
         "stage": c.state.stage + 1,
         "stages": c.spec.stages.len(),
         "weight_bp": c.state.weight_bp,
+        "shadow": c.state.shadow.as_ref().map(|s| json!({
+            "active": s.active,
+            "agreement_pct": s.agreement_pct(),
+            "min_agreement_pct": c.spec.shadow.as_ref().map(|g| g.min_agreement_pct),
+            "gate": s.gate,
+            "gate_failures": s.gate_failures,
+            "counts": s.counts,
+        })),
         "time_in_stage_s": now.saturating_sub(c.state.stage_started_ms) as f64 / 1000.0,
         "stage_requests": {"canary": c.state.stage_canary_requests, "stable": c.state.stage_stable_requests},
         "consecutive_failures": c.state.consecutive_failures,
         "analyses": c.state.analyses,
         "failure_limit": c.spec.analysis.failure_limit,
         "config_version": c.state.config_version,
+        "circuit_breaker": {
+            "open_envoys": c.breaker.open,
+            "trips": c.breaker.trips,
+            "diverted_requests": c.breaker.diverted,
+        },
         "verdicts": c.state.verdicts,
         "timeline": c.state.timeline,
         "quota": c.spec.quota.as_ref().map(|q| json!({
@@ -390,6 +424,56 @@ async fn metrics(State(app): State<AppState>) -> Response {
             format!("rollout=\"{r}\""),
             f64::from(u8::from(c.quota.throttled)),
         );
+    }
+    gauge(
+        "canary_controller_breaker_open",
+        "Envoys whose circuit breaker was open at the end of the last analysis window.",
+        format!("rollout=\"{r}\""),
+        c.breaker.open as f64,
+    );
+    if let Some(s) = &c.state.shadow {
+        gauge(
+            "canary_controller_shadow_active",
+            "1 while the rollout is in its shadow phase (weight 0, copies to the candidate).",
+            format!("rollout=\"{r}\""),
+            f64::from(u8::from(s.active)),
+        );
+        if let Some(a) = s.counts.agreement() {
+            gauge(
+                "canary_controller_shadow_agreement_ratio",
+                "Share of compared shadow answers that agree with stable's, over the phase.",
+                format!("rollout=\"{r}\""),
+                a,
+            );
+        }
+        gauge(
+            "canary_controller_shadow_compared",
+            "Shadow answers compared over the phase.",
+            format!("rollout=\"{r}\""),
+            s.counts.compared as f64,
+        );
+        gauge(
+            "canary_controller_shadow_gate_failures",
+            "Consecutive failed shadow gate decisions.",
+            format!("rollout=\"{r}\""),
+            f64::from(s.gate_failures),
+        );
+    }
+    for (name, help, value) in [
+        (
+            "canary_controller_breaker_trips_total",
+            "Circuit breaker trips seen in analysis windows.",
+            c.breaker.trips,
+        ),
+        (
+            "canary_controller_breaker_diverted_total",
+            "Canary requests the circuit breakers sent to stable, seen in analysis windows.",
+            c.breaker.diverted,
+        ),
+    ] {
+        out.push_str(&format!(
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name}{{rollout=\"{r}\"}} {value}\n"
+        ));
     }
     out.push_str("# HELP canary_controller_phase Current phase (1 for the active one).\n# TYPE canary_controller_phase gauge\n");
     for phase in Phase::ALL {

@@ -48,6 +48,9 @@ pub struct RolloutSpec {
     /// The global quota sentinel: throttle non-priority requests near the LLM quota.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quota: Option<crate::quota::QuotaSpec>,
+    /// A shadow phase before the first stage (see [`crate::shadow`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<crate::shadow::ShadowSpec>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -389,6 +392,7 @@ impl RolloutSpec {
         if let Some(quota) = &self.quota {
             errors.extend(quota.validate(&self.filter));
         }
+        crate::shadow::validate(self, &mut errors);
         if errors.is_empty() {
             Ok(())
         } else {
@@ -515,6 +519,10 @@ mod tests {
                 "filter.key_sources[0]",
             ),
             (&format!("{MINIMAL}filter: {{weight_bp: 5}}\n"), "filter.weight_bp"),
+            (
+                &format!("{MINIMAL}filter: {{circuit_breaker: {{open_s: 0}}}}\n"),
+                "filter.circuit_breaker.open_s",
+            ),
             ("name: Bad.Name\nsources: {envoy_admin: [\"http://a\"]}\n", "name"),
             (
                 &format!("{MINIMAL}webhooks: [{{url: ftp://x}}]\n"),

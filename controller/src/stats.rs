@@ -111,6 +111,15 @@ pub struct VersionStats {
     /// LLM signals and user feedback (zero for rollouts without them).
     #[serde(default)]
     pub llm: crate::llm_stats::LlmStats,
+    /// Circuit breaker (canary only, rollouts with a breaker): trips and diverted requests
+    /// are counters; `breaker_open` is the gauge, so a window holds its value at the end
+    /// (summed over sources: the number of Envoys whose breaker is open).
+    #[serde(default)]
+    pub breaker_trips: u64,
+    #[serde(default)]
+    pub breaker_open: u64,
+    #[serde(default)]
+    pub breaker_diverted: u64,
 }
 
 impl VersionStats {
@@ -130,6 +139,11 @@ impl VersionStats {
             resets: self.resets.checked_sub(earlier.resets)?,
             duration: self.duration.minus(&earlier.duration)?,
             llm: self.llm.minus(&earlier.llm)?,
+            breaker_trips: self.breaker_trips.checked_sub(earlier.breaker_trips)?,
+            breaker_open: self.breaker_open,
+            breaker_diverted: self
+                .breaker_diverted
+                .checked_sub(earlier.breaker_diverted)?,
         })
     }
 
@@ -143,6 +157,9 @@ impl VersionStats {
             resets: self.resets + other.resets,
             duration: self.duration.plus(&other.duration),
             llm: self.llm.plus(&other.llm),
+            breaker_trips: self.breaker_trips + other.breaker_trips,
+            breaker_open: self.breaker_open + other.breaker_open,
+            breaker_diverted: self.breaker_diverted + other.breaker_diverted,
         }
     }
 }
@@ -152,6 +169,9 @@ impl VersionStats {
 pub struct RolloutStats {
     pub stable: VersionStats,
     pub canary: VersionStats,
+    /// The shadow counters (zero without a shadow phase).
+    #[serde(default)]
+    pub shadow: crate::shadow::ShadowCounts,
 }
 
 impl RolloutStats {
@@ -173,6 +193,7 @@ impl RolloutStats {
         Some(RolloutStats {
             stable: self.stable.minus(&earlier.stable)?,
             canary: self.canary.minus(&earlier.canary)?,
+            shadow: self.shadow.minus(&earlier.shadow)?,
         })
     }
 
@@ -180,6 +201,7 @@ impl RolloutStats {
         RolloutStats {
             stable: self.stable.plus(&other.stable),
             canary: self.canary.plus(&other.canary),
+            shadow: self.shadow.plus(&other.shadow),
         }
     }
 }
@@ -228,6 +250,12 @@ impl Accumulator {
                 })
             }
         };
+        if let Some(m) = canary_contract::ShadowMetric::parse(s.name) {
+            if s.version == Version::Canary {
+                self.stats.shadow.set(m, count(s.value)?);
+            }
+            return Ok(());
+        }
         let v = self.stats.version_mut(s.version);
         let duration = Metric::RqTimeMs.name();
         if let Some(suffix) = s.name.strip_prefix(duration) {
@@ -255,6 +283,9 @@ impl Accumulator {
             Metric::Rq4xx => &mut v.rq_4xx,
             Metric::Rq5xx => &mut v.rq_5xx,
             Metric::RqReset => &mut v.resets,
+            Metric::BreakerTrips => &mut v.breaker_trips,
+            Metric::BreakerOpen => &mut v.breaker_open,
+            Metric::BreakerDiverted => &mut v.breaker_diverted,
             // Histograms other than the duration, and LLM signals: not judged yet.
             _ => return Ok(()),
         };
@@ -334,7 +365,7 @@ pub fn parse_envoy_prometheus(text: &str, rollout: &str) -> Result<RolloutStats,
 /// The PromQL selector for every series of `rollout` the judge needs.
 pub fn prometheus_selector(rollout: &str) -> String {
     format!(
-        "{{__name__=~\"canary_rq_(total|2xx|3xx|4xx|5xx|reset|time_ms_bucket|time_ms_count|time_ms_sum)|{}\",rollout=\"{rollout}\"}}",
+        "{{__name__=~\"canary_rq_(total|2xx|3xx|4xx|5xx|reset|time_ms_bucket|time_ms_count|time_ms_sum)|canary_breaker_(trips|open|diverted)|{}\",rollout=\"{rollout}\"}}",
         crate::llm_stats::PROMETHEUS_NAME_ALTERNATIVES
     )
 }
@@ -605,6 +636,48 @@ mod tests {
             }
         }
         assert!(selector.contains("canary_quality_.+_(count|sum_milli|sumsq_micro)"));
+    }
+
+    #[test]
+    fn breaker_series_are_read_and_the_gauge_is_not_a_delta() {
+        let with_breaker = |trips: u64, open: u64, diverted: u64| {
+            let mut text = envoy_payload("shop", 100, 7);
+            text.push_str(&format!(
+                "# TYPE canary_breaker_trips counter\ncanary_breaker_trips{{rollout=\"shop\",version=\"canary\"}} {trips}\n\
+                 # TYPE canary_breaker_open gauge\ncanary_breaker_open{{rollout=\"shop\",version=\"canary\"}} {open}\n\
+                 # TYPE canary_breaker_diverted counter\ncanary_breaker_diverted{{rollout=\"shop\",version=\"canary\"}} {diverted}\n"
+            ));
+            text
+        };
+        let before = parse_envoy_prometheus(&with_breaker(1, 1, 40), "shop").expect("ok");
+        assert_eq!(
+            (
+                before.canary.breaker_trips,
+                before.canary.breaker_open,
+                before.canary.breaker_diverted
+            ),
+            (1, 1, 40)
+        );
+        let after = parse_envoy_prometheus(&with_breaker(1, 0, 90), "shop").expect("ok");
+        let delta = after.minus(&before).expect("delta");
+        assert_eq!(
+            (
+                delta.canary.breaker_trips,
+                delta.canary.breaker_open,
+                delta.canary.breaker_diverted
+            ),
+            (0, 0, 50)
+        );
+        assert_eq!(before.plus(&before).canary.breaker_open, 2, "Envoys open");
+        // Without a breaker the series are absent: zeros, not an error.
+        let plain = parse_envoy_prometheus(&envoy_payload("shop", 100, 7), "shop").expect("ok");
+        assert_eq!(plain.canary.breaker_trips, 0);
+        // The Prometheus source asks for them too.
+        assert!(prometheus_selector("shop").contains("breaker_(trips|open|diverted)"));
+        let answer = as_query_answer(&with_breaker(2, 1, 5), "10.0.0.1:15090").to_string();
+        let parsed = parse_prometheus_query(answer.as_bytes(), "shop").expect("parsed");
+        assert_eq!(parsed["10.0.0.1:15090"].canary.breaker_trips, 2);
+        assert_eq!(parsed["10.0.0.1:15090"].canary.breaker_open, 1);
     }
 
     #[test]

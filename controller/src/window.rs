@@ -104,6 +104,7 @@ mod tests {
                 rq_5xx: canary_5xx,
                 ..VersionStats::default()
             },
+            ..RolloutStats::default()
         }
     }
 

@@ -3,18 +3,17 @@
 //! Host data is only ever read as bytes, and nothing here unwraps it: a panic would kill
 //! the VM and, under the default failure policy, fail every later request on the worker.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::time::{Duration, UNIX_EPOCH};
 
-#[cfg(feature = "llm")]
-use canary_contract::stats::Metric;
-use canary_contract::stats::MetricKind;
-use canary_contract::{ControllerSource, FilterConfig};
+use canary_contract::stats::{Metric, MetricKind};
+use canary_contract::{ControllerSource, FilterConfig, Version};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, MetricType};
 
+use crate::breaker::{Local, Tick};
 use crate::control::{
     decode_ms, decode_shared, encode_ms, encode_shared, fail_safe, interpret, is_stale,
     jittered_interval, lease_expired, raise_delay_ms, sync_period_ms, PollOutcome, SharedKeys,
@@ -29,6 +28,12 @@ use crate::metrics::{Exchange, MetricHost, MetricOp, PendingCounters, RolloutMet
 use crate::ratelimit::RateLimiter;
 use crate::routing::{RequestHeaders, Router};
 
+#[cfg(feature = "llm")]
+#[path = "glue_shadow.rs"]
+mod shadow;
+#[cfg(feature = "llm")]
+use shadow::{ShadowCopy, ShadowShared};
+
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
     proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(CanaryRoot::default()) });
@@ -36,12 +41,23 @@ proxy_wasm::main! {{
 
 /// How often each VM hands its summed counters to Envoy.
 const COUNTER_FLUSH_PERIOD: Duration = Duration::from_millis(250);
+/// How often a worker checks its rollouts' circuit breakers (when the plugin configuration
+/// has one): a trip takes up to this long, and the other workers follow within as long.
+const BREAKER_TICK_PERIOD: Duration = Duration::from_millis(100);
 
 /// A configuration that passed validation, with its metric ids.
 struct Active {
     router: Router,
     metrics: Vec<RolloutMetrics>,
     pending: RefCell<PendingCounters>,
+    /// Per rollout: until when its circuit breaker sends canary users to stable (ms).
+    breaker_open_until: Vec<Cell<u64>>,
+    /// Per rollout with `shadow`: its shadow counters' ids, in `ShadowMetric` order.
+    #[cfg(feature = "llm")]
+    shadow_ids: Vec<Option<Vec<u32>>>,
+    /// Per rollout: which requests are copied to the candidate.
+    #[cfg(feature = "llm")]
+    samplers: RefCell<Vec<crate::shadow::Sampler>>,
 }
 
 impl Active {
@@ -106,6 +122,10 @@ struct CanaryRoot {
     /// Per-user buckets of this worker: outlive configuration updates.
     #[cfg(feature = "llm")]
     limiter: Rc<RefCell<RateLimiter>>,
+    /// Circuit breakers by rollout name and window: they outlive configurations.
+    breakers: Vec<(String, Local)>,
+    #[cfg(feature = "llm")]
+    shadow: Rc<ShadowShared>,
 }
 
 struct EnvoyMetrics;
@@ -115,8 +135,34 @@ impl MetricHost for EnvoyMetrics {
         let kind = match kind {
             MetricKind::Counter => MetricType::Counter,
             MetricKind::Histogram => MetricType::Histogram,
+            MetricKind::Gauge => MetricType::Gauge,
         };
         hostcalls::define_metric(kind, name).map_err(|status| format!("{status:?}"))
+    }
+}
+
+/// Carries out one metric operation of rollout `rollout` of `active`.
+fn apply_op(active: &Active, rollout: usize, op: MetricOp, version: canary_contract::Version) {
+    let Some(metrics) = active.metrics.get(rollout) else {
+        return;
+    };
+    match op {
+        MetricOp::Increment(m) => {
+            if let Ok(mut pending) = active.pending.try_borrow_mut() {
+                pending.add(rollout, version, m, 1);
+            }
+        }
+        MetricOp::Add(m, delta) => {
+            if let Ok(mut pending) = active.pending.try_borrow_mut() {
+                pending.add(rollout, version, m, delta);
+            }
+        }
+        MetricOp::Record(m, v) => {
+            if let Some(id) = metrics.id(version, m) {
+                // A failed metric update is not worth failing the request over.
+                let _ = hostcalls::record_metric(id, v);
+            }
+        }
     }
 }
 
@@ -147,9 +193,12 @@ impl CanaryRoot {
     fn activate(&mut self, config: FilterConfig, raise_at_ms: Option<u64>) -> Result<(), String> {
         let mut metrics = Vec::with_capacity(config.rollouts.len());
         for r in &config.rollouts {
-            // The metric set depends on the LLM signals configured, not only the name.
-            #[cfg_attr(not(feature = "llm"), allow(unused_mut))]
+            // The metric set depends on the LLM signals and breaker configured, not only
+            // the name.
             let mut key = r.name.clone();
+            if r.circuit_breaker.is_some() {
+                key.push_str(" breaker");
+            }
             #[cfg(feature = "llm")]
             if let Some(llm) = &r.llm {
                 key.push_str(" llm");
@@ -172,16 +221,106 @@ impl CanaryRoot {
             };
             metrics.push(ids);
         }
+        #[cfg(feature = "llm")]
+        let mut shadow_ids = Vec::with_capacity(config.rollouts.len());
+        #[cfg(feature = "llm")]
+        for r in &config.rollouts {
+            let Some(_) = r.shadow else {
+                shadow_ids.push(None);
+                continue;
+            };
+            let mut ids = Vec::with_capacity(canary_contract::ShadowMetric::ALL.len());
+            for m in canary_contract::ShadowMetric::ALL {
+                let name = m.stat_name(&r.name);
+                ids.push(
+                    hostcalls::define_metric(MetricType::Counter, &name)
+                        .map_err(|status| format!("defining metric {name}: {status:?}"))?,
+                );
+            }
+            shadow_ids.push(Some(ids));
+        }
         let router = match (&self.active, raise_at_ms) {
             (Some(current), Some(at)) => Router::succeeding(config, &current.router, now_ms(), at),
             _ => Router::new(config),
         };
         self.active = Some(Rc::new(Active {
             pending: RefCell::new(PendingCounters::new(metrics.len())),
+            breaker_open_until: (0..metrics.len()).map(|_| Cell::new(0)).collect(),
+            #[cfg(feature = "llm")]
+            samplers: RefCell::new(
+                (0..metrics.len())
+                    .map(|_| crate::shadow::Sampler::default())
+                    .collect(),
+            ),
+            #[cfg(feature = "llm")]
+            shadow_ids,
             router,
             metrics,
         }));
+        // An open breaker stays open across configurations.
+        self.check_breakers();
         Ok(())
+    }
+
+    /// Ticks every circuit breaker on the proxy's canary counters (see `breaker`); a trip
+    /// is stored in shared data with the CAS token read, so it is stored and counted once.
+    fn check_breakers(&mut self) {
+        let Some(active) = self.active.clone() else {
+            return;
+        };
+        let now = now_ms();
+        for (i, r) in active.router.rollouts().iter().enumerate() {
+            let (Some(config), Some(metrics)) = (&r.circuit_breaker, active.metrics.get(i)) else {
+                continue;
+            };
+            let canary = |m| metrics.id(Version::Canary, m);
+            let count = |m| canary(m).and_then(|id| hostcalls::get_metric(id).ok());
+            let key = format!("wasm-canary/breaker/{}", r.name);
+            let (stored, cas) = hostcalls::get_shared_data(&key).unwrap_or_default();
+            let name = format!("{} {}", r.name, config.window_s);
+            let j = match self.breakers.iter().position(|(n, _)| *n == name) {
+                Some(j) => j,
+                None => {
+                    self.breakers.push((name, Local::new(config)));
+                    self.breakers.len() - 1
+                }
+            };
+            let local = &mut self.breakers[j].1;
+            let tick = local.tick(
+                config,
+                now,
+                count(Metric::RqTotal).unwrap_or(0),
+                count(Metric::Rq5xx).unwrap_or(0),
+                decode_ms(stored.as_deref()).unwrap_or(0),
+            );
+            let open = match tick {
+                Tick::Steady => None,
+                Tick::Closed => Some(0),
+                Tick::Trip {
+                    open_until_ms,
+                    requests,
+                    errors,
+                } => hostcalls::set_shared_data(&key, Some(&encode_ms(open_until_ms)), cas)
+                    .ok()
+                    .map(|()| {
+                        local.opened(open_until_ms);
+                        log::warn!(
+                            "wasm-canary: {}: circuit breaker open: {errors} of {requests} canary answers failed",
+                            r.name
+                        );
+                        if let Some(id) = canary(Metric::BreakerTrips) {
+                            increment(id, 1);
+                        }
+                        1
+                    }),
+            };
+            if let Some(cell) = active.breaker_open_until.get(i) {
+                cell.set(local.open_until_ms());
+            }
+            if let (Some(value), Some(id)) = (open, canary(Metric::BreakerOpen)) {
+                let _ = hostcalls::record_metric(id, value);
+            }
+        }
     }
 
     /// Applies the controller's configuration from shared data if another root (or this
@@ -304,6 +443,10 @@ impl Context for CanaryRoot {
         body_size: usize,
         _num_trailers: usize,
     ) {
+        #[cfg(feature = "llm")]
+        if self.shadow.candidate_response(token_id, body_size) {
+            return;
+        }
         let Some(c) = self.controlled.as_mut() else {
             return;
         };
@@ -379,6 +522,9 @@ impl RootContext for CanaryRoot {
         };
         log::info!("wasm-canary: configured rollouts {}", summary(&config));
         let mut tick = COUNTER_FLUSH_PERIOD;
+        if config.rollouts.iter().any(|r| r.circuit_breaker.is_some()) {
+            tick = BREAKER_TICK_PERIOD;
+        }
         self.controlled = config.controller.clone().map(|source| {
             // Ticks both flush counters and pick up new configurations: often enough that
             // every worker has a raise before it takes effect.
@@ -408,6 +554,8 @@ impl RootContext for CanaryRoot {
             log::error!("wasm-canary: {e}");
             return false;
         }
+        #[cfg(feature = "llm")]
+        self.shadow.register_queue();
         // A configuration the controller published before this plugin instance existed
         // (e.g. after a listener update) wins over the plugin's initial one.
         self.sync_from_shared();
@@ -416,14 +564,26 @@ impl RootContext for CanaryRoot {
     }
 
     fn on_tick(&mut self) {
+        #[cfg(feature = "llm")]
+        {
+            self.shadow.send_ready();
+            self.shadow.expire();
+        }
         if let Some(active) = &self.active {
             active.flush_counters();
         }
+        // After the flush, so the counters include this worker's answers.
+        self.check_breakers();
         if self.controlled.is_some() {
             self.sync_from_shared();
             self.check_fail_safe();
             self.maybe_poll();
         }
+    }
+
+    #[cfg(feature = "llm")]
+    fn on_queue_ready(&mut self, _queue_id: u32) {
+        self.shadow.send_ready();
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
@@ -432,6 +592,8 @@ impl RootContext for CanaryRoot {
             routed: None,
             #[cfg(feature = "llm")]
             limiter: self.limiter.clone(),
+            #[cfg(feature = "llm")]
+            shadow: self.shadow.clone(),
         }))
     }
 
@@ -450,6 +612,9 @@ struct Routed {
     /// User key and tokens charged up front, to settle with the answer's token count.
     #[cfg(feature = "llm")]
     charge: Option<(String, u64)>,
+    /// Set when the request is copied to the shadow candidate.
+    #[cfg(feature = "llm")]
+    shadow: Option<ShadowCopy>,
 }
 
 struct CanaryHttp {
@@ -457,6 +622,8 @@ struct CanaryHttp {
     routed: Option<Routed>,
     #[cfg(feature = "llm")]
     limiter: Rc<RefCell<RateLimiter>>,
+    #[cfg(feature = "llm")]
+    shadow: Rc<ShadowShared>,
 }
 
 impl RequestHeaders for CanaryHttp {
@@ -473,27 +640,7 @@ impl CanaryHttp {
         version_op: MetricOp,
         version: canary_contract::Version,
     ) {
-        let Some(metrics) = active.metrics.get(rollout) else {
-            return;
-        };
-        match version_op {
-            MetricOp::Increment(m) => {
-                if let Ok(mut pending) = active.pending.try_borrow_mut() {
-                    pending.add(rollout, version, m, 1);
-                }
-            }
-            MetricOp::Add(m, delta) => {
-                if let Ok(mut pending) = active.pending.try_borrow_mut() {
-                    pending.add(rollout, version, m, delta);
-                }
-            }
-            MetricOp::Record(m, v) => {
-                if let Some(id) = metrics.id(version, m) {
-                    // A failed metric update is not worth failing the request over.
-                    let _ = hostcalls::record_metric(id, v);
-                }
-            }
-        }
+        apply_op(active, rollout, version_op, version);
     }
 
     /// Response headers of an LLM call: set up the body reader, count quality headers.
@@ -535,6 +682,9 @@ impl CanaryHttp {
                     tokens = Some(tokens.unwrap_or(0u64).saturating_add(n));
                 }
                 self.apply(active, routed.rollout, op, routed.exchange.version);
+            }
+            if let Some(copy) = routed.shadow.take() {
+                self.shadow.primary_end(copy, llm);
             }
             // Settled once, with a readable answer; otherwise the estimate stands.
             if let (Some(actual), Some((key, charged)), Some(r)) = (
@@ -601,7 +751,8 @@ impl CanaryHttp {
 impl Context for CanaryHttp {}
 
 impl HttpContext for CanaryHttp {
-    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+    #[cfg_attr(not(feature = "llm"), allow(unused_variables))]
+    fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         #[cfg(feature = "fault-injection")]
         if self
             .get_http_request_header_bytes("x-canary-fault")
@@ -614,7 +765,22 @@ impl HttpContext for CanaryHttp {
             return Action::Continue;
         };
         let now = now_ms();
-        let decision = active.router.decide(self, now, new_anonymous_id);
+        let mut decision = active.router.decide(self, now, new_anonymous_id);
+        if let Some(d) = decision.as_mut() {
+            let open_until = active
+                .breaker_open_until
+                .get(d.rollout)
+                .map_or(0, Cell::get);
+            if d.version == Version::Canary && now < open_until {
+                d.version = Version::Stable;
+                self.apply(
+                    &active,
+                    d.rollout,
+                    MetricOp::Increment(Metric::BreakerDiverted),
+                    Version::Canary,
+                );
+            }
+        }
         // Strip client-sent routing headers on every request, routed or not, so nobody
         // picks a version by sending the header themselves. The header this request's
         // rollout sets is left to `set_http_request_header`, which replaces every value
@@ -651,11 +817,28 @@ impl HttpContext for CanaryHttp {
                     .is_some_and(|p| signals.applies_to(&p));
             is_call.then(|| LlmExchange::start(now))
         });
+        // Only LLM calls are shadowed: the primary's answer is read by their reader.
+        #[cfg(feature = "llm")]
+        let (mut llm, mut shadow) = (llm, None);
+        #[cfg(feature = "llm")]
+        if let Some(llm) = llm.as_mut() {
+            shadow = self.shadow.start(&active, decision.rollout, || {
+                self.get_http_request_headers_bytes()
+            });
+            if let Some(copy) = shadow.as_mut() {
+                llm.capture();
+                if end_of_stream {
+                    self.shadow.request_end(copy);
+                }
+            }
+        }
         self.routed = Some(Routed {
             #[cfg(feature = "llm")]
             llm,
             #[cfg(feature = "llm")]
             charge,
+            #[cfg(feature = "llm")]
+            shadow,
             rollout: decision.rollout,
             exchange,
             set_cookie: decision
@@ -683,6 +866,10 @@ impl HttpContext for CanaryHttp {
             self.add_http_response_header("set-cookie", &cookie);
         }
         #[cfg(feature = "llm")]
+        if let Some(copy) = routed.shadow.as_mut() {
+            ShadowShared::response_status(copy, status.as_deref());
+        }
+        #[cfg(feature = "llm")]
         if routed.llm.is_some() {
             self.llm_response_headers(&active, &mut routed);
             if end_of_stream {
@@ -690,6 +877,25 @@ impl HttpContext for CanaryHttp {
             }
         }
         self.routed = Some(routed);
+        Action::Continue
+    }
+
+    // The request body passes on unchanged (always `Continue`); a shadowed request's is
+    // copied, up to the cap.
+    #[cfg(feature = "llm")]
+    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        let (Some(active), Some(routed)) = (self.active.as_ref(), self.routed.as_mut()) else {
+            return Action::Continue;
+        };
+        if let Some(copy) = routed.shadow.as_mut() {
+            let rollout = routed.rollout;
+            self.shadow
+                .request_body(copy, active, rollout, body_size, end_of_stream, || {
+                    hostcalls::get_buffer(BufferType::HttpRequestBody, 0, body_size)
+                        .ok()
+                        .flatten()
+                });
+        }
         Action::Continue
     }
 

@@ -4,6 +4,7 @@
 //! routing header that Envoy's routes match on, and records per-rollout, per-version stats.
 //! The logic lives in plain modules tested natively; `glue` only connects them to the host.
 
+pub mod breaker;
 pub mod control;
 pub mod cookie;
 #[cfg(feature = "llm")]
@@ -12,6 +13,8 @@ pub mod metrics;
 #[cfg(feature = "llm")]
 pub mod ratelimit;
 pub mod routing;
+#[cfg(feature = "llm")]
+pub mod shadow;
 
 #[cfg(target_arch = "wasm32")]
 mod glue;

@@ -99,6 +99,11 @@ impl RolloutMetrics {
                 {
                     continue;
                 }
+                if metric.is_breaker()
+                    && (version == Version::Stable || rollout.circuit_breaker.is_none())
+                {
+                    continue;
+                }
                 let stat = stat_name(metric, name, version);
                 ids[version.index()][metric.index()] =
                     Some(define_one(host, metric.kind(), &stat)?);
@@ -210,7 +215,7 @@ impl Exchange {
     }
 }
 
-fn parse_status(raw: &[u8]) -> Option<u16> {
+pub fn parse_status(raw: &[u8]) -> Option<u16> {
     if raw.len() != 3 || !raw.iter().all(u8::is_ascii_digit) {
         return None;
     }
@@ -238,9 +243,14 @@ mod tests {
         let m = RolloutMetrics::define(&mut host, &plain).expect("defined");
         let base = Metric::ALL
             .iter()
-            .filter(|m| !m.is_llm() && !m.is_rate_limit())
+            .filter(|m| !m.is_llm() && !m.is_rate_limit() && !m.is_breaker())
             .count();
-        assert_eq!(host.0.len(), 2 * base, "no LLM metrics without LLM signals");
+        assert_eq!(
+            host.0.len(),
+            2 * base,
+            "no LLM, rate-limit or breaker metrics without their configuration"
+        );
+        assert_eq!(m.id(Version::Canary, Metric::BreakerTrips), None);
         assert_eq!(m.id(Version::Canary, Metric::LlmResponses), None);
         let name_of = |id: Option<u32>| host.0[id.expect("defined") as usize].clone();
         let (kind, name) = name_of(m.id(Version::Canary, Metric::RqTimeMs));
@@ -249,6 +259,29 @@ mod tests {
         let (kind, name) = name_of(m.id(Version::Stable, Metric::Rq5xx));
         assert_eq!(kind, MetricKind::Counter);
         assert_eq!(name, "canary_rq_5xx.rollout.checkout.version.stable");
+    }
+
+    #[test]
+    fn breaker_metrics_exist_for_the_canary_of_rollouts_with_a_breaker() {
+        let mut host = Recorder::default();
+        let mut r = RolloutConfig::new("shop", 0);
+        r.circuit_breaker = Some(canary_contract::CircuitBreaker::default());
+        let m = RolloutMetrics::define(&mut host, &r).expect("defined");
+        for metric in [
+            Metric::BreakerTrips,
+            Metric::BreakerOpen,
+            Metric::BreakerDiverted,
+        ] {
+            assert_eq!(m.id(Version::Stable, metric), None);
+            let id = m.id(Version::Canary, metric).expect("defined");
+            assert_eq!(
+                host.0[id as usize],
+                (
+                    metric.kind(),
+                    format!("{}.rollout.shop.version.canary", metric.name())
+                )
+            );
+        }
     }
 
     #[cfg(feature = "llm")]
@@ -265,7 +298,11 @@ mod tests {
         });
         let m = RolloutMetrics::define(&mut host, &chat).expect("defined");
         let rate_limit = Metric::ALL.iter().filter(|m| m.is_rate_limit()).count();
-        assert_eq!(host.0.len(), 2 * (Metric::ALL.len() - rate_limit) + 2 * 3);
+        let breaker = Metric::ALL.iter().filter(|m| m.is_breaker()).count();
+        assert_eq!(
+            host.0.len(),
+            2 * (Metric::ALL.len() - rate_limit - breaker) + 2 * 3
+        );
         let ttft = m.id(Version::Canary, Metric::LlmTtftMs).expect("defined");
         assert_eq!(
             host.0[ttft as usize],

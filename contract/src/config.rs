@@ -129,6 +129,14 @@ pub struct RolloutConfig {
     #[cfg(feature = "fallback")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fallback: Option<crate::fallback::Fallback>,
+    /// Per-user token and request buckets and the quota sentinel's throttle.
+    #[cfg(feature = "llm")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<crate::ratelimit::RateLimit>,
+    /// Copy a sample of the LLM calls to a candidate and compare its answers (shadow mode).
+    #[cfg(feature = "llm")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<crate::shadow::Shadow>,
 }
 
 /// Which requests a rollout applies to. Empty fields match everything.
@@ -218,6 +226,10 @@ impl RolloutConfig {
             llm: None,
             #[cfg(feature = "fallback")]
             fallback: None,
+            #[cfg(feature = "llm")]
+            rate_limit: None,
+            #[cfg(feature = "llm")]
+            shadow: None,
         }
     }
 
@@ -573,6 +585,15 @@ fn validate_rollout(v: &mut Validator, at: &str, r: &RolloutConfig) {
     if let Some(f) = &r.fallback {
         crate::fallback::validate_fallback(v, &format!("{at}.fallback"), f);
     }
+    #[cfg(feature = "llm")]
+    if let Some(limit) = &r.rate_limit {
+        let at = format!("{at}.rate_limit");
+        crate::ratelimit::validate_rate_limit(v, &at, limit, r.llm.is_some());
+    }
+    #[cfg(feature = "llm")]
+    if let Some(shadow) = &r.shadow {
+        crate::shadow::validate_shadow(v, &format!("{at}.shadow"), shadow, r.llm.is_some());
+    }
 }
 
 pub(crate) fn is_rollout_name(name: &str) -> bool {
@@ -753,6 +774,24 @@ mod tests {
             for field in *expected {
                 assert!(text.contains(field), "{text} should name {field}");
             }
+        }
+    }
+
+    /// Without the `llm` feature (the plain filter), a rollout with `llm` or `shadow` is
+    /// refused naming the field, so it cannot silently lose its checks or its shadow.
+    #[cfg(not(feature = "llm"))]
+    #[test]
+    fn the_plain_build_refuses_llm_and_shadow() {
+        for field in ["llm", "shadow"] {
+            let json = format!(
+                r#"{{"schema_version":1,"rollouts":[{{"name":"a","weight_bp":5,"{field}":{{}}}}]}}"#
+            );
+            let err = parse(&json).expect_err(&json);
+            assert_eq!(
+                fields(err.clone()),
+                [format!("rollouts[0].{field}")],
+                "{err}"
+            );
         }
     }
 

@@ -12,6 +12,10 @@ pub mod config;
 pub mod fallback;
 #[cfg(feature = "llm")]
 pub mod llm;
+#[cfg(feature = "llm")]
+pub mod ratelimit;
+#[cfg(feature = "llm")]
+pub mod shadow;
 pub mod stats;
 
 pub use breaker::CircuitBreaker;
@@ -22,6 +26,10 @@ pub use config::{
 };
 #[cfg(feature = "llm")]
 pub use llm::{LlmSignals, QualityHeader, TokenPrice, VersionPrices};
+#[cfg(feature = "llm")]
+pub use ratelimit::{Priority, RateLimit};
+#[cfg(feature = "llm")]
+pub use shadow::{Shadow, ShadowMetric, TextNormalisation};
 
 use serde::{Deserialize, Serialize};
 

@@ -61,10 +61,19 @@ pub enum Metric {
     /// Sum over responses of (cost in micro-USD)², rounded: with the cost counter, the
     /// variance of the cost per response, so the judge can test a difference of means.
     LlmCostSumSqMicroUsd2,
+    // Rate limiting (LLM build), defined only for rollouts with `rate_limit`.
+    /// Requests refused with 429: the user's tokens-per-minute bucket was empty.
+    RateLimitedTokens,
+    /// Requests refused with 429: the user's requests-per-minute bucket was empty.
+    RateLimitedRequests,
+    /// Requests refused with 429 by the quota sentinel's throttle (not priority).
+    Throttled,
+    /// Priority requests let through while the rollout was throttled.
+    ThrottlePriorityPassed,
 }
 
 impl Metric {
-    pub const ALL: [Metric; 20] = [
+    pub const ALL: [Metric; 24] = [
         Metric::RqTotal,
         Metric::Rq2xx,
         Metric::Rq3xx,
@@ -85,11 +94,26 @@ impl Metric {
         Metric::LlmTtftMs,
         Metric::LlmStreamMs,
         Metric::LlmCostSumSqMicroUsd2,
+        Metric::RateLimitedTokens,
+        Metric::RateLimitedRequests,
+        Metric::Throttled,
+        Metric::ThrottlePriorityPassed,
     ];
 
     /// Whether the metric exists only for rollouts with LLM signals.
     pub fn is_llm(self) -> bool {
-        self.index() >= Metric::LlmResponses.index()
+        self.index() >= Metric::LlmResponses.index() && !self.is_rate_limit()
+    }
+
+    /// Whether the metric exists only for rollouts with `rate_limit`.
+    pub fn is_rate_limit(self) -> bool {
+        matches!(
+            self,
+            Metric::RateLimitedTokens
+                | Metric::RateLimitedRequests
+                | Metric::Throttled
+                | Metric::ThrottlePriorityPassed
+        )
     }
 
     /// Whether the metric exists only for rollouts with a circuit breaker (canary only).
@@ -123,6 +147,10 @@ impl Metric {
             Metric::LlmTtftMs => "canary_llm_ttft_ms",
             Metric::LlmStreamMs => "canary_llm_stream_ms",
             Metric::LlmCostSumSqMicroUsd2 => "canary_llm_cost_sumsq_microusd2",
+            Metric::RateLimitedTokens => "canary_ratelimit_rejected_tokens",
+            Metric::RateLimitedRequests => "canary_ratelimit_rejected_requests",
+            Metric::Throttled => "canary_ratelimit_rejected_throttle",
+            Metric::ThrottlePriorityPassed => "canary_ratelimit_priority_passed",
         }
     }
 
@@ -285,6 +313,8 @@ mod tests {
         assert_eq!(QualityPart::parse("canary_rq_total"), None);
         assert!(Metric::LlmTtftMs.is_llm() && !Metric::RqHeaderTimeMs.is_llm());
         assert!(Metric::LlmCostSumSqMicroUsd2.is_llm());
+        assert!(Metric::Throttled.is_rate_limit() && !Metric::Throttled.is_llm());
+        assert!(!Metric::LlmCostSumSqMicroUsd2.is_rate_limit());
         // 20,000 nano-USD = 20 µUSD → 400 µUSD²; 1,499 nano → 1.499² = 2.247 → 2.
         assert_eq!(cost_sumsq_micro_usd2(20_000), 400);
         assert_eq!(cost_sumsq_micro_usd2(1_499), 2);

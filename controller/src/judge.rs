@@ -392,18 +392,19 @@ fn latency_better(
     fisher_greater(stable_above, stable.count, canary_above, canary.count) < analysis.alpha
 }
 
+/// Shared by the controller's test modules.
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::stats::VersionStats;
+pub(crate) mod test_support {
+    use super::{CheckResult, Outcome, Verdict};
+    use crate::stats::Histogram;
 
-    /// Envoy's default bucket bounds (ms) up to 10 s.
+    /// Envoy's default histogram bounds up to 10 s.
     const BOUNDS: [f64; 13] = [
         0.5, 1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0,
     ];
 
     /// A histogram of `n` requests taking exactly `ms` each.
-    fn all_at(ms: f64, n: u64) -> Histogram {
+    pub(crate) fn all_at(ms: f64, n: u64) -> Histogram {
         let mut buckets: Vec<(f64, u64)> = BOUNDS
             .iter()
             .map(|b| (*b, if *b >= ms { n } else { 0 }))
@@ -415,6 +416,43 @@ mod tests {
             sum_ms: ms * n as f64,
         }
     }
+
+    /// A verdict with one error-rate check of that outcome.
+    pub(crate) fn verdict_of(
+        outcome: Outcome,
+        critical: bool,
+        clearly_better: bool,
+        canary_requests: u64,
+        stable_requests: u64,
+    ) -> Verdict {
+        Verdict {
+            outcome,
+            critical,
+            clearly_better,
+            canary_requests,
+            stable_requests,
+            checks: vec![CheckResult {
+                check: "error_rate".into(),
+                outcome,
+                canary: None,
+                stable: None,
+                limit: None,
+                p_value: None,
+                reason: format!("{outcome:?}"),
+                canary_n: None,
+                stable_n: None,
+                worse: None,
+            }],
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stats::VersionStats;
+
+    use super::test_support::all_at;
 
     fn version(n: u64, errors: u64, ms: f64) -> VersionStats {
         VersionStats {

@@ -1099,19 +1099,7 @@ mod tests {
 
     /// `n` first-token times of `ms` each, in Envoy's default buckets.
     fn ttft(ms: f64, n: u64) -> Histogram {
-        let bounds = [
-            0.5, 1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0,
-        ];
-        let mut buckets: Vec<(f64, u64)> = bounds
-            .iter()
-            .map(|b| (*b, if *b >= ms { n } else { 0 }))
-            .collect();
-        buckets.push((f64::INFINITY, n));
-        Histogram {
-            buckets,
-            count: n,
-            sum_ms: ms * n as f64,
-        }
+        crate::judge::test_support::all_at(ms, n)
     }
 
     #[test]

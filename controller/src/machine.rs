@@ -102,6 +102,9 @@ pub struct RolloutState {
     pub config_version: u64,
     pub verdicts: VecDeque<VerdictRecord>,
     pub timeline: VecDeque<Event>,
+    /// The shadow phase, for specs that start with one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<crate::shadow::ShadowState>,
 }
 
 /// What happens to a rollout.
@@ -109,6 +112,8 @@ pub struct RolloutState {
 pub enum Input {
     /// The judge's verdict on the last window.
     Analysis(Verdict),
+    /// The same, with the window's shadow counters (specs with a shadow phase).
+    ShadowWindow(Verdict, crate::shadow::ShadowCounts),
     /// Operator: go to the next stage now.
     Promote,
     Pause,
@@ -136,7 +141,11 @@ pub enum Effect {
 impl RolloutState {
     /// A rollout starting at its first stage.
     pub fn start(spec: &RolloutSpec, now_ms: u64) -> (RolloutState, Vec<Effect>) {
-        let weight_bp = spec.stages.first().map_or(0, |s| s.weight_bp());
+        // A shadow phase first: nobody is routed to the candidate until its gate passes.
+        let weight_bp = match spec.shadow {
+            Some(_) => 0,
+            None => spec.stages.first().map_or(0, |s| s.weight_bp()),
+        };
         let mut state = RolloutState {
             rollout: spec.name.clone(),
             phase: Phase::Progressing,
@@ -150,8 +159,26 @@ impl RolloutState {
             config_version: 1,
             verdicts: VecDeque::new(),
             timeline: VecDeque::new(),
+            shadow: spec.shadow.as_ref().map(|_| crate::shadow::ShadowState {
+                active: true,
+                started_ms: now_ms,
+                ..Default::default()
+            }),
         };
         let mut effects = vec![Effect::PublishWeight(weight_bp)];
+        if let Some(shadow) = &spec.shadow {
+            state.record(
+                &mut effects,
+                now_ms,
+                EventKind::Started,
+                format!(
+                    "started in shadow: {}% of requests copied to cluster {}, weight 0%",
+                    f64::from(shadow.copy.sample_bp) / 100.0,
+                    shadow.copy.cluster
+                ),
+            );
+            return (state, effects);
+        }
         state.record(
             &mut effects,
             now_ms,
@@ -165,7 +192,18 @@ impl RolloutState {
         (state, effects)
     }
 
-    fn record(&mut self, effects: &mut Vec<Effect>, at_ms: u64, kind: EventKind, message: String) {
+    /// Whether the rollout is in its shadow phase (weight 0, copies to the candidate).
+    pub fn in_shadow(&self) -> bool {
+        self.shadow.as_ref().is_some_and(|s| s.active)
+    }
+
+    pub(crate) fn record(
+        &mut self,
+        effects: &mut Vec<Effect>,
+        at_ms: u64,
+        kind: EventKind,
+        message: String,
+    ) {
         let event = Event {
             at_ms,
             kind,
@@ -188,7 +226,7 @@ impl RolloutState {
         }
     }
 
-    fn enter_stage(
+    pub(crate) fn enter_stage(
         &mut self,
         spec: &RolloutSpec,
         effects: &mut Vec<Effect>,
@@ -228,7 +266,7 @@ impl RolloutState {
         }
     }
 
-    fn roll_back(
+    pub(crate) fn roll_back(
         &mut self,
         effects: &mut Vec<Effect>,
         now_ms: u64,
@@ -253,12 +291,32 @@ impl RolloutState {
         if self.phase.is_terminal() {
             return match input {
                 // Late verdicts after the end change nothing.
-                Input::Analysis(_) => Ok((next, effects)),
+                Input::Analysis(_) | Input::ShadowWindow(..) => Ok((next, effects)),
                 _ => Err(Refused::Ended(self.phase)),
             };
         }
-        match input {
-            Input::Analysis(verdict) => next.on_verdict(spec, verdict, now_ms, &mut effects),
+        match &input {
+            Input::Analysis(verdict) | Input::ShadowWindow(verdict, _) if self.in_shadow() => {
+                next.analyses += 1;
+                let counts = match &input {
+                    Input::ShadowWindow(_, counts) => counts.clone(),
+                    _ => Default::default(),
+                };
+                crate::shadow::on_window(&mut next, spec, verdict, &counts, now_ms, &mut effects);
+            }
+            Input::Analysis(verdict) | Input::ShadowWindow(verdict, _) => {
+                next.on_verdict(spec, verdict.clone(), now_ms, &mut effects)
+            }
+            Input::Promote if self.in_shadow() => {
+                next.phase = Phase::Progressing;
+                crate::shadow::leave(
+                    &mut next,
+                    spec,
+                    &mut effects,
+                    now_ms,
+                    "shadow ended by an operator",
+                );
+            }
             Input::Promote => {
                 let stage = self.stage + 1;
                 next.phase = Phase::Progressing;
@@ -385,7 +443,6 @@ pub fn pct(weight_bp: u32) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::judge::CheckResult;
 
     fn spec(accelerate: bool) -> RolloutSpec {
         let yaml = format!(
@@ -397,25 +454,7 @@ mod tests {
     }
 
     fn verdict(outcome: Outcome, critical: bool, clearly_better: bool, n: u64) -> Verdict {
-        Verdict {
-            outcome,
-            critical,
-            clearly_better,
-            canary_requests: n,
-            stable_requests: n,
-            checks: vec![CheckResult {
-                check: "error_rate".into(),
-                outcome,
-                canary: None,
-                stable: None,
-                limit: None,
-                p_value: None,
-                reason: format!("{outcome:?}"),
-                canary_n: None,
-                stable_n: None,
-                worse: None,
-            }],
-        }
+        crate::judge::test_support::verdict_of(outcome, critical, clearly_better, n, n)
     }
 
     fn run(

@@ -131,6 +131,20 @@ fn print_status(status: &serde_json::Value, output: Output) {
             now.saturating_sub(at.as_u64().unwrap_or(0)) as f64 / 1000.0
         )
     };
+    if let Some(q) = status.get("quota").filter(|q| !q.is_null()) {
+        let s = &q["sentinel"];
+        println!(
+            "quota: {} tokens/min last window of {} ({:.0}%), throttle {} (on at {:.0}%, off below {:.0}%; {} activations)",
+            s["last_tokens_per_minute"].as_f64().map_or("-".to_string(), |t| format!("{t:.0}")),
+            q["tokens_per_minute"],
+            s["last_tokens_per_minute"].as_f64().unwrap_or(0.0) * 100.0
+                / q["tokens_per_minute"].as_f64().unwrap_or(1.0).max(1.0),
+            if s["throttled"] == true { "ON" } else { "off" },
+            q["activate_share"].as_f64().unwrap_or(0.0) * 100.0,
+            q["clear_share"].as_f64().unwrap_or(0.0) * 100.0,
+            s["activations"],
+        );
+    }
     if let Some(f) = status.get("feedback") {
         println!(
             "feedback: canary {} up / {} down, stable {} up / {} down",

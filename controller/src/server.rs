@@ -45,7 +45,7 @@ struct Controller {
     tiers: BTreeMap<String, crate::stats::TierStats>,
     /// The served filter configuration and the config version it was built for: every
     /// proxy fetches the same bytes after a change, so they are built once per change.
-    published: Option<(u64, String)>,
+    published: Option<(String, String)>,
     /// Weights served over time, for ratings that arrive late.
     weights: crate::feedback::WeightHistory,
     /// Ratings not yet in an analysis window.
@@ -54,6 +54,11 @@ struct Controller {
     feedback_total: BTreeMap<(&'static str, &'static str), u64>,
     /// The last judged window's checks (for /metrics).
     last_checks: Vec<crate::judge::CheckResult>,
+    /// The global quota sentinel (`quota` in the spec); not saved: a restarted controller
+    /// measures again.
+    quota: crate::quota::Sentinel,
+    /// Proxies read in the last round (for `quota.per_user`, divided among them).
+    proxies: usize,
 }
 
 /// The filters' circuit breakers as the analysis windows saw them (since this process
@@ -84,15 +89,41 @@ pub fn now_ms() -> u64 {
 impl Controller {
     /// The filter configuration for the current weight, as JSON.
     fn filter_config_json(&mut self) -> Result<String, crate::spec::SpecErrors> {
-        let version = self.state.config_version;
+        let etag = self.etag();
         if let Some((built_for, json)) = &self.published {
-            if *built_for == version {
+            if *built_for == etag {
                 return Ok(json.clone());
             }
         }
-        let json = self.spec.filter_config(self.state.weight_bp)?.to_json();
-        self.published = Some((version, json.clone()));
+        let mut config =
+            crate::shadow::filter_config(&self.spec, self.state.weight_bp, self.state.in_shadow())?;
+        if let Some(per_user) = self.spec.quota.as_ref().and_then(|q| q.per_user.as_ref()) {
+            crate::quota::apply_per_user(&mut config, per_user, self.proxies);
+        }
+        crate::quota::apply_throttle(&mut config, self.quota.throttled);
+        let json = config.to_json();
+        self.published = Some((etag, json.clone()));
         Ok(json)
+    }
+
+    /// The served configuration's ETag: the config version, plus the proxy count per-user
+    /// allowances are divided by and the throttle (both change the configuration without a
+    /// new rollout state).
+    fn etag(&self) -> String {
+        let mut etag = format!("\"{}", self.state.config_version);
+        if self
+            .spec
+            .quota
+            .as_ref()
+            .is_some_and(|q| q.per_user.is_some())
+        {
+            etag.push_str(&format!("-p{}", self.proxies));
+        }
+        if self.quota.throttled {
+            etag.push_str("-throttled");
+        }
+        etag.push('"');
+        etag
     }
 
     /// Carries out a transition: save first, then notify (publication is the saved state).
@@ -168,6 +199,8 @@ pub async fn serve(spec: RolloutSpec, options: ServeOptions) -> anyhow::Result<(
         feedback: crate::feedback::PendingFeedback::default(),
         feedback_total: BTreeMap::new(),
         last_checks: Vec::new(),
+        quota: crate::quota::Sentinel::default(),
+        proxies: spec.sources.envoy_admin.len().max(1),
     };
     c.weights
         .record(c.state.stage_started_ms, c.state.weight_bp);
@@ -206,24 +239,44 @@ pub async fn serve(spec: RolloutSpec, options: ServeOptions) -> anyhow::Result<(
 
 async fn analysis_loop(controller: Shared, spec: RolloutSpec, http: reqwest::Client) {
     let mut windower = Windower::default();
+    let mut last_close = std::time::Instant::now();
     let mut ticker = tokio::time::interval(spec.analysis.interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
         let readings = sources::read(&http, &spec.sources, &spec.name).await;
         let mut c = controller.lock().await;
+        let readable = readings.iter().filter(|r| r.result.is_ok()).count();
+        if readable > 0 {
+            c.proxies = readable;
+        }
         for r in &readings {
             if r.result.is_err() {
                 *c.source_errors.entry(r.source.clone()).or_default() += 1;
             }
         }
         let mut window = windower.close(readings);
+        let window_ms = last_close.elapsed().as_millis() as u64;
+        last_close = std::time::Instant::now();
         for note in &window.notes {
             eprintln!("canaryctl: {note}");
         }
         if window.sources_counted == 0 {
             // Nothing measured: no verdict at all rather than an empty one.
             continue;
+        }
+        if let Some(quota) = &spec.quota {
+            let s = &window.stats;
+            let tokens = [&s.stable.llm, &s.canary.llm]
+                .iter()
+                .map(|l| l.input_tokens + l.output_tokens)
+                .sum();
+            if let Some(change) = c.quota.observe(quota, tokens, window_ms, now_ms()) {
+                eprintln!(
+                    "canaryctl: {}: quota sentinel: {change:?} (quota {} tokens/min)",
+                    spec.name, quota.tokens_per_minute
+                );
+            }
         }
         let stats = &mut window.stats;
         c.feedback
@@ -248,7 +301,11 @@ async fn analysis_loop(controller: Shared, spec: RolloutSpec, http: reqwest::Cli
                 Outcome::Inconclusive => "inconclusive",
             })
             .or_default() += 1;
-        let step = c.state.step(&spec, Input::Analysis(verdict), now_ms());
+        let input = match spec.shadow {
+            Some(_) => Input::ShadowWindow(verdict, window.stats.shadow.clone()),
+            None => Input::Analysis(verdict),
+        };
+        let step = c.state.step(&spec, input, now_ms());
         if let Ok((next, effects)) = step {
             if let Err(e) = c.apply(next, effects, &http) {
                 eprintln!("canaryctl: could not save state, transition dropped: {e}");
@@ -265,6 +322,14 @@ fn status_json(c: &Controller) -> serde_json::Value {
         "stage": c.state.stage + 1,
         "stages": c.spec.stages.len(),
         "weight_bp": c.state.weight_bp,
+        "shadow": c.state.shadow.as_ref().map(|s| json!({
+            "active": s.active,
+            "agreement_pct": s.agreement_pct(),
+            "min_agreement_pct": c.spec.shadow.as_ref().map(|g| g.min_agreement_pct),
+            "gate": s.gate,
+            "gate_failures": s.gate_failures,
+            "counts": s.counts,
+        })),
         "time_in_stage_s": now.saturating_sub(c.state.stage_started_ms) as f64 / 1000.0,
         "stage_requests": {"canary": c.state.stage_canary_requests, "stable": c.state.stage_stable_requests},
         "consecutive_failures": c.state.consecutive_failures,
@@ -287,6 +352,14 @@ fn status_json(c: &Controller) -> serde_json::Value {
         }))).collect::<serde_json::Map<_, _>>(),
         "verdicts": c.state.verdicts,
         "timeline": c.state.timeline,
+        "quota": c.spec.quota.as_ref().map(|q| json!({
+            "tokens_per_minute": q.tokens_per_minute,
+            "activate_share": q.activate_share,
+            "clear_share": q.clear_share,
+            "per_user": q.per_user,
+            "proxies": c.proxies,
+            "sentinel": c.quota,
+        })),
         "feedback": {
             "canary": {"up": c.feedback_total.get(&("canary", "up")).copied().unwrap_or(0),
                        "down": c.feedback_total.get(&("canary", "down")).copied().unwrap_or(0)},
@@ -303,7 +376,7 @@ async fn status(State(app): State<AppState>) -> Json<serde_json::Value> {
 
 async fn filter_config(State(app): State<AppState>, headers: HeaderMap) -> Response {
     let mut c = app.controller.lock().await;
-    let etag = format!("\"{}\"", c.state.config_version);
+    let etag = c.etag();
     if headers
         .get(header::IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok())
@@ -352,12 +425,60 @@ async fn metrics(State(app): State<AppState>) -> Response {
         format!("rollout=\"{r}\""),
         c.state.config_version as f64,
     );
+    if let Some(q) = &c.spec.quota {
+        gauge(
+            "canary_controller_quota_tokens_per_minute",
+            "Tokens per minute over every proxy in the last window.",
+            format!("rollout=\"{r}\""),
+            c.quota.last_tokens_per_minute.unwrap_or(0.0),
+        );
+        gauge(
+            "canary_controller_quota_limit_tokens_per_minute",
+            "The configured quota (quota.tokens_per_minute).",
+            format!("rollout=\"{r}\""),
+            q.tokens_per_minute as f64,
+        );
+        gauge(
+            "canary_controller_quota_throttled",
+            "1 while the quota sentinel throttles non-priority requests.",
+            format!("rollout=\"{r}\""),
+            f64::from(u8::from(c.quota.throttled)),
+        );
+    }
     gauge(
         "canary_controller_breaker_open",
         "Envoys whose circuit breaker was open at the end of the last analysis window.",
         format!("rollout=\"{r}\""),
         c.breaker.open as f64,
     );
+    if let Some(s) = &c.state.shadow {
+        gauge(
+            "canary_controller_shadow_active",
+            "1 while the rollout is in its shadow phase (weight 0, copies to the candidate).",
+            format!("rollout=\"{r}\""),
+            f64::from(u8::from(s.active)),
+        );
+        if let Some(a) = s.counts.agreement() {
+            gauge(
+                "canary_controller_shadow_agreement_ratio",
+                "Share of compared shadow answers that agree with stable's, over the phase.",
+                format!("rollout=\"{r}\""),
+                a,
+            );
+        }
+        gauge(
+            "canary_controller_shadow_compared",
+            "Shadow answers compared over the phase.",
+            format!("rollout=\"{r}\""),
+            s.counts.compared as f64,
+        );
+        gauge(
+            "canary_controller_shadow_gate_failures",
+            "Consecutive failed shadow gate decisions.",
+            format!("rollout=\"{r}\""),
+            f64::from(s.gate_failures),
+        );
+    }
     for (name, help, value) in [
         (
             "canary_controller_breaker_trips_total",

@@ -5,8 +5,9 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::shadow::prometheus_query;
 use crate::spec::{PrometheusSource, Sources};
-use crate::stats::{parse_envoy_prometheus, parse_prometheus_query, prometheus_selector};
+use crate::stats::{parse_envoy_prometheus, parse_prometheus_query};
 use crate::window::Reading;
 
 /// Reads every source once.
@@ -59,7 +60,7 @@ async fn read_prometheus(
         let response = http
             .get(&url)
             .query(&[
-                ("query", prometheus_selector(rollout)),
+                ("query", prometheus_query(rollout)),
                 ("time", format!("{:.3}", at.as_secs_f64())),
             ])
             .send()

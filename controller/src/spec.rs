@@ -45,6 +45,12 @@ pub struct RolloutSpec {
     /// rollout configuration except `name` and `weight_bp`, which the controller owns).
     #[serde(default)]
     pub filter: serde_json::Map<String, serde_json::Value>,
+    /// The global quota sentinel: throttle non-priority requests near the LLM quota.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quota: Option<crate::quota::QuotaSpec>,
+    /// A shadow phase before the first stage (see [`crate::shadow`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<crate::shadow::ShadowSpec>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -383,6 +389,10 @@ impl RolloutSpec {
         if let Err(e) = self.filter_config(0) {
             errors.extend(e.0);
         }
+        if let Some(quota) = &self.quota {
+            errors.extend(quota.validate(&self.filter));
+        }
+        crate::shadow::validate(self, &mut errors);
         if errors.is_empty() {
             Ok(())
         } else {

@@ -171,6 +171,9 @@ impl VersionStats {
 pub struct RolloutStats {
     pub stable: VersionStats,
     pub canary: VersionStats,
+    /// The shadow counters (zero without a shadow phase).
+    #[serde(default)]
+    pub shadow: crate::shadow::ShadowCounts,
     /// The fallback chain's tiers by name (rollouts with `fallback` only).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub tiers: BTreeMap<String, TierStats>,
@@ -247,6 +250,7 @@ impl RolloutStats {
             stable: self.stable.minus(&earlier.stable)?,
             canary: self.canary.minus(&earlier.canary)?,
             tiers,
+            shadow: self.shadow.minus(&earlier.shadow)?,
         })
     }
 
@@ -260,6 +264,7 @@ impl RolloutStats {
             stable: self.stable.plus(&other.stable),
             canary: self.canary.plus(&other.canary),
             tiers,
+            shadow: self.shadow.plus(&other.shadow),
         }
     }
 }
@@ -338,6 +343,12 @@ impl Accumulator {
                 })
             }
         };
+        if let Some(m) = canary_contract::ShadowMetric::parse(s.name) {
+            if s.version == Version::Canary {
+                self.stats.shadow.set(m, count(s.value)?);
+            }
+            return Ok(());
+        }
         let v = self.stats.version_mut(s.version);
         let duration = Metric::RqTimeMs.name();
         if let Some(suffix) = s.name.strip_prefix(duration) {

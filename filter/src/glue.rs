@@ -24,7 +24,15 @@ use crate::llm::{quality_milli, LlmExchange};
 #[cfg(feature = "llm")]
 use crate::metrics::quality_increments;
 use crate::metrics::{Exchange, MetricHost, MetricOp, PendingCounters, RolloutMetrics};
+#[cfg(feature = "llm")]
+use crate::ratelimit::RateLimiter;
 use crate::routing::{RequestHeaders, Router};
+
+#[cfg(feature = "llm")]
+#[path = "glue_shadow.rs"]
+mod shadow;
+#[cfg(feature = "llm")]
+use shadow::{ShadowCopy, ShadowShared};
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
@@ -47,6 +55,12 @@ struct Active {
     /// Per rollout: its fallback chain, if configured.
     #[cfg(feature = "fallback")]
     chains: Vec<Option<crate::glue_fallback::Chain>>,
+    /// Per rollout with `shadow`: its shadow counters' ids, in `ShadowMetric` order.
+    #[cfg(feature = "llm")]
+    shadow_ids: Vec<Option<Vec<u32>>>,
+    /// Per rollout: which requests are copied to the candidate.
+    #[cfg(feature = "llm")]
+    samplers: RefCell<Vec<crate::shadow::Sampler>>,
 }
 
 impl Active {
@@ -108,10 +122,15 @@ struct CanaryRoot {
     /// Metric ids by rollout name and metric set, defined once per VM (a handful: a list
     /// is enough).
     metric_ids: Vec<(String, RolloutMetrics)>,
+    /// Per-user buckets of this worker: outlive configuration updates.
+    #[cfg(feature = "llm")]
+    limiter: Rc<RefCell<RateLimiter>>,
     /// Circuit breakers by rollout name and window: they outlive configurations.
     breakers: Vec<(String, Local)>,
     #[cfg(feature = "fallback")]
     chain: crate::glue_fallback::ChainRoot,
+    #[cfg(feature = "llm")]
+    shadow: Rc<ShadowShared>,
 }
 
 struct EnvoyMetrics;
@@ -124,6 +143,31 @@ impl MetricHost for EnvoyMetrics {
             MetricKind::Gauge => MetricType::Gauge,
         };
         hostcalls::define_metric(kind, name).map_err(|status| format!("{status:?}"))
+    }
+}
+
+/// Carries out one metric operation of rollout `rollout` of `active`.
+fn apply_op(active: &Active, rollout: usize, op: MetricOp, version: canary_contract::Version) {
+    let Some(metrics) = active.metrics.get(rollout) else {
+        return;
+    };
+    match op {
+        MetricOp::Increment(m) => {
+            if let Ok(mut pending) = active.pending.try_borrow_mut() {
+                pending.add(rollout, version, m, 1);
+            }
+        }
+        MetricOp::Add(m, delta) => {
+            if let Ok(mut pending) = active.pending.try_borrow_mut() {
+                pending.add(rollout, version, m, delta);
+            }
+        }
+        MetricOp::Record(m, v) => {
+            if let Some(id) = metrics.id(version, m) {
+                // A failed metric update is not worth failing the request over.
+                let _ = hostcalls::record_metric(id, v);
+            }
+        }
     }
 }
 
@@ -168,6 +212,10 @@ impl CanaryRoot {
                     key.push_str(&q.signal);
                 }
             }
+            #[cfg(feature = "llm")]
+            if r.rate_limit.is_some() {
+                key.push_str(" rate_limit");
+            }
             let ids = match self.metric_ids.iter().find(|(k, _)| *k == key) {
                 Some((_, ids)) => ids.clone(),
                 None => {
@@ -184,6 +232,24 @@ impl CanaryRoot {
             .iter()
             .map(|r| self.chain.chain(r))
             .collect::<Result<Vec<_>, _>>()?;
+        #[cfg(feature = "llm")]
+        let mut shadow_ids = Vec::with_capacity(config.rollouts.len());
+        #[cfg(feature = "llm")]
+        for r in &config.rollouts {
+            let Some(_) = r.shadow else {
+                shadow_ids.push(None);
+                continue;
+            };
+            let mut ids = Vec::with_capacity(canary_contract::ShadowMetric::ALL.len());
+            for m in canary_contract::ShadowMetric::ALL {
+                let name = m.stat_name(&r.name);
+                ids.push(
+                    hostcalls::define_metric(MetricType::Counter, &name)
+                        .map_err(|status| format!("defining metric {name}: {status:?}"))?,
+                );
+            }
+            shadow_ids.push(Some(ids));
+        }
         let router = match (&self.active, raise_at_ms) {
             (Some(current), Some(at)) => Router::succeeding(config, &current.router, now_ms(), at),
             _ => Router::new(config),
@@ -193,6 +259,14 @@ impl CanaryRoot {
             breaker_open_until: (0..metrics.len()).map(|_| Cell::new(0)).collect(),
             #[cfg(feature = "fallback")]
             chains,
+            #[cfg(feature = "llm")]
+            samplers: RefCell::new(
+                (0..metrics.len())
+                    .map(|_| crate::shadow::Sampler::default())
+                    .collect(),
+            ),
+            #[cfg(feature = "llm")]
+            shadow_ids,
             router,
             metrics,
         }));
@@ -400,6 +474,10 @@ impl Context for CanaryRoot {
         body_size: usize,
         _num_trailers: usize,
     ) {
+        #[cfg(feature = "llm")]
+        if self.shadow.candidate_response(token_id, body_size) {
+            return;
+        }
         let Some(c) = self.controlled.as_mut() else {
             return;
         };
@@ -511,6 +589,8 @@ impl RootContext for CanaryRoot {
             log::error!("wasm-canary: {e}");
             return false;
         }
+        #[cfg(feature = "llm")]
+        self.shadow.register_queue();
         // A configuration the controller published before this plugin instance existed
         // (e.g. after a listener update) wins over the plugin's initial one.
         self.sync_from_shared();
@@ -519,6 +599,11 @@ impl RootContext for CanaryRoot {
     }
 
     fn on_tick(&mut self) {
+        #[cfg(feature = "llm")]
+        {
+            self.shadow.send_ready();
+            self.shadow.expire();
+        }
         if let Some(active) = &self.active {
             active.flush_counters();
         }
@@ -533,12 +618,21 @@ impl RootContext for CanaryRoot {
         }
     }
 
+    #[cfg(feature = "llm")]
+    fn on_queue_ready(&mut self, _queue_id: u32) {
+        self.shadow.send_ready();
+    }
+
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
         Some(Box::new(CanaryHttp {
             active: self.active.clone(),
             routed: None,
             #[cfg(feature = "fallback")]
             tier: None,
+            #[cfg(feature = "llm")]
+            limiter: self.limiter.clone(),
+            #[cfg(feature = "llm")]
+            shadow: self.shadow.clone(),
         }))
     }
 
@@ -554,6 +648,12 @@ struct Routed {
     /// Set when the rollout reads LLM signals and the request is an LLM call.
     #[cfg(feature = "llm")]
     llm: Option<LlmExchange>,
+    /// User key and tokens charged up front, to settle with the answer's token count.
+    #[cfg(feature = "llm")]
+    charge: Option<(String, u64)>,
+    /// Set when the request is copied to the shadow candidate.
+    #[cfg(feature = "llm")]
+    shadow: Option<ShadowCopy>,
 }
 
 struct CanaryHttp {
@@ -563,6 +663,10 @@ struct CanaryHttp {
     /// or it is a half-open tier's probe.
     #[cfg(feature = "fallback")]
     tier: Option<(usize, usize, bool)>,
+    #[cfg(feature = "llm")]
+    limiter: Rc<RefCell<RateLimiter>>,
+    #[cfg(feature = "llm")]
+    shadow: Rc<ShadowShared>,
 }
 
 impl RequestHeaders for CanaryHttp {
@@ -579,27 +683,7 @@ impl CanaryHttp {
         version_op: MetricOp,
         version: canary_contract::Version,
     ) {
-        let Some(metrics) = active.metrics.get(rollout) else {
-            return;
-        };
-        match version_op {
-            MetricOp::Increment(m) => {
-                if let Ok(mut pending) = active.pending.try_borrow_mut() {
-                    pending.add(rollout, version, m, 1);
-                }
-            }
-            MetricOp::Add(m, delta) => {
-                if let Ok(mut pending) = active.pending.try_borrow_mut() {
-                    pending.add(rollout, version, m, delta);
-                }
-            }
-            MetricOp::Record(m, v) => {
-                if let Some(id) = metrics.id(version, m) {
-                    // A failed metric update is not worth failing the request over.
-                    let _ = hostcalls::record_metric(id, v);
-                }
-            }
-        }
+        apply_op(active, rollout, version_op, version);
     }
 
     /// Sends the request down the fallback chain when the rollout's own service's breaker
@@ -717,8 +801,73 @@ impl CanaryHttp {
             return;
         };
         if let Some(llm) = routed.llm.as_mut() {
+            let mut tokens = None;
             for op in llm.on_end(now_ms(), signals, routed.exchange.version) {
+                if let MetricOp::Add(Metric::LlmInputTokens | Metric::LlmOutputTokens, n) = op {
+                    tokens = Some(tokens.unwrap_or(0u64).saturating_add(n));
+                }
                 self.apply(active, routed.rollout, op, routed.exchange.version);
+            }
+            if let Some(copy) = routed.shadow.take() {
+                self.shadow.primary_end(copy, llm);
+            }
+            // Settled once, with a readable answer; otherwise the estimate stands.
+            if let (Some(actual), Some((key, charged)), Some(r)) = (
+                tokens,
+                routed.charge.take(),
+                active.router.rollouts().get(routed.rollout),
+            ) {
+                if let Ok(mut limiter) = self.limiter.try_borrow_mut() {
+                    limiter.settle(&r.name, &key, charged, actual, now_ms());
+                }
+            }
+        }
+    }
+
+    /// Per-user limits and the quota throttle: `Err` when the request was answered with 429.
+    #[cfg(feature = "llm")]
+    fn rate_limit(
+        &self,
+        active: &Active,
+        decision: &crate::routing::Decision,
+        now: u64,
+    ) -> Result<Option<(String, u64)>, ()> {
+        let Some(rollout) = active.router.rollouts().get(decision.rollout) else {
+            return Ok(None);
+        };
+        let Some(limit) = &rollout.rate_limit else {
+            return Ok(None);
+        };
+        let Ok(mut limiter) = self.limiter.try_borrow_mut() else {
+            return Ok(None);
+        };
+        let key = decision.key.as_deref();
+        let is_priority =
+            || crate::ratelimit::is_priority(limit, key, |h| self.get_http_request_header_bytes(h));
+        match limiter.check(&rollout.name, limit, key, now, is_priority) {
+            Ok(admitted) => {
+                if admitted.priority_passed {
+                    let op = MetricOp::Increment(Metric::ThrottlePriorityPassed);
+                    self.apply(active, decision.rollout, op, decision.version);
+                }
+                let settle = admitted.tracked && limit.tokens_per_minute.is_some();
+                Ok(key
+                    .filter(|_| settle)
+                    .map(|k| (k.to_string(), admitted.charged_tokens)))
+            }
+            Err(rejection) => {
+                let op = MetricOp::Increment(rejection.reason.metric());
+                self.apply(active, decision.rollout, op, decision.version);
+                let retry_after = rejection.retry_after_s.to_string();
+                self.send_http_response(
+                    429,
+                    vec![
+                        ("retry-after", retry_after.as_str()),
+                        ("content-type", "application/json"),
+                    ],
+                    Some(rejection.body().as_bytes()),
+                );
+                Err(())
             }
         }
     }
@@ -727,7 +876,8 @@ impl CanaryHttp {
 impl Context for CanaryHttp {}
 
 impl HttpContext for CanaryHttp {
-    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+    #[cfg_attr(not(feature = "llm"), allow(unused_variables))]
+    fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         #[cfg(feature = "fault-injection")]
         if self
             .get_http_request_header_bytes("x-canary-fault")
@@ -778,6 +928,12 @@ impl HttpContext for CanaryHttp {
         if let Some(action) = self.fall_back(&active, decision.rollout, rollout) {
             return action;
         }
+        #[cfg(feature = "llm")]
+        let charge = match self.rate_limit(&active, &decision, now) {
+            Ok(charge) => charge,
+            // Answered locally with 429: not routed, so not in the request counts.
+            Err(()) => return Action::Pause,
+        };
         self.set_http_request_header(&rollout.route_header, Some(decision.version.as_str()));
         let (exchange, op) = Exchange::start(decision.version, now);
         self.apply(&active, decision.rollout, op, decision.version);
@@ -790,9 +946,28 @@ impl HttpContext for CanaryHttp {
                     .is_some_and(|p| signals.applies_to(&p));
             is_call.then(|| LlmExchange::start(now))
         });
+        // Only LLM calls are shadowed: the primary's answer is read by their reader.
+        #[cfg(feature = "llm")]
+        let (mut llm, mut shadow) = (llm, None);
+        #[cfg(feature = "llm")]
+        if let Some(llm) = llm.as_mut() {
+            shadow = self.shadow.start(&active, decision.rollout, || {
+                self.get_http_request_headers_bytes()
+            });
+            if let Some(copy) = shadow.as_mut() {
+                llm.capture();
+                if end_of_stream {
+                    self.shadow.request_end(copy);
+                }
+            }
+        }
         self.routed = Some(Routed {
             #[cfg(feature = "llm")]
             llm,
+            #[cfg(feature = "llm")]
+            charge,
+            #[cfg(feature = "llm")]
+            shadow,
             rollout: decision.rollout,
             exchange,
             set_cookie: decision
@@ -822,6 +997,10 @@ impl HttpContext for CanaryHttp {
             self.add_http_response_header("set-cookie", &cookie);
         }
         #[cfg(feature = "llm")]
+        if let Some(copy) = routed.shadow.as_mut() {
+            ShadowShared::response_status(copy, status.as_deref());
+        }
+        #[cfg(feature = "llm")]
         if routed.llm.is_some() {
             self.llm_response_headers(&active, &mut routed);
             if end_of_stream {
@@ -829,6 +1008,25 @@ impl HttpContext for CanaryHttp {
             }
         }
         self.routed = Some(routed);
+        Action::Continue
+    }
+
+    // The request body passes on unchanged (always `Continue`); a shadowed request's is
+    // copied, up to the cap.
+    #[cfg(feature = "llm")]
+    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        let (Some(active), Some(routed)) = (self.active.as_ref(), self.routed.as_mut()) else {
+            return Action::Continue;
+        };
+        if let Some(copy) = routed.shadow.as_mut() {
+            let rollout = routed.rollout;
+            self.shadow
+                .request_body(copy, active, rollout, body_size, end_of_stream, || {
+                    hostcalls::get_buffer(BufferType::HttpRequestBody, 0, body_size)
+                        .ok()
+                        .flatten()
+                });
+        }
         Action::Continue
     }
 

@@ -12,7 +12,11 @@ pub mod fallback;
 #[cfg(feature = "llm")]
 pub mod llm;
 pub mod metrics;
+#[cfg(feature = "llm")]
+pub mod ratelimit;
 pub mod routing;
+#[cfg(feature = "llm")]
+pub mod shadow;
 
 #[cfg(target_arch = "wasm32")]
 mod glue;

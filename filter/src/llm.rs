@@ -14,6 +14,7 @@ use canary_contract::Version;
 use serde_json::Value;
 
 use crate::metrics::MetricOp;
+use crate::shadow::Capture;
 
 // Responses are read as `serde_json::Value` and looked into by key rather than through
 // derived structs: one generic parser instead of a visitor per struct keeps the module
@@ -33,6 +34,8 @@ pub struct Reading {
     pub ended: bool,
     /// Something could not be read: malformed JSON, a body over the cap.
     pub broken: bool,
+    /// Structure and text, kept only for answers compared in shadow mode.
+    pub capture: Option<Capture>,
 }
 
 impl Reading {
@@ -82,6 +85,11 @@ impl Reading {
     }
 
     /// The answer's end and its token usage were read, and nothing was broken.
+    /// The whole answer was read, to its end (usage not needed): fit for comparison.
+    pub fn is_readable(&self) -> bool {
+        !self.broken && self.ended
+    }
+
     pub fn is_complete(&self) -> bool {
         !self.broken && self.ended && (self.input_tokens.is_some() || self.output_tokens.is_some())
     }
@@ -117,6 +125,19 @@ impl BodyReader {
             seen: 0,
             pending: Vec::new(),
             reading: Reading::default(),
+        }
+    }
+
+    /// Also keep the answer's structure and text (shadow mode).
+    pub fn capturing(mut self) -> BodyReader {
+        self.reading.capture = Some(Capture::default());
+        self
+    }
+
+    fn take(&mut self, event: &Value, refusal_reasons: &[String]) {
+        self.reading.take(event, refusal_reasons);
+        if let Some(capture) = &mut self.reading.capture {
+            capture.take(event);
         }
     }
 
@@ -163,7 +184,7 @@ impl BodyReader {
             return;
         }
         match parse_event(data) {
-            Some(event) => self.reading.take(&event, refusal_reasons),
+            Some(event) => self.take(&event, refusal_reasons),
             None => self.reading.broken = true,
         }
     }
@@ -175,7 +196,7 @@ impl BodyReader {
             match self.format {
                 Format::EventStream => self.event_line(&rest, refusal_reasons),
                 Format::Json => match parse_event(&rest) {
-                    Some(event) => self.reading.take(&event, refusal_reasons),
+                    Some(event) => self.take(&event, refusal_reasons),
                     None => self.reading.broken = true,
                 },
             }
@@ -190,6 +211,10 @@ pub struct LlmExchange {
     first_body_ms: Option<u64>,
     reader: Option<BodyReader>,
     finished: bool,
+    /// Keep the answer for a shadow comparison.
+    capture: bool,
+    /// The answer as read, once it ended (when capturing).
+    answer: Option<Reading>,
 }
 
 impl LlmExchange {
@@ -199,11 +224,28 @@ impl LlmExchange {
             first_body_ms: None,
             reader: None,
             finished: false,
+            capture: false,
+            answer: None,
         }
     }
 
+    /// Keep this answer's structure and text for a shadow comparison.
+    pub fn capture(&mut self) {
+        self.capture = true;
+    }
+
+    /// The answer as read (after `on_end`), if it was captured.
+    pub fn take_answer(&mut self) -> Option<Reading> {
+        self.answer.take()
+    }
+
     pub fn on_response_headers(&mut self, content_type: Option<&[u8]>, cap: u32) {
-        self.reader = Some(BodyReader::new(content_type, cap as usize));
+        let reader = BodyReader::new(content_type, cap as usize);
+        self.reader = Some(if self.capture {
+            reader.capturing()
+        } else {
+            reader
+        });
     }
 
     /// A body chunk of `len` bytes passes; `read` copies it out of the host.
@@ -253,7 +295,11 @@ impl LlmExchange {
         if reading.refusal {
             ops.push(MetricOp::Increment(Metric::LlmRefusals));
         }
-        if !reading.is_complete() {
+        let complete = reading.is_complete();
+        if self.capture {
+            self.answer = Some(reading.clone());
+        }
+        if !complete {
             ops.push(MetricOp::Increment(Metric::LlmUnparsed));
             return ops;
         }

@@ -88,9 +88,15 @@ impl RolloutMetrics {
         let signals = rollout.llm.as_ref();
         #[cfg(not(feature = "llm"))]
         let signals: Option<()> = None;
+        #[cfg(feature = "llm")]
+        let rate_limited = rollout.rate_limit.is_some();
+        #[cfg(not(feature = "llm"))]
+        let rate_limited = false;
         for version in Version::ALL {
             for metric in Metric::ALL {
-                if metric.is_llm() && signals.is_none() {
+                if (metric.is_llm() && signals.is_none())
+                    || (metric.is_rate_limit() && !rate_limited)
+                {
                     continue;
                 }
                 if metric.is_breaker()
@@ -209,7 +215,7 @@ impl Exchange {
     }
 }
 
-fn parse_status(raw: &[u8]) -> Option<u16> {
+pub fn parse_status(raw: &[u8]) -> Option<u16> {
     if raw.len() != 3 || !raw.iter().all(u8::is_ascii_digit) {
         return None;
     }
@@ -237,12 +243,12 @@ mod tests {
         let m = RolloutMetrics::define(&mut host, &plain).expect("defined");
         let base = Metric::ALL
             .iter()
-            .filter(|m| !m.is_llm() && !m.is_breaker())
+            .filter(|m| !m.is_llm() && !m.is_rate_limit() && !m.is_breaker())
             .count();
         assert_eq!(
             host.0.len(),
             2 * base,
-            "no LLM or breaker metrics without their configuration"
+            "no LLM, rate-limit or breaker metrics without their configuration"
         );
         assert_eq!(m.id(Version::Canary, Metric::BreakerTrips), None);
         assert_eq!(m.id(Version::Canary, Metric::LlmResponses), None);
@@ -291,8 +297,12 @@ mod tests {
             ..Default::default()
         });
         let m = RolloutMetrics::define(&mut host, &chat).expect("defined");
+        let rate_limit = Metric::ALL.iter().filter(|m| m.is_rate_limit()).count();
         let breaker = Metric::ALL.iter().filter(|m| m.is_breaker()).count();
-        assert_eq!(host.0.len(), 2 * (Metric::ALL.len() - breaker) + 2 * 3);
+        assert_eq!(
+            host.0.len(),
+            2 * (Metric::ALL.len() - rate_limit - breaker) + 2 * 3
+        );
         let ttft = m.id(Version::Canary, Metric::LlmTtftMs).expect("defined");
         assert_eq!(
             host.0[ttft as usize],

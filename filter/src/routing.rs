@@ -27,6 +27,8 @@ pub struct Decision {
     pub reason: Reason,
     /// A freshly generated anonymous id to set as a cookie on the response.
     pub new_anonymous_id: Option<String>,
+    /// The user key the request was routed by, if any (rate limits are per user).
+    pub key: Option<String>,
 }
 
 /// The validated configuration, prepared for per-request lookups.
@@ -195,6 +197,7 @@ impl Router {
             version,
             reason,
             new_anonymous_id,
+            key,
         })
     }
 }

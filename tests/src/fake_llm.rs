@@ -5,6 +5,9 @@
 //! what the filter must have counted.
 //!
 //! Per-request control: `x-llm-broken: truncated | garbage | oversized` breaks the body.
+//!
+//! As a shadow candidate, `agreement_bp` makes an exact, evenly spread share of its answers
+//! say the same text as a default service; the rest say something else in the same shape.
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -39,6 +42,9 @@ pub struct LlmBehaviour {
     pub chunk_delay: Duration,
     /// Content chunks in a stream (before the final event with usage).
     pub stream_chunks: usize,
+    /// Share of answers (basis points, spread evenly) whose text is the usual one; the others
+    /// say something else, in the same structure and with the same status.
+    pub agreement_bp: u32,
 }
 
 impl Default for LlmBehaviour {
@@ -52,6 +58,7 @@ impl Default for LlmBehaviour {
             first_token_delay: Duration::ZERO,
             chunk_delay: Duration::ZERO,
             stream_chunks: 4,
+            agreement_bp: 10_000,
         }
     }
 }
@@ -60,6 +67,7 @@ impl Default for LlmBehaviour {
 #[derive(Debug, Default)]
 pub struct LlmCounters {
     answers: AtomicU64,
+    agreeing: AtomicU64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -103,6 +111,16 @@ pub async fn answer(
     let n = counters.answers.fetch_add(1, Ordering::Relaxed);
     let refuse = in_share(n, behaviour.refusal_rate_bp);
     let success = in_share(n, behaviour.task_success_bp);
+    let agree = in_share(
+        counters.agreeing.fetch_add(1, Ordering::Relaxed),
+        behaviour.agreement_bp,
+    );
+    let text = if agree {
+        "Sure."
+    } else {
+        "Certainly not that."
+    };
+    let token = if agree { "tok" } else { "other" };
     let mut headers = vec![
         (
             "x-task-success",
@@ -115,10 +133,12 @@ pub async fn answer(
     ];
     let mut chunks = if stream_requested {
         headers.push(("content-type", "text/event-stream".to_string()));
-        stream_events(shape, behaviour, refuse)
+        stream_events(shape, behaviour, refuse, token)
     } else {
         headers.push(("content-type", "application/json".to_string()));
-        vec![json_body(shape, behaviour, refuse).to_string().into_bytes()]
+        vec![json_body(shape, behaviour, refuse, text)
+            .to_string()
+            .into_bytes()]
     };
     match broken.as_deref() {
         Some("truncated") => {
@@ -129,7 +149,7 @@ pub async fn answer(
         Some("garbage") => chunks = vec![b"{\"usage\": {\"prompt_tokens\": 1,,, \xff\xfe".to_vec()],
         Some("oversized") => {
             // Valid, but padded far beyond any sensible cap.
-            let mut padded = json_body(shape, behaviour, refuse);
+            let mut padded = json_body(shape, behaviour, refuse, text);
             padded["padding"] = Value::String("x".repeat(2 << 20));
             chunks = vec![padded.to_string().into_bytes()];
         }
@@ -164,13 +184,13 @@ fn paced(chunks: Vec<Vec<u8>>, behaviour: &LlmBehaviour) -> Body {
     StreamBody::new(frames).boxed_unsync()
 }
 
-fn json_body(shape: Shape, b: &LlmBehaviour, refuse: bool) -> Value {
+fn json_body(shape: Shape, b: &LlmBehaviour, refuse: bool, text: &str) -> Value {
     match shape {
         Shape::OpenAi => json!({
             "id": "chatcmpl-fake", "object": "chat.completion", "model": "fake",
             "choices": [{
                 "index": 0,
-                "message": {"role": "assistant", "content": if refuse { Value::Null } else { "Sure.".into() },
+                "message": {"role": "assistant", "content": if refuse { Value::Null } else { text.into() },
                             "refusal": if refuse { "I can't help with that.".into() } else { Value::Null }},
                 "finish_reason": if refuse { "content_filter" } else { "stop" }
             }],
@@ -179,7 +199,7 @@ fn json_body(shape: Shape, b: &LlmBehaviour, refuse: bool) -> Value {
         }),
         Shape::Anthropic => json!({
             "id": "msg_fake", "type": "message", "role": "assistant", "model": "fake",
-            "content": [{"type": "text", "text": "Sure."}],
+            "content": [{"type": "text", "text": text}],
             "stop_reason": if refuse { "refusal" } else { "end_turn" },
             "usage": {"input_tokens": b.prompt_tokens, "output_tokens": b.completion_tokens}
         }),
@@ -196,14 +216,14 @@ fn event(name: Option<&str>, data: &Value) -> Vec<u8> {
 }
 
 /// A stream in the service's own event format, one element per body frame.
-fn stream_events(shape: Shape, b: &LlmBehaviour, refuse: bool) -> Vec<Vec<u8>> {
+fn stream_events(shape: Shape, b: &LlmBehaviour, refuse: bool, token: &str) -> Vec<Vec<u8>> {
     let mut frames = Vec::new();
     match shape {
         Shape::OpenAi => {
             for i in 0..b.stream_chunks {
                 frames.push(event(
                     None,
-                    &json!({"choices": [{"index": 0, "delta": {"content": format!("tok{i} ")}, "finish_reason": null}], "usage": null}),
+                    &json!({"choices": [{"index": 0, "delta": {"content": format!("{token}{i} ")}, "finish_reason": null}], "usage": null}),
                 ));
             }
             let reason = if refuse { "content_filter" } else { "stop" };
@@ -226,7 +246,7 @@ fn stream_events(shape: Shape, b: &LlmBehaviour, refuse: bool) -> Vec<Vec<u8>> {
             for i in 0..b.stream_chunks {
                 frames.push(event(
                     Some("content_block_delta"),
-                    &json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": format!("tok{i} ")}}),
+                    &json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": format!("{token}{i} ")}}),
                 ));
             }
             let reason = if refuse { "refusal" } else { "end_turn" };

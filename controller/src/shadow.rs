@@ -1,0 +1,506 @@
+//! The shadow phase (issue 5): before any user is routed to the candidate, the filter copies a
+//! sample of requests to it and compares its answers with stable's. The rollout leaves the
+//! phase for its first stage only when the agreement rate over the phase reaches the gate and
+//! the judge sees no regression of the candidate's own signals (its answers are counted as
+//! the canary's); a gate that keeps failing rolls the rollout back, with the reason.
+//!
+//! Pure: the spec part, the counters, and the transition the state machine delegates to.
+
+use std::time::Duration;
+
+use canary_contract::{FilterConfig, Shadow, ShadowMetric};
+use serde::{Deserialize, Serialize};
+
+use crate::judge::{Outcome, Verdict};
+use crate::machine::{Effect, EventKind, Phase, RolloutState};
+use crate::spec::{RolloutSpec, SpecError, SpecErrors};
+
+/// `shadow:` in the rollout spec.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShadowSpec {
+    /// The filter's `shadow` settings during the phase: `cluster` (the candidate's Envoy
+    /// cluster), `sample_bp`, `timeout_ms`, `max_in_flight`, `max_request_bytes`,
+    /// `text_normalisation`, `authority`.
+    pub copy: Shadow,
+    /// Minimum time in the shadow phase.
+    #[serde(with = "humantime_serde", default)]
+    pub hold: Duration,
+    /// Compared answers needed before the gate decides.
+    #[serde(default = "default_min_compared")]
+    pub min_compared: u64,
+    /// Agreement over the phase (status, structure and text all agree) needed to go on.
+    #[serde(default = "default_min_agreement_pct")]
+    pub min_agreement_pct: f64,
+    /// Consecutive failed gate decisions (agreement below the gate, or a regression) that
+    /// roll the rollout back.
+    #[serde(default = "default_failure_limit")]
+    pub failure_limit: u32,
+}
+
+fn default_min_compared() -> u64 {
+    200
+}
+fn default_min_agreement_pct() -> f64 {
+    90.0
+}
+fn default_failure_limit() -> u32 {
+    3
+}
+
+/// The filter's shadow counters of one rollout (from one source, or a window's deltas).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShadowCounts {
+    pub requests: u64,
+    pub compared: u64,
+    pub agree: u64,
+    pub agree_status: u64,
+    pub agree_structure: u64,
+    pub agree_text: u64,
+    pub failed: u64,
+    pub dropped: u64,
+}
+
+impl ShadowCounts {
+    fn slot(&mut self, metric: ShadowMetric) -> &mut u64 {
+        match metric {
+            ShadowMetric::Requests => &mut self.requests,
+            ShadowMetric::Compared => &mut self.compared,
+            ShadowMetric::Agree => &mut self.agree,
+            ShadowMetric::AgreeStatus => &mut self.agree_status,
+            ShadowMetric::AgreeStructure => &mut self.agree_structure,
+            ShadowMetric::AgreeText => &mut self.agree_text,
+            ShadowMetric::Failed => &mut self.failed,
+            ShadowMetric::Dropped => &mut self.dropped,
+        }
+    }
+
+    pub fn set(&mut self, metric: ShadowMetric, value: u64) {
+        *self.slot(metric) = value;
+    }
+
+    fn values(&self) -> [u64; 8] {
+        [
+            self.requests,
+            self.compared,
+            self.agree,
+            self.agree_status,
+            self.agree_structure,
+            self.agree_text,
+            self.failed,
+            self.dropped,
+        ]
+    }
+
+    fn from_values(v: [u64; 8]) -> ShadowCounts {
+        let mut c = ShadowCounts::default();
+        for (m, value) in ShadowMetric::ALL.into_iter().zip(v) {
+            c.set(m, value);
+        }
+        c
+    }
+
+    /// `self - earlier`, `None` if a counter went down (the proxy restarted).
+    pub fn minus(&self, earlier: &ShadowCounts) -> Option<ShadowCounts> {
+        let (a, b) = (self.values(), earlier.values());
+        let mut out = [0; 8];
+        for i in 0..8 {
+            out[i] = a[i].checked_sub(b[i])?;
+        }
+        Some(ShadowCounts::from_values(out))
+    }
+
+    pub fn plus(&self, other: &ShadowCounts) -> ShadowCounts {
+        let (a, b) = (self.values(), other.values());
+        let mut out = [0; 8];
+        for i in 0..8 {
+            out[i] = a[i] + b[i];
+        }
+        ShadowCounts::from_values(out)
+    }
+
+    /// Share of compared answers that agree, `None` before any comparison.
+    pub fn agreement(&self) -> Option<f64> {
+        (self.compared > 0).then(|| self.agree as f64 / self.compared as f64)
+    }
+}
+
+/// The shadow phase's progress, kept in the rollout state (and so in `status`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ShadowState {
+    /// Still shadowing (weight 0); false once the rollout went on to its first stage.
+    pub active: bool,
+    pub started_ms: u64,
+    /// Counters summed over the phase.
+    pub counts: ShadowCounts,
+    pub gate_failures: u32,
+    /// What the gate said last, e.g. `agreement 62.0% < 90%`.
+    pub gate: String,
+}
+
+impl ShadowState {
+    pub fn agreement_pct(&self) -> Option<f64> {
+        self.counts.agreement().map(|a| a * 100.0)
+    }
+}
+
+/// Spec checks of `shadow` (field paths as in the spec).
+pub fn validate(spec: &RolloutSpec, errors: &mut Vec<SpecError>) {
+    let Some(s) = &spec.shadow else {
+        return;
+    };
+    let mut push = |field: &str, reason: String| {
+        errors.push(SpecError {
+            field: field.into(),
+            reason,
+        })
+    };
+    if !(0.0..=100.0).contains(&s.min_agreement_pct) {
+        push(
+            "shadow.min_agreement_pct",
+            format!("must be within 0..=100, got {}", s.min_agreement_pct),
+        );
+    }
+    if s.failure_limit == 0 {
+        push("shadow.failure_limit", "must be at least 1".into());
+    }
+    if spec.filter.contains_key("shadow") {
+        push(
+            "filter.shadow",
+            "is set by the controller during the shadow phase (use shadow.copy)".into(),
+        );
+    }
+    if let Err(e) = filter_config(spec, 0, true) {
+        errors.extend(e.0);
+    }
+}
+
+/// The filter configuration at `weight_bp`, with the shadow copy while `shadowing`.
+pub fn filter_config(
+    spec: &RolloutSpec,
+    weight_bp: u32,
+    shadowing: bool,
+) -> Result<FilterConfig, SpecErrors> {
+    let mut config = spec.filter_config(weight_bp)?;
+    let copy = spec.shadow.as_ref().filter(|_| shadowing);
+    if let (Some(copy), Some(rollout)) = (copy, config.rollouts.first_mut()) {
+        rollout.shadow = Some(copy.copy.clone());
+        config.validate().map_err(|e| {
+            SpecErrors(
+                e.errors
+                    .into_iter()
+                    .map(|f| SpecError {
+                        field: f
+                            .field
+                            .replacen("rollouts[0].shadow", "shadow.copy", 1)
+                            .replacen("rollouts[0]", "filter", 1),
+                        reason: f.reason,
+                    })
+                    .collect(),
+            )
+        })?;
+    }
+    Ok(config)
+}
+
+/// The Prometheus query for `rollout`: the judge's selector with the shadow counters added
+/// to its name pattern. (Not `A or B`: set operators match label sets without the metric
+/// name, so every shadow series would be dropped as a duplicate of a request series.)
+pub fn prometheus_query(rollout: &str) -> String {
+    let selector = crate::stats::prometheus_selector(rollout);
+    match selector.find("\",rollout=") {
+        Some(at) => format!(
+            "{}|canary_shadow_[a-z_]+{}",
+            &selector[..at],
+            &selector[at..]
+        ),
+        None => selector,
+    }
+}
+
+fn pct1(x: f64) -> String {
+    format!("{:.1}%", x)
+}
+
+/// One analysis window in the shadow phase: add the window's counters, then let the gate
+/// decide — go on to the first stage, keep shadowing, or count a failure (and roll back at
+/// the limit). Weight stays 0 until the gate passes.
+pub fn on_window(
+    state: &mut RolloutState,
+    spec: &RolloutSpec,
+    verdict: &Verdict,
+    window: &ShadowCounts,
+    now_ms: u64,
+    effects: &mut Vec<Effect>,
+) {
+    let Some(gate) = &spec.shadow else {
+        return;
+    };
+    let Some(shadow) = state.shadow.as_mut() else {
+        return;
+    };
+    shadow.counts = shadow.counts.plus(window);
+    let compared = shadow.counts.compared;
+    let agreement = shadow.agreement_pct();
+    let held = now_ms.saturating_sub(shadow.started_ms) >= gate.hold.as_millis() as u64;
+    let failure = if verdict.outcome == Outcome::Fail {
+        Some(format!("the candidate regressed: {}", verdict.summary()))
+    } else if compared < gate.min_compared || !held {
+        shadow.gate = format!(
+            "waiting: {compared} of {} answers compared{}",
+            gate.min_compared,
+            agreement.map_or(String::new(), |a| format!(", agreement {} so far", pct1(a)))
+        );
+        return;
+    } else {
+        let a = agreement.unwrap_or(0.0);
+        (a < gate.min_agreement_pct).then(|| {
+            format!(
+                "agreement {} < {} over {compared} answers",
+                pct1(a),
+                pct1(gate.min_agreement_pct)
+            )
+        })
+    };
+    match failure {
+        None => {
+            shadow.gate_failures = 0;
+            let a = agreement.unwrap_or(0.0);
+            shadow.gate = format!(
+                "passed: agreement {} ≥ {} over {compared} answers",
+                pct1(a),
+                pct1(gate.min_agreement_pct)
+            );
+            if state.phase == Phase::Progressing {
+                let why = format!("shadow gate {}", shadow.gate);
+                leave(state, spec, effects, now_ms, &why);
+            }
+        }
+        Some(reason) => {
+            shadow.gate_failures += 1;
+            shadow.gate = format!("failing: {reason}");
+            let (n, limit) = (shadow.gate_failures, gate.failure_limit);
+            if n >= limit || verdict.critical {
+                shadow.active = false;
+                state.roll_back(
+                    effects,
+                    now_ms,
+                    Phase::RolledBack,
+                    EventKind::RolledBack,
+                    format!("rolled back in shadow (gate failed {n} times): {reason}"),
+                );
+            } else {
+                state.record(
+                    effects,
+                    now_ms,
+                    EventKind::AnalysisFailed,
+                    format!("shadow gate failed ({n} of {limit}): {reason}"),
+                );
+            }
+        }
+    }
+}
+
+/// Ends the shadow phase: the first stage's weight, no more copies.
+pub fn leave(
+    state: &mut RolloutState,
+    spec: &RolloutSpec,
+    effects: &mut Vec<Effect>,
+    now_ms: u64,
+    why: &str,
+) {
+    if let Some(shadow) = state.shadow.as_mut() {
+        shadow.active = false;
+    }
+    // The served configuration changes (no shadow) even if the weight did not.
+    state.config_version += 1;
+    state.enter_stage(spec, effects, 0, now_ms, why);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::machine::Input;
+
+    fn spec() -> RolloutSpec {
+        RolloutSpec::from_yaml(
+            "name: chat\nsources: {envoy_admin: [\"http://127.0.0.1:1\"]}\n\
+             filter: {llm: {}}\n\
+             shadow: {copy: {cluster: candidate, sample_bp: 5000}, hold: 10s, min_compared: 100, failure_limit: 2}\n\
+             stages: [{weight_pct: 5, hold: 10s, min_requests: 10}, {weight_pct: 100}]\n",
+        )
+        .expect("valid spec")
+    }
+
+    fn verdict(outcome: Outcome) -> Verdict {
+        crate::judge::test_support::verdict_of(outcome, false, false, 50, 500)
+    }
+
+    fn counts(compared: u64, agree: u64) -> ShadowCounts {
+        ShadowCounts {
+            requests: compared,
+            compared,
+            agree,
+            ..ShadowCounts::default()
+        }
+    }
+
+    fn window(
+        state: &RolloutState,
+        spec: &RolloutSpec,
+        outcome: Outcome,
+        c: ShadowCounts,
+        at_ms: u64,
+    ) -> (RolloutState, Vec<Effect>) {
+        state
+            .step(spec, Input::ShadowWindow(verdict(outcome), c), at_ms)
+            .expect("step")
+    }
+
+    #[test]
+    fn starts_in_shadow_with_weight_zero_and_the_copy_published() {
+        let spec = spec();
+        let (state, effects) = RolloutState::start(&spec, 0);
+        assert_eq!(state.weight_bp, 0);
+        assert!(state.in_shadow());
+        assert_eq!(effects[0], Effect::PublishWeight(0));
+        let config = filter_config(&spec, state.weight_bp, state.in_shadow()).expect("valid");
+        let copy = config.rollouts[0].shadow.as_ref().expect("shadow");
+        assert_eq!((copy.cluster.as_str(), copy.sample_bp), ("candidate", 5000));
+        let later = filter_config(&spec, 500, false).expect("valid");
+        assert!(later.rollouts[0].shadow.is_none());
+    }
+
+    #[test]
+    fn the_gate_waits_then_passes_into_the_first_stage() {
+        let spec = spec();
+        let (s0, _) = RolloutState::start(&spec, 0);
+        // Enough answers but not held long enough: wait, still weight 0.
+        let (s1, e1) = window(&s0, &spec, Outcome::Pass, counts(150, 140), 5_000);
+        assert!(s1.in_shadow() && s1.weight_bp == 0 && e1.is_empty());
+        assert!(s1
+            .shadow
+            .as_ref()
+            .expect("shadow")
+            .gate
+            .starts_with("waiting"));
+        // Held, 93% agreement over the phase, no regression: first stage.
+        let (s2, e2) = window(&s1, &spec, Outcome::Inconclusive, counts(50, 46), 10_000);
+        assert!(!s2.in_shadow());
+        assert_eq!((s2.stage, s2.weight_bp), (0, 500));
+        assert!(e2.contains(&Effect::PublishWeight(500)));
+        assert!(s2.config_version > s1.config_version);
+        let shadow = s2.shadow.as_ref().expect("kept for status");
+        assert_eq!(shadow.counts.compared, 200);
+        assert!(shadow.gate.contains("93.0%"), "{}", shadow.gate);
+    }
+
+    #[test]
+    fn low_agreement_never_routes_users_and_rolls_back_at_the_limit() {
+        let spec = spec();
+        let (s0, _) = RolloutState::start(&spec, 0);
+        let (s1, e1) = window(&s0, &spec, Outcome::Pass, counts(200, 160), 20_000);
+        assert!(s1.in_shadow() && s1.weight_bp == 0);
+        assert_eq!(s1.shadow.as_ref().expect("shadow").gate_failures, 1);
+        assert!(e1.iter().all(|e| !matches!(e, Effect::PublishWeight(_))));
+        let (s2, e2) = window(&s1, &spec, Outcome::Pass, counts(100, 80), 21_000);
+        assert_eq!((s2.phase, s2.weight_bp), (Phase::RolledBack, 0));
+        let message = match e2.last() {
+            Some(Effect::Notify(event)) => event.message.clone(),
+            other => panic!("no notification: {other:?}"),
+        };
+        assert!(message.contains("agreement 80.0% < 90.0%"), "{message}");
+    }
+
+    #[test]
+    fn a_regression_fails_the_gate_even_with_full_agreement() {
+        let spec = spec();
+        let (s0, _) = RolloutState::start(&spec, 0);
+        let (s1, _) = window(&s0, &spec, Outcome::Fail, counts(200, 200), 20_000);
+        assert!(s1.in_shadow());
+        assert_eq!(s1.shadow.as_ref().expect("shadow").gate_failures, 1);
+        // A passing window after it resets the count and goes on.
+        let (s2, _) = window(&s1, &spec, Outcome::Pass, counts(10, 10), 21_000);
+        assert_eq!(s2.weight_bp, 500);
+    }
+
+    #[test]
+    fn operator_promote_leaves_shadow_for_the_first_stage() {
+        let spec = spec();
+        let (s0, _) = RolloutState::start(&spec, 0);
+        let (s1, e1) = s0.step(&spec, Input::Promote, 1_000).expect("promote");
+        assert!(!s1.in_shadow());
+        assert_eq!((s1.stage, s1.weight_bp), (0, 500));
+        assert!(e1.contains(&Effect::PublishWeight(500)));
+    }
+
+    #[test]
+    fn spec_errors_name_shadow_fields() {
+        let bad = "name: chat\nsources: {envoy_admin: [\"http://127.0.0.1:1\"]}\n\
+                   shadow: {copy: {cluster: candidate, sample_bp: 0}, min_agreement_pct: 120, failure_limit: 0}\n";
+        let err = RolloutSpec::from_yaml(bad)
+            .expect_err("invalid")
+            .to_string();
+        for field in [
+            "shadow.min_agreement_pct",
+            "shadow.failure_limit",
+            "shadow.copy.sample_bp",
+            "shadow.copy:",
+        ] {
+            assert!(err.contains(field), "{field} not in {err}");
+        }
+    }
+
+    #[test]
+    fn shadow_counters_are_read_from_envoy_and_prometheus() {
+        let mut text = String::new();
+        for v in ["stable", "canary"] {
+            for m in ["canary_rq_total", "canary_rq_5xx"] {
+                text.push_str(&format!("{m}{{rollout=\"chat\",version=\"{v}\"}} 7\n"));
+            }
+        }
+        text.push_str("canary_shadow_compared{rollout=\"chat\",version=\"canary\"} 40\n");
+        text.push_str("canary_shadow_agree{rollout=\"chat\",version=\"canary\"} 31\n");
+        text.push_str("canary_shadow_agree{rollout=\"other\",version=\"canary\"} 99\n");
+        let stats = crate::stats::parse_envoy_prometheus(&text, "chat").expect("parsed");
+        assert_eq!((stats.shadow.compared, stats.shadow.agree), (40, 31));
+
+        let series = |name: &str, value: u64| {
+            serde_json::json!({"metric": {"__name__": name, "rollout": "chat", "version": "canary",
+                                          "instance": "e1"}, "value": [0, value.to_string()]})
+        };
+        let mut result = vec![
+            series("canary_shadow_compared", 12),
+            series("canary_shadow_failed", 2),
+        ];
+        for v in ["stable", "canary"] {
+            for m in ["canary_rq_total", "canary_rq_5xx"] {
+                let mut s = series(m, 1);
+                s["metric"]["version"] = v.into();
+                result.push(s);
+            }
+        }
+        let body = serde_json::json!({"status": "success", "data": {"result": result}});
+        let per = crate::stats::parse_prometheus_query(body.to_string().as_bytes(), "chat")
+            .expect("parsed");
+        let e1 = &per["e1"].shadow;
+        assert_eq!((e1.compared, e1.failed), (12, 2));
+        let query = prometheus_query("chat");
+        assert!(
+            query.starts_with(r#"{__name__=~"canary_rq_(total|"#)
+                && query.ends_with(r#"|canary_shadow_[a-z_]+",rollout="chat"}"#),
+            "{query}"
+        );
+    }
+
+    #[test]
+    fn counts_subtract_and_add() {
+        let a = counts(10, 9);
+        let b = counts(25, 20);
+        assert_eq!(b.minus(&a), Some(counts(15, 11)));
+        assert_eq!(a.minus(&b), None);
+        assert_eq!(a.plus(&b), counts(35, 29));
+        assert_eq!(counts(0, 0).agreement(), None);
+        assert_eq!(counts(4, 3).agreement(), Some(0.75));
+    }
+}

@@ -1,0 +1,398 @@
+//! proxy-wasm glue of shadow mode (LLM build): copy sampled requests, send the copies from
+//! the root context, meet the candidate's answer with the primary's in the worker's book.
+//!
+//! Lifetime: Envoy cancels a context's outstanding calls when the context goes away, and the
+//! SDK hands a call's answer to the context that made it. A copy sent by the user's HTTP
+//! context would be lost whenever the candidate answers after the user's stream ended. So
+//! the HTTP context only files the copy in the worker's book and wakes its root context
+//! (a shared queue this root registered under a name only it knows, so Envoy runs
+//! `on_queue_ready` on this very root, on this worker); the root sends the copy and gets
+//! the answer in its own `on_http_call_response`. The tick sends anything left over.
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+use std::time::Duration;
+
+use canary_contract::stats::Metric;
+use canary_contract::{ShadowMetric, Version};
+use proxy_wasm::hostcalls;
+use proxy_wasm::types::{BufferType, MapType};
+
+use super::{apply_op, increment, now_ms, Active};
+use crate::llm::LlmExchange;
+use crate::metrics::MetricOp;
+use crate::shadow::{Answer, Outcome, ShadowBook, ShadowRequest};
+
+/// Which configuration and rollout a sampled request belongs to.
+#[derive(Clone)]
+pub(super) struct ShadowCtx {
+    active: Rc<Active>,
+    rollout: usize,
+}
+
+/// A worker's shadow state, shared by its root context and HTTP contexts.
+#[derive(Default)]
+pub(super) struct ShadowShared {
+    book: RefCell<ShadowBook<ShadowCtx>>,
+    /// When each outstanding copy was sent, by call token (the candidate's latency).
+    sent_ms: RefCell<crate::shadow::VecMap<u32, u64>>,
+    queue: Cell<Option<u32>>,
+}
+
+/// Headers not forwarded on the copy: hop-by-hop ones, the length (the body is sent whole
+/// and Envoy sets it), and pseudo-headers other than the three a call needs.
+fn forwarded(name: &str) -> bool {
+    !matches!(
+        name,
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "transfer-encoding"
+            | "upgrade"
+            | "te"
+            | "trailer"
+            | "content-length"
+            | "x-canary-shadow"
+    ) && (!name.starts_with(':') || matches!(name, ":method" | ":path" | ":authority"))
+}
+
+/// The copy of one sampled request while it passes.
+pub(super) struct ShadowCopy {
+    id: u64,
+    request: Option<ShadowRequest>,
+    max_request_bytes: usize,
+    status: Option<u16>,
+}
+
+fn count(active: &Active, rollout: usize, metric: ShadowMetric) {
+    if let Some(id) = active
+        .shadow_ids
+        .get(rollout)
+        .and_then(|ids| ids.as_ref())
+        .map(|ids| ids[metric.index()])
+    {
+        increment(id, 1);
+    }
+}
+
+fn count_outcome(ctx: &ShadowCtx, outcome: Outcome) {
+    let (active, r) = (&ctx.active, ctx.rollout);
+    match outcome {
+        Outcome::Compared(agreement) => {
+            count(active, r, ShadowMetric::Compared);
+            for (ok, metric) in [
+                (agreement.all(), ShadowMetric::Agree),
+                (agreement.status, ShadowMetric::AgreeStatus),
+                (agreement.structure, ShadowMetric::AgreeStructure),
+                (agreement.text, ShadowMetric::AgreeText),
+            ] {
+                if ok {
+                    count(active, r, metric);
+                }
+            }
+        }
+        Outcome::Failed => count(active, r, ShadowMetric::Failed),
+        Outcome::Dropped => count(active, r, ShadowMetric::Dropped),
+    }
+}
+
+impl ShadowShared {
+    /// Registers this root's wake-up queue (once per root).
+    pub(super) fn register_queue(&self) {
+        if self.queue.get().is_some() {
+            return;
+        }
+        let mut random = [0u8; 8];
+        let _ = getrandom::fill(&mut random);
+        let name = format!("wasm-canary-shadow-{:016x}", u64::from_le_bytes(random));
+        match hostcalls::register_shared_queue(&name) {
+            Ok(id) => self.queue.set(Some(id)),
+            Err(status) => log::warn!(
+                "wasm-canary: no shadow queue ({status:?}): copies go out at the next tick"
+            ),
+        }
+    }
+
+    /// A request of `rollout` begins: if it is sampled, returns its copy (headers read now).
+    pub(super) fn start(
+        &self,
+        active: &Rc<Active>,
+        rollout: usize,
+        request_headers: impl FnOnce() -> Vec<(String, Vec<u8>)>,
+    ) -> Option<ShadowCopy> {
+        let shadow = active.router.rollouts().get(rollout)?.shadow.as_ref()?;
+        let sampled = active
+            .samplers
+            .borrow_mut()
+            .get_mut(rollout)
+            .is_some_and(|s| s.sample(shadow.sample_bp));
+        if !sampled {
+            return None;
+        }
+        let ctx = ShadowCtx {
+            active: active.clone(),
+            rollout,
+        };
+        let opened = self.book.try_borrow_mut().ok().and_then(|mut book| {
+            book.open(
+                ctx,
+                now_ms(),
+                shadow.timeout_ms,
+                shadow.max_in_flight,
+                shadow.text_normalisation,
+            )
+        });
+        let Some(id) = opened else {
+            count(active, rollout, ShadowMetric::Dropped);
+            return None;
+        };
+        let mut headers = Vec::new();
+        for (name, value) in request_headers() {
+            if !forwarded(&name) {
+                continue;
+            }
+            // The SDK's call takes text values; a header that is not is left off the copy.
+            let Ok(value) = String::from_utf8(value) else {
+                continue;
+            };
+            if name == ":authority" {
+                if let Some(authority) = &shadow.authority {
+                    headers.push((name, authority.clone()));
+                    continue;
+                }
+            }
+            headers.push((name, value));
+        }
+        headers.push(("x-canary-shadow".to_string(), "1".to_string()));
+        Some(ShadowCopy {
+            id,
+            request: Some(ShadowRequest {
+                cluster: shadow.cluster.clone(),
+                headers,
+                body: Vec::new(),
+                timeout_ms: shadow.timeout_ms,
+            }),
+            max_request_bytes: shadow.max_request_bytes as usize,
+            status: None,
+        })
+    }
+
+    /// A request body chunk passes (never held back); with `end`, the copy is complete.
+    pub(super) fn request_body(
+        &self,
+        copy: &mut ShadowCopy,
+        active: &Active,
+        rollout: usize,
+        len: usize,
+        end: bool,
+        read: impl FnOnce() -> Option<Vec<u8>>,
+    ) {
+        let Some(request) = copy.request.as_mut() else {
+            return;
+        };
+        if len > 0 {
+            let chunk = (request.body.len() + len <= copy.max_request_bytes)
+                .then(read)
+                .flatten();
+            match chunk {
+                Some(chunk) => request.body.extend_from_slice(&chunk),
+                None => {
+                    copy.request = None;
+                    if let Ok(mut book) = self.book.try_borrow_mut() {
+                        book.abandon(copy.id);
+                    }
+                    count(active, rollout, ShadowMetric::Dropped);
+                    return;
+                }
+            }
+        }
+        if end {
+            self.request_end(copy);
+        }
+    }
+
+    /// The user's request is complete: file the copy and wake the root to send it.
+    pub(super) fn request_end(&self, copy: &mut ShadowCopy) {
+        let Some(request) = copy.request.take() else {
+            return;
+        };
+        if let Ok(mut book) = self.book.try_borrow_mut() {
+            book.ready(copy.id, request);
+        }
+        if let Some(queue) = self.queue.get() {
+            let _ = hostcalls::enqueue_shared_queue(queue, Some(b"1"));
+        }
+    }
+
+    pub(super) fn response_status(copy: &mut ShadowCopy, status: Option<&[u8]>) {
+        copy.status = status.and_then(crate::metrics::parse_status);
+    }
+
+    /// The primary's answer is over (or its stream went away).
+    pub(super) fn primary_end(&self, copy: ShadowCopy, llm: &mut LlmExchange) {
+        let reading = llm.take_answer().unwrap_or_default();
+        let answer = Answer {
+            status: copy.status,
+            readable: reading.is_readable(),
+            capture: reading.capture.unwrap_or_default(),
+        };
+        let settled = self
+            .book
+            .try_borrow_mut()
+            .ok()
+            .and_then(|mut book| book.primary(copy.id, answer));
+        if let Some((ctx, outcome)) = settled {
+            count_outcome(&ctx, outcome);
+        }
+    }
+
+    /// Root context: sends the copies that are ready. Runs on wake-up and on tick.
+    pub(super) fn send_ready(&self) {
+        if let Some(queue) = self.queue.get() {
+            while let Ok(Some(_)) = hostcalls::dequeue_shared_queue(queue) {}
+        }
+        let ready = match self.book.try_borrow_mut() {
+            Ok(mut book) => book.take_ready(),
+            Err(_) => return,
+        };
+        for (id, request) in ready {
+            let headers: Vec<(&str, &str)> = request
+                .headers
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect();
+            let body = (!request.body.is_empty()).then_some(request.body.as_slice());
+            let sent = hostcalls::dispatch_http_call(
+                &request.cluster,
+                headers,
+                body,
+                vec![],
+                Duration::from_millis(request.timeout_ms),
+            );
+            let Ok(mut book) = self.book.try_borrow_mut() else {
+                return;
+            };
+            match sent {
+                Ok(token) => {
+                    book.sent(id, token);
+                    if let Ok(mut sent_ms) = self.sent_ms.try_borrow_mut() {
+                        sent_ms.insert(token, now_ms());
+                    }
+                }
+                Err(_) => {
+                    if let Some((ctx, outcome)) = book.send_failed(id) {
+                        count(&ctx.active, ctx.rollout, ShadowMetric::Requests);
+                        count_outcome(&ctx, outcome);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Root context: a call's answer. `false` when `token` is not a shadow copy's.
+    pub(super) fn candidate_response(&self, token: u32, body_size: usize) -> bool {
+        let known = self
+            .book
+            .try_borrow()
+            .is_ok_and(|book| book.is_candidate_token(token));
+        if !known {
+            return false;
+        }
+        let now = now_ms();
+        let sent = self
+            .sent_ms
+            .try_borrow_mut()
+            .ok()
+            .and_then(|mut m| m.remove(&token))
+            .unwrap_or(now);
+        let header = |name: &str| {
+            hostcalls::get_map_value_bytes(MapType::HttpCallResponseHeaders, name)
+                .ok()
+                .flatten()
+        };
+        let mut status = header(":status")
+            .as_deref()
+            .and_then(crate::metrics::parse_status);
+        let content_type = header("content-type");
+        let mut ops = Vec::new();
+        let settled = {
+            let Ok(mut book) = self.book.try_borrow_mut() else {
+                return true;
+            };
+            let rollout = book
+                .context(token)
+                .and_then(|ctx| ctx.active.router.rollouts().get(ctx.rollout));
+            let signals = rollout.and_then(|r| r.llm.clone());
+            let timeout_ms = rollout
+                .and_then(|r| r.shadow.as_ref())
+                .map_or(u64::MAX, |s| s.timeout_ms);
+            // At the timeout Envoy answers the call itself with a 504: that is no answer.
+            // (A reset or refused connection comes as Envoy's 503 and is compared as one.)
+            if status == Some(504) && now.saturating_sub(sent).saturating_add(50) >= timeout_ms {
+                status = None;
+            }
+            let mut answer = Answer {
+                status,
+                ..Answer::default()
+            };
+            if let (Some(signals), Some(_)) = (signals.as_ref(), status) {
+                let mut llm = LlmExchange::start(sent);
+                llm.capture();
+                llm.on_response_headers(content_type.as_deref(), signals.max_body_bytes);
+                ops = llm.on_body(body_size, now, signals, || {
+                    hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size)
+                        .ok()
+                        .flatten()
+                });
+                ops.extend(llm.on_end(now, signals, Version::Canary));
+                let reading = llm.take_answer().unwrap_or_default();
+                answer.readable = reading.is_readable();
+                answer.capture = reading.capture.unwrap_or_default();
+            }
+            book.candidate(token, answer)
+        };
+        let Some((ctx, outcome)) = settled else {
+            return true;
+        };
+        // The candidate's own signals, as the canary's (its weight is 0 while shadowing):
+        // requests, status classes, latency, LLM tokens, cost, refusals.
+        let (active, r) = (&ctx.active, ctx.rollout);
+        count(active, r, ShadowMetric::Requests);
+        let mut canary = vec![
+            MetricOp::Increment(Metric::RqTotal),
+            MetricOp::Record(Metric::RqTimeMs, now.saturating_sub(sent)),
+        ];
+        match status.and_then(Metric::for_status) {
+            Some(class) => canary.push(MetricOp::Increment(class)),
+            None => {
+                canary.push(MetricOp::Increment(Metric::Rq5xx));
+                canary.push(MetricOp::Increment(Metric::RqReset));
+            }
+        }
+        // A whole answer arrives at once: no time to first token or stream time.
+        canary.extend(ops.into_iter().filter(|op| {
+            !matches!(
+                op,
+                MetricOp::Record(Metric::LlmTtftMs | Metric::LlmStreamMs, _)
+            )
+        }));
+        for op in canary {
+            apply_op(active, r, op, Version::Canary);
+        }
+        if let Some(outcome) = outcome {
+            count_outcome(&ctx, outcome);
+        }
+        true
+    }
+
+    /// Root context, on tick: gives up entries past their time.
+    pub(super) fn expire(&self) {
+        let expired = match self.book.try_borrow_mut() {
+            Ok(mut book) if !book.is_empty() => book.expire(now_ms()),
+            _ => return,
+        };
+        for (ctx, outcome) in expired {
+            count_outcome(&ctx, outcome);
+        }
+    }
+}

@@ -5,6 +5,7 @@
 //! windows from scrapes), [`judge`] (window in, verdict out), [`machine`] (the rollout state
 //! machine). I/O at the edges: stats sources, config publication, HTTP API, state store.
 
+pub mod bluegreen;
 pub mod feedback;
 pub mod judge;
 pub mod llm_checks;

@@ -105,6 +105,9 @@ pub struct RolloutState {
     /// The shadow phase, for specs that start with one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shadow: Option<crate::shadow::ShadowState>,
+    /// Blue-green: when all traffic flipped to the new version (the old one is kept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flipped_ms: Option<u64>,
 }
 
 /// What happens to a rollout.
@@ -164,6 +167,7 @@ impl RolloutState {
                 started_ms: now_ms,
                 ..Default::default()
             }),
+            flipped_ms: None,
         };
         let mut effects = vec![Effect::PublishWeight(weight_bp)];
         if let Some(shadow) = &spec.shadow {
@@ -243,7 +247,11 @@ impl RolloutState {
         self.stage_stable_requests = 0;
         self.consecutive_failures = 0;
         self.set_weight(effects, next.weight_bp());
-        if stage + 1 == spec.stages.len() {
+        if stage + 1 == spec.stages.len()
+            && crate::bluegreen::on_flip(self, spec, effects, now_ms, why)
+        {
+            // Blue-green: complete only after the old version's keep time.
+        } else if stage + 1 == spec.stages.len() {
             self.phase = Phase::Promoted;
             self.record(
                 effects,
@@ -305,7 +313,11 @@ impl RolloutState {
                 crate::shadow::on_window(&mut next, spec, verdict, &counts, now_ms, &mut effects);
             }
             Input::Analysis(verdict) | Input::ShadowWindow(verdict, _) => {
-                next.on_verdict(spec, verdict.clone(), now_ms, &mut effects)
+                next.on_verdict(spec, verdict.clone(), now_ms, &mut effects);
+                crate::bluegreen::after_window(&mut next, spec, &mut effects, now_ms);
+            }
+            Input::Promote if crate::bluegreen::keeping_old(self) => {
+                crate::bluegreen::retire(&mut next, &mut effects, now_ms, "promoted by an operator")
             }
             Input::Promote if self.in_shadow() => {
                 next.phase = Phase::Progressing;
@@ -351,7 +363,11 @@ impl RolloutState {
                 now_ms,
                 Phase::Aborted,
                 EventKind::Aborted,
-                "aborted by an operator: weight 0".into(),
+                if crate::bluegreen::keeping_old(self) {
+                    "aborted by an operator: flipped back to the old version, weight 0".into()
+                } else {
+                    "aborted by an operator: weight 0".into()
+                },
             ),
         }
         Ok((next, effects))

@@ -51,6 +51,11 @@ pub struct RolloutSpec {
     /// A shadow phase before the first stage (see [`crate::shadow`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shadow: Option<crate::shadow::ShadowSpec>,
+    /// `canary` (stages) or `blue_green` (verify at 0%, one flip; see [`crate::bluegreen`]).
+    #[serde(default)]
+    pub strategy: crate::bluegreen::Strategy,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blue_green: Option<crate::bluegreen::BlueGreenSpec>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -230,7 +235,7 @@ impl RolloutSpec {
     /// Parses and validates a YAML spec; every problem is reported with its field path.
     pub fn from_yaml(text: &str) -> Result<RolloutSpec, SpecErrors> {
         let de = serde_yaml_ng::Deserializer::from_str(text);
-        let spec: RolloutSpec = serde_path_to_error::deserialize(de).map_err(|e| {
+        let mut spec: RolloutSpec = serde_path_to_error::deserialize(de).map_err(|e| {
             let parent = match e.path().to_string() {
                 p if p == "." || p == "?" || p.is_empty() => None,
                 p => Some(p),
@@ -248,6 +253,9 @@ impl RolloutSpec {
             };
             SpecErrors(vec![SpecError { field, reason }])
         })?;
+        let stages_given = serde_yaml_ng::from_str::<serde_yaml_ng::Value>(text)
+            .is_ok_and(|v| v.get("stages").is_some());
+        crate::bluegreen::derive(&mut spec, stages_given);
         spec.validate()?;
         Ok(spec)
     }
@@ -393,6 +401,7 @@ impl RolloutSpec {
             errors.extend(quota.validate(&self.filter));
         }
         crate::shadow::validate(self, &mut errors);
+        crate::bluegreen::validate(self, &mut errors);
         if errors.is_empty() {
             Ok(())
         } else {

@@ -56,7 +56,8 @@ enum Command {
     /// Hold the current weight (failures still roll back).
     Pause(Mutation),
     Resume(Mutation),
-    /// Send everyone to stable and end the rollout.
+    /// Send everyone to stable and end the rollout (blue-green: flip back; alias `rollback`).
+    #[command(alias = "rollback")]
     Abort(Mutation),
 }
 

@@ -330,6 +330,7 @@ fn status_json(c: &Controller) -> serde_json::Value {
             "gate_failures": s.gate_failures,
             "counts": s.counts,
         })),
+        "blue_green": crate::bluegreen::status_json(&c.spec, &c.state, now),
         "time_in_stage_s": now.saturating_sub(c.state.stage_started_ms) as f64 / 1000.0,
         "stage_requests": {"canary": c.state.stage_canary_requests, "stable": c.state.stage_stable_requests},
         "consecutive_failures": c.state.consecutive_failures,

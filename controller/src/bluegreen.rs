@@ -1,0 +1,355 @@
+//! Blue-green rollouts (seed 002 §4): the candidate is verified at 0% user traffic, then all
+//! traffic flips to it at once; the old version stays configured for `keep_old_for`, during
+//! which `abort` flips everyone back as fast.
+//!
+//! A blue-green spec is an ordinary two-stage rollout, derived here: a verification stage at
+//! weight 0 (candidate traffic comes from a shadow phase before it, or from synthetic checks
+//! sent with the force header, e.g. `x-canary-user: always`) and the flip to 100%. Reaching
+//! 100% does not end the rollout: it stays `progressing` with `flipped_ms` set until
+//! `keep_old_for` has passed (or an operator promotes), then it is `promoted` and the timeline
+//! says the old version may be retired.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::machine::{pct, Effect, EventKind, Phase, RolloutState};
+use crate::spec::{RolloutSpec, SpecError, Stage};
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Strategy {
+    /// Stages of increasing weight.
+    #[default]
+    Canary,
+    /// Verify at 0%, then flip everyone at once.
+    BlueGreen,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BlueGreenSpec {
+    /// Minimum time the candidate is verified at 0% before the flip.
+    #[serde(with = "humantime_serde", default)]
+    pub verify_hold: Duration,
+    /// Requests each version must have served during verification (the candidate's come
+    /// from shadow copies or forced synthetic checks).
+    #[serde(default = "default_verify_min_requests")]
+    pub verify_min_requests: u64,
+    /// How long the old version stays configured and warm after the flip; `abort` flips
+    /// back during it.
+    #[serde(with = "humantime_serde", default = "default_keep_old_for")]
+    pub keep_old_for: Duration,
+}
+
+impl Default for BlueGreenSpec {
+    fn default() -> Self {
+        BlueGreenSpec {
+            verify_hold: Duration::ZERO,
+            verify_min_requests: default_verify_min_requests(),
+            keep_old_for: default_keep_old_for(),
+        }
+    }
+}
+
+fn default_verify_min_requests() -> u64 {
+    100
+}
+
+fn default_keep_old_for() -> Duration {
+    Duration::from_secs(600)
+}
+
+/// The blue-green options of a blue-green spec (defaults when `blue_green` is absent).
+pub fn options(spec: &RolloutSpec) -> Option<BlueGreenSpec> {
+    (spec.strategy == Strategy::BlueGreen).then(|| spec.blue_green.clone().unwrap_or_default())
+}
+
+/// The two stages of a blue-green rollout: verify at 0%, flip to 100%.
+pub fn stages(options: &BlueGreenSpec) -> Vec<Stage> {
+    vec![
+        Stage {
+            weight_pct: 0.0,
+            hold: options.verify_hold,
+            min_requests: options.verify_min_requests,
+        },
+        Stage {
+            weight_pct: 100.0,
+            hold: Duration::ZERO,
+            min_requests: 0,
+        },
+    ]
+}
+
+/// Fills in the stages of a blue-green spec that gave none (`stages_given`: the YAML had a
+/// `stages` key; if so, [`validate`] refuses it).
+pub fn derive(spec: &mut RolloutSpec, stages_given: bool) {
+    if let (Some(options), false) = (options(spec), stages_given) {
+        spec.stages = stages(&options);
+    }
+}
+
+pub fn validate(spec: &RolloutSpec, errors: &mut Vec<SpecError>) {
+    let mut push = |field: &str, reason: &str| {
+        errors.push(SpecError {
+            field: field.into(),
+            reason: reason.into(),
+        })
+    };
+    let Some(options) = options(spec) else {
+        if spec.blue_green.is_some() {
+            push("blue_green", "needs strategy: blue_green");
+        }
+        return;
+    };
+    if spec.stages != stages(&options) {
+        push(
+            "stages",
+            "a blue_green rollout has no stages: it verifies at 0% and flips to 100% \
+             (see blue_green.verify_hold, blue_green.verify_min_requests)",
+        );
+    }
+    if spec.accelerate {
+        push(
+            "accelerate",
+            "not with strategy: blue_green (there is one flip)",
+        );
+    }
+}
+
+/// Reaching the last stage: flip, keep the old version, don't end the rollout yet.
+/// Returns false for a canary spec (the caller promotes as usual).
+pub fn on_flip(
+    state: &mut RolloutState,
+    spec: &RolloutSpec,
+    effects: &mut Vec<Effect>,
+    now_ms: u64,
+    why: &str,
+) -> bool {
+    let Some(options) = options(spec) else {
+        return false;
+    };
+    state.flipped_ms = Some(now_ms);
+    state.record(
+        effects,
+        now_ms,
+        EventKind::StageAdvanced,
+        format!(
+            "flipped to {} ({why}); old version kept for {}s (abort flips back)",
+            pct(state.weight_bp),
+            options.keep_old_for.as_secs()
+        ),
+    );
+    true
+}
+
+/// After an analysis window: once `keep_old_for` has passed since the flip (and the rollout
+/// is not paused or ended), the rollout is complete.
+pub fn after_window(
+    state: &mut RolloutState,
+    spec: &RolloutSpec,
+    effects: &mut Vec<Effect>,
+    now_ms: u64,
+) {
+    let (Some(options), Some(flipped)) = (options(spec), state.flipped_ms) else {
+        return;
+    };
+    if state.phase == Phase::Progressing
+        && now_ms.saturating_sub(flipped) >= options.keep_old_for.as_millis() as u64
+    {
+        retire(state, effects, now_ms, "old version kept for its time");
+    }
+}
+
+/// Whether the rollout has flipped and still keeps the old version.
+pub fn keeping_old(state: &RolloutState) -> bool {
+    state.flipped_ms.is_some() && !state.phase.is_terminal()
+}
+
+pub fn retire(state: &mut RolloutState, effects: &mut Vec<Effect>, now_ms: u64, why: &str) {
+    state.phase = Phase::Promoted;
+    state.record(
+        effects,
+        now_ms,
+        EventKind::Promoted,
+        format!("promoted ({why}); the old version may be retired"),
+    );
+}
+
+/// `/status`'s `blue_green` block (null for a canary rollout).
+pub fn status_json(spec: &RolloutSpec, state: &RolloutState, now_ms: u64) -> serde_json::Value {
+    let Some(options) = options(spec) else {
+        return serde_json::Value::Null;
+    };
+    let keep_ms = options.keep_old_for.as_millis() as u64;
+    serde_json::json!({
+        "flipped_ms": state.flipped_ms,
+        "keep_old_for_s": options.keep_old_for.as_secs_f64(),
+        "old_version_kept": keeping_old(state),
+        "old_version_kept_for_s": state.flipped_ms.filter(|_| keeping_old(state))
+            .map(|at| keep_ms.saturating_sub(now_ms.saturating_sub(at)) as f64 / 1000.0),
+        "old_version_retirable": state.flipped_ms.is_some() && state.phase == Phase::Promoted,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::judge::{Outcome, Verdict};
+    use crate::machine::Input;
+
+    const BASE: &str = "name: shop\nsources: {envoy_admin: [\"http://127.0.0.1:1\"]}\n\
+                        analysis: {interval: 1s, failure_limit: 2}\n";
+
+    fn spec(extra: &str) -> RolloutSpec {
+        RolloutSpec::from_yaml(&format!("{BASE}{extra}")).expect("valid spec")
+    }
+
+    fn verdict(outcome: Outcome, n: u64) -> Verdict {
+        crate::judge::test_support::verdict_of(outcome, false, false, n, n)
+    }
+
+    fn step(spec: &RolloutSpec, s: &RolloutState, input: Input, at: u64) -> RolloutState {
+        s.step(spec, input, at).expect("accepted").0
+    }
+
+    fn errors(extra: &str) -> Vec<String> {
+        match RolloutSpec::from_yaml(&format!("{BASE}{extra}")) {
+            Ok(_) => vec![],
+            Err(e) => e.0.into_iter().map(|e| e.field).collect(),
+        }
+    }
+
+    #[test]
+    fn spec_derives_verify_and_flip_stages() {
+        let s = spec("strategy: blue_green\nblue_green: {verify_hold: 5s, keep_old_for: 1m}\n");
+        assert_eq!(s.stages.len(), 2);
+        assert_eq!(
+            (s.stages[0].weight_bp(), s.stages[1].weight_bp()),
+            (0, 10_000)
+        );
+        assert_eq!(s.stages[0].hold, Duration::from_secs(5));
+        assert_eq!(s.stages[0].min_requests, 100);
+        let defaults = spec("strategy: blue_green\n");
+        assert_eq!(
+            options(&defaults).map(|o| o.keep_old_for),
+            Some(Duration::from_secs(600))
+        );
+        assert_eq!(options(&spec("")), None, "canary by default");
+    }
+
+    #[test]
+    fn spec_errors_name_the_field() {
+        assert_eq!(
+            errors("strategy: blue_green\nstages: [{weight_pct: 100}]\n"),
+            ["stages"]
+        );
+        assert_eq!(errors("blue_green: {keep_old_for: 1m}\n"), ["blue_green"]);
+        assert_eq!(
+            errors("strategy: blue_green\naccelerate: true\n"),
+            ["accelerate"]
+        );
+        assert_eq!(
+            errors("strategy: blue_green\nblue_green: {keep_old: 1m}\n"),
+            ["blue_green.keep_old"]
+        );
+        assert_eq!(errors("strategy: linear\n"), ["strategy"]);
+    }
+
+    #[test]
+    fn verifies_at_zero_then_flips_at_once_and_completes_after_keep() {
+        let spec = spec(
+            "strategy: blue_green\nblue_green: {verify_hold: 10s, verify_min_requests: 50, keep_old_for: 60s}\n",
+        );
+        let (s, effects) = RolloutState::start(&spec, 0);
+        assert_eq!(effects[0], Effect::PublishWeight(0));
+        // Verification: passes before the hold or with too few requests keep weight 0.
+        let s = step(
+            &spec,
+            &s,
+            Input::Analysis(verdict(Outcome::Pass, 100)),
+            5_000,
+        );
+        assert_eq!(s.weight_bp, 0);
+        let (s, e) = s
+            .step(&spec, Input::Analysis(verdict(Outcome::Pass, 0)), 10_000)
+            .expect("accepted");
+        // One flip straight to 100%, no intermediate weight.
+        assert_eq!(s.weight_bp, 10_000);
+        assert_eq!(
+            e.iter()
+                .filter(|e| matches!(e, Effect::PublishWeight(_)))
+                .collect::<Vec<_>>(),
+            [&Effect::PublishWeight(10_000)]
+        );
+        assert_eq!((s.phase, s.flipped_ms), (Phase::Progressing, Some(10_000)));
+        assert!(keeping_old(&s));
+        // No stable traffic after the flip: inconclusive windows; still kept before 60 s.
+        let s = step(
+            &spec,
+            &s,
+            Input::Analysis(verdict(Outcome::Inconclusive, 0)),
+            69_000,
+        );
+        assert_eq!(s.phase, Phase::Progressing);
+        let (s, e) = s
+            .step(
+                &spec,
+                Input::Analysis(verdict(Outcome::Inconclusive, 0)),
+                70_000,
+            )
+            .expect("accepted");
+        assert_eq!((s.phase, s.weight_bp), (Phase::Promoted, 10_000));
+        assert!(e.iter().any(|e| matches!(e, Effect::Notify(ev)
+            if ev.kind == EventKind::Promoted && ev.message.contains("may be retired"))));
+        assert!(!keeping_old(&s));
+    }
+
+    #[test]
+    fn abort_after_the_flip_flips_back_at_once() {
+        let spec = spec("strategy: blue_green\nblue_green: {verify_min_requests: 0}\n");
+        let (s, _) = RolloutState::start(&spec, 0);
+        let s = step(&spec, &s, Input::Analysis(verdict(Outcome::Pass, 0)), 1_000);
+        assert_eq!(s.weight_bp, 10_000);
+        let (s, e) = s.step(&spec, Input::Abort, 2_000).expect("accepted");
+        assert_eq!((s.phase, s.weight_bp), (Phase::Aborted, 0));
+        assert!(e.contains(&Effect::PublishWeight(0)));
+    }
+
+    #[test]
+    fn failed_verification_rolls_back_without_a_flip() {
+        let spec = spec("strategy: blue_green\nblue_green: {verify_min_requests: 0}\n");
+        let (mut s, _) = RolloutState::start(&spec, 0);
+        for t in 1..=2 {
+            s = step(
+                &spec,
+                &s,
+                Input::Analysis(verdict(Outcome::Fail, 100)),
+                t * 1_000,
+            );
+        }
+        assert_eq!(
+            (s.phase, s.weight_bp, s.flipped_ms),
+            (Phase::RolledBack, 0, None)
+        );
+    }
+
+    #[test]
+    fn promote_flips_then_retires_and_pause_keeps_the_old_version() {
+        let spec = spec("strategy: blue_green\nblue_green: {keep_old_for: 10s}\n");
+        let (s, _) = RolloutState::start(&spec, 0);
+        let s = step(&spec, &s, Input::Promote, 1_000);
+        assert_eq!((s.weight_bp, s.flipped_ms), (10_000, Some(1_000)));
+        let s = step(&spec, &s, Input::Pause, 2_000);
+        let s = step(
+            &spec,
+            &s,
+            Input::Analysis(verdict(Outcome::Inconclusive, 0)),
+            60_000,
+        );
+        assert_eq!(s.phase, Phase::Paused, "paused: the old version is kept");
+        let s = step(&spec, &s, Input::Resume, 61_000);
+        let s = step(&spec, &s, Input::Promote, 62_000);
+        assert_eq!((s.phase, s.weight_bp), (Phase::Promoted, 10_000));
+    }
+}

@@ -667,11 +667,11 @@ async fn command(
         "promote" => Input::Promote,
         "pause" => Input::Pause,
         "resume" => Input::Resume,
-        "abort" => Input::Abort,
+        "abort" | "rollback" => Input::Abort,
         other => {
             return (
                 StatusCode::NOT_FOUND,
-                Json(json!({"error": format!("unknown command {other:?}: promote, pause, resume or abort")})),
+                Json(json!({"error": format!("unknown command {other:?}: promote, pause, resume, abort or rollback")})),
             )
                 .into_response()
         }

@@ -3,6 +3,8 @@
 //! - `rollback_seconds`: canary starts answering 10% 5xx (stable 0.5%) → weight 0 observed
 //!   on both Envoys; analysis interval 1 s, failure limit 3, filters poll every 1 s.
 //! - `converge_seconds`: an operator's promote → the new weight observed on both Envoys.
+//! - `flip_seconds`: blue-green, the controller's flip decision → every user on the new
+//!   version on both Envoys; `flip_back_seconds`: `rollback` → every user back on the old one.
 //! - `controller_rss_kb`: the controller's peak RSS while judging two Envoys.
 
 use std::time::Duration;
@@ -110,6 +112,45 @@ async fn main() -> Result<()> {
     drop(ctl);
     drop(rig);
 
+    // Blue-green: the flip and the flip back, timed from the controller's decision.
+    let mut flip = Vec::new();
+    let mut flip_back = Vec::new();
+    let users: Vec<String> = (0..300).map(user_id).collect();
+    for run in 0..RUNS {
+        let (stable, canary) = upstreams();
+        let rig = ControlledRig::start(ROLLOUT, 2, POLL_MS, stable, canary).await?;
+        let ctl = rig
+            .start_controller(
+                "strategy: blue_green\nblue_green: {verify_min_requests: 0, keep_old_for: 1h}\n\
+                 analysis: {interval: 1h}\n",
+            )
+            .await?;
+        rig.wait_for_weight(0, &users, Duration::from_secs(30))
+            .await?;
+        // Verification passed (the operator's promote takes the same path as the gate).
+        for (command, weight_bp, runs) in [
+            ("promote", 10_000, &mut flip),
+            ("rollback", 0, &mut flip_back),
+        ] {
+            if ctl.command(command, Some(TOKEN)).await? != 200 {
+                bail!("{command} refused");
+            }
+            let decided_ms = ctl.status().await?["timeline"]
+                .as_array()
+                .and_then(|t| t.last())
+                .and_then(|e| e["at_ms"].as_u64())
+                .unwrap_or(0);
+            rig.wait_for_weight(weight_bp, &users, Duration::from_secs(30))
+                .await?;
+            let now_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)?
+                .as_millis() as u64;
+            let took = now_ms.saturating_sub(decided_ms) as f64 / 1000.0;
+            eprintln!("blue-green run {}: {command} took {took:.2}s", run + 1);
+            runs.push(took);
+        }
+    }
+
     // Polls one controller core answers: wrk (on CPU 1) against /filter-config of a
     // controller pinned to CPU 0, conditional (304, the steady state) and full (200).
     let state = tempfile::tempdir()?;
@@ -137,6 +178,10 @@ async fn main() -> Result<()> {
         "rollback_seconds_runs": rollback,
         "converge_seconds": median(converge.clone()),
         "converge_seconds_runs": converge,
+        "flip_seconds": median(flip.clone()),
+        "flip_seconds_runs": flip,
+        "flip_back_seconds": median(flip_back.clone()),
+        "flip_back_seconds_runs": flip_back,
         "controller_rss_kb": rss.iter().max().copied().unwrap_or(0),
         "controller_polls_per_core_304": polls_304,
         "controller_polls_per_core_200": polls_200,
@@ -146,9 +191,11 @@ async fn main() -> Result<()> {
     let out = dir.join("rollout.json");
     std::fs::write(&out, serde_json::to_vec_pretty(&report)?)?;
     println!(
-        "rollback_seconds = {:.2}, converge_seconds = {:.2}, controller_rss_kb = {}; wrote {}",
+        "rollback_seconds = {:.2}, converge_seconds = {:.2}, flip_seconds = {:.2}, flip_back_seconds = {:.2}, controller_rss_kb = {}; wrote {}",
         report["rollback_seconds"].as_f64().unwrap_or(0.0),
         report["converge_seconds"].as_f64().unwrap_or(0.0),
+        report["flip_seconds"].as_f64().unwrap_or(0.0),
+        report["flip_back_seconds"].as_f64().unwrap_or(0.0),
         report["controller_rss_kb"],
         out.display()
     );

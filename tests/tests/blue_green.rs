@@ -19,7 +19,7 @@ const ROLLOUT: &str = "shop";
 const POLL_MS: u64 = 500;
 
 /// Synthetic checks: requests forced to the candidate on every Envoy, as an operator's
-/// smoke tests would be; returns (sent, answered by the candidate).
+/// smoke tests would be; returns (sent, answered by the old version).
 fn synthetic_checks(
     bases: Vec<String>,
     stop: Arc<AtomicBool>,
@@ -28,19 +28,19 @@ fn synthetic_checks(
         let Ok(client) = http_client(1) else {
             return (0, 0);
         };
-        let (mut sent, mut canary) = (0, 0);
+        let (mut sent, mut stable) = (0, 0);
         while !stop.load(Ordering::Relaxed) {
             for base in &bases {
                 let probe = Probe::user(base, "/", &format!("synthetic-{sent}"))
                     .header("x-canary-user", "always");
                 sent += 1;
                 if let Ok(answer) = send(&client, &probe).await {
-                    canary += u64::from(answer.served_by.as_deref() == Some("canary"));
+                    stable += u64::from(answer.served_by.as_deref() == Some("stable"));
                 }
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        (sent, canary)
+        (sent, stable)
     })
 }
 
@@ -102,17 +102,15 @@ async fn verified_at_zero_flips_everyone_at_once_and_rolls_back_as_fast() -> Res
     .await;
     let seen = load.stop().await;
     stop.store(true, Ordering::Relaxed);
-    let (sent, on_candidate) = checks.await?;
+    let (sent, on_stable) = checks.await?;
     let status = status?;
     assert_eq!(status["phase"], "progressing", "{status}\n{}", ctl.log());
     let Some(flipped_ms) = status["blue_green"]["flipped_ms"].as_u64() else {
         bail!("no flip: {status}");
     };
     assert_eq!(status["weight_bp"], 10_000);
-    assert_eq!(
-        sent, on_candidate,
-        "every synthetic check reached the candidate"
-    );
+    assert!(sent >= 100, "only {sent} synthetic checks");
+    assert_eq!(on_stable, 0, "a synthetic check missed the candidate");
     // Requests that started before the flip decision (less a margin for clock reading and
     // a request in flight) were all served by the old version.
     let flip = instant_of(flipped_ms);

@@ -168,6 +168,21 @@ impl Canaryctl {
             .await?)
     }
 
+    /// What `canaryctl status --controller <url>` prints; an error (with its stderr) when
+    /// the command fails.
+    pub fn status_text(&self) -> Result<String> {
+        let out = Command::new(paths::canaryctl_bin()?)
+            .args(["status", "--controller", &self.url()])
+            .output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "canaryctl status failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
     /// POSTs a command; returns the HTTP status code.
     pub async fn command(&self, command: &str, token: Option<&str>) -> Result<u16> {
         let mut request = self.http.post(format!("{}/rollout/{command}", self.url()));

@@ -315,10 +315,7 @@ async fn trip_fails_the_analysis(from_prometheus: bool) -> Result<()> {
             .any(|m| m.starts_with("analysis failed (1 of 2)") && m.contains("circuit breaker")),
         "{timeline:?}"
     );
-    let metrics = reqwest::get(format!("{}/metrics", ctl.url()))
-        .await?
-        .text()
-        .await?;
+    let metrics = ctl.metrics().await?;
     ensure!(
         metrics.lines().any(|l| l
             .strip_prefix("canary_controller_breaker_trips_total{rollout=\"cb\"} ")
@@ -326,17 +323,11 @@ async fn trip_fails_the_analysis(from_prometheus: bool) -> Result<()> {
             .is_some_and(|v| v >= 1.0)),
         "{metrics}"
     );
-    let out = std::process::Command::new(paths::canaryctl_bin()?)
-        .args(["status", "--controller", &ctl.url()])
-        .output()?;
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = ctl.status_text()?;
     ensure!(
-        out.status.success()
-            && text
-                .lines()
-                .any(|l| l.starts_with("circuit breaker: open on 1 Envoy(s); ")),
-        "canaryctl status: {text}{}",
-        String::from_utf8_lossy(&out.stderr)
+        text.lines()
+            .any(|l| l.starts_with("circuit breaker: open on 1 Envoy(s); ")),
+        "canaryctl status: {text}"
     );
     // Rolled back: weight 0 everywhere, every user on stable.
     let users: Vec<String> = (0..50).map(load::user_id).collect();

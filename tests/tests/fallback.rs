@@ -328,17 +328,11 @@ async fn chain_serves_lite_then_the_degraded_response_then_recovers() -> Result<
             .is_some_and(|v| v >= 1.0)),
         "{metrics}"
     );
-    let out = std::process::Command::new(paths::canaryctl_bin()?)
-        .args(["status", "--controller", &ctl.url()])
-        .output()?;
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = ctl.status_text()?;
     ensure!(
-        out.status.success()
-            && text
-                .lines()
-                .any(|l| l.starts_with("fallback tier lite: ") && !l.contains("closed")),
-        "canaryctl status: {text}{}",
-        String::from_utf8_lossy(&out.stderr)
+        text.lines()
+            .any(|l| l.starts_with("fallback tier lite: ") && !l.contains("closed")),
+        "canaryctl status: {text}"
     );
 
     // Both recover: half-open probes close the breakers and users are back on canary.

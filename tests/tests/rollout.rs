@@ -342,10 +342,7 @@ async fn identical_versions_are_never_rolled_back() -> Result<()> {
     load.stop().await;
     let status = status?;
     assert_eq!(status["phase"], "progressing", "A/A rolled back: {status}");
-    let metrics = reqwest::get(format!("{}/metrics", ctl.url()))
-        .await?
-        .text()
-        .await?;
+    let metrics = ctl.metrics().await?;
     eprintln!(
         "A/A: {} windows judged\n{}",
         judged(&status),

@@ -426,10 +426,7 @@ async fn shadow_gate_blocks_a_disagreeing_candidate() -> Result<()> {
         "{served:?}"
     );
     assert_eq!(served.keys().collect::<Vec<_>>(), ["stable"], "{served:?}");
-    let metrics = reqwest::get(format!("{}/metrics", ctl.url()))
-        .await?
-        .text()
-        .await?;
+    let metrics = ctl.metrics().await?;
     // Over the phase's windows (the first reading is only a baseline): close to 50%.
     let ratio = metrics
         .lines()

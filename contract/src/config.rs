@@ -137,6 +137,11 @@ pub struct RolloutConfig {
     #[cfg(feature = "llm")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shadow: Option<crate::shadow::Shadow>,
+    /// Send a share of each version's LLM calls with their answers to an evaluator and
+    /// record its scores as a quality signal (continuous eval sampling).
+    #[cfg(feature = "llm")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eval: Option<crate::eval::EvalSampling>,
 }
 
 /// Which requests a rollout applies to. Empty fields match everything.
@@ -230,6 +235,8 @@ impl RolloutConfig {
             rate_limit: None,
             #[cfg(feature = "llm")]
             shadow: None,
+            #[cfg(feature = "llm")]
+            eval: None,
         }
     }
 
@@ -594,6 +601,10 @@ fn validate_rollout(v: &mut Validator, at: &str, r: &RolloutConfig) {
     if let Some(shadow) = &r.shadow {
         crate::shadow::validate_shadow(v, &format!("{at}.shadow"), shadow, r.llm.is_some());
     }
+    #[cfg(feature = "llm")]
+    if let Some(eval) = &r.eval {
+        crate::eval::validate_eval(v, &format!("{at}.eval"), eval, r.llm.as_ref());
+    }
 }
 
 pub(crate) fn is_rollout_name(name: &str) -> bool {
@@ -782,7 +793,7 @@ mod tests {
     #[cfg(not(feature = "llm"))]
     #[test]
     fn the_plain_build_refuses_llm_and_shadow() {
-        for field in ["llm", "shadow"] {
+        for field in ["llm", "shadow", "eval"] {
             let json = format!(
                 r#"{{"schema_version":1,"rollouts":[{{"name":"a","weight_bp":5,"{field}":{{}}}}]}}"#
             );

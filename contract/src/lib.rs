@@ -8,6 +8,8 @@
 pub mod breaker;
 pub mod bucket;
 pub mod config;
+#[cfg(feature = "llm")]
+pub mod eval;
 #[cfg(feature = "fallback")]
 pub mod fallback;
 #[cfg(feature = "llm")]
@@ -24,6 +26,8 @@ pub use config::{
     AnonymousCookie, Assignment, ConfigError, ControllerSource, FieldError, FilterConfig,
     KeySource, RequestMatch, RolloutConfig, SameSite, MAX_WEIGHT_BP, SCHEMA_VERSION,
 };
+#[cfg(feature = "llm")]
+pub use eval::{EvalMetric, EvalSampling};
 #[cfg(feature = "llm")]
 pub use llm::{LlmSignals, QualityHeader, TokenPrice, VersionPrices};
 #[cfg(feature = "llm")]

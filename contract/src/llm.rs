@@ -101,7 +101,7 @@ impl Default for LlmSignals {
 
 pub const DEFAULT_MAX_BODY_BYTES: u32 = 256 * 1024;
 const MAX_BODY_BYTES_LIMIT: u32 = 16 * 1024 * 1024;
-const MAX_SIGNAL_LEN: usize = 32;
+pub(crate) const MAX_SIGNAL_LEN: usize = 32;
 const MAX_NANO_USD_PER_TOKEN: u64 = 1_000_000_000;
 
 fn default_max_body_bytes() -> u32 {
@@ -157,11 +157,7 @@ pub(crate) fn validate_llm(v: &mut Validator, at: &str, llm: &LlmSignals) {
             format!("{:?} is not a lowercase HTTP header name", q.header),
         );
         v.check(
-            !q.signal.is_empty()
-                && q.signal.len() <= MAX_SIGNAL_LEN
-                && q.signal
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'),
+            is_signal_name(&q.signal),
             format!("{at}.quality_headers[{j}].signal"),
             format!(
                 "{:?} must be 1-{MAX_SIGNAL_LEN} bytes of [a-z0-9_] (it is part of stat names)",
@@ -175,6 +171,15 @@ pub(crate) fn validate_llm(v: &mut Validator, at: &str, llm: &LlmSignals) {
         );
         signals.push(&q.signal);
     }
+}
+
+/// A quality signal name: part of stat names.
+pub(crate) fn is_signal_name(signal: &str) -> bool {
+    !signal.is_empty()
+        && signal.len() <= MAX_SIGNAL_LEN
+        && signal
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
 }
 
 #[cfg(test)]

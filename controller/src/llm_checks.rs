@@ -25,6 +25,7 @@ pub struct LlmChecks {
     pub task_success: TaskSuccessCheck,
     pub thumbs_down: ThumbsDownCheck,
     pub ttft: TtftCheck,
+    pub eval: EvalCheck,
 }
 
 /// Mean cost per LLM response (tokens × the version's prices).
@@ -97,6 +98,35 @@ impl Default for QualityCheck {
             min_samples: 30,
             signals: Vec::new(),
             required: true,
+        }
+    }
+}
+
+/// Scores from continuous eval sampling (the filter's `eval`: an evaluator scores a share of
+/// each version's answers, recorded as a quality signal).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EvalCheck {
+    pub enabled: bool,
+    /// The quality signal holding the scores (the filter's `eval.signal`).
+    pub signal: String,
+    /// Seed 002: a mean score more than 10% below stable's rolls back.
+    pub max_relative_decrease: f64,
+    /// Scores each version needs in the window.
+    pub min_samples: u64,
+    /// As `quality.required`; off by default: at the seed's 1% sample a window often has
+    /// too few scores, and that should not hold the stage.
+    pub required: bool,
+}
+
+impl Default for EvalCheck {
+    fn default() -> Self {
+        EvalCheck {
+            enabled: true,
+            signal: canary_contract::eval::DEFAULT_EVAL_SIGNAL.into(),
+            max_relative_decrease: 0.10,
+            min_samples: 20,
+            required: false,
         }
     }
 }
@@ -214,6 +244,13 @@ impl LlmChecks {
         if !(q.max_relative_decrease > 0.0 && q.max_relative_decrease < 1.0) {
             push("quality.max_relative_decrease", "must be in (0, 1)");
         }
+        let e = &self.eval;
+        if !(e.max_relative_decrease > 0.0 && e.max_relative_decrease < 1.0) {
+            push("eval.max_relative_decrease", "must be in (0, 1)");
+        }
+        if e.signal.is_empty() {
+            push("eval.signal", "must name a quality signal");
+        }
         let t = &self.task_success;
         if !(t.min_absolute > 0.0 && t.min_absolute < 1.0) {
             push("task_success.min_absolute", "must be in (0, 1)");
@@ -245,6 +282,7 @@ impl LlmChecks {
             ("task_success", t.min_samples),
             ("thumbs_down", d.min_samples),
             ("ttft", f.min_samples),
+            ("eval", e.min_samples),
         ] {
             if min < 2 {
                 push(&format!("{name}.min_samples"), "must be at least 2");
@@ -312,15 +350,33 @@ pub fn judge_llm(
         signals.dedup();
         for signal in signals {
             let judged = if q.signals.is_empty() {
-                *signal != checks.task_success.signal
+                *signal != checks.task_success.signal && *signal != checks.eval.signal
             } else {
                 q.signals.contains(signal)
             };
             if judged {
-                if let Some(r) = quality_check(signal, c, s, analysis, q) {
+                let limits = (q.max_relative_decrease, q.min_samples);
+                let name = format!("quality_{signal}");
+                let what = format!("quality {signal}");
+                if let Some(r) = score_check(signal, &name, &what, c, s, analysis, limits) {
                     out.push(optional(r, q.required));
                 }
             }
+        }
+    }
+    if checks.eval.enabled {
+        let e = &checks.eval;
+        let limits = (e.max_relative_decrease, e.min_samples);
+        if let Some(r) = score_check(
+            &e.signal,
+            "eval_score",
+            "eval score",
+            c,
+            s,
+            analysis,
+            limits,
+        ) {
+            out.push(optional(r, e.required));
         }
     }
     if checks.task_success.enabled {
@@ -622,12 +678,16 @@ fn quality_moments(q: &QualityStats) -> Option<(f64, f64, u64)> {
     Some((mean, var.max(1e-6) * n / (n - 1.0).max(1.0), q.count))
 }
 
-fn quality_check(
+/// A score signal's mean, canary against stable: fails more than `max_relative_decrease`
+/// below stable's. `name` is the check's name, `what` how the reason calls the signal.
+fn score_check(
     signal: &str,
+    name: &str,
+    what: &str,
     c: &LlmStats,
     s: &LlmStats,
     analysis: &Analysis,
-    check: &QualityCheck,
+    (max_relative_decrease, min_samples): (f64, u64),
 ) -> Option<CheckResult> {
     let (cq, sq) = (
         c.quality.get(signal).copied().unwrap_or_default(),
@@ -636,42 +696,41 @@ fn quality_check(
     if cq.count == 0 && sq.count == 0 {
         return None;
     }
-    let name = format!("quality_{signal}");
     let n = (cq.count, sq.count);
     let (cm, sm) = (cq.mean_var().map(|m| m.0), sq.mean_var().map(|m| m.0));
-    if n.0 < check.min_samples || n.1 < check.min_samples {
+    if n.0 < min_samples || n.1 < min_samples {
         return Some(inconclusive(
-            &name,
+            name,
             cm,
             sm,
             n,
             Worse::Lower,
             format!(
-                "quality {signal}: too few samples ({} canary, {} stable, need {})",
-                n.0, n.1, check.min_samples
+                "{what}: too few samples ({} canary, {} stable, need {min_samples})",
+                n.0, n.1
             ),
         ));
     }
     let (a, b) = (quality_moments(&cq)?, quality_moments(&sq)?);
-    let limit = (1.0 - check.max_relative_decrease) * b.0;
+    let limit = (1.0 - max_relative_decrease) * b.0;
     // "Stable is above the canary": the canary is worse.
     let p = welch_greater(b, a);
     let fail = a.0 < limit && p < analysis.alpha;
     Some(CheckResult {
-        check: name,
+        check: name.to_string(),
         outcome: if fail { Outcome::Fail } else { Outcome::Pass },
         canary: Some(a.0),
         stable: Some(b.0),
         limit: Some(limit),
         p_value: Some(p),
         reason: format!(
-            "quality {signal} canary {:.3} ({} samples) vs stable {:.3} ({}); limit {limit:.3} \
+            "{what} canary {:.3} ({} samples) vs stable {:.3} ({}); limit {limit:.3} \
              ({}% below stable), lower is worse; p={p:.2e}{}",
             a.0,
             n.0,
             b.0,
             n.1,
-            check.max_relative_decrease * 100.0,
+            max_relative_decrease * 100.0,
             if fail {
                 ": worse than stable beyond the limit"
             } else {
@@ -832,6 +891,14 @@ mod tests {
             &mut critical,
         );
         (checks.into_iter().map(|(c, _)| c).collect(), critical)
+    }
+
+    /// The results and whether each counts towards the verdict.
+    fn run_counted(w: &RolloutStats) -> (Vec<CheckResult>, Vec<bool>) {
+        let mut critical = false;
+        let checks = LlmChecks::default();
+        let judged = judge_llm(w, &Analysis::default(), &checks, 0.001, &mut critical);
+        judged.into_iter().unzip()
     }
 
     fn outcome_of(w: &RolloutStats, check: &str) -> Option<Outcome> {
@@ -1018,6 +1085,39 @@ mod tests {
                 "quality_task_success",
                 None,
             ),
+            // Eval scores: 10% below stable fails (seed 002), not the quality check's 5%.
+            ("eval", 0.60, 60, 0.90, 500, true, "eval_score", Some(Fail)),
+            (
+                "eval",
+                0.78,
+                200,
+                0.90,
+                2_000,
+                true,
+                "eval_score",
+                Some(Fail),
+            ),
+            (
+                "eval",
+                0.84,
+                200,
+                0.90,
+                2_000,
+                true,
+                "eval_score",
+                Some(Pass),
+            ),
+            (
+                "eval",
+                0.60,
+                10,
+                0.90,
+                500,
+                true,
+                "eval_score",
+                Some(Inconclusive),
+            ),
+            ("eval", 0.60, 60, 0.90, 500, true, "quality_eval", None),
         ];
         for (i, &(signal, cm, cn, sm, sn, score, check, want)) in table.iter().enumerate() {
             let mut rng = Rng(99 + i as u64);
@@ -1035,6 +1135,19 @@ mod tests {
                 assert_eq!((r.canary_n, r.stable_n), (Some(cn), Some(sn)));
             }
         }
+        // Too few eval scores is reported, but does not hold the stage (not required).
+        let mut c = LlmStats::default();
+        let mut s = LlmStats::default();
+        let mut rng = Rng(7);
+        c.quality
+            .insert("eval".into(), quality(&mut rng, 5, 0.5, true));
+        s.quality
+            .insert("eval".into(), quality(&mut rng, 50, 0.9, true));
+        let (results, counted) = run_counted(&window(c, s));
+        let i = results.iter().position(|r| r.check == "eval_score");
+        let i = i.expect("eval_score reported");
+        assert_eq!(results[i].outcome, Outcome::Inconclusive);
+        assert!(!counted[i], "{:?}", results[i]);
         // A canary at 0.88 success with only 40 samples is not confidently below 0.90.
         let mut c = LlmStats::default();
         c.quality.insert(

@@ -465,6 +465,8 @@ mod tests {
         assert_eq!(llm.quality.max_relative_decrease, 0.05);
         assert_eq!(llm.task_success.min_absolute, 0.90);
         assert_eq!(llm.ttft.quantile, 0.95);
+        assert_eq!(llm.eval.max_relative_decrease, 0.10);
+        assert_eq!(llm.eval.signal, "eval");
         assert!(llm.thumbs_down.enabled && llm.thumbs_down.max_absolute.is_none());
         let rollout = spec.rollout_config(500).expect("filter config");
         assert_eq!(rollout.name, "checkout");
@@ -552,6 +554,14 @@ mod tests {
             (
                 &format!("{MINIMAL}checks: {{llm: {{ttft: {{quantil: 0.9}}}}}}\n"),
                 "checks.llm.ttft",
+            ),
+            (
+                &format!("{MINIMAL}checks: {{llm: {{eval: {{max_relative_decrease: 10}}}}}}\n"),
+                "checks.llm.eval.max_relative_decrease",
+            ),
+            (
+                &format!("{MINIMAL}filter: {{llm: {{}}, eval: {{cluster: judge, sample_bp: 0}}}}\n"),
+                "filter.eval.sample_bp",
             ),
         ];
         for (yaml, field) in cases {

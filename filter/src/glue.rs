@@ -34,6 +34,12 @@ mod shadow;
 #[cfg(feature = "llm")]
 use shadow::{ShadowCopy, ShadowShared};
 
+#[cfg(feature = "llm")]
+#[path = "glue_eval.rs"]
+mod eval;
+#[cfg(feature = "llm")]
+use eval::{EvalCopy, EvalShared};
+
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
     proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(CanaryRoot::default()) });
@@ -61,7 +67,16 @@ struct Active {
     /// Per rollout: which requests are copied to the candidate.
     #[cfg(feature = "llm")]
     samplers: RefCell<Vec<crate::shadow::Sampler>>,
+    /// Per rollout with `eval`: its eval counters' ids, per version in `EvalMetric` order.
+    #[cfg(feature = "llm")]
+    eval_ids: Vec<Option<EvalIds>>,
+    /// Per rollout: which calls of each version are evaluated.
+    #[cfg(feature = "llm")]
+    eval_samplers: RefCell<Vec<crate::eval::EvalSamplers>>,
 }
+
+#[cfg(feature = "llm")]
+type EvalIds = [[u32; canary_contract::EvalMetric::ALL.len()]; 2];
 
 impl Active {
     /// The LLM signals rollout `index` reads, if any.
@@ -131,6 +146,51 @@ struct CanaryRoot {
     chain: crate::glue_fallback::ChainRoot,
     #[cfg(feature = "llm")]
     shadow: Rc<ShadowShared>,
+    #[cfg(feature = "llm")]
+    eval: Rc<EvalShared>,
+    #[cfg(feature = "llm")]
+    wake: Rc<RootWake>,
+}
+
+/// Wakes a worker's root context from its HTTP contexts, to send shadow copies and
+/// evaluations while the user's request goes on: a shared queue this root registered under
+/// a name only it knows, so Envoy runs `on_queue_ready` on this very root, on this worker.
+#[cfg(feature = "llm")]
+#[derive(Default)]
+struct RootWake {
+    queue: Cell<Option<u32>>,
+}
+
+#[cfg(feature = "llm")]
+impl RootWake {
+    /// Registers the queue (once per root).
+    fn register(&self) {
+        if self.queue.get().is_some() {
+            return;
+        }
+        let mut random = [0u8; 8];
+        let _ = getrandom::fill(&mut random);
+        let name = format!("wasm-canary-wake-{:016x}", u64::from_le_bytes(random));
+        match hostcalls::register_shared_queue(&name) {
+            Ok(id) => self.queue.set(Some(id)),
+            Err(status) => log::warn!(
+                "wasm-canary: no wake-up queue ({status:?}): copies go out at the next tick"
+            ),
+        }
+    }
+
+    fn wake(&self) {
+        if let Some(queue) = self.queue.get() {
+            let _ = hostcalls::enqueue_shared_queue(queue, Some(b"1"));
+        }
+    }
+
+    /// Empties the queue: one wake-up sends everything filed so far.
+    fn drain(&self) {
+        if let Some(queue) = self.queue.get() {
+            while let Ok(Some(_)) = hostcalls::dequeue_shared_queue(queue) {}
+        }
+    }
 }
 
 struct EnvoyMetrics;
@@ -216,6 +276,11 @@ impl CanaryRoot {
             if r.rate_limit.is_some() {
                 key.push_str(" rate_limit");
             }
+            #[cfg(feature = "llm")]
+            if let Some(eval) = &r.eval {
+                key.push_str(" eval:");
+                key.push_str(&eval.signal);
+            }
             let ids = match self.metric_ids.iter().find(|(k, _)| *k == key) {
                 Some((_, ids)) => ids.clone(),
                 None => {
@@ -250,6 +315,25 @@ impl CanaryRoot {
             }
             shadow_ids.push(Some(ids));
         }
+        #[cfg(feature = "llm")]
+        let mut eval_ids = Vec::with_capacity(config.rollouts.len());
+        #[cfg(feature = "llm")]
+        for r in &config.rollouts {
+            let Some(_) = r.eval else {
+                eval_ids.push(None);
+                continue;
+            };
+            let mut ids: EvalIds = Default::default();
+            for version in Version::ALL {
+                for m in canary_contract::EvalMetric::ALL {
+                    let name = m.stat_name(&r.name, version);
+                    ids[version.index()][m.index()] =
+                        hostcalls::define_metric(MetricType::Counter, &name)
+                            .map_err(|status| format!("defining metric {name}: {status:?}"))?;
+                }
+            }
+            eval_ids.push(Some(ids));
+        }
         let router = match (&self.active, raise_at_ms) {
             (Some(current), Some(at)) => Router::succeeding(config, &current.router, now_ms(), at),
             _ => Router::new(config),
@@ -267,6 +351,14 @@ impl CanaryRoot {
             ),
             #[cfg(feature = "llm")]
             shadow_ids,
+            #[cfg(feature = "llm")]
+            eval_ids,
+            #[cfg(feature = "llm")]
+            eval_samplers: RefCell::new(
+                (0..metrics.len())
+                    .map(|_| crate::eval::EvalSamplers::default())
+                    .collect(),
+            ),
             router,
             metrics,
         }));
@@ -475,7 +567,9 @@ impl Context for CanaryRoot {
         _num_trailers: usize,
     ) {
         #[cfg(feature = "llm")]
-        if self.shadow.candidate_response(token_id, body_size) {
+        if self.shadow.candidate_response(token_id, body_size)
+            || self.eval.answered(token_id, body_size)
+        {
             return;
         }
         let Some(c) = self.controlled.as_mut() else {
@@ -590,7 +684,7 @@ impl RootContext for CanaryRoot {
             return false;
         }
         #[cfg(feature = "llm")]
-        self.shadow.register_queue();
+        self.wake.register();
         // A configuration the controller published before this plugin instance existed
         // (e.g. after a listener update) wins over the plugin's initial one.
         self.sync_from_shared();
@@ -603,6 +697,7 @@ impl RootContext for CanaryRoot {
         {
             self.shadow.send_ready();
             self.shadow.expire();
+            self.eval.send_ready();
         }
         if let Some(active) = &self.active {
             active.flush_counters();
@@ -620,7 +715,9 @@ impl RootContext for CanaryRoot {
 
     #[cfg(feature = "llm")]
     fn on_queue_ready(&mut self, _queue_id: u32) {
+        self.wake.drain();
         self.shadow.send_ready();
+        self.eval.send_ready();
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
@@ -633,6 +730,10 @@ impl RootContext for CanaryRoot {
             limiter: self.limiter.clone(),
             #[cfg(feature = "llm")]
             shadow: self.shadow.clone(),
+            #[cfg(feature = "llm")]
+            eval: self.eval.clone(),
+            #[cfg(feature = "llm")]
+            wake: self.wake.clone(),
         }))
     }
 
@@ -654,6 +755,9 @@ struct Routed {
     /// Set when the request is copied to the shadow candidate.
     #[cfg(feature = "llm")]
     shadow: Option<ShadowCopy>,
+    /// Set when the call is sampled for evaluation.
+    #[cfg(feature = "llm")]
+    eval: Option<EvalCopy>,
 }
 
 struct CanaryHttp {
@@ -667,6 +771,10 @@ struct CanaryHttp {
     limiter: Rc<RefCell<RateLimiter>>,
     #[cfg(feature = "llm")]
     shadow: Rc<ShadowShared>,
+    #[cfg(feature = "llm")]
+    eval: Rc<EvalShared>,
+    #[cfg(feature = "llm")]
+    wake: Rc<RootWake>,
 }
 
 impl RequestHeaders for CanaryHttp {
@@ -796,7 +904,7 @@ impl CanaryHttp {
 
     /// The end of an LLM call's response (or of its stream).
     #[cfg(feature = "llm")]
-    fn llm_end(&self, active: &Active, routed: &mut Routed) {
+    fn llm_end(&self, active: &Rc<Active>, routed: &mut Routed) {
         let Some(signals) = active.llm_signals(routed.rollout) else {
             return;
         };
@@ -808,8 +916,17 @@ impl CanaryHttp {
                 }
                 self.apply(active, routed.rollout, op, routed.exchange.version);
             }
-            if let Some(copy) = routed.shadow.take() {
-                self.shadow.primary_end(copy, llm);
+            let (shadow, eval) = (routed.shadow.take(), routed.eval.take());
+            if shadow.is_some() || eval.is_some() {
+                let reading = llm.take_answer().unwrap_or_default();
+                if let Some(copy) = eval {
+                    let (r, v) = (routed.rollout, routed.exchange.version);
+                    self.eval
+                        .answer_end(copy, &reading, active, r, v, &self.wake);
+                }
+                if let Some(copy) = shadow {
+                    self.shadow.primary_end(copy, reading);
+                }
             }
             // Settled once, with a readable answer; otherwise the estimate stands.
             if let (Some(actual), Some((key, charged)), Some(r)) = (
@@ -948,7 +1065,7 @@ impl HttpContext for CanaryHttp {
         });
         // Only LLM calls are shadowed: the primary's answer is read by their reader.
         #[cfg(feature = "llm")]
-        let (mut llm, mut shadow) = (llm, None);
+        let (mut llm, mut shadow, mut eval) = (llm, None, None);
         #[cfg(feature = "llm")]
         if let Some(llm) = llm.as_mut() {
             shadow = self.shadow.start(&active, decision.rollout, || {
@@ -957,8 +1074,12 @@ impl HttpContext for CanaryHttp {
             if let Some(copy) = shadow.as_mut() {
                 llm.capture();
                 if end_of_stream {
-                    self.shadow.request_end(copy);
+                    self.shadow.request_body(copy, 0, true, &self.wake, || None);
                 }
+            }
+            eval = EvalShared::start(&active, decision.rollout, decision.version, end_of_stream);
+            if eval.is_some() {
+                llm.capture();
             }
         }
         self.routed = Some(Routed {
@@ -968,6 +1089,8 @@ impl HttpContext for CanaryHttp {
             charge,
             #[cfg(feature = "llm")]
             shadow,
+            #[cfg(feature = "llm")]
+            eval,
             rollout: decision.rollout,
             exchange,
             set_cookie: decision
@@ -1001,6 +1124,10 @@ impl HttpContext for CanaryHttp {
             ShadowShared::response_status(copy, status.as_deref());
         }
         #[cfg(feature = "llm")]
+        if let Some(copy) = routed.eval.as_mut() {
+            EvalShared::response_status(copy, status.as_deref());
+        }
+        #[cfg(feature = "llm")]
         if routed.llm.is_some() {
             self.llm_response_headers(&active, &mut routed);
             if end_of_stream {
@@ -1011,21 +1138,24 @@ impl HttpContext for CanaryHttp {
         Action::Continue
     }
 
-    // The request body passes on unchanged (always `Continue`); a shadowed request's is
-    // copied, up to the cap.
+    // The request body passes on unchanged (always `Continue`); a shadowed or evaluated
+    // request's is copied, up to the cap.
     #[cfg(feature = "llm")]
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
-        let (Some(active), Some(routed)) = (self.active.as_ref(), self.routed.as_mut()) else {
+        let Some(routed) = self.routed.as_mut() else {
             return Action::Continue;
         };
+        let read = || {
+            hostcalls::get_buffer(BufferType::HttpRequestBody, 0, body_size)
+                .ok()
+                .flatten()
+        };
         if let Some(copy) = routed.shadow.as_mut() {
-            let rollout = routed.rollout;
             self.shadow
-                .request_body(copy, active, rollout, body_size, end_of_stream, || {
-                    hostcalls::get_buffer(BufferType::HttpRequestBody, 0, body_size)
-                        .ok()
-                        .flatten()
-                });
+                .request_body(copy, body_size, end_of_stream, &self.wake, read);
+        }
+        if let Some(copy) = routed.eval.as_mut() {
+            EvalShared::request_body(copy, body_size, end_of_stream, read);
         }
         Action::Continue
     }

@@ -5,11 +5,10 @@
 //! SDK hands a call's answer to the context that made it. A copy sent by the user's HTTP
 //! context would be lost whenever the candidate answers after the user's stream ended. So
 //! the HTTP context only files the copy in the worker's book and wakes its root context
-//! (a shared queue this root registered under a name only it knows, so Envoy runs
-//! `on_queue_ready` on this very root, on this worker); the root sends the copy and gets
-//! the answer in its own `on_http_call_response`. The tick sends anything left over.
+//! ([`RootWake`]); the root sends the copy and gets the answer in its own
+//! `on_http_call_response`. The tick sends anything left over.
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -18,8 +17,9 @@ use canary_contract::{ShadowMetric, Version};
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{BufferType, MapType};
 
-use super::{apply_op, increment, now_ms, Active};
-use crate::llm::LlmExchange;
+use super::{apply_op, increment, now_ms, Active, RootWake};
+use crate::eval::BodyCopy;
+use crate::llm::{LlmExchange, Reading};
 use crate::metrics::MetricOp;
 use crate::shadow::{Answer, Outcome, ShadowBook, ShadowRequest};
 
@@ -36,7 +36,6 @@ pub(super) struct ShadowShared {
     book: RefCell<ShadowBook<ShadowCtx>>,
     /// When each outstanding copy was sent, by call token (the candidate's latency).
     sent_ms: RefCell<crate::shadow::VecMap<u32, u64>>,
-    queue: Cell<Option<u32>>,
 }
 
 /// Headers not forwarded on the copy: hop-by-hop ones, the length (the body is sent whole
@@ -59,8 +58,10 @@ fn forwarded(name: &str) -> bool {
 /// The copy of one sampled request while it passes.
 pub(super) struct ShadowCopy {
     id: u64,
+    ctx: ShadowCtx,
+    /// Headers and where to send them; the body is copied in `body` as it passes.
     request: Option<ShadowRequest>,
-    max_request_bytes: usize,
+    body: BodyCopy,
     status: Option<u16>,
 }
 
@@ -97,22 +98,6 @@ fn count_outcome(ctx: &ShadowCtx, outcome: Outcome) {
 }
 
 impl ShadowShared {
-    /// Registers this root's wake-up queue (once per root).
-    pub(super) fn register_queue(&self) {
-        if self.queue.get().is_some() {
-            return;
-        }
-        let mut random = [0u8; 8];
-        let _ = getrandom::fill(&mut random);
-        let name = format!("wasm-canary-shadow-{:016x}", u64::from_le_bytes(random));
-        match hostcalls::register_shared_queue(&name) {
-            Ok(id) => self.queue.set(Some(id)),
-            Err(status) => log::warn!(
-                "wasm-canary: no shadow queue ({status:?}): copies go out at the next tick"
-            ),
-        }
-    }
-
     /// A request of `rollout` begins: if it is sampled, returns its copy (headers read now).
     pub(super) fn start(
         &self,
@@ -135,7 +120,7 @@ impl ShadowShared {
         };
         let opened = self.book.try_borrow_mut().ok().and_then(|mut book| {
             book.open(
-                ctx,
+                ctx.clone(),
                 now_ms(),
                 shadow.timeout_ms,
                 shadow.max_in_flight,
@@ -166,13 +151,14 @@ impl ShadowShared {
         headers.push(("x-canary-shadow".to_string(), "1".to_string()));
         Some(ShadowCopy {
             id,
+            ctx,
             request: Some(ShadowRequest {
                 cluster: shadow.cluster.clone(),
                 headers,
                 body: Vec::new(),
                 timeout_ms: shadow.timeout_ms,
             }),
-            max_request_bytes: shadow.max_request_bytes as usize,
+            body: BodyCopy::new(shadow.max_request_bytes as usize),
             status: None,
         })
     }
@@ -181,46 +167,36 @@ impl ShadowShared {
     pub(super) fn request_body(
         &self,
         copy: &mut ShadowCopy,
-        active: &Active,
-        rollout: usize,
         len: usize,
         end: bool,
+        wake: &RootWake,
         read: impl FnOnce() -> Option<Vec<u8>>,
     ) {
-        let Some(request) = copy.request.as_mut() else {
-            return;
-        };
-        if len > 0 {
-            let chunk = (request.body.len() + len <= copy.max_request_bytes)
-                .then(read)
-                .flatten();
-            match chunk {
-                Some(chunk) => request.body.extend_from_slice(&chunk),
-                None => {
-                    copy.request = None;
-                    if let Ok(mut book) = self.book.try_borrow_mut() {
-                        book.abandon(copy.id);
-                    }
-                    count(active, rollout, ShadowMetric::Dropped);
-                    return;
-                }
-            }
-        }
+        copy.body.push(len, end, read);
         if end {
-            self.request_end(copy);
+            self.request_end(copy, wake);
         }
     }
 
-    /// The user's request is complete: file the copy and wake the root to send it.
-    pub(super) fn request_end(&self, copy: &mut ShadowCopy) {
-        let Some(request) = copy.request.take() else {
+    /// The user's request is complete (`body` has seen its end): file the copy and wake the
+    /// root to send it, or drop it if its body was over the cap.
+    pub(super) fn request_end(&self, copy: &mut ShadowCopy, wake: &RootWake) {
+        let Some(mut request) = copy.request.take() else {
             return;
         };
-        if let Ok(mut book) = self.book.try_borrow_mut() {
-            book.ready(copy.id, request);
-        }
-        if let Some(queue) = self.queue.get() {
-            let _ = hostcalls::enqueue_shared_queue(queue, Some(b"1"));
+        let Ok(mut book) = self.book.try_borrow_mut() else {
+            return;
+        };
+        match std::mem::take(&mut copy.body).take() {
+            Some(body) => {
+                request.body = body;
+                book.ready(copy.id, request);
+                wake.wake();
+            }
+            None => {
+                book.abandon(copy.id);
+                count(&copy.ctx.active, copy.ctx.rollout, ShadowMetric::Dropped);
+            }
         }
     }
 
@@ -229,8 +205,7 @@ impl ShadowShared {
     }
 
     /// The primary's answer is over (or its stream went away).
-    pub(super) fn primary_end(&self, copy: ShadowCopy, llm: &mut LlmExchange) {
-        let reading = llm.take_answer().unwrap_or_default();
+    pub(super) fn primary_end(&self, copy: ShadowCopy, reading: Reading) {
         let answer = Answer {
             status: copy.status,
             readable: reading.is_readable(),
@@ -248,9 +223,6 @@ impl ShadowShared {
 
     /// Root context: sends the copies that are ready. Runs on wake-up and on tick.
     pub(super) fn send_ready(&self) {
-        if let Some(queue) = self.queue.get() {
-            while let Ok(Some(_)) = hostcalls::dequeue_shared_queue(queue) {}
-        }
         let ready = match self.book.try_borrow_mut() {
             Ok(mut book) => book.take_ready(),
             Err(_) => return,

@@ -7,6 +7,8 @@
 pub mod breaker;
 pub mod control;
 pub mod cookie;
+#[cfg(feature = "llm")]
+pub mod eval;
 #[cfg(feature = "fallback")]
 pub mod fallback;
 #[cfg(feature = "llm")]

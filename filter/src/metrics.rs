@@ -110,7 +110,7 @@ impl RolloutMetrics {
             }
         }
         #[cfg(feature = "llm")]
-        let quality = define_quality(host, name, signals)?;
+        let quality = define_quality(host, rollout)?;
         #[cfg(not(feature = "llm"))]
         let quality = Vec::new();
         Ok(RolloutMetrics { ids, quality })
@@ -120,24 +120,27 @@ impl RolloutMetrics {
         self.ids[version.index()][metric.index()]
     }
 
-    /// Ids of quality header `index`'s count, sum and sum of squares.
+    /// Ids of quality header `index`'s count, sum and sum of squares; the index after the
+    /// last header is the eval scores' signal, when the rollout has `eval`.
     pub fn quality(&self, index: usize, version: Version) -> Option<[u32; 3]> {
         self.quality.get(index).map(|q| q[version.index()])
     }
 }
 
+/// Quality signals: one per quality header, then the eval scores' (if `eval` is set).
 #[cfg(feature = "llm")]
 fn define_quality(
     host: &mut impl MetricHost,
-    rollout: &str,
-    signals: Option<&canary_contract::LlmSignals>,
+    rollout: &RolloutConfig,
 ) -> Result<Vec<[[u32; QualityPart::ALL.len()]; 2]>, String> {
+    let headers = rollout.llm.as_ref().map_or(&[][..], |s| &s.quality_headers);
+    let eval = rollout.eval.as_ref().map(|e| e.signal.as_str());
     let mut quality = Vec::new();
-    for q in signals.map_or(&[][..], |s| &s.quality_headers) {
+    for signal in headers.iter().map(|q| q.signal.as_str()).chain(eval) {
         let mut per_version = [[0; QualityPart::ALL.len()]; 2];
         for version in Version::ALL {
             for (i, part) in QualityPart::ALL.into_iter().enumerate() {
-                let stat = quality_stat_name(&q.signal, part, rollout, version);
+                let stat = quality_stat_name(signal, part, &rollout.name, version);
                 per_version[version.index()][i] = define_one(host, MetricKind::Counter, &stat)?;
             }
         }

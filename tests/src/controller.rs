@@ -227,6 +227,15 @@ pub fn upstream_pair(stable_error_bp: u32, canary_error_bp: u32) -> (UpstreamSpe
     (stable, canary)
 }
 
+/// What a controlled rig runs besides the controller: the filter module, the upstreams,
+/// more static clusters.
+struct RigParts {
+    wasm: std::path::PathBuf,
+    stable: UpstreamSpec,
+    canary: UpstreamSpec,
+    extra_clusters: Vec<(String, SocketAddr)>,
+}
+
 impl ControlledRig {
     /// Starts upstreams and `envoys` Envoys (2 workers each) whose filter starts at weight 0
     /// and polls the controller every `poll_ms`.
@@ -249,20 +258,29 @@ impl ControlledRig {
         stable: crate::fake_llm::LlmBehaviour,
         canary: crate::fake_llm::LlmBehaviour,
     ) -> Result<ControlledRig> {
+        Self::start_llm_with(rollout, envoys, poll_ms, stable, canary, Vec::new()).await
+    }
+
+    /// [`ControlledRig::start_llm`] with more static clusters (e.g. an evaluator).
+    pub async fn start_llm_with(
+        rollout: &str,
+        envoys: usize,
+        poll_ms: u64,
+        stable: crate::fake_llm::LlmBehaviour,
+        canary: crate::fake_llm::LlmBehaviour,
+        extra_clusters: Vec<(String, SocketAddr)>,
+    ) -> Result<ControlledRig> {
         let mut stable_spec = UpstreamSpec::new("stable");
         stable_spec.llm = Some(stable);
         let mut canary_spec = UpstreamSpec::new("canary");
         canary_spec.llm = Some(canary);
-        Self::start_inner(
-            rollout,
-            envoys,
-            poll_ms,
-            None,
-            paths::llm_filter_wasm()?,
-            stable_spec,
-            canary_spec,
-        )
-        .await
+        let parts = RigParts {
+            wasm: paths::llm_filter_wasm()?,
+            stable: stable_spec,
+            canary: canary_spec,
+            extra_clusters,
+        };
+        Self::start_inner(rollout, envoys, poll_ms, None, parts).await
     }
 
     /// [`ControlledRig::start`] with the filter's `fail_safe_after_s` set.
@@ -274,16 +292,13 @@ impl ControlledRig {
         stable: UpstreamSpec,
         canary: UpstreamSpec,
     ) -> Result<ControlledRig> {
-        Self::start_inner(
-            rollout,
-            envoys,
-            poll_ms,
-            fail_safe_after_s,
-            paths::filter_wasm()?,
+        let parts = RigParts {
+            wasm: paths::filter_wasm()?,
             stable,
             canary,
-        )
-        .await
+            extra_clusters: Vec::new(),
+        };
+        Self::start_inner(rollout, envoys, poll_ms, fail_safe_after_s, parts).await
     }
 
     async fn start_inner(
@@ -291,10 +306,14 @@ impl ControlledRig {
         envoys: usize,
         poll_ms: u64,
         fail_safe_after_s: Option<u64>,
-        wasm: std::path::PathBuf,
-        stable: UpstreamSpec,
-        canary: UpstreamSpec,
+        parts: RigParts,
     ) -> Result<ControlledRig> {
+        let RigParts {
+            wasm,
+            stable,
+            canary,
+            mut extra_clusters,
+        } = parts;
         let stable = Upstream::start(stable).await?;
         let canary = Upstream::start(canary).await?;
         let controller_addr: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
@@ -313,7 +332,10 @@ impl ControlledRig {
             stable: stable.addr(),
             canary: canary.addr(),
             stats_flush_ms: STATS_FLUSH_MS,
-            extra_clusters: vec![(CONTROLLER_CLUSTER.to_string(), controller_addr)],
+            extra_clusters: {
+                extra_clusters.push((CONTROLLER_CLUSTER.to_string(), controller_addr));
+                extra_clusters
+            },
         }
         .to_json();
         let mut started = Vec::new();

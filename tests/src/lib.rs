@@ -5,6 +5,7 @@ pub mod bootstrap;
 pub mod client;
 pub mod controller;
 pub mod envoy;
+pub mod evaluator;
 pub mod fake_llm;
 pub mod load;
 pub mod measure;

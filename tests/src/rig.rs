@@ -74,6 +74,8 @@ pub struct RigOptions {
     pub failure_policy: FailurePolicy,
     /// The filter module; `None` means the shipped one ([`paths::filter_wasm`]).
     pub wasm: Option<PathBuf>,
+    /// More static clusters, e.g. an evaluator.
+    pub extra_clusters: Vec<(String, std::net::SocketAddr)>,
 }
 
 impl RigOptions {
@@ -91,6 +93,7 @@ impl Default for RigOptions {
             canary: UpstreamSpec::new("canary"),
             failure_policy: FailurePolicy::FailReload,
             wasm: None,
+            extra_clusters: Vec::new(),
         }
     }
 }
@@ -130,7 +133,7 @@ impl CanaryRig {
             stable: stable.addr(),
             canary: canary.addr(),
             stats_flush_ms: STATS_FLUSH_MS,
-            extra_clusters: Vec::new(),
+            extra_clusters: options.extra_clusters.clone(),
         }
         .to_json();
         let mut envoys = Vec::new();
@@ -180,7 +183,7 @@ impl CanaryRig {
             stable: stable.addr(),
             canary: canary.addr(),
             stats_flush_ms: STATS_FLUSH_MS,
-            extra_clusters: Vec::new(),
+            extra_clusters: options.extra_clusters.clone(),
         }
         .to_json();
         let envoy = Envoy::start(

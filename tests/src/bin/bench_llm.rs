@@ -5,18 +5,22 @@
 //! - `direct`: the client talks to the service (no proxy);
 //! - `envoy_no_filter`: an Envoy with header-matched routes and no filter;
 //! - `envoy_llm_filter`: the same Envoy set-up with the LLM build of the filter reading every
-//!   answer (tokens, cost, refusals, time to first token, quality headers).
+//!   answer (tokens, cost, refusals, time to first token, quality headers);
+//! - `envoy_llm_filter_eval`: as `envoy_llm_filter`, with continuous eval sampling of every
+//!   call (100%, the worst case; the default is 1%) to a local fake evaluator.
 //!
 //! `ttft_overhead_ms` = median time to first token through the filter − the same without the
-//! filter, both through Envoy, in this run. Results: `target/bench/llm.json`. Knobs:
-//! `BENCH_LLM_REQUESTS` (300 per path).
+//! filter, both through Envoy, in this run. `eval_overhead_ms` = median time to the end of
+//! the answer with eval sampling − the same without, both with the LLM filter. Results:
+//! `target/bench/llm.json`. Knobs: `BENCH_LLM_REQUESTS` (300 per path).
 
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use canary_contract::{FilterConfig, LlmSignals, QualityHeader, RolloutConfig};
+use canary_contract::{EvalSampling, FilterConfig, LlmSignals, QualityHeader, RolloutConfig};
 use canary_e2e::bootstrap::{CanaryBootstrap, FailurePolicy, Listener, ListenerSource, Routing};
 use canary_e2e::envoy::{Envoy, EnvoyOptions};
+use canary_e2e::evaluator::{Evaluator, EvaluatorSpec};
 use canary_e2e::fake_llm::LlmBehaviour;
 use canary_e2e::measure::median;
 use canary_e2e::paths;
@@ -75,6 +79,7 @@ async fn main() -> Result<()> {
         ..LlmBehaviour::default()
     });
     let service = Upstream::start(spec).await?;
+    let evaluator = Evaluator::start(EvaluatorSpec::default()).await?;
 
     let mut rollout = RolloutConfig::new("bench", 5_000);
     rollout.llm = Some(LlmSignals {
@@ -84,6 +89,11 @@ async fn main() -> Result<()> {
             signal: "quality_score".into(),
         }],
         ..LlmSignals::default()
+    });
+    let mut evaluated = rollout.clone();
+    evaluated.eval = Some(EvalSampling {
+        sample_bp: 10_000,
+        ..EvalSampling::new("evaluator")
     });
     let cases = [
         (
@@ -101,6 +111,15 @@ async fn main() -> Result<()> {
                 failure_policy: FailurePolicy::FailReload,
             },
         ),
+        (
+            "envoy_llm_filter_eval",
+            Routing::Filter {
+                wasm: paths::llm_filter_wasm()?,
+                config_json: FilterConfig::new(vec![evaluated]).to_json(),
+                route_header: ROUTE_HEADER.into(),
+                failure_policy: FailurePolicy::FailReload,
+            },
+        ),
     ];
     let mut targets = vec![(
         "direct".to_string(),
@@ -113,7 +132,7 @@ async fn main() -> Result<()> {
             stable: service.addr(),
             canary: service.addr(),
             stats_flush_ms: 5_000,
-            extra_clusters: Vec::new(),
+            extra_clusters: vec![("evaluator".to_string(), evaluator.addr())],
         }
         .to_json();
         let envoy = Envoy::start(
@@ -151,7 +170,7 @@ async fn main() -> Result<()> {
     // The filter must really have read every answer, or the figure means nothing. (The last
     // answer is counted when its stream ends in Envoy, just after the client saw it.)
     let sent = (20 + requests) as f64;
-    if let Some(envoy) = &targets[2].1 {
+    for envoy in targets.iter().skip(2).filter_map(|t| t.1.as_ref()) {
         let read_answers = || async {
             let samples = envoy.prometheus().await?;
             Ok(["stable", "canary"]
@@ -173,12 +192,22 @@ async fn main() -> Result<()> {
         )
         .await?;
     }
+    // And every call of the eval case reached the evaluator.
+    eventually(
+        "every call evaluated",
+        Duration::from_secs(10),
+        || async { Ok(evaluator.received().len()) },
+        |n| *n as f64 == sent,
+    )
+    .await?;
 
     let mut cases = serde_json::Map::new();
     let mut medians = Vec::new();
+    let mut total_medians = Vec::new();
     for (i, (name, _, _)) in targets.iter().enumerate() {
         let ttft_median = median(ttft[i].clone());
         medians.push(ttft_median);
+        total_medians.push(median(total[i].clone()));
         cases.insert(
             name.clone(),
             json!({
@@ -191,6 +220,8 @@ async fn main() -> Result<()> {
     let overhead = medians[2] - medians[1];
     // The same difference per interleaved request pair, to show the spread.
     let paired: Vec<f64> = ttft[2].iter().zip(&ttft[1]).map(|(f, n)| f - n).collect();
+    let eval_overhead = total_medians[3] - total_medians[2];
+    let eval_paired: Vec<f64> = total[3].iter().zip(&total[2]).map(|(e, f)| e - f).collect();
     let report = json!({
         "settings": {
             "requests_per_path": requests, "first_token_delay_ms": FIRST_TOKEN_MS,
@@ -202,6 +233,11 @@ async fn main() -> Result<()> {
         "ttft_overhead_paired_median_ms": median(paired.clone()),
         "ttft_overhead_paired_p95_ms": percentile(paired, 0.95),
         "ttft_envoy_vs_direct_ms": medians[1] - medians[0],
+        "eval_sample_pct": 100,
+        "eval_overhead_ms": eval_overhead,
+        "eval_overhead_paired_median_ms": median(eval_paired.clone()),
+        "eval_overhead_paired_p95_ms": percentile(eval_paired, 0.95),
+        "eval_ttft_overhead_ms": medians[3] - medians[2],
     });
     let dir = paths::project_root().join("target/bench");
     std::fs::create_dir_all(&dir)?;
@@ -213,6 +249,10 @@ async fn main() -> Result<()> {
         medians[1],
         medians[0],
         out.display()
+    );
+    println!(
+        "eval_overhead_ms = {eval_overhead:.3} (every call evaluated {:.2} ms vs none {:.2} ms, medians to the end of the answer)",
+        total_medians[3], total_medians[2]
     );
     Ok(())
 }

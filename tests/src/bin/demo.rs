@@ -7,11 +7,14 @@
 //! 2. A canary that starts failing (10% 5xx) at 25% is rolled back by itself.
 //! 3. An LLM service (the LLM build of the filter, fake LLM upstreams): the canary model
 //!    answers with twice the output tokens, and is rolled back for its cost per answer.
+//! 4. Continuous eval sampling: a judge (a local HTTP server) scores a share of each
+//!    version's answers; the canary's score lower, and it is rolled back for it.
 
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use canary_e2e::controller::{Canaryctl, ControlledRig};
+use canary_e2e::evaluator::{Evaluator, EvaluatorSpec};
 use canary_e2e::fake_llm::LlmBehaviour;
 use canary_e2e::load::Load;
 use canary_e2e::upstream::UpstreamSpec;
@@ -200,10 +203,10 @@ async fn main() -> Result<()> {
         println!("   reason: {}", reason["message"].as_str().unwrap_or(""));
     }
 
-    llm_scenario().await?;
+    llm_scenarios().await?;
 
     println!("\nLook closer: `canaryctl status --controller <url>` (add --output json), the controller's /metrics,");
-    println!("and each Envoy's /stats/prometheus (canary_rq_*, canary_llm_*{{rollout,version}}).");
+    println!("and each Envoy's /stats/prometheus (canary_rq_*, canary_llm_*, canary_eval_*{{rollout,version}}).");
     Ok(())
 }
 
@@ -221,52 +224,120 @@ filter:
     quality_headers: [{header: x-quality-score, signal: quality_score}]
 "#;
 
-/// One line per analysis of the LLM rollout: answers and cost per answer of each version.
-fn llm_line(status: &Value, started: Instant) -> String {
+const EVAL_SPEC: &str = r#"analysis: {interval: 1s, failure_limit: 3, min_window_requests: 30}
+stages:
+  - {weight_pct: 10, hold: 4s, min_requests: 100}
+  - {weight_pct: 50, hold: 4s, min_requests: 100}
+  - {weight_pct: 100}
+checks: {llm: {eval: {min_samples: 10}}}
+filter:
+  llm: {}
+  eval: {cluster: evaluator, sample_bp: 2000}
+"#;
+
+/// One LLM rollout of the demo, followed one line per analysis by the check it is about.
+struct LlmScenario {
+    title: &'static str,
+    spec: &'static str,
+    stable: LlmBehaviour,
+    canary: LlmBehaviour,
+    /// The check shown on each line, how it is labelled and how its values print.
+    check: &'static str,
+    label: &'static str,
+    unit: &'static str,
+    format: fn(f64) -> String,
+    /// Runs an evaluator (an LLM judge scoring answers by their text) as cluster `evaluator`.
+    evaluator: Option<EvaluatorSpec>,
+}
+
+/// One line per analysis: the scenario's check for each version, and the verdict.
+fn llm_line(scenario: &LlmScenario, status: &Value, started: Instant) -> String {
     let verdict = status["verdicts"]
         .as_array()
         .and_then(|v| v.last())
         .map(|v| &v["verdict"]);
-    let cost = verdict.and_then(|v| check(v, "cost_per_response"));
-    let usd = |c: Option<&Value>, version: &str| {
-        c.and_then(|c| c[version].as_f64())
-            .map_or("        -".into(), |nano| format!("${:.6}", nano / 1e9))
+    let found = verdict.and_then(|v| check(v, scenario.check));
+    let value = |version: &str| {
+        found
+            .and_then(|c| c[version].as_f64())
+            .map_or("        -".into(), scenario.format)
     };
-    let n = |c: Option<&Value>, version: &str| {
-        c.and_then(|c| c[&format!("{version}_n")].as_u64())
+    let n = |version: &str| {
+        found
+            .and_then(|c| c[&format!("{version}_n")].as_u64())
             .unwrap_or(0)
     };
     format!(
-        "  {:>5.1}s  stage {}/{}  weight {:>5}  cost/answer: canary {} ({:>4} answers) | stable {} ({:>4})  → {}",
+        "  {:>5.1}s  stage {}/{}  weight {:>5}  {}: canary {} ({:>4} {}) | stable {} ({:>4})  → {}",
         started.elapsed().as_secs_f64(),
         status["stage"],
         status["stages"],
         format!("{}%", status["weight_bp"].as_f64().unwrap_or(0.0) / 100.0),
-        usd(cost, "canary"),
-        n(cost, "canary"),
-        usd(cost, "stable"),
-        n(cost, "stable"),
-        verdict
-            .and_then(|v| v["outcome"].as_str())
-            .unwrap_or("-")
+        scenario.label,
+        value("canary"),
+        n("canary"),
+        scenario.unit,
+        value("stable"),
+        n("stable"),
+        verdict.and_then(|v| v["outcome"].as_str()).unwrap_or("-")
     )
 }
 
-async fn llm_scenario() -> Result<()> {
-    println!(
-        "\n3. An LLM service: the canary model answers with twice the output tokens (same prices)"
-    );
+async fn llm_scenarios() -> Result<()> {
     let stable = LlmBehaviour {
         prompt_tokens: 200,
         completion_tokens: 300,
         ..LlmBehaviour::default()
     };
-    let canary = LlmBehaviour {
-        completion_tokens: 600,
-        ..stable.clone()
+    let cost = LlmScenario {
+        title:
+            "3. An LLM service: the canary model answers with twice the output tokens (same prices)",
+        spec: LLM_SPEC,
+        canary: LlmBehaviour {
+            completion_tokens: 600,
+            ..stable.clone()
+        },
+        stable: stable.clone(),
+        check: "cost_per_response",
+        label: "cost/answer",
+        unit: "answers",
+        format: |nano| format!("${:.6}", nano / 1e9),
+        evaluator: None,
     };
-    let rig = ControlledRig::start_llm("chat", 2, 500, stable, canary).await?;
-    let ctl = rig.start_controller(LLM_SPEC).await?;
+    llm_scenario(cost).await?;
+    let eval = LlmScenario {
+        title: "4. Continuous eval sampling: an LLM judge scores 20% of each version's answers; the canary's score lower",
+        spec: EVAL_SPEC,
+        canary: LlmBehaviour {
+            agreement_bp: 0, // "Certainly not that." instead of stable's "Sure."
+            ..stable.clone()
+        },
+        stable,
+        check: "eval_score",
+        label: "eval score",
+        unit: "scores",
+        format: |score| format!("{score:>9.3}"),
+        evaluator: Some(EvaluatorSpec {
+            scores: vec![("Certainly".into(), 0.62)],
+            default_score: 0.9,
+        }),
+    };
+    llm_scenario(eval).await
+}
+
+async fn llm_scenario(scenario: LlmScenario) -> Result<()> {
+    println!("\n{}", scenario.title);
+    let evaluator = match scenario.evaluator.clone() {
+        Some(spec) => Some(Evaluator::start(spec).await?),
+        None => None,
+    };
+    let clusters = evaluator
+        .iter()
+        .map(|e| ("evaluator".to_string(), e.addr()))
+        .collect();
+    let (stable, canary) = (scenario.stable.clone(), scenario.canary.clone());
+    let rig = ControlledRig::start_llm_with("chat", 2, 500, stable, canary, clusters).await?;
+    let ctl = rig.start_controller(scenario.spec).await?;
     let load = Load::start(rig.bases.clone(), 5_000, 8, 100);
     let started = Instant::now();
     let mut analyses = 0;
@@ -276,7 +347,7 @@ async fn llm_scenario() -> Result<()> {
         let now = status["analyses"].as_u64().unwrap_or(0);
         if now != analyses {
             analyses = now;
-            println!("{}", llm_line(&status, started));
+            println!("{}", llm_line(&scenario, &status, started));
         }
         let timeline = status["timeline"].as_array().cloned().unwrap_or_default();
         for e in timeline.iter().skip(events) {
@@ -297,6 +368,13 @@ async fn llm_scenario() -> Result<()> {
     );
     if let Some(reason) = status["timeline"].as_array().and_then(|t| t.last()) {
         println!("   reason: {}", reason["message"].as_str().unwrap_or(""));
+    }
+    if let Some(e) = &evaluator {
+        println!(
+            "   the judge scored {} stable and {} canary answers",
+            e.received_for("stable"),
+            e.received_for("canary")
+        );
     }
     Ok(())
 }

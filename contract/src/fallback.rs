@@ -37,6 +37,42 @@ pub struct Fallback {
     /// What the filter answers when every tier is open.
     #[serde(default)]
     pub response: FallbackResponse,
+    /// Retry a request the rollout's own service failed (5xx) on the next tier that takes
+    /// it: only the methods listed (default: the idempotent ones). Absent: no retries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<Retry>,
+}
+
+/// Retries of failed requests down the chain (seed 002 §5: "retries only for idempotent
+/// requests or where the config allows it").
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Retry {
+    /// Methods retried. Default: the idempotent methods of RFC 9110 §9.2.2; add e.g. `POST`
+    /// where the service allows it (an LLM completion has no side effect).
+    pub methods: Vec<String>,
+    /// How long the tier may take to answer the retry; then the user gets the first error.
+    pub timeout_ms: u64,
+    /// Request body bytes kept for a retry at most; a longer request is not retried.
+    pub max_request_bytes: u32,
+}
+
+impl Default for Retry {
+    fn default() -> Self {
+        Retry {
+            methods: ["GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"]
+                .map(String::from)
+                .to_vec(),
+            timeout_ms: 10_000,
+            max_request_bytes: 64 * 1024,
+        }
+    }
+}
+
+impl Retry {
+    pub fn allows(&self, method: &[u8]) -> bool {
+        self.methods.iter().any(|m| m.as_bytes() == method)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -48,6 +84,10 @@ pub struct Tier {
     pub route_value: String,
     #[serde(default)]
     pub circuit_breaker: CircuitBreaker,
+    /// The tier's Envoy cluster: retries are sent there (a tier without one is not retried
+    /// on; users still reach it through the route header).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -112,6 +152,37 @@ pub(crate) fn validate_fallback(v: &mut Validator, at: &str, f: &Fallback) {
             ),
         );
         crate::breaker::validate_breaker(v, &format!("{at}.circuit_breaker"), &t.circuit_breaker);
+        if let Some(cluster) = &t.cluster {
+            v.check(
+                !cluster.is_empty() && cluster.bytes().all(|b| b.is_ascii_graphic()),
+                format!("{at}.cluster"),
+                format!("{cluster:?} is not a cluster name"),
+            );
+        }
+    }
+    if let Some(retry) = &f.retry {
+        v.check(
+            !retry.methods.is_empty(),
+            format!("{at}.retry.methods"),
+            "must name at least one method",
+        );
+        for (j, m) in retry.methods.iter().enumerate() {
+            v.check(
+                !m.is_empty() && m.bytes().all(|b| b.is_ascii_uppercase()),
+                format!("{at}.retry.methods[{j}]"),
+                format!("{m:?} is not an HTTP method in capitals"),
+            );
+        }
+        v.check(
+            (1..=600_000).contains(&retry.timeout_ms),
+            format!("{at}.retry.timeout_ms"),
+            format!("must be 1-600000, got {}", retry.timeout_ms),
+        );
+        v.check(
+            (1..=16 * 1024 * 1024).contains(&retry.max_request_bytes),
+            format!("{at}.retry.max_request_bytes"),
+            format!("must be 1-16777216, got {}", retry.max_request_bytes),
+        );
     }
     let r = &f.response;
     v.check(
@@ -191,9 +262,19 @@ mod tests {
         assert_eq!(f.tiers[0].circuit_breaker, CircuitBreaker::default());
         assert_eq!(f.half_open_probes, 3);
         assert_eq!(f.response, FallbackResponse::default());
+        assert_eq!(f.retry, None, "no retries unless asked");
         assert_eq!(FilterConfig::from_json(c.to_json().as_bytes()), Ok(c));
         let none = parse("null").expect("null is no chain");
         assert!(!none.to_json().contains("fallback"));
+        let c = parse(
+            r#"{"tiers":[{"name":"lite","route_value":"lite","cluster":"lite"}],"retry":{}}"#,
+        )
+        .expect("valid");
+        let f = c.rollouts[0].fallback.as_ref().expect("fallback");
+        let retry = f.retry.as_ref().expect("retry");
+        assert!(retry.allows(b"GET") && retry.allows(b"PUT") && !retry.allows(b"POST"));
+        assert_eq!(f.tiers[0].cluster.as_deref(), Some("lite"));
+        assert_eq!(FilterConfig::from_json(c.to_json().as_bytes()), Ok(c));
     }
 
     #[test]
@@ -223,6 +304,19 @@ mod tests {
                     "rollouts[0].fallback.response.headers[1]",
                     "rollouts[0].fallback.response.body_json",
                 ],
+            ),
+            (
+                r#"{"tiers":[{"name":"a","route_value":"x","cluster":""}],"retry":{"methods":["get"],"timeout_ms":0,"max_request_bytes":0}}"#,
+                &[
+                    "rollouts[0].fallback.tiers[0].cluster",
+                    "rollouts[0].fallback.retry.methods[0]",
+                    "rollouts[0].fallback.retry.timeout_ms",
+                    "rollouts[0].fallback.retry.max_request_bytes",
+                ],
+            ),
+            (
+                r#"{"retry":{"methods":[]}}"#,
+                &["rollouts[0].fallback.retry.methods"],
             ),
             (
                 r#"{"circuit_breaker":{"error_rate_bp":0}}"#,

@@ -8,6 +8,7 @@
 
 use serde_json::{json, Value};
 
+pub use crate::copy::BodyCopy;
 use crate::shadow::{Sampler, VecMap};
 
 /// Per version: which calls are evaluated (evenly spread, per worker and version).
@@ -19,49 +20,6 @@ pub struct EvalSamplers {
 impl EvalSamplers {
     pub fn sample(&mut self, version: canary_contract::Version, sample_bp: u32) -> bool {
         self.per_version[version.index()].sample(sample_bp)
-    }
-}
-
-/// A copy of a request body, up to a cap. Past the cap the copy is given up (and nothing
-/// more is read from the host), never truncated: a cut prompt would be judged wrongly.
-#[derive(Debug, Default)]
-pub struct BodyCopy {
-    body: Vec<u8>,
-    max: usize,
-    over: bool,
-    complete: bool,
-}
-
-impl BodyCopy {
-    pub fn new(max: usize) -> BodyCopy {
-        BodyCopy {
-            max,
-            ..BodyCopy::default()
-        }
-    }
-
-    /// A chunk of `len` bytes passes; `read` copies it from the host.
-    pub fn push(&mut self, len: usize, end: bool, read: impl FnOnce() -> Option<Vec<u8>>) {
-        if self.over {
-            return;
-        }
-        if len > 0 {
-            let chunk = (self.body.len() + len <= self.max).then(read).flatten();
-            match chunk {
-                Some(chunk) => self.body.extend_from_slice(&chunk),
-                None => {
-                    self.over = true;
-                    self.body = Vec::new();
-                    return;
-                }
-            }
-        }
-        self.complete |= end;
-    }
-
-    /// The whole body, if it was copied to its end within the cap.
-    pub fn take(self) -> Option<Vec<u8>> {
-        (self.complete && !self.over).then_some(self.body)
     }
 }
 
@@ -184,28 +142,6 @@ mod tests {
         }
         // 15,000 stable and 5,000 canary calls at 1%: exactly 150 and 50.
         assert_eq!(picked, [150, 50]);
-    }
-
-    #[test]
-    fn body_copy_is_whole_or_nothing() {
-        let mut b = BodyCopy::new(8);
-        b.push(4, false, || Some(b"abcd".to_vec()));
-        b.push(4, true, || Some(b"efgh".to_vec()));
-        assert_eq!(b.take(), Some(b"abcdefgh".to_vec()));
-        let mut b = BodyCopy::new(8);
-        b.push(4, false, || Some(b"abcd".to_vec()));
-        b.push(5, false, || panic!("not read past the cap"));
-        b.push(1, true, || panic!("nothing read once over"));
-        assert_eq!(b.take(), None);
-        let mut b = BodyCopy::new(8);
-        b.push(2, false, || Some(b"ab".to_vec()));
-        assert_eq!(b.take(), None, "the request never ended");
-        let mut b = BodyCopy::new(8);
-        b.push(0, true, || panic!("empty"));
-        assert_eq!(b.take(), Some(Vec::new()), "a request without a body");
-        let mut b = BodyCopy::new(8);
-        b.push(3, true, || None);
-        assert_eq!(b.take(), None, "the host gave no bytes");
     }
 
     #[test]

@@ -135,9 +135,51 @@ pub fn choose(tiers: &mut [(State, u32)]) -> Option<usize> {
     None
 }
 
+/// The lighter tier a request the rollout's own service failed is retried on: the first
+/// after the primary that can take a retry (`retryable`: it has a cluster) and whose breaker
+/// lets it through (a half-open tier's probe is taken). `None`: the filter's response.
+pub fn choose_retry(
+    tiers: &mut [(State, u32)],
+    retryable: impl Fn(usize) -> bool,
+) -> Option<usize> {
+    let mut candidates: Vec<(State, u32)> = tiers
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            if i == 0 || !retryable(i) {
+                (State::Open, 0)
+            } else {
+                *t
+            }
+        })
+        .collect();
+    let chosen = choose(&mut candidates)?;
+    tiers[chosen] = candidates[chosen];
+    Some(chosen)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retries_go_to_the_first_lighter_tier_that_takes_them() {
+        use State::*;
+        let all = |_| true;
+        // The primary is never a retry target, even closed.
+        let mut tiers = [(Closed, 0), (Closed, 0), (Closed, 0)];
+        assert_eq!(choose_retry(&mut tiers, all), Some(1));
+        // A tier without a cluster is skipped; an open one too.
+        assert_eq!(choose_retry(&mut tiers, |i| i != 1), Some(2));
+        let mut tiers = [(Closed, 0), (Open, 0), (Closed, 0)];
+        assert_eq!(choose_retry(&mut tiers, all), Some(2));
+        // A half-open tier takes a retry as a probe while it has one left.
+        let mut tiers = [(Open, 0), (HalfOpen, 1), (Open, 0)];
+        assert_eq!(choose_retry(&mut tiers, all), Some(1));
+        assert_eq!(tiers[1], (HalfOpen, 0), "the probe is taken");
+        assert_eq!(choose_retry(&mut tiers, all), None, "then: the response");
+        assert_eq!(tiers[0], (Open, 0), "the primary's gate is untouched");
+    }
 
     fn config() -> CircuitBreaker {
         CircuitBreaker {

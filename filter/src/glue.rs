@@ -726,6 +726,10 @@ impl RootContext for CanaryRoot {
             routed: None,
             #[cfg(feature = "fallback")]
             tier: None,
+            #[cfg(feature = "fallback")]
+            retry: None,
+            #[cfg(feature = "fallback")]
+            retry_call: None,
             #[cfg(feature = "llm")]
             limiter: self.limiter.clone(),
             #[cfg(feature = "llm")]
@@ -767,6 +771,12 @@ struct CanaryHttp {
     /// or it is a half-open tier's probe.
     #[cfg(feature = "fallback")]
     tier: Option<(usize, usize, bool)>,
+    /// A copy of a request the fallback chain may retry, while the primary answers.
+    #[cfg(feature = "fallback")]
+    retry: Option<RetryCopy>,
+    /// (rollout, tier) of the retry in flight: the answer comes to this context.
+    #[cfg(feature = "fallback")]
+    retry_call: Option<(usize, usize)>,
     #[cfg(feature = "llm")]
     limiter: Rc<RefCell<RateLimiter>>,
     #[cfg(feature = "llm")]
@@ -775,6 +785,14 @@ struct CanaryHttp {
     eval: Rc<EvalShared>,
     #[cfg(feature = "llm")]
     wake: Rc<RootWake>,
+}
+
+/// A request kept for a retry down the fallback chain.
+#[cfg(feature = "fallback")]
+struct RetryCopy {
+    rollout: usize,
+    headers: Vec<(String, String)>,
+    body: crate::copy::BodyCopy,
 }
 
 impl RequestHeaders for CanaryHttp {
@@ -826,18 +844,120 @@ impl CanaryHttp {
             }
             None => {
                 count(chain.response_index());
-                let r = &fallback.response;
-                let mut headers: Vec<(&str, &str)> = vec![
-                    (canary_contract::fallback::DEGRADED_HEADER, "1"),
-                    ("content-type", "application/json"),
-                ];
-                for (name, value) in &r.headers {
-                    headers.retain(|(n, _)| n != name);
-                    headers.push((name, value));
-                }
-                self.send_http_response(u32::from(r.status), headers, Some(r.body_json.as_bytes()));
+                self.send_degraded(&fallback.response);
                 Some(Action::Pause)
             }
+        }
+    }
+
+    /// The chain's last resort: the configured response, marked degraded.
+    #[cfg(feature = "fallback")]
+    fn send_degraded(&self, r: &canary_contract::fallback::FallbackResponse) {
+        let mut headers: Vec<(&str, &str)> = vec![
+            (canary_contract::fallback::DEGRADED_HEADER, "1"),
+            ("content-type", "application/json"),
+        ];
+        for (name, value) in &r.headers {
+            headers.retain(|(n, _)| n != name);
+            headers.push((name, value));
+        }
+        self.send_http_response(u32::from(r.status), headers, Some(r.body_json.as_bytes()));
+    }
+
+    /// Keeps a copy of a request the rollout's own service serves, if the chain retries its
+    /// method.
+    #[cfg(feature = "fallback")]
+    fn keep_for_retry(
+        &mut self,
+        index: usize,
+        rollout: &canary_contract::RolloutConfig,
+        end: bool,
+    ) {
+        let Some(retry) = rollout.fallback.as_ref().and_then(|f| f.retry.as_ref()) else {
+            return;
+        };
+        let method = self.get_http_request_header_bytes(":method");
+        if !method.is_some_and(|m| retry.allows(&m)) {
+            return;
+        }
+        let mut body = crate::copy::BodyCopy::new(retry.max_request_bytes as usize);
+        if end {
+            body.push(0, true, || None);
+        }
+        self.retry = Some(RetryCopy {
+            rollout: index,
+            headers: crate::copy::copied_headers(self.get_http_request_headers_bytes()),
+            body,
+        });
+    }
+
+    /// The rollout's own service answered `status`: if it failed and the request may be
+    /// retried, sends it to the next tier that takes it (`true`: the answer waits for the
+    /// retry's) or answers with the chain's response (`true` as well).
+    #[cfg(feature = "fallback")]
+    fn retry_failed(&mut self, status: Option<&[u8]>) -> bool {
+        let Some(copy) = self.retry.take() else {
+            return false;
+        };
+        if status.is_none_or(|s| s.first() != Some(&b'5')) {
+            return false;
+        }
+        let Some(active) = self.active.clone() else {
+            return false;
+        };
+        let rollout = active.router.rollouts().get(copy.rollout);
+        let fallback = rollout.and_then(|r| r.fallback.as_ref());
+        let chain = active.chains.get(copy.rollout).and_then(Option::as_ref);
+        let (Some(rollout), Some(fallback), Some(chain)) = (rollout, fallback, chain) else {
+            return false;
+        };
+        let Some(retry) = fallback.retry.as_ref() else {
+            return false;
+        };
+        // Over the cap, or the request never ended: the user gets the first answer.
+        let Some(body) = copy.body.take() else {
+            return false;
+        };
+        let count = |tier: usize| {
+            if let Some(id) = chain.ids.get(tier).and_then(|t| t.rq_total) {
+                increment(id, 1);
+            }
+        };
+        let cluster = |tier: usize| {
+            fallback
+                .tiers
+                .get(tier.wrapping_sub(1))
+                .and_then(|t| Some((t.cluster.as_deref()?, t.route_value.as_str())))
+        };
+        let Some(tier) = chain.choose_retry(|i| cluster(i).is_some()) else {
+            count(chain.response_index());
+            self.send_degraded(&fallback.response);
+            return true;
+        };
+        let Some((cluster, route_value)) = cluster(tier) else {
+            return false;
+        };
+        let headers: Vec<(&str, &str)> = copy
+            .headers
+            .iter()
+            .map(|(k, v)| {
+                let v = if *k == rollout.route_header {
+                    route_value
+                } else {
+                    v.as_str()
+                };
+                (k.as_str(), v)
+            })
+            .collect();
+        let body = (!body.is_empty()).then_some(body.as_slice());
+        let timeout = Duration::from_millis(retry.timeout_ms);
+        match hostcalls::dispatch_http_call(cluster, headers, body, vec![], timeout) {
+            Ok(_) => {
+                count(tier);
+                self.retry_call = Some((copy.rollout, tier));
+                true
+            }
+            Err(_) => false,
         }
     }
 
@@ -990,7 +1110,60 @@ impl CanaryHttp {
     }
 }
 
-impl Context for CanaryHttp {}
+impl Context for CanaryHttp {
+    /// The answer to a retry down the fallback chain: the user gets it in place of the
+    /// failed one; if the tier failed too (or did not answer in time), the first answer.
+    #[cfg(feature = "fallback")]
+    fn on_http_call_response(
+        &mut self,
+        _token: u32,
+        _headers: usize,
+        body_size: usize,
+        _trailers: usize,
+    ) {
+        let Some((rollout, tier)) = self.retry_call.take() else {
+            return;
+        };
+        let raw = self.get_http_call_response_headers_bytes();
+        let status = raw
+            .iter()
+            .find(|(k, _)| k == ":status")
+            .and_then(|(_, v)| crate::metrics::parse_status(v));
+        let Some(active) = self.active.clone() else {
+            self.resume_http_response();
+            return;
+        };
+        let chain = active.chains.get(rollout).and_then(Option::as_ref);
+        let ok = status.is_some_and(|s| s < 500);
+        if !ok {
+            // Counted for the tier's breaker, as if the user had been routed there.
+            if let Some(id) = chain.and_then(|c| c.ids.get(tier)).and_then(|t| t.rq_5xx) {
+                increment(id, 1);
+            }
+            self.resume_http_response();
+            return;
+        }
+        let name = active
+            .router
+            .rollouts()
+            .get(rollout)
+            .and_then(|r| r.fallback.as_ref())
+            .and_then(|f| f.tiers.get(tier.wrapping_sub(1)))
+            .map_or("", |t| t.name.as_str());
+        let mut headers: Vec<(String, String)> = raw
+            .into_iter()
+            .filter(|(k, _)| !k.starts_with(':') && crate::copy::forwarded(k))
+            .filter_map(|(k, v)| String::from_utf8(v).ok().map(|v| (k, v)))
+            .collect();
+        headers.push(("x-canary-retried".to_string(), name.to_string()));
+        let headers: Vec<(&str, &str)> = headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let body = self.get_http_call_response_body(0, body_size);
+        self.send_http_response(u32::from(status.unwrap_or(502)), headers, body.as_deref());
+    }
+}
 
 impl HttpContext for CanaryHttp {
     #[cfg_attr(not(feature = "llm"), allow(unused_variables))]
@@ -1045,6 +1218,8 @@ impl HttpContext for CanaryHttp {
         if let Some(action) = self.fall_back(&active, decision.rollout, rollout) {
             return action;
         }
+        #[cfg(feature = "fallback")]
+        self.keep_for_retry(decision.rollout, rollout, end_of_stream);
         #[cfg(feature = "llm")]
         let charge = match self.rate_limit(&active, &decision, now) {
             Ok(charge) => charge,
@@ -1135,6 +1310,10 @@ impl HttpContext for CanaryHttp {
             }
         }
         self.routed = Some(routed);
+        #[cfg(feature = "fallback")]
+        if self.retry_failed(status.as_deref()) {
+            return Action::Pause;
+        }
         Action::Continue
     }
 
@@ -1156,6 +1335,10 @@ impl HttpContext for CanaryHttp {
         }
         if let Some(copy) = routed.eval.as_mut() {
             EvalShared::request_body(copy, body_size, end_of_stream, read);
+        }
+        #[cfg(feature = "fallback")]
+        if let Some(copy) = self.retry.as_mut() {
+            copy.body.push(body_size, end_of_stream, read);
         }
         Action::Continue
     }

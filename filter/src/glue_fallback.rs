@@ -13,7 +13,7 @@ use proxy_wasm::hostcalls;
 use proxy_wasm::types::MetricType;
 
 use crate::control::{decode_ms, encode_ms};
-use crate::fallback::{choose, State, TierBreaker, TierTick};
+use crate::fallback::{choose, choose_retry, State, TierBreaker, TierTick};
 use crate::metrics::RolloutMetrics;
 
 /// Metric ids of one tier (0: the rollout's own service, whose requests are in
@@ -48,6 +48,17 @@ impl Chain {
             gate.set(tier);
         }
         (chosen, probe)
+    }
+
+    /// The lighter tier a failed request is retried on (see [`choose_retry`]); `None`: the
+    /// filter's response.
+    pub fn choose_retry(&self, retryable: impl Fn(usize) -> bool) -> Option<usize> {
+        let mut tiers: Vec<(State, u32)> = self.gates.iter().map(Cell::get).collect();
+        let chosen = choose_retry(&mut tiers, retryable)?;
+        if let (Some(gate), Some(tier)) = (self.gates.get(chosen), tiers.get(chosen)) {
+            gate.set(*tier);
+        }
+        Some(chosen)
     }
 
     /// The response tier's index in `ids`.

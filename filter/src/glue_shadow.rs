@@ -18,7 +18,7 @@ use proxy_wasm::hostcalls;
 use proxy_wasm::types::{BufferType, MapType};
 
 use super::{apply_op, increment, now_ms, Active, RootWake};
-use crate::eval::BodyCopy;
+use crate::copy::{copied_headers, BodyCopy};
 use crate::llm::{LlmExchange, Reading};
 use crate::metrics::MetricOp;
 use crate::shadow::{Answer, Outcome, ShadowBook, ShadowRequest};
@@ -36,23 +36,6 @@ pub(super) struct ShadowShared {
     book: RefCell<ShadowBook<ShadowCtx>>,
     /// When each outstanding copy was sent, by call token (the candidate's latency).
     sent_ms: RefCell<crate::shadow::VecMap<u32, u64>>,
-}
-
-/// Headers not forwarded on the copy: hop-by-hop ones, the length (the body is sent whole
-/// and Envoy sets it), and pseudo-headers other than the three a call needs.
-fn forwarded(name: &str) -> bool {
-    !matches!(
-        name,
-        "connection"
-            | "keep-alive"
-            | "proxy-connection"
-            | "transfer-encoding"
-            | "upgrade"
-            | "te"
-            | "trailer"
-            | "content-length"
-            | "x-canary-shadow"
-    ) && (!name.starts_with(':') || matches!(name, ":method" | ":path" | ":authority"))
 }
 
 /// The copy of one sampled request while it passes.
@@ -131,22 +114,13 @@ impl ShadowShared {
             count(active, rollout, ShadowMetric::Dropped);
             return None;
         };
-        let mut headers = Vec::new();
-        for (name, value) in request_headers() {
-            if !forwarded(&name) {
-                continue;
-            }
-            // The SDK's call takes text values; a header that is not is left off the copy.
-            let Ok(value) = String::from_utf8(value) else {
-                continue;
-            };
-            if name == ":authority" {
-                if let Some(authority) = &shadow.authority {
-                    headers.push((name, authority.clone()));
-                    continue;
+        let mut headers = copied_headers(request_headers());
+        if let Some(authority) = &shadow.authority {
+            for (name, value) in headers.iter_mut() {
+                if name == ":authority" {
+                    value.clone_from(authority);
                 }
             }
-            headers.push((name, value));
         }
         headers.push(("x-canary-shadow".to_string(), "1".to_string()));
         Some(ShadowCopy {

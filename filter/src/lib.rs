@@ -7,6 +7,7 @@
 pub mod breaker;
 pub mod control;
 pub mod cookie;
+pub mod copy;
 #[cfg(feature = "llm")]
 pub mod eval;
 #[cfg(feature = "fallback")]

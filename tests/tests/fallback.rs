@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
 use canary_contract::fallback::{
-    tier_stat_name, Fallback, FallbackResponse, Tier, TierMetric, DEGRADED_HEADER,
+    tier_stat_name, Fallback, FallbackResponse, Retry, Tier, TierMetric, DEGRADED_HEADER,
 };
 use canary_contract::stats::ENVOY_WASM_PREFIX;
 use canary_contract::{CircuitBreaker, FilterConfig, RolloutConfig};
@@ -48,6 +48,7 @@ fn config() -> FilterConfig {
             name: "lite".to_string(),
             route_value: "lite".to_string(),
             circuit_breaker: breaker(LITE_OPEN_S),
+            cluster: None,
         }],
         half_open_probes: 3,
         response: FallbackResponse {
@@ -55,8 +56,24 @@ fn config() -> FilterConfig {
             headers: vec![("x-fallback-source".to_string(), "rules".to_string())],
             body_json: BODY.to_string(),
         },
+        retry: None,
     });
     FilterConfig::new(vec![rollout])
+}
+
+/// [`config`] with retries of `methods` on `lite` (its cluster named), and a primary breaker
+/// that never trips within a test: every failed request meets the retry, not the breaker.
+fn retry_config(methods: &[&str]) -> FilterConfig {
+    let mut c = config();
+    if let Some(f) = c.rollouts[0].fallback.as_mut() {
+        f.circuit_breaker.min_requests = 1_000_000;
+        f.tiers[0].cluster = Some("lite".to_string());
+        f.retry = Some(Retry {
+            methods: methods.iter().map(|m| m.to_string()).collect(),
+            ..Retry::default()
+        });
+    }
+    c
 }
 
 #[derive(Debug, Clone)]
@@ -146,12 +163,13 @@ async fn stat(envoy: &Envoy, metric: TierMetric, tier: &str) -> Result<u64> {
 
 /// The rig's bootstrap plus a `lite` cluster and a route sending `x-canary-version: lite`
 /// to it, ahead of the stable/canary routes.
-fn bootstrap(stable: &Upstream, canary: &Upstream, lite: &Upstream) -> Result<serde_json::Value> {
-    let listener = filter_listener(
-        &config(),
-        paths::llm_filter_wasm()?,
-        FailurePolicy::FailReload,
-    )?;
+fn bootstrap(
+    config: &FilterConfig,
+    stable: &Upstream,
+    canary: &Upstream,
+    lite: &Upstream,
+) -> Result<serde_json::Value> {
+    let listener = filter_listener(config, paths::llm_filter_wasm()?, FailurePolicy::FailReload)?;
     let mut bootstrap = CanaryBootstrap {
         listener: ListenerSource::Static(listener),
         stable: stable.addr(),
@@ -194,7 +212,7 @@ async fn chain_serves_lite_then_the_degraded_response_then_recovers() -> Result<
     let canary = Upstream::start(canary_spec).await?;
     let lite = Upstream::start(UpstreamSpec::new("lite")).await?;
     let envoy = Envoy::start(
-        &bootstrap(&stable, &canary, &lite)?,
+        &bootstrap(&config(), &stable, &canary, &lite)?,
         EnvoyOptions {
             concurrency: 2,
             name: "fallback".to_string(),
@@ -380,6 +398,105 @@ async fn chain_serves_lite_then_the_degraded_response_then_recovers() -> Result<
         stat(&envoy, TierMetric::BreakerTrips, "primary").await?
     );
     ensure!(lite_served > 0 && lite_5xx > 0);
+    Ok(())
+}
+
+/// One request: its method, body and per-request upstream override.
+async fn call(
+    base: &str,
+    method: &str,
+    user: &str,
+    fail_lite_too: bool,
+) -> Result<(u16, String, String)> {
+    let client = reqwest::Client::new();
+    let mut request = client
+        .request(method.parse()?, format!("{base}/v1/chat/completions"))
+        .header("x-user-id", user)
+        .body(r#"{"messages":[{"role":"user","content":"hi"}]}"#);
+    if fail_lite_too {
+        // Goes on the retry too: lite fails it as well.
+        request = request.header("x-upstream-status", "502");
+    }
+    let response = request.send().await?;
+    let header = |name: &str| {
+        response
+            .headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("-")
+            .to_string()
+    };
+    let (served_by, retried) = (header(SERVED_BY), header("x-canary-retried"));
+    Ok((response.status().as_u16(), served_by, retried))
+}
+
+/// Issue 7's retries: a request the rollout's own service fails (5xx) is sent again to the
+/// next tier with a cluster and the user gets that tier's answer instead, with no error —
+/// only for the methods the configuration allows (by default the idempotent ones: a `POST`
+/// gets its error unless `POST` is listed). When the tier fails too, the user gets the
+/// first answer. The primary breaker never trips here: these are retries, not the breaker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_requests_are_retried_on_lite_only_where_allowed() -> Result<()> {
+    let _slot = envoy::exclusive().await;
+    let stable = Upstream::start(UpstreamSpec::new("stable")).await?;
+    let mut canary_spec = UpstreamSpec::new("canary");
+    canary_spec.error_rate_bp = 10_000;
+    let canary = Upstream::start(canary_spec).await?;
+    let lite = Upstream::start(UpstreamSpec::new("lite")).await?;
+    for (methods, post_retried) in [(&["GET", "HEAD"][..], false), (&["GET", "POST"][..], true)] {
+        let envoy = Envoy::start(
+            &bootstrap(&retry_config(methods), &stable, &canary, &lite)?,
+            EnvoyOptions {
+                concurrency: 2,
+                name: "fallback-retry".to_string(),
+                cpus: None,
+            },
+        )
+        .await?;
+        let base = envoy.url().await?;
+        let mut retried = 0;
+        for i in 0..20 {
+            let user = load::user_id(i);
+            let get = call(&base, "GET", &user, false).await?;
+            ensure!(
+                get == (200, "lite".into(), "lite".into()),
+                "{methods:?} GET: {get:?}"
+            );
+            let post = call(&base, "POST", &user, false).await?;
+            if post_retried {
+                ensure!(
+                    post == (200, "lite".into(), "lite".into()),
+                    "{methods:?} POST: {post:?}"
+                );
+            } else {
+                ensure!(
+                    post == (503, "canary".into(), "-".into()),
+                    "{methods:?} POST: {post:?}"
+                );
+            }
+            retried += 1 + u64::from(post_retried);
+        }
+        // Lite fails the retry too: the user gets the canary's own error.
+        let both_fail = call(&base, "GET", "u-both", true).await?;
+        ensure!(
+            both_fail == (502, "canary".into(), "-".into()),
+            "{both_fail:?}"
+        );
+        let counted = eventually(
+            "the retries counted on lite",
+            Duration::from_secs(10),
+            || async {
+                Ok((
+                    stat(&envoy, TierMetric::RqTotal, "lite").await?,
+                    stat(&envoy, TierMetric::Rq5xx, "lite").await?,
+                ))
+            },
+            |&(total, errors)| total == retried + 1 && errors == 1,
+        )
+        .await?;
+        eprintln!("{methods:?}: {counted:?} (lite requests, 5xx)");
+        ensure!(stat(&envoy, TierMetric::BreakerTrips, "primary").await? == 0);
+    }
     Ok(())
 }
 

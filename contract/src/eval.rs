@@ -83,10 +83,6 @@ fn default_signal() -> String {
     DEFAULT_EVAL_SIGNAL.to_string()
 }
 
-const MAX_TIMEOUT_MS: u64 = 600_000;
-const MAX_IN_FLIGHT_LIMIT: u32 = 10_000;
-const MAX_REQUEST_BYTES_LIMIT: u32 = 16 * 1024 * 1024;
-
 pub(crate) fn validate_eval(
     v: &mut Validator,
     at: &str,
@@ -99,47 +95,21 @@ pub(crate) fn validate_eval(
         "needs `llm` on the same rollout (the answer is read by the LLM reader)",
     );
     v.check(
-        !eval.cluster.is_empty(),
-        format!("{at}.cluster"),
-        "must not be empty",
-    );
-    v.check(
         eval.path.starts_with('/') && eval.path.bytes().all(|b| b.is_ascii_graphic()),
         format!("{at}.path"),
         format!("{:?} must be a path starting with '/'", eval.path),
     );
-    if let Some(authority) = &eval.authority {
-        v.check(
-            !authority.is_empty() && authority.bytes().all(|b| b.is_ascii_graphic()),
-            format!("{at}.authority"),
-            format!("{authority:?} is not a host[:port]"),
-        );
-    }
-    v.check(
-        (1..=crate::MAX_WEIGHT_BP).contains(&eval.sample_bp),
-        format!("{at}.sample_bp"),
-        format!("must be 1-10000, got {}", eval.sample_bp),
-    );
-    v.check(
-        (1..=MAX_TIMEOUT_MS).contains(&eval.timeout_ms),
-        format!("{at}.timeout_ms"),
-        format!("must be 1-{MAX_TIMEOUT_MS}, got {}", eval.timeout_ms),
-    );
-    v.check(
-        (1..=MAX_IN_FLIGHT_LIMIT).contains(&eval.max_in_flight),
-        format!("{at}.max_in_flight"),
-        format!(
-            "must be 1-{MAX_IN_FLIGHT_LIMIT}, got {}",
-            eval.max_in_flight
-        ),
-    );
-    v.check(
-        (1..=MAX_REQUEST_BYTES_LIMIT).contains(&eval.max_request_bytes),
-        format!("{at}.max_request_bytes"),
-        format!(
-            "must be 1-{MAX_REQUEST_BYTES_LIMIT}, got {}",
-            eval.max_request_bytes
-        ),
+    crate::shadow::validate_outgoing(
+        v,
+        at,
+        crate::shadow::Outgoing {
+            cluster: &eval.cluster,
+            authority: eval.authority.as_deref(),
+            sample_bp: eval.sample_bp,
+            timeout_ms: eval.timeout_ms,
+            max_in_flight: eval.max_in_flight,
+            max_request_bytes: eval.max_request_bytes,
+        },
     );
     v.check(
         crate::llm::is_signal_name(&eval.signal),

@@ -84,42 +84,66 @@ pub(crate) fn validate_shadow(v: &mut Validator, at: &str, shadow: &Shadow, has_
         at.to_string(),
         "needs `llm` on the same rollout (the primary's answer is read by the LLM reader)",
     );
+    validate_outgoing(
+        v,
+        at,
+        Outgoing {
+            cluster: &shadow.cluster,
+            authority: shadow.authority.as_deref(),
+            sample_bp: shadow.sample_bp,
+            timeout_ms: shadow.timeout_ms,
+            max_in_flight: shadow.max_in_flight,
+            max_request_bytes: shadow.max_request_bytes,
+        },
+    );
+}
+
+/// The fields shared by the filter's own sampled calls (shadow copies, evaluations).
+pub(crate) struct Outgoing<'a> {
+    pub cluster: &'a str,
+    pub authority: Option<&'a str>,
+    pub sample_bp: u32,
+    pub timeout_ms: u64,
+    pub max_in_flight: u32,
+    pub max_request_bytes: u32,
+}
+
+pub(crate) fn validate_outgoing(v: &mut Validator, at: &str, o: Outgoing) {
     v.check(
-        !shadow.cluster.is_empty(),
+        !o.cluster.is_empty(),
         format!("{at}.cluster"),
         "must not be empty",
     );
-    v.check(
-        (1..=crate::MAX_WEIGHT_BP).contains(&shadow.sample_bp),
-        format!("{at}.sample_bp"),
-        format!("must be 1-10000, got {}", shadow.sample_bp),
-    );
-    v.check(
-        (1..=MAX_TIMEOUT_MS).contains(&shadow.timeout_ms),
-        format!("{at}.timeout_ms"),
-        format!("must be 1-{MAX_TIMEOUT_MS}, got {}", shadow.timeout_ms),
-    );
-    v.check(
-        (1..=MAX_IN_FLIGHT_LIMIT).contains(&shadow.max_in_flight),
-        format!("{at}.max_in_flight"),
-        format!(
-            "must be 1-{MAX_IN_FLIGHT_LIMIT}, got {}",
-            shadow.max_in_flight
-        ),
-    );
-    v.check(
-        (1..=MAX_REQUEST_BYTES_LIMIT).contains(&shadow.max_request_bytes),
-        format!("{at}.max_request_bytes"),
-        format!(
-            "must be 1-{MAX_REQUEST_BYTES_LIMIT}, got {}",
-            shadow.max_request_bytes
-        ),
-    );
-    if let Some(authority) = &shadow.authority {
+    if let Some(authority) = o.authority {
         v.check(
             !authority.is_empty() && authority.bytes().all(|b| b.is_ascii_graphic()),
             format!("{at}.authority"),
             format!("{authority:?} is not a host[:port]"),
+        );
+    }
+    let limits = [
+        (
+            "sample_bp",
+            u64::from(o.sample_bp),
+            u64::from(crate::MAX_WEIGHT_BP),
+        ),
+        ("timeout_ms", o.timeout_ms, MAX_TIMEOUT_MS),
+        (
+            "max_in_flight",
+            u64::from(o.max_in_flight),
+            u64::from(MAX_IN_FLIGHT_LIMIT),
+        ),
+        (
+            "max_request_bytes",
+            u64::from(o.max_request_bytes),
+            u64::from(MAX_REQUEST_BYTES_LIMIT),
+        ),
+    ];
+    for (field, value, max) in limits {
+        v.check(
+            (1..=max).contains(&value),
+            format!("{at}.{field}"),
+            format!("must be 1-{max}, got {value}"),
         );
     }
 }

@@ -64,15 +64,20 @@ struct Active {
     /// Per rollout with `shadow`: its shadow counters' ids, in `ShadowMetric` order.
     #[cfg(feature = "llm")]
     shadow_ids: Vec<Option<Vec<u32>>>,
-    /// Per rollout: which requests are copied to the candidate.
-    #[cfg(feature = "llm")]
-    samplers: RefCell<Vec<crate::shadow::Sampler>>,
     /// Per rollout with `eval`: its eval counters' ids, per version in `EvalMetric` order.
     #[cfg(feature = "llm")]
     eval_ids: Vec<Option<EvalIds>>,
-    /// Per rollout: which calls of each version are evaluated.
+    /// Per rollout: which requests are copied to the candidate, and which calls of each
+    /// version are evaluated.
     #[cfg(feature = "llm")]
-    eval_samplers: RefCell<Vec<crate::eval::EvalSamplers>>,
+    samplers: RefCell<Vec<Samplers>>,
+}
+
+#[cfg(feature = "llm")]
+#[derive(Default)]
+struct Samplers {
+    shadow: crate::shadow::Sampler,
+    eval: crate::eval::EvalSamplers,
 }
 
 #[cfg(feature = "llm")]
@@ -231,6 +236,12 @@ fn apply_op(active: &Active, rollout: usize, op: MetricOp, version: canary_contr
     }
 }
 
+#[cfg(feature = "llm")]
+fn define_counter(name: &str) -> Result<u32, String> {
+    hostcalls::define_metric(MetricType::Counter, name)
+        .map_err(|status| format!("defining metric {name}: {status:?}"))
+}
+
 fn increment(metric_id: u32, delta: u64) {
     // A failed update is not worth failing anything over.
     let _ = hostcalls::increment_metric(metric_id, i64::try_from(delta).unwrap_or(i64::MAX));
@@ -298,23 +309,21 @@ impl CanaryRoot {
             .map(|r| self.chain.chain(r))
             .collect::<Result<Vec<_>, _>>()?;
         #[cfg(feature = "llm")]
-        let mut shadow_ids = Vec::with_capacity(config.rollouts.len());
-        #[cfg(feature = "llm")]
-        for r in &config.rollouts {
-            let Some(_) = r.shadow else {
-                shadow_ids.push(None);
-                continue;
-            };
-            let mut ids = Vec::with_capacity(canary_contract::ShadowMetric::ALL.len());
-            for m in canary_contract::ShadowMetric::ALL {
-                let name = m.stat_name(&r.name);
-                ids.push(
-                    hostcalls::define_metric(MetricType::Counter, &name)
-                        .map_err(|status| format!("defining metric {name}: {status:?}"))?,
-                );
-            }
-            shadow_ids.push(Some(ids));
-        }
+        let shadow_ids = config
+            .rollouts
+            .iter()
+            .map(|r| {
+                let Some(_) = r.shadow else {
+                    return Ok(None);
+                };
+                let names = canary_contract::ShadowMetric::ALL.map(|m| m.stat_name(&r.name));
+                names
+                    .iter()
+                    .map(|n| define_counter(n))
+                    .collect::<Result<_, _>>()
+                    .map(Some)
+            })
+            .collect::<Result<Vec<_>, String>>()?;
         #[cfg(feature = "llm")]
         let mut eval_ids = Vec::with_capacity(config.rollouts.len());
         #[cfg(feature = "llm")]
@@ -326,10 +335,8 @@ impl CanaryRoot {
             let mut ids: EvalIds = Default::default();
             for version in Version::ALL {
                 for m in canary_contract::EvalMetric::ALL {
-                    let name = m.stat_name(&r.name, version);
                     ids[version.index()][m.index()] =
-                        hostcalls::define_metric(MetricType::Counter, &name)
-                            .map_err(|status| format!("defining metric {name}: {status:?}"))?;
+                        define_counter(&m.stat_name(&r.name, version))?;
                 }
             }
             eval_ids.push(Some(ids));
@@ -344,21 +351,11 @@ impl CanaryRoot {
             #[cfg(feature = "fallback")]
             chains,
             #[cfg(feature = "llm")]
-            samplers: RefCell::new(
-                (0..metrics.len())
-                    .map(|_| crate::shadow::Sampler::default())
-                    .collect(),
-            ),
+            samplers: RefCell::new((0..metrics.len()).map(|_| Samplers::default()).collect()),
             #[cfg(feature = "llm")]
             shadow_ids,
             #[cfg(feature = "llm")]
             eval_ids,
-            #[cfg(feature = "llm")]
-            eval_samplers: RefCell::new(
-                (0..metrics.len())
-                    .map(|_| crate::eval::EvalSamplers::default())
-                    .collect(),
-            ),
             router,
             metrics,
         }));

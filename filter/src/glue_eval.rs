@@ -57,11 +57,11 @@ impl EvalShared {
     ) -> Option<EvalCopy> {
         let eval = active.router.rollouts().get(rollout)?.eval.as_ref()?;
         let sampled = active
-            .eval_samplers
+            .samplers
             .try_borrow_mut()
             .ok()?
             .get_mut(rollout)
-            .is_some_and(|s| s.sample(version, eval.sample_bp));
+            .is_some_and(|s| s.eval.sample(version, eval.sample_bp));
         if !sampled {
             return None;
         }

@@ -91,9 +91,10 @@ impl ShadowShared {
         let shadow = active.router.rollouts().get(rollout)?.shadow.as_ref()?;
         let sampled = active
             .samplers
-            .borrow_mut()
+            .try_borrow_mut()
+            .ok()?
             .get_mut(rollout)
-            .is_some_and(|s| s.sample(shadow.sample_bp));
+            .is_some_and(|s| s.shadow.sample(shadow.sample_bp));
         if !sampled {
             return None;
         }

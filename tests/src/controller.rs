@@ -438,3 +438,19 @@ pub async fn wait_status(
 ) -> Result<Value> {
     eventually(what, deadline, || ctl.status(), |s| done(s)).await
 }
+
+/// The checks of every passing analysis in a status (`canaryctl status` JSON).
+pub fn passing_checks(status: &Value) -> Vec<Value> {
+    status["verdicts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|v| v["verdict"]["outcome"] == "pass")
+        .flat_map(|v| {
+            v["verdict"]["checks"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        })
+        .collect()
+}

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use canary_contract::{EvalSampling, FilterConfig, LlmSignals, RolloutConfig};
-use canary_e2e::controller::{wait_status, ControlledRig};
+use canary_e2e::controller::{passing_checks, wait_status, ControlledRig};
 use canary_e2e::envoy;
 use canary_e2e::envoy::Envoy;
 use canary_e2e::evaluator::{Evaluator, EvaluatorSpec};
@@ -374,17 +374,8 @@ async fn equal_eval_scores_let_the_canary_through() -> Result<()> {
     let _slot = envoy::exclusive().await;
     let (status, _evaluator) = controlled(LlmBehaviour::default(), "2s").await?;
     assert_eq!(status["phase"], "promoted", "{status}");
-    let judged = status["verdicts"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|v| v["verdict"]["outcome"] == "pass")
-        .flat_map(|v| {
-            v["verdict"]["checks"]
-                .as_array()
-                .cloned()
-                .unwrap_or_default()
-        })
+    let judged = passing_checks(&status)
+        .iter()
         .any(|c| c["check"] == "eval_score" && c["outcome"] == "pass");
     assert!(judged, "no passing eval_score check: {status}");
     Ok(())

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use canary_contract::{RolloutConfig, Version};
-use canary_e2e::controller::{wait_status, Canaryctl, ControlledRig, TOKEN};
+use canary_e2e::controller::{passing_checks, wait_status, Canaryctl, ControlledRig, TOKEN};
 use canary_e2e::envoy;
 use canary_e2e::fake_llm::LlmBehaviour;
 use canary_e2e::load::Load;
@@ -138,17 +138,8 @@ async fn canary_with_equal_signals_is_promoted() -> Result<()> {
     assert_eq!(status["phase"], "promoted", "{}", ctl.log());
     assert_eq!(status["weight_bp"], 10_000);
     // The passing verdicts did judge the LLM signals, not just the requests.
-    let judged: Vec<String> = status["verdicts"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|v| v["verdict"]["outcome"] == "pass")
-        .flat_map(|v| {
-            v["verdict"]["checks"]
-                .as_array()
-                .cloned()
-                .unwrap_or_default()
-        })
+    let judged: Vec<String> = passing_checks(&status)
+        .iter()
         .filter_map(|c| c["check"].as_str().map(str::to_string))
         .collect();
     for check in [

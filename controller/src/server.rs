@@ -315,6 +315,21 @@ async fn analysis_loop(controller: Shared, spec: RolloutSpec, http: reqwest::Cli
 }
 
 fn status_json(c: &Controller) -> serde_json::Value {
+    let feedback: serde_json::Map<_, _> = ["canary", "stable"]
+        .map(|version| {
+            let count = |rating| {
+                c.feedback_total
+                    .get(&(version, rating))
+                    .copied()
+                    .unwrap_or(0)
+            };
+            (
+                version.to_string(),
+                json!({"up": count("up"), "down": count("down")}),
+            )
+        })
+        .into_iter()
+        .collect();
     let now = now_ms();
     json!({
         "rollout": c.spec.name,
@@ -361,12 +376,7 @@ fn status_json(c: &Controller) -> serde_json::Value {
             "proxies": c.proxies,
             "sentinel": c.quota,
         })),
-        "feedback": {
-            "canary": {"up": c.feedback_total.get(&("canary", "up")).copied().unwrap_or(0),
-                       "down": c.feedback_total.get(&("canary", "down")).copied().unwrap_or(0)},
-            "stable": {"up": c.feedback_total.get(&("stable", "up")).copied().unwrap_or(0),
-                       "down": c.feedback_total.get(&("stable", "down")).copied().unwrap_or(0)},
-        },
+        "feedback": feedback,
     })
 }
 
@@ -548,25 +558,30 @@ async fn metrics(State(app): State<AppState>) -> Response {
             c.source_errors.get(source).copied().unwrap_or(0)
         ));
     }
-    out.push_str("# HELP canary_controller_check_value Each version's value in the last judged window, per check (error_rate, latency_p99, cost_per_response in nano-USD, refusal_rate, quality_<signal>, task_success_rate, thumbs_down_rate, ttft_p95 in ms).\n# TYPE canary_controller_check_value gauge\n");
-    for check in &c.last_checks {
-        for (version, value) in [("canary", check.canary), ("stable", check.stable)] {
-            if let Some(value) = value {
-                out.push_str(&format!(
-                    "canary_controller_check_value{{rollout=\"{r}\",check=\"{}\",version=\"{version}\"}} {value}\n",
-                    check.check
-                ));
-            }
-        }
-    }
-    out.push_str("# HELP canary_controller_check_samples Samples behind each version's value in the last judged window, per check.\n# TYPE canary_controller_check_samples gauge\n");
-    for check in &c.last_checks {
-        for (version, n) in [("canary", check.canary_n), ("stable", check.stable_n)] {
-            if let Some(n) = n {
-                out.push_str(&format!(
-                    "canary_controller_check_samples{{rollout=\"{r}\",check=\"{}\",version=\"{version}\"}} {n}\n",
-                    check.check
-                ));
+    // Per check of the last judged window: each version's value and its samples.
+    type CheckSeries = fn(&crate::judge::CheckResult) -> [Option<String>; 2];
+    let check_series: [(&str, &str, CheckSeries); 2] = [
+        (
+            "canary_controller_check_value",
+            "Each version's value in the last judged window, per check (error_rate, latency_p99, cost_per_response in nano-USD, refusal_rate, quality_<signal>, task_success_rate, thumbs_down_rate, ttft_p95 in ms, eval_score).",
+            |check| [check.canary, check.stable].map(|v| v.map(|v| v.to_string())),
+        ),
+        (
+            "canary_controller_check_samples",
+            "Samples behind each version's value in the last judged window, per check.",
+            |check| [check.canary_n, check.stable_n].map(|n| n.map(|n| n.to_string())),
+        ),
+    ];
+    for (name, help, values) in check_series {
+        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} gauge\n"));
+        for check in &c.last_checks {
+            for (version, value) in ["canary", "stable"].into_iter().zip(values(check)) {
+                if let Some(value) = value {
+                    out.push_str(&format!(
+                        "{name}{{rollout=\"{r}\",check=\"{}\",version=\"{version}\"}} {value}\n",
+                        check.check
+                    ));
+                }
             }
         }
     }

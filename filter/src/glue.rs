@@ -242,6 +242,23 @@ fn define_counter(name: &str) -> Result<u32, String> {
         .map_err(|status| format!("defining metric {name}: {status:?}"))
 }
 
+/// The entry under `key` of a small keyed list (breakers outliving configurations),
+/// made with `make` if there is none.
+pub(crate) fn keyed_entry<T>(
+    list: &mut Vec<(String, T)>,
+    key: String,
+    make: impl FnOnce() -> T,
+) -> &mut T {
+    let j = match list.iter().position(|(k, _)| *k == key) {
+        Some(j) => j,
+        None => {
+            list.push((key, make()));
+            list.len() - 1
+        }
+    };
+    &mut list[j].1
+}
+
 fn increment(metric_id: u32, delta: u64) {
     // A failed update is not worth failing anything over.
     let _ = hostcalls::increment_metric(metric_id, i64::try_from(delta).unwrap_or(i64::MAX));
@@ -398,14 +415,7 @@ impl CanaryRoot {
             let key = format!("wasm-canary/breaker/{}", r.name);
             let (stored, cas) = hostcalls::get_shared_data(&key).unwrap_or_default();
             let name = format!("{} {}", r.name, config.window_s);
-            let j = match self.breakers.iter().position(|(n, _)| *n == name) {
-                Some(j) => j,
-                None => {
-                    self.breakers.push((name, Local::new(config)));
-                    self.breakers.len() - 1
-                }
-            };
-            let local = &mut self.breakers[j].1;
+            let local = keyed_entry(&mut self.breakers, name, || Local::new(config));
             let tick = local.tick(
                 config,
                 now,

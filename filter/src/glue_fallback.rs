@@ -165,14 +165,9 @@ impl ChainRoot {
             let key = format!("wasm-canary/tier/{}/{name}", r.name);
             let (stored, cas) = hostcalls::get_shared_data(&key).unwrap_or_default();
             let local_key = format!("{}/{name} {}", r.name, config.window_s);
-            let j = match self.breakers.iter().position(|(k, _)| *k == local_key) {
-                Some(j) => j,
-                None => {
-                    self.breakers.push((local_key, TierBreaker::new(config)));
-                    self.breakers.len() - 1
-                }
-            };
-            let local = &mut self.breakers[j].1;
+            let local = crate::glue::keyed_entry(&mut self.breakers, local_key, || {
+                TierBreaker::new(config)
+            });
             let tick = local.tick(
                 config,
                 f.half_open_probes,

@@ -185,6 +185,21 @@ struct Table {
 }
 
 impl Table {
+    /// `key`'s bucket, refilled to `now_ms`; a user not in the table (new, or forgotten
+    /// meanwhile) starts from a full bucket, after room is made for them.
+    fn bucket(&mut self, key: &str, now_ms: u64) -> &mut UserBucket {
+        if !self.users.contains_key(key) {
+            self.make_room(now_ms);
+        }
+        let limits = self.limits;
+        let bucket = self
+            .users
+            .entry(key.to_string())
+            .or_insert_with(|| UserBucket::full(&limits, now_ms));
+        bucket.advance(&limits, now_ms);
+        bucket
+    }
+
     /// Makes room for one more user: forget users whose buckets are full again (they are
     /// indistinguishable from new ones), else the least recently seen.
     fn make_room(&mut self, now_ms: u64) {
@@ -264,15 +279,7 @@ impl RateLimiter {
         let Some(key) = key.filter(|_| !limits.is_empty()) else {
             return Ok(untracked);
         };
-        let table = self.table(rollout, limits);
-        if !table.users.contains_key(key) {
-            table.make_room(now_ms);
-        }
-        let bucket = table
-            .users
-            .entry(key.to_string())
-            .or_insert_with(|| UserBucket::full(&limits, now_ms));
-        bucket.advance(&limits, now_ms);
+        let bucket = self.table(rollout, limits).bucket(key, now_ms);
         let p = scaled(1, limits.period_ms);
         if let Some(n) = limits.requests {
             if bucket.requests < p {
@@ -319,14 +326,7 @@ impl RateLimiter {
             return;
         };
         // A user forgotten meanwhile starts from a full bucket, as a new user would.
-        if !table.users.contains_key(key) {
-            table.make_room(now_ms);
-        }
-        let bucket = table
-            .users
-            .entry(key.to_string())
-            .or_insert_with(|| UserBucket::full(&limits, now_ms));
-        bucket.advance(&limits, now_ms);
+        let bucket = table.bucket(key, now_ms);
         let cap = scaled(n, limits.period_ms);
         bucket.tokens = if actual >= charged {
             let extra = scaled(actual - charged, limits.period_ms);

@@ -29,6 +29,14 @@ pub fn copied_headers(raw: Vec<(String, Vec<u8>)>) -> Vec<(String, String)> {
         .collect()
 }
 
+/// Headers as the SDK's calls take them.
+pub fn header_pairs(headers: &[(String, String)]) -> Vec<(&str, &str)> {
+    headers
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect()
+}
+
 /// A copy of a request body, up to a cap. Past the cap the copy is given up (and nothing
 /// more is read from the host), never truncated: a cut prompt would be judged wrongly.
 #[derive(Debug, Default)]

@@ -142,19 +142,24 @@ struct CanaryRoot {
     /// Metric ids by rollout name and metric set, defined once per VM (a handful: a list
     /// is enough).
     metric_ids: Vec<(String, RolloutMetrics)>,
-    /// Per-user buckets of this worker: outlive configuration updates.
-    #[cfg(feature = "llm")]
-    limiter: Rc<RefCell<RateLimiter>>,
     /// Circuit breakers by rollout name and window: they outlive configurations.
     breakers: Vec<(String, Local)>,
     #[cfg(feature = "fallback")]
     chain: crate::glue_fallback::ChainRoot,
     #[cfg(feature = "llm")]
-    shadow: Rc<ShadowShared>,
-    #[cfg(feature = "llm")]
-    eval: Rc<EvalShared>,
-    #[cfg(feature = "llm")]
-    wake: Rc<RootWake>,
+    worker: Rc<Worker>,
+}
+
+/// A worker's state shared by its root context and HTTP contexts (one `Rc` to clone per
+/// request), outliving configuration updates.
+#[cfg(feature = "llm")]
+#[derive(Default)]
+struct Worker {
+    /// Per-user buckets.
+    limiter: RefCell<RateLimiter>,
+    shadow: ShadowShared,
+    eval: EvalShared,
+    wake: RootWake,
 }
 
 /// Wakes a worker's root context from its HTTP contexts, to send shadow copies and
@@ -211,35 +216,39 @@ impl MetricHost for EnvoyMetrics {
     }
 }
 
+/// Defines one of the metrics outside [`RolloutMetrics`] (shadow, eval, tier stats).
+#[cfg(any(feature = "llm", feature = "fallback"))]
+pub(crate) fn define_metric(kind: MetricKind, name: &str) -> Result<u32, String> {
+    EnvoyMetrics
+        .define(kind, name)
+        .map_err(|e| format!("defining metric {name}: {e}"))
+}
+
 /// Carries out one metric operation of rollout `rollout` of `active`.
 fn apply_op(active: &Active, rollout: usize, op: MetricOp, version: canary_contract::Version) {
     let Some(metrics) = active.metrics.get(rollout) else {
         return;
     };
-    match op {
-        MetricOp::Increment(m) => {
-            if let Ok(mut pending) = active.pending.try_borrow_mut() {
-                pending.add(rollout, version, m, 1);
-            }
-        }
-        MetricOp::Add(m, delta) => {
-            if let Ok(mut pending) = active.pending.try_borrow_mut() {
-                pending.add(rollout, version, m, delta);
-            }
-        }
+    let (m, delta) = match op {
+        MetricOp::Increment(m) => (m, 1),
+        MetricOp::Add(m, delta) => (m, delta),
         MetricOp::Record(m, v) => {
             if let Some(id) = metrics.id(version, m) {
                 // A failed metric update is not worth failing the request over.
                 let _ = hostcalls::record_metric(id, v);
             }
+            return;
         }
+    };
+    // Counters are summed in the VM and flushed on tick.
+    if let Ok(mut pending) = active.pending.try_borrow_mut() {
+        pending.add(rollout, version, m, delta);
     }
 }
 
 #[cfg(feature = "llm")]
 fn define_counter(name: &str) -> Result<u32, String> {
-    hostcalls::define_metric(MetricType::Counter, name)
-        .map_err(|status| format!("defining metric {name}: {status:?}"))
+    define_metric(MetricKind::Counter, name)
 }
 
 /// The entry under `key` of a small keyed list (breakers outliving configurations),
@@ -574,8 +583,8 @@ impl Context for CanaryRoot {
         _num_trailers: usize,
     ) {
         #[cfg(feature = "llm")]
-        if self.shadow.candidate_response(token_id, body_size)
-            || self.eval.answered(token_id, body_size)
+        if self.worker.shadow.candidate_response(token_id, body_size)
+            || self.worker.eval.answered(token_id, body_size)
         {
             return;
         }
@@ -691,7 +700,7 @@ impl RootContext for CanaryRoot {
             return false;
         }
         #[cfg(feature = "llm")]
-        self.wake.register();
+        self.worker.wake.register();
         // A configuration the controller published before this plugin instance existed
         // (e.g. after a listener update) wins over the plugin's initial one.
         self.sync_from_shared();
@@ -702,9 +711,9 @@ impl RootContext for CanaryRoot {
     fn on_tick(&mut self) {
         #[cfg(feature = "llm")]
         {
-            self.shadow.send_ready();
-            self.shadow.expire();
-            self.eval.send_ready();
+            self.worker.shadow.send_ready();
+            self.worker.shadow.expire();
+            self.worker.eval.send_ready();
         }
         if let Some(active) = &self.active {
             active.flush_counters();
@@ -722,9 +731,9 @@ impl RootContext for CanaryRoot {
 
     #[cfg(feature = "llm")]
     fn on_queue_ready(&mut self, _queue_id: u32) {
-        self.wake.drain();
-        self.shadow.send_ready();
-        self.eval.send_ready();
+        self.worker.wake.drain();
+        self.worker.shadow.send_ready();
+        self.worker.eval.send_ready();
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
@@ -738,13 +747,7 @@ impl RootContext for CanaryRoot {
             #[cfg(feature = "fallback")]
             retry_call: None,
             #[cfg(feature = "llm")]
-            limiter: self.limiter.clone(),
-            #[cfg(feature = "llm")]
-            shadow: self.shadow.clone(),
-            #[cfg(feature = "llm")]
-            eval: self.eval.clone(),
-            #[cfg(feature = "llm")]
-            wake: self.wake.clone(),
+            worker: self.worker.clone(),
         }))
     }
 
@@ -785,13 +788,7 @@ struct CanaryHttp {
     #[cfg(feature = "fallback")]
     retry_call: Option<(usize, usize)>,
     #[cfg(feature = "llm")]
-    limiter: Rc<RefCell<RateLimiter>>,
-    #[cfg(feature = "llm")]
-    shadow: Rc<ShadowShared>,
-    #[cfg(feature = "llm")]
-    eval: Rc<EvalShared>,
-    #[cfg(feature = "llm")]
-    wake: Rc<RootWake>,
+    worker: Rc<Worker>,
 }
 
 /// A request kept for a retry down the fallback chain.
@@ -809,16 +806,6 @@ impl RequestHeaders for CanaryHttp {
 }
 
 impl CanaryHttp {
-    fn apply(
-        &self,
-        active: &Active,
-        rollout: usize,
-        version_op: MetricOp,
-        version: canary_contract::Version,
-    ) {
-        apply_op(active, rollout, version_op, version);
-    }
-
     /// Sends the request down the fallback chain when the rollout's own service's breaker
     /// is open: to the first lighter tier that takes it, else answers it with the
     /// configured degraded response. `None`: the rollout's own service serves it.
@@ -1036,23 +1023,25 @@ impl CanaryHttp {
             return;
         };
         if let Some(llm) = routed.llm.as_mut() {
+            let now = now_ms();
             let mut tokens = None;
-            for op in llm.on_end(now_ms(), signals, routed.exchange.version) {
+            for op in llm.on_end(now, signals, routed.exchange.version) {
                 if let MetricOp::Add(Metric::LlmInputTokens | Metric::LlmOutputTokens, n) = op {
                     tokens = Some(tokens.unwrap_or(0u64).saturating_add(n));
                 }
-                self.apply(active, routed.rollout, op, routed.exchange.version);
+                apply_op(active, routed.rollout, op, routed.exchange.version);
             }
             let (shadow, eval) = (routed.shadow.take(), routed.eval.take());
             if shadow.is_some() || eval.is_some() {
                 let reading = llm.take_answer().unwrap_or_default();
                 if let Some(copy) = eval {
                     let (r, v) = (routed.rollout, routed.exchange.version);
-                    self.eval
-                        .answer_end(copy, &reading, active, r, v, &self.wake);
+                    self.worker
+                        .eval
+                        .answer_end(copy, &reading, active, r, v, &self.worker.wake);
                 }
                 if let Some(copy) = shadow {
-                    self.shadow.primary_end(copy, reading);
+                    self.worker.shadow.primary_end(copy, reading);
                 }
             }
             // Settled once, with a readable answer; otherwise the estimate stands.
@@ -1061,8 +1050,8 @@ impl CanaryHttp {
                 routed.charge.take(),
                 active.router.rollouts().get(routed.rollout),
             ) {
-                if let Ok(mut limiter) = self.limiter.try_borrow_mut() {
-                    limiter.settle(&r.name, &key, charged, actual, now_ms());
+                if let Ok(mut limiter) = self.worker.limiter.try_borrow_mut() {
+                    limiter.settle(&r.name, &key, charged, actual, now);
                 }
             }
         }
@@ -1082,7 +1071,7 @@ impl CanaryHttp {
         let Some(limit) = &rollout.rate_limit else {
             return Ok(None);
         };
-        let Ok(mut limiter) = self.limiter.try_borrow_mut() else {
+        let Ok(mut limiter) = self.worker.limiter.try_borrow_mut() else {
             return Ok(None);
         };
         let key = decision.key.as_deref();
@@ -1092,7 +1081,7 @@ impl CanaryHttp {
             Ok(admitted) => {
                 if admitted.priority_passed {
                     let op = MetricOp::Increment(Metric::ThrottlePriorityPassed);
-                    self.apply(active, decision.rollout, op, decision.version);
+                    apply_op(active, decision.rollout, op, decision.version);
                 }
                 let settle = admitted.tracked && limit.tokens_per_minute.is_some();
                 Ok(key
@@ -1101,7 +1090,7 @@ impl CanaryHttp {
             }
             Err(rejection) => {
                 let op = MetricOp::Increment(rejection.reason.metric());
-                self.apply(active, decision.rollout, op, decision.version);
+                apply_op(active, decision.rollout, op, decision.version);
                 let retry_after = rejection.retry_after_s.to_string();
                 self.send_http_response(
                     429,
@@ -1157,16 +1146,10 @@ impl Context for CanaryHttp {
             .and_then(|r| r.fallback.as_ref())
             .and_then(|f| f.tiers.get(tier.wrapping_sub(1)))
             .map_or("", |t| t.name.as_str());
-        let mut headers: Vec<(String, String)> = raw
-            .into_iter()
-            .filter(|(k, _)| !k.starts_with(':') && crate::copy::forwarded(k))
-            .filter_map(|(k, v)| String::from_utf8(v).ok().map(|v| (k, v)))
-            .collect();
+        // Hop-by-hop headers, the length and `:status` are Envoy's to set.
+        let mut headers = crate::copy::copied_headers(raw);
         headers.push(("x-canary-retried".to_string(), name.to_string()));
-        let headers: Vec<(&str, &str)> = headers
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect();
+        let headers = crate::copy::header_pairs(&headers);
         let body = self.get_http_call_response_body(0, body_size);
         self.send_http_response(u32::from(status.unwrap_or(502)), headers, body.as_deref());
     }
@@ -1195,7 +1178,7 @@ impl HttpContext for CanaryHttp {
                 .map_or(0, Cell::get);
             if d.version == Version::Canary && now < open_until {
                 d.version = Version::Stable;
-                self.apply(
+                apply_op(
                     &active,
                     d.rollout,
                     MetricOp::Increment(Metric::BreakerDiverted),
@@ -1235,7 +1218,7 @@ impl HttpContext for CanaryHttp {
         };
         self.set_http_request_header(&rollout.route_header, Some(decision.version.as_str()));
         let (exchange, op) = Exchange::start(decision.version, now);
-        self.apply(&active, decision.rollout, op, decision.version);
+        apply_op(&active, decision.rollout, op, decision.version);
         #[cfg(feature = "llm")]
         let llm = rollout.llm.as_ref().and_then(|signals| {
             // `:path` is read only when the LLM calls are a subset of the rollout's requests.
@@ -1250,13 +1233,15 @@ impl HttpContext for CanaryHttp {
         let (mut llm, mut shadow, mut eval) = (llm, None, None);
         #[cfg(feature = "llm")]
         if let Some(llm) = llm.as_mut() {
-            shadow = self.shadow.start(&active, decision.rollout, || {
+            shadow = self.worker.shadow.start(&active, decision.rollout, || {
                 self.get_http_request_headers_bytes()
             });
             if let Some(copy) = shadow.as_mut() {
                 llm.capture();
                 if end_of_stream {
-                    self.shadow.request_body(copy, 0, true, &self.wake, || None);
+                    self.worker
+                        .shadow
+                        .request_body(copy, 0, true, &self.worker.wake, || None);
                 }
             }
             eval = EvalShared::start(&active, decision.rollout, decision.version, end_of_stream);
@@ -1296,7 +1281,7 @@ impl HttpContext for CanaryHttp {
                 self.get_property(vec!["response", "code_details"])
             });
         for op in ops {
-            self.apply(&active, routed.rollout, op, routed.exchange.version);
+            apply_op(&active, routed.rollout, op, routed.exchange.version);
         }
         if let Some(cookie) = routed.set_cookie.take() {
             self.add_http_response_header("set-cookie", &cookie);
@@ -1337,8 +1322,13 @@ impl HttpContext for CanaryHttp {
                 .flatten()
         };
         if let Some(copy) = routed.shadow.as_mut() {
-            self.shadow
-                .request_body(copy, body_size, end_of_stream, &self.wake, read);
+            self.worker.shadow.request_body(
+                copy,
+                body_size,
+                end_of_stream,
+                &self.worker.wake,
+                read,
+            );
         }
         if let Some(copy) = routed.eval.as_mut() {
             EvalShared::request_body(copy, body_size, end_of_stream, read);
@@ -1366,7 +1356,7 @@ impl HttpContext for CanaryHttp {
                 self.get_http_response_body(0, body_size)
             });
             for op in ops {
-                self.apply(&active, routed.rollout, op, routed.exchange.version);
+                apply_op(&active, routed.rollout, op, routed.exchange.version);
             }
             if end_of_stream {
                 self.llm_end(&active, &mut routed);
@@ -1386,7 +1376,7 @@ impl Drop for CanaryHttp {
             return;
         };
         for op in routed.exchange.on_end(now_ms()) {
-            self.apply(&active, routed.rollout, op, routed.exchange.version);
+            apply_op(&active, routed.rollout, op, routed.exchange.version);
         }
         // A stream that ended early (reset, client gone): counted as unparsed.
         #[cfg(feature = "llm")]

@@ -7,10 +7,9 @@ use std::cell::Cell;
 use canary_contract::fallback::{
     tier_stat_name, Fallback, TierMetric, PRIMARY_TIER, RESPONSE_TIER,
 };
-use canary_contract::stats::Metric;
+use canary_contract::stats::{Metric, MetricKind};
 use canary_contract::{CircuitBreaker, RolloutConfig, Version};
 use proxy_wasm::hostcalls;
-use proxy_wasm::types::MetricType;
 
 use crate::control::{decode_ms, encode_ms};
 use crate::fallback::{choose, choose_retry, State, TierBreaker, TierTick};
@@ -76,13 +75,10 @@ pub(crate) struct ChainRoot {
 
 fn define(metric: TierMetric, rollout: &str, tier: &str) -> Result<Option<u32>, String> {
     let kind = match metric {
-        TierMetric::BreakerState => MetricType::Gauge,
-        _ => MetricType::Counter,
+        TierMetric::BreakerState => MetricKind::Gauge,
+        _ => MetricKind::Counter,
     };
-    let name = tier_stat_name(metric, rollout, tier);
-    hostcalls::define_metric(kind, &name)
-        .map(Some)
-        .map_err(|e| format!("defining metric {name}: {e:?}"))
+    crate::glue::define_metric(kind, &tier_stat_name(metric, rollout, tier)).map(Some)
 }
 
 fn tiers(f: &Fallback) -> impl Iterator<Item = (&str, &CircuitBreaker)> {

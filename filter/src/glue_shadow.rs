@@ -18,7 +18,7 @@ use proxy_wasm::hostcalls;
 use proxy_wasm::types::{BufferType, MapType};
 
 use super::{apply_op, increment, now_ms, Active, RootWake};
-use crate::copy::{copied_headers, BodyCopy};
+use crate::copy::{copied_headers, header_pairs, BodyCopy};
 use crate::llm::{LlmExchange, Reading};
 use crate::metrics::MetricOp;
 use crate::shadow::{Answer, Outcome, ShadowBook, ShadowRequest};
@@ -203,11 +203,7 @@ impl ShadowShared {
             Err(_) => return,
         };
         for (id, request) in ready {
-            let headers: Vec<(&str, &str)> = request
-                .headers
-                .iter()
-                .map(|(k, v)| (k.as_str(), v.as_str()))
-                .collect();
+            let headers = header_pairs(&request.headers);
             let body = (!request.body.is_empty()).then_some(request.body.as_slice());
             let sent = hostcalls::dispatch_http_call(
                 &request.cluster,

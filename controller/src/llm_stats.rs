@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use canary_contract::stats::{Metric, QualityPart};
 use serde::{Deserialize, Serialize};
 
-use crate::stats::Histogram;
+use crate::stats::{minus_each, plus_each, Histogram};
 
 /// One quality signal's samples: their number, sum (thousandths) and sum of squares
 /// (millionths), as the filter counts them.
@@ -88,11 +88,7 @@ impl LlmStats {
     }
 
     pub fn minus(&self, earlier: &LlmStats) -> Option<LlmStats> {
-        let mut quality = BTreeMap::new();
-        for (signal, now) in &self.quality {
-            let before = earlier.quality.get(signal).copied().unwrap_or_default();
-            quality.insert(signal.clone(), now.minus(&before)?);
-        }
+        let quality = minus_each(&self.quality, &earlier.quality, QualityStats::minus)?;
         // A signal that disappeared means the counters were reset.
         if earlier
             .quality
@@ -119,11 +115,7 @@ impl LlmStats {
     }
 
     pub fn plus(&self, other: &LlmStats) -> LlmStats {
-        let mut quality = self.quality.clone();
-        for (signal, q) in &other.quality {
-            let sum = quality.get(signal).copied().unwrap_or_default().plus(q);
-            quality.insert(signal.clone(), sum);
-        }
+        let quality = plus_each(&self.quality, &other.quality, QualityStats::plus);
         LlmStats {
             responses: self.responses + other.responses,
             unparsed: self.unparsed + other.unparsed,

@@ -241,32 +241,51 @@ impl RolloutStats {
     }
 
     pub fn minus(&self, earlier: &RolloutStats) -> Option<RolloutStats> {
-        let mut tiers = BTreeMap::new();
-        for (name, t) in &self.tiers {
-            let before = earlier.tiers.get(name).cloned().unwrap_or_default();
-            tiers.insert(name.clone(), t.minus(&before)?);
-        }
         Some(RolloutStats {
             stable: self.stable.minus(&earlier.stable)?,
             canary: self.canary.minus(&earlier.canary)?,
-            tiers,
+            tiers: minus_each(&self.tiers, &earlier.tiers, TierStats::minus)?,
             shadow: self.shadow.minus(&earlier.shadow)?,
         })
     }
 
     pub fn plus(&self, other: &RolloutStats) -> RolloutStats {
-        let mut tiers = self.tiers.clone();
-        for (name, t) in &other.tiers {
-            let sum = tiers.get(name).cloned().unwrap_or_default().plus(t);
-            tiers.insert(name.clone(), sum);
-        }
         RolloutStats {
             stable: self.stable.plus(&other.stable),
             canary: self.canary.plus(&other.canary),
-            tiers,
+            tiers: plus_each(&self.tiers, &other.tiers, TierStats::plus),
             shadow: self.shadow.plus(&other.shadow),
         }
     }
+}
+
+/// Per-key differences of maps of cumulative counters (a key new since `earlier` counts
+/// from zero); `None` if any key's counters went backwards.
+pub(crate) fn minus_each<T: Clone + Default>(
+    now: &BTreeMap<String, T>,
+    earlier: &BTreeMap<String, T>,
+    minus: impl Fn(&T, &T) -> Option<T>,
+) -> Option<BTreeMap<String, T>> {
+    now.iter()
+        .map(|(key, value)| {
+            let before = earlier.get(key).cloned().unwrap_or_default();
+            Some((key.clone(), minus(value, &before)?))
+        })
+        .collect()
+}
+
+/// Per-key sums of two maps of counters.
+pub(crate) fn plus_each<T: Clone + Default>(
+    a: &BTreeMap<String, T>,
+    b: &BTreeMap<String, T>,
+    plus: impl Fn(&T, &T) -> T,
+) -> BTreeMap<String, T> {
+    let mut sum = a.clone();
+    for (key, value) in b {
+        let total = plus(&sum.get(key).cloned().unwrap_or_default(), value);
+        sum.insert(key.clone(), total);
+    }
+    sum
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

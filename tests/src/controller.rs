@@ -454,3 +454,15 @@ pub fn passing_checks(status: &Value) -> Vec<Value> {
         })
         .collect()
 }
+
+/// The message of the rollback event in a status's timeline (empty if there is none).
+pub fn rollback_message(status: &Value) -> String {
+    status["timeline"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|e| e["kind"] == "rolled_back")
+        .and_then(|e| e["message"].as_str())
+        .unwrap_or("")
+        .to_string()
+}

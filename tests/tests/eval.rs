@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use canary_contract::{EvalSampling, FilterConfig, LlmSignals, RolloutConfig};
-use canary_e2e::controller::{passing_checks, wait_status, ControlledRig};
+use canary_e2e::controller::{passing_checks, rollback_message, wait_status, ControlledRig};
 use canary_e2e::envoy;
 use canary_e2e::envoy::Envoy;
 use canary_e2e::evaluator::{Evaluator, EvaluatorSpec};
@@ -350,14 +350,7 @@ async fn lower_eval_scores_roll_the_canary_back() -> Result<()> {
     let _slot = envoy::exclusive().await;
     let (status, evaluator) = controlled(different_canary(), "1h").await?;
     assert_eq!(status["phase"], "rolled_back", "{status}");
-    let message = status["timeline"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|e| e["kind"] == "rolled_back")
-        .and_then(|e| e["message"].as_str())
-        .unwrap_or("")
-        .to_string();
+    let message = rollback_message(&status);
     eprintln!("{message}");
     assert!(
         message.contains("eval score canary 0.600") && message.contains("stable 0.900"),

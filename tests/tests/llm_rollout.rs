@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use anyhow::Result;
 use canary_contract::{RolloutConfig, Version};
-use canary_e2e::controller::{passing_checks, wait_status, Canaryctl, ControlledRig, TOKEN};
+use canary_e2e::controller::{
+    passing_checks, rollback_message, wait_status, Canaryctl, ControlledRig, TOKEN,
+};
 use canary_e2e::envoy;
 use canary_e2e::fake_llm::LlmBehaviour;
 use canary_e2e::load::Load;
@@ -36,18 +38,6 @@ async fn start(
     let rig = ControlledRig::start_llm(ROLLOUT, 1, POLL_MS, stable, canary).await?;
     let ctl = rig.start_controller(spec_body).await?;
     Ok((rig, ctl))
-}
-
-/// The message of the rollback event in the status timeline.
-fn rollback_message(status: &Value) -> String {
-    status["timeline"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|e| e["kind"] == "rolled_back")
-        .and_then(|e| e["message"].as_str())
-        .unwrap_or("")
-        .to_string()
 }
 
 async fn run_until_done(rig: &ControlledRig, ctl: &Canaryctl, deadline: Duration) -> Result<Value> {

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use canary_contract::{FilterConfig, LlmSignals, RolloutConfig, Shadow};
 use canary_e2e::bootstrap::CANARY_CLUSTER;
-use canary_e2e::controller::{wait_status, ControlledRig};
+use canary_e2e::controller::{wait_status, Canaryctl, ControlledRig};
 use canary_e2e::envoy;
 use canary_e2e::envoy::Envoy;
 use canary_e2e::fake_llm::LlmBehaviour;
@@ -385,6 +385,20 @@ async fn controlled_rig(agreement_bp: u32) -> Result<ControlledRig> {
     ControlledRig::start_llm(ROLLOUT, 1, 500, LlmBehaviour::default(), candidate).await
 }
 
+/// Drives chat load at `base` and waits (90 s at most) for the shadow gate to decide: a
+/// rollback, or a first stage. The load keeps running.
+async fn await_gate(ctl: &Canaryctl, base: &str) -> (ChatLoad, Result<serde_json::Value>) {
+    let load = ChatLoad::start(base.to_string(), 50);
+    let status = wait_status(
+        ctl,
+        "the shadow gate to decide",
+        Duration::from_secs(90),
+        |s| s["phase"] == "rolled_back" || advanced(s) > 0,
+    )
+    .await;
+    (load, status)
+}
+
 fn advanced(status: &serde_json::Value) -> usize {
     status["timeline"].as_array().map_or(0, |t| {
         t.iter()
@@ -400,14 +414,7 @@ async fn shadow_gate_blocks_a_disagreeing_candidate() -> Result<()> {
     let _slot = envoy::exclusive().await;
     let rig = controlled_rig(5_000).await?;
     let ctl = rig.start_controller(&controlled_spec()).await?;
-    let load = ChatLoad::start(rig.bases[0].clone(), 50);
-    let status = wait_status(
-        &ctl,
-        "the shadow gate to decide",
-        Duration::from_secs(90),
-        |s| s["phase"] == "rolled_back" || advanced(s) > 0,
-    )
-    .await;
+    let (load, status) = await_gate(&ctl, &rig.bases[0]).await;
     let served = load.stop().await?;
     let status = status?;
     assert_eq!(status["phase"], "rolled_back", "{status}\n{}", ctl.log());
@@ -450,14 +457,7 @@ async fn shadow_gate_lets_an_agreeing_candidate_into_the_first_stage() -> Result
     let _slot = envoy::exclusive().await;
     let rig = controlled_rig(9_800).await?;
     let ctl = rig.start_controller(&controlled_spec()).await?;
-    let load = ChatLoad::start(rig.bases[0].clone(), 50);
-    let status = wait_status(
-        &ctl,
-        "the shadow gate to pass",
-        Duration::from_secs(90),
-        |s| s["phase"] == "rolled_back" || advanced(s) > 0,
-    )
-    .await;
+    let (load, status) = await_gate(&ctl, &rig.bases[0]).await;
     let status = match status {
         Ok(s) => s,
         Err(e) => {
@@ -623,14 +623,7 @@ async fn shadow_gate_reads_prometheus() -> Result<()> {
     let ctl = rig
         .start_controller_with_sources(&sources, &controlled_spec())
         .await?;
-    let load = ChatLoad::start(rig.bases[0].clone(), 50);
-    let status = wait_status(
-        &ctl,
-        "the shadow gate to decide",
-        Duration::from_secs(90),
-        |s| s["phase"] == "rolled_back" || advanced(s) > 0,
-    )
-    .await;
+    let (load, status) = await_gate(&ctl, &rig.bases[0]).await;
     let served = load.stop().await?;
     let status = status?;
     assert_eq!(status["phase"], "rolled_back", "{status}\n{}", ctl.log());

@@ -23,8 +23,9 @@ FAULT_WASM := target/wasm/canary_filter_fault_injection.wasm
 WASM_FEATURES := --enable-bulk-memory --enable-sign-ext --enable-mutable-globals \
 	--enable-nontrapping-float-to-int --enable-reference-types --enable-multivalue
 # Debian packages installed by $(STAMPS)/apt when missing: wrk (load generator), binaryen
-# (wasm-opt), prometheus (the server the Prometheus-source tests scrape with), skopeo
-# (reads the OCI layouts `make images` writes).
+# (wasm-opt; wasm-as for the benchmark's reference modules), prometheus (the server the
+# Prometheus-source tests scrape with), skopeo (reads the OCI layouts `make images` writes),
+# valgrind (the benchmark's instruction counts).
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 export ENVOY_BIN := $(CURDIR)/$(VENV)/lib/python3/site-packages/envoy/_bin/envoy
@@ -50,6 +51,7 @@ $(STAMPS)/apt: Makefile
 	command -v wasm-opt >/dev/null || missing="$$missing binaryen"; \
 	command -v prometheus >/dev/null || missing="$$missing prometheus"; \
 	command -v skopeo >/dev/null || missing="$$missing skopeo"; \
+	command -v valgrind >/dev/null || missing="$$missing valgrind"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing apt packages:$$missing"; \
 		$(SUDO) apt-get update -qq; \
@@ -136,10 +138,12 @@ e2e: build $(FAULT_WASM)
 demo: build
 	cargo run --release -q -p canary-e2e --bin demo
 
-## bench: filter vs native split (target/bench/overhead.json); LLM time-to-first-token overhead
-## (llm.json); rollback and convergence times (rollout.json).
+## bench: filter vs native split (target/bench/overhead.json) and its instructions per request
+## (instructions.json); LLM time-to-first-token overhead (llm.json); rollback and convergence
+## times (rollout.json).
 bench: build
 	cargo run --release -q -p canary-e2e --bin bench
+	cargo run --release -q -p canary-e2e --bin bench_instructions
 	cargo run --release -q -p canary-e2e --bin bench_llm
 	cargo run --release -q -p canary-e2e --bin bench_rollout
 

@@ -181,40 +181,33 @@ impl Exchange {
         status: Option<&[u8]>,
         now_ms: u64,
         code_details: impl FnOnce() -> Option<Vec<u8>>,
-    ) -> Vec<MetricOp> {
-        if self.responded {
-            return Vec::new();
+    ) -> impl Iterator<Item = MetricOp> {
+        // A fixed array, not a Vec: no allocation on every request's path.
+        let mut ops = [None; 3];
+        if !self.responded {
+            self.responded = true;
+            let status = status.and_then(parse_status);
+            ops[0] = status.and_then(Metric::for_status).map(MetricOp::Increment);
+            if status.is_none_or(|s| s >= 500)
+                && code_details()
+                    .is_some_and(|d| d.starts_with(b"upstream_reset_before_response_started"))
+            {
+                ops[1] = Some(MetricOp::Increment(Metric::RqReset));
+            }
+            ops[2] = Some(MetricOp::Record(
+                Metric::RqHeaderTimeMs,
+                now_ms.saturating_sub(self.started_ms),
+            ));
         }
-        self.responded = true;
-        let status = status.and_then(parse_status);
-        let mut ops = Vec::with_capacity(3);
-        if let Some(class) = status.and_then(Metric::for_status) {
-            ops.push(MetricOp::Increment(class));
-        }
-        if status.is_none_or(|s| s >= 500)
-            && code_details()
-                .is_some_and(|d| d.starts_with(b"upstream_reset_before_response_started"))
-        {
-            ops.push(MetricOp::Increment(Metric::RqReset));
-        }
-        ops.push(MetricOp::Record(
-            Metric::RqHeaderTimeMs,
-            now_ms.saturating_sub(self.started_ms),
-        ));
-        ops
+        ops.into_iter().flatten()
     }
 
     /// The stream is over (the filter instance is going away).
-    pub fn on_end(&self, now_ms: u64) -> Vec<MetricOp> {
-        let mut ops = vec![MetricOp::Record(
-            Metric::RqTimeMs,
-            now_ms.saturating_sub(self.started_ms),
-        )];
-        if !self.responded {
-            // The client or the proxy gave up before any response.
-            ops.push(MetricOp::Increment(Metric::RqReset));
-        }
-        ops
+    pub fn on_end(&self, now_ms: u64) -> impl Iterator<Item = MetricOp> {
+        let duration = MetricOp::Record(Metric::RqTimeMs, now_ms.saturating_sub(self.started_ms));
+        // The client or the proxy gave up before any response.
+        let reset = (!self.responded).then_some(MetricOp::Increment(Metric::RqReset));
+        [Some(duration), reset].into_iter().flatten()
     }
 }
 
@@ -350,15 +343,20 @@ mod tests {
         let (mut x, op) = Exchange::start(Version::Canary, 1_000);
         assert_eq!(op, MetricOp::Increment(Metric::RqTotal));
         assert_eq!(
-            x.on_response_headers(Some(b"503"), 1_040, || Some(b"via_upstream".to_vec())),
+            x.on_response_headers(Some(b"503"), 1_040, || Some(b"via_upstream".to_vec()))
+                .collect::<Vec<_>>(),
             vec![
                 MetricOp::Increment(Metric::Rq5xx),
                 MetricOp::Record(Metric::RqHeaderTimeMs, 40)
             ]
         );
-        assert_eq!(x.on_response_headers(Some(b"200"), 1_041, || None), vec![]);
         assert_eq!(
-            x.on_end(1_100),
+            x.on_response_headers(Some(b"200"), 1_041, || None)
+                .collect::<Vec<_>>(),
+            vec![]
+        );
+        assert_eq!(
+            x.on_end(1_100).collect::<Vec<_>>(),
             vec![MetricOp::Record(Metric::RqTimeMs, 100)]
         );
     }
@@ -367,7 +365,7 @@ mod tests {
     fn client_gone_before_response_is_a_reset() {
         let (x, _) = Exchange::start(Version::Stable, 5);
         assert_eq!(
-            x.on_end(4),
+            x.on_end(4).collect::<Vec<_>>(),
             vec![
                 MetricOp::Record(Metric::RqTimeMs, 0),
                 MetricOp::Increment(Metric::RqReset)
@@ -380,14 +378,18 @@ mod tests {
         let (mut x, _) = Exchange::start(Version::Canary, 0);
         let details = b"upstream_reset_before_response_started{connection_termination}";
         assert_eq!(
-            x.on_response_headers(Some(b"503"), 1, || Some(details.to_vec())),
+            x.on_response_headers(Some(b"503"), 1, || Some(details.to_vec()))
+                .collect::<Vec<_>>(),
             vec![
                 MetricOp::Increment(Metric::Rq5xx),
                 MetricOp::Increment(Metric::RqReset),
                 MetricOp::Record(Metric::RqHeaderTimeMs, 1)
             ]
         );
-        assert_eq!(x.on_end(2), vec![MetricOp::Record(Metric::RqTimeMs, 2)]);
+        assert_eq!(
+            x.on_end(2).collect::<Vec<_>>(),
+            vec![MetricOp::Record(Metric::RqTimeMs, 2)]
+        );
     }
 
     #[test]
@@ -412,10 +414,10 @@ mod tests {
     #[test]
     fn code_details_are_read_only_when_they_can_matter() {
         let (mut ok, _) = Exchange::start(Version::Canary, 0);
-        ok.on_response_headers(Some(b"404"), 1, || panic!("read details for a 404"));
+        let _ = ok.on_response_headers(Some(b"404"), 1, || panic!("read details for a 404"));
         let (mut odd, _) = Exchange::start(Version::Canary, 0);
         let mut read = false;
-        odd.on_response_headers(Some(b"abc"), 1, || {
+        let _ = odd.on_response_headers(Some(b"abc"), 1, || {
             read = true;
             None
         });
@@ -427,7 +429,8 @@ mod tests {
         for raw in [&b"99"[..], b"abc", b"1000", b"", b"\xff\xff\xff", b"600"] {
             let (mut x, _) = Exchange::start(Version::Canary, 0);
             assert_eq!(
-                x.on_response_headers(Some(raw), 0, || None),
+                x.on_response_headers(Some(raw), 0, || None)
+                    .collect::<Vec<_>>(),
                 vec![MetricOp::Record(Metric::RqHeaderTimeMs, 0)]
             );
         }

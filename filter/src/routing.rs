@@ -150,13 +150,13 @@ impl Router {
             header
                 .as_deref()
                 .and_then(|h| find_cookie(h, name))
-                .and_then(|v| usable_key(v, rollout.max_key_bytes))
+                .and_then(|v| usable_key(v.to_vec(), rollout.max_key_bytes))
         };
 
         let mut key = rollout.key_sources.iter().find_map(|source| match source {
             KeySource::Header(name) => req
                 .header(name)
-                .and_then(|v| usable_key(&v, rollout.max_key_bytes)),
+                .and_then(|v| usable_key(v, rollout.max_key_bytes)),
             KeySource::Cookie(name) => cookie(name),
         });
         let mut new_anonymous_id = None;
@@ -204,15 +204,16 @@ impl Router {
 
 /// A key is usable when it is non-empty, not longer than the limit, valid UTF-8 and free
 /// of control characters. Anything else takes the anonymous path rather than failing.
-fn usable_key(value: &[u8], max_bytes: usize) -> Option<String> {
+/// Takes the header's bytes, so a usable key becomes a `String` without a copy.
+fn usable_key(value: Vec<u8>, max_bytes: usize) -> Option<String> {
     if value.is_empty() || value.len() > max_bytes {
         return None;
     }
-    let s = std::str::from_utf8(value).ok()?;
+    let s = String::from_utf8(value).ok()?;
     if s.chars().any(char::is_control) {
         return None;
     }
-    Some(s.to_string())
+    Some(s)
 }
 
 fn matches_request(r: &RolloutConfig, authority: Option<&[u8]>, path: &[u8]) -> bool {

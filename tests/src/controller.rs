@@ -346,7 +346,7 @@ impl ControlledRig {
                 EnvoyOptions {
                     concurrency: 2,
                     name: format!("envoy-{i}"),
-                    cpus: None,
+                    ..Default::default()
                 },
             )
             .await?;

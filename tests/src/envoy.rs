@@ -69,6 +69,8 @@ pub struct EnvoyOptions {
     pub name: String,
     /// CPUs the process may run on (benchmarks pin proxies away from the load generator).
     pub cpus: Option<Vec<usize>>,
+    /// A command Envoy runs under (e.g. `valgrind --tool=callgrind`), empty for none.
+    pub wrapper: Vec<String>,
 }
 
 impl Default for EnvoyOptions {
@@ -77,6 +79,7 @@ impl Default for EnvoyOptions {
             concurrency: 1,
             name: "envoy".to_string(),
             cpus: None,
+            wrapper: Vec::new(),
         }
     }
 }
@@ -111,7 +114,14 @@ impl Envoy {
         let envoy_bin = paths::envoy_bin()?;
         let admin_path = dir.path().join("admin-address");
         let log_path = dir.path().join("envoy.log");
-        let mut command = Command::new(&envoy_bin);
+        let mut command = match options.wrapper.split_first() {
+            Some((program, args)) => {
+                let mut command = Command::new(program);
+                command.args(args).arg(&envoy_bin);
+                command
+            }
+            None => Command::new(&envoy_bin),
+        };
         command
             .arg("--config-path")
             .arg(config_path)
@@ -199,6 +209,10 @@ impl Envoy {
         // SAFETY: sysconf has no preconditions.
         let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
         Ok(Duration::from_micros(total * 1_000_000 / hz))
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     pub fn admin_addr(&self) -> SocketAddr {

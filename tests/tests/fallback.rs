@@ -216,7 +216,7 @@ async fn chain_serves_lite_then_the_degraded_response_then_recovers() -> Result<
         EnvoyOptions {
             concurrency: 2,
             name: "fallback".to_string(),
-            cpus: None,
+            ..Default::default()
         },
     )
     .await?;
@@ -449,7 +449,7 @@ async fn failed_requests_are_retried_on_lite_only_where_allowed() -> Result<()> 
             EnvoyOptions {
                 concurrency: 2,
                 name: "fallback-retry".to_string(),
-                cpus: None,
+                ..Default::default()
             },
         )
         .await?;

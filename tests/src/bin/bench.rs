@@ -1,13 +1,10 @@
 //! `make bench`: the filter's cost against Envoy's own sticky split, in one run on this
 //! machine, interleaved over several rounds.
 //!
-//! Cases, each an Envoy with one worker in front of the same `direct_response` upstream Envoy:
-//! - `header_route`: header-matched routes, no filter (the floor: routing costs nothing);
-//! - `native_hash_split`: `weighted_clusters` + `use_hash_policy` on `x-user-id`, the
-//!   zero-wasm alternative;
-//! - `filter`: our wasm filter doing the same 10% split, with its stats;
-//! - `filter_passthrough`: the same module with a rollout that matches no request: the
-//!   fixed price of any wasm filter in Envoy (VM entries per request), for comparison.
+//! Cases (`canary_e2e::bench_cases`), each an Envoy with one worker in front of the same
+//! `direct_response` upstream Envoy: no filter, Envoy's native sticky split, the filter,
+//! the filter matching nothing, and two hand-written reference modules (a no-op, and the
+//! least a filter with this job can call into Envoy).
 //!
 //! wrk sends every request with a random `x-user-id`. Results go to
 //! `target/bench/overhead.json`. Knobs: `BENCH_ROUNDS` (15), `BENCH_SECONDS` (2),
@@ -18,10 +15,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use canary_contract::{FilterConfig, RolloutConfig};
-use canary_e2e::bootstrap::{
-    direct_response_bootstrap, CanaryBootstrap, FailurePolicy, Listener, ListenerSource, Routing,
-};
+use canary_e2e::bench_cases::{self, CANARY_WEIGHT_BP};
+use canary_e2e::bootstrap::direct_response_bootstrap;
 use canary_e2e::envoy::{Envoy, EnvoyOptions};
 use canary_e2e::measure::median;
 use canary_e2e::paths;
@@ -29,9 +24,6 @@ use canary_e2e::process::pin_to_cpus;
 use serde::Serialize;
 use serde_json::json;
 
-const CANARY_WEIGHT_BP: u32 = 1_000;
-const USER_HEADER: &str = "x-user-id";
-const ROUTE_HEADER: &str = "x-canary-version";
 const TARGET_RATIO: f64 = 0.85;
 
 /// wrk script: a random user per request, results printed as one JSON line.
@@ -136,72 +128,28 @@ async fn main() -> Result<()> {
             concurrency: 1,
             name: "bench-upstream".into(),
             cpus: pin.then(|| vec![1]),
+            ..Default::default()
         },
     )
     .await?;
     let upstream_addr = upstream.listener_addr().await?;
 
-    let filter_config = FilterConfig::new(vec![RolloutConfig::new("bench", CANARY_WEIGHT_BP)]);
-    let mut passthrough_rollout = RolloutConfig::new("bench", CANARY_WEIGHT_BP);
-    passthrough_rollout.request_match.path_prefix = Some("/no-such-prefix/".into());
-    let passthrough_config = FilterConfig::new(vec![passthrough_rollout]);
-    let cases: Vec<(&str, Routing)> = vec![
-        (
-            "header_route",
-            Routing::HeaderOnly {
-                route_header: ROUTE_HEADER.into(),
-            },
-        ),
-        (
-            "native_hash_split",
-            Routing::NativeHashSplit {
-                user_header: USER_HEADER.into(),
-                canary_weight_bp: CANARY_WEIGHT_BP,
-            },
-        ),
-        (
-            "filter",
-            Routing::Filter {
-                wasm: wasm.clone(),
-                config_json: filter_config.to_json(),
-                route_header: ROUTE_HEADER.into(),
-                failure_policy: FailurePolicy::FailReload,
-            },
-        ),
-        (
-            "filter_passthrough",
-            Routing::Filter {
-                wasm: wasm.clone(),
-                config_json: passthrough_config.to_json(),
-                route_header: ROUTE_HEADER.into(),
-                failure_policy: FailurePolicy::FailReload,
-            },
-        ),
-    ];
+    let cases = bench_cases::all()?;
     let mut proxies = Vec::new();
-    for (name, routing) in &cases {
-        let bootstrap = CanaryBootstrap {
-            listener: ListenerSource::Static(Listener {
-                port: 0,
-                routing: routing.clone(),
-            }),
-            stable: upstream_addr,
-            canary: upstream_addr,
-            stats_flush_ms: 5_000,
-            extra_clusters: Vec::new(),
-        }
-        .to_json();
+    for case in &cases {
+        let bootstrap = case.bootstrap(upstream_addr);
         let envoy = Envoy::start(
             &bootstrap,
             EnvoyOptions {
                 concurrency: 1,
-                name: format!("bench-{name}"),
+                name: format!("bench-{}", case.name),
                 cpus: pin.then(|| vec![0]),
+                ..Default::default()
             },
         )
         .await?;
         let url = format!("{}/", envoy.url().await?);
-        proxies.push((*name, envoy, url));
+        proxies.push((case.name, envoy, url));
     }
 
     let dir = paths::project_root().join("target/bench");
@@ -239,7 +187,7 @@ async fn main() -> Result<()> {
     }
 
     let mut results = serde_json::Map::new();
-    let mut medians = Vec::new();
+    let mut medians = std::collections::HashMap::new();
     for ((name, _, _), case_runs) in proxies.iter().zip(runs) {
         let result = CaseResult {
             median_rps: median(case_runs.iter().map(|r| r.rps).collect()),
@@ -247,10 +195,11 @@ async fn main() -> Result<()> {
             median_p99_ms: median(case_runs.iter().map(|r| r.p99_ms).collect()),
             runs: case_runs,
         };
-        medians.push(result.median_rps);
+        medians.insert(*name, result.median_rps);
         results.insert(name.to_string(), serde_json::to_value(result)?);
     }
-    let ratio = medians[2] / medians[1];
+    let vs = |case: &str, base: &str| medians[case] / medians[base];
+    let ratio = vs("filter", "native_hash_split");
     // The same ratio within each round (the cases of a round run back to back), to show
     // how much of the spread is the machine rather than the filter.
     let per_round: Vec<f64> = (0..rounds as usize)
@@ -270,8 +219,11 @@ async fn main() -> Result<()> {
         "filter_vs_native_rps": ratio,
         "filter_vs_native_rps_per_round": per_round,
         "filter_vs_native_rps_median_of_rounds": median(per_round.clone()),
-        "filter_vs_header_route_rps": medians[2] / medians[0],
-        "passthrough_vs_native_rps": medians[3] / medians[1],
+        "filter_vs_header_route_rps": vs("filter", "header_route"),
+        "passthrough_vs_native_rps": vs("filter_passthrough", "native_hash_split"),
+        "wasm_noop_vs_native_rps": vs("wasm_noop", "native_hash_split"),
+        "wasm_floor_vs_native_rps": vs("wasm_floor", "native_hash_split"),
+        "filter_vs_wasm_floor_rps": vs("filter", "wasm_floor"),
         "target_filter_vs_native_rps": TARGET_RATIO,
         "meets_target": ratio >= TARGET_RATIO,
         "wasm_bytes": wasm_bytes,

@@ -140,7 +140,7 @@ async fn main() -> Result<()> {
             EnvoyOptions {
                 concurrency: 1,
                 name: format!("bench-{name}"),
-                cpus: None,
+                ..Default::default()
             },
         )
         .await?;

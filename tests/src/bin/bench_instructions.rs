@@ -1,0 +1,184 @@
+//! `make bench`, second view: the instructions each proxy of `bench` executes per request,
+//! counted by valgrind's callgrind. Requests/s on this machine drift by ±20% from one
+//! run to the next; instruction counts repeat to within a fraction of a percent, so they
+//! show what a change to the filter costs, and where the cost is:
+//! - `wasm_noop` − `native_hash_split`: Envoy entering a wasm VM at all;
+//! - `wasm_floor` − `wasm_noop`: the calls into Envoy any filter with this job makes;
+//! - `filter` − `wasm_floor`: the filter's own code (SDK dispatch, matching, hashing).
+//!
+//! Each proxy runs under callgrind with instrumentation off until it has served a warm-up,
+//! then counts a fixed number of requests sent one at a time. User-space instructions
+//! only: the kernel's share (sockets) is the same for every case. Results go to
+//! `target/bench/instructions.json`. Knobs: `BENCH_INSTR_REQUESTS` (2000);
+//! `BENCH_INSTR_ONLY` (comma-separated case names: count only those, write no report).
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{bail, ensure, Context, Result};
+use canary_e2e::bench_cases::{self, USER_HEADER};
+use canary_e2e::bootstrap::direct_response_bootstrap;
+use canary_e2e::envoy::{Envoy, EnvoyOptions};
+use canary_e2e::paths;
+use canary_e2e::wait::wait_until;
+use serde_json::json;
+
+const WARMUP_REQUESTS: usize = 300;
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> Result<()> {
+    let requests: usize = std::env::var("BENCH_INSTR_REQUESTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2_000);
+    ensure!(requests > 0, "BENCH_INSTR_REQUESTS must be positive");
+    let dir = paths::project_root().join("target/bench/callgrind");
+    std::fs::create_dir_all(&dir)?;
+    let upstream = Envoy::start(
+        &direct_response_bootstrap("ok\n"),
+        EnvoyOptions {
+            name: "bench-upstream".into(),
+            ..Default::default()
+        },
+    )
+    .await?;
+    let upstream_addr = upstream.listener_addr().await?;
+    let client = reqwest::Client::new();
+
+    let only = std::env::var("BENCH_INSTR_ONLY").ok();
+    let mut per_request = serde_json::Map::new();
+    for case in bench_cases::all()? {
+        if only
+            .as_deref()
+            .is_some_and(|only| !only.split(',').any(|name| name == case.name))
+        {
+            continue;
+        }
+        let out = dir.join(format!("{}.out", case.name));
+        // A dump left by an earlier run must not pass for this one's.
+        let _ = std::fs::remove_file(out.with_extension("out.1"));
+        let envoy = Envoy::start(
+            &case.bootstrap(upstream_addr),
+            EnvoyOptions {
+                name: format!("callgrind-{}", case.name),
+                wrapper: vec![
+                    "valgrind".into(),
+                    "--tool=callgrind".into(),
+                    "--instr-atstart=no".into(),
+                    format!("--callgrind-out-file={}", out.display()),
+                ],
+                ..Default::default()
+            },
+        )
+        .await
+        .context("starting Envoy under valgrind (`make setup` installs it)")?;
+        let url = format!("{}/", envoy.url().await?);
+        // Distinct users, the same sequence for every case.
+        for i in 0..WARMUP_REQUESTS {
+            send(&client, &url, i).await?;
+        }
+        let pid = envoy.pid().to_string();
+        callgrind_control(&["-i", "on", &pid])?;
+        for i in 0..requests {
+            send(&client, &url, WARMUP_REQUESTS + i).await?;
+        }
+        callgrind_control(&["-d", &pid])?;
+        let total = dumped_total(&out.with_extension("out.1")).await?;
+        let instructions = total as f64 / requests as f64;
+        eprintln!(
+            "{:>18}: {instructions:>9.0} instructions/request",
+            case.name
+        );
+        per_request.insert(case.name.to_string(), json!(instructions.round()));
+        drop(envoy);
+    }
+
+    if only.is_some() {
+        return Ok(());
+    }
+    let get = |name: &str| per_request[name].as_f64().unwrap_or(f64::NAN);
+    let native = get("native_hash_split");
+    let report = json!({
+        "settings": {
+            "requests_counted": requests, "warmup_requests": WARMUP_REQUESTS,
+            "counter": "valgrind --tool=callgrind, user-space instructions of the proxy process",
+            "envoy_workers": 1, "requests_in_flight": 1
+        },
+        "instructions_per_request": per_request,
+        "over_native_hash_split": {
+            "filter": get("filter") - native,
+            "filter_passthrough": get("filter_passthrough") - native,
+            "wasm_floor": get("wasm_floor") - native,
+            "wasm_noop": get("wasm_noop") - native,
+        },
+        "breakdown_of_filter_over_native": {
+            "vm_entries": get("wasm_noop") - native,
+            "calls_into_envoy": get("wasm_floor") - get("wasm_noop"),
+            "filter_own_code": get("filter") - get("wasm_floor"),
+        },
+        "filter_vs_native_instructions": native / get("filter"),
+        "wasm_floor_vs_native_instructions": native / get("wasm_floor"),
+    });
+    let path = paths::project_root().join("target/bench/instructions.json");
+    std::fs::write(&path, serde_json::to_vec_pretty(&report)?)?;
+    println!(
+        "instructions/request: native {native:.0}, filter {:.0} (+{:.0}), floor of any filter \
+         doing its calls {:.0} (+{:.0}); wrote {}",
+        get("filter"),
+        get("filter") - native,
+        get("wasm_floor"),
+        get("wasm_floor") - native,
+        path.display()
+    );
+    Ok(())
+}
+
+async fn send(client: &reqwest::Client, url: &str, i: usize) -> Result<()> {
+    let response = client
+        .get(url)
+        .header(
+            USER_HEADER,
+            format!("user-{}", i.wrapping_mul(7919) % 1_000_003),
+        )
+        .send()
+        .await?;
+    ensure!(
+        response.status().is_success(),
+        "{url} answered {}",
+        response.status()
+    );
+    response.bytes().await?;
+    Ok(())
+}
+
+fn callgrind_control(args: &[&str]) -> Result<()> {
+    let output = Command::new("callgrind_control")
+        .args(args)
+        .output()
+        .context("running callgrind_control")?;
+    if !output.status.success() {
+        bail!(
+            "callgrind_control {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    Ok(())
+}
+
+/// The `totals:` line of a callgrind dump, once the file is complete.
+async fn dumped_total(path: &Path) -> Result<u64> {
+    let mut total = None;
+    wait_until(Duration::from_secs(60), Duration::from_millis(100), || {
+        total = std::fs::read_to_string(path).ok().and_then(|text| {
+            text.lines()
+                .find_map(|l| l.strip_prefix("totals: "))
+                .and_then(|v| v.trim().parse().ok())
+        });
+        Ok(total.is_some())
+    })
+    .await
+    .with_context(|| format!("no callgrind dump at {}", path.display()))?;
+    total.context("unreachable: waited for the total")
+}

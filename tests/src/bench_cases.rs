@@ -49,6 +49,8 @@ impl BenchCase {
 /// - `filter_passthrough`: the same module with a rollout that matches no request;
 /// - `wasm_noop`: a hand-written module that does nothing: the fixed price of any wasm
 ///   filter (Envoy entering the VM four times per request);
+/// - `wasm_reads`: a hand-written module that only reads the two values no sticky split
+///   with per-version status stats can do without (the user key, `:status`);
 /// - `wasm_floor`: a hand-written module making exactly the calls into Envoy that the
 ///   filter makes per routed request, and nothing else: the least any proxy-wasm filter
 ///   with the same job can cost. `filter` − `wasm_floor` is the filter's own code.
@@ -90,6 +92,10 @@ pub fn all() -> Result<Vec<BenchCase>> {
         BenchCase {
             name: "wasm_noop",
             routing: module(reference_module("noop")?, &filter_config),
+        },
+        BenchCase {
+            name: "wasm_reads",
+            routing: module(reference_module("reads")?, &filter_config),
         },
         BenchCase {
             name: "wasm_floor",

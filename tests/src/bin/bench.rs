@@ -3,8 +3,9 @@
 //!
 //! Cases (`canary_e2e::bench_cases`), each an Envoy with one worker in front of the same
 //! `direct_response` upstream Envoy: no filter, Envoy's native sticky split, the filter,
-//! the filter matching nothing, and two hand-written reference modules (a no-op, and the
-//! least a filter with this job can call into Envoy).
+//! the filter matching nothing, and three hand-written reference modules (a no-op, one
+//! reading only the user key and `:status`, and the least a filter with this job can call
+//! into Envoy).
 //!
 //! wrk sends every request with a random `x-user-id`. Results go to
 //! `target/bench/overhead.json`. Knobs: `BENCH_ROUNDS` (15), `BENCH_SECONDS` (2),
@@ -60,6 +61,7 @@ struct CaseResult {
     median_rps: f64,
     median_p50_ms: f64,
     median_p99_ms: f64,
+    median_proxy_cpu_us_per_request: f64,
     runs: Vec<Run>,
 }
 
@@ -188,14 +190,22 @@ async fn main() -> Result<()> {
 
     let mut results = serde_json::Map::new();
     let mut medians = std::collections::HashMap::new();
+    let mut cpu_medians = std::collections::HashMap::new();
     for ((name, _, _), case_runs) in proxies.iter().zip(runs) {
         let result = CaseResult {
             median_rps: median(case_runs.iter().map(|r| r.rps).collect()),
             median_p50_ms: median(case_runs.iter().map(|r| r.p50_ms).collect()),
             median_p99_ms: median(case_runs.iter().map(|r| r.p99_ms).collect()),
+            median_proxy_cpu_us_per_request: median(
+                case_runs
+                    .iter()
+                    .map(|r| r.proxy_cpu_us_per_request)
+                    .collect(),
+            ),
             runs: case_runs,
         };
         medians.insert(*name, result.median_rps);
+        cpu_medians.insert(*name, result.median_proxy_cpu_us_per_request);
         results.insert(name.to_string(), serde_json::to_value(result)?);
     }
     let vs = |case: &str, base: &str| medians[case] / medians[base];
@@ -219,10 +229,14 @@ async fn main() -> Result<()> {
         "filter_vs_native_rps": ratio,
         "filter_vs_native_rps_per_round": per_round,
         "filter_vs_native_rps_median_of_rounds": median(per_round.clone()),
+        // The proxy's own CPU per request, native over filter: the share of requests the
+        // filter would serve on a proxy CPU that is the bottleneck.
+        "filter_vs_native_proxy_cpu": cpu_medians["native_hash_split"] / cpu_medians["filter"],
         "filter_vs_header_route_rps": vs("filter", "header_route"),
         "passthrough_vs_native_rps": vs("filter_passthrough", "native_hash_split"),
         "wasm_noop_vs_native_rps": vs("wasm_noop", "native_hash_split"),
         "wasm_floor_vs_native_rps": vs("wasm_floor", "native_hash_split"),
+        "wasm_reads_vs_native_rps": vs("wasm_reads", "native_hash_split"),
         "filter_vs_wasm_floor_rps": vs("filter", "wasm_floor"),
         "target_filter_vs_native_rps": TARGET_RATIO,
         "meets_target": ratio >= TARGET_RATIO,

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use canary_contract::{FilterConfig, LlmSignals, RolloutConfig, Shadow};
 use canary_e2e::bootstrap::CANARY_CLUSTER;
 use canary_e2e::controller::{wait_status, Canaryctl, ControlledRig};
@@ -18,7 +18,7 @@ use canary_e2e::paths;
 use canary_e2e::prometheus::Prometheus;
 use canary_e2e::rig::{CanaryRig, RigOptions};
 use canary_e2e::upstream::{UpstreamSpec, SERVED_BY};
-use canary_e2e::wait::eventually;
+use canary_e2e::wait::{eventually, wait_until};
 use futures::StreamExt;
 use prometheus_parse::Value;
 use std::collections::BTreeMap;
@@ -219,6 +219,14 @@ async fn users_only_ever_see_the_primary() -> Result<()> {
     // Too slow: the candidate answers after 6 s, past the 4 s timeout; users do not wait.
     rig.canary.set_delay(Duration::from_secs(6));
     let slow = send_and_check(&rig, 14..18, 8, Some(Duration::from_secs(3))).await?;
+    // Copies leave on the proxy's own schedule, and the candidate reads its delay when a
+    // request arrives: change it only once every slow copy has arrived.
+    let arrived = disagreeing + late + slow;
+    wait_until(Duration::from_secs(30), Duration::from_millis(50), || {
+        Ok(rig.canary.requests() >= arrived)
+    })
+    .await
+    .with_context(|| format!("{arrived} copies at the candidate"))?;
     // Failing: every answer is a 503.
     rig.canary.set_delay(Duration::ZERO);
     rig.canary.set_error_rate_bp(10_000);

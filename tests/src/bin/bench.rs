@@ -9,7 +9,8 @@
 //!
 //! wrk sends every request with a random `x-user-id`. Results go to
 //! `target/bench/overhead.json`. Knobs: `BENCH_ROUNDS` (15), `BENCH_SECONDS` (2),
-//! `BENCH_CONNECTIONS` (32), `BENCH_PIN` (0; 1 pins the proxy under test to its own CPU).
+//! `BENCH_CONNECTIONS` (32), `BENCH_PIN` (0; 1 pins the proxy under test to its own CPU),
+//! `BENCH_ONLY` (comma-separated case names: run only those).
 
 use std::path::Path;
 use std::process::Command;
@@ -136,7 +137,15 @@ async fn main() -> Result<()> {
     .await?;
     let upstream_addr = upstream.listener_addr().await?;
 
-    let cases = bench_cases::all()?;
+    // BENCH_ONLY=a,b: only these cases (a quicker look; ratios of absent cases are null).
+    let only = std::env::var("BENCH_ONLY").ok();
+    let cases: Vec<_> = bench_cases::all()?
+        .into_iter()
+        .filter(|c| {
+            only.as_deref()
+                .is_none_or(|o| o.split(',').any(|n| n == c.name))
+        })
+        .collect();
     let mut proxies = Vec::new();
     for case in &cases {
         let bootstrap = case.bootstrap(upstream_addr);
@@ -208,8 +217,8 @@ async fn main() -> Result<()> {
         cpu_medians.insert(*name, result.median_proxy_cpu_us_per_request);
         results.insert(name.to_string(), serde_json::to_value(result)?);
     }
-    let vs = |case: &str, base: &str| medians[case] / medians[base];
-    let ratio = vs("filter", "native_hash_split");
+    let vs = |case: &str, base: &str| Some(medians.get(case)? / medians.get(base)?);
+    let ratio = vs("filter", "native_hash_split").unwrap_or(f64::NAN);
     // The same ratio within each round (the cases of a round run back to back), to show
     // how much of the spread is the machine rather than the filter.
     let per_round: Vec<f64> = (0..rounds as usize)
@@ -231,7 +240,10 @@ async fn main() -> Result<()> {
         "filter_vs_native_rps_median_of_rounds": median(per_round.clone()),
         // The proxy's own CPU per request, native over filter: the share of requests the
         // filter would serve on a proxy CPU that is the bottleneck.
-        "filter_vs_native_proxy_cpu": cpu_medians["native_hash_split"] / cpu_medians["filter"],
+        "filter_vs_native_proxy_cpu": cpu_medians
+            .get("native_hash_split")
+            .zip(cpu_medians.get("filter"))
+            .map(|(native, filter)| native / filter),
         "filter_vs_header_route_rps": vs("filter", "header_route"),
         "passthrough_vs_native_rps": vs("filter_passthrough", "native_hash_split"),
         "wasm_noop_vs_native_rps": vs("wasm_noop", "native_hash_split"),

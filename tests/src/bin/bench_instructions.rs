@@ -12,6 +12,7 @@
 //! then counts a fixed number of requests sent one at a time. User-space instructions
 //! only: the kernel's share (sockets) is the same for every case. Results go to
 //! `target/bench/instructions.json`. Knobs: `BENCH_INSTR_REQUESTS` (2000);
+//! `BENCH_INSTR_PARALLEL` (1: requests in flight; 32 gives the same differences);
 //! `BENCH_INSTR_ONLY` (comma-separated case names: count only those, write no report).
 
 use std::path::Path;
@@ -24,6 +25,7 @@ use canary_e2e::bootstrap::direct_response_bootstrap;
 use canary_e2e::envoy::{Envoy, EnvoyOptions};
 use canary_e2e::paths;
 use canary_e2e::wait::wait_until;
+use futures::StreamExt;
 use serde_json::json;
 
 const WARMUP_REQUESTS: usize = 300;
@@ -35,6 +37,11 @@ async fn main() -> Result<()> {
         .and_then(|v| v.parse().ok())
         .unwrap_or(2_000);
     ensure!(requests > 0, "BENCH_INSTR_REQUESTS must be positive");
+    let parallel: usize = std::env::var("BENCH_INSTR_PARALLEL")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1)
+        .max(1);
     let dir = paths::project_root().join("target/bench/callgrind");
     std::fs::create_dir_all(&dir)?;
     let upstream = Envoy::start(
@@ -82,8 +89,13 @@ async fn main() -> Result<()> {
         }
         let pid = envoy.pid().to_string();
         callgrind_control(&["-i", "on", &pid])?;
-        for i in 0..requests {
-            send(&client, &url, WARMUP_REQUESTS + i).await?;
+        let results: Vec<Result<()>> = futures::stream::iter(0..requests)
+            .map(|i| send(&client, &url, WARMUP_REQUESTS + i))
+            .buffer_unordered(parallel)
+            .collect()
+            .await;
+        for result in results {
+            result?;
         }
         callgrind_control(&["-d", &pid])?;
         let total = dumped_total(&out.with_extension("out.1")).await?;
@@ -105,7 +117,7 @@ async fn main() -> Result<()> {
         "settings": {
             "requests_counted": requests, "warmup_requests": WARMUP_REQUESTS,
             "counter": "valgrind --tool=callgrind, user-space instructions of the proxy process",
-            "envoy_workers": 1, "requests_in_flight": 1
+            "envoy_workers": 1, "requests_in_flight": parallel
         },
         "instructions_per_request": per_request,
         "over_native_hash_split": {

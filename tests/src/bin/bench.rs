@@ -10,10 +10,14 @@
 //! wrk sends every request with a random `x-user-id`. Results go to
 //! `target/bench/overhead.json`. Knobs: `BENCH_ROUNDS` (15), `BENCH_SECONDS` (2),
 //! `BENCH_CONNECTIONS` (32), `BENCH_PIN` (0; 1 pins the proxy under test to its own CPU),
-//! `BENCH_ONLY` (comma-separated case names: run only those).
+//! `BENCH_ONLY` (comma-separated case names: run only those), `BENCH_SIDE_ROUNDS` (8).
+//!
+//! After the interleaved rounds, the filter is loaded at the same time as native, then as
+//! the floor module (`side_by_side` in the report): each gets half the connections, and
+//! the machine's drift, which moves single interleaved rounds by ±20%, hits both alike.
 
 use std::path::Path;
-use std::process::Command;
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
@@ -74,18 +78,28 @@ fn env_or(name: &str, default: u64) -> u64 {
 }
 
 fn run_wrk(script: &Path, url: &str, seconds: u64, connections: u64, pin: bool) -> Result<Run> {
+    wrk_result(start_wrk(script, url, seconds, connections, pin)?, url)
+}
+
+fn start_wrk(script: &Path, url: &str, seconds: u64, connections: u64, pin: bool) -> Result<Child> {
     let mut command = Command::new(paths::wrk_bin()?);
     if pin {
         pin_to_cpus(&mut command, vec![1]);
     }
-    let output = command
+    command
         .args(["-t", "1", "-c", &connections.to_string(), "-d"])
         .arg(format!("{seconds}s"))
         .arg("-s")
         .arg(script)
         .arg(url)
-        .output()
-        .context("running wrk")?;
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("running wrk")
+}
+
+fn wrk_result(wrk: Child, url: &str) -> Result<Run> {
+    let output = wrk.wait_with_output().context("running wrk")?;
     let stdout = String::from_utf8_lossy(&output.stdout);
     let line = stdout
         .lines()
@@ -108,6 +122,52 @@ fn run_wrk(script: &Path, url: &str, seconds: u64, connections: u64, pin: bool) 
         proxy_cpu_us_per_request: 0.0,
         proxy_cpu_utilization: 0.0,
     })
+}
+
+/// Two proxies loaded at the same time, each by its own wrk with half the connections,
+/// `rounds` times: the machine's drift hits both alike. Per round, `a`'s figure over
+/// `b`'s: requests/s, and `b`'s CPU per request over `a`'s (above 1: `a` is cheaper).
+fn side_by_side(
+    script: &Path,
+    a: &(&str, Envoy, String),
+    b: &(&str, Envoy, String),
+    rounds: u64,
+    seconds: u64,
+    connections: u64,
+) -> Result<serde_json::Value> {
+    let (mut rps, mut cpu) = (Vec::new(), Vec::new());
+    for round in 0..rounds {
+        let before = (a.1.cpu_time()?, b.1.cpu_time()?);
+        let wrks = (
+            start_wrk(script, &a.2, seconds, connections / 2, false)?,
+            start_wrk(script, &b.2, seconds, connections / 2, false)?,
+        );
+        let runs = (wrk_result(wrks.0, &a.2)?, wrk_result(wrks.1, &b.2)?);
+        let per_request = |proxy: &Envoy, before: Duration, run: &Run| -> Result<f64> {
+            let used = proxy.cpu_time()?.saturating_sub(before).as_secs_f64();
+            Ok(used * 1e6 / run.requests.max(1) as f64)
+        };
+        let cpu_a = per_request(&a.1, before.0, &runs.0)?;
+        let cpu_b = per_request(&b.1, before.1, &runs.1)?;
+        eprintln!(
+            "side by side {}/{rounds}: {} {:.0} rps {cpu_a:.1} µs/req | {} {:.0} rps {cpu_b:.1} µs/req",
+            round + 1,
+            a.0,
+            runs.0.rps,
+            b.0,
+            runs.1.rps
+        );
+        rps.push(runs.0.rps / runs.1.rps);
+        cpu.push(cpu_b / cpu_a);
+    }
+    Ok(json!({
+        "rounds": rounds, "seconds_per_round": seconds, "connections_each": connections / 2,
+        // The cost: CPU per request of the other case over the filter's.
+        "proxy_cpu_ratio_median": median(cpu.clone()), "proxy_cpu_ratio_per_round": cpu,
+        // How the two shared a contended machine: not a cost (neither proxy had a CPU to
+        // itself), kept to show it.
+        "rps_ratio_median": median(rps.clone()), "rps_ratio_per_round": rps,
+    }))
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -197,6 +257,19 @@ async fn main() -> Result<()> {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
+    // The filter beside native and beside the floor module, loaded at the same time.
+    let side_rounds = env_or("BENCH_SIDE_ROUNDS", 8);
+    let find = |name: &str| proxies.iter().find(|(n, _, _)| *n == name);
+    let mut side = serde_json::Map::new();
+    if side_rounds > 0 {
+        for other in ["native_hash_split", "wasm_floor"] {
+            if let (Some(a), Some(b)) = (find("filter"), find(other)) {
+                let result = side_by_side(&script, a, b, side_rounds, 4, connections)?;
+                side.insert(format!("filter_vs_{other}"), result);
+            }
+        }
+    }
+
     let mut results = serde_json::Map::new();
     let mut medians = std::collections::HashMap::new();
     let mut cpu_medians = std::collections::HashMap::new();
@@ -235,6 +308,8 @@ async fn main() -> Result<()> {
             "envoy_workers": 1, "canary_weight_bp": CANARY_WEIGHT_BP, "load_generator": "wrk -t1"
         },
         "cases": results,
+        // Filter over the other case, loaded at the same time (see `side_by_side`).
+        "side_by_side": side,
         "filter_vs_native_rps": ratio,
         "filter_vs_native_rps_per_round": per_round,
         "filter_vs_native_rps_median_of_rounds": median(per_round.clone()),

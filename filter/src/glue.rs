@@ -268,6 +268,21 @@ pub(crate) fn keyed_entry<T>(
     &mut list[j].1
 }
 
+/// A shared-data entry (a time in ms) with its CAS token, for a write that only one root
+/// may win. Envoy takes a write without a token as unconditional, and the workers' ticks
+/// coincide (they were configured together): two that both found the entry missing would
+/// both win. So a missing entry is created (0: nothing stored) and this round skipped.
+pub(crate) fn shared_with_cas(key: &str) -> Option<(Option<Vec<u8>>, u32)> {
+    match hostcalls::get_shared_data(key) {
+        Ok((stored, Some(cas))) => Some((stored, cas)),
+        Ok((_, None)) => {
+            let _ = hostcalls::set_shared_data(key, Some(&encode_ms(0)), None);
+            None
+        }
+        Err(_) => None,
+    }
+}
+
 fn increment(metric_id: u32, delta: u64) {
     // A failed update is not worth failing anything over.
     let _ = hostcalls::increment_metric(metric_id, i64::try_from(delta).unwrap_or(i64::MAX));
@@ -427,7 +442,9 @@ impl CanaryRoot {
             let canary = |m| metrics.id(Version::Canary, m);
             let count = |m| canary(m).and_then(|id| hostcalls::get_metric(id).ok());
             let key = format!("wasm-canary/breaker/{}", r.name);
-            let (stored, cas) = hostcalls::get_shared_data(&key).unwrap_or_default();
+            let Some((stored, cas)) = shared_with_cas(&key) else {
+                continue;
+            };
             let name = format!("{} {}", r.name, config.window_s);
             let local = keyed_entry(&mut self.breakers, name, || Local::new(config));
             let tick = local.tick(
@@ -444,7 +461,7 @@ impl CanaryRoot {
                     open_until_ms,
                     requests,
                     errors,
-                } => hostcalls::set_shared_data(&key, Some(&encode_ms(open_until_ms)), cas)
+                } => hostcalls::set_shared_data(&key, Some(&encode_ms(open_until_ms)), Some(cas))
                     .ok()
                     .map(|()| {
                         local.opened(open_until_ms);

@@ -159,7 +159,9 @@ impl ChainRoot {
                 (read(ids.rq_total), read(ids.rq_5xx))
             };
             let key = format!("wasm-canary/tier/{}/{name}", r.name);
-            let (stored, cas) = hostcalls::get_shared_data(&key).unwrap_or_default();
+            let Some((stored, cas)) = crate::glue::shared_with_cas(&key) else {
+                continue;
+            };
             let local_key = format!("{}/{name} {}", r.name, config.window_s);
             let local = crate::glue::keyed_entry(&mut self.breakers, local_key, || {
                 TierBreaker::new(config)
@@ -173,7 +175,9 @@ impl ChainRoot {
                 decode_ms(stored.as_deref()).unwrap_or(0),
             );
             if let TierTick::Trip { open_until_ms } = tick {
-                if hostcalls::set_shared_data(&key, Some(&encode_ms(open_until_ms)), cas).is_ok() {
+                if hostcalls::set_shared_data(&key, Some(&encode_ms(open_until_ms)), Some(cas))
+                    .is_ok()
+                {
                     local.opened(open_until_ms);
                     log::warn!(
                         "wasm-canary: {}: tier {name} circuit breaker open for {}s",

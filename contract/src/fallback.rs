@@ -69,6 +69,14 @@ impl Default for Retry {
     }
 }
 
+impl Fallback {
+    /// The configured tier at `index` in the chain's order: 0 is the rollout's own service
+    /// (no `Tier`), `i` is `tiers[i - 1]`.
+    pub fn tier(&self, index: usize) -> Option<&Tier> {
+        self.tiers.get(index.checked_sub(1)?)
+    }
+}
+
 impl Retry {
     pub fn allows(&self, method: &[u8]) -> bool {
         self.methods.iter().any(|m| m.as_bytes() == method)
@@ -244,6 +252,19 @@ pub fn tier_stat_name(metric: TierMetric, rollout: &str, tier: &str) -> String {
 mod tests {
     use super::*;
     use crate::FilterConfig;
+
+    #[test]
+    fn chain_index_zero_is_the_rollouts_own_service() {
+        let c = parse(
+            r#"{"tiers":[{"name":"lite","route_value":"lite"},{"name":"tiny","route_value":"tiny"}]}"#,
+        )
+        .expect("valid");
+        let f = c.rollouts[0].fallback.as_ref().expect("fallback");
+        assert_eq!(f.tier(0), None);
+        assert_eq!(f.tier(1).map(|t| t.name.as_str()), Some("lite"));
+        assert_eq!(f.tier(2).map(|t| t.name.as_str()), Some("tiny"));
+        assert_eq!(f.tier(3), None);
+    }
 
     fn parse(fallback: &str) -> Result<FilterConfig, crate::ConfigError> {
         FilterConfig::from_json(

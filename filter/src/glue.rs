@@ -90,6 +90,24 @@ impl Active {
         self.router.rollouts().get(index)?.llm.as_ref()
     }
 
+    /// Rollout `index`'s eval sampling, if any.
+    #[cfg(feature = "llm")]
+    fn eval(&self, index: usize) -> Option<&canary_contract::EvalSampling> {
+        self.router.rollouts().get(index)?.eval.as_ref()
+    }
+
+    /// Rollout `index`'s fallback configuration, if any.
+    #[cfg(feature = "fallback")]
+    fn fallback(&self, index: usize) -> Option<&canary_contract::fallback::Fallback> {
+        self.router.rollouts().get(index)?.fallback.as_ref()
+    }
+
+    /// Rollout `index`'s fallback chain in this configuration, if any.
+    #[cfg(feature = "fallback")]
+    fn chain(&self, index: usize) -> Option<&crate::glue_fallback::Chain> {
+        self.chains.get(index)?.as_ref()
+    }
+
     fn flush_counters(&self) {
         let Ok(mut pending) = self.pending.try_borrow_mut() else {
             return;
@@ -283,7 +301,7 @@ pub(crate) fn shared_with_cas(key: &str) -> Option<(Option<Vec<u8>>, u32)> {
     }
 }
 
-fn increment(metric_id: u32, delta: u64) {
+pub(crate) fn increment(metric_id: u32, delta: u64) {
     // A failed update is not worth failing anything over.
     let _ = hostcalls::increment_metric(metric_id, i64::try_from(delta).unwrap_or(i64::MAX));
 }
@@ -838,13 +856,8 @@ impl CanaryHttp {
         index: usize,
         rollout: &canary_contract::RolloutConfig,
     ) -> Option<Action> {
-        let chain = active.chains.get(index)?.as_ref()?;
+        let chain = active.chain(index)?;
         let fallback = rollout.fallback.as_ref()?;
-        let count = |tier: usize| {
-            if let Some(id) = chain.ids.get(tier).and_then(|t| t.rq_total) {
-                increment(id, 1);
-            }
-        };
         let (chosen, probe) = chain.choose();
         match chosen {
             Some(0) => {
@@ -852,23 +865,28 @@ impl CanaryHttp {
                 None
             }
             Some(tier) => {
-                let value = &fallback.tiers.get(tier - 1)?.route_value;
+                let value = &fallback.tier(tier)?.route_value;
                 self.set_http_request_header(&rollout.route_header, Some(value));
-                count(tier);
+                chain.count_request(tier);
                 self.tier = Some((index, tier, probe));
                 Some(Action::Continue)
             }
             None => {
-                count(chain.response_index());
-                self.send_degraded(&fallback.response);
+                self.send_degraded(chain, &fallback.response);
                 Some(Action::Pause)
             }
         }
     }
 
-    /// The chain's last resort: the configured response, marked degraded.
+    /// The chain's last resort: the configured response, marked degraded (counted as the
+    /// response tier's request).
     #[cfg(feature = "fallback")]
-    fn send_degraded(&self, r: &canary_contract::fallback::FallbackResponse) {
+    fn send_degraded(
+        &self,
+        chain: &crate::glue_fallback::Chain,
+        r: &canary_contract::fallback::FallbackResponse,
+    ) {
+        chain.count_response();
         let mut headers: Vec<(&str, &str)> = vec![
             (canary_contract::fallback::DEGRADED_HEADER, "1"),
             ("content-type", "application/json"),
@@ -923,7 +941,7 @@ impl CanaryHttp {
         };
         let rollout = active.router.rollouts().get(copy.rollout);
         let fallback = rollout.and_then(|r| r.fallback.as_ref());
-        let chain = active.chains.get(copy.rollout).and_then(Option::as_ref);
+        let chain = active.chain(copy.rollout);
         let (Some(rollout), Some(fallback), Some(chain)) = (rollout, fallback, chain) else {
             return false;
         };
@@ -934,20 +952,13 @@ impl CanaryHttp {
         let Some(body) = copy.body.take() else {
             return false;
         };
-        let count = |tier: usize| {
-            if let Some(id) = chain.ids.get(tier).and_then(|t| t.rq_total) {
-                increment(id, 1);
-            }
-        };
         let cluster = |tier: usize| {
             fallback
-                .tiers
-                .get(tier.wrapping_sub(1))
+                .tier(tier)
                 .and_then(|t| Some((t.cluster.as_deref()?, t.route_value.as_str())))
         };
         let Some(tier) = chain.choose_retry(|i| cluster(i).is_some()) else {
-            count(chain.response_index());
-            self.send_degraded(&fallback.response);
+            self.send_degraded(chain, &fallback.response);
             return true;
         };
         let Some((cluster, route_value)) = cluster(tier) else {
@@ -969,7 +980,7 @@ impl CanaryHttp {
         let timeout = Duration::from_millis(retry.timeout_ms);
         match hostcalls::dispatch_http_call(cluster, headers, body, vec![], timeout) {
             Ok(_) => {
-                count(tier);
+                chain.count_request(tier);
                 self.retry_call = Some((copy.rollout, tier));
                 true
             }
@@ -987,11 +998,8 @@ impl CanaryHttp {
         };
         if probe {
             let name = active
-                .router
-                .rollouts()
-                .get(rollout)
-                .and_then(|r| r.fallback.as_ref())
-                .and_then(|f| f.tiers.get(tier.wrapping_sub(1)))
+                .fallback(rollout)
+                .and_then(|f| f.tier(tier))
                 .map_or(canary_contract::fallback::PRIMARY_TIER, |t| t.name.as_str());
             self.add_http_response_header("x-canary-probe", name);
         }
@@ -1001,14 +1009,8 @@ impl CanaryHttp {
         let failed = self
             .get_http_response_header_bytes(":status")
             .is_some_and(|s| s.first() == Some(&b'5'));
-        let id = active
-            .chains
-            .get(rollout)
-            .and_then(Option::as_ref)
-            .and_then(|c| c.ids.get(tier))
-            .and_then(|t| t.rq_5xx);
-        if let (true, Some(id)) = (failed, id) {
-            increment(id, 1);
+        if let (true, Some(chain)) = (failed, active.chain(rollout)) {
+            chain.count_5xx(tier);
         }
     }
 
@@ -1151,22 +1153,18 @@ impl Context for CanaryHttp {
             self.resume_http_response();
             return;
         };
-        let chain = active.chains.get(rollout).and_then(Option::as_ref);
         let ok = status.is_some_and(|s| s < 500);
         if !ok {
             // Counted for the tier's breaker, as if the user had been routed there.
-            if let Some(id) = chain.and_then(|c| c.ids.get(tier)).and_then(|t| t.rq_5xx) {
-                increment(id, 1);
+            if let Some(chain) = active.chain(rollout) {
+                chain.count_5xx(tier);
             }
             self.resume_http_response();
             return;
         }
         let name = active
-            .router
-            .rollouts()
-            .get(rollout)
-            .and_then(|r| r.fallback.as_ref())
-            .and_then(|f| f.tiers.get(tier.wrapping_sub(1)))
+            .fallback(rollout)
+            .and_then(|f| f.tier(tier))
             .map_or("", |t| t.name.as_str());
         // Hop-by-hop headers, the length and `:status` are Envoy's to set.
         let mut headers = crate::copy::copied_headers(raw);

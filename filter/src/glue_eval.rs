@@ -55,7 +55,7 @@ impl EvalShared {
         version: Version,
         end_of_stream: bool,
     ) -> Option<EvalCopy> {
-        let eval = active.router.rollouts().get(rollout)?.eval.as_ref()?;
+        let eval = active.eval(rollout)?;
         let sampled = active
             .samplers
             .try_borrow_mut()
@@ -147,12 +147,7 @@ impl EvalShared {
         };
         for (ctx, call) in ready {
             let (active, r, v) = (&ctx.active, ctx.rollout, ctx.version);
-            let Some(eval) = active
-                .router
-                .rollouts()
-                .get(r)
-                .and_then(|r| r.eval.as_ref())
-            else {
+            let Some(eval) = active.eval(r) else {
                 continue;
             };
             let body = call.body();

@@ -13,6 +13,7 @@ use proxy_wasm::hostcalls;
 
 use crate::control::{decode_ms, encode_ms};
 use crate::fallback::{choose, choose_retry, State, TierBreaker, TierTick};
+use crate::glue::increment;
 use crate::metrics::RolloutMetrics;
 
 /// Metric ids of one tier (0: the rollout's own service, whose requests are in
@@ -60,9 +61,23 @@ impl Chain {
         Some(chosen)
     }
 
-    /// The response tier's index in `ids`.
-    pub fn response_index(&self) -> usize {
-        self.gates.len()
+    /// Counts a request sent to `tier` (its `rq_total`).
+    pub fn count_request(&self, tier: usize) {
+        if let Some(id) = self.ids.get(tier).and_then(|t| t.rq_total) {
+            increment(id, 1);
+        }
+    }
+
+    /// Counts a 5xx answer of `tier`, which its breaker reads.
+    pub fn count_5xx(&self, tier: usize) {
+        if let Some(id) = self.ids.get(tier).and_then(|t| t.rq_5xx) {
+            increment(id, 1);
+        }
+    }
+
+    /// Counts a request the filter answered itself (the response tier, last in `ids`).
+    pub fn count_response(&self) {
+        self.count_request(self.gates.len());
     }
 }
 
@@ -185,7 +200,7 @@ impl ChainRoot {
                         config.open_s
                     );
                     if let Some(id) = ids.trips {
-                        let _ = hostcalls::increment_metric(id, 1);
+                        increment(id, 1);
                     }
                 }
             }

@@ -1336,10 +1336,16 @@ impl HttpContext for CanaryHttp {
         let Some(routed) = self.routed.as_mut() else {
             return Action::Continue;
         };
+        // One read from the host per chunk, however many copies take it.
+        let chunk = std::cell::OnceCell::new();
         let read = || {
-            hostcalls::get_buffer(BufferType::HttpRequestBody, 0, body_size)
-                .ok()
-                .flatten()
+            chunk
+                .get_or_init(|| {
+                    hostcalls::get_buffer(BufferType::HttpRequestBody, 0, body_size)
+                        .ok()
+                        .flatten()
+                })
+                .clone()
         };
         if let Some(copy) = routed.shadow.as_mut() {
             self.worker.shadow.request_body(

@@ -68,13 +68,7 @@ pub async fn send(client: &reqwest::Client, probe: &Probe) -> Result<Answer> {
         .send()
         .await
         .with_context(|| format!("GET {}{}", probe.base, probe.path))?;
-    let text = |name: &str| {
-        response
-            .headers()
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string)
-    };
+    let text = |name: &str| header_text(response.headers(), name);
     let answer = Answer {
         status: response.status().as_u16(),
         served_by: text(SERVED_BY),
@@ -90,6 +84,14 @@ pub async fn send(client: &reqwest::Client, probe: &Probe) -> Result<Answer> {
     // Read the body so the connection goes back to the pool.
     let _ = response.bytes().await;
     Ok(answer)
+}
+
+/// A response header as text: `None` when absent or not visible ASCII.
+pub fn header_text(headers: &reqwest::header::HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
 }
 
 /// Sends every probe, `concurrency` at a time, and returns the answers in probe order.

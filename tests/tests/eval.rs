@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use canary_contract::{EvalSampling, FilterConfig, LlmSignals, RolloutConfig};
+use canary_e2e::client::header_text;
 use canary_e2e::controller::{passing_checks, rollback_message, wait_status, ControlledRig};
 use canary_e2e::envoy;
 use canary_e2e::envoy::Envoy;
@@ -91,12 +92,8 @@ async fn send(base: &str, first: u32, n: u32, parallel: usize) -> Result<BTreeMa
                     .send()
                     .await?;
                 let status = response.status().as_u16();
-                let served_by = response
-                    .headers()
-                    .get(SERVED_BY)
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or("-")
-                    .to_string();
+                let served_by =
+                    header_text(response.headers(), SERVED_BY).unwrap_or_else(|| "-".into());
                 let body = response.bytes().await?;
                 anyhow::ensure!(
                     status == 200 && !body.is_empty(),

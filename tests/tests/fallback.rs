@@ -14,6 +14,7 @@ use canary_contract::fallback::{
 use canary_contract::stats::ENVOY_WASM_PREFIX;
 use canary_contract::{CircuitBreaker, FilterConfig, RolloutConfig};
 use canary_e2e::bootstrap::{CanaryBootstrap, FailurePolicy, ListenerSource};
+use canary_e2e::client::header_text;
 use canary_e2e::controller::{free_port, wait_status, Canaryctl};
 use canary_e2e::envoy::{self, Envoy, EnvoyOptions};
 use canary_e2e::load;
@@ -108,13 +109,7 @@ async fn send(client: &reqwest::Client, base: &str, user: &str) -> Result<Reply>
         .send()
         .await
         .context("GET through Envoy")?;
-    let text = |name: &str| {
-        response
-            .headers()
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string)
-    };
+    let text = |name: &str| header_text(response.headers(), name);
     let (status, served_by, degraded, probe, source) = (
         response.status().as_u16(),
         text(SERVED_BY),
@@ -418,14 +413,7 @@ async fn call(
         request = request.header("x-upstream-status", "502");
     }
     let response = request.send().await?;
-    let header = |name: &str| {
-        response
-            .headers()
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("-")
-            .to_string()
-    };
+    let header = |name: &str| header_text(response.headers(), name).unwrap_or_else(|| "-".into());
     let (served_by, retried) = (header(SERVED_BY), header("x-canary-retried"));
     Ok((response.status().as_u16(), served_by, retried))
 }

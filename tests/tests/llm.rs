@@ -10,6 +10,7 @@ use anyhow::{Context, Result};
 use canary_contract::{
     FilterConfig, LlmSignals, QualityHeader, RolloutConfig, TokenPrice, Version,
 };
+use canary_e2e::client::header_text;
 use canary_e2e::envoy;
 use canary_e2e::fake_llm::LlmBehaviour;
 use canary_e2e::paths;
@@ -92,12 +93,7 @@ async fn chat(
         request = request.header("x-llm-broken", broken);
     }
     let response = request.send().await?;
-    let served_by = response
-        .headers()
-        .get(SERVED_BY)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("-")
-        .to_string();
+    let served_by = header_text(response.headers(), SERVED_BY).unwrap_or_else(|| "-".into());
     let mut response = response;
     let mut chunks = Vec::new();
     while let Some(chunk) = response.chunk().await? {

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 use canary_contract::{FilterConfig, LlmSignals, RateLimit, RolloutConfig, Version};
+use canary_e2e::client::header_text;
 use canary_e2e::controller::{wait_status, ControlledRig};
 use canary_e2e::envoy::{self, Envoy};
 use canary_e2e::fake_llm::LlmBehaviour;
@@ -56,13 +57,7 @@ async fn chat(
         request = request.header(name, value);
     }
     let response = request.send().await?;
-    let header = |name: &str| {
-        response
-            .headers()
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string)
-    };
+    let header = |name: &str| header_text(response.headers(), name);
     let served_by = header(SERVED_BY);
     let retry_after = header("retry-after").and_then(|v| v.parse().ok());
     let content_type = header("content-type");
@@ -498,12 +493,7 @@ async fn quota_sentinel_throttles_non_priority_users_and_clears_with_hysteresis(
 /// The rate limit the controller serves, and its ETag.
 async fn served_limit(ctl: &canary_e2e::controller::Canaryctl) -> Result<(Value, String)> {
     let response = reqwest::get(format!("{}/filter-config", ctl.url())).await?;
-    let etag = response
-        .headers()
-        .get("etag")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_string();
+    let etag = header_text(response.headers(), "etag").unwrap_or_default();
     let config: Value = response.json().await?;
     Ok((config["rollouts"][0]["rate_limit"].clone(), etag))
 }

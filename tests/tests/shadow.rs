@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use canary_contract::{FilterConfig, LlmSignals, RolloutConfig, Shadow};
 use canary_e2e::bootstrap::CANARY_CLUSTER;
+use canary_e2e::client::header_text;
 use canary_e2e::controller::{wait_status, Canaryctl, ControlledRig};
 use canary_e2e::envoy;
 use canary_e2e::envoy::Envoy;
@@ -71,12 +72,7 @@ async fn chat(
         ))
         .send()
         .await?;
-    let served_by = response
-        .headers()
-        .get(SERVED_BY)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("-")
-        .to_string();
+    let served_by = header_text(response.headers(), SERVED_BY).unwrap_or_else(|| "-".into());
     let headers = response.headers().clone();
     let body = response.bytes().await?.to_vec();
     Ok((served_by, headers, body))

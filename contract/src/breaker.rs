@@ -7,7 +7,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::Validator;
+use crate::validate::{Validator, MAX_WEIGHT_BP};
 
 const MAX_WINDOW_S: u32 = 3_600;
 const MAX_OPEN_S: u32 = 86_400;
@@ -49,7 +49,7 @@ impl CircuitBreaker {
 
 pub(crate) fn validate_breaker(v: &mut Validator, at: &str, b: &CircuitBreaker) {
     v.check(
-        (1..=crate::MAX_WEIGHT_BP).contains(&b.error_rate_bp),
+        (1..=MAX_WEIGHT_BP).contains(&b.error_rate_bp),
         format!("{at}.error_rate_bp"),
         format!("must be 1-10000 (0.01%-100%), got {}", b.error_rate_bp),
     );

@@ -4,22 +4,22 @@
 //! Envoy or a message from the controller points at the exact thing to fix.
 
 use std::collections::BTreeSet;
-use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
 use crate::bucket::{bucket, version_for_bucket};
+use crate::validate::{is_header_name, is_rollout_name, is_token, Validator, MAX_NAME_LEN};
 use crate::Version;
+
+// Their old home: `canary_contract::config::{ConfigError, FieldError, MAX_WEIGHT_BP}`.
+pub use crate::validate::{ConfigError, FieldError, MAX_WEIGHT_BP};
 
 /// The only schema this build understands. A config with another value is refused
 /// rather than half-understood.
 pub const SCHEMA_VERSION: u32 = 1;
-/// 100% in basis points.
-pub const MAX_WEIGHT_BP: u32 = 10_000;
 /// Longest accepted user key by default; longer values are treated as absent.
 pub const DEFAULT_MAX_KEY_BYTES: usize = 256;
 const MAX_KEY_BYTES_LIMIT: usize = 4096;
-const MAX_NAME_LEN: usize = 63;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -287,63 +287,13 @@ impl SameSite {
     }
 }
 
-/// One problem with one field.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FieldError {
-    /// Path of the field, e.g. `rollouts[0].weight_bp`.
-    pub field: String,
-    pub reason: String,
-}
-
-impl fmt::Display for FieldError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.field, self.reason)
-    }
-}
-
-/// Why a configuration was refused: every problem found, each naming its field.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub struct ConfigError {
-    pub errors: Vec<FieldError>,
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, e) in self.errors.iter().enumerate() {
-            if i > 0 {
-                f.write_str("; ")?;
-            }
-            write!(f, "{e}")?;
-        }
-        Ok(())
-    }
-}
-
-impl ConfigError {
-    fn single(field: impl Into<String>, reason: impl Into<String>) -> Self {
-        ConfigError {
-            errors: vec![FieldError {
-                field: field.into(),
-                reason: reason.into(),
-            }],
-        }
-    }
-}
-
 impl FilterConfig {
     /// Parses and validates a configuration. Type errors name the field path; all
     /// validation problems are reported together.
     pub fn from_json(bytes: &[u8]) -> Result<FilterConfig, ConfigError> {
         let de = &mut serde_json::Deserializer::from_slice(bytes);
-        let config: FilterConfig = serde_path_to_error::deserialize(de).map_err(|e| {
-            let path = e.path().to_string();
-            let field = if path == "." || path.is_empty() {
-                "(root)".to_string()
-            } else {
-                path
-            };
-            ConfigError::single(field, e.into_inner().to_string())
-        })?;
+        let config: FilterConfig =
+            serde_path_to_error::deserialize(de).map_err(ConfigError::from_path_error)?;
         config.validate()?;
         Ok(config)
     }
@@ -424,36 +374,6 @@ impl FilterConfig {
 
     pub fn rollout(&self, name: &str) -> Option<&RolloutConfig> {
         self.rollouts.iter().find(|r| r.name == name)
-    }
-}
-
-#[derive(Default)]
-pub(crate) struct Validator {
-    errors: Vec<FieldError>,
-}
-
-impl Validator {
-    pub(crate) fn push(&mut self, field: impl Into<String>, reason: impl Into<String>) {
-        self.errors.push(FieldError {
-            field: field.into(),
-            reason: reason.into(),
-        });
-    }
-
-    pub(crate) fn check(&mut self, ok: bool, field: impl Into<String>, reason: impl Into<String>) {
-        if !ok {
-            self.push(field, reason);
-        }
-    }
-
-    fn finish(self) -> Result<(), ConfigError> {
-        if self.errors.is_empty() {
-            Ok(())
-        } else {
-            Err(ConfigError {
-                errors: self.errors,
-            })
-        }
     }
 }
 
@@ -605,28 +525,6 @@ fn validate_rollout(v: &mut Validator, at: &str, r: &RolloutConfig) {
     if let Some(eval) = &r.eval {
         crate::eval::validate_eval(v, &format!("{at}.eval"), eval, r.llm.as_ref());
     }
-}
-
-pub(crate) fn is_rollout_name(name: &str) -> bool {
-    let b = name.as_bytes();
-    !b.is_empty()
-        && b.len() <= MAX_NAME_LEN
-        && (b[0].is_ascii_lowercase() || b[0].is_ascii_digit())
-        && b.iter()
-            .all(|&c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'_' || c == b'-')
-}
-
-/// RFC 9110 token characters.
-fn is_token(s: &str) -> bool {
-    !s.is_empty()
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
-}
-
-/// A token with no upper-case letters (HTTP/2 and Envoy use lower-case names) and no
-/// pseudo-header.
-pub(crate) fn is_header_name(s: &str) -> bool {
-    is_token(s) && !s.bytes().any(|b| b.is_ascii_uppercase())
 }
 
 #[cfg(test)]

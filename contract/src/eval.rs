@@ -10,7 +10,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::Validator;
+use crate::validate::{is_signal_name, Validator, MAX_SIGNAL_LEN};
 use crate::Version;
 
 /// Continuous eval sampling of a rollout's LLM calls. Needs `llm` on the same rollout.
@@ -112,12 +112,11 @@ pub(crate) fn validate_eval(
         },
     );
     v.check(
-        crate::llm::is_signal_name(&eval.signal),
+        is_signal_name(&eval.signal),
         format!("{at}.signal"),
         format!(
             "{:?} must be 1-{} bytes of [a-z0-9_] (it is part of stat names)",
-            eval.signal,
-            crate::llm::MAX_SIGNAL_LEN
+            eval.signal, MAX_SIGNAL_LEN
         ),
     );
     let taken = llm.is_some_and(|l| l.quality_headers.iter().any(|q| q.signal == eval.signal));

@@ -10,7 +10,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{is_header_name, is_rollout_name, Validator};
+use crate::validate::{is_header_name, is_rollout_name, Validator};
 use crate::CircuitBreaker;
 
 /// The tier name of the rollout's own service in stats.

@@ -19,12 +19,13 @@ pub mod ratelimit;
 #[cfg(feature = "llm")]
 pub mod shadow;
 pub mod stats;
+pub mod validate;
 
 pub use breaker::CircuitBreaker;
 pub use bucket::{bucket, version_for_bucket, BUCKETS};
 pub use config::{
-    AnonymousCookie, Assignment, ConfigError, ControllerSource, FieldError, FilterConfig,
-    KeySource, RequestMatch, RolloutConfig, SameSite, MAX_WEIGHT_BP, SCHEMA_VERSION,
+    AnonymousCookie, Assignment, ControllerSource, FilterConfig, KeySource, RequestMatch,
+    RolloutConfig, SameSite, SCHEMA_VERSION,
 };
 #[cfg(feature = "llm")]
 pub use eval::{EvalMetric, EvalSampling};
@@ -34,6 +35,7 @@ pub use llm::{LlmSignals, QualityHeader, TokenPrice, VersionPrices};
 pub use ratelimit::{Priority, RateLimit};
 #[cfg(feature = "llm")]
 pub use shadow::{Shadow, ShadowMetric, TextNormalisation};
+pub use validate::{ConfigError, FieldError, MAX_WEIGHT_BP};
 
 use serde::{Deserialize, Serialize};
 

@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{is_header_name, Validator};
+use crate::validate::{is_header_name, is_signal_name, Validator, MAX_SIGNAL_LEN};
 use crate::Version;
 
 /// What the filter reads from an LLM service's responses, per version.
@@ -101,7 +101,6 @@ impl Default for LlmSignals {
 
 pub const DEFAULT_MAX_BODY_BYTES: u32 = 256 * 1024;
 const MAX_BODY_BYTES_LIMIT: u32 = 16 * 1024 * 1024;
-pub(crate) const MAX_SIGNAL_LEN: usize = 32;
 const MAX_NANO_USD_PER_TOKEN: u64 = 1_000_000_000;
 
 fn default_max_body_bytes() -> u32 {
@@ -171,15 +170,6 @@ pub(crate) fn validate_llm(v: &mut Validator, at: &str, llm: &LlmSignals) {
         );
         signals.push(&q.signal);
     }
-}
-
-/// A quality signal name: part of stat names.
-pub(crate) fn is_signal_name(signal: &str) -> bool {
-    !signal.is_empty()
-        && signal.len() <= MAX_SIGNAL_LEN
-        && signal
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{is_header_name, Validator};
+use crate::validate::{is_header_name, Validator};
 
 /// Per-user limits of one rollout, keyed by the same user key as routing.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

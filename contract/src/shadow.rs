@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::Validator;
+use crate::validate::{Validator, MAX_WEIGHT_BP};
 
 /// Shadow traffic for a rollout. Needs `llm` on the same rollout: the primary's answer is
 /// read by the LLM response reader.
@@ -125,7 +125,7 @@ pub(crate) fn validate_outgoing(v: &mut Validator, at: &str, o: Outgoing) {
         (
             "sample_bp",
             u64::from(o.sample_bp),
-            u64::from(crate::MAX_WEIGHT_BP),
+            u64::from(MAX_WEIGHT_BP),
         ),
         ("timeout_ms", o.timeout_ms, MAX_TIMEOUT_MS),
         (

@@ -1,0 +1,219 @@
+//! Validation plumbing shared by the configuration and its parts: the error types, the
+//! [`Validator`] that collects them, the one mapping from a serde path to a field name, and
+//! the name predicates (rollout, header, cookie, signal names).
+//!
+//! A leaf: imports nothing else of the crate, so `config` and every part (`breaker`, `llm`,
+//! `fallback`, ...) import it and `config` imports the parts, one way.
+
+use std::fmt;
+
+/// 100% in basis points (a weight, a sample share, an error rate).
+pub const MAX_WEIGHT_BP: u32 = 10_000;
+/// Longest rollout (and fallback tier) name: a stat tag.
+pub(crate) const MAX_NAME_LEN: usize = 63;
+/// Longest quality signal name: part of stat names.
+#[cfg(feature = "llm")]
+pub(crate) const MAX_SIGNAL_LEN: usize = 32;
+
+/// One problem with one field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldError {
+    /// Path of the field, e.g. `rollouts[0].weight_bp`.
+    pub field: String,
+    pub reason: String,
+}
+
+impl fmt::Display for FieldError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.field, self.reason)
+    }
+}
+
+impl FieldError {
+    /// The same error with the leading path `from` replaced by `to` (`to` empty: dropped).
+    /// `from` matches whole path segments only: `rollouts[0]` matches `rollouts[0].name`
+    /// and `rollouts[0]`, not `rollouts[0]x`. Other fields are returned unchanged. For a
+    /// caller that embeds the configuration in its own format (the controller's spec).
+    pub fn replace_prefix(self, from: &str, to: &str) -> FieldError {
+        let Some(rest) = self.field.strip_prefix(from) else {
+            return self;
+        };
+        let field = if rest.is_empty() {
+            to.to_string()
+        } else if rest.starts_with('[') {
+            format!("{to}{rest}")
+        } else if let Some(sub) = rest.strip_prefix('.') {
+            if to.is_empty() {
+                sub.to_string()
+            } else {
+                format!("{to}.{sub}")
+            }
+        } else {
+            return self;
+        };
+        FieldError {
+            field,
+            reason: self.reason,
+        }
+    }
+}
+
+/// Why a configuration was refused: every problem found, each naming its field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigError {
+    pub errors: Vec<FieldError>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.errors.iter().enumerate() {
+            if i > 0 {
+                f.write_str("; ")?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl ConfigError {
+    pub(crate) fn single(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        ConfigError {
+            errors: vec![FieldError {
+                field: field.into(),
+                reason: reason.into(),
+            }],
+        }
+    }
+
+    /// A type error from deserializing, named by its serde path (`(root)` for the
+    /// document itself): the one mapping from a serde path to a field.
+    pub(crate) fn from_path_error<E: fmt::Display>(e: serde_path_to_error::Error<E>) -> Self {
+        let path = e.path().to_string();
+        let field = if path == "." || path.is_empty() {
+            "(root)".to_string()
+        } else {
+            path
+        };
+        ConfigError::single(field, e.into_inner().to_string())
+    }
+
+    /// [`FieldError::replace_prefix`] on every error.
+    pub fn replace_prefix(self, from: &str, to: &str) -> ConfigError {
+        ConfigError {
+            errors: self
+                .errors
+                .into_iter()
+                .map(|e| e.replace_prefix(from, to))
+                .collect(),
+        }
+    }
+}
+
+/// Collects every problem of a configuration, so all are reported at once.
+#[derive(Default)]
+pub(crate) struct Validator {
+    errors: Vec<FieldError>,
+}
+
+impl Validator {
+    pub(crate) fn push(&mut self, field: impl Into<String>, reason: impl Into<String>) {
+        self.errors.push(FieldError {
+            field: field.into(),
+            reason: reason.into(),
+        });
+    }
+
+    pub(crate) fn check(&mut self, ok: bool, field: impl Into<String>, reason: impl Into<String>) {
+        if !ok {
+            self.push(field, reason);
+        }
+    }
+
+    pub(crate) fn finish(self) -> Result<(), ConfigError> {
+        if self.errors.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError {
+                errors: self.errors,
+            })
+        }
+    }
+}
+
+/// `[a-z0-9][a-z0-9_-]*`, at most [`MAX_NAME_LEN`] bytes: a rollout or tier name (a stat tag).
+pub(crate) fn is_rollout_name(name: &str) -> bool {
+    let b = name.as_bytes();
+    !b.is_empty()
+        && b.len() <= MAX_NAME_LEN
+        && (b[0].is_ascii_lowercase() || b[0].is_ascii_digit())
+        && b.iter()
+            .all(|&c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'_' || c == b'-')
+}
+
+/// RFC 9110 token characters.
+pub(crate) fn is_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+/// A token with no upper-case letters (HTTP/2 and Envoy use lower-case names) and no
+/// pseudo-header.
+pub(crate) fn is_header_name(s: &str) -> bool {
+    is_token(s) && !s.bytes().any(|b| b.is_ascii_uppercase())
+}
+
+/// A quality signal name: part of stat names.
+#[cfg(feature = "llm")]
+pub(crate) fn is_signal_name(signal: &str) -> bool {
+    !signal.is_empty()
+        && signal.len() <= MAX_SIGNAL_LEN
+        && signal
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn error(field: &str) -> FieldError {
+        FieldError {
+            field: field.to_string(),
+            reason: "r".to_string(),
+        }
+    }
+
+    #[test]
+    fn replace_prefix_matches_whole_segments() {
+        let cases = [
+            ("rollouts[0].name", "rollouts[0]", "filter", "filter.name"),
+            ("rollouts[0]", "rollouts[0]", "filter", "filter"),
+            ("rollouts[0].tiers[1]", "rollouts[0].tiers", "t", "t[1]"),
+            ("rollouts[0].name", "rollouts[0]", "", "name"),
+            ("rollouts[0].name", "rollouts[0].name", "name", "name"),
+            ("rollouts[0]x", "rollouts[0]", "filter", "rollouts[0]x"),
+            (
+                "rollouts[10].name",
+                "rollouts[1]",
+                "filter",
+                "rollouts[10].name",
+            ),
+            ("schema_version", "rollouts[0]", "filter", "schema_version"),
+        ];
+        for (field, from, to, want) in cases {
+            assert_eq!(error(field).replace_prefix(from, to).field, want, "{field}");
+        }
+    }
+
+    #[test]
+    fn name_predicates() {
+        assert!(is_rollout_name("checkout-v2_a") && is_rollout_name("0a"));
+        assert!(!is_rollout_name("") && !is_rollout_name("-a") && !is_rollout_name("A"));
+        assert!(!is_rollout_name(&"a".repeat(MAX_NAME_LEN + 1)));
+        assert!(is_header_name("x-user-id") && !is_header_name("X-User") && !is_header_name(""));
+        assert!(!is_header_name(":path") && !is_header_name("a b"));
+        assert!(is_token("Session_ID") && !is_token("a;b"));
+    }
+}

@@ -10,6 +10,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::stats::{rollout_stat_name, StatTag};
 use crate::validate::{is_signal_name, Validator, MAX_SIGNAL_LEN};
 use crate::Version;
 
@@ -175,11 +176,7 @@ impl EvalMetric {
 
     /// The stat name as the filter defines it.
     pub fn stat_name(self, rollout: &str, version: Version) -> String {
-        format!(
-            "{}.rollout.{rollout}.version.{}",
-            self.name(),
-            version.as_str()
-        )
+        rollout_stat_name(self.name(), rollout, StatTag::Version(version))
     }
 }
 

@@ -10,8 +10,9 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::breaker::CircuitBreaker;
+use crate::stats::{rollout_stat_name, StatTag};
 use crate::validate::{is_header_name, is_rollout_name, Validator};
-use crate::CircuitBreaker;
 
 /// The tier name of the rollout's own service in stats.
 pub const PRIMARY_TIER: &str = "primary";
@@ -245,13 +246,21 @@ impl TierMetric {
 
 /// The stat name as the filter defines it (without Envoy's `wasmcustom.` prefix).
 pub fn tier_stat_name(metric: TierMetric, rollout: &str, tier: &str) -> String {
-    format!("{}.rollout.{rollout}.tier.{tier}", metric.name())
+    rollout_stat_name(metric.name(), rollout, StatTag::Tier(tier))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::FilterConfig;
+
+    #[test]
+    fn tier_stat_names_follow_the_documented_shape() {
+        assert_eq!(
+            tier_stat_name(TierMetric::BreakerState, "chat", "lite"),
+            "canary_tier_breaker_state.rollout.chat.tier.lite"
+        );
+    }
 
     #[test]
     fn chain_index_zero_is_the_rollouts_own_service() {

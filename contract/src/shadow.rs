@@ -3,7 +3,9 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::stats::{rollout_stat_name, StatTag};
 use crate::validate::{Validator, MAX_WEIGHT_BP};
+use crate::Version;
 
 /// Shadow traffic for a rollout. Needs `llm` on the same rollout: the primary's answer is
 /// read by the LLM response reader.
@@ -202,7 +204,7 @@ impl ShadowMetric {
 
     /// The stat name as the filter defines it (the candidate is the canary).
     pub fn stat_name(self, rollout: &str) -> String {
-        format!("{}.rollout.{rollout}.version.canary", self.name())
+        rollout_stat_name(self.name(), rollout, StatTag::Version(Version::Canary))
     }
 }
 

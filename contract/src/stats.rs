@@ -1,6 +1,7 @@
 //! Names of the stats the filter emits, shared with whatever reads them.
 //!
-//! A stat is named `<metric>.rollout.<rollout>.version.<version>`, e.g.
+//! A stat is named `<metric>.rollout.<rollout>.version.<version>` (the fallback chain's
+//! `...tier.<tier>`), built by [`rollout_stat_name`] for every metric family, e.g.
 //! `canary_rq_total.rollout.checkout.version.canary`. Envoy shows it at `/stats` as
 //! `wasmcustom.canary_rq_total.rollout.checkout.version.canary`; with the tag extraction
 //! rules in [`ENVOY_STATS_TAGS`] in the bootstrap, `/stats/prometheus` shows
@@ -187,13 +188,29 @@ pub fn cost_sumsq_micro_usd2(cost_nano_usd: u64) -> u64 {
     u64::try_from((squared + 500_000) / 1_000_000).unwrap_or(u64::MAX)
 }
 
+/// What a stat is about within its rollout: the tag after `rollout.<rollout>.`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum StatTag<'a> {
+    /// `version.<stable|canary>`: every family but the fallback chain's.
+    Version(Version),
+    /// `tier.<tier>`: the fallback chain's per-tier stats.
+    Tier(&'a str),
+}
+
+/// Every stat name the filter defines, whatever its family (without Envoy's `wasmcustom.`
+/// prefix): `<metric>.rollout.<rollout>.version.<version>` or `...tier.<tier>`, the shape
+/// [`ENVOY_STATS_TAGS`] takes apart.
+pub fn rollout_stat_name(metric: &str, rollout: &str, tag: StatTag<'_>) -> String {
+    let (key, value) = match tag {
+        StatTag::Version(version) => ("version", version.as_str()),
+        StatTag::Tier(tier) => ("tier", tier),
+    };
+    format!("{metric}.rollout.{rollout}.{key}.{value}")
+}
+
 /// The stat name as the filter defines it (without Envoy's `wasmcustom.` prefix).
 pub fn stat_name(metric: Metric, rollout: &str, version: Version) -> String {
-    format!(
-        "{}.rollout.{rollout}.version.{}",
-        metric.name(),
-        version.as_str()
-    )
+    rollout_stat_name(metric.name(), rollout, StatTag::Version(version))
 }
 
 /// The three counters of a quality signal: samples, their sum in thousandths and the sum of
@@ -242,10 +259,10 @@ pub fn quality_stat_name(
     rollout: &str,
     version: Version,
 ) -> String {
-    format!(
-        "{}.rollout.{rollout}.version.{}",
-        part.metric_name(signal),
-        version.as_str()
+    rollout_stat_name(
+        &part.metric_name(signal),
+        rollout,
+        StatTag::Version(version),
     )
 }
 
@@ -278,6 +295,10 @@ mod tests {
         assert_eq!(
             stat_name(Metric::RqHeaderTimeMs, "a-b_c", Version::Stable),
             "canary_rq_header_time_ms.rollout.a-b_c.version.stable"
+        );
+        assert_eq!(
+            rollout_stat_name("canary_tier_rq_total", "chat", StatTag::Tier("lite")),
+            "canary_tier_rq_total.rollout.chat.tier.lite"
         );
     }
 

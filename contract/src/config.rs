@@ -298,11 +298,22 @@ impl FilterConfig {
         Ok(config)
     }
 
+    /// [`from_json`](Self::from_json) for a configuration held as a JSON value: the same
+    /// checks and field paths, without a trip through a string.
+    pub fn from_value(value: serde_json::Value) -> Result<FilterConfig, ConfigError> {
+        let config: FilterConfig =
+            serde_path_to_error::deserialize(value).map_err(ConfigError::from_path_error)?;
+        config.validate()?;
+        Ok(config)
+    }
+
     pub fn to_json(&self) -> String {
         // Serializing plain structs of strings and numbers cannot fail.
         serde_json::to_string(self).unwrap_or_default()
     }
 
+    /// Every check of [`from_json`](Self::from_json) but the types, on a configuration
+    /// built in code (e.g. by the controller); all problems are reported together.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let mut v = Validator::default();
         if self.schema_version != SCHEMA_VERSION {
@@ -566,6 +577,83 @@ mod tests {
         assert_eq!(parse(&c.to_json()).expect("valid"), c);
     }
 
+    /// A configuration built in code, with every part set: serializing it and parsing it
+    /// back (from text or from a JSON value) gives the same value, and it validates as built.
+    #[test]
+    fn a_typed_config_with_every_part_round_trips() {
+        let mut r = RolloutConfig::new("chat", 2500);
+        r.salt = Some("s1".into());
+        r.request_match = RequestMatch {
+            hosts: vec!["api.example".into(), "*.example".into()],
+            path_prefix: Some("/v1".into()),
+        };
+        r.allow.insert("alice".into());
+        r.deny.insert("vip".into());
+        r.force_header = Some("x-canary-user".into());
+        r.anonymous_cookie.same_site = SameSite::Strict;
+        r.circuit_breaker = Some(crate::breaker::CircuitBreaker::default());
+        #[cfg(feature = "llm")]
+        {
+            let mut llm = crate::llm::LlmSignals::default();
+            llm.quality_headers.push(crate::llm::QualityHeader {
+                header: "x-task-success".into(),
+                signal: "task_success".into(),
+            });
+            llm.prices.canary.output_nano_usd_per_token = 2_000;
+            r.llm = Some(llm);
+            let mut limit = crate::ratelimit::RateLimit {
+                tokens_per_minute: Some(10_000),
+                ..Default::default()
+            };
+            limit.priority.header = Some("x-priority".into());
+            limit.priority.values.insert("high".into());
+            r.rate_limit = Some(limit);
+            r.shadow = Some(crate::shadow::Shadow::new("candidate"));
+            r.eval = Some(crate::eval::EvalSampling::new("judge"));
+        }
+        #[cfg(feature = "fallback")]
+        {
+            r.fallback = Some(crate::fallback::Fallback {
+                circuit_breaker: crate::breaker::CircuitBreaker::default(),
+                tiers: vec![crate::fallback::Tier {
+                    name: "lite".into(),
+                    route_value: "lite".into(),
+                    circuit_breaker: crate::breaker::CircuitBreaker::default(),
+                    cluster: Some("chat-lite".into()),
+                }],
+                half_open_probes: 3,
+                response: crate::fallback::FallbackResponse::default(),
+                retry: Some(crate::fallback::Retry::default()),
+            });
+        }
+        let mut c = FilterConfig::new(vec![r, RolloutConfig::new("checkout", 0)]);
+        let mut controller = ControllerSource::new("canary-controller");
+        controller.fail_safe_after_s = Some(60);
+        c.controller = Some(controller);
+
+        c.validate().expect("valid as built");
+        assert_eq!(parse(&c.to_json()).expect("valid"), c);
+        let value = serde_json::to_value(&c).expect("serializes");
+        assert_eq!(FilterConfig::from_value(value).expect("valid"), c);
+    }
+
+    #[test]
+    fn a_typed_config_is_refused_as_its_json_would_be() {
+        let mut r = RolloutConfig::new("A", 20_000);
+        r.route_header = "Bad".into();
+        let c = FilterConfig::new(vec![r]);
+        let built = c.validate().expect_err("invalid");
+        assert_eq!(parse(&c.to_json()).expect_err("invalid"), built);
+        assert_eq!(
+            fields(built),
+            vec![
+                "rollouts[0].name",
+                "rollouts[0].weight_bp",
+                "rollouts[0].route_header"
+            ]
+        );
+    }
+
     #[test]
     fn errors_name_the_field() {
         // (config, expected field paths) — table-driven.
@@ -679,6 +767,10 @@ mod tests {
         for (json, expected) in cases.iter().chain(llm_cases) {
             let err = parse(json).expect_err(json);
             assert_eq!(fields(err.clone()), *expected, "{json}: {err}");
+            if let Ok(value) = serde_json::from_str(json) {
+                let from_value = FilterConfig::from_value(value).expect_err(json);
+                assert_eq!(fields(from_value), *expected, "{json} as a value");
+            }
             let text = err.to_string();
             for field in *expected {
                 assert!(text.contains(field), "{text} should name {field}");

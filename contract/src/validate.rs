@@ -1,5 +1,5 @@
 //! Validation plumbing shared by the configuration and its parts: the error types, the
-//! [`Validator`] that collects them, the one mapping from a serde path to a field name, and
+//! `Validator` that collects them, the one mapping from a serde path to a field name, and
 //! the name predicates (rollout, header, cookie, signal names).
 //!
 //! A leaf: imports nothing else of the crate, so `config` and every part (`breaker`, `llm`,

@@ -4,6 +4,14 @@
 //! configuration (typed, versioned, validated on load), the sticky bucketing function
 //! both sides use to agree on which version a user gets, and the names of the stats the
 //! filter emits and the controller reads.
+//!
+//! What lives where, and what may import what (one way, no cycles): [`Version`] here and
+//! `validate` (errors, `Validator`, name predicates), `bucket` and `stats` (stat names) are
+//! leaves; the configuration's parts (`breaker`, `llm`, `ratelimit`, `shadow`; then
+//! `fallback` on `breaker`, `eval` on `llm` and `shadow`) import those; `config` imports
+//! the parts. The crate may import only std, serde, serde_json, serde_path_to_error, fnv
+//! and thiserror: never the filter or the controller, nothing that does not build for
+//! wasm32-wasip1.
 
 pub mod breaker;
 pub mod bucket;

@@ -282,9 +282,64 @@ pub const ENVOY_STATS_TAGS: [(&str, &str); 3] = [
     ),
 ];
 
+/// Every stat the filter defines starts with this (after Envoy's [`ENVOY_WASM_PREFIX`]): the
+/// match of the bootstrap's `histogram_bucket_settings` and of Istio's stats inclusion.
+pub const ENVOY_STAT_PREFIX: &str = "wasmcustom.canary_";
+
+/// The first and last bound (ms) of the filter's latency histograms, and the most one bound
+/// may be above the one before it.
+pub const LATENCY_BUCKET_FIRST_MS: f64 = 0.5;
+pub const LATENCY_BUCKET_LAST_MS: f64 = 300_000.0;
+pub const LATENCY_BUCKET_RATIO: f64 = 1.1;
+
+/// The bucket bounds (ms) every bootstrap sets for the filter's histograms
+/// (`stats_config.histogram_bucket_settings`): log-spaced from 0.5 ms to 5 min, each at most
+/// 10% above the last, rounded to three significant digits (141 bounds). Envoy's default
+/// bounds (… 50, 100, 250, 500 …) would hide a change of a quantile inside one bucket from
+/// any latency test.
+pub fn latency_buckets_ms() -> Vec<f64> {
+    let mut bounds = vec![LATENCY_BUCKET_FIRST_MS];
+    let mut last = LATENCY_BUCKET_FIRST_MS;
+    while last < LATENCY_BUCKET_LAST_MS {
+        let next = round_down_3(last * LATENCY_BUCKET_RATIO);
+        // Rounding down keeps every step ≤ the ratio; never stand still.
+        last = if next > last {
+            next
+        } else {
+            last * LATENCY_BUCKET_RATIO
+        };
+        bounds.push(last);
+    }
+    bounds
+}
+
+/// `x` rounded down to three significant digits, as the nearest double of its decimal text.
+fn round_down_3(x: f64) -> f64 {
+    let exponent = x.log10().floor() as i32 - 2;
+    let mantissa = (x / 10f64.powi(exponent) + 1e-9).floor();
+    format!("{mantissa}e{exponent}").parse().unwrap_or(x)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn latency_buckets_are_fine_everywhere() {
+        let b = latency_buckets_ms();
+        assert_eq!(b[0], 0.5);
+        assert!(*b.last().unwrap_or(&0.0) >= LATENCY_BUCKET_LAST_MS);
+        assert!(b.len() < 160, "{}", b.len());
+        for pair in b.windows(2) {
+            let ratio = pair[1] / pair[0];
+            assert!(
+                ratio > 1.0 && ratio <= LATENCY_BUCKET_RATIO + 1e-12,
+                "{pair:?}"
+            );
+        }
+        // Three significant digits: short decimal text in the bootstrap.
+        assert!(b.iter().all(|v| round_down_3(*v) == *v), "{b:?}");
+    }
 
     #[test]
     fn stat_names_follow_the_documented_shape() {

@@ -7,7 +7,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use canary_contract::stats::ENVOY_STATS_TAGS;
+use canary_contract::stats::{latency_buckets_ms, ENVOY_STATS_TAGS, ENVOY_STAT_PREFIX};
 use serde_json::{json, Value};
 
 /// Cluster names the routes send to; an Istio VirtualService would use subsets instead.
@@ -210,7 +210,7 @@ impl CanaryBootstrap {
         let mut bootstrap = json!({
             "node": {"id": "wasm-canary-e2e", "cluster": "wasm-canary"},
             "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
-            "stats_config": {"stats_tags": stats_tags()},
+            "stats_config": stats_config(),
             "stats_flush_interval": format!("{}s", self.stats_flush_ms as f64 / 1000.0),
             "static_resources": {"clusters": clusters}
         });
@@ -231,6 +231,18 @@ impl CanaryBootstrap {
         }
         bootstrap
     }
+}
+
+/// The bootstrap's `stats_config`: the contract's tag rules, and its fine latency buckets
+/// for the filter's histograms.
+pub fn stats_config() -> Value {
+    json!({
+        "stats_tags": stats_tags(),
+        "histogram_bucket_settings": [{
+            "match": {"prefix": ENVOY_STAT_PREFIX},
+            "buckets": latency_buckets_ms(),
+        }],
+    })
 }
 
 /// The tag extraction rules that turn our stat names into `rollout` / `version` labels.

@@ -6,7 +6,7 @@
 use std::path::Path;
 
 use anyhow::{anyhow, Context, Result};
-use canary_contract::stats::ENVOY_STATS_TAGS;
+use canary_contract::stats::{latency_buckets_ms, ENVOY_STATS_TAGS, ENVOY_STAT_PREFIX};
 use canary_contract::FilterConfig;
 use canary_controller::spec::RolloutSpec;
 use canary_e2e::paths::project_root;
@@ -99,6 +99,26 @@ fn stats_bootstrap_carries_the_contract_tag_rules() -> Result<()> {
         .filter_map(|t| Some((t["tag_name"].as_str()?, t["regex"].as_str()?)))
         .collect();
     assert_eq!(got, ENVOY_STATS_TAGS.to_vec());
+    Ok(())
+}
+
+#[test]
+fn stats_bootstrap_gives_the_filter_histograms_fine_buckets() -> Result<()> {
+    let map = one("base/envoy-stats-bootstrap.yaml", "ConfigMap")?;
+    let bootstrap: Value = serde_json::from_str(
+        map["data"]["custom_bootstrap.json"]
+            .as_str()
+            .context("custom_bootstrap.json")?,
+    )?;
+    let settings = &bootstrap["stats_config"]["histogram_bucket_settings"][0];
+    assert_eq!(settings["match"]["prefix"], ENVOY_STAT_PREFIX);
+    let buckets: Vec<f64> = serde_json::from_value(settings["buckets"].clone())?;
+    assert_eq!(buckets, latency_buckets_ms());
+    // The test bootstraps carry the same.
+    let tests = &canary_e2e::bootstrap::stats_config()["histogram_bucket_settings"][0];
+    assert_eq!(tests["match"], settings["match"]);
+    let test_buckets: Vec<f64> = serde_json::from_value(tests["buckets"].clone())?;
+    assert_eq!(test_buckets, buckets);
     Ok(())
 }
 

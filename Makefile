@@ -140,12 +140,13 @@ demo: build
 
 ## bench: filter vs native split (target/bench/overhead.json) and its instructions per request
 ## (instructions.json); LLM time-to-first-token overhead (llm.json); rollback and convergence
-## times (rollout.json).
+## times (rollout.json); whole rollouts simulated through the judge (judge.json).
 bench: build
 	cargo run --release -q -p canary-e2e --bin bench
 	cargo run --release -q -p canary-e2e --bin bench_instructions
 	cargo run --release -q -p canary-e2e --bin bench_llm
 	cargo run --release -q -p canary-e2e --bin bench_rollout
+	cargo run --release -q -p canary-e2e --bin bench_judge
 
 clean:
 	cargo clean

@@ -61,7 +61,9 @@ impl BodyCopy {
             return;
         }
         if len > 0 {
-            let chunk = (self.body.len() + len <= self.max).then(read).flatten();
+            // Saturating: `len` is the host's (an overflow would panic or wrap under the cap).
+            let fits = self.body.len().saturating_add(len) <= self.max;
+            let chunk = fits.then(read).flatten();
             match chunk {
                 Some(chunk) => self.body.extend_from_slice(&chunk),
                 None => {
@@ -104,6 +106,12 @@ mod tests {
         let mut b = BodyCopy::new(8);
         b.push(3, true, || None);
         assert_eq!(b.take(), None, "the host gave no bytes");
+        let mut b = BodyCopy::new(8);
+        b.push(4, false, || Some(b"abcd".to_vec()));
+        b.push(usize::MAX, true, || {
+            panic!("a length that overflows is over the cap")
+        });
+        assert_eq!(b.take(), None);
     }
 
     #[test]

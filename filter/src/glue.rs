@@ -1378,8 +1378,8 @@ impl HttpContext for CanaryHttp {
         };
         let signals = active.llm_signals(routed.rollout);
         if let (Some(llm), Some(signals)) = (routed.llm.as_mut(), signals) {
-            let ops = llm.on_body(body_size, now_ms(), signals, || {
-                self.get_http_response_body(0, body_size)
+            let ops = llm.on_body(body_size, now_ms(), signals, |len| {
+                self.get_http_response_body(0, len)
             });
             for op in ops {
                 apply_op(&active, routed.rollout, op, routed.exchange.version);

@@ -282,8 +282,8 @@ impl ShadowShared {
                 let mut llm = LlmExchange::start(sent);
                 llm.capture();
                 llm.on_response_headers(content_type.as_deref(), signals.max_body_bytes);
-                ops = llm.on_body(body_size, now, signals, || {
-                    hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size)
+                ops = llm.on_body(body_size, now, signals, |len| {
+                    hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, len)
                         .ok()
                         .flatten()
                 });

@@ -101,14 +101,20 @@ enum Format {
     EventStream,
 }
 
-/// Reads one response body chunk by chunk, within a byte cap.
+/// Reads one response body chunk by chunk, within a byte cap. What it reads depends on the
+/// bytes only, never on where the chunks split them: each line of a stream is read in order,
+/// reading stops at the first one that cannot be read, and the cap cuts at a byte.
 pub struct BodyReader {
     format: Format,
     cap: usize,
     seen: usize,
-    /// JSON: the body so far. Event stream: the current, unfinished line.
+    /// JSON: the body so far. Event stream: the current, unfinished line (no newline in it:
+    /// each byte is looked at for one once, so a stream costs time linear in its bytes).
     pending: Vec<u8>,
     reading: Reading,
+    /// Bytes looked at for a newline (tests assert each is looked at once).
+    #[cfg(test)]
+    scanned: usize,
 }
 
 impl BodyReader {
@@ -125,6 +131,8 @@ impl BodyReader {
             seen: 0,
             pending: Vec::new(),
             reading: Reading::default(),
+            #[cfg(test)]
+            scanned: 0,
         }
     }
 
@@ -141,37 +149,68 @@ impl BodyReader {
         }
     }
 
-    /// Whether a chunk of `len` bytes is still worth reading; past the cap the rest of the
-    /// body is not copied out of Envoy at all.
-    pub fn wants(&mut self, len: usize) -> bool {
+    /// How many bytes of the next chunk, of `len` bytes, are still read: those up to the cap.
+    /// Past it nothing more is copied out of Envoy at all.
+    pub fn room(&self, len: usize) -> usize {
         if self.reading.broken {
-            return false;
+            return 0;
         }
-        self.seen = self.seen.saturating_add(len);
-        if self.seen > self.cap {
-            self.reading.broken = true;
-            self.pending = Vec::new();
-            return false;
-        }
-        true
+        len.min(self.cap.saturating_sub(self.seen))
     }
 
+    /// Nothing more can be read (over the cap, a line that is not an event, a failed copy).
+    fn cut(&mut self) {
+        self.reading.broken = true;
+        self.pending = Vec::new();
+    }
+
+    /// Reads the next chunk of the body; the bytes past the cap are not read, and the body
+    /// is then broken.
     pub fn feed(&mut self, chunk: &[u8], refusal_reasons: &[String]) {
+        let room = self.room(chunk.len());
+        self.read(&chunk[..room], refusal_reasons);
+        if room < chunk.len() {
+            self.cut();
+        }
+    }
+
+    fn read(&mut self, mut chunk: &[u8], refusal_reasons: &[String]) {
         if self.reading.broken {
             return;
         }
-        self.pending.extend_from_slice(chunk);
-        if self.format == Format::EventStream {
-            // Read every finished line; keep the unfinished tail for the next chunk.
-            let Some(end) = self.pending.iter().rposition(|&b| b == b'\n') else {
-                return;
-            };
-            let rest = self.pending.split_off(end + 1);
-            let lines = std::mem::replace(&mut self.pending, rest);
-            for line in lines.split(|&b| b == b'\n') {
+        self.seen = self.seen.saturating_add(chunk.len());
+        if self.format == Format::Json {
+            self.pending.extend_from_slice(chunk);
+            return;
+        }
+        // Read every finished line; keep the unfinished tail for the next chunk. Only the
+        // chunk is searched for a newline: the tail kept has none.
+        while let Some(end) = chunk.iter().position(|&b| b == b'\n') {
+            #[cfg(test)]
+            {
+                self.scanned += end + 1;
+            }
+            let (line, rest) = (&chunk[..end], &chunk[end + 1..]);
+            chunk = rest;
+            if self.pending.is_empty() {
                 self.event_line(line, refusal_reasons);
+            } else {
+                let mut whole = std::mem::take(&mut self.pending);
+                whole.extend_from_slice(line);
+                self.event_line(&whole, refusal_reasons);
+                whole.clear();
+                self.pending = whole;
+            }
+            if self.reading.broken {
+                self.cut();
+                return;
             }
         }
+        #[cfg(test)]
+        {
+            self.scanned += chunk.len();
+        }
+        self.pending.extend_from_slice(chunk);
     }
 
     fn event_line(&mut self, line: &[u8], refusal_reasons: &[String]) {
@@ -180,7 +219,8 @@ impl BodyReader {
             return; // `event:`, `id:`, comments, blank separators
         };
         let data = data.strip_prefix(b" ").unwrap_or(data);
-        if data == b"[DONE]" {
+        // An empty `data:` is valid (an event with no data): nothing to read.
+        if data.trim_ascii().is_empty() || data == b"[DONE]" {
             return;
         }
         match parse_event(data) {
@@ -248,13 +288,14 @@ impl LlmExchange {
         });
     }
 
-    /// A body chunk of `len` bytes passes; `read` copies it out of the host.
+    /// A body chunk of `len` bytes passes; `read(n)` copies its first `n` bytes out of the
+    /// host (all of it, unless the cap falls inside it).
     pub fn on_body(
         &mut self,
         len: usize,
         now_ms: u64,
         signals: &LlmSignals,
-        read: impl FnOnce() -> Option<Vec<u8>>,
+        read: impl FnOnce(usize) -> Option<Vec<u8>>,
     ) -> Vec<MetricOp> {
         let mut ops = Vec::new();
         if len > 0 && self.first_body_ms.is_none() {
@@ -265,11 +306,18 @@ impl LlmExchange {
             ));
         }
         if let Some(reader) = &mut self.reader {
-            if len > 0 && reader.wants(len) {
-                match read() {
-                    Some(chunk) => reader.feed(&chunk, &signals.refusal_reasons),
-                    None => reader.reading.broken = true,
+            let room = reader.room(len);
+            if room > 0 {
+                match read(room) {
+                    // The host may hand back more than asked: the cap still holds.
+                    Some(chunk) => {
+                        reader.feed(&chunk[..room.min(chunk.len())], &signals.refusal_reasons)
+                    }
+                    None => reader.cut(),
                 }
+            }
+            if room < len {
+                reader.cut();
             }
         }
         ops
@@ -359,9 +407,18 @@ mod tests {
     fn read(content_type: &str, body: &str, chunk: usize, cap: usize) -> Reading {
         let mut r = BodyReader::new(Some(content_type.as_bytes()), cap);
         for part in body.as_bytes().chunks(chunk) {
-            if r.wants(part.len()) {
-                r.feed(part, &reasons());
-            }
+            r.feed(part, &reasons());
+        }
+        r.finish(&reasons())
+    }
+
+    /// Feeds `body` split at `cuts` (sorted offsets), capturing.
+    fn read_split(content_type: &str, body: &[u8], cuts: &[usize], cap: usize) -> Reading {
+        let mut r = BodyReader::new(Some(content_type.as_bytes()), cap).capturing();
+        let mut from = 0;
+        for &to in cuts.iter().chain([&body.len()]) {
+            r.feed(&body[from..to], &reasons());
+            from = to;
         }
         r.finish(&reasons())
     }
@@ -458,15 +515,122 @@ mod tests {
     #[test]
     fn the_cap_stops_copying_and_marks_the_body_unparsed() {
         let mut r = BodyReader::new(Some(b"application/json"), 100);
-        assert!(r.wants(60));
+        assert_eq!(r.room(60), 60);
         r.feed(&OPENAI_JSON.as_bytes()[..60], &reasons());
-        assert!(!r.wants(60), "over the cap: not even copied");
-        assert!(!r.wants(1), "and nothing after it");
+        assert_eq!(r.room(60), 40, "copied up to the cap only");
+        r.feed(&OPENAI_JSON.as_bytes()[60..120], &reasons());
+        assert_eq!(r.room(1), 0, "and nothing after it");
         assert!(!r.finish(&reasons()).is_complete());
+        // Through the exchange: the host is asked for the bytes up to the cap, then nothing.
+        let signals = LlmSignals::default();
+        let mut x = LlmExchange::start(0);
+        x.on_response_headers(Some(b"application/json"), 100);
+        let mut asked = Vec::new();
+        for _ in 0..3 {
+            x.on_body(60, 1, &signals, |n| {
+                asked.push(n);
+                Some(vec![b' '; n])
+            });
+        }
+        assert_eq!(asked, [60, 40]);
         // At exactly the cap it is still read.
         let len = OPENAI_JSON.len();
         assert!(read("application/json", OPENAI_JSON, 10, len).is_complete());
         assert!(!read("application/json", OPENAI_JSON, 10, len - 1).is_complete());
+    }
+
+    #[test]
+    fn empty_data_lines_are_events_with_nothing_to_read() {
+        let body = OPENAI_SSE.replace(
+            "data: [DONE]",
+            "data:\n\ndata: \r\ndata:   \n\ndata: [DONE]",
+        );
+        for chunk in [1, 5, 10_000] {
+            let r = read("text/event-stream", &body, chunk, 1 << 20);
+            assert_eq!((r.input_tokens, r.output_tokens), (Some(5), Some(2)));
+            assert!(r.is_complete() && r.refusal, "{r:?}");
+        }
+    }
+
+    #[test]
+    fn a_long_stream_in_small_chunks_is_read_in_linear_time() {
+        // One 256 KiB event in 16-byte chunks: each byte is looked at for a newline once
+        // (the unfinished line was searched again for every chunk: ~2 x 10^9 bytes).
+        let mut body = String::from("data: {\"choices\":[{\"delta\":{\"content\":\"");
+        body.push_str(&"x".repeat(256 * 1024));
+        body.push_str("\"},\"finish_reason\":\"stop\"}],\"usage\":{\"prompt_tokens\":1}}\n\n");
+        body.push_str(&"data: {\"choices\":[]}\n".repeat(1_000));
+        let mut r = BodyReader::new(Some(b"text/event-stream"), 1 << 20);
+        for part in body.as_bytes().chunks(16) {
+            r.feed(part, &reasons());
+        }
+        assert_eq!(r.scanned, body.len());
+        assert!(r.finish(&reasons()).is_complete());
+    }
+
+    #[test]
+    fn readings_do_not_depend_on_chunk_boundaries() {
+        let refused_after_a_broken_line = "data: {\"choices\":[]}\n\ndata: {broken\n\n\
+            data: {\"choices\":[{\"finish_reason\":\"content_filter\"}]}\n\n";
+        let refused_before_a_broken_line =
+            "data: {\"choices\":[{\"finish_reason\":\"content_filter\"}]}\r\n\
+            data: nope\r\ndata: {\"usage\":{\"prompt_tokens\":1}}\r\n";
+        let no_newline_at_the_end =
+            "data: {\"stop_reason\":\"refusal\",\"usage\":{\"input_tokens\":2}}";
+        let bodies = [
+            ("application/json", OPENAI_JSON),
+            ("application/json", ANTHROPIC_JSON),
+            (
+                "application/json",
+                "{\"choices\":[{\"finish_reason\":\"content_filter\"}]",
+            ),
+            ("text/event-stream", OPENAI_SSE),
+            ("text/event-stream", ANTHROPIC_SSE),
+            ("text/event-stream", refused_after_a_broken_line),
+            ("text/event-stream", refused_before_a_broken_line),
+            ("text/event-stream", no_newline_at_the_end),
+            ("text/event-stream", "data:\n\ndata: \u{fffd}\n"),
+        ];
+        let mut random = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = move |n: usize| {
+            random ^= random << 13;
+            random ^= random >> 7;
+            random ^= random << 17;
+            (random % n as u64) as usize
+        };
+        for (content_type, text) in bodies {
+            let body = text.as_bytes();
+            // Caps past the body, at its end, and inside it (the cap cuts at a byte).
+            for cap in [1 << 20, body.len(), body.len() * 2 / 3, body.len() / 3] {
+                let whole = read_split(content_type, body, &[], cap);
+                for at in 0..=body.len() {
+                    let split = read_split(content_type, body, &[at], cap);
+                    assert_eq!(split, whole, "{text:?} split at {at}, cap {cap}");
+                }
+                for _ in 0..200 {
+                    let mut cuts: Vec<usize> = (0..next(8)).map(|_| next(body.len() + 1)).collect();
+                    cuts.sort_unstable();
+                    let split = read_split(content_type, body, &cuts, cap);
+                    assert_eq!(split, whole, "{text:?} split at {cuts:?}, cap {cap}");
+                }
+            }
+        }
+        // What the two broken streams say: reading stops at the first line that is not an
+        // event, wherever the chunks end.
+        let r = read_split(
+            "text/event-stream",
+            refused_after_a_broken_line.as_bytes(),
+            &[],
+            1 << 20,
+        );
+        assert!(r.broken && !r.refusal);
+        let r = read_split(
+            "text/event-stream",
+            refused_before_a_broken_line.as_bytes(),
+            &[],
+            1 << 20,
+        );
+        assert!(r.broken && r.refusal && r.input_tokens.is_none());
     }
 
     #[test]
@@ -477,10 +641,10 @@ mod tests {
         x.on_response_headers(Some(b"text/event-stream"), 1 << 20);
         let body = OPENAI_SSE.as_bytes();
         let (a, b) = body.split_at(50);
-        let ops = x.on_body(a.len(), 1_120, &signals, || Some(a.to_vec()));
+        let ops = x.on_body(a.len(), 1_120, &signals, |_| Some(a.to_vec()));
         assert_eq!(ops, vec![MetricOp::Record(Metric::LlmTtftMs, 120)]);
         assert!(x
-            .on_body(b.len(), 1_500, &signals, || Some(b.to_vec()))
+            .on_body(b.len(), 1_500, &signals, |_| Some(b.to_vec()))
             .is_empty());
         let ops = x.on_end(1_900, &signals, Version::Canary);
         assert_eq!(

@@ -150,9 +150,11 @@ fn define_quality(
 }
 
 /// The increments of one quality sample (a value in thousandths): count, sum, sum of squares.
+/// Values are at most 1,000 from the parsers, but the square saturates whatever comes (an
+/// overflow would panic, or wrap to a small sum of squares).
 #[cfg(feature = "llm")]
 pub fn quality_increments(value_milli: u64) -> [u64; 3] {
-    [1, value_milli, value_milli * value_milli]
+    [1, value_milli, value_milli.saturating_mul(value_milli)]
 }
 
 /// The lifecycle of one routed request.
@@ -320,6 +322,20 @@ mod tests {
         }
         assert_eq!(m.quality(1, Version::Stable), None);
         assert_eq!(quality_increments(875), [1, 875, 765_625]);
+    }
+
+    #[cfg(feature = "llm")]
+    #[test]
+    fn quality_increments_saturate_at_extreme_values() {
+        let max = u64::MAX;
+        assert_eq!(quality_increments(max), [1, max, max]);
+        assert_eq!(quality_increments(1 << 32), [1, 1 << 32, max]);
+        let largest_exact = u64::from(u32::MAX);
+        assert_eq!(
+            quality_increments(largest_exact),
+            [1, largest_exact, largest_exact * largest_exact]
+        );
+        assert_eq!(quality_increments(0), [1, 0, 0]);
     }
 
     #[test]

@@ -178,46 +178,176 @@ impl UserBucket {
     }
 }
 
+/// No slot: the end of the recency list.
+const NONE: usize = usize::MAX;
+
+/// One tracked user: their buckets, and their place in the recency list.
+struct Slot {
+    key: String,
+    bucket: UserBucket,
+    /// The next more recently seen user (`NONE`: this is the newest).
+    newer: usize,
+    /// The next less recently seen user (`NONE`: this is the oldest).
+    older: usize,
+}
+
+/// The users of one rollout, by key and in order of when they were last seen (a doubly
+/// linked list through slot indices), so a lookup, a move to the front and forgetting the
+/// least recently seen user are each O(1), whatever the number of users. A key is kept
+/// twice, in the index and in its slot: the oldest user is found by slot, then removed from
+/// the index by key.
+struct Users {
+    index: HashMap<String, usize>,
+    slots: Vec<Slot>,
+    /// Slots of users forgotten, for reuse.
+    free: Vec<usize>,
+    newest: usize,
+    oldest: usize,
+    /// Slots looked at to make room (tests assert the work per request is bounded).
+    #[cfg(test)]
+    examined: usize,
+}
+
+impl Default for Users {
+    fn default() -> Self {
+        Users {
+            index: HashMap::new(),
+            slots: Vec::new(),
+            free: Vec::new(),
+            newest: NONE,
+            oldest: NONE,
+            #[cfg(test)]
+            examined: 0,
+        }
+    }
+}
+
+impl Users {
+    fn len(&self) -> usize {
+        self.index.len()
+    }
+
+    fn clear(&mut self) {
+        *self = Users::default();
+    }
+
+    fn unlink(&mut self, i: usize) {
+        let (newer, older) = (self.slots[i].newer, self.slots[i].older);
+        match newer {
+            NONE => self.newest = older,
+            n => self.slots[n].older = older,
+        }
+        match older {
+            NONE => self.oldest = newer,
+            o => self.slots[o].newer = newer,
+        }
+    }
+
+    fn push_newest(&mut self, i: usize) {
+        self.slots[i].newer = NONE;
+        self.slots[i].older = self.newest;
+        match self.newest {
+            NONE => self.oldest = i,
+            n => self.slots[n].newer = i,
+        }
+        self.newest = i;
+    }
+
+    /// `key`'s slot, now the most recently seen.
+    fn touch(&mut self, key: &str) -> Option<usize> {
+        let i = *self.index.get(key)?;
+        if self.newest != i {
+            self.unlink(i);
+            self.push_newest(i);
+        }
+        Some(i)
+    }
+
+    fn insert(&mut self, key: &str, bucket: UserBucket) -> usize {
+        let slot = Slot {
+            key: key.to_string(),
+            bucket,
+            newer: NONE,
+            older: NONE,
+        };
+        let i = match self.free.pop() {
+            Some(i) => {
+                self.slots[i] = slot;
+                i
+            }
+            None => {
+                self.slots.push(slot);
+                self.slots.len() - 1
+            }
+        };
+        self.index.insert(key.to_string(), i);
+        self.push_newest(i);
+        i
+    }
+
+    /// Forgets the least recently seen user.
+    fn remove_oldest(&mut self) {
+        let i = self.oldest;
+        if i == NONE {
+            return;
+        }
+        self.unlink(i);
+        let key = std::mem::take(&mut self.slots[i].key);
+        self.index.remove(&key);
+        self.free.push(i);
+    }
+
+    fn oldest_bucket(&mut self) -> Option<&UserBucket> {
+        #[cfg(test)]
+        {
+            self.examined += 1;
+        }
+        self.slots.get(self.oldest).map(|s| &s.bucket)
+    }
+}
+
 struct Table {
     rollout: String,
     limits: Limits,
-    users: HashMap<String, UserBucket>,
+    users: Users,
 }
 
 impl Table {
     /// `key`'s bucket, refilled to `now_ms`; a user not in the table (new, or forgotten
     /// meanwhile) starts from a full bucket, after room is made for them.
     fn bucket(&mut self, key: &str, now_ms: u64) -> &mut UserBucket {
-        if !self.users.contains_key(key) {
-            self.make_room(now_ms);
-        }
         let limits = self.limits;
-        let bucket = self
-            .users
-            .entry(key.to_string())
-            .or_insert_with(|| UserBucket::full(&limits, now_ms));
+        let i = match self.users.touch(key) {
+            Some(i) => i,
+            None => {
+                self.make_room(now_ms);
+                self.users.insert(key, UserBucket::full(&limits, now_ms))
+            }
+        };
+        let bucket = &mut self.users.slots[i].bucket;
         bucket.advance(&limits, now_ms);
         bucket
     }
 
-    /// Makes room for one more user: forget users whose buckets are full again (they are
-    /// indistinguishable from new ones), else the least recently seen.
+    /// Makes room for one more user: forget the least recently seen users while their
+    /// buckets are full again (they are indistinguishable from new ones), then, if the table
+    /// is still full, the least recently seen. Each user is forgotten once, so this is O(1)
+    /// amortised per request (it used to scan every user for full buckets, then again for
+    /// the oldest).
     fn make_room(&mut self, now_ms: u64) {
         if self.users.len() < self.limits.max_users {
             return;
         }
         let limits = self.limits;
-        self.users.retain(|_, b| !b.is_full(&limits, now_ms));
-        if self.users.len() < self.limits.max_users {
-            return;
-        }
-        let oldest = self
+        while self
             .users
-            .iter()
-            .min_by_key(|(_, b)| b.seen_ms)
-            .map(|(k, _)| k.clone());
-        if let Some(oldest) = oldest {
-            self.users.remove(&oldest);
+            .oldest_bucket()
+            .is_some_and(|b| b.is_full(&limits, now_ms))
+        {
+            self.users.remove_oldest();
+        }
+        if self.users.len() >= self.limits.max_users {
+            self.users.remove_oldest();
         }
     }
 }
@@ -237,7 +367,7 @@ impl RateLimiter {
                 self.tables.push(Table {
                     rollout: rollout.to_string(),
                     limits,
-                    users: HashMap::new(),
+                    users: Users::default(),
                 });
                 self.tables.len() - 1
             }
@@ -343,6 +473,17 @@ impl RateLimiter {
             .iter()
             .find(|t| t.rollout == rollout)
             .map_or(0, |t| t.users.len())
+    }
+
+    /// Whether `key` is tracked for `rollout`, and the slots looked at to make room so far.
+    #[cfg(test)]
+    fn tracked(&self, rollout: &str, key: &str) -> (bool, usize) {
+        self.tables
+            .iter()
+            .find(|t| t.rollout == rollout)
+            .map_or((false, 0), |t| {
+                (t.users.index.contains_key(key), t.users.examined)
+            })
     }
 }
 
@@ -518,6 +659,35 @@ mod tests {
         // A minute later every bucket is full: all are dropped at once for the newcomer.
         check(&mut l, &c, "late", 200_000).expect("late");
         assert_eq!(l.users("chat"), 1);
+    }
+
+    #[test]
+    fn a_full_table_forgets_the_least_recently_seen_in_constant_work() {
+        // A table full of buckets still refilling: every newcomer must evict one user, and
+        // finding which must not look at every user (it scanned all 200k twice before).
+        const USERS: u64 = 200_000;
+        let mut c = limit(None, Some(2));
+        c.max_users = USERS as u32;
+        let mut l = RateLimiter::default();
+        for i in 0..USERS {
+            check(&mut l, &c, &format!("u{i}"), 0).expect("first request");
+        }
+        // u0 seen again: now the most recently seen, so u1 is the oldest.
+        check(&mut l, &c, "u0", 1).expect("second request");
+        check(&mut l, &c, "new0", 2).expect("newcomer");
+        assert!(!l.tracked("chat", "u1").0, "the least recently seen goes");
+        assert!(l.tracked("chat", "u0").0 && l.tracked("chat", "u2").0);
+        for i in 1..USERS {
+            check(&mut l, &c, &format!("new{i}"), 3).expect("newcomer");
+        }
+        assert_eq!(l.users("chat"), USERS as usize);
+        let (_, examined) = l.tracked("chat", "u0");
+        assert!(
+            examined <= USERS as usize,
+            "{examined} slots looked at for {USERS} newcomers: at most one each"
+        );
+        // Partially drained users stay while the table has room for the newcomer.
+        assert!(l.tracked("chat", "new0").0);
     }
 
     #[test]

@@ -1048,11 +1048,8 @@ impl CanaryHttp {
         };
         if let Some(llm) = routed.llm.as_mut() {
             let now = now_ms();
-            let mut tokens = None;
-            for op in llm.on_end(now, signals, routed.exchange.version) {
-                if let MetricOp::Add(Metric::LlmInputTokens | Metric::LlmOutputTokens, n) = op {
-                    tokens = Some(tokens.unwrap_or(0u64).saturating_add(n));
-                }
+            let end = llm.on_end(now, signals, routed.exchange.version);
+            for op in end.ops {
                 apply_op(active, routed.rollout, op, routed.exchange.version);
             }
             let (shadow, eval) = (routed.shadow.take(), routed.eval.take());
@@ -1070,7 +1067,7 @@ impl CanaryHttp {
             }
             // Settled once, with a readable answer; otherwise the estimate stands.
             if let (Some(actual), Some((key, charged)), Some(r)) = (
-                tokens,
+                end.tokens,
                 routed.charge.take(),
                 active.router.rollouts().get(routed.rollout),
             ) {

@@ -287,7 +287,7 @@ impl ShadowShared {
                         .ok()
                         .flatten()
                 });
-                ops.extend(llm.on_end(now, signals, Version::Canary));
+                ops.extend(llm.on_end(now, signals, Version::Canary).ops);
                 let reading = llm.take_answer().unwrap_or_default();
                 answer.readable = reading.is_readable();
                 answer.capture = reading.capture.unwrap_or_default();

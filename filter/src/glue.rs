@@ -16,9 +16,11 @@ use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, Metr
 use crate::breaker::{Local, Tick};
 use crate::control::{
     decode_ms, decode_shared, encode_ms, encode_shared, fail_safe, interpret, is_stale,
-    jittered_interval, lease_expired, raise_delay_ms, sync_period_ms, PollOutcome, SharedKeys,
+    jittered_interval, lease_expired, raise_delay_ms, summary, sync_period_ms, PollOutcome,
+    SharedKeys,
 };
 use crate::cookie::{anonymous_id, set_cookie_value};
+use crate::keyed::{keyed_entry, metric_set_key};
 #[cfg(feature = "llm")]
 use crate::llm::{quality_milli, LlmExchange};
 #[cfg(feature = "llm")]
@@ -269,23 +271,6 @@ fn define_counter(name: &str) -> Result<u32, String> {
     define_metric(MetricKind::Counter, name)
 }
 
-/// The entry under `key` of a small keyed list (breakers outliving configurations),
-/// made with `make` if there is none.
-pub(crate) fn keyed_entry<T>(
-    list: &mut Vec<(String, T)>,
-    key: String,
-    make: impl FnOnce() -> T,
-) -> &mut T {
-    let j = match list.iter().position(|(k, _)| *k == key) {
-        Some(j) => j,
-        None => {
-            list.push((key, make()));
-            list.len() - 1
-        }
-    };
-    &mut list[j].1
-}
-
 /// A shared-data entry (a time in ms) with its CAS token, for a write that only one root
 /// may win. Envoy takes a write without a token as unconditional, and the workers' ticks
 /// coincide (they were configured together): two that both found the entry missing would
@@ -318,44 +303,13 @@ fn now_ms() -> u64 {
         })
 }
 
-fn summary(config: &FilterConfig) -> String {
-    let rollouts: Vec<String> = config
-        .rollouts
-        .iter()
-        .map(|r| format!("{}={}bp", r.name, r.weight_bp))
-        .collect();
-    format!("[{}]", rollouts.join(", "))
-}
-
 impl CanaryRoot {
     /// Makes `config` the one new requests use; with `raise_at_ms`, weights it raises over
     /// the current configuration's wait until then.
     fn activate(&mut self, config: FilterConfig, raise_at_ms: Option<u64>) -> Result<(), String> {
         let mut metrics = Vec::with_capacity(config.rollouts.len());
         for r in &config.rollouts {
-            // The metric set depends on the LLM signals and breaker configured, not only
-            // the name.
-            let mut key = r.name.clone();
-            if r.circuit_breaker.is_some() {
-                key.push_str(" breaker");
-            }
-            #[cfg(feature = "llm")]
-            if let Some(llm) = &r.llm {
-                key.push_str(" llm");
-                for q in &llm.quality_headers {
-                    key.push(' ');
-                    key.push_str(&q.signal);
-                }
-            }
-            #[cfg(feature = "llm")]
-            if r.rate_limit.is_some() {
-                key.push_str(" rate_limit");
-            }
-            #[cfg(feature = "llm")]
-            if let Some(eval) = &r.eval {
-                key.push_str(" eval:");
-                key.push_str(&eval.signal);
-            }
+            let key = metric_set_key(r);
             let ids = match self.metric_ids.iter().find(|(k, _)| *k == key) {
                 Some((_, ids)) => ids.clone(),
                 None => {

@@ -178,7 +178,7 @@ impl ChainRoot {
                 continue;
             };
             let local_key = format!("{}/{name} {}", r.name, config.window_s);
-            let local = crate::glue::keyed_entry(&mut self.breakers, local_key, || {
+            let local = crate::keyed::keyed_entry(&mut self.breakers, local_key, || {
                 TierBreaker::new(config)
             });
             let tick = local.tick(

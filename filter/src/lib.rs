@@ -12,6 +12,7 @@ pub mod copy;
 pub mod eval;
 #[cfg(feature = "fallback")]
 pub mod fallback;
+pub mod keyed;
 #[cfg(feature = "llm")]
 pub mod llm;
 pub mod metrics;

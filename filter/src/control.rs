@@ -164,6 +164,16 @@ pub fn fail_safe(mut config: FilterConfig) -> FilterConfig {
     config
 }
 
+/// A configuration's rollouts and weights, for the log: `[a=500bp, b=0bp]`.
+pub fn summary(config: &FilterConfig) -> String {
+    let rollouts: Vec<String> = config
+        .rollouts
+        .iter()
+        .map(|r| format!("{}={}bp", r.name, r.weight_bp))
+        .collect();
+    format!("[{}]", rollouts.join(", "))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -251,5 +261,15 @@ mod tests {
         let safe = fail_safe(FilterConfig::new(vec![r]));
         assert_eq!(safe.rollouts[0].weight_bp, 0);
         assert!(safe.rollouts[0].allow.is_empty());
+    }
+
+    #[test]
+    fn summary_lists_rollouts_and_weights() {
+        let config = FilterConfig::new(vec![
+            RolloutConfig::new("a", 500),
+            RolloutConfig::new("b", 0),
+        ]);
+        assert_eq!(summary(&config), "[a=500bp, b=0bp]");
+        assert_eq!(summary(&FilterConfig::new(vec![])), "[]");
     }
 }

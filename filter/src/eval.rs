@@ -1,6 +1,6 @@
 //! Continuous eval sampling: which calls are evaluated, the evaluator's request and how its
 //! score is read, and the per-worker book of evaluations waiting or in flight. Plain Rust,
-//! unit-tested natively; `glue_eval` only moves host data in and out.
+//! unit-tested natively; `host::eval` only moves host data in and out.
 //!
 //! Nothing here can hold up a user: a sampled call's request body is copied as it passes,
 //! the evaluation is filed when the user's answer is complete, and the worker's root

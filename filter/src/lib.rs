@@ -2,7 +2,9 @@
 //!
 //! Per request it picks `stable` or `canary` by a sticky hash of the user key, sets the
 //! routing header that Envoy's routes match on, and records per-rollout, per-version stats.
-//! The logic lives in plain modules tested natively; `glue` only connects them to the host.
+//! The logic lives in the plain modules below, tested natively; they import each other
+//! and the contract, never `host`. `host` (wasm32 only) only connects them to proxy-wasm:
+//! the contexts' callbacks, host calls, and per-request and per-worker state.
 
 pub mod breaker;
 pub mod control;
@@ -12,6 +14,7 @@ pub mod copy;
 pub mod eval;
 #[cfg(feature = "fallback")]
 pub mod fallback;
+pub mod keyed;
 #[cfg(feature = "llm")]
 pub mod llm;
 pub mod metrics;
@@ -22,6 +25,4 @@ pub mod routing;
 pub mod shadow;
 
 #[cfg(target_arch = "wasm32")]
-mod glue;
-#[cfg(all(target_arch = "wasm32", feature = "fallback"))]
-mod glue_fallback;
+mod host;

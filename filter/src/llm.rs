@@ -245,6 +245,14 @@ impl BodyReader {
     }
 }
 
+/// What the end of a response gives: its metric operations and, when the answer was read
+/// whole, the tokens it used (input and output), which a per-user token limit settles with.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct LlmEnd {
+    pub ops: Vec<MetricOp>,
+    pub tokens: Option<u64>,
+}
+
 /// The LLM side of one routed request: timing, and the body reader once headers arrived.
 pub struct LlmExchange {
     started_ms: u64,
@@ -324,9 +332,9 @@ impl LlmExchange {
     }
 
     /// The response is over (or the stream went away): tokens, cost, refusal, duration.
-    pub fn on_end(&mut self, now_ms: u64, signals: &LlmSignals, version: Version) -> Vec<MetricOp> {
+    pub fn on_end(&mut self, now_ms: u64, signals: &LlmSignals, version: Version) -> LlmEnd {
         if std::mem::replace(&mut self.finished, true) {
-            return Vec::new();
+            return LlmEnd::default();
         }
         let mut ops = Vec::with_capacity(7);
         if let Some(first) = self.first_body_ms {
@@ -349,7 +357,7 @@ impl LlmExchange {
         }
         if !complete {
             ops.push(MetricOp::Increment(Metric::LlmUnparsed));
-            return ops;
+            return LlmEnd { ops, tokens: None };
         }
         let input = reading.input_tokens.unwrap_or(0);
         let output = reading.output_tokens.unwrap_or(0);
@@ -362,7 +370,10 @@ impl LlmExchange {
             Metric::LlmCostSumSqMicroUsd2,
             canary_contract::stats::cost_sumsq_micro_usd2(cost),
         ));
-        ops
+        LlmEnd {
+            ops,
+            tokens: Some(input.saturating_add(output)),
+        }
     }
 }
 
@@ -646,9 +657,9 @@ mod tests {
         assert!(x
             .on_body(b.len(), 1_500, &signals, |_| Some(b.to_vec()))
             .is_empty());
-        let ops = x.on_end(1_900, &signals, Version::Canary);
+        let end = x.on_end(1_900, &signals, Version::Canary);
         assert_eq!(
-            ops,
+            end.ops,
             vec![
                 MetricOp::Record(Metric::LlmStreamMs, 780),
                 MetricOp::Increment(Metric::LlmRefusals),
@@ -660,8 +671,10 @@ mod tests {
                 MetricOp::Add(Metric::LlmCostSumSqMicroUsd2, 400),
             ]
         );
-        assert!(
-            x.on_end(2_000, &signals, Version::Canary).is_empty(),
+        assert_eq!(end.tokens, Some(7));
+        assert_eq!(
+            x.on_end(2_000, &signals, Version::Canary),
+            LlmEnd::default(),
             "once"
         );
 
@@ -669,7 +682,10 @@ mod tests {
         let mut gone = LlmExchange::start(0);
         assert_eq!(
             gone.on_end(10, &signals, Version::Stable),
-            vec![MetricOp::Increment(Metric::LlmUnparsed)]
+            LlmEnd {
+                ops: vec![MetricOp::Increment(Metric::LlmUnparsed)],
+                tokens: None,
+            }
         );
     }
 

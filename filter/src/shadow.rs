@@ -1,7 +1,7 @@
 //! Shadow mode: which requests are copied to the candidate, what an answer looks like for
 //! comparison (status, JSON structure, text), how two answers compare, and the per-worker
 //! book where the primary's answer and the candidate's meet. Plain Rust, unit-tested
-//! natively; `glue` only moves host data in and out.
+//! natively; `host` only moves host data in and out.
 //!
 //! The candidate's answer never reaches the user: the copy is a separate call made by the
 //! root context, and nothing here can pause or change the user's request or response.

@@ -1,4 +1,4 @@
-//! proxy-wasm glue of continuous eval sampling (LLM build): copy a sampled call's request
+//! Continuous eval sampling on the host (LLM build): copy a sampled call's request
 //! body as it passes, file the evaluation when the user's answer is complete, send it from
 //! the root context (which also gets the evaluator's answer: a call's answer goes to the
 //! context that made it, and the user's context may be gone by then), and record the score
@@ -12,7 +12,8 @@ use canary_contract::{EvalMetric, Version};
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{BufferType, MapType};
 
-use super::{increment, Active, RootWake};
+use super::active::Active;
+use super::calls::{increment, RootWake};
 use crate::eval::{parse_score, BodyCopy, EvalBook, EvalCall};
 use crate::llm::Reading;
 use crate::metrics::quality_increments;
@@ -38,6 +39,7 @@ pub(super) struct EvalCopy {
 
 fn count(active: &Active, rollout: usize, version: Version, metric: EvalMetric) {
     let id = active
+        .llm
         .eval_ids
         .get(rollout)
         .and_then(Option::as_ref)
@@ -57,6 +59,7 @@ impl EvalShared {
     ) -> Option<EvalCopy> {
         let eval = active.eval(rollout)?;
         let sampled = active
+            .llm
             .samplers
             .try_borrow_mut()
             .ok()?

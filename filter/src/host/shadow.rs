@@ -1,4 +1,4 @@
-//! proxy-wasm glue of shadow mode (LLM build): copy sampled requests, send the copies from
+//! Shadow mode on the host (LLM build): copy sampled requests, send the copies from
 //! the root context, meet the candidate's answer with the primary's in the worker's book.
 //!
 //! Lifetime: Envoy cancels a context's outstanding calls when the context goes away, and the
@@ -17,7 +17,8 @@ use canary_contract::{ShadowMetric, Version};
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{BufferType, MapType};
 
-use super::{apply_op, increment, now_ms, Active, RootWake};
+use super::active::Active;
+use super::calls::{increment, now_ms, RootWake};
 use crate::copy::{copied_headers, header_pairs, BodyCopy};
 use crate::llm::{LlmExchange, Reading};
 use crate::metrics::MetricOp;
@@ -50,6 +51,7 @@ pub(super) struct ShadowCopy {
 
 fn count(active: &Active, rollout: usize, metric: ShadowMetric) {
     if let Some(id) = active
+        .llm
         .shadow_ids
         .get(rollout)
         .and_then(|ids| ids.as_ref())
@@ -90,6 +92,7 @@ impl ShadowShared {
     ) -> Option<ShadowCopy> {
         let shadow = active.router.rollouts().get(rollout)?.shadow.as_ref()?;
         let sampled = active
+            .llm
             .samplers
             .try_borrow_mut()
             .ok()?
@@ -287,7 +290,7 @@ impl ShadowShared {
                         .ok()
                         .flatten()
                 });
-                ops.extend(llm.on_end(now, signals, Version::Canary));
+                ops.extend(llm.on_end(now, signals, Version::Canary).ops);
                 let reading = llm.take_answer().unwrap_or_default();
                 answer.readable = reading.is_readable();
                 answer.capture = reading.capture.unwrap_or_default();
@@ -320,7 +323,7 @@ impl ShadowShared {
             )
         }));
         for op in canary {
-            apply_op(active, r, op, Version::Canary);
+            active.apply_op(r, op, Version::Canary);
         }
         if let Some(outcome) = outcome {
             count_outcome(&ctx, outcome);

@@ -1,0 +1,392 @@
+//! The filter on the proxy-wasm host (wasm32 only). This file holds the SDK's entry point
+//! and the root and HTTP contexts' trait impls, which hand each callback to the modules
+//! beside it: `calls` (host calls: clock, metrics, shared data with CAS, randomness, the
+//! wake-up queue), `active` (the active configuration, and a root's slot for it), `poll`
+//! (polling the controller), and one module per feature, each mounted under its cargo
+//! feature: `fallback`, `shadow`, `eval` and `llm`. Every decision is made in the plain
+//! modules (`crate::routing`, `crate::metrics`, ...), which never import `host`. Inside,
+//! imports go one way, each module only from those before it in `calls`, `fallback`,
+//! `active`, `poll`/`shadow`/`eval`, `llm`, and nothing imports this file. Host data is only
+//! ever read as bytes, and nothing here unwraps it: a panic would kill the VM and, under the
+//! default failure policy, fail every later request on the worker.
+
+use std::cell::Cell;
+use std::rc::Rc;
+use std::time::Duration;
+
+use canary_contract::stats::Metric;
+use canary_contract::{FilterConfig, Version};
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{Action, ContextType, LogLevel};
+#[cfg(feature = "llm")]
+use proxy_wasm::{hostcalls, types::BufferType};
+
+use crate::control::{summary, sync_period_ms};
+use crate::cookie::set_cookie_value;
+use crate::metrics::{Exchange, MetricOp};
+use crate::routing::RequestHeaders;
+
+mod active;
+mod calls;
+#[cfg(feature = "llm")]
+mod eval;
+#[cfg(feature = "fallback")]
+mod fallback;
+#[cfg(feature = "llm")]
+mod llm;
+mod poll;
+#[cfg(feature = "llm")]
+mod shadow;
+
+use active::{Active, Current};
+use calls::{new_anonymous_id, now_ms};
+use poll::Controlled;
+
+proxy_wasm::main! {{
+    proxy_wasm::set_log_level(LogLevel::Info);
+    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(CanaryRoot::default()) });
+}}
+
+/// How often each VM hands its summed counters to Envoy.
+const COUNTER_FLUSH_PERIOD: Duration = Duration::from_millis(250);
+/// How often a worker checks its rollouts' circuit breakers (when the plugin configuration
+/// has one): a trip takes up to this long, and the other workers follow within as long.
+const BREAKER_TICK_PERIOD: Duration = Duration::from_millis(100);
+
+#[derive(Default)]
+struct CanaryRoot {
+    current: Current,
+    controlled: Option<Controlled>,
+    #[cfg(feature = "llm")]
+    worker: Rc<llm::Worker>,
+}
+
+struct CanaryHttp {
+    active: Option<Rc<Active>>,
+    routed: Option<Routed>,
+    #[cfg(feature = "fallback")]
+    fallback: fallback::FallbackRequest,
+    #[cfg(feature = "llm")]
+    worker: Rc<llm::Worker>,
+}
+
+struct Routed {
+    rollout: usize,
+    exchange: Exchange,
+    set_cookie: Option<String>,
+    #[cfg(feature = "llm")]
+    llm: llm::LlmRequest,
+}
+
+#[cfg(feature = "llm")]
+impl Routed {
+    /// Which rollout and version the request went to.
+    fn route(&self) -> (usize, Version) {
+        (self.rollout, self.exchange.version)
+    }
+}
+
+impl Context for CanaryRoot {
+    fn on_http_call_response(
+        &mut self,
+        token_id: u32,
+        _num_headers: usize,
+        body_size: usize,
+        _num_trailers: usize,
+    ) {
+        #[cfg(feature = "llm")]
+        if self.worker.call_response(token_id, body_size) {
+            return;
+        }
+        if let Some(c) = self.controlled.as_mut() {
+            c.answered(token_id, body_size, &mut self.current);
+        }
+    }
+}
+
+impl RootContext for CanaryRoot {
+    fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
+        let bytes = self.get_plugin_configuration().unwrap_or_default();
+        let config = match FilterConfig::from_json(&bytes) {
+            Ok(config) => config,
+            Err(e) => {
+                let kept = if self.current.active.is_some() {
+                    "keeping the previous configuration"
+                } else {
+                    "no previous configuration"
+                };
+                log::error!("wasm-canary: invalid plugin configuration: {e} ({kept})");
+                return false;
+            }
+        };
+        log::info!("wasm-canary: configured rollouts {}", summary(&config));
+        let mut tick = COUNTER_FLUSH_PERIOD;
+        if config.rollouts.iter().any(|r| r.circuit_breaker.is_some()) {
+            tick = BREAKER_TICK_PERIOD;
+        }
+        #[cfg(feature = "fallback")]
+        if config.rollouts.iter().any(|r| r.fallback.is_some()) {
+            tick = BREAKER_TICK_PERIOD;
+        }
+        self.controlled = config.controller.clone().map(|source| {
+            // Ticks both flush counters and pick up new configurations: often enough that
+            // every worker has a raise before it takes effect.
+            tick = tick.min(Duration::from_millis(sync_period_ms(
+                source.poll_interval_ms,
+            )));
+            Controlled::new(source, bytes.clone())
+        });
+        if let Err(e) = self.current.activate(config, None) {
+            log::error!("wasm-canary: {e}");
+            return false;
+        }
+        #[cfg(feature = "llm")]
+        self.worker.register_wake();
+        // A configuration the controller published before this plugin instance existed
+        // (e.g. after a listener update) wins over the plugin's initial one.
+        if let Some(c) = self.controlled.as_mut() {
+            c.sync_from_shared(&mut self.current);
+        }
+        self.set_tick_period(tick);
+        true
+    }
+
+    fn on_tick(&mut self) {
+        #[cfg(feature = "llm")]
+        self.worker.on_tick();
+        if let Some(active) = &self.current.active {
+            active.flush_counters();
+        }
+        // After the flush, so the counters include this worker's answers.
+        self.current.check_breakers();
+        #[cfg(feature = "fallback")]
+        self.current.check_chains();
+        if let Some(c) = self.controlled.as_mut() {
+            c.sync_from_shared(&mut self.current);
+            c.check_fail_safe(&mut self.current);
+            c.maybe_poll();
+        }
+    }
+
+    #[cfg(feature = "llm")]
+    fn on_queue_ready(&mut self, _queue_id: u32) {
+        self.worker.on_wake();
+    }
+
+    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+        Some(Box::new(CanaryHttp {
+            active: self.current.active.clone(),
+            routed: None,
+            #[cfg(feature = "fallback")]
+            fallback: Default::default(),
+            #[cfg(feature = "llm")]
+            worker: self.worker.clone(),
+        }))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}
+
+impl RequestHeaders for CanaryHttp {
+    fn header(&self, name: &str) -> Option<Vec<u8>> {
+        self.get_http_request_header_bytes(name)
+    }
+}
+
+impl Context for CanaryHttp {
+    /// The answer to a retry down the fallback chain (see `fallback`).
+    #[cfg(feature = "fallback")]
+    fn on_http_call_response(
+        &mut self,
+        _token: u32,
+        _headers: usize,
+        body_size: usize,
+        _trailers: usize,
+    ) {
+        let view = self.active.as_deref().map(Active::chains);
+        self.fallback.retry_answered(body_size, view);
+    }
+}
+
+impl HttpContext for CanaryHttp {
+    #[cfg_attr(not(feature = "llm"), allow(unused_variables))]
+    fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        #[cfg(feature = "fault-injection")]
+        if self
+            .get_http_request_header_bytes("x-canary-fault")
+            .as_deref()
+            == Some(b"panic")
+        {
+            panic!("fault injected by x-canary-fault");
+        }
+        let Some(active) = self.active.clone() else {
+            return Action::Continue;
+        };
+        let now = now_ms();
+        let mut decision = active.router.decide(self, now, new_anonymous_id);
+        if let Some(d) = decision.as_mut() {
+            let open_until = active
+                .breaker_open_until
+                .get(d.rollout)
+                .map_or(0, Cell::get);
+            if d.version == Version::Canary && now < open_until {
+                d.version = Version::Stable;
+                let op = MetricOp::Increment(Metric::BreakerDiverted);
+                active.apply_op(d.rollout, op, Version::Canary);
+            }
+        }
+        // Strip client-sent routing headers on every request, routed or not, so nobody
+        // picks a version by sending the header themselves. The header this request's
+        // rollout sets is left to `set_http_request_header`, which replaces every value
+        // (one call into the host fewer on the hot path; the spoofing tests cover it).
+        let rollout = decision
+            .as_ref()
+            .and_then(|d| active.router.rollouts().get(d.rollout));
+        for header in active.router.route_headers() {
+            if rollout.is_none_or(|r| r.route_header != *header) {
+                self.remove_http_request_header(header);
+            }
+        }
+        let (Some(decision), Some(rollout)) = (decision, rollout) else {
+            return Action::Continue;
+        };
+        if let Some(force) = &rollout.force_header {
+            self.remove_http_request_header(force);
+        }
+        #[cfg(feature = "fallback")]
+        {
+            let chains = active.chains();
+            if let Some(action) = self.fallback.fall_back(chains, decision.rollout, rollout) {
+                return action;
+            }
+            self.fallback
+                .keep_for_retry(decision.rollout, rollout, end_of_stream);
+        }
+        #[cfg(feature = "llm")]
+        let charge = match self.worker.rate_limit(&active, &decision, now) {
+            Ok(charge) => charge,
+            // Answered locally with 429: not routed, so not in the request counts.
+            Err(()) => return Action::Pause,
+        };
+        self.set_http_request_header(&rollout.route_header, Some(decision.version.as_str()));
+        let (exchange, op) = Exchange::start(decision.version, now);
+        active.apply_op(decision.rollout, op, decision.version);
+        #[cfg(feature = "llm")]
+        let llm = llm::LlmRequest::start(
+            &self.worker,
+            &active,
+            rollout,
+            &decision,
+            now,
+            end_of_stream,
+            charge,
+        );
+        self.routed = Some(Routed {
+            #[cfg(feature = "llm")]
+            llm,
+            rollout: decision.rollout,
+            exchange,
+            set_cookie: decision
+                .new_anonymous_id
+                .map(|id| set_cookie_value(&rollout.anonymous_cookie, &id)),
+        });
+        Action::Continue
+    }
+
+    #[cfg_attr(not(feature = "llm"), allow(unused_variables))]
+    fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        #[cfg(feature = "fallback")]
+        if let Some(active) = &self.active {
+            self.fallback.tier_answered(active.chains());
+        }
+        let (Some(active), Some(mut routed)) = (self.active.clone(), self.routed.take()) else {
+            return Action::Continue;
+        };
+        let status = self.get_http_response_header_bytes(":status");
+        let ops = routed
+            .exchange
+            .on_response_headers(status.as_deref(), now_ms(), || {
+                self.get_property(vec!["response", "code_details"])
+            });
+        for op in ops {
+            active.apply_op(routed.rollout, op, routed.exchange.version);
+        }
+        if let Some(cookie) = routed.set_cookie.take() {
+            self.add_http_response_header("set-cookie", &cookie);
+        }
+        #[cfg(feature = "llm")]
+        {
+            let route = routed.route();
+            let status = status.as_deref();
+            (routed.llm).response_headers(&self.worker, &active, route, status, end_of_stream);
+        }
+        self.routed = Some(routed);
+        #[cfg(feature = "fallback")]
+        if self
+            .fallback
+            .retry_failed(status.as_deref(), active.chains())
+        {
+            return Action::Pause;
+        }
+        Action::Continue
+    }
+
+    // The request body passes on unchanged (always `Continue`); a shadowed, evaluated or
+    // retryable request's is copied, up to the cap.
+    #[cfg(feature = "llm")]
+    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        let Some(routed) = self.routed.as_mut() else {
+            return Action::Continue;
+        };
+        // One read from the host per chunk, however many copies take it.
+        let chunk = std::cell::OnceCell::new();
+        let read = || {
+            chunk
+                .get_or_init(|| {
+                    hostcalls::get_buffer(BufferType::HttpRequestBody, 0, body_size)
+                        .ok()
+                        .flatten()
+                })
+                .clone()
+        };
+        (routed.llm).request_body(&self.worker, body_size, end_of_stream, read);
+        #[cfg(feature = "fallback")]
+        self.fallback.request_body(body_size, end_of_stream, read);
+        Action::Continue
+    }
+
+    // Bodies pass on unchanged and unbuffered (always `Continue`); an LLM call's chunks are
+    // copied, up to the cap, and read.
+    #[cfg(feature = "llm")]
+    fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        let (Some(active), Some(routed)) = (&self.active, self.routed.as_mut()) else {
+            return Action::Continue;
+        };
+        let route = routed.route();
+        (routed.llm).response_body(&self.worker, active, route, body_size, end_of_stream);
+        Action::Continue
+    }
+}
+
+// The end of a request is accounted for when the SDK drops the context (in Envoy's
+// `proxy_on_delete`), not in `on_log`: the module does not export `proxy_on_log`, which
+// saves one entry into the VM per request. The host context is still valid here.
+impl Drop for CanaryHttp {
+    fn drop(&mut self) {
+        let (Some(active), Some(routed)) = (self.active.clone(), self.routed.take()) else {
+            return;
+        };
+        for op in routed.exchange.on_end(now_ms()) {
+            active.apply_op(routed.rollout, op, routed.exchange.version);
+        }
+        // A stream that ended early (reset, client gone): counted as unparsed.
+        #[cfg(feature = "llm")]
+        {
+            let route = routed.route();
+            let mut llm = routed.llm;
+            llm.end(&self.worker, &active, route);
+        }
+    }
+}

@@ -9,113 +9,9 @@
 //! `keep_old_for` has passed (or an operator promotes), then it is `promoted` and the timeline
 //! says the old version may be retired.
 
-use std::time::Duration;
-
-use serde::{Deserialize, Serialize};
-
 use crate::machine::{pct, Effect, EventKind, Phase, RolloutState};
-use crate::spec::{RolloutSpec, SpecError, Stage};
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Strategy {
-    /// Stages of increasing weight.
-    #[default]
-    Canary,
-    /// Verify at 0%, then flip everyone at once.
-    BlueGreen,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct BlueGreenSpec {
-    /// Minimum time the candidate is verified at 0% before the flip.
-    #[serde(with = "humantime_serde", default)]
-    pub verify_hold: Duration,
-    /// Requests each version must have served during verification (the candidate's come
-    /// from shadow copies or forced synthetic checks).
-    #[serde(default = "default_verify_min_requests")]
-    pub verify_min_requests: u64,
-    /// How long the old version stays configured and warm after the flip; `abort` flips
-    /// back during it.
-    #[serde(with = "humantime_serde", default = "default_keep_old_for")]
-    pub keep_old_for: Duration,
-}
-
-impl Default for BlueGreenSpec {
-    fn default() -> Self {
-        BlueGreenSpec {
-            verify_hold: Duration::ZERO,
-            verify_min_requests: default_verify_min_requests(),
-            keep_old_for: default_keep_old_for(),
-        }
-    }
-}
-
-fn default_verify_min_requests() -> u64 {
-    100
-}
-
-fn default_keep_old_for() -> Duration {
-    Duration::from_secs(600)
-}
-
-/// The blue-green options of a blue-green spec (defaults when `blue_green` is absent).
-pub fn options(spec: &RolloutSpec) -> Option<BlueGreenSpec> {
-    (spec.strategy == Strategy::BlueGreen).then(|| spec.blue_green.clone().unwrap_or_default())
-}
-
-/// The two stages of a blue-green rollout: verify at 0%, flip to 100%.
-pub fn stages(options: &BlueGreenSpec) -> Vec<Stage> {
-    vec![
-        Stage {
-            weight_pct: 0.0,
-            hold: options.verify_hold,
-            min_requests: options.verify_min_requests,
-        },
-        Stage {
-            weight_pct: 100.0,
-            hold: Duration::ZERO,
-            min_requests: 0,
-        },
-    ]
-}
-
-/// Fills in the stages of a blue-green spec that gave none (`stages_given`: the YAML had a
-/// `stages` key; if so, [`validate`] refuses it).
-pub fn derive(spec: &mut RolloutSpec, stages_given: bool) {
-    if let (Some(options), false) = (options(spec), stages_given) {
-        spec.stages = stages(&options);
-    }
-}
-
-pub fn validate(spec: &RolloutSpec, errors: &mut Vec<SpecError>) {
-    let mut push = |field: &str, reason: &str| {
-        errors.push(SpecError {
-            field: field.into(),
-            reason: reason.into(),
-        })
-    };
-    let Some(options) = options(spec) else {
-        if spec.blue_green.is_some() {
-            push("blue_green", "needs strategy: blue_green");
-        }
-        return;
-    };
-    if spec.stages != stages(&options) {
-        push(
-            "stages",
-            "a blue_green rollout has no stages: it verifies at 0% and flips to 100% \
-             (see blue_green.verify_hold, blue_green.verify_min_requests)",
-        );
-    }
-    if spec.accelerate {
-        push(
-            "accelerate",
-            "not with strategy: blue_green (there is one flip)",
-        );
-    }
-}
+use crate::spec::blue_green::options;
+use crate::spec::RolloutSpec;
 
 /// Reaching the last stage: flip, keep the old version, don't end the rollout yet.
 /// Returns false for a canary spec (the caller promotes as usual).
@@ -211,49 +107,6 @@ mod tests {
 
     fn step(spec: &RolloutSpec, s: &RolloutState, input: Input, at: u64) -> RolloutState {
         s.step(spec, input, at).expect("accepted").0
-    }
-
-    fn errors(extra: &str) -> Vec<String> {
-        match RolloutSpec::from_yaml(&format!("{BASE}{extra}")) {
-            Ok(_) => vec![],
-            Err(e) => e.0.into_iter().map(|e| e.field).collect(),
-        }
-    }
-
-    #[test]
-    fn spec_derives_verify_and_flip_stages() {
-        let s = spec("strategy: blue_green\nblue_green: {verify_hold: 5s, keep_old_for: 1m}\n");
-        assert_eq!(s.stages.len(), 2);
-        assert_eq!(
-            (s.stages[0].weight_bp(), s.stages[1].weight_bp()),
-            (0, 10_000)
-        );
-        assert_eq!(s.stages[0].hold, Duration::from_secs(5));
-        assert_eq!(s.stages[0].min_requests, 100);
-        let defaults = spec("strategy: blue_green\n");
-        assert_eq!(
-            options(&defaults).map(|o| o.keep_old_for),
-            Some(Duration::from_secs(600))
-        );
-        assert_eq!(options(&spec("")), None, "canary by default");
-    }
-
-    #[test]
-    fn spec_errors_name_the_field() {
-        assert_eq!(
-            errors("strategy: blue_green\nstages: [{weight_pct: 100}]\n"),
-            ["stages"]
-        );
-        assert_eq!(errors("blue_green: {keep_old_for: 1m}\n"), ["blue_green"]);
-        assert_eq!(
-            errors("strategy: blue_green\naccelerate: true\n"),
-            ["accelerate"]
-        );
-        assert_eq!(
-            errors("strategy: blue_green\nblue_green: {keep_old: 1m}\n"),
-            ["blue_green.keep_old"]
-        );
-        assert_eq!(errors("strategy: linear\n"), ["strategy"]);
     }
 
     #[test]

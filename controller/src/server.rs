@@ -95,8 +95,9 @@ impl Controller {
                 return Ok(json.clone());
             }
         }
-        let mut config =
-            crate::shadow::filter_config(&self.spec, self.state.weight_bp, self.state.in_shadow())?;
+        let mut config = self
+            .spec
+            .filter_config(self.state.weight_bp, self.state.in_shadow())?;
         if let Some(per_user) = self.spec.quota.as_ref().and_then(|q| q.per_user.as_ref()) {
             crate::quota::apply_per_user(&mut config, per_user, self.proxies);
         }

@@ -6,47 +6,12 @@
 //!
 //! Pure: the spec part, the counters, and the transition the state machine delegates to.
 
-use std::time::Duration;
-
-use canary_contract::{FilterConfig, Shadow, ShadowMetric};
+use canary_contract::ShadowMetric;
 use serde::{Deserialize, Serialize};
 
 use crate::judge::{Outcome, Verdict};
 use crate::machine::{Effect, EventKind, Phase, RolloutState};
-use crate::spec::{RolloutSpec, SpecError, SpecErrors};
-
-/// `shadow:` in the rollout spec.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ShadowSpec {
-    /// The filter's `shadow` settings during the phase: `cluster` (the candidate's Envoy
-    /// cluster), `sample_bp`, `timeout_ms`, `max_in_flight`, `max_request_bytes`,
-    /// `text_normalisation`, `authority`.
-    pub copy: Shadow,
-    /// Minimum time in the shadow phase.
-    #[serde(with = "humantime_serde", default)]
-    pub hold: Duration,
-    /// Compared answers needed before the gate decides.
-    #[serde(default = "default_min_compared")]
-    pub min_compared: u64,
-    /// Agreement over the phase (status, structure and text all agree) needed to go on.
-    #[serde(default = "default_min_agreement_pct")]
-    pub min_agreement_pct: f64,
-    /// Consecutive failed gate decisions (agreement below the gate, or a regression) that
-    /// roll the rollout back.
-    #[serde(default = "default_failure_limit")]
-    pub failure_limit: u32,
-}
-
-fn default_min_compared() -> u64 {
-    200
-}
-fn default_min_agreement_pct() -> f64 {
-    90.0
-}
-fn default_failure_limit() -> u32 {
-    3
-}
+use crate::spec::RolloutSpec;
 
 /// The filter's shadow counters of one rollout (from one source, or a window's deltas).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -142,65 +107,6 @@ impl ShadowState {
     pub fn agreement_pct(&self) -> Option<f64> {
         self.counts.agreement().map(|a| a * 100.0)
     }
-}
-
-/// Spec checks of `shadow` (field paths as in the spec).
-pub fn validate(spec: &RolloutSpec, errors: &mut Vec<SpecError>) {
-    let Some(s) = &spec.shadow else {
-        return;
-    };
-    let mut push = |field: &str, reason: String| {
-        errors.push(SpecError {
-            field: field.into(),
-            reason,
-        })
-    };
-    if !(0.0..=100.0).contains(&s.min_agreement_pct) {
-        push(
-            "shadow.min_agreement_pct",
-            format!("must be within 0..=100, got {}", s.min_agreement_pct),
-        );
-    }
-    if s.failure_limit == 0 {
-        push("shadow.failure_limit", "must be at least 1".into());
-    }
-    if spec.filter.contains_key("shadow") {
-        push(
-            "filter.shadow",
-            "is set by the controller during the shadow phase (use shadow.copy)".into(),
-        );
-    }
-    if let Err(e) = filter_config(spec, 0, true) {
-        errors.extend(e.0);
-    }
-}
-
-/// The filter configuration at `weight_bp`, with the shadow copy while `shadowing`.
-pub fn filter_config(
-    spec: &RolloutSpec,
-    weight_bp: u32,
-    shadowing: bool,
-) -> Result<FilterConfig, SpecErrors> {
-    let mut config = spec.filter_config(weight_bp)?;
-    let copy = spec.shadow.as_ref().filter(|_| shadowing);
-    if let (Some(copy), Some(rollout)) = (copy, config.rollouts.first_mut()) {
-        rollout.shadow = Some(copy.copy.clone());
-        config.validate().map_err(|e| {
-            SpecErrors(
-                e.errors
-                    .into_iter()
-                    .map(|f| SpecError {
-                        field: f
-                            .field
-                            .replacen("rollouts[0].shadow", "shadow.copy", 1)
-                            .replacen("rollouts[0]", "filter", 1),
-                        reason: f.reason,
-                    })
-                    .collect(),
-            )
-        })?;
-    }
-    Ok(config)
 }
 
 /// The Prometheus query for `rollout`: the judge's selector with the shadow counters added
@@ -364,10 +270,12 @@ mod tests {
         assert_eq!(state.weight_bp, 0);
         assert!(state.in_shadow());
         assert_eq!(effects[0], Effect::PublishWeight(0));
-        let config = filter_config(&spec, state.weight_bp, state.in_shadow()).expect("valid");
+        let config = spec
+            .filter_config(state.weight_bp, state.in_shadow())
+            .expect("valid");
         let copy = config.rollouts[0].shadow.as_ref().expect("shadow");
         assert_eq!((copy.cluster.as_str(), copy.sample_bp), ("candidate", 5000));
-        let later = filter_config(&spec, 500, false).expect("valid");
+        let later = spec.filter_config(500, false).expect("valid");
         assert!(later.rollouts[0].shadow.is_none());
     }
 
@@ -432,23 +340,6 @@ mod tests {
         assert!(!s1.in_shadow());
         assert_eq!((s1.stage, s1.weight_bp), (0, 500));
         assert!(e1.contains(&Effect::PublishWeight(500)));
-    }
-
-    #[test]
-    fn spec_errors_name_shadow_fields() {
-        let bad = "name: chat\nsources: {envoy_admin: [\"http://127.0.0.1:1\"]}\n\
-                   shadow: {copy: {cluster: candidate, sample_bp: 0}, min_agreement_pct: 120, failure_limit: 0}\n";
-        let err = RolloutSpec::from_yaml(bad)
-            .expect_err("invalid")
-            .to_string();
-        for field in [
-            "shadow.min_agreement_pct",
-            "shadow.failure_limit",
-            "shadow.copy.sample_bp",
-            "shadow.copy:",
-        ] {
-            assert!(err.contains(field), "{field} not in {err}");
-        }
     }
 
     #[test]

@@ -10,10 +10,10 @@
 use statrs::distribution::{Binomial, ContinuousCDF, DiscreteCDF, StudentsT};
 
 use crate::judge::{binomial_greater, fisher_greater, CheckResult, Outcome, Worse};
-use crate::llm_stats::{LlmStats, QualityStats};
 use crate::spec::llm_checks::{CostCheck, LlmChecks, TaskSuccessCheck};
 use crate::spec::Analysis;
 use crate::stats::RolloutStats;
+use crate::stats::{LlmStats, QualityStats};
 
 /// The LLM checks of one window, each with whether its outcome counts towards the
 /// verdict's (a check that is not `required` and has too few samples does not). `critical`

@@ -116,7 +116,7 @@ pub enum Input {
     /// The judge's verdict on the last window.
     Analysis(Verdict),
     /// The same, with the window's shadow counters (specs with a shadow phase).
-    ShadowWindow(Verdict, crate::shadow::ShadowCounts),
+    ShadowWindow(Verdict, crate::stats::ShadowCounts),
     /// Operator: go to the next stage now.
     Promote,
     Pause,

@@ -23,8 +23,8 @@ use crate::judge::{judge, Outcome};
 use crate::machine::{Effect, Input, Phase, RolloutState};
 use crate::sources;
 use crate::spec::RolloutSpec;
+use crate::stats::window::Windower;
 use crate::store::{StateStore, StoreError};
-use crate::window::Windower;
 
 pub struct ServeOptions {
     pub listen: SocketAddr,
@@ -239,13 +239,14 @@ pub async fn serve(spec: RolloutSpec, options: ServeOptions) -> anyhow::Result<(
 }
 
 async fn analysis_loop(controller: Shared, spec: RolloutSpec, http: reqwest::Client) {
+    let source = sources::from_spec(&spec.sources);
     let mut windower = Windower::default();
     let mut last_close = std::time::Instant::now();
     let mut ticker = tokio::time::interval(spec.analysis.interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
-        let readings = sources::read(&http, &spec.sources, &spec.name).await;
+        let readings = source.read(&http, &spec.name).await;
         let mut c = controller.lock().await;
         let readable = readings.iter().filter(|r| r.result.is_ok()).count();
         if readable > 0 {

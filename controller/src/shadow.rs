@@ -6,89 +6,12 @@
 //!
 //! Pure: the spec part, the counters, and the transition the state machine delegates to.
 
-use canary_contract::ShadowMetric;
+use crate::stats::ShadowCounts;
 use serde::{Deserialize, Serialize};
 
 use crate::judge::{Outcome, Verdict};
 use crate::machine::{Effect, EventKind, Phase, RolloutState};
 use crate::spec::RolloutSpec;
-
-/// The filter's shadow counters of one rollout (from one source, or a window's deltas).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ShadowCounts {
-    pub requests: u64,
-    pub compared: u64,
-    pub agree: u64,
-    pub agree_status: u64,
-    pub agree_structure: u64,
-    pub agree_text: u64,
-    pub failed: u64,
-    pub dropped: u64,
-}
-
-impl ShadowCounts {
-    fn slot(&mut self, metric: ShadowMetric) -> &mut u64 {
-        match metric {
-            ShadowMetric::Requests => &mut self.requests,
-            ShadowMetric::Compared => &mut self.compared,
-            ShadowMetric::Agree => &mut self.agree,
-            ShadowMetric::AgreeStatus => &mut self.agree_status,
-            ShadowMetric::AgreeStructure => &mut self.agree_structure,
-            ShadowMetric::AgreeText => &mut self.agree_text,
-            ShadowMetric::Failed => &mut self.failed,
-            ShadowMetric::Dropped => &mut self.dropped,
-        }
-    }
-
-    pub fn set(&mut self, metric: ShadowMetric, value: u64) {
-        *self.slot(metric) = value;
-    }
-
-    fn values(&self) -> [u64; 8] {
-        [
-            self.requests,
-            self.compared,
-            self.agree,
-            self.agree_status,
-            self.agree_structure,
-            self.agree_text,
-            self.failed,
-            self.dropped,
-        ]
-    }
-
-    fn from_values(v: [u64; 8]) -> ShadowCounts {
-        let mut c = ShadowCounts::default();
-        for (m, value) in ShadowMetric::ALL.into_iter().zip(v) {
-            c.set(m, value);
-        }
-        c
-    }
-
-    /// `self - earlier`, `None` if a counter went down (the proxy restarted).
-    pub fn minus(&self, earlier: &ShadowCounts) -> Option<ShadowCounts> {
-        let (a, b) = (self.values(), earlier.values());
-        let mut out = [0; 8];
-        for i in 0..8 {
-            out[i] = a[i].checked_sub(b[i])?;
-        }
-        Some(ShadowCounts::from_values(out))
-    }
-
-    pub fn plus(&self, other: &ShadowCounts) -> ShadowCounts {
-        let (a, b) = (self.values(), other.values());
-        let mut out = [0; 8];
-        for i in 0..8 {
-            out[i] = a[i] + b[i];
-        }
-        ShadowCounts::from_values(out)
-    }
-
-    /// Share of compared answers that agree, `None` before any comparison.
-    pub fn agreement(&self) -> Option<f64> {
-        (self.compared > 0).then(|| self.agree as f64 / self.compared as f64)
-    }
-}
 
 /// The shadow phase's progress, kept in the rollout state (and so in `status`).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -106,21 +29,6 @@ pub struct ShadowState {
 impl ShadowState {
     pub fn agreement_pct(&self) -> Option<f64> {
         self.counts.agreement().map(|a| a * 100.0)
-    }
-}
-
-/// The Prometheus query for `rollout`: the judge's selector with the shadow counters added
-/// to its name pattern. (Not `A or B`: set operators match label sets without the metric
-/// name, so every shadow series would be dropped as a duplicate of a request series.)
-pub fn prometheus_query(rollout: &str) -> String {
-    let selector = crate::stats::prometheus_selector(rollout);
-    match selector.find("\",rollout=") {
-        Some(at) => format!(
-            "{}|canary_shadow_[a-z_]+{}",
-            &selector[..at],
-            &selector[at..]
-        ),
-        None => selector,
     }
 }
 
@@ -340,58 +248,5 @@ mod tests {
         assert!(!s1.in_shadow());
         assert_eq!((s1.stage, s1.weight_bp), (0, 500));
         assert!(e1.contains(&Effect::PublishWeight(500)));
-    }
-
-    #[test]
-    fn shadow_counters_are_read_from_envoy_and_prometheus() {
-        let mut text = String::new();
-        for v in ["stable", "canary"] {
-            for m in ["canary_rq_total", "canary_rq_5xx"] {
-                text.push_str(&format!("{m}{{rollout=\"chat\",version=\"{v}\"}} 7\n"));
-            }
-        }
-        text.push_str("canary_shadow_compared{rollout=\"chat\",version=\"canary\"} 40\n");
-        text.push_str("canary_shadow_agree{rollout=\"chat\",version=\"canary\"} 31\n");
-        text.push_str("canary_shadow_agree{rollout=\"other\",version=\"canary\"} 99\n");
-        let stats = crate::stats::parse_envoy_prometheus(&text, "chat").expect("parsed");
-        assert_eq!((stats.shadow.compared, stats.shadow.agree), (40, 31));
-
-        let series = |name: &str, value: u64| {
-            serde_json::json!({"metric": {"__name__": name, "rollout": "chat", "version": "canary",
-                                          "instance": "e1"}, "value": [0, value.to_string()]})
-        };
-        let mut result = vec![
-            series("canary_shadow_compared", 12),
-            series("canary_shadow_failed", 2),
-        ];
-        for v in ["stable", "canary"] {
-            for m in ["canary_rq_total", "canary_rq_5xx"] {
-                let mut s = series(m, 1);
-                s["metric"]["version"] = v.into();
-                result.push(s);
-            }
-        }
-        let body = serde_json::json!({"status": "success", "data": {"result": result}});
-        let per = crate::stats::parse_prometheus_query(body.to_string().as_bytes(), "chat")
-            .expect("parsed");
-        let e1 = &per["e1"].shadow;
-        assert_eq!((e1.compared, e1.failed), (12, 2));
-        let query = prometheus_query("chat");
-        assert!(
-            query.starts_with(r#"{__name__=~"canary_rq_(total|"#)
-                && query.ends_with(r#"|canary_shadow_[a-z_]+",rollout="chat"}"#),
-            "{query}"
-        );
-    }
-
-    #[test]
-    fn counts_subtract_and_add() {
-        let a = counts(10, 9);
-        let b = counts(25, 20);
-        assert_eq!(b.minus(&a), Some(counts(15, 11)));
-        assert_eq!(a.minus(&b), None);
-        assert_eq!(a.plus(&b), counts(35, 29));
-        assert_eq!(counts(0, 0).agreement(), None);
-        assert_eq!(counts(4, 3).agreement(), Some(0.75));
     }
 }

@@ -8,7 +8,6 @@
 pub mod bluegreen;
 pub mod feedback;
 pub mod judge;
-pub mod llm_checks;
 pub mod machine;
 pub mod quota;
 pub mod server;

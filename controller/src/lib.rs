@@ -5,13 +5,10 @@
 //! windows from scrapes), [`judge`] (window in, verdict out), [`machine`] (the rollout state
 //! machine). I/O at the edges: stats sources, config publication, HTTP API, state store.
 
-pub mod bluegreen;
 pub mod feedback;
 pub mod judge;
 pub mod machine;
-pub mod quota;
 pub mod server;
-pub mod shadow;
 pub mod sources;
 pub mod spec;
 pub mod stats;

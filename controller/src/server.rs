@@ -56,7 +56,7 @@ struct Controller {
     last_checks: Vec<crate::judge::CheckResult>,
     /// The global quota sentinel (`quota` in the spec); not saved: a restarted controller
     /// measures again.
-    quota: crate::quota::Sentinel,
+    quota: crate::machine::quota::Sentinel,
     /// Proxies read in the last round (for `quota.per_user`, divided among them).
     proxies: usize,
 }
@@ -99,9 +99,9 @@ impl Controller {
             .spec
             .filter_config(self.state.weight_bp, self.state.in_shadow())?;
         if let Some(per_user) = self.spec.quota.as_ref().and_then(|q| q.per_user.as_ref()) {
-            crate::quota::apply_per_user(&mut config, per_user, self.proxies);
+            crate::machine::quota::apply_per_user(&mut config, per_user, self.proxies);
         }
-        crate::quota::apply_throttle(&mut config, self.quota.throttled);
+        crate::machine::quota::apply_throttle(&mut config, self.quota.throttled);
         let json = config.to_json();
         self.published = Some((etag, json.clone()));
         Ok(json)
@@ -200,7 +200,7 @@ pub async fn serve(spec: RolloutSpec, options: ServeOptions) -> anyhow::Result<(
         feedback: crate::feedback::PendingFeedback::default(),
         feedback_total: BTreeMap::new(),
         last_checks: Vec::new(),
-        quota: crate::quota::Sentinel::default(),
+        quota: crate::machine::quota::Sentinel::default(),
         proxies: spec.sources.envoy_admin.len().max(1),
     };
     c.weights
@@ -347,7 +347,7 @@ fn status_json(c: &Controller) -> serde_json::Value {
             "gate_failures": s.gate_failures,
             "counts": s.counts,
         })),
-        "blue_green": crate::bluegreen::status_json(&c.spec, &c.state, now),
+        "blue_green": crate::machine::blue_green::status_json(&c.spec, &c.state, now),
         "time_in_stage_s": now.saturating_sub(c.state.stage_started_ms) as f64 / 1000.0,
         "stage_requests": {"canary": c.state.stage_canary_requests, "stable": c.state.stage_stable_requests},
         "consecutive_failures": c.state.consecutive_failures,

@@ -4,14 +4,15 @@
 //! the judge sees no regression of the candidate's own signals (its answers are counted as
 //! the canary's); a gate that keeps failing rolls the rollout back, with the reason.
 //!
-//! Pure: the spec part, the counters, and the transition the state machine delegates to.
+//! Pure: the phase's progress ([`ShadowState`]) and its gate, which updates that progress and
+//! returns a [`Decision`] for the machine to carry out.
 
-use crate::stats::ShadowCounts;
 use serde::{Deserialize, Serialize};
 
+use super::{Decision, Phase};
 use crate::judge::{Outcome, Verdict};
-use crate::machine::{Effect, EventKind, Phase, RolloutState};
-use crate::spec::RolloutSpec;
+use crate::spec::shadow::ShadowSpec;
+use crate::stats::ShadowCounts;
 
 /// The shadow phase's progress, kept in the rollout state (and so in `status`).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -36,23 +37,18 @@ fn pct1(x: f64) -> String {
     format!("{:.1}%", x)
 }
 
-/// One analysis window in the shadow phase: add the window's counters, then let the gate
-/// decide — go on to the first stage, keep shadowing, or count a failure (and roll back at
-/// the limit). Weight stays 0 until the gate passes.
+/// One analysis window in the shadow phase: add the window's counters to the phase's, then
+/// let the gate decide: go on to the first stage (only while `phase` is progressing), keep
+/// shadowing, or count a failure (and roll back at the limit). Weight stays 0 until the gate
+/// passes.
 pub fn on_window(
-    state: &mut RolloutState,
-    spec: &RolloutSpec,
+    gate: &ShadowSpec,
+    shadow: &mut ShadowState,
+    phase: Phase,
     verdict: &Verdict,
     window: &ShadowCounts,
     now_ms: u64,
-    effects: &mut Vec<Effect>,
-) {
-    let Some(gate) = &spec.shadow else {
-        return;
-    };
-    let Some(shadow) = state.shadow.as_mut() else {
-        return;
-    };
+) -> Decision {
     shadow.counts = shadow.counts.plus(window);
     let compared = shadow.counts.compared;
     let agreement = shadow.agreement_pct();
@@ -65,7 +61,7 @@ pub fn on_window(
             gate.min_compared,
             agreement.map_or(String::new(), |a| format!(", agreement {} so far", pct1(a)))
         );
-        return;
+        return Decision::Stay;
     } else {
         let a = agreement.unwrap_or(0.0);
         (a < gate.min_agreement_pct).then(|| {
@@ -85,9 +81,10 @@ pub fn on_window(
                 pct1(a),
                 pct1(gate.min_agreement_pct)
             );
-            if state.phase == Phase::Progressing {
-                let why = format!("shadow gate {}", shadow.gate);
-                leave(state, spec, effects, now_ms, &why);
+            if phase == Phase::Progressing {
+                Decision::LeaveShadow(format!("shadow gate {}", shadow.gate))
+            } else {
+                Decision::Stay
             }
         }
         Some(reason) => {
@@ -96,45 +93,21 @@ pub fn on_window(
             let (n, limit) = (shadow.gate_failures, gate.failure_limit);
             if n >= limit || verdict.critical {
                 shadow.active = false;
-                state.roll_back(
-                    effects,
-                    now_ms,
-                    Phase::RolledBack,
-                    EventKind::RolledBack,
-                    format!("rolled back in shadow (gate failed {n} times): {reason}"),
-                );
+                Decision::RollBack(format!(
+                    "rolled back in shadow (gate failed {n} times): {reason}"
+                ))
             } else {
-                state.record(
-                    effects,
-                    now_ms,
-                    EventKind::AnalysisFailed,
-                    format!("shadow gate failed ({n} of {limit}): {reason}"),
-                );
+                Decision::CountFailure(format!("shadow gate failed ({n} of {limit}): {reason}"))
             }
         }
     }
 }
 
-/// Ends the shadow phase: the first stage's weight, no more copies.
-pub fn leave(
-    state: &mut RolloutState,
-    spec: &RolloutSpec,
-    effects: &mut Vec<Effect>,
-    now_ms: u64,
-    why: &str,
-) {
-    if let Some(shadow) = state.shadow.as_mut() {
-        shadow.active = false;
-    }
-    // The served configuration changes (no shadow) even if the weight did not.
-    state.config_version += 1;
-    state.enter_stage(spec, effects, 0, now_ms, why);
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::machine::Input;
+    use crate::machine::{Effect, Input, RolloutState};
+    use crate::spec::RolloutSpec;
 
     fn spec() -> RolloutSpec {
         RolloutSpec::from_yaml(

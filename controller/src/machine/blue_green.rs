@@ -2,74 +2,47 @@
 //! traffic flips to it at once; the old version stays configured for `keep_old_for`, during
 //! which `abort` flips everyone back as fast.
 //!
-//! A blue-green spec is an ordinary two-stage rollout, derived here: a verification stage at
-//! weight 0 (candidate traffic comes from a shadow phase before it, or from synthetic checks
-//! sent with the force header, e.g. `x-canary-user: always`) and the flip to 100%. Reaching
+//! A blue-green spec is an ordinary two-stage rollout (derived in `spec::blue_green`): a
+//! verification stage at weight 0 and the flip to 100%. Reaching
 //! 100% does not end the rollout: it stays `progressing` with `flipped_ms` set until
 //! `keep_old_for` has passed (or an operator promotes), then it is `promoted` and the timeline
-//! says the old version may be retired.
+//! says the old version may be retired. Pure: these functions read the state and return
+//! what to do; the machine carries it out.
 
-use crate::machine::{pct, Effect, EventKind, Phase, RolloutState};
+use super::{pct, Decision, Phase, RolloutState};
 use crate::spec::blue_green::options;
 use crate::spec::RolloutSpec;
 
-/// Reaching the last stage: flip, keep the old version, don't end the rollout yet.
-/// Returns false for a canary spec (the caller promotes as usual).
-pub fn on_flip(
-    state: &mut RolloutState,
-    spec: &RolloutSpec,
-    effects: &mut Vec<Effect>,
-    now_ms: u64,
-    why: &str,
-) -> bool {
-    let Some(options) = options(spec) else {
-        return false;
-    };
-    state.flipped_ms = Some(now_ms);
-    state.record(
-        effects,
-        now_ms,
-        EventKind::StageAdvanced,
-        format!(
-            "flipped to {} ({why}); old version kept for {}s (abort flips back)",
-            pct(state.weight_bp),
-            options.keep_old_for.as_secs()
-        ),
-    );
-    true
+/// Reaching the last stage of a blue-green spec: the flip's message (the machine records the
+/// flip and keeps the rollout going, the old version kept). `None` for a canary spec: the
+/// last stage promotes as usual.
+pub fn flip(spec: &RolloutSpec, weight_bp: u32, why: &str) -> Option<String> {
+    let options = options(spec)?;
+    Some(format!(
+        "flipped to {} ({why}); old version kept for {}s (abort flips back)",
+        pct(weight_bp),
+        options.keep_old_for.as_secs()
+    ))
 }
 
 /// After an analysis window: once `keep_old_for` has passed since the flip (and the rollout
 /// is not paused or ended), the rollout is complete.
-pub fn after_window(
-    state: &mut RolloutState,
-    spec: &RolloutSpec,
-    effects: &mut Vec<Effect>,
-    now_ms: u64,
-) {
+pub fn after_window(spec: &RolloutSpec, state: &RolloutState, now_ms: u64) -> Decision {
     let (Some(options), Some(flipped)) = (options(spec), state.flipped_ms) else {
-        return;
+        return Decision::Stay;
     };
     if state.phase == Phase::Progressing
         && now_ms.saturating_sub(flipped) >= options.keep_old_for.as_millis() as u64
     {
-        retire(state, effects, now_ms, "old version kept for its time");
+        Decision::Retire("old version kept for its time".into())
+    } else {
+        Decision::Stay
     }
 }
 
 /// Whether the rollout has flipped and still keeps the old version.
 pub fn keeping_old(state: &RolloutState) -> bool {
     state.flipped_ms.is_some() && !state.phase.is_terminal()
-}
-
-pub fn retire(state: &mut RolloutState, effects: &mut Vec<Effect>, now_ms: u64, why: &str) {
-    state.phase = Phase::Promoted;
-    state.record(
-        effects,
-        now_ms,
-        EventKind::Promoted,
-        format!("promoted ({why}); the old version may be retired"),
-    );
 }
 
 /// `/status`'s `blue_green` block (null for a canary rollout).
@@ -92,7 +65,7 @@ pub fn status_json(spec: &RolloutSpec, state: &RolloutState, now_ms: u64) -> ser
 mod tests {
     use super::*;
     use crate::judge::{Outcome, Verdict};
-    use crate::machine::Input;
+    use crate::machine::{Effect, EventKind, Input};
 
     const BASE: &str = "name: shop\nsources: {envoy_admin: [\"http://127.0.0.1:1\"]}\n\
                         analysis: {interval: 1s, failure_limit: 2}\n";

@@ -8,7 +8,7 @@
 
 use serde::Serialize;
 
-use crate::spec::quota::{PerUser, QuotaSpec};
+use crate::spec::quota::QuotaSpec;
 
 /// What the sentinel knows, shown in `/status` and `/metrics`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
@@ -75,42 +75,6 @@ impl Sentinel {
     }
 }
 
-/// Publishes the throttle into a filter configuration (the rollout's `rate_limit.throttled`).
-pub fn apply_throttle(config: &mut canary_contract::FilterConfig, throttled: bool) {
-    if !throttled {
-        return;
-    }
-    for rollout in &mut config.rollouts {
-        rollout
-            .rate_limit
-            .get_or_insert_with(Default::default)
-            .throttled = true;
-    }
-}
-
-/// Publishes each user's fleet allowance divided among `proxies` (rounded up: a user on
-/// one proxy may exceed the allowance slightly rather than be refused below it).
-pub fn apply_per_user(
-    config: &mut canary_contract::FilterConfig,
-    per_user: &PerUser,
-    proxies: usize,
-) {
-    let proxies = proxies.max(1) as u64;
-    for rollout in &mut config.rollouts {
-        let limit = rollout.rate_limit.get_or_insert_with(Default::default);
-        if let Some(t) = per_user.tokens_per_minute {
-            limit.tokens_per_minute = Some(t.div_ceil(proxies));
-        }
-        if let Some(r) = per_user.requests_per_minute {
-            limit.requests_per_minute = Some(r.div_ceil(proxies));
-        }
-        // The estimate must fit the smaller bucket.
-        if let Some(t) = limit.tokens_per_minute {
-            limit.estimate_tokens = limit.estimate_tokens.min(t);
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -162,46 +126,5 @@ mod tests {
             None,
             "empty window ignored"
         );
-    }
-
-    #[test]
-    fn the_throttle_is_published_in_the_rollout() {
-        let mut c = canary_contract::FilterConfig::new(vec![canary_contract::RolloutConfig::new(
-            "chat", 500,
-        )]);
-        apply_throttle(&mut c, false);
-        assert_eq!(c.rollouts[0].rate_limit, None);
-        apply_throttle(&mut c, true);
-        let again =
-            canary_contract::FilterConfig::from_json(c.to_json().as_bytes()).expect("valid");
-        assert!(again.rollouts[0]
-            .rate_limit
-            .as_ref()
-            .is_some_and(|r| r.throttled));
-    }
-}
-
-#[cfg(test)]
-mod per_user_tests {
-    use super::*;
-
-    #[test]
-    fn a_fleet_allowance_is_divided_among_the_proxies() {
-        let mut c = canary_contract::FilterConfig::new(vec![canary_contract::RolloutConfig::new(
-            "chat", 0,
-        )]);
-        let per_user = PerUser {
-            tokens_per_minute: Some(10_000),
-            requests_per_minute: Some(10),
-        };
-        apply_per_user(&mut c, &per_user, 3);
-        let r = c.rollouts[0].rate_limit.clone().expect("published");
-        assert_eq!(
-            (r.tokens_per_minute, r.requests_per_minute),
-            (Some(3_334), Some(4))
-        );
-        apply_per_user(&mut c, &per_user, 0);
-        let r = c.rollouts[0].rate_limit.clone().expect("published");
-        assert_eq!(r.requests_per_minute, Some(10), "no proxy known: as one");
     }
 }

@@ -1,4 +1,8 @@
-//! The rollout spec (`rollout.yaml`): stages, analysis, checks, where the stats come from.
+//! The rollout spec (`rollout.yaml`): stages, analysis, checks, where the stats come from,
+//! parsed and validated once. Its sections live here too: [`blue_green`], [`shadow`],
+//! [`quota`], [`llm_checks`] (`checks.llm`), and [`filter`] builds the filter configuration
+//! the spec serves. The bottom floor: imports only the contract, never another module of the
+//! crate.
 //!
 //! Defaults follow the seeds: stages 5% → 25% → 50% → 100% with holds of 30 min, 1 h and 2 h
 //! (seed 000), error rate at most 5% and at most 1.5× stable, p99 at most 1.5× stable and

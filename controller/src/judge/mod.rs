@@ -19,8 +19,6 @@ use crate::spec::{Analysis, Checks};
 use crate::stats::{Histogram, RolloutStats, VersionStats};
 
 mod llm;
-#[cfg(test)]
-mod llm_tests;
 pub mod significance;
 
 pub use significance::{binomial_greater, binomial_less, fisher_greater, welch_greater};
@@ -375,6 +373,9 @@ fn latency_better(
     let stable_above = stable.count_above(bound);
     fisher_greater(stable_above, stable.count, canary_above, canary.count) < analysis.alpha
 }
+
+#[cfg(test)]
+mod llm_tests;
 
 /// Shared by the controller's test modules.
 #[cfg(test)]

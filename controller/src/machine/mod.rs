@@ -1,7 +1,6 @@
 //! The rollout state machine: pure transitions. `step(spec, state, input, now)` returns the
-//! next state and the effects to carry out (publish a weight, notify). No I/O here.
-//!
-//! Only this module changes a [`RolloutState`]. The strategies read it and return a
+//! next state and the effects to carry out (publish a weight, notify). No I/O here. Only this
+//! module changes a [`RolloutState`]. The strategies read it and return a
 //! [`Decision`]: [`canary`] (stages of increasing weight), [`blue_green`] (verify at 0%, one
 //! flip, the old version kept) and [`shadow`] (the shadow phase's gate before the first
 //! stage). [`quota`] is the quota sentinel, a second small machine over the same windows. May

@@ -3,9 +3,8 @@
 //! Envoy's admin endpoint) and [`prometheus`] (a Prometheus server that scrapes them; in a
 //! mesh the admin port is not reachable from outside the pod). Both give one
 //! [`Reading`] of cumulative counters per Envoy; [`crate::stats::window`] turns successive
-//! readings into windows the same way for both.
-//!
-//! The I/O edge of the `stats` floor: imports `spec` and `stats`; only `server` imports it.
+//! readings into windows the same way for both. The I/O edge of the `stats` floor: imports
+//! `spec` and `stats`; only `server` imports it.
 
 use futures::future::BoxFuture;
 

@@ -6,8 +6,8 @@
 use canary_contract::{Assignment, Version};
 use serde::Serialize;
 
-use crate::llm_stats::LlmStats;
 use crate::spec::RolloutSpec;
+use crate::stats::LlmStats;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]

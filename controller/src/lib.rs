@@ -1,21 +1,23 @@
 //! wasm-canary controller: judges the canary against stable from the filter's stats and moves
 //! the rollout through its stages, or rolls it back.
 //!
-//! Pure parts (tested without sockets): [`spec`] (the rollout spec), [`window`] (stats
-//! windows from scrapes), [`judge`] (window in, verdict out), [`machine`] (the rollout state
-//! machine). I/O at the edges: stats sources, config publication, HTTP API, state store.
+//! Floors that point one way (a lower floor never imports a higher one):
+//! [`spec`] (the rollout spec, every section of it, and the filter configuration it serves)
+//! ← [`stats`] (the filter's stats per version, parsing, PromQL, windows)
+//! ← [`judge`] (window in, verdict out; statistical tests, LLM checks)
+//! ← [`machine`] (the rollout state machine and its strategies; the quota sentinel)
+//! ← [`server`] (the running controller: analysis loop, HTTP API, `/metrics`, publication).
+//! Beside them, at the edges: [`sources`] (the `StatsSource` trait: Envoy admin, Prometheus;
+//! imports spec and stats), [`feedback`] (user ratings attributed to versions; spec and
+//! stats), [`store`] (durable rollout state; machine). Only `server` imports those three.
+//!
+//! Everything below `server` except `sources` is pure and tested without sockets.
 
-pub mod bluegreen;
 pub mod feedback;
 pub mod judge;
-pub mod llm_checks;
-pub mod llm_stats;
 pub mod machine;
-pub mod quota;
 pub mod server;
-pub mod shadow;
 pub mod sources;
 pub mod spec;
 pub mod stats;
 pub mod store;
-pub mod window;

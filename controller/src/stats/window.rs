@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use crate::stats::RolloutStats;
+use super::RolloutStats;
 
 /// What one source gave at one scrape.
 #[derive(Debug, Clone)]

@@ -1,4 +1,8 @@
-//! The rollout spec (`rollout.yaml`): stages, analysis, checks, where the stats come from.
+//! The rollout spec (`rollout.yaml`): stages, analysis, checks, where the stats come from,
+//! parsed and validated once. Its sections live here too: [`blue_green`], [`shadow`],
+//! [`quota`], [`llm_checks`] (`checks.llm`), and [`filter`] builds the filter configuration
+//! the spec serves. The bottom floor: imports only the contract, never another module of the
+//! crate.
 //!
 //! Defaults follow the seeds: stages 5% → 25% → 50% → 100% with holds of 30 min, 1 h and 2 h
 //! (seed 000), error rate at most 5% and at most 1.5× stable, p99 at most 1.5× stable and
@@ -7,8 +11,14 @@
 
 use std::time::Duration;
 
-use canary_contract::{FilterConfig, RolloutConfig, MAX_WEIGHT_BP, SCHEMA_VERSION};
+use canary_contract::MAX_WEIGHT_BP;
 use serde::{Deserialize, Serialize};
+
+pub mod blue_green;
+mod filter;
+pub mod llm_checks;
+pub mod quota;
+pub mod shadow;
 
 /// A problem with one field of the spec.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -47,15 +57,15 @@ pub struct RolloutSpec {
     pub filter: serde_json::Map<String, serde_json::Value>,
     /// The global quota sentinel: throttle non-priority requests near the LLM quota.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub quota: Option<crate::quota::QuotaSpec>,
-    /// A shadow phase before the first stage (see [`crate::shadow`]).
+    pub quota: Option<quota::QuotaSpec>,
+    /// A shadow phase before the first stage (see [`shadow`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub shadow: Option<crate::shadow::ShadowSpec>,
-    /// `canary` (stages) or `blue_green` (verify at 0%, one flip; see [`crate::bluegreen`]).
+    pub shadow: Option<shadow::ShadowSpec>,
+    /// `canary` (stages) or `blue_green` (verify at 0%, one flip; see [`blue_green`]).
     #[serde(default)]
-    pub strategy: crate::bluegreen::Strategy,
+    pub strategy: blue_green::Strategy,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub blue_green: Option<crate::bluegreen::BlueGreenSpec>,
+    pub blue_green: Option<blue_green::BlueGreenSpec>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -109,7 +119,7 @@ pub struct Checks {
     pub latency: Vec<LatencyCheck>,
     pub critical: CriticalCheck,
     /// LLM signals and user feedback (checked only where the window has such samples).
-    pub llm: crate::llm_checks::LlmChecks,
+    pub llm: llm_checks::LlmChecks,
 }
 
 impl Default for Checks {
@@ -127,7 +137,7 @@ impl Default for Checks {
                 },
             ],
             critical: CriticalCheck::default(),
-            llm: crate::llm_checks::LlmChecks::default(),
+            llm: llm_checks::LlmChecks::default(),
         }
     }
 }
@@ -255,7 +265,7 @@ impl RolloutSpec {
         })?;
         let stages_given = serde_yaml_ng::from_str::<serde_yaml_ng::Value>(text)
             .is_ok_and(|v| v.get("stages").is_some());
-        crate::bluegreen::derive(&mut spec, stages_given);
+        blue_green::derive(&mut spec, stages_given);
         spec.validate()?;
         Ok(spec)
     }
@@ -394,52 +404,20 @@ impl RolloutSpec {
                 );
             }
         }
-        if let Err(e) = self.filter_config(0) {
+        // The served configuration, shadow copy included, is built and validated once here.
+        if let Err(e) = self.filter_config(0, true) {
             errors.extend(e.0);
         }
         if let Some(quota) = &self.quota {
             errors.extend(quota.validate(&self.filter));
         }
-        crate::shadow::validate(self, &mut errors);
-        crate::bluegreen::validate(self, &mut errors);
+        shadow::validate(self, &mut errors);
+        blue_green::validate(self, &mut errors);
         if errors.is_empty() {
             Ok(())
         } else {
             Err(SpecErrors(errors))
         }
-    }
-
-    /// The filter configuration for this rollout at `weight_bp`, validated by the contract;
-    /// its errors are reported against the spec's own field names.
-    pub fn filter_config(&self, weight_bp: u32) -> Result<FilterConfig, SpecErrors> {
-        let mut rollout = self.filter.clone();
-        rollout.insert("name".into(), self.name.clone().into());
-        rollout.insert("weight_bp".into(), weight_bp.into());
-        let config = serde_json::json!({
-            "schema_version": SCHEMA_VERSION,
-            "rollouts": [rollout],
-        });
-        FilterConfig::from_json(config.to_string().as_bytes()).map_err(|e| {
-            SpecErrors(
-                e.errors
-                    .into_iter()
-                    .map(|f| SpecError {
-                        field: match f.field.as_str() {
-                            "rollouts[0].name" => "name".to_string(),
-                            other => other.replacen("rollouts[0]", "filter", 1),
-                        },
-                        reason: f.reason,
-                    })
-                    .collect(),
-            )
-        })
-    }
-
-    /// The rollout's own entry of [`RolloutSpec::filter_config`].
-    pub fn rollout_config(&self, weight_bp: u32) -> Option<RolloutConfig> {
-        self.filter_config(weight_bp)
-            .ok()
-            .and_then(|c| c.rollouts.into_iter().next())
     }
 }
 

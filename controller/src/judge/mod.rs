@@ -1,4 +1,7 @@
-//! The judge: one window of canary and stable stats in, a verdict out. Pure functions.
+//! The judge: one window of canary and stable stats in, a verdict out. Pure functions. Here:
+//! the verdict, the request checks (error rate, latency quantiles, circuit breaker) and the
+//! main [`judge`], which calls the LLM checks of [`llm`]; the statistical tests they share
+//! are in [`significance`]. May import `spec` and `stats`; never `machine` or `server`.
 //!
 //! A check fails only when the canary is worse by more than its threshold *and* a test says
 //! the difference is not noise (Fisher's exact test on the 2×2 table of canary/stable ×
@@ -11,10 +14,14 @@
 //! stable's quantile (under "no difference" both versions put the same share above it).
 
 use serde::{Deserialize, Serialize};
-use statrs::distribution::{Binomial, DiscreteCDF, Hypergeometric};
 
 use crate::spec::{Analysis, Checks};
-use crate::stats::{Histogram, RolloutStats};
+use crate::stats::{Histogram, RolloutStats, VersionStats};
+
+mod llm;
+pub mod significance;
+
+pub use significance::{binomial_greater, binomial_less, fisher_greater, welch_greater};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -85,31 +92,6 @@ impl Verdict {
     }
 }
 
-/// P(X ≥ k) for the canary's bad count in a 2×2 table with fixed margins: Fisher's exact
-/// test, one-sided, "the canary has the larger share of bad requests".
-pub fn fisher_greater(canary_bad: u64, canary_n: u64, stable_bad: u64, stable_n: u64) -> f64 {
-    if canary_bad == 0 {
-        return 1.0;
-    }
-    let population = canary_n + stable_n;
-    let bad = canary_bad + stable_bad;
-    match Hypergeometric::new(population, bad, canary_n) {
-        Ok(h) => h.sf(canary_bad - 1),
-        Err(_) => 1.0,
-    }
-}
-
-/// P(X ≥ k) for X ~ Binomial(n, p): is a rate of k/n significantly above p?
-pub fn binomial_greater(k: u64, n: u64, p: f64) -> f64 {
-    if k == 0 {
-        return 1.0;
-    }
-    match Binomial::new(p.clamp(0.0, 1.0), n) {
-        Ok(b) => b.sf(k - 1),
-        Err(_) => 1.0,
-    }
-}
-
 fn rate(bad: u64, n: u64) -> f64 {
     if n == 0 {
         0.0
@@ -133,7 +115,7 @@ pub fn judge(window: &RolloutStats, analysis: &Analysis, checks: &Checks) -> Ver
     verdict
 }
 
-fn breaker_check(canary: &crate::stats::VersionStats) -> Option<CheckResult> {
+fn breaker_check(canary: &VersionStats) -> Option<CheckResult> {
     if canary.breaker_trips == 0 && canary.breaker_open == 0 {
         return None;
     }
@@ -261,7 +243,7 @@ fn judge_requests(window: &RolloutStats, analysis: &Analysis, checks: &Checks) -
         verdict.checks.push(result);
     }
 
-    let llm = crate::llm_checks::judge_llm(
+    let llm = llm::judge_llm(
         window,
         analysis,
         &checks.llm,
@@ -392,6 +374,9 @@ fn latency_better(
     fisher_greater(stable_above, stable.count, canary_above, canary.count) < analysis.alpha
 }
 
+#[cfg(test)]
+mod llm_tests;
+
 /// Shared by the controller's test modules.
 #[cfg(test)]
 pub(crate) mod test_support {
@@ -450,7 +435,6 @@ pub(crate) mod test_support {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::stats::VersionStats;
 
     use super::test_support::all_at;
 
@@ -474,13 +458,6 @@ mod tests {
 
     fn verdict(w: &RolloutStats) -> Verdict {
         judge(w, &Analysis::default(), &Checks::default())
-    }
-
-    #[test]
-    fn fisher_matches_a_hand_computed_value() {
-        // 1 bad of 50 vs 0 of 950: P = 50/1000.
-        assert!((fisher_greater(1, 50, 0, 950) - 0.05).abs() < 1e-9);
-        assert_eq!(fisher_greater(0, 50, 3, 950), 1.0);
     }
 
     #[test]

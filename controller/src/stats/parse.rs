@@ -1,306 +1,11 @@
-//! The filter's per-version stats as one Envoy reports them at `/stats/prometheus`.
-
-use std::collections::BTreeMap;
+//! Reads the filter's stats of one rollout from Envoy's `/stats/prometheus` text and from a
+//! Prometheus `/api/v1/query` answer, both through one [`Accumulator`] of flat samples.
 
 use canary_contract::stats::Metric;
-use canary_contract::Version;
+use canary_contract::{ShadowMetric, Version};
 use prometheus_parse::{Scrape, Value};
-use serde::{Deserialize, Serialize};
 
-/// Cumulative latency histogram: `buckets[i] = (upper bound in ms, requests ≤ bound)`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct Histogram {
-    pub buckets: Vec<(f64, u64)>,
-    pub count: u64,
-    pub sum_ms: f64,
-}
-
-impl Histogram {
-    /// The `q` quantile (0..1) by linear interpolation inside the bucket that holds it, as
-    /// Prometheus' `histogram_quantile` does. `None` without samples.
-    pub fn quantile(&self, q: f64) -> Option<f64> {
-        if self.count == 0 {
-            return None;
-        }
-        let rank = q * self.count as f64;
-        let mut lower_bound = 0.0;
-        let mut lower_count = 0u64;
-        for &(bound, cumulative) in &self.buckets {
-            if cumulative as f64 >= rank {
-                if bound.is_infinite() {
-                    return Some(lower_bound);
-                }
-                let in_bucket = (cumulative - lower_count) as f64;
-                let fraction = if in_bucket > 0.0 {
-                    (rank - lower_count as f64) / in_bucket
-                } else {
-                    1.0
-                };
-                return Some(lower_bound + (bound - lower_bound) * fraction);
-            }
-            lower_bound = bound;
-            lower_count = cumulative;
-        }
-        Some(lower_bound)
-    }
-
-    /// Requests slower than `bound_ms`, counting whole buckets only: the buckets above the
-    /// first bound ≥ `bound_ms`. Conservative (never more than the true number).
-    pub fn count_above(&self, bound_ms: f64) -> u64 {
-        let at_or_below = self
-            .buckets
-            .iter()
-            .find(|(bound, _)| *bound >= bound_ms)
-            .map_or(self.count, |(_, cumulative)| *cumulative);
-        self.count.saturating_sub(at_or_below)
-    }
-
-    /// `self - earlier`, or `None` if any bucket went down (the counters restarted).
-    pub fn minus(&self, earlier: &Histogram) -> Option<Histogram> {
-        if earlier.count > self.count {
-            return None;
-        }
-        let mut buckets = Vec::with_capacity(self.buckets.len());
-        for &(bound, cumulative) in &self.buckets {
-            let before = earlier
-                .buckets
-                .iter()
-                .find(|(b, _)| *b == bound)
-                .map_or(0, |(_, c)| *c);
-            buckets.push((bound, cumulative.checked_sub(before)?));
-        }
-        Some(Histogram {
-            buckets,
-            count: self.count - earlier.count,
-            sum_ms: (self.sum_ms - earlier.sum_ms).max(0.0),
-        })
-    }
-
-    pub fn plus(&self, other: &Histogram) -> Histogram {
-        if self.buckets.is_empty() {
-            return other.clone();
-        }
-        let buckets = self
-            .buckets
-            .iter()
-            .map(|&(bound, c)| {
-                let o = other
-                    .buckets
-                    .iter()
-                    .find(|(b, _)| *b == bound)
-                    .map_or(0, |(_, c)| *c);
-                (bound, c + o)
-            })
-            .collect();
-        Histogram {
-            buckets,
-            count: self.count + other.count,
-            sum_ms: self.sum_ms + other.sum_ms,
-        }
-    }
-}
-
-/// One version's counters and request-duration histogram.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct VersionStats {
-    pub requests: u64,
-    pub rq_2xx: u64,
-    pub rq_3xx: u64,
-    pub rq_4xx: u64,
-    pub rq_5xx: u64,
-    pub resets: u64,
-    pub duration: Histogram,
-    /// LLM signals and user feedback (zero for rollouts without them).
-    #[serde(default)]
-    pub llm: crate::llm_stats::LlmStats,
-    /// Circuit breaker (canary only, rollouts with a breaker): trips and diverted requests
-    /// are counters; `breaker_open` is the gauge, so a window holds its value at the end
-    /// (summed over sources: the number of Envoys whose breaker is open).
-    #[serde(default)]
-    pub breaker_trips: u64,
-    #[serde(default)]
-    pub breaker_open: u64,
-    #[serde(default)]
-    pub breaker_diverted: u64,
-}
-
-impl VersionStats {
-    /// Failed requests: 5xx answers (an upstream reset reaches the client as Envoy's own 503,
-    /// so it is counted here too).
-    pub fn errors(&self) -> u64 {
-        self.rq_5xx
-    }
-
-    pub fn minus(&self, earlier: &VersionStats) -> Option<VersionStats> {
-        Some(VersionStats {
-            requests: self.requests.checked_sub(earlier.requests)?,
-            rq_2xx: self.rq_2xx.checked_sub(earlier.rq_2xx)?,
-            rq_3xx: self.rq_3xx.checked_sub(earlier.rq_3xx)?,
-            rq_4xx: self.rq_4xx.checked_sub(earlier.rq_4xx)?,
-            rq_5xx: self.rq_5xx.checked_sub(earlier.rq_5xx)?,
-            resets: self.resets.checked_sub(earlier.resets)?,
-            duration: self.duration.minus(&earlier.duration)?,
-            llm: self.llm.minus(&earlier.llm)?,
-            breaker_trips: self.breaker_trips.checked_sub(earlier.breaker_trips)?,
-            breaker_open: self.breaker_open,
-            breaker_diverted: self
-                .breaker_diverted
-                .checked_sub(earlier.breaker_diverted)?,
-        })
-    }
-
-    pub fn plus(&self, other: &VersionStats) -> VersionStats {
-        VersionStats {
-            requests: self.requests + other.requests,
-            rq_2xx: self.rq_2xx + other.rq_2xx,
-            rq_3xx: self.rq_3xx + other.rq_3xx,
-            rq_4xx: self.rq_4xx + other.rq_4xx,
-            rq_5xx: self.rq_5xx + other.rq_5xx,
-            resets: self.resets + other.resets,
-            duration: self.duration.plus(&other.duration),
-            llm: self.llm.plus(&other.llm),
-            breaker_trips: self.breaker_trips + other.breaker_trips,
-            breaker_open: self.breaker_open + other.breaker_open,
-            breaker_diverted: self.breaker_diverted + other.breaker_diverted,
-        }
-    }
-}
-
-/// Both versions of one rollout, from one source.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct RolloutStats {
-    pub stable: VersionStats,
-    pub canary: VersionStats,
-    /// The shadow counters (zero without a shadow phase).
-    #[serde(default)]
-    pub shadow: crate::shadow::ShadowCounts,
-    /// The fallback chain's tiers by name (rollouts with `fallback` only).
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub tiers: BTreeMap<String, TierStats>,
-}
-
-/// One tier of a rollout's fallback chain (`canary_tier_*{tier=...}`), from one source.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TierStats {
-    /// Requests the tier served (lighter tiers and the filter's response; the rollout's own
-    /// service counts in `canary_rq_*`).
-    pub requests: u64,
-    pub rq_5xx: u64,
-    pub trips: u64,
-    /// Envoys whose breaker of this tier is open / half-open (gauges: the value at the end
-    /// of a window, summed over sources).
-    pub open: u64,
-    pub half_open: u64,
-}
-
-impl TierStats {
-    fn minus(&self, earlier: &TierStats) -> Option<TierStats> {
-        Some(TierStats {
-            requests: self.requests.checked_sub(earlier.requests)?,
-            rq_5xx: self.rq_5xx.checked_sub(earlier.rq_5xx)?,
-            trips: self.trips.checked_sub(earlier.trips)?,
-            ..self.clone()
-        })
-    }
-
-    fn plus(&self, other: &TierStats) -> TierStats {
-        TierStats {
-            requests: self.requests + other.requests,
-            rq_5xx: self.rq_5xx + other.rq_5xx,
-            trips: self.trips + other.trips,
-            open: self.open + other.open,
-            half_open: self.half_open + other.half_open,
-        }
-    }
-
-    /// `closed`, `open` or `half_open`: the worst over the Envoys.
-    pub fn state(&self) -> &'static str {
-        if self.open > 0 {
-            "open"
-        } else if self.half_open > 0 {
-            "half_open"
-        } else {
-            "closed"
-        }
-    }
-}
-
-impl RolloutStats {
-    pub fn version(&self, version: Version) -> &VersionStats {
-        match version {
-            Version::Stable => &self.stable,
-            Version::Canary => &self.canary,
-        }
-    }
-
-    fn version_mut(&mut self, version: Version) -> &mut VersionStats {
-        match version {
-            Version::Stable => &mut self.stable,
-            Version::Canary => &mut self.canary,
-        }
-    }
-
-    pub fn minus(&self, earlier: &RolloutStats) -> Option<RolloutStats> {
-        Some(RolloutStats {
-            stable: self.stable.minus(&earlier.stable)?,
-            canary: self.canary.minus(&earlier.canary)?,
-            tiers: minus_each(&self.tiers, &earlier.tiers, TierStats::minus)?,
-            shadow: self.shadow.minus(&earlier.shadow)?,
-        })
-    }
-
-    pub fn plus(&self, other: &RolloutStats) -> RolloutStats {
-        RolloutStats {
-            stable: self.stable.plus(&other.stable),
-            canary: self.canary.plus(&other.canary),
-            tiers: plus_each(&self.tiers, &other.tiers, TierStats::plus),
-            shadow: self.shadow.plus(&other.shadow),
-        }
-    }
-}
-
-/// Per-key differences of maps of cumulative counters (a key new since `earlier` counts
-/// from zero); `None` if any key's counters went backwards.
-pub(crate) fn minus_each<T: Clone + Default>(
-    now: &BTreeMap<String, T>,
-    earlier: &BTreeMap<String, T>,
-    minus: impl Fn(&T, &T) -> Option<T>,
-) -> Option<BTreeMap<String, T>> {
-    now.iter()
-        .map(|(key, value)| {
-            let before = earlier.get(key).cloned().unwrap_or_default();
-            Some((key.clone(), minus(value, &before)?))
-        })
-        .collect()
-}
-
-/// Per-key sums of two maps of counters.
-pub(crate) fn plus_each<T: Clone + Default>(
-    a: &BTreeMap<String, T>,
-    b: &BTreeMap<String, T>,
-    plus: impl Fn(&T, &T) -> T,
-) -> BTreeMap<String, T> {
-    let mut sum = a.clone();
-    for (key, value) in b {
-        let total = plus(&sum.get(key).cloned().unwrap_or_default(), value);
-        sum.insert(key.clone(), total);
-    }
-    sum
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum StatsError {
-    #[error("stats payload is not Prometheus text: {0}")]
-    Unparsable(String),
-    #[error("no `{metric}` series for rollout `{rollout}` (is the filter loaded and configured with it?)")]
-    MissingSeries { rollout: String, metric: String },
-    #[error("`{metric}` for rollout `{rollout}` has an invalid value {value}")]
-    BadValue {
-        rollout: String,
-        metric: String,
-        value: String,
-    },
-}
+use super::{RolloutStats, StatsError, TierStats};
 
 /// One scalar sample of the filter's metrics for one version.
 struct FlatSample<'a> {
@@ -328,7 +33,8 @@ impl Accumulator {
         name: &str,
         value: f64,
     ) -> Result<(), StatsError> {
-        let Some(metric) = name.strip_prefix("canary_tier_") else {
+        // Like the version series, a metric the stats do not read is skipped unchecked.
+        let Some(metric) = TierStats::METRICS.into_iter().find(|m| m.name() == name) else {
             return Ok(());
         };
         if !(value.is_finite() && value >= 0.0 && value.fract() == 0.0) {
@@ -340,12 +46,10 @@ impl Accumulator {
         }
         let t = self.stats.tiers.entry(tier.to_string()).or_default();
         let n = value as u64;
-        match metric {
-            "rq_total" => t.requests = n,
-            "rq_5xx" => t.rq_5xx = n,
-            "breaker_trips" => t.trips = n,
-            "breaker_state" => (t.open, t.half_open) = (u64::from(n == 1), u64::from(n == 2)),
-            _ => {}
+        match t.slot(metric) {
+            Some(slot) => *slot = n,
+            // The breaker's state gauge: 0 closed, 1 open, 2 half-open.
+            None => (t.open, t.half_open) = (u64::from(n == 1), u64::from(n == 2)),
         }
         Ok(())
     }
@@ -362,9 +66,9 @@ impl Accumulator {
                 })
             }
         };
-        if let Some(m) = canary_contract::ShadowMetric::parse(s.name) {
-            if s.version == Version::Canary {
-                self.stats.shadow.set(m, count(s.value)?);
+        if let Some(m) = ShadowMetric::parse(s.name) {
+            if let (Version::Canary, Some(slot)) = (s.version, self.stats.shadow.slot(m)) {
+                *slot = count(s.value)?;
             }
             return Ok(());
         }
@@ -385,21 +89,14 @@ impl Accumulator {
         if v.llm.add_sample(s.name, s.le, s.value, count)? {
             return Ok(());
         }
-        let Some(metric) = Metric::ALL.iter().find(|m| m.name() == s.name) else {
+        // Histograms other than the duration, and LLM signals other than the above: not
+        // judged yet.
+        let Some((metric, slot)) = Metric::ALL
+            .into_iter()
+            .find(|m| m.name() == s.name)
+            .and_then(|m| Some((m, v.slot(m)?)))
+        else {
             return Ok(());
-        };
-        let slot = match metric {
-            Metric::RqTotal => &mut v.requests,
-            Metric::Rq2xx => &mut v.rq_2xx,
-            Metric::Rq3xx => &mut v.rq_3xx,
-            Metric::Rq4xx => &mut v.rq_4xx,
-            Metric::Rq5xx => &mut v.rq_5xx,
-            Metric::RqReset => &mut v.resets,
-            Metric::BreakerTrips => &mut v.breaker_trips,
-            Metric::BreakerOpen => &mut v.breaker_open,
-            Metric::BreakerDiverted => &mut v.breaker_diverted,
-            // Histograms other than the duration, and LLM signals: not judged yet.
-            _ => return Ok(()),
         };
         *slot = count(s.value)?;
         self.found[s.version.index()][metric.index()] = true;
@@ -480,16 +177,8 @@ pub fn parse_envoy_prometheus(text: &str, rollout: &str) -> Result<RolloutStats,
     acc.finish(rollout)
 }
 
-/// The PromQL selector for every series of `rollout` the judge needs.
-pub fn prometheus_selector(rollout: &str) -> String {
-    format!(
-        "{{__name__=~\"canary_rq_(total|2xx|3xx|4xx|5xx|reset|time_ms_bucket|time_ms_count|time_ms_sum)|canary_breaker_(trips|open|diverted)|canary_tier_(rq_total|rq_5xx|breaker_trips|breaker_state)|{}\",rollout=\"{rollout}\"}}",
-        crate::llm_stats::PROMETHEUS_NAME_ALTERNATIVES
-    )
-}
-
 /// Reads a Prometheus `/api/v1/query` answer (an instant vector of
-/// [`prometheus_selector`]) into one [`RolloutStats`] per scraped Envoy (`instance` label).
+/// [`super::prometheus_selector`]) into one [`RolloutStats`] per scraped Envoy (`instance` label).
 pub fn parse_prometheus_query(
     body: &[u8],
     rollout: &str,
@@ -557,6 +246,7 @@ pub fn parse_prometheus_query(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::stats::prometheus_selector;
 
     pub(crate) fn envoy_payload(rollout: &str, canary_total: u64, canary_5xx: u64) -> String {
         let mut out = String::new();
@@ -857,21 +547,6 @@ mod tests {
     }
 
     #[test]
-    fn quantiles_interpolate_inside_buckets() {
-        let h = Histogram {
-            buckets: vec![(10.0, 50), (100.0, 100), (f64::INFINITY, 100)],
-            count: 100,
-            sum_ms: 0.0,
-        };
-        assert_eq!(h.quantile(0.5), Some(10.0));
-        assert_eq!(h.quantile(0.75), Some(55.0));
-        assert_eq!(h.quantile(0.99), Some(98.2));
-        assert_eq!(Histogram::default().quantile(0.99), None);
-        assert_eq!(h.count_above(10.0), 50);
-        assert_eq!(h.count_above(11.0), 0);
-    }
-
-    #[test]
     fn counter_restart_yields_no_delta() {
         let before = parse_envoy_prometheus(&envoy_payload("s", 100, 7), "s").expect("ok");
         let after = parse_envoy_prometheus(&envoy_payload("s", 40, 1), "s").expect("ok");
@@ -881,5 +556,46 @@ mod tests {
         assert_eq!(delta.canary.requests, 50);
         assert_eq!(delta.canary.rq_5xx, 2);
         assert_eq!(delta.stable.requests, 0);
+    }
+
+    #[test]
+    fn shadow_counters_are_read_from_envoy_and_prometheus() {
+        let mut text = String::new();
+        for v in ["stable", "canary"] {
+            for m in ["canary_rq_total", "canary_rq_5xx"] {
+                text.push_str(&format!("{m}{{rollout=\"chat\",version=\"{v}\"}} 7\n"));
+            }
+        }
+        text.push_str("canary_shadow_compared{rollout=\"chat\",version=\"canary\"} 40\n");
+        text.push_str("canary_shadow_agree{rollout=\"chat\",version=\"canary\"} 31\n");
+        text.push_str("canary_shadow_agree{rollout=\"other\",version=\"canary\"} 99\n");
+        let stats = parse_envoy_prometheus(&text, "chat").expect("parsed");
+        assert_eq!((stats.shadow.compared, stats.shadow.agree), (40, 31));
+
+        let series = |name: &str, value: u64| {
+            serde_json::json!({"metric": {"__name__": name, "rollout": "chat", "version": "canary",
+                                          "instance": "e1"}, "value": [0, value.to_string()]})
+        };
+        let mut result = vec![
+            series("canary_shadow_compared", 12),
+            series("canary_shadow_failed", 2),
+        ];
+        for v in ["stable", "canary"] {
+            for m in ["canary_rq_total", "canary_rq_5xx"] {
+                let mut s = series(m, 1);
+                s["metric"]["version"] = v.into();
+                result.push(s);
+            }
+        }
+        let body = serde_json::json!({"status": "success", "data": {"result": result}});
+        let per = parse_prometheus_query(body.to_string().as_bytes(), "chat").expect("parsed");
+        let e1 = &per["e1"].shadow;
+        assert_eq!((e1.compared, e1.failed), (12, 2));
+        let query = crate::stats::prometheus_query("chat");
+        assert!(
+            query.starts_with(r#"{__name__=~"canary_rq_(total|"#)
+                && query.ends_with(r#"|canary_shadow_[a-z_]+",rollout="chat"}"#),
+            "{query}"
+        );
     }
 }

@@ -7,7 +7,8 @@ use std::collections::BTreeMap;
 use canary_contract::stats::{Metric, QualityPart};
 use serde::{Deserialize, Serialize};
 
-use crate::stats::{minus_each, plus_each, Histogram};
+use super::counters::{self, counters};
+use super::{minus_each, plus_each, Histogram};
 
 /// One quality signal's samples: their number, sum (thousandths) and sum of squares
 /// (millionths), as the filter counts them.
@@ -29,23 +30,13 @@ impl QualityStats {
         let var = (self.sumsq_micro as f64 / 1_000_000.0 / n - mean * mean).max(0.0);
         Some((mean, var))
     }
-
-    fn minus(&self, earlier: &QualityStats) -> Option<QualityStats> {
-        Some(QualityStats {
-            count: self.count.checked_sub(earlier.count)?,
-            sum_milli: self.sum_milli.checked_sub(earlier.sum_milli)?,
-            sumsq_micro: self.sumsq_micro.checked_sub(earlier.sumsq_micro)?,
-        })
-    }
-
-    fn plus(&self, other: &QualityStats) -> QualityStats {
-        QualityStats {
-            count: self.count + other.count,
-            sum_milli: self.sum_milli + other.sum_milli,
-            sumsq_micro: self.sumsq_micro + other.sumsq_micro,
-        }
-    }
 }
+
+counters!(QualityStats: QualityPart {
+    count: Counter = QualityPart::Count,
+    sum_milli: Counter = QualityPart::SumMilli,
+    sumsq_micro: Counter = QualityPart::SumSqMicro,
+});
 
 /// One version's LLM signals. All zero for a rollout without `llm` in its filter config.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -68,6 +59,18 @@ pub struct LlmStats {
     pub feedback_down: u64,
 }
 
+counters!(LlmStats: Metric {
+    responses: Counter = Metric::LlmResponses,
+    unparsed: Counter = Metric::LlmUnparsed,
+    input_tokens: Counter = Metric::LlmInputTokens,
+    output_tokens: Counter = Metric::LlmOutputTokens,
+    cost_nanousd: Counter = Metric::LlmCostNanoUsd,
+    cost_sumsq_microusd2: Counter = Metric::LlmCostSumSqMicroUsd2,
+    refusals: Counter = Metric::LlmRefusals,
+    feedback_up: Counter,
+    feedback_down: Counter,
+});
+
 impl LlmStats {
     /// LLM answers seen, readable or not.
     pub fn answers(&self) -> u64 {
@@ -88,7 +91,6 @@ impl LlmStats {
     }
 
     pub fn minus(&self, earlier: &LlmStats) -> Option<LlmStats> {
-        let quality = minus_each(&self.quality, &earlier.quality, QualityStats::minus)?;
         // A signal that disappeared means the counters were reset.
         if earlier
             .quality
@@ -97,40 +99,17 @@ impl LlmStats {
         {
             return None;
         }
-        Some(LlmStats {
-            responses: self.responses.checked_sub(earlier.responses)?,
-            unparsed: self.unparsed.checked_sub(earlier.unparsed)?,
-            input_tokens: self.input_tokens.checked_sub(earlier.input_tokens)?,
-            output_tokens: self.output_tokens.checked_sub(earlier.output_tokens)?,
-            cost_nanousd: self.cost_nanousd.checked_sub(earlier.cost_nanousd)?,
-            cost_sumsq_microusd2: self
-                .cost_sumsq_microusd2
-                .checked_sub(earlier.cost_sumsq_microusd2)?,
-            refusals: self.refusals.checked_sub(earlier.refusals)?,
-            ttft: self.ttft.minus(&earlier.ttft)?,
-            quality,
-            feedback_up: self.feedback_up.checked_sub(earlier.feedback_up)?,
-            feedback_down: self.feedback_down.checked_sub(earlier.feedback_down)?,
-        })
+        let mut delta = counters::minus(self, earlier)?;
+        delta.ttft = self.ttft.minus(&earlier.ttft)?;
+        delta.quality = minus_each(&self.quality, &earlier.quality, counters::minus)?;
+        Some(delta)
     }
 
     pub fn plus(&self, other: &LlmStats) -> LlmStats {
-        let quality = plus_each(&self.quality, &other.quality, QualityStats::plus);
-        LlmStats {
-            responses: self.responses + other.responses,
-            unparsed: self.unparsed + other.unparsed,
-            input_tokens: self.input_tokens + other.input_tokens,
-            output_tokens: self.output_tokens + other.output_tokens,
-            cost_nanousd: self.cost_nanousd.saturating_add(other.cost_nanousd),
-            cost_sumsq_microusd2: self
-                .cost_sumsq_microusd2
-                .saturating_add(other.cost_sumsq_microusd2),
-            refusals: self.refusals + other.refusals,
-            ttft: self.ttft.plus(&other.ttft),
-            quality,
-            feedback_up: self.feedback_up + other.feedback_up,
-            feedback_down: self.feedback_down + other.feedback_down,
-        }
+        let mut sum = counters::plus(self, other);
+        sum.ttft = self.ttft.plus(&other.ttft);
+        sum.quality = plus_each(&self.quality, &other.quality, counters::plus);
+        sum
     }
 
     /// Takes one flat sample if it is an LLM or quality series. `count` turns a value into
@@ -145,12 +124,9 @@ impl LlmStats {
     ) -> Result<bool, E> {
         if let Some((signal, part)) = QualityPart::parse(name) {
             let q = self.quality.entry(signal.to_string()).or_default();
-            let slot = match part {
-                QualityPart::Count => &mut q.count,
-                QualityPart::SumMilli => &mut q.sum_milli,
-                QualityPart::SumSqMicro => &mut q.sumsq_micro,
-            };
-            *slot = count(value)?;
+            if let Some(slot) = q.slot(part) {
+                *slot = count(value)?;
+            }
             return Ok(true);
         }
         if let Some(suffix) = name.strip_prefix(Metric::LlmTtftMs.name()) {
@@ -162,15 +138,12 @@ impl LlmStats {
             }
             return Ok(true);
         }
-        let slot = match Metric::ALL.iter().find(|m| m.name() == name) {
-            Some(Metric::LlmResponses) => &mut self.responses,
-            Some(Metric::LlmUnparsed) => &mut self.unparsed,
-            Some(Metric::LlmInputTokens) => &mut self.input_tokens,
-            Some(Metric::LlmOutputTokens) => &mut self.output_tokens,
-            Some(Metric::LlmCostNanoUsd) => &mut self.cost_nanousd,
-            Some(Metric::LlmCostSumSqMicroUsd2) => &mut self.cost_sumsq_microusd2,
-            Some(Metric::LlmRefusals) => &mut self.refusals,
-            _ => return Ok(false),
+        let Some(slot) = Metric::ALL
+            .into_iter()
+            .find(|m| m.name() == name)
+            .and_then(|m| self.slot(m))
+        else {
+            return Ok(false);
         };
         *slot = count(value)?;
         Ok(true)
@@ -181,9 +154,6 @@ impl LlmStats {
         self.ttft.buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
     }
 }
-
-/// The part of the Prometheus selector (a regex alternative of `__name__`) for LLM series.
-pub const PROMETHEUS_NAME_ALTERNATIVES: &str = "canary_llm_(responses|unparsed|input_tokens|output_tokens|cost_nanousd|cost_sumsq_microusd2|refusals|ttft_ms_bucket|ttft_ms_count|ttft_ms_sum)|canary_quality_.+_(count|sum_milli|sumsq_micro)";
 
 #[cfg(test)]
 mod tests {

@@ -1,5 +1,10 @@
 //! The rollout state machine: pure transitions. `step(spec, state, input, now)` returns the
-//! next state and the effects to carry out (publish a weight, notify). No I/O here.
+//! next state and the effects to carry out (publish a weight, notify). No I/O here. Only this
+//! module changes a [`RolloutState`]. The strategies read it and return a
+//! [`Decision`]: [`canary`] (stages of increasing weight), [`blue_green`] (verify at 0%, one
+//! flip, the old version kept) and [`shadow`] (the shadow phase's gate before the first
+//! stage). [`quota`] is the quota sentinel, a second small machine over the same windows. May
+//! import `spec`, `stats` and `judge`; never `server`.
 
 use std::collections::VecDeque;
 
@@ -7,6 +12,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::judge::{Outcome, Verdict};
 use crate::spec::RolloutSpec;
+use crate::stats::ShadowCounts;
+
+pub mod blue_green;
+pub mod canary;
+pub mod quota;
+pub mod shadow;
 
 /// Verdicts and events kept in the state (and so in `status`).
 const KEEP_VERDICTS: usize = 10;
@@ -104,7 +115,7 @@ pub struct RolloutState {
     pub timeline: VecDeque<Event>,
     /// The shadow phase, for specs that start with one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub shadow: Option<crate::shadow::ShadowState>,
+    pub shadow: Option<shadow::ShadowState>,
     /// Blue-green: when all traffic flipped to the new version (the old one is kept).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub flipped_ms: Option<u64>,
@@ -116,7 +127,7 @@ pub enum Input {
     /// The judge's verdict on the last window.
     Analysis(Verdict),
     /// The same, with the window's shadow counters (specs with a shadow phase).
-    ShadowWindow(Verdict, crate::shadow::ShadowCounts),
+    ShadowWindow(Verdict, ShadowCounts),
     /// Operator: go to the next stage now.
     Promote,
     Pause,
@@ -132,6 +143,23 @@ pub enum Refused {
     NotPaused,
     #[error("the rollout is already paused")]
     AlreadyPaused,
+}
+
+/// What a strategy decided about a window or a command; [`RolloutState`] carries it out.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decision {
+    /// Nothing changes.
+    Stay,
+    /// A failed analysis below the limit: recorded in the timeline, not notified.
+    CountFailure(String),
+    /// Weight 0, rolled back, with this message.
+    RollBack(String),
+    /// Go to this stage (the last one promotes, or flips a blue-green rollout), and why.
+    EnterStage(usize, String),
+    /// End the shadow phase for the first stage, and why.
+    LeaveShadow(String),
+    /// Blue-green: the old version's keep time is over (or an operator promoted); why.
+    Retire(String),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -162,7 +190,7 @@ impl RolloutState {
             config_version: 1,
             verdicts: VecDeque::new(),
             timeline: VecDeque::new(),
-            shadow: spec.shadow.as_ref().map(|_| crate::shadow::ShadowState {
+            shadow: spec.shadow.as_ref().map(|_| shadow::ShadowState {
                 active: true,
                 started_ms: now_ms,
                 ..Default::default()
@@ -201,13 +229,7 @@ impl RolloutState {
         self.shadow.as_ref().is_some_and(|s| s.active)
     }
 
-    pub(crate) fn record(
-        &mut self,
-        effects: &mut Vec<Effect>,
-        at_ms: u64,
-        kind: EventKind,
-        message: String,
-    ) {
+    fn record(&mut self, effects: &mut Vec<Effect>, at_ms: u64, kind: EventKind, message: String) {
         let event = Event {
             at_ms,
             kind,
@@ -230,7 +252,7 @@ impl RolloutState {
         }
     }
 
-    pub(crate) fn enter_stage(
+    fn enter_stage(
         &mut self,
         spec: &RolloutSpec,
         effects: &mut Vec<Effect>,
@@ -247,34 +269,26 @@ impl RolloutState {
         self.stage_stable_requests = 0;
         self.consecutive_failures = 0;
         self.set_weight(effects, next.weight_bp());
-        if stage + 1 == spec.stages.len()
-            && crate::bluegreen::on_flip(self, spec, effects, now_ms, why)
-        {
+        if stage + 1 < spec.stages.len() {
+            let message = format!(
+                "stage {} of {}: weight {} ({why})",
+                stage + 1,
+                spec.stages.len(),
+                pct(self.weight_bp)
+            );
+            self.record(effects, now_ms, EventKind::StageAdvanced, message);
+        } else if let Some(message) = blue_green::flip(spec, self.weight_bp, why) {
             // Blue-green: complete only after the old version's keep time.
-        } else if stage + 1 == spec.stages.len() {
-            self.phase = Phase::Promoted;
-            self.record(
-                effects,
-                now_ms,
-                EventKind::Promoted,
-                format!("promoted to {} ({why})", pct(self.weight_bp)),
-            );
+            self.flipped_ms = Some(now_ms);
+            self.record(effects, now_ms, EventKind::StageAdvanced, message);
         } else {
-            self.record(
-                effects,
-                now_ms,
-                EventKind::StageAdvanced,
-                format!(
-                    "stage {} of {}: weight {} ({why})",
-                    stage + 1,
-                    spec.stages.len(),
-                    pct(self.weight_bp)
-                ),
-            );
+            self.phase = Phase::Promoted;
+            let message = format!("promoted to {} ({why})", pct(self.weight_bp));
+            self.record(effects, now_ms, EventKind::Promoted, message);
         }
     }
 
-    pub(crate) fn roll_back(
+    fn roll_back(
         &mut self,
         effects: &mut Vec<Effect>,
         now_ms: u64,
@@ -285,6 +299,45 @@ impl RolloutState {
         self.phase = phase;
         self.set_weight(effects, 0);
         self.record(effects, now_ms, kind, message);
+    }
+
+    /// Carries out a strategy's decision.
+    fn carry_out(
+        &mut self,
+        spec: &RolloutSpec,
+        decision: Decision,
+        now_ms: u64,
+        effects: &mut Vec<Effect>,
+    ) {
+        match decision {
+            Decision::Stay => {}
+            Decision::CountFailure(message) => {
+                self.record(effects, now_ms, EventKind::AnalysisFailed, message)
+            }
+            Decision::RollBack(message) => self.roll_back(
+                effects,
+                now_ms,
+                Phase::RolledBack,
+                EventKind::RolledBack,
+                message,
+            ),
+            Decision::EnterStage(stage, why) => {
+                self.enter_stage(spec, effects, stage, now_ms, &why)
+            }
+            Decision::LeaveShadow(why) => {
+                if let Some(shadow) = self.shadow.as_mut() {
+                    shadow.active = false;
+                }
+                // The served configuration changes (no shadow) even if the weight did not.
+                self.config_version += 1;
+                self.enter_stage(spec, effects, 0, now_ms, &why);
+            }
+            Decision::Retire(why) => {
+                self.phase = Phase::Promoted;
+                let message = format!("promoted ({why}); the old version may be retired");
+                self.record(effects, now_ms, EventKind::Promoted, message);
+            }
+        }
     }
 
     /// The next state for `input` at `now_ms`, and what to do about it.
@@ -310,29 +363,38 @@ impl RolloutState {
                     Input::ShadowWindow(_, counts) => counts.clone(),
                     _ => Default::default(),
                 };
-                crate::shadow::on_window(&mut next, spec, verdict, &counts, now_ms, &mut effects);
+                let phase = next.phase;
+                let decision = match (&spec.shadow, next.shadow.as_mut()) {
+                    (Some(gate), Some(progress)) => {
+                        shadow::on_window(gate, progress, phase, verdict, &counts, now_ms)
+                    }
+                    _ => Decision::Stay,
+                };
+                next.carry_out(spec, decision, now_ms, &mut effects);
             }
             Input::Analysis(verdict) | Input::ShadowWindow(verdict, _) => {
-                next.on_verdict(spec, verdict.clone(), now_ms, &mut effects);
-                crate::bluegreen::after_window(&mut next, spec, &mut effects, now_ms);
+                next.count_verdict(verdict.clone(), now_ms);
+                let decision = canary::decide(spec, &next, verdict, now_ms);
+                next.carry_out(spec, decision, now_ms, &mut effects);
+                let decision = blue_green::after_window(spec, &next, now_ms);
+                next.carry_out(spec, decision, now_ms, &mut effects);
             }
-            Input::Promote if crate::bluegreen::keeping_old(self) => {
-                crate::bluegreen::retire(&mut next, &mut effects, now_ms, "promoted by an operator")
-            }
+            Input::Promote if blue_green::keeping_old(self) => next.carry_out(
+                spec,
+                Decision::Retire("promoted by an operator".into()),
+                now_ms,
+                &mut effects,
+            ),
             Input::Promote if self.in_shadow() => {
                 next.phase = Phase::Progressing;
-                crate::shadow::leave(
-                    &mut next,
-                    spec,
-                    &mut effects,
-                    now_ms,
-                    "shadow ended by an operator",
-                );
+                let decision = Decision::LeaveShadow("shadow ended by an operator".into());
+                next.carry_out(spec, decision, now_ms, &mut effects);
             }
             Input::Promote => {
-                let stage = self.stage + 1;
                 next.phase = Phase::Progressing;
-                next.enter_stage(spec, &mut effects, stage, now_ms, "promoted by an operator");
+                let decision =
+                    Decision::EnterStage(self.stage + 1, "promoted by an operator".into());
+                next.carry_out(spec, decision, now_ms, &mut effects);
             }
             Input::Pause => {
                 if self.phase == Phase::Paused {
@@ -363,7 +425,7 @@ impl RolloutState {
                 now_ms,
                 Phase::Aborted,
                 EventKind::Aborted,
-                if crate::bluegreen::keeping_old(self) {
+                if blue_green::keeping_old(self) {
                     "aborted by an operator: flipped back to the old version, weight 0".into()
                 } else {
                     "aborted by an operator: weight 0".into()
@@ -373,20 +435,17 @@ impl RolloutState {
         Ok((next, effects))
     }
 
-    fn on_verdict(
-        &mut self,
-        spec: &RolloutSpec,
-        verdict: Verdict,
-        now_ms: u64,
-        effects: &mut Vec<Effect>,
-    ) {
+    /// Counts a judged window: analyses, the stage's requests, consecutive failures, the
+    /// verdict kept for `status`.
+    fn count_verdict(&mut self, verdict: Verdict, now_ms: u64) {
         self.analyses += 1;
         self.stage_canary_requests += verdict.canary_requests;
         self.stage_stable_requests += verdict.stable_requests;
-        let summary = verdict.summary();
-        let outcome = verdict.outcome;
-        let critical = verdict.critical;
-        let clearly_better = verdict.clearly_better;
+        match verdict.outcome {
+            Outcome::Fail => self.consecutive_failures += 1,
+            Outcome::Pass => self.consecutive_failures = 0,
+            Outcome::Inconclusive => {}
+        }
         self.verdicts.push_back(VerdictRecord {
             at_ms: now_ms,
             stage: self.stage,
@@ -394,60 +453,6 @@ impl RolloutState {
         });
         while self.verdicts.len() > KEEP_VERDICTS {
             self.verdicts.pop_front();
-        }
-        match outcome {
-            Outcome::Fail => {
-                self.consecutive_failures += 1;
-                let limit = spec.analysis.failure_limit;
-                if critical || self.consecutive_failures >= limit {
-                    let why = if critical {
-                        "critical failure".to_string()
-                    } else {
-                        format!("{limit} failed analyses in a row")
-                    };
-                    self.roll_back(
-                        effects,
-                        now_ms,
-                        Phase::RolledBack,
-                        EventKind::RolledBack,
-                        format!("rolled back ({why}): {summary}"),
-                    );
-                } else {
-                    let n = self.consecutive_failures;
-                    self.record(
-                        effects,
-                        now_ms,
-                        EventKind::AnalysisFailed,
-                        format!("analysis failed ({n} of {limit}): {summary}"),
-                    );
-                }
-            }
-            // Inconclusive neither counts against the canary nor for it.
-            Outcome::Inconclusive => {}
-            Outcome::Pass => {
-                self.consecutive_failures = 0;
-                if self.phase != Phase::Progressing {
-                    return;
-                }
-                let Some(stage) = spec.stages.get(self.stage) else {
-                    return;
-                };
-                let enough = self.stage_canary_requests >= stage.min_requests
-                    && self.stage_stable_requests >= stage.min_requests;
-                let held =
-                    now_ms.saturating_sub(self.stage_started_ms) >= stage.hold.as_millis() as u64;
-                if enough && held {
-                    self.enter_stage(spec, effects, self.stage + 1, now_ms, "analysis passed");
-                } else if enough && spec.accelerate && clearly_better {
-                    self.enter_stage(
-                        spec,
-                        effects,
-                        self.stage + 1,
-                        now_ms,
-                        "canary clearly better: accelerated",
-                    );
-                }
-            }
         }
     }
 }

@@ -1,0 +1,501 @@
+//! Unit tests of the LLM checks ([`super::llm`]), in their own file for the size of their
+//! tables.
+
+use super::llm::judge_llm;
+use super::{CheckResult, Outcome, Worse};
+use crate::judge::{judge, Verdict};
+use crate::spec::llm_checks::LlmChecks;
+use crate::spec::Analysis;
+use crate::spec::Checks;
+use crate::stats::{Histogram, VersionStats};
+use crate::stats::{LlmStats, QualityStats, RolloutStats};
+use canary_contract::stats::cost_sumsq_micro_usd2;
+
+/// ((canary bad, n), (stable bad, n), expected)
+type ProportionRow = ((u64, u64), (u64, u64), Option<Outcome>);
+/// (signal, canary mean, canary n, stable mean, stable n, score?, check, expected)
+type QualityRow<'a> = (&'a str, f64, u64, f64, u64, bool, &'a str, Option<Outcome>);
+
+/// A repeatable PRNG (xorshift) giving values in 0..1.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> f64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// `n` answers of about `output_tokens` (±40%) at $15/Mtok output, $3/Mtok input
+/// (100 input tokens), of which `refusals` refused: the counters as the filter keeps them.
+fn answers(rng: &mut Rng, n: u64, output_tokens: f64, refusals: u64) -> LlmStats {
+    let mut l = LlmStats {
+        responses: n,
+        refusals,
+        ..LlmStats::default()
+    };
+    for _ in 0..n {
+        let out = (output_tokens * (0.6 + 0.8 * rng.next())).round() as u64;
+        let cost = 100 * 3_000 + out * 15_000;
+        l.input_tokens += 100;
+        l.output_tokens += out;
+        l.cost_nanousd += cost;
+        l.cost_sumsq_microusd2 += cost_sumsq_micro_usd2(cost);
+    }
+    l
+}
+
+/// `n` quality samples, each 1 with probability `mean` (or the score itself if `score`).
+fn quality(rng: &mut Rng, n: u64, mean: f64, score: bool) -> QualityStats {
+    let mut q = QualityStats::default();
+    for _ in 0..n {
+        let v = if score {
+            (mean + 0.2 * (rng.next() - 0.5)).clamp(0.0, 1.0)
+        } else if rng.next() < mean {
+            1.0
+        } else {
+            0.0
+        };
+        let milli = (v * 1_000.0).round() as u64;
+        q.count += 1;
+        q.sum_milli += milli;
+        q.sumsq_micro += milli * milli;
+    }
+    q
+}
+
+fn window(canary: LlmStats, stable: LlmStats) -> RolloutStats {
+    let version = |llm: LlmStats| VersionStats {
+        requests: 1_000,
+        rq_2xx: 1_000,
+        duration: ttft(20.0, 1_000),
+        llm,
+        ..VersionStats::default()
+    };
+    RolloutStats {
+        canary: version(canary),
+        stable: version(stable),
+        ..RolloutStats::default()
+    }
+}
+
+fn run(w: &RolloutStats) -> (Vec<CheckResult>, bool) {
+    let mut critical = false;
+    let checks = judge_llm(
+        w,
+        &Analysis::default(),
+        &LlmChecks::default(),
+        0.001,
+        &mut critical,
+    );
+    (checks.into_iter().map(|(c, _)| c).collect(), critical)
+}
+
+/// The results and whether each counts towards the verdict.
+fn run_counted(w: &RolloutStats) -> (Vec<CheckResult>, Vec<bool>) {
+    let mut critical = false;
+    let checks = LlmChecks::default();
+    let judged = judge_llm(w, &Analysis::default(), &checks, 0.001, &mut critical);
+    judged.into_iter().unzip()
+}
+
+fn outcome_of(w: &RolloutStats, check: &str) -> Option<Outcome> {
+    run(w)
+        .0
+        .iter()
+        .find(|c| c.check == check)
+        .map(|c| c.outcome)
+}
+
+#[test]
+fn cost_table() {
+    use Outcome::*;
+    // (canary output tokens, canary n, stable n, expected, critical)
+    let table: &[(f64, u64, u64, Option<Outcome>, bool)] = &[
+        (400.0, 200, 1_800, Some(Pass), false),  // equal
+        (500.0, 200, 1_800, Some(Pass), false),  // +24%: under 1.5×
+        (800.0, 200, 1_800, Some(Fail), false),  // 2× tokens ≈ 1.9× cost
+        (800.0, 60, 540, Some(Fail), false),     // also in a small window
+        (1_400.0, 200, 1_800, Some(Fail), true), // ≈ 3.3×: roll back at once
+        (800.0, 20, 1_800, Some(Inconclusive), false),
+    ];
+    for (i, &(tokens, nc, ns, want, critical)) in table.iter().enumerate() {
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15 + i as u64);
+        let w = window(
+            answers(&mut rng, nc, tokens, 0),
+            answers(&mut rng, ns, 400.0, 0),
+        );
+        let (checks, crit) = run(&w);
+        let c = checks
+            .iter()
+            .find(|c| c.check == "cost_per_response")
+            .expect("cost checked");
+        assert_eq!(Some(c.outcome), want, "row {i}: {}", c.reason);
+        assert_eq!(crit, critical, "row {i}: {}", c.reason);
+        assert_eq!((c.canary_n, c.stable_n), (Some(nc), Some(ns)));
+        assert_eq!(c.worse, Some(Worse::Higher));
+        assert!(c.reason.contains("higher is worse") || want == Some(Inconclusive));
+    }
+    // No prices: no cost check at all.
+    let mut free = LlmStats {
+        responses: 500,
+        ..LlmStats::default()
+    };
+    free.output_tokens = 1_000;
+    assert_eq!(
+        outcome_of(&window(free.clone(), free), "cost_per_response"),
+        None
+    );
+}
+
+#[test]
+fn identical_costs_rarely_fail_a_window() {
+    let mut rng = Rng(42);
+    let mut failures = 0;
+    for _ in 0..300 {
+        let w = window(
+            answers(&mut rng, 100, 400.0, 0),
+            answers(&mut rng, 900, 400.0, 0),
+        );
+        if outcome_of(&w, "cost_per_response") == Some(Outcome::Fail) {
+            failures += 1;
+        }
+    }
+    // Failing needs the canary past 1.5×: identical distributions never get there.
+    assert_eq!(failures, 0);
+}
+
+#[test]
+fn refusal_table() {
+    use Outcome::*;
+    // (canary refused/answers, stable refused/answers, expected)
+    let table: &[ProportionRow] = &[
+        ((40, 200), (18, 1_800), Some(Fail)),   // 20% vs 1%
+        ((2, 200), (18, 1_800), Some(Pass)),    // equal
+        ((3, 200), (18, 1_800), Some(Pass)),    // 1.5%: under 2× and not significant
+        ((5, 200), (18, 1_800), Some(Pass)),    // 2.5%: over 2× but p ≈ 0.07
+        ((60, 1_000), (90, 9_000), Some(Fail)), // 6% vs 1% with more data
+        ((10, 20), (18, 1_800), Some(Inconclusive)),
+        ((0, 0), (0, 0), None), // no LLM answers: not checked
+    ];
+    for (i, &(c, s, want)) in table.iter().enumerate() {
+        let mut rng = Rng(7 + i as u64);
+        let w = window(
+            answers(&mut rng, c.1, 400.0, c.0),
+            answers(&mut rng, s.1, 400.0, s.0),
+        );
+        let got = run(&w).0.into_iter().find(|r| r.check == "refusal_rate");
+        assert_eq!(got.as_ref().map(|r| r.outcome), want, "row {i}: {got:?}");
+        if let Some(r) = got.filter(|r| r.outcome != Inconclusive) {
+            assert!(
+                r.reason.contains(&format!("({}/{})", c.0, c.1)),
+                "{}",
+                r.reason
+            );
+        }
+    }
+}
+
+#[test]
+fn quality_and_task_success_table() {
+    use Outcome::*;
+    // (signal, canary mean, canary n, stable mean, stable n, score?, check, expected)
+    let table: &[QualityRow] = &[
+        (
+            "helpful",
+            0.80,
+            300,
+            0.90,
+            2_700,
+            true,
+            "quality_helpful",
+            Some(Fail),
+        ),
+        (
+            "helpful",
+            0.89,
+            300,
+            0.90,
+            2_700,
+            true,
+            "quality_helpful",
+            Some(Pass),
+        ),
+        (
+            "helpful",
+            0.80,
+            10,
+            0.90,
+            2_700,
+            true,
+            "quality_helpful",
+            Some(Inconclusive),
+        ),
+        (
+            "helpful",
+            0.95,
+            300,
+            0.90,
+            2_700,
+            true,
+            "quality_helpful",
+            Some(Pass),
+        ),
+        // Task success: absolute minimum 0.90, confidently below fails.
+        (
+            "task_success",
+            0.75,
+            300,
+            0.95,
+            2_700,
+            false,
+            "task_success_rate",
+            Some(Fail),
+        ),
+        (
+            "task_success",
+            0.97,
+            300,
+            0.97,
+            2_700,
+            false,
+            "task_success_rate",
+            Some(Pass),
+        ),
+        (
+            "task_success",
+            0.80,
+            10,
+            0.95,
+            2_700,
+            false,
+            "task_success_rate",
+            Some(Inconclusive),
+        ),
+        // Task success is not judged as a relative score by default.
+        (
+            "task_success",
+            0.75,
+            300,
+            0.95,
+            2_700,
+            false,
+            "quality_task_success",
+            None,
+        ),
+        // Eval scores: 10% below stable fails (seed 002), not the quality check's 5%.
+        ("eval", 0.60, 60, 0.90, 500, true, "eval_score", Some(Fail)),
+        (
+            "eval",
+            0.78,
+            200,
+            0.90,
+            2_000,
+            true,
+            "eval_score",
+            Some(Fail),
+        ),
+        (
+            "eval",
+            0.84,
+            200,
+            0.90,
+            2_000,
+            true,
+            "eval_score",
+            Some(Pass),
+        ),
+        (
+            "eval",
+            0.60,
+            10,
+            0.90,
+            500,
+            true,
+            "eval_score",
+            Some(Inconclusive),
+        ),
+        ("eval", 0.60, 60, 0.90, 500, true, "quality_eval", None),
+    ];
+    for (i, &(signal, cm, cn, sm, sn, score, check, want)) in table.iter().enumerate() {
+        let mut rng = Rng(99 + i as u64);
+        let mut c = LlmStats::default();
+        let mut s = LlmStats::default();
+        c.quality
+            .insert(signal.into(), quality(&mut rng, cn, cm, score));
+        s.quality
+            .insert(signal.into(), quality(&mut rng, sn, sm, score));
+        let results = run(&window(c, s)).0;
+        let got = results.iter().find(|r| r.check == check);
+        assert_eq!(got.map(|r| r.outcome), want, "row {i}: {got:?}");
+        if let Some(r) = got {
+            assert_eq!(r.worse, Some(Worse::Lower));
+            assert_eq!((r.canary_n, r.stable_n), (Some(cn), Some(sn)));
+        }
+    }
+    // Too few eval scores is reported, but does not hold the stage (not required).
+    let mut c = LlmStats::default();
+    let mut s = LlmStats::default();
+    let mut rng = Rng(7);
+    c.quality
+        .insert("eval".into(), quality(&mut rng, 5, 0.5, true));
+    s.quality
+        .insert("eval".into(), quality(&mut rng, 50, 0.9, true));
+    let (results, counted) = run_counted(&window(c, s));
+    let i = results.iter().position(|r| r.check == "eval_score");
+    let i = i.expect("eval_score reported");
+    assert_eq!(results[i].outcome, Outcome::Inconclusive);
+    assert!(!counted[i], "{:?}", results[i]);
+    // A canary at 0.88 success with only 40 samples is not confidently below 0.90.
+    let mut c = LlmStats::default();
+    c.quality.insert(
+        "task_success".into(),
+        QualityStats {
+            count: 40,
+            sum_milli: 35_000,
+            sumsq_micro: 35_000_000,
+        },
+    );
+    assert_eq!(
+        outcome_of(&window(c, LlmStats::default()), "task_success_rate"),
+        Some(Outcome::Pass)
+    );
+}
+
+#[test]
+fn thumbs_down_table() {
+    use Outcome::*;
+    // ((canary up, down), (stable up, down), expected)
+    let table: &[ProportionRow] = &[
+        ((70, 30), (950, 50), Some(Fail)), // 30% vs 5%
+        ((95, 5), (950, 50), Some(Pass)),  // equal
+        ((10, 5), (950, 50), Some(Inconclusive)),
+        ((0, 0), (0, 0), None), // no feedback: not checked
+    ];
+    for (i, &(c, s, want)) in table.iter().enumerate() {
+        let fb = |(up, down): (u64, u64)| LlmStats {
+            feedback_up: up,
+            feedback_down: down,
+            ..LlmStats::default()
+        };
+        let w = window(fb(c), fb(s));
+        let got = run(&w)
+            .0
+            .into_iter()
+            .find(|r| r.check == "thumbs_down_rate");
+        assert_eq!(got.as_ref().map(|r| r.outcome), want, "row {i}: {got:?}");
+    }
+    // The absolute ceiling (seed 002's 5%) when configured.
+    let mut checks = LlmChecks::default();
+    checks.thumbs_down.max_absolute = Some(0.05);
+    let fb = |up, down| LlmStats {
+        feedback_up: up,
+        feedback_down: down,
+        ..LlmStats::default()
+    };
+    let w = window(fb(880, 120), fb(8_800, 1_200));
+    let mut critical = false;
+    let r: Vec<CheckResult> = judge_llm(&w, &Analysis::default(), &checks, 0.001, &mut critical)
+        .into_iter()
+        .map(|(c, _)| c)
+        .collect();
+    assert_eq!(r[0].outcome, Outcome::Fail, "{}", r[0].reason);
+    assert!(
+        r[0].reason.contains("above the absolute limit"),
+        "{}",
+        r[0].reason
+    );
+}
+
+/// `n` first-token times of `ms` each, in Envoy's default buckets.
+fn ttft(ms: f64, n: u64) -> Histogram {
+    crate::judge::test_support::all_at(ms, n)
+}
+
+#[test]
+fn ttft_p95_table() {
+    use Outcome::*;
+    let table: &[(f64, u64, f64, u64, Option<Outcome>)] = &[
+        (800.0, 200, 200.0, 1_800, Some(Fail)),
+        (200.0, 200, 200.0, 1_800, Some(Pass)),
+        (800.0, 10, 200.0, 1_800, Some(Inconclusive)),
+    ];
+    for (i, &(cms, cn, sms, sn, want)) in table.iter().enumerate() {
+        let w = window(
+            LlmStats {
+                ttft: ttft(cms, cn),
+                ..LlmStats::default()
+            },
+            LlmStats {
+                ttft: ttft(sms, sn),
+                ..LlmStats::default()
+            },
+        );
+        let got = run(&w).0.into_iter().find(|r| r.check == "ttft_p95");
+        assert_eq!(got.as_ref().map(|r| r.outcome), want, "row {i}: {got:?}");
+        assert!(got.is_some_and(|r| r.reason.contains("time to first token")));
+    }
+}
+
+fn verdict(w: &RolloutStats) -> Verdict {
+    judge(w, &Analysis::default(), &Checks::default())
+}
+
+#[test]
+fn the_verdict_names_the_llm_check_that_failed() {
+    let mut rng = Rng(5);
+    let w = window(
+        answers(&mut rng, 200, 800.0, 2),
+        answers(&mut rng, 1_800, 400.0, 18),
+    );
+    let v = verdict(&w);
+    assert_eq!(v.outcome, Outcome::Fail, "{}", v.summary());
+    assert!(!v.critical);
+    assert!(
+        v.summary().contains("cost per response canary $0.0"),
+        "{}",
+        v.summary()
+    );
+    // Equal signals pass, and the plain checks are all still there.
+    let w = window(
+        answers(&mut rng, 200, 400.0, 2),
+        answers(&mut rng, 1_800, 400.0, 18),
+    );
+    let v = verdict(&w);
+    let names: Vec<&str> = v.checks.iter().map(|c| c.check.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "error_rate",
+            "latency_p99",
+            "latency_p95",
+            "cost_per_response",
+            "refusal_rate"
+        ]
+    );
+    // A few ratings do not hold the stage (thumbs-down is not required by default)...
+    let mut w = window(
+        answers(&mut rng, 200, 400.0, 2),
+        answers(&mut rng, 1_800, 400.0, 18),
+    );
+    w.canary.llm.feedback_down = 3;
+    w.stable.llm.feedback_up = 10;
+    let v = verdict(&w);
+    assert_eq!(v.outcome, Outcome::Pass, "{}", v.summary());
+    let thumbs = v.checks.iter().find(|c| c.check == "thumbs_down_rate");
+    assert_eq!(thumbs.map(|c| c.outcome), Some(Outcome::Inconclusive));
+    // ...but a required quality signal with too few samples does.
+    w.canary
+        .llm
+        .quality
+        .insert("helpful".into(), quality(&mut rng, 5, 0.9, true));
+    w.stable
+        .llm
+        .quality
+        .insert("helpful".into(), quality(&mut rng, 500, 0.9, true));
+    assert_eq!(verdict(&w).outcome, Outcome::Inconclusive);
+    // A plain rollout gets no LLM checks at all.
+    let plain = window(LlmStats::default(), LlmStats::default());
+    assert_eq!(verdict(&plain).checks.len(), 3);
+}

@@ -1,0 +1,268 @@
+//! `/metrics`: the controller's own series in Prometheus' text format, as one table of
+//! families ([`FAMILIES`]), each with its samples read from the [`Controller`].
+
+use axum::extract::State;
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+
+use super::{AppState, Controller};
+use crate::judge::CheckResult;
+use crate::machine::Phase;
+use crate::stats::TierStats;
+
+const GAUGE: &str = "gauge";
+const COUNTER: &str = "counter";
+
+/// Each sample's labels after `rollout` (e.g. `,tier="lite"`) and its value; `None` when the
+/// family does not apply to this rollout (no header either).
+type Samples = Option<Vec<(String, String)>>;
+
+struct Family {
+    name: &'static str,
+    kind: &'static str,
+    help: &'static str,
+    samples: fn(&Controller) -> Samples,
+}
+
+/// The one sample of a family without labels beyond `rollout`.
+fn one(value: impl ToString) -> Samples {
+    Some(vec![(String::new(), value.to_string())])
+}
+
+/// One sample per fallback tier; the family is left out without a chain.
+fn per_tier(c: &Controller, value: fn(&TierStats) -> u64) -> Samples {
+    (!c.tiers.is_empty()).then(|| {
+        c.tiers
+            .iter()
+            .map(|(tier, t)| (format!(",tier=\"{tier}\""), value(t).to_string()))
+            .collect()
+    })
+}
+
+/// Per check of the last judged window: each version's value (or samples), where it has one.
+fn per_check(c: &Controller, values: fn(&CheckResult) -> [Option<String>; 2]) -> Samples {
+    let mut out = Vec::new();
+    for check in &c.last_checks {
+        for (version, value) in ["canary", "stable"].into_iter().zip(values(check)) {
+            if let Some(value) = value {
+                let labels = format!(",check=\"{}\",version=\"{version}\"", check.check);
+                out.push((labels, value));
+            }
+        }
+    }
+    Some(out)
+}
+
+/// Every series, in the order they are written.
+const FAMILIES: &[Family] = &[
+    Family {
+        name: "canary_controller_weight_bp",
+        kind: GAUGE,
+        help: "Canary weight served to the filters, in basis points.",
+        samples: |c| one(c.state.weight_bp),
+    },
+    Family {
+        name: "canary_controller_stage",
+        kind: GAUGE,
+        help: "Current stage, 1-based.",
+        samples: |c| one(c.state.stage + 1),
+    },
+    Family {
+        name: "canary_controller_config_version",
+        kind: GAUGE,
+        help: "Version of the served filter configuration.",
+        samples: |c| one(c.state.config_version),
+    },
+    Family {
+        name: "canary_controller_quota_tokens_per_minute",
+        kind: GAUGE,
+        help: "Tokens per minute over every proxy in the last window.",
+        samples: |c| {
+            c.spec.quota.as_ref()?;
+            one(c.quota.last_tokens_per_minute.unwrap_or(0.0))
+        },
+    },
+    Family {
+        name: "canary_controller_quota_limit_tokens_per_minute",
+        kind: GAUGE,
+        help: "The configured quota (quota.tokens_per_minute).",
+        samples: |c| one(c.spec.quota.as_ref()?.tokens_per_minute),
+    },
+    Family {
+        name: "canary_controller_quota_throttled",
+        kind: GAUGE,
+        help: "1 while the quota sentinel throttles non-priority requests.",
+        samples: |c| {
+            c.spec.quota.as_ref()?;
+            one(u8::from(c.quota.throttled))
+        },
+    },
+    Family {
+        name: "canary_controller_breaker_open",
+        kind: GAUGE,
+        help: "Envoys whose circuit breaker was open at the end of the last analysis window.",
+        samples: |c| one(c.breaker.open),
+    },
+    Family {
+        name: "canary_controller_shadow_active",
+        kind: GAUGE,
+        help: "1 while the rollout is in its shadow phase (weight 0, copies to the candidate).",
+        samples: |c| one(u8::from(c.state.shadow.as_ref()?.active)),
+    },
+    Family {
+        name: "canary_controller_shadow_agreement_ratio",
+        kind: GAUGE,
+        help: "Share of compared shadow answers that agree with stable's, over the phase.",
+        samples: |c| one(c.state.shadow.as_ref()?.counts.agreement()?),
+    },
+    Family {
+        name: "canary_controller_shadow_compared",
+        kind: GAUGE,
+        help: "Shadow answers compared over the phase.",
+        samples: |c| one(c.state.shadow.as_ref()?.counts.compared),
+    },
+    Family {
+        name: "canary_controller_shadow_gate_failures",
+        kind: GAUGE,
+        help: "Consecutive failed shadow gate decisions.",
+        samples: |c| one(c.state.shadow.as_ref()?.gate_failures),
+    },
+    Family {
+        name: "canary_controller_breaker_trips_total",
+        kind: COUNTER,
+        help: "Circuit breaker trips seen in analysis windows.",
+        samples: |c| one(c.breaker.trips),
+    },
+    Family {
+        name: "canary_controller_breaker_diverted_total",
+        kind: COUNTER,
+        help: "Canary requests the circuit breakers sent to stable, seen in analysis windows.",
+        samples: |c| one(c.breaker.diverted),
+    },
+    Family {
+        name: "canary_controller_tier_breaker_open",
+        kind: GAUGE,
+        help: "Envoys whose breaker of this fallback tier was open at the end of the last analysis window.",
+        samples: |c| per_tier(c, |t| t.open),
+    },
+    Family {
+        name: "canary_controller_tier_breaker_half_open",
+        kind: GAUGE,
+        help: "Envoys whose breaker of this fallback tier was half-open at the end of the last analysis window.",
+        samples: |c| per_tier(c, |t| t.half_open),
+    },
+    Family {
+        name: "canary_controller_tier_breaker_trips_total",
+        kind: COUNTER,
+        help: "Trips of this fallback tier's breakers seen in analysis windows.",
+        samples: |c| per_tier(c, |t| t.trips),
+    },
+    Family {
+        name: "canary_controller_tier_requests_total",
+        kind: COUNTER,
+        help: "Requests this fallback tier served, seen in analysis windows.",
+        samples: |c| per_tier(c, |t| t.requests),
+    },
+    Family {
+        name: "canary_controller_phase",
+        kind: GAUGE,
+        help: "Current phase (1 for the active one).",
+        samples: |c| {
+            let phase = |p: Phase| (format!(",phase=\"{}\"", p.as_str()), u8::from(p == c.state.phase).to_string());
+            Some(Phase::ALL.map(phase).to_vec())
+        },
+    },
+    Family {
+        name: "canary_controller_verdicts_total",
+        kind: COUNTER,
+        help: "Analyses by outcome.",
+        samples: |c| {
+            let outcome = |o: &str| {
+                let n = c.verdict_counts.get(o).copied().unwrap_or(0);
+                (format!(",outcome=\"{o}\""), n.to_string())
+            };
+            Some(["pass", "fail", "inconclusive"].map(outcome).to_vec())
+        },
+    },
+    Family {
+        name: "canary_controller_stats_source_errors_total",
+        kind: COUNTER,
+        help: "Failed scrapes by source.",
+        samples: |c| {
+            let mut sources: std::collections::BTreeSet<&str> =
+                c.source_names.iter().map(String::as_str).collect();
+            sources.extend(c.source_errors.keys().map(String::as_str));
+            let errors = |s: &str| c.source_errors.get(s).copied().unwrap_or(0);
+            Some(
+                sources
+                    .into_iter()
+                    .map(|s| (format!(",source=\"{s}\""), errors(s).to_string()))
+                    .collect(),
+            )
+        },
+    },
+    Family {
+        name: "canary_controller_check_value",
+        kind: GAUGE,
+        help: "Each version's value in the last judged window, per check (error_rate, latency_p99, cost_per_response in nano-USD, refusal_rate, quality_<signal>, task_success_rate, thumbs_down_rate, ttft_p95 in ms, eval_score).",
+        samples: |c| {
+            per_check(c, |check| {
+                [check.canary, check.stable].map(|v| v.map(|v| v.to_string()))
+            })
+        },
+    },
+    Family {
+        name: "canary_controller_check_samples",
+        kind: GAUGE,
+        help: "Samples behind each version's value in the last judged window, per check.",
+        samples: |c| {
+            per_check(c, |check| {
+                [check.canary_n, check.stable_n].map(|n| n.map(|n| n.to_string()))
+            })
+        },
+    },
+    Family {
+        name: "canary_controller_feedback_total",
+        kind: COUNTER,
+        help: "User ratings received at POST /feedback, by the version they were attributed to.",
+        samples: |c| {
+            let mut out = Vec::new();
+            for version in ["stable", "canary"] {
+                for rating in ["up", "down"] {
+                    let n = c.feedback_total.get(&(version, rating)).copied().unwrap_or(0);
+                    let labels = format!(",version=\"{version}\",rating=\"{rating}\"");
+                    out.push((labels, n.to_string()));
+                }
+            }
+            Some(out)
+        },
+    },
+];
+
+/// The text of `/metrics`.
+fn render(c: &Controller) -> String {
+    let r = &c.spec.name;
+    let mut out = String::new();
+    for family in FAMILIES {
+        let Some(samples) = (family.samples)(c) else {
+            continue;
+        };
+        let Family {
+            name, kind, help, ..
+        } = family;
+        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
+        for (labels, value) in samples {
+            out.push_str(&format!("{name}{{rollout=\"{r}\"{labels}}} {value}\n"));
+        }
+    }
+    out
+}
+
+pub(super) async fn metrics(State(app): State<AppState>) -> Response {
+    let c = app.controller.lock().await;
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        render(&c),
+    )
+        .into_response()
+}

@@ -1,0 +1,188 @@
+//! The running controller, the I/O floor: one [`Controller`] behind a mutex, the analysis
+//! loop that feeds it windows ([`analysis_loop`]), the HTTP API ([`api`]), `/metrics`
+//! ([`metrics`]) and what it publishes ([`publication`]: the filter configuration, webhooks).
+//! May import every other module of the crate; none imports it.
+//!
+//! Every change of state goes through one mutex, is saved before it becomes visible, and the
+//! filter configuration served at `/filter-config` is derived from the saved state, so a
+//! restarted controller serves exactly what it served before.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::routing::{get, post};
+use axum::Router;
+use tokio::sync::Mutex;
+
+use crate::machine::{Effect, RolloutState};
+use crate::sources;
+use crate::spec::RolloutSpec;
+use crate::store::{StateStore, StoreError};
+
+mod analysis_loop;
+mod api;
+mod metrics;
+mod publication;
+
+pub struct ServeOptions {
+    pub listen: SocketAddr,
+    pub state_dir: PathBuf,
+    /// Bearer token for mutating calls; `None` refuses every mutation.
+    pub token: Option<String>,
+}
+
+struct Controller {
+    spec: RolloutSpec,
+    state: RolloutState,
+    store: StateStore,
+    verdict_counts: BTreeMap<&'static str, u64>,
+    source_errors: BTreeMap<String, u64>,
+    breaker: BreakerSeen,
+    /// The fallback chain's tiers as the analysis windows saw them: counters summed since
+    /// this process started, breaker gauges as at the end of the last window.
+    tiers: BTreeMap<String, crate::stats::TierStats>,
+    /// The served filter configuration and the config version it was built for: every
+    /// proxy fetches the same bytes after a change, so they are built once per change.
+    published: Option<(String, String)>,
+    /// Weights served over time, for ratings that arrive late.
+    weights: crate::feedback::WeightHistory,
+    /// Ratings not yet in an analysis window.
+    feedback: crate::feedback::PendingFeedback,
+    /// Ratings received, by version and rating (for /metrics).
+    feedback_total: BTreeMap<(&'static str, &'static str), u64>,
+    /// The last judged window's checks (for /metrics).
+    last_checks: Vec<crate::judge::CheckResult>,
+    /// The global quota sentinel (`quota` in the spec); not saved: a restarted controller
+    /// measures again.
+    quota: crate::machine::quota::Sentinel,
+    /// Proxies read in the last round (for `quota.per_user`, divided among them).
+    proxies: usize,
+    /// The stats sources known before any reading (for `/metrics`).
+    source_names: Vec<String>,
+}
+
+/// The filters' circuit breakers as the analysis windows saw them (since this process
+/// started).
+#[derive(Debug, Default, Clone, Copy)]
+struct BreakerSeen {
+    trips: u64,
+    diverted: u64,
+    /// Envoys whose breaker was open at the end of the last window.
+    open: u64,
+}
+
+type Shared = Arc<Mutex<Controller>>;
+
+#[derive(Clone)]
+struct AppState {
+    controller: Shared,
+    token: Option<Arc<String>>,
+    http: reqwest::Client,
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Controller {
+    /// Carries out a transition: save first, then notify (publication is the saved state).
+    fn apply(
+        &mut self,
+        next: RolloutState,
+        effects: Vec<Effect>,
+        http: &reqwest::Client,
+    ) -> Result<(), StoreError> {
+        self.store.save(&next)?;
+        self.state = next;
+        for effect in effects {
+            match effect {
+                Effect::PublishWeight(bp) => {
+                    self.weights.record(now_ms(), bp);
+                    eprintln!(
+                        "canaryctl: {}: weight {} (config version {})",
+                        self.spec.name,
+                        crate::machine::pct(bp),
+                        self.state.config_version
+                    );
+                }
+                Effect::Notify(event) => {
+                    eprintln!("canaryctl: {}: {}", self.spec.name, event.message);
+                    self.notify_webhooks(&event, http);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Runs the controller until the process is stopped.
+pub async fn serve(spec: RolloutSpec, options: ServeOptions) -> anyhow::Result<()> {
+    let store = StateStore::open(&options.state_dir, &spec.name)?;
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()?;
+    let (state, start_effects) = match store.load()? {
+        Some(state) => (state, None),
+        None => {
+            let (state, effects) = RolloutState::start(&spec, now_ms());
+            (state, Some(effects))
+        }
+    };
+    let mut c = Controller {
+        spec: spec.clone(),
+        state: state.clone(),
+        store,
+        verdict_counts: BTreeMap::new(),
+        source_errors: BTreeMap::new(),
+        breaker: BreakerSeen::default(),
+        tiers: BTreeMap::new(),
+        published: None,
+        weights: crate::feedback::WeightHistory::default(),
+        feedback: crate::feedback::PendingFeedback::default(),
+        feedback_total: BTreeMap::new(),
+        last_checks: Vec::new(),
+        quota: crate::machine::quota::Sentinel::default(),
+        proxies: spec.sources.envoy_admin.len().max(1),
+        source_names: Vec::new(),
+    };
+    let source = sources::from_spec(&spec.sources);
+    c.source_names = source.names();
+    c.weights
+        .record(c.state.stage_started_ms, c.state.weight_bp);
+    let resumed = start_effects.is_none();
+    if let Some(effects) = start_effects {
+        c.apply(state, effects, &http)?;
+    }
+    eprintln!(
+        "canaryctl: {} {} at stage {} weight {} (state {})",
+        spec.name,
+        if resumed { "resumed" } else { "started" },
+        c.state.stage + 1,
+        crate::machine::pct(c.state.weight_bp),
+        c.store.path().display()
+    );
+    let controller = Arc::new(Mutex::new(c));
+    let app = AppState {
+        controller: controller.clone(),
+        token: options.token.map(Arc::new),
+        http: http.clone(),
+    };
+    tokio::spawn(analysis_loop::run(controller, spec, http, source));
+    let router = Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/status", get(api::status))
+        .route("/metrics", get(metrics::metrics))
+        .route("/filter-config", get(api::filter_config))
+        .route("/rollout/{command}", post(api::command))
+        .route("/feedback", post(api::feedback))
+        .with_state(app);
+    let listener = tokio::net::TcpListener::bind(options.listen).await?;
+    eprintln!("canaryctl: listening on http://{}", listener.local_addr()?);
+    axum::serve(listener, router).await?;
+    Ok(())
+}

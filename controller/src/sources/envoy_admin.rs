@@ -1,0 +1,50 @@
+//! Envoy admin endpoints, read directly (`/stats/prometheus`), where the controller can reach
+//! them (not inside a mesh).
+
+use futures::future::BoxFuture;
+use futures::FutureExt;
+
+use super::StatsSource;
+use crate::stats::parse_envoy_prometheus;
+use crate::stats::window::Reading;
+
+pub struct EnvoyAdmin {
+    /// e.g. `http://127.0.0.1:9901`.
+    pub endpoints: Vec<String>,
+}
+
+impl StatsSource for EnvoyAdmin {
+    fn names(&self) -> Vec<String> {
+        self.endpoints.clone()
+    }
+
+    fn read<'a>(
+        &'a self,
+        http: &'a reqwest::Client,
+        rollout: &'a str,
+    ) -> BoxFuture<'a, Vec<Reading>> {
+        futures::future::join_all(
+            self.endpoints
+                .iter()
+                .map(|endpoint| read_one(http, endpoint, rollout)),
+        )
+        .boxed()
+    }
+}
+
+async fn read_one(http: &reqwest::Client, source: &str, rollout: &str) -> Reading {
+    let url = format!("{}/stats/prometheus", source.trim_end_matches('/'));
+    let result = async {
+        let response = http.get(&url).send().await.map_err(|e| e.to_string())?;
+        if !response.status().is_success() {
+            return Err(format!("{url} returned {}", response.status()));
+        }
+        let text = response.text().await.map_err(|e| e.to_string())?;
+        parse_envoy_prometheus(&text, rollout).map_err(|e| e.to_string())
+    }
+    .await;
+    Reading {
+        source: source.to_string(),
+        result,
+    }
+}

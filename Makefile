@@ -33,7 +33,7 @@ export CANARY_WASM := $(CURDIR)/$(WASM)
 export CANARY_FAULT_WASM := $(CURDIR)/$(FAULT_WASM)
 export CANARY_LLM_WASM := $(CURDIR)/$(LLM_WASM)
 
-.PHONY: all setup build test lint unit wasm-unit manifests images e2e demo bench clean
+.PHONY: all setup build test lint house unit wasm-unit manifests images e2e demo bench clean
 
 all: build
 
@@ -92,13 +92,18 @@ build: setup
 	cargo build --release -p canary-e2e -p canary-controller --bins
 
 ## test: format, lints, unit tests (native and wasm), end-to-end tests on real Envoy.
-test: lint unit wasm-unit manifests images e2e
+test: lint house unit wasm-unit manifests images e2e
 
 lint: setup
 	cargo fmt --all --check
 	cargo clippy --workspace --all-targets -- -D warnings
 	cargo clippy -p canary-filter -p canary-contract --target wasm32-wasip1 -- -D warnings
 	cargo clippy -p canary-filter --no-default-features --target wasm32-wasip1 -- -D warnings
+
+# No import cycle between the modules of a crate, no source file over 600 lines before its
+# tests (tools/check-house.py says how it reads the code).
+house:
+	python3 tools/check-house.py
 
 unit: setup
 	cargo test --workspace --lib --bins

@@ -21,7 +21,7 @@ use hyper::body::{Frame, Incoming};
 use hyper::Request;
 use serde_json::{json, Value};
 
-use crate::upstream::in_share;
+use crate::share::in_share;
 
 pub type Body = UnsyncBoxBody<Bytes, Infallible>;
 

@@ -16,6 +16,7 @@ pub mod process;
 pub mod prom;
 pub mod prometheus;
 pub mod rig;
+pub mod share;
 pub mod upstream;
 pub mod wait;
 pub mod webhook;

@@ -23,6 +23,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 use crate::fake_llm::{self, LlmBehaviour, LlmCounters};
+use crate::share::in_share;
 
 /// Response header naming the upstream that answered.
 pub const SERVED_BY: &str = "x-served-by";
@@ -171,13 +172,6 @@ fn header<'a>(req: &'a Request<Incoming>, name: &str) -> Option<&'a str> {
     req.headers().get(name).and_then(|v| v.to_str().ok())
 }
 
-/// Whether the n-th request (0-based) is in the `rate_bp` share (that fails, refuses…):
-/// spread evenly, so any window of 10,000 requests holds exactly `rate_bp` of them.
-pub fn in_share(n: u64, rate_bp: u32) -> bool {
-    let rate = u64::from(rate_bp.min(10_000));
-    (n + 1) * rate / 10_000 != n * rate / 10_000
-}
-
 async fn answer(
     spec: Arc<UpstreamSpec>,
     counters: Arc<Counters>,
@@ -228,7 +222,7 @@ async fn answer(
 
 #[cfg(test)]
 mod tests {
-    use super::in_share;
+    use crate::share::in_share;
 
     #[test]
     fn error_rate_is_exact_over_any_10k_window() {

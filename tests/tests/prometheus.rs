@@ -4,8 +4,8 @@
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use canary_controller::judge::judge;
-use canary_controller::spec::{Analysis, Checks};
+use canary_controller::judge::{judge, Evidence};
+use canary_controller::spec::RolloutSpec;
 use canary_controller::stats::{
     parse_envoy_prometheus, parse_prometheus_query, prometheus_selector,
 };
@@ -171,10 +171,10 @@ async fn prometheus_and_admin_sources_agree() -> Result<()> {
             |acc: canary_controller::stats::RolloutStats, s| acc.plus(s),
         )
     };
-    let checks = Checks::default();
-    let analysis = Analysis::default();
-    let v_admin = judge(&sum(&admin), &analysis, &checks);
-    let v_prometheus = judge(&sum(&from_prometheus), &analysis, &checks);
+    let spec =
+        RolloutSpec::from_yaml("name: shop\nsources: {envoy_admin: [\"http://127.0.0.1:1\"]}\n")?;
+    let v_admin = judge(&sum(&admin), &Evidence::default(), &spec);
+    let v_prometheus = judge(&sum(&from_prometheus), &Evidence::default(), &spec);
     assert_eq!(v_admin, v_prometheus);
     eprintln!("{total} requests: both sources say {}", v_admin.summary());
     Ok(())

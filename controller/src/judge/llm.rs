@@ -8,9 +8,10 @@
 //! (no `llm` configured, no feedback received) is not checked. Defaults follow the seeds.
 
 use super::significance::{binomial_greater, binomial_less, fisher_greater, welch_greater};
-use super::{latency_check, trim_quantile, CheckResult, Outcome, Worse};
+use super::{trim_quantile, CheckResult, Outcome, Worse};
 use crate::spec::llm_checks::{CostCheck, LlmChecks, TaskSuccessCheck};
 use crate::spec::Analysis;
+use crate::stats::Histogram;
 use crate::stats::RolloutStats;
 use crate::stats::{LlmStats, QualityStats};
 
@@ -174,6 +175,7 @@ fn inconclusive(
         canary_n: Some(n.0),
         stable_n: Some(n.1),
         worse: Some(worse),
+        sequential: None,
     }
 }
 
@@ -259,6 +261,7 @@ fn cost_check(
         canary_n: Some(n.0),
         stable_n: Some(n.1),
         worse: Some(Worse::Higher),
+        sequential: None,
     })
 }
 
@@ -350,6 +353,7 @@ fn proportion_check(p: Proportion, analysis: &Analysis) -> CheckResult {
         canary_n: Some(n.0),
         stable_n: Some(n.1),
         worse: Some(Worse::Higher),
+        sequential: None,
     }
 }
 
@@ -422,6 +426,7 @@ fn score_check(
         canary_n: Some(n.0),
         stable_n: Some(n.1),
         worse: Some(Worse::Lower),
+        sequential: None,
     })
 }
 
@@ -483,5 +488,93 @@ fn task_success_check(
         canary_n: Some(n.0),
         stable_n: Some(n.1),
         worse: Some(Worse::Lower),
+        sequential: None,
     })
+}
+
+/// Requests above the smallest bucket bound that holds `quantile_ms`.
+fn above_bucket_of(h: &Histogram, quantile_ms: f64) -> (f64, u64) {
+    let bound = h
+        .buckets
+        .iter()
+        .map(|(b, _)| *b)
+        .find(|b| *b >= quantile_ms)
+        .unwrap_or(f64::INFINITY);
+    (bound, h.count_above(bound))
+}
+
+/// Time to first token, window by window (the request latency checks are sequential,
+/// see [`super::evidence`]): the canary's quantile against stable's, tested on the
+/// requests above the bucket bound that holds stable's quantile.
+pub(crate) fn latency_check(
+    name: &str,
+    canary: &Histogram,
+    stable: &Histogram,
+    quantile: f64,
+    max_relative_increase: f64,
+    analysis: &Analysis,
+) -> CheckResult {
+    let min = analysis.min_window_requests;
+    let (Some(cq), Some(sq)) = (canary.quantile(quantile), stable.quantile(quantile)) else {
+        return CheckResult {
+            check: name.into(),
+            outcome: Outcome::Inconclusive,
+            canary: None,
+            stable: None,
+            limit: None,
+            p_value: None,
+            reason: format!("{name}: no duration samples"),
+            canary_n: Some(canary.count),
+            stable_n: Some(stable.count),
+            worse: Some(Worse::Higher),
+            sequential: None,
+        };
+    };
+    if canary.count < min || stable.count < min {
+        return CheckResult {
+            check: name.into(),
+            outcome: Outcome::Inconclusive,
+            canary: Some(cq),
+            stable: Some(sq),
+            limit: None,
+            p_value: None,
+            reason: format!(
+                "{name}: too few duration samples ({} canary, {} stable)",
+                canary.count, stable.count
+            ),
+            canary_n: Some(canary.count),
+            stable_n: Some(stable.count),
+            worse: Some(Worse::Higher),
+            sequential: None,
+        };
+    }
+    let limit = max_relative_increase * sq;
+    let (bound, stable_above) = above_bucket_of(stable, sq);
+    let canary_above = canary.count_above(bound);
+    let p = fisher_greater(canary_above, canary.count, stable_above, stable.count);
+    let fail = cq > limit && p < analysis.alpha;
+    CheckResult {
+        check: name.into(),
+        outcome: if fail { Outcome::Fail } else { Outcome::Pass },
+        canary: Some(cq),
+        stable: Some(sq),
+        limit: Some(limit),
+        p_value: Some(p),
+        reason: format!(
+            "{name} canary {cq:.1} ms vs stable {sq:.1} ms; limit {limit:.1} ms \
+             ({max_relative_increase}× stable); above {bound} ms: canary {canary_above}/{}, \
+             stable {stable_above}/{}; p={p:.2e}{}",
+            canary.count,
+            stable.count,
+            if fail {
+                ": slower than stable beyond the limit"
+            } else {
+                ""
+            }
+        ),
+        canary_n: Some(canary.count),
+        stable_n: Some(stable.count),
+        worse: Some(Worse::Higher),
+        sequential: None,
+    }
 }

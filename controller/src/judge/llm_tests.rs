@@ -3,10 +3,9 @@
 
 use super::llm::judge_llm;
 use super::{CheckResult, Outcome, Worse};
-use crate::judge::{judge, Verdict};
+use crate::judge::{judge, Evidence, Verdict};
 use crate::spec::llm_checks::LlmChecks;
 use crate::spec::Analysis;
-use crate::spec::Checks;
 use crate::stats::{Histogram, VersionStats};
 use crate::stats::{LlmStats, QualityStats, RolloutStats};
 use canary_contract::stats::cost_sumsq_micro_usd2;
@@ -438,8 +437,12 @@ fn ttft_p95_table() {
     }
 }
 
+/// The verdict on `w` as the second window of a stage: the first places the request
+/// checks' latency bounds (the LLM checks judge each window alone).
 fn verdict(w: &RolloutStats) -> Verdict {
-    judge(w, &Analysis::default(), &Checks::default())
+    let spec = super::test_support::default_spec();
+    let first = judge(w, &Evidence::default(), &spec);
+    judge(w, &first.evidence, &spec)
 }
 
 #[test]
@@ -468,6 +471,7 @@ fn the_verdict_names_the_llm_check_that_failed() {
         names,
         [
             "error_rate",
+            "error_rate_absolute",
             "latency_p99",
             "latency_p95",
             "cost_per_response",
@@ -497,5 +501,5 @@ fn the_verdict_names_the_llm_check_that_failed() {
     assert_eq!(verdict(&w).outcome, Outcome::Inconclusive);
     // A plain rollout gets no LLM checks at all.
     let plain = window(LlmStats::default(), LlmStats::default());
-    assert_eq!(verdict(&plain).checks.len(), 3);
+    assert_eq!(verdict(&plain).checks.len(), 4);
 }

@@ -1,11 +1,12 @@
 //! The canary strategy: stages of increasing weight. After each judged window it decides
 //! whether the rollout advances (the stage held long enough with enough requests, or early
-//! when the canary is clearly better and `accelerate` is on), counts a failure, or rolls
-//! back (a critical failure, or `failure_limit` failures in a row).
+//! when the canary is clearly better and `accelerate` is on), counts a failure, rolls back
+//! (a decisive failure, or `failure_limit` failures in a row), or pauses or rolls back a
+//! stage that has made no progress past its deadline.
 
-use super::{Decision, Phase, RolloutState};
+use super::{pct, Decision, Phase, RolloutState};
 use crate::judge::{Outcome, Verdict};
-use crate::spec::RolloutSpec;
+use crate::spec::{DeadlineAction, RolloutSpec};
 
 /// The decision on `verdict`, with `state` already counting it (requests of the stage,
 /// consecutive failures).
@@ -32,7 +33,7 @@ pub fn decide(
             }
         }
         // Inconclusive neither counts against the canary nor for it.
-        Outcome::Inconclusive => Decision::Stay,
+        Outcome::Inconclusive => past_deadline(spec, state, now_ms),
         Outcome::Pass => {
             if state.phase != Phase::Progressing {
                 return Decision::Stay;
@@ -50,8 +51,50 @@ pub fn decide(
             } else if enough && spec.accelerate && verdict.clearly_better {
                 Decision::EnterStage(next, "canary clearly better: accelerated".into())
             } else {
-                Decision::Stay
+                past_deadline(spec, state, now_ms)
             }
         }
+    }
+}
+
+/// A stage still progressing `analysis.progress_deadline` after its hold (or after the last
+/// resume, if later) pauses or rolls back, as the spec says, and says why.
+fn past_deadline(spec: &RolloutSpec, state: &RolloutState, now_ms: u64) -> Decision {
+    let (Some(deadline), Some(stage)) = (
+        spec.analysis.progress_deadline,
+        spec.stages.get(state.stage),
+    ) else {
+        return Decision::Stay;
+    };
+    if state.phase != Phase::Progressing {
+        return Decision::Stay;
+    }
+    let ms = |d: std::time::Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    let held_at = state.stage_started_ms.saturating_add(ms(stage.hold));
+    let due = held_at
+        .max(state.progress_since_ms)
+        .saturating_add(ms(deadline));
+    if now_ms < due {
+        return Decision::Stay;
+    }
+    let totals = state.stages.last();
+    let message = format!(
+        "progress deadline: stage {} of {} ({}) has not advanced {} past its hold: canary {} \
+         and stable {} requests of the {} each it needs; {} of {} windows passed, {} \
+         inconclusive",
+        state.stage + 1,
+        spec.stages.len(),
+        pct(state.weight_bp),
+        humantime::format_duration(deadline),
+        state.stage_canary_requests,
+        state.stage_stable_requests,
+        stage.min_requests,
+        totals.map_or(0, |t| t.passed),
+        totals.map_or(0, |t| t.passed + t.failed + t.inconclusive),
+        totals.map_or(0, |t| t.inconclusive),
+    );
+    match spec.analysis.on_progress_deadline {
+        DeadlineAction::Pause => Decision::Pause(format!("paused ({message})")),
+        DeadlineAction::RollBack => Decision::RollBack(format!("rolled back ({message})")),
     }
 }

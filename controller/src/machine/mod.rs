@@ -10,7 +10,7 @@ use std::collections::VecDeque;
 
 use serde::{Deserialize, Serialize};
 
-use crate::judge::{Outcome, Verdict};
+use crate::judge::{Evidence, Outcome, Verdict};
 use crate::spec::RolloutSpec;
 use crate::stats::ShadowCounts;
 
@@ -95,6 +95,40 @@ pub struct VerdictRecord {
     pub verdict: Verdict,
 }
 
+/// What one stage saw, window by window: `/status` and the history keep these totals, where
+/// the verdicts list holds only the last few windows.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct StageTotals {
+    /// 0-based, as `RolloutState::stage`.
+    pub stage: usize,
+    pub weight_bp: u32,
+    pub started_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ended_ms: Option<u64>,
+    /// Judged windows by outcome.
+    pub passed: u64,
+    pub failed: u64,
+    pub inconclusive: u64,
+    pub canary_requests: u64,
+    pub stable_requests: u64,
+    pub canary_errors: u64,
+    pub stable_errors: u64,
+}
+
+impl StageTotals {
+    fn count(&mut self, verdict: &Verdict) {
+        match verdict.outcome {
+            Outcome::Pass => self.passed += 1,
+            Outcome::Fail => self.failed += 1,
+            Outcome::Inconclusive => self.inconclusive += 1,
+        }
+        self.canary_requests = self.canary_requests.saturating_add(verdict.canary_requests);
+        self.stable_requests = self.stable_requests.saturating_add(verdict.stable_requests);
+        self.canary_errors = self.canary_errors.saturating_add(verdict.canary_errors);
+        self.stable_errors = self.stable_errors.saturating_add(verdict.stable_errors);
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RolloutState {
     pub rollout: String,
@@ -116,6 +150,18 @@ pub struct RolloutState {
     /// The shadow phase, for specs that start with one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shadow: Option<shadow::ShadowState>,
+    /// The current stage's evidence for the request checks' sequential tests: carried from
+    /// window to window, started anew with each stage, and saved with the state so that a
+    /// restart does not start the test over (which would spend its error budget again).
+    #[serde(default)]
+    pub evidence: Evidence,
+    /// Every stage entered, with its totals: `/status` keeps only the last few verdicts.
+    #[serde(default)]
+    pub stages: Vec<StageTotals>,
+    /// Since when the current stage's progress deadline counts: its start, or the last
+    /// resume.
+    #[serde(default)]
+    pub progress_since_ms: u64,
     /// Blue-green: when all traffic flipped to the new version (the old one is kept).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub flipped_ms: Option<u64>,
@@ -160,6 +206,8 @@ pub enum Decision {
     LeaveShadow(String),
     /// Blue-green: the old version's keep time is over (or an operator promoted); why.
     Retire(String),
+    /// Pause, notified, with this message (a stage past its progress deadline).
+    Pause(String),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -195,8 +243,14 @@ impl RolloutState {
                 started_ms: now_ms,
                 ..Default::default()
             }),
+            evidence: Evidence::default(),
+            stages: Vec::new(),
+            progress_since_ms: now_ms,
             flipped_ms: None,
         };
+        if spec.shadow.is_none() {
+            state.open_stage_totals(0, now_ms);
+        }
         let mut effects = vec![Effect::PublishWeight(weight_bp)];
         if let Some(shadow) = &spec.shadow {
             state.record(
@@ -268,7 +322,11 @@ impl RolloutState {
         self.stage_canary_requests = 0;
         self.stage_stable_requests = 0;
         self.consecutive_failures = 0;
+        self.progress_since_ms = now_ms;
+        // A new stage, a new test: the last stage's evidence was about another weight.
+        self.evidence = self.evidence.next_stage();
         self.set_weight(effects, next.weight_bp());
+        self.open_stage_totals(stage, now_ms);
         if stage + 1 < spec.stages.len() {
             let message = format!(
                 "stage {} of {}: weight {} ({why})",
@@ -286,6 +344,19 @@ impl RolloutState {
             let message = format!("promoted to {} ({why})", pct(self.weight_bp));
             self.record(effects, now_ms, EventKind::Promoted, message);
         }
+    }
+
+    /// Closes the last stage's totals and opens the next.
+    fn open_stage_totals(&mut self, stage: usize, now_ms: u64) {
+        if let Some(last) = self.stages.last_mut() {
+            last.ended_ms.get_or_insert(now_ms);
+        }
+        self.stages.push(StageTotals {
+            stage,
+            weight_bp: self.weight_bp,
+            started_ms: now_ms,
+            ..StageTotals::default()
+        });
     }
 
     fn roll_back(
@@ -337,6 +408,10 @@ impl RolloutState {
                 let message = format!("promoted ({why}); the old version may be retired");
                 self.record(effects, now_ms, EventKind::Promoted, message);
             }
+            Decision::Pause(message) => {
+                self.phase = Phase::Paused;
+                self.record(effects, now_ms, EventKind::Paused, message);
+            }
         }
     }
 
@@ -356,25 +431,22 @@ impl RolloutState {
                 _ => Err(Refused::Ended(self.phase)),
             };
         }
-        match &input {
-            Input::Analysis(verdict) | Input::ShadowWindow(verdict, _) if self.in_shadow() => {
-                next.analyses += 1;
-                let counts = match &input {
-                    Input::ShadowWindow(_, counts) => counts.clone(),
-                    _ => Default::default(),
-                };
-                let phase = next.phase;
-                let decision = match (&spec.shadow, next.shadow.as_mut()) {
-                    (Some(gate), Some(progress)) => {
-                        shadow::on_window(gate, progress, phase, verdict, &counts, now_ms)
-                    }
-                    _ => Decision::Stay,
-                };
-                next.carry_out(spec, decision, now_ms, &mut effects);
+        match input {
+            Input::Analysis(verdict) if self.in_shadow() => next.shadow_window(
+                spec,
+                &verdict,
+                &ShadowCounts::default(),
+                now_ms,
+                &mut effects,
+            ),
+            Input::ShadowWindow(verdict, counts) if self.in_shadow() => {
+                next.shadow_window(spec, &verdict, &counts, now_ms, &mut effects)
             }
-            Input::Analysis(verdict) | Input::ShadowWindow(verdict, _) => {
-                next.count_verdict(verdict.clone(), now_ms);
-                let decision = canary::decide(spec, &next, verdict, now_ms);
+            Input::Analysis(mut verdict) | Input::ShadowWindow(mut verdict, _) => {
+                next.evidence = std::mem::take(&mut verdict.evidence);
+                next.count_verdict(&verdict);
+                let decision = canary::decide(spec, &next, &verdict, now_ms);
+                next.keep_verdict(verdict, now_ms);
                 next.carry_out(spec, decision, now_ms, &mut effects);
                 let decision = blue_green::after_window(spec, &next, now_ms);
                 next.carry_out(spec, decision, now_ms, &mut effects);
@@ -413,6 +485,7 @@ impl RolloutState {
                     return Err(Refused::NotPaused);
                 }
                 next.phase = Phase::Progressing;
+                next.progress_since_ms = now_ms;
                 next.record(
                     &mut effects,
                     now_ms,
@@ -435,17 +508,48 @@ impl RolloutState {
         Ok((next, effects))
     }
 
-    /// Counts a judged window: analyses, the stage's requests, consecutive failures, the
-    /// verdict kept for `status`.
-    fn count_verdict(&mut self, verdict: Verdict, now_ms: u64) {
+    /// A window in the shadow phase: the shadow gate decides.
+    fn shadow_window(
+        &mut self,
+        spec: &RolloutSpec,
+        verdict: &Verdict,
+        counts: &ShadowCounts,
+        now_ms: u64,
+        effects: &mut Vec<Effect>,
+    ) {
         self.analyses += 1;
-        self.stage_canary_requests += verdict.canary_requests;
-        self.stage_stable_requests += verdict.stable_requests;
+        let phase = self.phase;
+        let decision = match (&spec.shadow, self.shadow.as_mut()) {
+            (Some(gate), Some(progress)) => {
+                shadow::on_window(gate, progress, phase, verdict, counts, now_ms)
+            }
+            _ => Decision::Stay,
+        };
+        self.carry_out(spec, decision, now_ms, effects);
+    }
+
+    /// Counts a judged window: analyses, the stage's requests and totals, consecutive
+    /// failures.
+    fn count_verdict(&mut self, verdict: &Verdict) {
+        self.analyses += 1;
+        self.stage_canary_requests = self
+            .stage_canary_requests
+            .saturating_add(verdict.canary_requests);
+        self.stage_stable_requests = self
+            .stage_stable_requests
+            .saturating_add(verdict.stable_requests);
         match verdict.outcome {
             Outcome::Fail => self.consecutive_failures += 1,
             Outcome::Pass => self.consecutive_failures = 0,
             Outcome::Inconclusive => {}
         }
+        if let Some(totals) = self.stages.last_mut() {
+            totals.count(verdict);
+        }
+    }
+
+    /// Keeps the verdict for `status` (the last few).
+    fn keep_verdict(&mut self, verdict: Verdict, now_ms: u64) {
         self.verdicts.push_back(VerdictRecord {
             at_ms: now_ms,
             stage: self.stage,
@@ -651,5 +755,131 @@ mod tests {
             );
             assert_eq!(s.stage, usize::from(accelerate), "accelerate={accelerate}");
         }
+    }
+
+    fn judged(
+        spec: &RolloutSpec,
+        state: &RolloutState,
+        canary: (u64, u64),
+        at: u64,
+    ) -> RolloutState {
+        use crate::stats::{RolloutStats, VersionStats};
+        let version = |(n, errors): (u64, u64)| VersionStats {
+            requests: n,
+            rq_2xx: n - errors,
+            rq_5xx: errors,
+            duration: crate::judge::test_support::all_at(20.0, n),
+            ..VersionStats::default()
+        };
+        let window = RolloutStats {
+            canary: version(canary),
+            stable: version((canary.0 * 9, canary.1 * 9)),
+            ..RolloutStats::default()
+        };
+        let verdict = crate::judge::judge(&window, &state.evidence, spec);
+        run(spec, state, Input::Analysis(verdict), at).0
+    }
+
+    #[test]
+    fn a_stage_keeps_its_evidence_and_the_next_one_starts_anew() {
+        let spec = spec(false);
+        let (s, _) = RolloutState::start(&spec, 0);
+        let s = judged(&spec, &s, (60, 1), 1_000);
+        let s = judged(&spec, &s, (60, 1), 2_000);
+        let errors = s.evidence.errors.as_ref().expect("the error test started");
+        assert_eq!(errors.canary.requests, 120);
+        assert_eq!(s.stages.len(), 1);
+        assert_eq!(s.stages[0].canary_requests, 120);
+        assert_eq!(s.stages[0].canary_errors, 2);
+        assert_eq!(s.stages[0].stable_errors, 18);
+        // Held 10 s with enough requests: the next stage starts with no evidence.
+        let s = judged(&spec, &s, (60, 1), 11_000);
+        assert_eq!(s.stage, 1);
+        assert_eq!(s.evidence.errors, None);
+        assert!(
+            !s.evidence.drift.is_empty(),
+            "what was learnt of the noise is kept"
+        );
+        assert_eq!(s.stages.len(), 2);
+        assert_eq!(s.stages[0].ended_ms, Some(11_000));
+        // The first two windows gather stable's durations for the p99 bound (1,000 needed).
+        let t = &s.stages[0];
+        assert_eq!((t.passed, t.inconclusive, t.failed), (1, 2, 0), "{t:?}");
+        assert_eq!(s.stages[1].weight_bp, 5_000);
+        // The evidence survives a save and load.
+        let s = judged(&spec, &s, (60, 1), 12_000);
+        let saved: RolloutState =
+            serde_json::from_str(&serde_json::to_string(&s).expect("json")).expect("state");
+        assert_eq!(saved.evidence, s.evidence);
+    }
+
+    #[test]
+    fn a_stage_past_its_progress_deadline_pauses_or_rolls_back() {
+        let yaml = |action: &str| {
+            format!(
+                "name: shop\nsources: {{envoy_admin: [\"http://127.0.0.1:1\"]}}\n\
+                 analysis: {{interval: 1s, progress_deadline: 30s, on_progress_deadline: {action}}}\n\
+                 stages:\n  - {{weight_pct: 5, hold: 10s, min_requests: 1000}}\n  - {{weight_pct: 100}}\n"
+            )
+        };
+        let spec = RolloutSpec::from_yaml(&yaml("pause")).expect("valid spec");
+        let (s, _) = RolloutState::start(&spec, 0);
+        // Too few requests to advance: fine until hold + deadline (40 s).
+        let (s, e) = run(
+            &spec,
+            &s,
+            Input::Analysis(verdict(Outcome::Pass, false, false, 10)),
+            39_000,
+        );
+        assert_eq!((s.phase, e.len()), (Phase::Progressing, 0));
+        let (s, e) = run(
+            &spec,
+            &s,
+            Input::Analysis(verdict(Outcome::Inconclusive, false, false, 10)),
+            40_000,
+        );
+        assert_eq!(s.phase, Phase::Paused);
+        let Some(Effect::Notify(event)) = e.last() else {
+            panic!("notified: {e:?}");
+        };
+        assert!(
+            event.message.contains("progress deadline: stage 1 of 2"),
+            "{}",
+            event.message
+        );
+        assert!(
+            event
+                .message
+                .contains("canary 20 and stable 20 requests of the 1000"),
+            "{}",
+            event.message
+        );
+        // Resumed: the deadline counts again from then.
+        let (s, _) = run(&spec, &s, Input::Resume, 50_000);
+        let (s, _) = run(
+            &spec,
+            &s,
+            Input::Analysis(verdict(Outcome::Pass, false, false, 10)),
+            79_000,
+        );
+        assert_eq!(s.phase, Phase::Progressing);
+        let (s, _) = run(
+            &spec,
+            &s,
+            Input::Analysis(verdict(Outcome::Pass, false, false, 10)),
+            80_000,
+        );
+        assert_eq!(s.phase, Phase::Paused);
+
+        let spec = RolloutSpec::from_yaml(&yaml("roll_back")).expect("valid spec");
+        let (s, _) = RolloutState::start(&spec, 0);
+        let (s, e) = run(
+            &spec,
+            &s,
+            Input::Analysis(verdict(Outcome::Pass, false, false, 10)),
+            40_000,
+        );
+        assert_eq!(s.phase, Phase::RolledBack);
+        assert!(e.contains(&Effect::PublishWeight(0)));
     }
 }

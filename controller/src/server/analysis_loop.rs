@@ -70,7 +70,7 @@ pub(super) async fn run(
             seen.trips += t.trips;
             (seen.open, seen.half_open) = (t.open, t.half_open);
         }
-        let verdict = judge(&window.stats, &spec.analysis, &spec.checks);
+        let verdict = judge(&window.stats, &c.state.evidence, &spec);
         c.last_checks = verdict.checks.clone();
         *c.verdict_counts
             .entry(match verdict.outcome {

@@ -62,6 +62,7 @@ fn status_json(c: &Controller) -> serde_json::Value {
             "requests": t.requests,
             "rq_5xx": t.rq_5xx,
         }))).collect::<serde_json::Map<_, _>>(),
+        "stage_totals": c.state.stages,
         "verdicts": c.state.verdicts,
         "timeline": c.state.timeline,
         "quota": c.spec.quota.as_ref().map(|q| json!({

@@ -93,12 +93,32 @@ pub struct Analysis {
     /// How often the canary is judged, over the stats of the last interval.
     #[serde(with = "humantime_serde")]
     pub interval: Duration,
-    /// Consecutive failed analyses that roll back.
+    /// Consecutive failed analyses that roll back (circuit breaker trips and LLM checks;
+    /// a request check's sequential test rolls back at once).
     pub failure_limit: u32,
-    /// Fewer requests than this for either version in a window: inconclusive.
+    /// Fewer requests than this for either version in a window: the window is not judged
+    /// (inconclusive) and adds nothing to the stage's evidence. The sequential tests need
+    /// no minimum; set it higher to leave windows out.
     pub min_window_requests: u64,
-    /// Significance level of the tests that call a difference real.
+    /// The chance that a canary no worse than stable is ever rolled back by the request
+    /// checks over the whole rollout; for the LLM checks, each window's significance level.
     pub alpha: f64,
+    /// A stage that has not advanced this long after its hold (too little traffic, or
+    /// inconclusive windows) pauses or rolls back: seed 000's `progressDeadlineSeconds`.
+    #[serde(with = "humantime_serde")]
+    pub progress_deadline: Option<Duration>,
+    pub on_progress_deadline: DeadlineAction,
+}
+
+/// What a stage past its progress deadline does.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeadlineAction {
+    /// Pause with a notification: an operator resumes (the deadline counts again from
+    /// then), promotes or aborts.
+    #[default]
+    Pause,
+    RollBack,
 }
 
 impl Default for Analysis {
@@ -106,8 +126,10 @@ impl Default for Analysis {
         Analysis {
             interval: Duration::from_secs(30),
             failure_limit: 3,
-            min_window_requests: 50,
+            min_window_requests: 1,
             alpha: 0.01,
+            progress_deadline: Some(Duration::from_secs(3_600)),
+            on_progress_deadline: DeadlineAction::Pause,
         }
     }
 }
@@ -146,13 +168,12 @@ impl Default for Checks {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ErrorRateCheck {
-    /// The canary fails above this rate whatever stable does.
+    /// The canary fails above this rate, when stable is not above it too (an incident
+    /// that takes both past it is not the canary's doing).
     pub max_absolute: f64,
-    /// The canary fails above this multiple of stable's rate.
+    /// The regression the test is built to catch: a canary at this multiple of stable's
+    /// rate is rolled back; one at most halfway there (1.25× for 1.5×) must pass.
     pub max_relative_increase: f64,
-    /// Stable's rate is taken as at least this, so a perfect stable does not make any
-    /// canary error a failure.
-    pub stable_rate_floor: f64,
 }
 
 impl Default for ErrorRateCheck {
@@ -160,11 +181,12 @@ impl Default for ErrorRateCheck {
         ErrorRateCheck {
             max_absolute: 0.05,
             max_relative_increase: 1.5,
-            stable_rate_floor: 0.001,
         }
     }
 }
 
+/// A latency quantile, judged like the error rate: a canary whose quantile is
+/// `max_relative_increase`× stable's is rolled back, one at most halfway there must pass.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LatencyCheck {
@@ -173,20 +195,17 @@ pub struct LatencyCheck {
     pub max_relative_increase: f64,
 }
 
-/// A gross failure rolls back at once, without waiting for the failure limit.
+/// The LLM checks' gross failures (cost past its critical multiple) roll back at once,
+/// without waiting for the failure limit, when significant at this level.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CriticalCheck {
-    pub error_rate_factor: f64,
     pub alpha: f64,
 }
 
 impl Default for CriticalCheck {
     fn default() -> Self {
-        CriticalCheck {
-            error_rate_factor: 5.0,
-            alpha: 0.001,
-        }
+        CriticalCheck { alpha: 0.001 }
     }
 }
 
@@ -320,16 +339,10 @@ impl RolloutSpec {
                 "must be in (0, 1]".into(),
             );
         }
-        if e.max_relative_increase < 1.0 {
+        if !(e.max_relative_increase > 1.0 && e.max_relative_increase <= 100.0) {
             push(
                 "checks.error_rate.max_relative_increase".into(),
-                "must be at least 1".into(),
-            );
-        }
-        if !(e.stable_rate_floor > 0.0 && e.stable_rate_floor < 1.0) {
-            push(
-                "checks.error_rate.stable_rate_floor".into(),
-                "must be in (0, 1)".into(),
+                "must be more than 1 and at most 100".into(),
             );
         }
         for (i, l) in self.checks.latency.iter().enumerate() {
@@ -339,20 +352,24 @@ impl RolloutSpec {
                     "must be in (0, 1), e.g. 0.99".into(),
                 );
             }
-            if l.max_relative_increase < 1.0 {
+            if !(l.max_relative_increase > 1.0 && l.max_relative_increase <= 100.0) {
                 push(
                     format!("checks.latency[{i}].max_relative_increase"),
-                    "must be at least 1".into(),
+                    "must be more than 1 and at most 100".into(),
                 );
             }
         }
-        let c = &self.checks.critical;
-        if c.error_rate_factor <= 1.0 {
+        if self
+            .analysis
+            .progress_deadline
+            .is_some_and(|d| d < self.analysis.interval)
+        {
             push(
-                "checks.critical.error_rate_factor".into(),
-                "must be more than 1".into(),
+                "analysis.progress_deadline".into(),
+                "must be at least one analysis interval".into(),
             );
         }
+        let c = &self.checks.critical;
         if !(c.alpha > 0.0 && c.alpha < 0.5) {
             push("checks.critical.alpha".into(), "must be in (0, 0.5)".into());
         }

@@ -21,8 +21,8 @@ use canary_e2e::judge_sim::traffic::ENVOY_DEFAULT_BUCKETS_MS;
 use canary_e2e::judge_sim::{run_one, spec, tally, End, Figure};
 use serde_json::json;
 
-fn analyst(window: &RolloutStats, _state: &RolloutState, spec: &RolloutSpec) -> Verdict {
-    judge(window, &spec.analysis, &spec.checks)
+fn analyst(window: &RolloutStats, state: &RolloutState, spec: &RolloutSpec) -> Verdict {
+    judge(window, &state.evidence, spec)
 }
 
 fn env_list(name: &str) -> Option<Vec<String>> {

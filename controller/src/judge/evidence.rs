@@ -1,0 +1,440 @@
+//! What a stage has shown so far, check by check: the request checks' sequential tests
+//! (error rate against stable and against the absolute limit, each latency quantile) and
+//! what they need between windows. The rollout's state carries it from one window to the
+//! next and starts it anew with each stage; [`super::judge`] adds each window to it.
+
+use serde::{Deserialize, Serialize};
+
+use super::sequential::{Counts, Drift, EventTest, RateTest};
+use super::{CheckResult, Outcome, SequentialTest, Worse};
+use crate::spec::{LatencyCheck, RolloutSpec};
+use crate::stats::{Histogram, RolloutStats};
+
+/// The largest ratio the mixtures look for: a gross failure (10% errors against 0.5% is
+/// 20×) sits well inside, so it is decided in a window or two.
+const MAX_RATIO: f64 = 100.0;
+/// The smallest ratio of slow-request rates the latency mixtures look for.
+const LATENCY_MIN_RATIO: f64 = 1.25;
+/// Buckets wider than this around stable's quantile hide changes within them.
+const COARSE_BUCKET_RATIO: f64 = 1.25;
+
+/// The evidence of the current stage.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Evidence {
+    /// Errors against stable's rate, and against the absolute limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub errors: Option<EventTest>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub errors_absolute: Option<RateTest>,
+    /// Stable's errors against the canary's: grounds to accelerate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub errors_better: Option<EventTest>,
+    /// One per `checks.latency` entry.
+    #[serde(default)]
+    pub latency: Vec<EventTest>,
+    /// Each version's durations over the stage: stable's place the latency tests' bounds
+    /// (from the windows before the one being added), both give the stage's quantiles.
+    #[serde(default, with = "saved_histogram")]
+    pub stable_duration: Histogram,
+    #[serde(default, with = "saved_histogram")]
+    pub canary_duration: Histogram,
+    /// Each version's rate variation between windows, per kind of event (errors, then each
+    /// latency check's slow requests): kept from stage to stage by [`Evidence::next_stage`].
+    #[serde(default)]
+    pub drift: Vec<Drift>,
+}
+
+/// The null hypothesis of a relative check with threshold `k`: at most halfway there. A
+/// canary at `k`× stable is what the test must catch; one at `(1 + k) / 2` or better must
+/// pass, whatever the traffic.
+pub fn null_ratio(max_relative_increase: f64) -> f64 {
+    1.0 + (max_relative_increase - 1.0) / 2.0
+}
+
+/// The e-value each test must reach: `analysis.alpha` shared by every test of every stage
+/// that is judged (a union bound over them), so the chance that a canary no worse than
+/// stable is ever rolled back over the whole rollout is at most `alpha`.
+pub fn e_threshold(spec: &RolloutSpec) -> f64 {
+    let stages = spec.stages.len().saturating_sub(1).max(1);
+    let tests = 2 + spec.checks.latency.len();
+    (stages * tests) as f64 / spec.analysis.alpha
+}
+
+impl Evidence {
+    /// The evidence a new stage starts with: none, but what was learnt about the noise.
+    pub fn next_stage(&self) -> Evidence {
+        Evidence {
+            drift: self.drift.clone(),
+            ..Evidence::default()
+        }
+    }
+
+    /// The drift of the `i`th kind of event (0: errors, 1 + k: latency check k).
+    fn drift(&mut self, i: usize) -> &mut Drift {
+        if self.drift.len() <= i {
+            self.drift.resize_with(i + 1, Drift::default);
+        }
+        &mut self.drift[i]
+    }
+
+    /// Adds one window and says what each request check makes of the stage so far.
+    pub fn add(&mut self, window: &RolloutStats, spec: &RolloutSpec) -> Vec<CheckResult> {
+        let threshold = e_threshold(spec);
+        let e = &spec.checks.error_rate;
+        let (canary, stable) = (&window.canary, &window.stable);
+        let canary_errors = Counts::new(canary.errors(), canary.requests);
+        let stable_errors = Counts::new(stable.errors(), stable.requests);
+        let null = null_ratio(e.max_relative_increase);
+        let (v_canary, v_stable) = self.drift(0).add(canary_errors, stable_errors);
+        let relative = self
+            .errors
+            .get_or_insert_with(|| EventTest::new(null, e.max_relative_increase, MAX_RATIO));
+        relative.add(canary_errors, stable_errors, (v_canary, v_stable));
+        let absolute = self
+            .errors_absolute
+            .get_or_insert_with(|| RateTest::new(e.max_absolute));
+        absolute.add(canary_errors, v_canary);
+        let better = self
+            .errors_better
+            .get_or_insert_with(|| EventTest::new(1.0, 2.0, MAX_RATIO));
+        better.add(stable_errors, canary_errors, (v_stable, v_canary));
+
+        let mut checks = vec![
+            errors_relative(relative, e.max_relative_increase, threshold),
+            errors_absolute(absolute, relative, threshold),
+        ];
+        if self.latency.len() != spec.checks.latency.len() {
+            self.latency = spec
+                .checks
+                .latency
+                .iter()
+                .map(|_| EventTest::new(1.0, LATENCY_MIN_RATIO, MAX_RATIO))
+                .collect();
+        }
+        for (k, check) in spec.checks.latency.iter().enumerate() {
+            let mut drift = std::mem::take(self.drift(1 + k));
+            checks.push(latency(
+                check,
+                &mut self.latency[k],
+                &mut drift,
+                &self.stable_duration,
+                window,
+                threshold,
+            ));
+            self.drift[1 + k] = drift;
+        }
+        self.stable_duration = self.stable_duration.plus(&stable.duration);
+        self.canary_duration = self.canary_duration.plus(&canary.duration);
+        for (check, result) in spec.checks.latency.iter().zip(checks.iter_mut().skip(2)) {
+            describe_quantiles(result, check, &self.canary_duration, &self.stable_duration);
+        }
+        checks
+    }
+
+    /// Stable's error rate is significantly above the canary's (2× or more).
+    pub fn clearly_better(&self, spec: &RolloutSpec) -> bool {
+        self.errors_better
+            .as_ref()
+            .is_some_and(|t| t.log_e() >= e_threshold(spec).ln())
+    }
+}
+
+fn decided(log_e: f64, threshold: f64) -> Outcome {
+    if log_e >= threshold.ln() {
+        Outcome::Fail
+    } else {
+        Outcome::Pass
+    }
+}
+
+fn pct(part: u64, whole: u64) -> f64 {
+    if whole == 0 {
+        0.0
+    } else {
+        part as f64 * 100.0 / whole as f64
+    }
+}
+
+fn errors_relative(t: &EventTest, k: f64, threshold: f64) -> CheckResult {
+    let outcome = decided(t.log_e(), threshold);
+    let (c, s) = (t.canary, t.stable);
+    CheckResult {
+        check: "error_rate".into(),
+        outcome,
+        canary: c.rate(),
+        stable: s.rate(),
+        limit: s.rate().map(|r| r * k),
+        p_value: Some((-t.max_log_e).exp().min(1.0)),
+        reason: format!(
+            "error rate canary {:.2}% ({}/{}) vs stable {:.2}% ({}/{}) over the stage; \
+             sequential test of canary ≤ {:.2}× stable against {k}–{MAX_RATIO}×: \
+             e = {:.3e} {} 1/α = {threshold:.0} (dispersion {:.2}){}",
+            pct(c.events, c.requests),
+            c.events,
+            c.requests,
+            pct(s.events, s.requests),
+            s.events,
+            s.requests,
+            t.null_ratio,
+            t.log_e().exp(),
+            if outcome == Outcome::Fail { "≥" } else { "<" },
+            t.dispersion,
+            if outcome == Outcome::Fail {
+                ": worse than stable"
+            } else {
+                ""
+            },
+        ),
+        canary_n: Some(c.requests),
+        stable_n: Some(s.requests),
+        worse: Some(Worse::Higher),
+        sequential: Some(sequential(
+            format!("canary ≤ {:.2}× stable", t.null_ratio),
+            t.log_e(),
+            threshold,
+            t.windows,
+            t.dispersion,
+        )),
+    }
+}
+
+fn sequential(
+    null: String,
+    log_e: f64,
+    threshold: f64,
+    windows: u64,
+    dispersion: f64,
+) -> SequentialTest {
+    SequentialTest {
+        null,
+        e_value: log_e.exp(),
+        threshold,
+        windows,
+        dispersion,
+    }
+}
+
+/// The absolute limit counts only when the canary alone is past it: an incident that takes
+/// stable past the limit too is not the canary's doing.
+fn errors_absolute(t: &RateTest, relative: &EventTest, threshold: f64) -> CheckResult {
+    let stable_rate = relative.stable.rate().unwrap_or(0.0);
+    let stable_past = stable_rate > t.limit;
+    let outcome = match decided(t.log_e(), threshold) {
+        Outcome::Fail if !stable_past => Outcome::Fail,
+        _ => Outcome::Pass,
+    };
+    let c = t.totals;
+    CheckResult {
+        check: "error_rate_absolute".into(),
+        outcome,
+        canary: c.rate(),
+        stable: relative.stable.rate(),
+        limit: Some(t.limit),
+        p_value: Some((-t.max_log_e).exp().min(1.0)),
+        reason: format!(
+            "error rate canary {:.2}% ({}/{}) against the absolute limit {:.2}%; sequential \
+             test of canary ≤ limit: e = {:.3e} {} 1/α = {threshold:.0}{}",
+            pct(c.events, c.requests),
+            c.events,
+            c.requests,
+            t.limit * 100.0,
+            t.log_e().exp(),
+            if t.log_e() >= threshold.ln() {
+                "≥"
+            } else {
+                "<"
+            },
+            match (outcome, stable_past) {
+                (Outcome::Fail, _) => ": above the absolute limit".to_string(),
+                (_, true) => format!(
+                    "; stable is past it too ({:.2}%): not the canary's doing",
+                    stable_rate * 100.0
+                ),
+                _ => String::new(),
+            }
+        ),
+        canary_n: Some(c.requests),
+        stable_n: Some(relative.stable.requests),
+        worse: Some(Worse::Higher),
+        sequential: Some(sequential(
+            format!("canary ≤ {:.2}%", t.limit * 100.0),
+            t.log_e(),
+            threshold,
+            t.windows,
+            t.dispersion,
+        )),
+    }
+}
+
+/// The smallest finite bound at or above `ms`.
+fn bound_at_or_above(h: &Histogram, ms: f64) -> Option<f64> {
+    h.buckets
+        .iter()
+        .map(|(b, _)| *b)
+        .find(|b| b.is_finite() && *b >= ms * (1.0 - 1e-9))
+}
+
+/// The latency check on one quantile: stable's requests slower than `B` (the first bucket
+/// bound at or above stable's quantile over the stage before this window) against the
+/// canary's slower than `(1 + k) / 2 · B` (the first bound at or above it). Under "the canary is at most halfway to `k`× slower" the canary's
+/// share of those is at most its share of the requests; a canary `k`× slower puts far
+/// more of its requests past the second bound.
+fn latency(
+    check: &LatencyCheck,
+    test: &mut EventTest,
+    drift: &mut Drift,
+    stable_before: &Histogram,
+    window: &RolloutStats,
+    threshold: f64,
+) -> CheckResult {
+    let name = format!("latency_p{}", super::trim_quantile(check.quantile));
+    let (canary, stable) = (&window.canary.duration, &window.stable.duration);
+    let enough = stable_before.count as f64 * (1.0 - check.quantile) >= 10.0;
+    let quantile = stable_before.quantile(check.quantile).filter(|_| enough);
+    let bounds = quantile.and_then(|q| {
+        let b = bound_at_or_above(stable, q)?;
+        let upper = bound_at_or_above(canary, b * null_ratio(check.max_relative_increase))?;
+        Some((b, upper))
+    });
+    if let Some((b, upper)) = bounds {
+        let slow_canary = Counts::new(canary.count_above(upper), canary.count);
+        let slow_stable = Counts::new(stable.count_above(b), stable.count);
+        let noise = drift.add(slow_canary, slow_stable);
+        test.add(slow_canary, slow_stable, noise);
+    }
+    let outcome = if test.windows == 0 && bounds.is_none() {
+        Outcome::Inconclusive
+    } else {
+        decided(test.log_e(), threshold)
+    };
+    let (c, s) = (test.canary, test.stable);
+    CheckResult {
+        check: name.clone(),
+        outcome,
+        canary: None,
+        stable: None,
+        limit: None,
+        p_value: Some((-test.max_log_e).exp().min(1.0)),
+        reason: match bounds {
+            None if test.windows == 0 => format!(
+                "{name}: not enough of stable's durations in the stage yet to place the bound"
+            ),
+            _ => format!(
+                "slower than the bounds: canary {}/{} vs stable {}/{} over the stage; \
+                 sequential test of canary ≤ {:.2}× stable: e = {:.3e} {} 1/α = {threshold:.0}{}",
+                c.events,
+                c.requests,
+                s.events,
+                s.requests,
+                null_ratio(check.max_relative_increase),
+                test.log_e().exp(),
+                if outcome == Outcome::Fail { "≥" } else { "<" },
+                if outcome == Outcome::Fail {
+                    ": slower than stable beyond the limit"
+                } else {
+                    ""
+                },
+            ),
+        },
+        canary_n: Some(c.requests),
+        stable_n: Some(s.requests),
+        worse: Some(Worse::Higher),
+        sequential: (test.windows > 0).then(|| {
+            sequential(
+                format!(
+                    "canary ≤ {:.2}× stable",
+                    null_ratio(check.max_relative_increase)
+                ),
+                test.log_e(),
+                threshold,
+                test.windows,
+                test.dispersion,
+            )
+        }),
+    }
+}
+
+/// Puts the stage's quantiles in a latency result, and says so where the buckets are too
+/// coarse to see a change of the quantile within them.
+fn describe_quantiles(
+    result: &mut CheckResult,
+    check: &LatencyCheck,
+    canary: &Histogram,
+    stable: &Histogram,
+) {
+    let (cq, sq) = (
+        canary.quantile(check.quantile),
+        stable.quantile(check.quantile),
+    );
+    result.canary = cq;
+    result.stable = sq;
+    result.limit = sq.map(|s| s * check.max_relative_increase);
+    let mut head = format!("{} canary ", result.check);
+    match (cq, sq) {
+        (Some(c), Some(s)) => head += &format!("{c:.1} ms vs stable {s:.1} ms; "),
+        _ => head += "– vs stable –; ",
+    }
+    result.reason = head + &result.reason;
+    if let Some(width) = sq.and_then(|s| bucket_ratio(stable, s)) {
+        if width > COARSE_BUCKET_RATIO {
+            result.reason += &format!(
+                " (coarse buckets: stable's p{} lies in a bucket {width:.1}× wide, a change \
+                 within it is invisible; set fine histogram_bucket_settings)",
+                super::trim_quantile(check.quantile)
+            );
+        }
+    }
+}
+
+/// The ratio of the upper to the lower bound of the bucket that holds `ms`.
+pub fn bucket_ratio(h: &Histogram, ms: f64) -> Option<f64> {
+    let mut lower = 0.0;
+    for &(bound, _) in &h.buckets {
+        if bound >= ms {
+            return (bound.is_finite() && lower > 0.0).then(|| bound / lower);
+        }
+        lower = bound;
+    }
+    None
+}
+
+/// A histogram in the state file: JSON has no infinity, so the `+Inf` bucket's bound is
+/// saved as `null` and read back as infinity.
+mod saved_histogram {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    use crate::stats::Histogram;
+
+    #[derive(Serialize, Deserialize)]
+    struct Saved {
+        buckets: Vec<(Option<f64>, u64)>,
+        count: u64,
+        sum_ms: f64,
+    }
+
+    pub fn serialize<S: Serializer>(h: &Histogram, s: S) -> Result<S::Ok, S::Error> {
+        Saved {
+            buckets: h
+                .buckets
+                .iter()
+                .map(|&(b, c)| (b.is_finite().then_some(b), c))
+                .collect(),
+            count: h.count,
+            sum_ms: h.sum_ms,
+        }
+        .serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Histogram, D::Error> {
+        let saved = Saved::deserialize(d)?;
+        Ok(Histogram {
+            buckets: saved
+                .buckets
+                .into_iter()
+                .map(|(b, c)| (b.unwrap_or(f64::INFINITY), c))
+                .collect(),
+            count: saved.count,
+            sum_ms: saved.sum_ms,
+        })
+    }
+}

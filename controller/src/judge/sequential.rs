@@ -1,0 +1,417 @@
+//! Anytime-valid sequential tests: the evidence that the canary is worse accumulates over
+//! the windows of a stage, and its error guarantee holds however often it is looked at.
+//!
+//! **Where events fall.** In a window with `n_c` canary and `n_s` stable requests and `E`
+//! events between them (errors, or requests slower than a bound), each event falls on the
+//! canary with probability `π = ρ·s / (ρ·s + 1 − s)`, where `s = n_c / (n_c + n_s)` and `ρ`
+//! is the canary's event rate over stable's (the count-data design of Lindon & Malek's
+//! anytime-valid tests). The null hypothesis is `ρ ≤ ρ0` ("no worse", up to a tolerance
+//! `ρ0 ≥ 1` the check sets). An incident that raises both rates alike leaves `π` where it
+//! was, so shared bursts cancel out by construction.
+//!
+//! **E-process.** For each alternative `ρ_k` of a grid, the likelihood ratio of `ρ_k`
+//! against `ρ0` over the stage's windows is a nonnegative supermartingale while
+//! `ρ ≤ ρ0`; so is their average, and Ville's inequality bounds the chance that it ever
+//! reaches `1/α` by `α`, however many windows are looked at. The grid starts at the
+//! smallest regression the check is meant to catch.
+//!
+//! **Extra-binomial noise.** Requests are not independent trials: each version's rate
+//! moves from window to window. Given `E`, the canary's count then varies more than a
+//! binomial by `φ = 1 + E·π0(1−π0)·(v_c + v_s)`, where `v` is the relative variance of a
+//! version's rate between windows, estimated from that version's own successive windows
+//! ([`RateDrift`]) before the window is added. Each window's log-likelihood ratio is
+//! divided by `φ`: in the Gaussian limit this is exactly the likelihood ratio under the
+//! wider variance, and where `φ` overstates the noise it only makes the test cautious
+//! (`E[LR^(1/φ)] ≤ E[LR]^(1/φ) ≤ 1`).
+//!
+//! Every update is O(1) in the counts (a fixed grid of alternatives).
+
+use serde::{Deserialize, Serialize};
+
+/// Alternatives in each mixture.
+const GRID: usize = 16;
+
+/// Before any data, a version's rate is taken to vary by this relative variance between
+/// windows (a 45% standard deviation: cautious until the data says otherwise), weighted
+/// as this many windows.
+const DRIFT_PRIOR: f64 = 0.2;
+const DRIFT_PRIOR_WINDOWS: f64 = 3.0;
+/// Older windows count less: the estimate follows the last ~20 windows.
+const DRIFT_DECAY: f64 = 0.95;
+
+/// Events and requests of one version in one window (or summed over a stage).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counts {
+    pub events: u64,
+    pub requests: u64,
+}
+
+impl Counts {
+    pub fn new(events: u64, requests: u64) -> Counts {
+        Counts {
+            events: events.min(requests),
+            requests,
+        }
+    }
+
+    pub fn rate(&self) -> Option<f64> {
+        (self.requests > 0).then(|| self.events as f64 / self.requests as f64)
+    }
+
+    fn add(&mut self, other: Counts) {
+        self.events = self.events.saturating_add(other.events);
+        self.requests = self.requests.saturating_add(other.requests);
+    }
+}
+
+/// How much a version's event rate varies between windows beyond binomial noise, from its
+/// own successive windows: for rates `r_t`, `r_{t−1}` of one true rate `p`,
+/// `E[(r_t − r_{t−1})²] = p(1−p)(1/n_t + 1/n_{t−1}) + 2·v·p²`, so each pair gives an
+/// unbiased estimate of the relative variance `v`. Successive differences leave out slow
+/// trends and a constant regression alike.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RateDrift {
+    last: Option<Counts>,
+    sum: f64,
+    windows: f64,
+}
+
+impl RateDrift {
+    /// The relative variance of the rate between windows (never below 0).
+    pub fn relative_variance(&self) -> f64 {
+        ((DRIFT_PRIOR_WINDOWS * DRIFT_PRIOR + self.sum) / (DRIFT_PRIOR_WINDOWS + self.windows))
+            .max(0.0)
+    }
+
+    pub fn observe(&mut self, now: Counts) {
+        if now.requests == 0 {
+            return;
+        }
+        if let Some(before) = self.last {
+            let events = (before.events + now.events) as f64;
+            let p = events / (before.requests + now.requests) as f64;
+            if p > 0.0 && p < 1.0 {
+                let d = now.events as f64 / now.requests as f64
+                    - before.events as f64 / before.requests as f64;
+                let binomial =
+                    p * (1.0 - p) * (1.0 / now.requests as f64 + 1.0 / before.requests as f64);
+                let estimate = (d * d - binomial) / (2.0 * p * p);
+                self.sum = DRIFT_DECAY * self.sum + estimate;
+                self.windows = DRIFT_DECAY * self.windows + 1.0;
+            }
+        }
+        self.last = Some(now);
+    }
+}
+
+/// Both versions' drift for one kind of event. It describes the service, not a stage, so
+/// it is kept from stage to stage: a new stage must not start from the prior again.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Drift {
+    canary: RateDrift,
+    stable: RateDrift,
+}
+
+impl Drift {
+    /// The relative variances to judge this window with (from the windows before it: the
+    /// canary's never taken below stable's), then counts the window in.
+    pub fn add(&mut self, canary: Counts, stable: Counts) -> (f64, f64) {
+        let v_stable = self.stable.relative_variance();
+        let v_canary = self.canary.relative_variance().max(v_stable);
+        self.canary.observe(canary);
+        self.stable.observe(stable);
+        (v_canary, v_stable)
+    }
+}
+
+/// The grid's `k`th alternative, log-spaced from `min` to `max`.
+fn alternative(min: f64, max: f64, k: usize) -> f64 {
+    min * (max / min).powf(k as f64 / (GRID - 1) as f64)
+}
+
+/// `ln(mean(exp(x)))`, without overflow.
+fn log_mean_exp(x: &[f64]) -> f64 {
+    let top = x.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    if !top.is_finite() {
+        return top;
+    }
+    let sum: f64 = x.iter().map(|v| (v - top).exp()).sum();
+    top + (sum / x.len() as f64).ln()
+}
+
+/// The evidence that an event (an error, a slow request) is more frequent on the canary
+/// than on stable: the two-sample test above, over one stage.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EventTest {
+    /// "No worse": the canary's event rate is at most this multiple of stable's.
+    pub null_ratio: f64,
+    /// The smallest and largest ratio of event rates the mixture looks for.
+    pub min_ratio: f64,
+    pub max_ratio: f64,
+    log_lr: Vec<f64>,
+    /// The stage's totals.
+    pub canary: Counts,
+    pub stable: Counts,
+    /// Windows that held events.
+    pub windows: u64,
+    /// `φ` of the last window with events.
+    pub dispersion: f64,
+    /// The largest `ln e` so far: the stage's anytime-valid p-value is `exp(−max_log_e)`.
+    pub max_log_e: f64,
+}
+
+impl EventTest {
+    pub fn new(null_ratio: f64, min_ratio: f64, max_ratio: f64) -> EventTest {
+        let null_ratio = null_ratio.max(1.0);
+        let min_ratio = min_ratio.max(null_ratio * (1.0 + 1e-6));
+        EventTest {
+            null_ratio,
+            min_ratio,
+            max_ratio: max_ratio.max(min_ratio * 1.01),
+            log_lr: vec![0.0; GRID],
+            canary: Counts::default(),
+            stable: Counts::default(),
+            windows: 0,
+            dispersion: 1.0,
+            max_log_e: 0.0,
+        }
+    }
+
+    /// Adds one window's events and requests of each version, with each version's
+    /// relative rate variance between windows (from the windows before this one: see
+    /// [`Drift::add`]).
+    pub fn add(&mut self, canary: Counts, stable: Counts, (v_canary, v_stable): (f64, f64)) {
+        let canary = Counts::new(canary.events, canary.requests);
+        let stable = Counts::new(stable.events, stable.requests);
+        self.canary.add(canary);
+        self.stable.add(stable);
+        let events = canary.events + stable.events;
+        if canary.requests == 0 || stable.requests == 0 || events == 0 {
+            return;
+        }
+        self.windows += 1;
+        let s = canary.requests as f64 / (canary.requests + stable.requests) as f64;
+        let share = |rho: f64| rho * s / (rho * s + 1.0 - s);
+        let pi0 = share(self.null_ratio);
+        let (x, y) = (canary.events as f64, stable.events as f64);
+        let phi = 1.0 + events as f64 * pi0 * (1.0 - pi0) * (v_canary + v_stable);
+        self.dispersion = phi;
+        for (k, l) in self.log_lr.iter_mut().enumerate() {
+            let pi = share(alternative(self.min_ratio, self.max_ratio, k));
+            *l += (x * (pi / pi0).ln() + y * ((1.0 - pi) / (1.0 - pi0)).ln()) / phi;
+        }
+        self.max_log_e = self.max_log_e.max(self.log_e());
+    }
+
+    /// `ln` of the e-value: the mixture's likelihood ratio against "no worse".
+    pub fn log_e(&self) -> f64 {
+        log_mean_exp(&self.log_lr)
+    }
+
+    /// The stage's ratio of canary over stable event rates (`None` without data).
+    pub fn ratio(&self) -> Option<f64> {
+        let (c, s) = (self.canary.rate()?, self.stable.rate()?);
+        if s > 0.0 {
+            Some(c / s)
+        } else if c > 0.0 {
+            Some(f64::INFINITY)
+        } else {
+            Some(1.0)
+        }
+    }
+}
+
+/// The evidence that the canary's event rate is above a fixed limit (an absolute error
+/// rate): a one-sample mixture test of `p ≤ limit` over one stage, with the same
+/// allowance for the rate's variation between windows.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RateTest {
+    pub limit: f64,
+    log_lr: Vec<f64>,
+    pub totals: Counts,
+    /// Windows with requests, and `φ` of the last one.
+    pub windows: u64,
+    pub dispersion: f64,
+    pub max_log_e: f64,
+}
+
+impl RateTest {
+    pub fn new(limit: f64) -> RateTest {
+        RateTest {
+            limit: limit.clamp(1e-9, 1.0 - 1e-9),
+            log_lr: vec![0.0; GRID],
+            totals: Counts::default(),
+            windows: 0,
+            dispersion: 1.0,
+            max_log_e: 0.0,
+        }
+    }
+
+    /// Adds one window, with the rate's relative variance between windows `v`.
+    pub fn add(&mut self, counts: Counts, v: f64) {
+        let counts = Counts::new(counts.events, counts.requests);
+        self.totals.add(counts);
+        if counts.requests == 0 {
+            return;
+        }
+        let p0 = self.limit;
+        let n = counts.requests as f64;
+        let (x, y) = (counts.events as f64, n - counts.events as f64);
+        let phi = 1.0 + n * p0 * v / (1.0 - p0);
+        self.windows += 1;
+        self.dispersion = phi;
+        // Alternatives from 1.2× the limit to (nearly) every request.
+        let top = (0.999 / p0).max(1.2 * 1.01);
+        for (k, l) in self.log_lr.iter_mut().enumerate() {
+            let p = (p0 * alternative(1.2, top, k)).min(0.999);
+            *l += (x * (p / p0).ln() + y * ((1.0 - p) / (1.0 - p0)).ln()) / phi;
+        }
+        self.max_log_e = self.max_log_e.max(self.log_e());
+    }
+
+    pub fn log_e(&self) -> f64 {
+        log_mean_exp(&self.log_lr)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Adds a window as the judge does: the drift first, then the test.
+    fn feed(t: &mut EventTest, d: &mut Drift, canary: Counts, stable: Counts) {
+        let noise = d.add(canary, stable);
+        t.add(canary, stable, noise);
+    }
+
+    /// Exact expectation of one window's likelihood ratio for alternative `rho` when the
+    /// canary's true ratio is `true_rho`, over every split of `events`.
+    fn expected_lr(events: u64, s: f64, rho: f64, true_rho: f64) -> f64 {
+        let pi = rho * s / (rho * s + 1.0 - s);
+        let pt = true_rho * s / (true_rho * s + 1.0 - s);
+        let mut total = 0.0;
+        let mut ln_choose = 0.0f64;
+        for x in 0..=events {
+            if x > 0 {
+                ln_choose += ((events - x + 1) as f64).ln() - (x as f64).ln();
+            }
+            let y = (events - x) as f64;
+            let ln_p = ln_choose + x as f64 * pt.ln() + y * (1.0 - pt).ln();
+            let ln_lr = x as f64 * (pi / s).ln() + y * ((1.0 - pi) / (1.0 - s)).ln();
+            total += (ln_p + ln_lr).exp();
+        }
+        total
+    }
+
+    #[test]
+    fn each_alternative_is_a_fair_bet_under_no_worse() {
+        for events in [1, 7, 60, 400] {
+            for s in [0.05, 0.25, 0.5, 0.75] {
+                for rho in [1.5, 4.0, 100.0] {
+                    let same = expected_lr(events, s, rho, 1.0);
+                    assert!((same - 1.0).abs() < 1e-9, "{events} {s} {rho}: {same}");
+                    let better = expected_lr(events, s, rho, 0.7);
+                    assert!(better < 1.0, "{events} {s} {rho}: {better}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_gross_failure_is_decided_in_one_window() {
+        // 10% vs 0.5% errors, canary 600 requests (20 req/s over 30 s) at 5%.
+        let mut t = EventTest::new(1.0, 1.5, 100.0);
+        feed(
+            &mut t,
+            &mut Drift::default(),
+            Counts::new(60, 600),
+            Counts::new(57, 11_400),
+        );
+        assert!(t.log_e() > (1_500f64).ln(), "{}", t.log_e());
+    }
+
+    #[test]
+    fn a_burst_on_both_versions_is_no_evidence() {
+        let mut t = EventTest::new(1.0, 1.5, 100.0);
+        // Both at 6%: the canary holds its 5% share of the events.
+        feed(
+            &mut t,
+            &mut Drift::default(),
+            Counts::new(90, 1_500),
+            Counts::new(1_710, 28_500),
+        );
+        assert!(t.log_e() < 0.0, "{}", t.log_e());
+    }
+
+    #[test]
+    fn a_small_excess_gathers_little_evidence() {
+        // 1.1× stable's rate over many windows, with the alternatives from 1.5×.
+        let (mut t, mut d) = (EventTest::new(1.0, 1.5, 100.0), Drift::default());
+        for _ in 0..500 {
+            feed(
+                &mut t,
+                &mut d,
+                Counts::new(83, 15_000),
+                Counts::new(1_425, 285_000),
+            );
+        }
+        assert!(t.log_e() < 0.0, "{}", t.log_e());
+        let (mut t, mut d) = (EventTest::new(1.0, 1.5, 100.0), Drift::default());
+        for _ in 0..20 {
+            feed(
+                &mut t,
+                &mut d,
+                Counts::new(150, 15_000),
+                Counts::new(1_425, 285_000),
+            );
+        }
+        assert!(t.log_e() > 10.0, "2× stable: {}", t.log_e());
+    }
+
+    #[test]
+    fn drift_is_estimated_from_successive_windows() {
+        // Deterministic: the rate alternates ±40% around 1% on 100,000 requests.
+        let mut d = RateDrift::default();
+        for i in 0..200 {
+            let events = if i % 2 == 0 { 1_400 } else { 600 };
+            d.observe(Counts::new(events, 100_000));
+        }
+        // (0.8 · 1%)² / (2 · 1%²) = 0.32 per pair, less a little binomial noise.
+        let v = d.relative_variance();
+        assert!((0.25..0.34).contains(&v), "{v}");
+        // A steady rate with exact binomial-size noise gives about the prior's share only
+        // (3 windows' worth against the last ~20).
+        let mut d = RateDrift::default();
+        for i in 0..200 {
+            d.observe(Counts::new(if i % 2 == 0 { 1_032 } else { 968 }, 100_000));
+        }
+        assert!(d.relative_variance() < 0.03, "{}", d.relative_variance());
+    }
+
+    #[test]
+    fn drift_widens_the_test() {
+        let (mut steady, mut steady_drift) = (EventTest::new(1.0, 1.5, 100.0), Drift::default());
+        let (mut drifting, mut drift) = (EventTest::new(1.0, 1.5, 100.0), Drift::default());
+        for i in 0..40 {
+            let (c, s) = (Counts::new(75, 15_000), Counts::new(1_425, 285_000));
+            feed(&mut steady, &mut steady_drift, c, s);
+            let (c, s) = if i % 2 == 0 { (105, 1_995) } else { (45, 855) };
+            let (c, s) = (Counts::new(c, 15_000), Counts::new(s, 285_000));
+            feed(&mut drifting, &mut drift, c, s);
+        }
+        assert!(drifting.dispersion > 5.0 * steady.dispersion);
+    }
+
+    #[test]
+    fn the_absolute_limit_needs_the_canary_past_it() {
+        // Windows of 1,000 requests whose rate varies by 10% (relative variance 0.01).
+        let mut t = RateTest::new(0.05);
+        t.add(Counts::new(45, 1_000), 0.01);
+        assert!(t.log_e() < 0.0);
+        let mut t = RateTest::new(0.05);
+        for _ in 0..3 {
+            t.add(Counts::new(100, 1_000), 0.01);
+        }
+        assert!(t.log_e() > 10.0, "{}", t.log_e());
+    }
+}

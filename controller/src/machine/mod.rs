@@ -247,7 +247,7 @@ impl RolloutState {
     fn set_weight(&mut self, effects: &mut Vec<Effect>, weight_bp: u32) {
         if weight_bp != self.weight_bp {
             self.weight_bp = weight_bp;
-            self.config_version += 1;
+            self.config_version = self.config_version.saturating_add(1);
             effects.push(Effect::PublishWeight(weight_bp));
         }
     }
@@ -329,7 +329,7 @@ impl RolloutState {
                     shadow.active = false;
                 }
                 // The served configuration changes (no shadow) even if the weight did not.
-                self.config_version += 1;
+                self.config_version = self.config_version.saturating_add(1);
                 self.enter_stage(spec, effects, 0, now_ms, &why);
             }
             Decision::Retire(why) => {
@@ -358,7 +358,7 @@ impl RolloutState {
         }
         match &input {
             Input::Analysis(verdict) | Input::ShadowWindow(verdict, _) if self.in_shadow() => {
-                next.analyses += 1;
+                next.analyses = next.analyses.saturating_add(1);
                 let counts = match &input {
                     Input::ShadowWindow(_, counts) => counts.clone(),
                     _ => Default::default(),
@@ -436,13 +436,19 @@ impl RolloutState {
     }
 
     /// Counts a judged window: analyses, the stage's requests, consecutive failures, the
-    /// verdict kept for `status`.
+    /// verdict kept for `status`. Saturating: a saved state may come with any numbers.
     fn count_verdict(&mut self, verdict: Verdict, now_ms: u64) {
-        self.analyses += 1;
-        self.stage_canary_requests += verdict.canary_requests;
-        self.stage_stable_requests += verdict.stable_requests;
+        self.analyses = self.analyses.saturating_add(1);
+        self.stage_canary_requests = self
+            .stage_canary_requests
+            .saturating_add(verdict.canary_requests);
+        self.stage_stable_requests = self
+            .stage_stable_requests
+            .saturating_add(verdict.stable_requests);
         match verdict.outcome {
-            Outcome::Fail => self.consecutive_failures += 1,
+            Outcome::Fail => {
+                self.consecutive_failures = self.consecutive_failures.saturating_add(1)
+            }
             Outcome::Pass => self.consecutive_failures = 0,
             Outcome::Inconclusive => {}
         }
@@ -453,6 +459,63 @@ impl RolloutState {
         });
         while self.verdicts.len() > KEEP_VERDICTS {
             self.verdicts.pop_front();
+        }
+    }
+}
+
+/// One field of a saved state that does not fit the spec it is resumed with.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {reason}")]
+pub struct StateMismatch {
+    /// The field of the state file, e.g. `stage`.
+    pub field: &'static str,
+    pub reason: String,
+}
+
+impl RolloutState {
+    /// Whether a saved state can be resumed under `spec`: every field the machine and the
+    /// served configuration index with must be in range (a stage past the spec's last one,
+    /// or a weight above 100%, made every `/filter-config` fail).
+    pub fn check(&self, spec: &RolloutSpec) -> Result<(), Vec<StateMismatch>> {
+        let mut problems = Vec::new();
+        let mut push = |field, reason| problems.push(StateMismatch { field, reason });
+        if self.rollout != spec.name {
+            push(
+                "rollout",
+                format!("is {:?}, the spec runs {:?}", self.rollout, spec.name),
+            );
+        }
+        if self.stage >= spec.stages.len() {
+            push(
+                "stage",
+                format!(
+                    "is {} (stage {}), the spec has {} stage(s)",
+                    self.stage,
+                    self.stage.saturating_add(1),
+                    spec.stages.len()
+                ),
+            );
+        }
+        if self.weight_bp > canary_contract::MAX_WEIGHT_BP {
+            push(
+                "weight_bp",
+                format!(
+                    "is {}, at most {} (100%)",
+                    self.weight_bp,
+                    canary_contract::MAX_WEIGHT_BP
+                ),
+            );
+        }
+        if self.in_shadow() && spec.shadow.is_none() {
+            push(
+                "shadow.active",
+                "the state is in its shadow phase, the spec has none".into(),
+            );
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems)
         }
     }
 }
@@ -651,5 +714,67 @@ mod tests {
             );
             assert_eq!(s.stage, usize::from(accelerate), "accelerate={accelerate}");
         }
+    }
+
+    /// Issue 17: a hold of 2^64 ms and more was truncated by `as u64` (18446744073709552s
+    /// became 384 ms): a stage that must be held for ages was left after 1 s.
+    #[test]
+    fn a_huge_hold_is_never_truncated_to_a_short_one() {
+        let mut spec = spec(false);
+        // Past validation's bound on purpose: the machine must not wrap whatever it gets.
+        spec.stages[0].hold = std::time::Duration::from_secs(18_446_744_073_709_552);
+        let (s, _) = RolloutState::start(&spec, 0);
+        let pass = Input::Analysis(verdict(Outcome::Pass, false, false, 200));
+        let (s, e) = run(&spec, &s, pass, 1_000);
+        assert_eq!((s.stage, e.len()), (0, 0), "the hold is not over");
+        let late = Input::Analysis(verdict(Outcome::Pass, false, false, 200));
+        let (s, _) = run(&spec, &s, late, u64::MAX - 1);
+        assert_eq!(s.stage, 0, "not over at the end of time either");
+    }
+
+    #[test]
+    fn counts_saturate_instead_of_wrapping() {
+        let spec = spec(false);
+        let (mut s, _) = RolloutState::start(&spec, 0);
+        s.stage_canary_requests = u64::MAX - 1;
+        s.consecutive_failures = u32::MAX;
+        s.analyses = u64::MAX;
+        let (s, _) = run(
+            &spec,
+            &s,
+            Input::Analysis(verdict(Outcome::Inconclusive, false, false, 10)),
+            1,
+        );
+        assert_eq!(s.stage_canary_requests, u64::MAX);
+        assert_eq!(s.analyses, u64::MAX);
+    }
+
+    /// Issue 17: a state with stage 9 of a 4-stage spec, or weight_bp 20000, loaded and made
+    /// every `/filter-config` fail. The check names each field.
+    #[test]
+    fn a_state_that_does_not_fit_the_spec_is_refused_naming_the_fields() {
+        let spec = spec(false);
+        let (good, _) = RolloutState::start(&spec, 0);
+        assert_eq!(good.check(&spec), Ok(()));
+        let mut bad = good.clone();
+        bad.stage = 8;
+        bad.weight_bp = 20_000;
+        bad.rollout = "cart".into();
+        let fields: Vec<&str> = bad
+            .check(&spec)
+            .expect_err("refused")
+            .iter()
+            .map(|p| p.field)
+            .collect();
+        assert_eq!(fields, ["rollout", "stage", "weight_bp"]);
+        let mut shadowing = good;
+        shadowing.shadow = Some(shadow::ShadowState {
+            active: true,
+            ..Default::default()
+        });
+        assert_eq!(
+            shadowing.check(&spec).expect_err("no shadow phase")[0].field,
+            "shadow.active"
+        );
     }
 }

@@ -42,8 +42,10 @@ impl CircuitBreaker {
     /// Whether `errors` of `requests` canary answers in the window trip the breaker. Errors
     /// are 5xx answers (an upstream reset reaches the client as Envoy's own 503).
     pub fn trips(&self, requests: u64, errors: u64) -> bool {
+        // In u128 both products are exact: a u64 count times at most 10_000 cannot overflow,
+        // where `error_rate_bp * requests` in u64 would (and saturating would blur the share).
         requests >= u64::from(self.min_requests)
-            && errors.saturating_mul(10_000) >= u64::from(self.error_rate_bp) * requests
+            && u128::from(errors) * 10_000 >= u128::from(self.error_rate_bp) * u128::from(requests)
     }
 }
 
@@ -157,6 +159,31 @@ mod tests {
             (0, 0, false),
         ] {
             assert_eq!(b.trips(n, e), want, "{e}/{n}");
+        }
+    }
+
+    #[test]
+    fn trip_rule_is_exact_at_extreme_counts() {
+        let half = CircuitBreaker {
+            error_rate_bp: 5_000,
+            min_requests: 1,
+            ..CircuitBreaker::default()
+        };
+        let all = CircuitBreaker {
+            error_rate_bp: MAX_WEIGHT_BP,
+            ..half
+        };
+        let max = u64::MAX;
+        // (breaker, requests, errors, trips)
+        for (b, n, e, want) in [
+            (all, max, max, true),
+            (all, max, max - 1, false),
+            (half, max, 0, false),
+            (half, max, max / 2, false), // just under 50% of an odd count
+            (half, max, max / 2 + 1, true),
+            (half, max, max, true),
+        ] {
+            assert_eq!(b.trips(n, e), want, "{e}/{n} at {}bp", b.error_rate_bp);
         }
     }
 }

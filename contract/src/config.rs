@@ -8,7 +8,9 @@ use std::collections::BTreeSet;
 use serde::{Deserialize, Serialize};
 
 use crate::bucket::{bucket, version_for_bucket};
-use crate::validate::{is_header_name, is_rollout_name, is_token, Validator, MAX_NAME_LEN};
+use crate::validate::{
+    is_header_name, is_rollout_name, is_token, repeats, Validator, MAX_NAME_LEN,
+};
 use crate::Version;
 
 // Their old home: `canary_contract::config::{ConfigError, FieldError, MAX_WEIGHT_BP}`.
@@ -357,18 +359,15 @@ impl FilterConfig {
                 );
             }
         }
-        // A handful of rollouts: a linear check keeps a hash set (SipHash, random keys) out
-        // of the filter module, about 3 KB.
-        let mut names: Vec<&str> = Vec::with_capacity(self.rollouts.len());
-        for (i, r) in self.rollouts.iter().enumerate() {
+        let repeated = repeats(&self.rollouts, |r| r.name.as_str());
+        for (i, (r, repeated)) in self.rollouts.iter().zip(repeated).enumerate() {
             let at = format!("rollouts[{i}]");
-            if names.contains(&r.name.as_str()) {
+            if repeated {
                 v.push(
                     format!("{at}.name"),
                     format!("duplicate rollout name {:?}", r.name),
                 );
             }
-            names.push(&r.name);
             validate_rollout(&mut v, &at, r);
         }
         v.finish()
@@ -822,5 +821,26 @@ mod tests {
         r.weight_bp = MAX_WEIGHT_BP;
         assert_eq!(r.version_for_key("vip"), Version::Stable);
         assert_eq!(r.version_for_key("bob"), Version::Canary);
+    }
+
+    #[test]
+    fn duplicate_names_are_found_among_many_rollouts() {
+        // 32k rollouts took seconds with the pairwise check; now a sort (the work is
+        // counted in `validate::repeats`' own test).
+        let mut rollouts: Vec<RolloutConfig> = (0..32_768)
+            .map(|i| RolloutConfig::new(&format!("r{i}"), 0))
+            .collect();
+        FilterConfig::new(rollouts.clone())
+            .validate()
+            .expect("unique names");
+        rollouts[20_000].name = "r7".into();
+        rollouts[30_000].name = "r7".into();
+        let err = FilterConfig::new(rollouts)
+            .validate()
+            .expect_err("duplicates");
+        assert_eq!(
+            fields(err),
+            vec!["rollouts[20000].name", "rollouts[30000].name"]
+        );
     }
 }

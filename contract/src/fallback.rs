@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::breaker::CircuitBreaker;
 use crate::stats::{rollout_stat_name, StatTag};
-use crate::validate::{is_header_name, is_rollout_name, Validator};
+use crate::validate::{is_header_name, is_rollout_name, repeats, Validator};
 
 /// The tier name of the rollout's own service in stats.
 pub const PRIMARY_TIER: &str = "primary";
@@ -136,10 +136,12 @@ pub(crate) fn validate_fallback(v: &mut Validator, at: &str, f: &Fallback) {
         format!("{at}.tiers"),
         format!("at most {MAX_TIERS} tiers, got {}", f.tiers.len()),
     );
+    let repeated_names = repeats(&f.tiers, |t| t.name.as_str());
+    let repeated_values = repeats(&f.tiers, |t| t.route_value.as_str());
     for (i, t) in f.tiers.iter().enumerate() {
         let at = format!("{at}.tiers[{i}]");
         let reserved = [PRIMARY_TIER, RESPONSE_TIER].contains(&t.name.as_str());
-        let duplicate = f.tiers[..i].iter().any(|o| o.name == t.name);
+        let duplicate = repeated_names[i];
         v.check(
             is_rollout_name(&t.name) && !reserved && !duplicate,
             format!("{at}.name"),
@@ -151,7 +153,7 @@ pub(crate) fn validate_fallback(v: &mut Validator, at: &str, f: &Fallback) {
         let value_ok = !t.route_value.is_empty()
             && t.route_value.bytes().all(|b| b.is_ascii_graphic())
             && !["stable", "canary"].contains(&t.route_value.as_str())
-            && !f.tiers[..i].iter().any(|o| o.route_value == t.route_value);
+            && !repeated_values[i];
         v.check(
             value_ok,
             format!("{at}.route_value"),

@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::validate::{is_header_name, is_signal_name, Validator, MAX_SIGNAL_LEN};
+use crate::validate::{is_header_name, is_signal_name, repeats, Validator, MAX_SIGNAL_LEN};
 use crate::Version;
 
 /// What the filter reads from an LLM service's responses, per version.
@@ -147,8 +147,7 @@ pub(crate) fn validate_llm(v: &mut Validator, at: &str, llm: &LlmSignals) {
             "must not be empty",
         );
     }
-    // A linear check: a hash set (SipHash, random keys) costs the module about 8 KB.
-    let mut signals: Vec<&str> = Vec::with_capacity(llm.quality_headers.len());
+    let repeated = repeats(&llm.quality_headers, |q| q.signal.as_str());
     for (j, q) in llm.quality_headers.iter().enumerate() {
         v.check(
             is_header_name(&q.header),
@@ -164,11 +163,10 @@ pub(crate) fn validate_llm(v: &mut Validator, at: &str, llm: &LlmSignals) {
             ),
         );
         v.check(
-            !signals.contains(&q.signal.as_str()),
+            !repeated[j],
             format!("{at}.quality_headers[{j}].signal"),
             format!("duplicate signal {:?}", q.signal),
         );
-        signals.push(&q.signal);
     }
 }
 

@@ -6,7 +6,8 @@ use std::fs::{self, File};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use crate::machine::RolloutState;
+use crate::machine::{RolloutState, StateMismatch};
+use crate::spec::RolloutSpec;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -19,6 +20,15 @@ pub enum StoreError {
     Corrupt {
         path: PathBuf,
         source: serde_json::Error,
+    },
+    #[error(
+        "{path}: the saved state does not fit the spec: {}; the file is left as it is (fix \
+         the spec or the file, or move the file away to start the rollout afresh)",
+        .problems.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
+    )]
+    Mismatch {
+        path: PathBuf,
+        problems: Vec<StateMismatch>,
     },
 }
 
@@ -62,6 +72,20 @@ impl StateStore {
             })
     }
 
+    /// [`StateStore::load`], checked against the spec it is resumed with
+    /// ([`RolloutState::check`]): a state that does not fit is an error, and the file is
+    /// not touched.
+    pub fn load_for(&self, spec: &RolloutSpec) -> Result<Option<RolloutState>, StoreError> {
+        let Some(state) = self.load()? else {
+            return Ok(None);
+        };
+        state.check(spec).map_err(|problems| StoreError::Mismatch {
+            path: self.path.clone(),
+            problems,
+        })?;
+        Ok(Some(state))
+    }
+
     pub fn save(&self, state: &RolloutState) -> Result<(), StoreError> {
         let io = |path: &Path| {
             let path = path.to_path_buf();
@@ -89,7 +113,6 @@ impl StateStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::spec::RolloutSpec;
 
     #[test]
     fn saves_and_loads_and_leaves_no_temporary_files() {
@@ -112,5 +135,34 @@ mod tests {
         let store = StateStore::open(dir.path(), "shop").expect("open");
         fs::write(store.path(), b"{\"half\":").expect("write");
         assert!(matches!(store.load(), Err(StoreError::Corrupt { .. })));
+    }
+
+    #[test]
+    fn a_state_that_does_not_fit_the_spec_is_refused_and_left_alone() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = StateStore::open(dir.path(), "shop").expect("open");
+        let spec = RolloutSpec::from_yaml("name: shop\nsources: {envoy_admin: [\"http://a\"]}\n")
+            .expect("spec");
+        assert_eq!(spec.stages.len(), 4);
+        let (mut state, _) = RolloutState::start(&spec, 42);
+        store.save(&state).expect("save");
+        assert_eq!(store.load_for(&spec).expect("fits"), Some(state.clone()));
+        state.stage = 8;
+        state.weight_bp = 20_000;
+        store.save(&state).expect("save");
+        let before = fs::read(store.path()).expect("read");
+        let err = store.load_for(&spec).expect_err("refused");
+        let text = err.to_string();
+        assert!(matches!(err, StoreError::Mismatch { .. }), "{text}");
+        assert!(
+            text.contains("stage: is 8 (stage 9), the spec has 4"),
+            "{text}"
+        );
+        assert!(text.contains("weight_bp: is 20000"), "{text}");
+        assert_eq!(
+            fs::read(store.path()).expect("read"),
+            before,
+            "nothing lost"
+        );
     }
 }

@@ -289,6 +289,62 @@ async fn bad_spec_and_unauthenticated_calls_are_refused() -> Result<()> {
     Ok(())
 }
 
+/// Issue 17: the real binary refuses to start with a spec whose served configuration every
+/// filter would refuse (naming the spec's field), and with a saved state that does not fit
+/// the spec (naming the state's fields, the file left as it was).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_served_config_the_filters_refuse_and_a_state_off_the_spec_stop_the_start() -> Result<()>
+{
+    let dir = tempfile::tempdir()?;
+    let serve = |spec: &std::path::Path| -> Result<(bool, String)> {
+        let port = canary_e2e::controller::free_port()?;
+        let out = Command::new(paths::canaryctl_bin()?)
+            .args(["serve", "--spec"])
+            .arg(spec)
+            .args(["--listen", &format!("127.0.0.1:{port}"), "--state-dir"])
+            .arg(dir.path().join("state"))
+            .output()?;
+        Ok((
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        ))
+    };
+    let base = "name: shop\nsources: {envoy_admin: [\"http://127.0.0.1:1\"]}\n";
+    let quota = dir.path().join("quota.yaml");
+    std::fs::write(
+        &quota,
+        format!("{base}filter: {{llm: {{}}}}\nquota: {{tokens_per_minute: 100, per_user: {{tokens_per_minute: 2000000000000}}}}\n"),
+    )?;
+    let (ok, stderr) = serve(&quota)?;
+    assert!(!ok, "accepted: {stderr}");
+    assert!(
+        stderr.contains("quota.per_user.tokens_per_minute"),
+        "{stderr}"
+    );
+
+    let spec = dir.path().join("spec.yaml");
+    std::fs::write(&spec, base)?;
+    let state = dir.path().join("state/shop.state.json");
+    std::fs::create_dir_all(dir.path().join("state"))?;
+    let saved = serde_json::json!({
+        "rollout": "shop", "phase": "progressing", "stage": 8, "weight_bp": 20000,
+        "stage_started_ms": 0, "stage_canary_requests": 0, "stage_stable_requests": 0,
+        "consecutive_failures": 0, "config_version": 7, "verdicts": [], "timeline": [],
+    })
+    .to_string();
+    std::fs::write(&state, &saved)?;
+    let (ok, stderr) = serve(&spec)?;
+    assert!(!ok, "started with a state off the spec: {stderr}");
+    assert!(stderr.contains("stage: is 8 (stage 9)"), "{stderr}");
+    assert!(stderr.contains("weight_bp: is 20000"), "{stderr}");
+    assert_eq!(
+        std::fs::read_to_string(&state)?,
+        saved,
+        "the state file is untouched"
+    );
+    Ok(())
+}
+
 /// Issue test 3: canary p99 twice stable's with equal errors: rolled back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn doubled_latency_rolls_back() -> Result<()> {

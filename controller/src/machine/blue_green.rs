@@ -11,7 +11,7 @@
 
 use super::{pct, Decision, Phase, RolloutState};
 use crate::spec::blue_green::options;
-use crate::spec::RolloutSpec;
+use crate::spec::{millis, RolloutSpec};
 
 /// Reaching the last stage of a blue-green spec: the flip's message (the machine records the
 /// flip and keeps the rollout going, the old version kept). `None` for a canary spec: the
@@ -32,7 +32,7 @@ pub fn after_window(spec: &RolloutSpec, state: &RolloutState, now_ms: u64) -> De
         return Decision::Stay;
     };
     if state.phase == Phase::Progressing
-        && now_ms.saturating_sub(flipped) >= options.keep_old_for.as_millis() as u64
+        && now_ms.saturating_sub(flipped) >= millis(options.keep_old_for)
     {
         Decision::Retire("old version kept for its time".into())
     } else {
@@ -50,7 +50,7 @@ pub fn status_json(spec: &RolloutSpec, state: &RolloutState, now_ms: u64) -> ser
     let Some(options) = options(spec) else {
         return serde_json::Value::Null;
     };
-    let keep_ms = options.keep_old_for.as_millis() as u64;
+    let keep_ms = millis(options.keep_old_for);
     serde_json::json!({
         "flipped_ms": state.flipped_ms,
         "keep_old_for_s": options.keep_old_for.as_secs_f64(),

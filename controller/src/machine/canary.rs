@@ -6,7 +6,7 @@
 
 use super::{pct, Decision, Phase, RolloutState};
 use crate::judge::{Outcome, Verdict};
-use crate::spec::{DeadlineAction, RolloutSpec};
+use crate::spec::{millis, DeadlineAction, RolloutSpec};
 
 /// The decision on `verdict`, with `state` already counting it (requests of the stage,
 /// consecutive failures).
@@ -43,8 +43,7 @@ pub fn decide(
             };
             let enough = state.stage_canary_requests >= stage.min_requests
                 && state.stage_stable_requests >= stage.min_requests;
-            let held =
-                now_ms.saturating_sub(state.stage_started_ms) >= stage.hold.as_millis() as u64;
+            let held = now_ms.saturating_sub(state.stage_started_ms) >= millis(stage.hold);
             let next = state.stage + 1;
             if enough && held {
                 Decision::EnterStage(next, "analysis passed".into())

@@ -16,8 +16,13 @@ use crate::stats::ShadowCounts;
 
 pub mod blue_green;
 pub mod canary;
+mod check;
 pub mod quota;
 pub mod shadow;
+mod totals;
+
+pub use check::StateMismatch;
+pub use totals::StageTotals;
 
 /// Verdicts and events kept in the state (and so in `status`).
 const KEEP_VERDICTS: usize = 10;
@@ -93,40 +98,6 @@ pub struct VerdictRecord {
     pub at_ms: u64,
     pub stage: usize,
     pub verdict: Verdict,
-}
-
-/// What one stage saw, window by window: `/status` and the history keep these totals, where
-/// the verdicts list holds only the last few windows.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct StageTotals {
-    /// 0-based, as `RolloutState::stage`.
-    pub stage: usize,
-    pub weight_bp: u32,
-    pub started_ms: u64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ended_ms: Option<u64>,
-    /// Judged windows by outcome.
-    pub passed: u64,
-    pub failed: u64,
-    pub inconclusive: u64,
-    pub canary_requests: u64,
-    pub stable_requests: u64,
-    pub canary_errors: u64,
-    pub stable_errors: u64,
-}
-
-impl StageTotals {
-    fn count(&mut self, verdict: &Verdict) {
-        match verdict.outcome {
-            Outcome::Pass => self.passed += 1,
-            Outcome::Fail => self.failed += 1,
-            Outcome::Inconclusive => self.inconclusive += 1,
-        }
-        self.canary_requests = self.canary_requests.saturating_add(verdict.canary_requests);
-        self.stable_requests = self.stable_requests.saturating_add(verdict.stable_requests);
-        self.canary_errors = self.canary_errors.saturating_add(verdict.canary_errors);
-        self.stable_errors = self.stable_errors.saturating_add(verdict.stable_errors);
-    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -301,7 +272,7 @@ impl RolloutState {
     fn set_weight(&mut self, effects: &mut Vec<Effect>, weight_bp: u32) {
         if weight_bp != self.weight_bp {
             self.weight_bp = weight_bp;
-            self.config_version += 1;
+            self.config_version = self.config_version.saturating_add(1);
             effects.push(Effect::PublishWeight(weight_bp));
         }
     }
@@ -400,7 +371,7 @@ impl RolloutState {
                     shadow.active = false;
                 }
                 // The served configuration changes (no shadow) even if the weight did not.
-                self.config_version += 1;
+                self.config_version = self.config_version.saturating_add(1);
                 self.enter_stage(spec, effects, 0, now_ms, &why);
             }
             Decision::Retire(why) => {
@@ -517,7 +488,7 @@ impl RolloutState {
         now_ms: u64,
         effects: &mut Vec<Effect>,
     ) {
-        self.analyses += 1;
+        self.analyses = self.analyses.saturating_add(1);
         let phase = self.phase;
         let decision = match (&spec.shadow, self.shadow.as_mut()) {
             (Some(gate), Some(progress)) => {
@@ -531,7 +502,7 @@ impl RolloutState {
     /// Counts a judged window: analyses, the stage's requests and totals, consecutive
     /// failures.
     fn count_verdict(&mut self, verdict: &Verdict) {
-        self.analyses += 1;
+        self.analyses = self.analyses.saturating_add(1);
         self.stage_canary_requests = self
             .stage_canary_requests
             .saturating_add(verdict.canary_requests);
@@ -539,7 +510,9 @@ impl RolloutState {
             .stage_stable_requests
             .saturating_add(verdict.stable_requests);
         match verdict.outcome {
-            Outcome::Fail => self.consecutive_failures += 1,
+            Outcome::Fail => {
+                self.consecutive_failures = self.consecutive_failures.saturating_add(1)
+            }
             Outcome::Pass => self.consecutive_failures = 0,
             Outcome::Inconclusive => {}
         }
@@ -881,5 +854,67 @@ mod tests {
         );
         assert_eq!(s.phase, Phase::RolledBack);
         assert!(e.contains(&Effect::PublishWeight(0)));
+    }
+
+    /// Issue 17: a hold of 2^64 ms and more was truncated by `as u64` (18446744073709552s
+    /// became 384 ms): a stage that must be held for ages was left after 1 s.
+    #[test]
+    fn a_huge_hold_is_never_truncated_to_a_short_one() {
+        let mut spec = spec(false);
+        // Past validation's bound on purpose: the machine must not wrap whatever it gets.
+        spec.stages[0].hold = std::time::Duration::from_secs(18_446_744_073_709_552);
+        let (s, _) = RolloutState::start(&spec, 0);
+        let pass = Input::Analysis(verdict(Outcome::Pass, false, false, 200));
+        let (s, e) = run(&spec, &s, pass, 1_000);
+        assert_eq!((s.stage, e.len()), (0, 0), "the hold is not over");
+        let late = Input::Analysis(verdict(Outcome::Pass, false, false, 200));
+        let (s, _) = run(&spec, &s, late, u64::MAX - 1);
+        assert_eq!(s.stage, 0, "not over at the end of time either");
+    }
+
+    #[test]
+    fn counts_saturate_instead_of_wrapping() {
+        let spec = spec(false);
+        let (mut s, _) = RolloutState::start(&spec, 0);
+        s.stage_canary_requests = u64::MAX - 1;
+        s.consecutive_failures = u32::MAX;
+        s.analyses = u64::MAX;
+        let (s, _) = run(
+            &spec,
+            &s,
+            Input::Analysis(verdict(Outcome::Inconclusive, false, false, 10)),
+            1,
+        );
+        assert_eq!(s.stage_canary_requests, u64::MAX);
+        assert_eq!(s.analyses, u64::MAX);
+    }
+
+    /// Issue 17: a state with stage 9 of a 4-stage spec, or weight_bp 20000, loaded and made
+    /// every `/filter-config` fail. The check names each field.
+    #[test]
+    fn a_state_that_does_not_fit_the_spec_is_refused_naming_the_fields() {
+        let spec = spec(false);
+        let (good, _) = RolloutState::start(&spec, 0);
+        assert_eq!(good.check(&spec), Ok(()));
+        let mut bad = good.clone();
+        bad.stage = 8;
+        bad.weight_bp = 20_000;
+        bad.rollout = "cart".into();
+        let fields: Vec<&str> = bad
+            .check(&spec)
+            .expect_err("refused")
+            .iter()
+            .map(|p| p.field)
+            .collect();
+        assert_eq!(fields, ["rollout", "stage", "weight_bp"]);
+        let mut shadowing = good;
+        shadowing.shadow = Some(shadow::ShadowState {
+            active: true,
+            ..Default::default()
+        });
+        assert_eq!(
+            shadowing.check(&spec).expect_err("no shadow phase")[0].field,
+            "shadow.active"
+        );
     }
 }

@@ -52,7 +52,7 @@ pub fn on_window(
     shadow.counts = shadow.counts.plus(window);
     let compared = shadow.counts.compared;
     let agreement = shadow.agreement_pct();
-    let held = now_ms.saturating_sub(shadow.started_ms) >= gate.hold.as_millis() as u64;
+    let held = now_ms.saturating_sub(shadow.started_ms) >= crate::spec::millis(gate.hold);
     let failure = if verdict.outcome == Outcome::Fail {
         Some(format!("the candidate regressed: {}", verdict.summary()))
     } else if compared < gate.min_compared || !held {
@@ -88,7 +88,7 @@ pub fn on_window(
             }
         }
         Some(reason) => {
-            shadow.gate_failures += 1;
+            shadow.gate_failures = shadow.gate_failures.saturating_add(1);
             shadow.gate = format!("failing: {reason}");
             let (n, limit) = (shadow.gate_failures, gate.failure_limit);
             if n >= limit || verdict.critical {

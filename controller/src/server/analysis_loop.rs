@@ -1,13 +1,19 @@
 //! The analysis loop: scrape → window → judge → step, once per `analysis.interval`, with the
 //! quota sentinel, pending user feedback and the `/status` and `/metrics` tallies on the way.
+//! The controller's mutex is held only to read and write its tallies and state, never while
+//! scraping or judging (the judge runs on a blocking thread): `/status`, commands and
+//! `/feedback` never wait behind a slow test, and `/filter-config` does not take the mutex
+//! at all.
+
+use std::sync::Arc;
 
 use crate::judge::{judge, Outcome};
 use crate::machine::Input;
 use crate::sources::StatsSource;
 use crate::spec::RolloutSpec;
-use crate::stats::window::Windower;
+use crate::stats::window::{Window, Windower};
 
-use super::{now_ms, Shared};
+use super::{now_ms, Controller, Shared};
 
 /// Every `analysis.interval`: read the sources, close the window, judge it, step the machine.
 pub(super) async fn run(
@@ -16,6 +22,7 @@ pub(super) async fn run(
     http: reqwest::Client,
     source: Box<dyn StatsSource>,
 ) {
+    let spec = Arc::new(spec);
     let mut windower = Windower::default();
     let mut last_close = std::time::Instant::now();
     let mut ticker = tokio::time::interval(spec.analysis.interval);
@@ -23,54 +30,57 @@ pub(super) async fn run(
     loop {
         ticker.tick().await;
         let readings = source.read(&http, &spec.name).await;
-        let mut c = controller.lock().await;
         let readable = readings.iter().filter(|r| r.result.is_ok()).count();
-        if readable > 0 {
-            c.proxies = readable;
-        }
-        for r in &readings {
-            if r.result.is_err() {
-                *c.source_errors.entry(r.source.clone()).or_default() += 1;
-            }
-        }
+        let failures: Vec<(String, &'static str)> = readings
+            .iter()
+            .filter_map(|r| Some((r.source.clone(), r.result.as_ref().err()?.reason)))
+            .collect();
         let mut window = windower.close(readings);
-        let window_ms = last_close.elapsed().as_millis() as u64;
+        let window_ms = u64::try_from(last_close.elapsed().as_millis()).unwrap_or(u64::MAX);
         last_close = std::time::Instant::now();
         for note in &window.notes {
             eprintln!("canaryctl: {note}");
         }
+        let (evidence, judged_stage) = {
+            let mut c = controller.lock().await;
+            if readable > 0 {
+                c.proxies = readable;
+            }
+            for failure in failures {
+                *c.source_errors.entry(failure).or_default() += 1;
+            }
+            if window.sources_counted > 0 {
+                tally(&mut c, &spec, &mut window, window_ms);
+            }
+            // The proxy count and the throttle are part of the served configuration.
+            c.publish();
+            (c.state.evidence.clone(), c.state.stage)
+        };
         if window.sources_counted == 0 {
             // Nothing measured: no verdict at all rather than an empty one.
             continue;
         }
-        if let Some(quota) = &spec.quota {
-            let s = &window.stats;
-            let tokens = [&s.stable.llm, &s.canary.llm]
-                .iter()
-                .map(|l| l.input_tokens + l.output_tokens)
-                .sum();
-            if let Some(change) = c.quota.observe(quota, tokens, window_ms, now_ms()) {
-                eprintln!(
-                    "canaryctl: {}: quota sentinel: {change:?} (quota {} tokens/min)",
-                    spec.name, quota.tokens_per_minute
-                );
+        let judged = {
+            let spec = spec.clone();
+            tokio::task::spawn_blocking(move || {
+                let verdict = judge(&window.stats, &evidence, &spec);
+                (verdict, window)
+            })
+            .await
+        };
+        let (verdict, window) = match judged {
+            Ok(judged) => judged,
+            Err(e) => {
+                eprintln!("canaryctl: the judge failed, window dropped: {e}");
+                continue;
             }
+        };
+        let mut c = controller.lock().await;
+        if c.state.stage != judged_stage {
+            // An operator moved the rollout on while the judge ran: this window's evidence
+            // belongs to the stage it left.
+            continue;
         }
-        let stats = &mut window.stats;
-        c.feedback
-            .drain_into(&mut stats.canary.llm, &mut stats.stable.llm);
-        let canary = &window.stats.canary;
-        c.breaker.trips += canary.breaker_trips;
-        c.breaker.diverted += canary.breaker_diverted;
-        c.breaker.open = canary.breaker_open;
-        for (name, t) in &window.stats.tiers {
-            let seen = c.tiers.entry(name.clone()).or_default();
-            seen.requests += t.requests;
-            seen.rq_5xx += t.rq_5xx;
-            seen.trips += t.trips;
-            (seen.open, seen.half_open) = (t.open, t.half_open);
-        }
-        let verdict = judge(&window.stats, &c.state.evidence, &spec);
         c.last_checks = verdict.checks.clone();
         *c.verdict_counts
             .entry(match verdict.outcome {
@@ -89,5 +99,37 @@ pub(super) async fn run(
                 eprintln!("canaryctl: could not save state, transition dropped: {e}");
             }
         }
+    }
+}
+
+/// A measured window's share of the controller's tallies: the quota sentinel, pending
+/// feedback (drained into the window), the breaker and fallback tier counts.
+fn tally(c: &mut Controller, spec: &RolloutSpec, window: &mut Window, window_ms: u64) {
+    if let Some(quota) = &spec.quota {
+        let s = &window.stats;
+        let tokens = [&s.stable.llm, &s.canary.llm]
+            .iter()
+            .map(|l| l.input_tokens.saturating_add(l.output_tokens))
+            .fold(0u64, u64::saturating_add);
+        if let Some(change) = c.quota.observe(quota, tokens, window_ms, now_ms()) {
+            eprintln!(
+                "canaryctl: {}: quota sentinel: {change:?} (quota {} tokens/min)",
+                spec.name, quota.tokens_per_minute
+            );
+        }
+    }
+    let stats = &mut window.stats;
+    c.feedback
+        .drain_into(&mut stats.canary.llm, &mut stats.stable.llm);
+    let canary = &window.stats.canary;
+    c.breaker.trips = c.breaker.trips.saturating_add(canary.breaker_trips);
+    c.breaker.diverted = c.breaker.diverted.saturating_add(canary.breaker_diverted);
+    c.breaker.open = canary.breaker_open;
+    for (name, t) in &window.stats.tiers {
+        let seen = c.tiers.entry(name.clone()).or_default();
+        seen.requests = seen.requests.saturating_add(t.requests);
+        seen.rq_5xx = seen.rq_5xx.saturating_add(t.rq_5xx);
+        seen.trips = seen.trips.saturating_add(t.trips);
+        (seen.open, seen.half_open) = (t.open, t.half_open);
     }
 }

@@ -82,28 +82,37 @@ pub(super) async fn status(State(app): State<AppState>) -> Json<serde_json::Valu
     Json(status_json(&c))
 }
 
+/// Reads the published snapshot, never the controller's mutex: a poll is answered while an
+/// analysis (or anything else) holds it.
 pub(super) async fn filter_config(State(app): State<AppState>, headers: HeaderMap) -> Response {
-    let mut c = app.controller.lock().await;
-    let etag = c.etag();
+    let served = app.served.borrow().clone();
+    if served.etag.is_empty() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no configuration published yet\n",
+        )
+            .into_response();
+    }
     if headers
         .get(header::IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v == etag)
+        .is_some_and(|v| v == served.etag)
     {
-        return (StatusCode::NOT_MODIFIED, [(header::ETAG, etag)]).into_response();
-    }
-    match c.filter_config_json() {
-        Ok(json) => (
-            StatusCode::OK,
-            [
-                (header::ETAG, etag),
-                (header::CONTENT_TYPE, "application/json".to_string()),
-            ],
-            json,
+        return (
+            StatusCode::NOT_MODIFIED,
+            [(header::ETAG, served.etag.clone())],
         )
-            .into_response(),
-        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+            .into_response();
     }
+    (
+        StatusCode::OK,
+        [
+            (header::ETAG, served.etag.clone()),
+            (header::CONTENT_TYPE, "application/json".to_string()),
+        ],
+        served.json.clone(),
+    )
+        .into_response()
 }
 
 /// `POST /feedback`: a user's thumbs up or down, counted for the version that user is on.

@@ -11,6 +11,8 @@ use crate::machine::Phase;
 use crate::stats::TierStats;
 
 const GAUGE: &str = "gauge";
+/// Every `reason` of a refused reading (`stats::window::ReadError`), each series from zero.
+const READ_FAILURES: [&str; 4] = ["unreachable", "unparsable", "missing_series", "invalid"];
 const COUNTER: &str = "counter";
 
 /// Each sample's labels after `rollout` (e.g. `,tier="lite"`) and its value; `None` when the
@@ -187,19 +189,27 @@ const FAMILIES: &[Family] = &[
     Family {
         name: "canary_controller_stats_source_errors_total",
         kind: COUNTER,
-        help: "Failed scrapes by source.",
+        help: "Readings refused by source and reason: unreachable (no answer, or not a success), unparsable (not stats), missing_series (the rollout's series absent), invalid (values no filter could have counted: NaN, beyond 2^64, more 5xx than requests, inconsistent histograms or shadow counts).",
         samples: |c| {
             let mut sources: std::collections::BTreeSet<&str> =
                 c.source_names.iter().map(String::as_str).collect();
-            sources.extend(c.source_errors.keys().map(String::as_str));
-            let errors = |s: &str| c.source_errors.get(s).copied().unwrap_or(0);
-            Some(
-                sources
-                    .into_iter()
-                    .map(|s| (format!(",source=\"{s}\""), errors(s).to_string()))
-                    .collect(),
-            )
+            sources.extend(c.source_errors.keys().map(|(s, _)| s.as_str()));
+            let mut out = Vec::new();
+            for source in sources {
+                for reason in READ_FAILURES {
+                    let key = (source.to_string(), reason);
+                    let n = c.source_errors.get(&key).copied().unwrap_or(0);
+                    out.push((format!(",source=\"{source}\",reason=\"{reason}\""), n.to_string()));
+                }
+            }
+            Some(out)
         },
+    },
+    Family {
+        name: "canary_controller_config_refused_total",
+        kind: COUNTER,
+        help: "Filter configurations built from the spec that the contract's validator refused; the last good one, with the new weight, was served instead.",
+        samples: |c| one(c.config_refused),
     },
     Family {
         name: "canary_controller_check_value",
@@ -240,7 +250,7 @@ const FAMILIES: &[Family] = &[
 ];
 
 /// The text of `/metrics`.
-fn render(c: &Controller) -> String {
+pub(super) fn render(c: &Controller) -> String {
     let r = &c.spec.name;
     let mut out = String::new();
     for family in FAMILIES {

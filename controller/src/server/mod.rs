@@ -5,7 +5,10 @@
 //!
 //! Every change of state goes through one mutex, is saved before it becomes visible, and the
 //! filter configuration served at `/filter-config` is derived from the saved state, so a
-//! restarted controller serves exactly what it served before.
+//! restarted controller serves exactly what it served before. That configuration is
+//! published as a snapshot ([`publication::Served`], in a `watch` channel) after each
+//! change: polls read it without the mutex, so they never wait behind an analysis (nor does
+//! the analysis loop hold the mutex while it scrapes or judges).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -26,6 +29,8 @@ mod analysis_loop;
 mod api;
 mod metrics;
 mod publication;
+#[cfg(test)]
+mod tests;
 
 pub struct ServeOptions {
     pub listen: SocketAddr,
@@ -39,14 +44,20 @@ struct Controller {
     state: RolloutState,
     store: StateStore,
     verdict_counts: BTreeMap<&'static str, u64>,
-    source_errors: BTreeMap<String, u64>,
+    /// Failed readings by source and reason (see `stats::window::ReadError`).
+    source_errors: BTreeMap<(String, &'static str), u64>,
     breaker: BreakerSeen,
     /// The fallback chain's tiers as the analysis windows saw them: counters summed since
     /// this process started, breaker gauges as at the end of the last window.
     tiers: BTreeMap<String, crate::stats::TierStats>,
-    /// The served filter configuration and the config version it was built for: every
-    /// proxy fetches the same bytes after a change, so they are built once per change.
-    published: Option<(String, String)>,
+    /// The served filter configuration: every proxy fetches the same bytes after a change,
+    /// so they are built once per change and published here ([`Controller::publish`]).
+    served: tokio::sync::watch::Sender<std::sync::Arc<publication::Served>>,
+    /// The last configuration published that the contract's validator accepted (the
+    /// fallback's base if the spec's own is ever refused).
+    last_good: Option<canary_contract::FilterConfig>,
+    /// Configurations built from the spec that the validator refused (for /metrics).
+    config_refused: u64,
     /// Weights served over time, for ratings that arrive late.
     weights: crate::feedback::WeightHistory,
     /// Ratings not yet in an analysis window.
@@ -79,6 +90,8 @@ type Shared = Arc<Mutex<Controller>>;
 #[derive(Clone)]
 struct AppState {
     controller: Shared,
+    /// The published filter configuration, read without the controller's mutex.
+    served: tokio::sync::watch::Receiver<Arc<publication::Served>>,
     token: Option<Arc<String>>,
     http: reqwest::Client,
 }
@@ -90,6 +103,40 @@ pub fn now_ms() -> u64 {
 }
 
 impl Controller {
+    /// A controller for `spec` in `state`, its configuration published at once; the
+    /// receiving end of the publication is for the API.
+    fn new(
+        spec: RolloutSpec,
+        state: RolloutState,
+        store: StateStore,
+    ) -> (
+        Controller,
+        tokio::sync::watch::Receiver<Arc<publication::Served>>,
+    ) {
+        let (served, receiver) = tokio::sync::watch::channel(Arc::default());
+        let mut c = Controller {
+            proxies: spec.sources.envoy_admin.len().max(1),
+            spec,
+            state,
+            store,
+            verdict_counts: BTreeMap::new(),
+            source_errors: BTreeMap::new(),
+            breaker: BreakerSeen::default(),
+            tiers: BTreeMap::new(),
+            served,
+            last_good: None,
+            config_refused: 0,
+            weights: crate::feedback::WeightHistory::default(),
+            feedback: crate::feedback::PendingFeedback::default(),
+            feedback_total: BTreeMap::new(),
+            last_checks: Vec::new(),
+            quota: crate::machine::quota::Sentinel::default(),
+            source_names: Vec::new(),
+        };
+        c.publish();
+        (c, receiver)
+    }
+
     /// Carries out a transition: save first, then notify (publication is the saved state).
     fn apply(
         &mut self,
@@ -116,6 +163,7 @@ impl Controller {
                 }
             }
         }
+        self.publish();
         Ok(())
     }
 }
@@ -126,30 +174,15 @@ pub async fn serve(spec: RolloutSpec, options: ServeOptions) -> anyhow::Result<(
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(2))
         .build()?;
-    let (state, start_effects) = match store.load()? {
+    // A saved state that does not fit the spec stops the start, the file untouched.
+    let (state, start_effects) = match store.load_for(&spec)? {
         Some(state) => (state, None),
         None => {
             let (state, effects) = RolloutState::start(&spec, now_ms());
             (state, Some(effects))
         }
     };
-    let mut c = Controller {
-        spec: spec.clone(),
-        state: state.clone(),
-        store,
-        verdict_counts: BTreeMap::new(),
-        source_errors: BTreeMap::new(),
-        breaker: BreakerSeen::default(),
-        tiers: BTreeMap::new(),
-        published: None,
-        weights: crate::feedback::WeightHistory::default(),
-        feedback: crate::feedback::PendingFeedback::default(),
-        feedback_total: BTreeMap::new(),
-        last_checks: Vec::new(),
-        quota: crate::machine::quota::Sentinel::default(),
-        proxies: spec.sources.envoy_admin.len().max(1),
-        source_names: Vec::new(),
-    };
+    let (mut c, served) = Controller::new(spec.clone(), state.clone(), store);
     let source = sources::from_spec(&spec.sources);
     c.source_names = source.names();
     c.weights
@@ -169,6 +202,7 @@ pub async fn serve(spec: RolloutSpec, options: ServeOptions) -> anyhow::Result<(
     let controller = Arc::new(Mutex::new(c));
     let app = AppState {
         controller: controller.clone(),
+        served,
         token: options.token.map(Arc::new),
         http: http.clone(),
     };

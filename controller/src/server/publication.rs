@@ -1,33 +1,65 @@
 //! Publication: the filter configuration served at `/filter-config` (built once per change
 //! from the saved state, with the quota sentinel's throttle and the per-user allowances
-//! divided among the proxies) and the webhooks that hear about events.
+//! divided among the proxies, validated by the contract as the filters validate it) and the
+//! webhooks that hear about events.
 
-use canary_contract::FilterConfig;
+use std::sync::Arc;
+
+use canary_contract::{FilterConfig, RolloutConfig};
 use serde_json::json;
 
 use super::Controller;
 use crate::machine::Event;
-use crate::spec::quota::PerUser;
+use crate::spec::Serving;
+
+/// The configuration `/filter-config` serves and its ETag. The default (empty ETag) is
+/// "nothing published yet".
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(super) struct Served {
+    pub etag: String,
+    pub json: axum::body::Bytes,
+}
 
 impl Controller {
-    /// The filter configuration for the current weight, as JSON.
-    pub(super) fn filter_config_json(&mut self) -> Result<String, crate::spec::SpecErrors> {
+    /// Publishes the filter configuration for the current state, if its ETag changed. The
+    /// filters refuse a configuration their validator refuses, and then no later weight
+    /// reaches them: so the contract's validator runs here, and a refused configuration is
+    /// never published (see [`fallback`]).
+    pub(super) fn publish(&mut self) {
         let etag = self.etag();
-        if let Some((built_for, json)) = &self.published {
-            if *built_for == etag {
-                return Ok(json.clone());
+        if self.served.borrow().etag == etag {
+            return;
+        }
+        let serving = Serving {
+            weight_bp: self.state.weight_bp,
+            shadowing: self.state.in_shadow(),
+            throttled: self.quota.throttled,
+            proxies: self.proxies,
+        };
+        let config = match self.spec.served_config(&serving) {
+            Ok(config) => config,
+            Err(e) => {
+                self.config_refused += 1;
+                eprintln!(
+                    "canaryctl: {}: the filters would refuse the configuration for weight {}                      ({e}); serving the last good one with that weight instead",
+                    self.spec.name,
+                    crate::machine::pct(serving.weight_bp)
+                );
+                match fallback(self.last_good.as_ref(), &self.spec.name, &serving) {
+                    Some(config) => config,
+                    None => {
+                        eprintln!(
+                            "canaryctl: {}: no valid configuration at all; still serving the                              previous one",
+                            self.spec.name
+                        );
+                        return;
+                    }
+                }
             }
-        }
-        let mut config = self
-            .spec
-            .filter_config(self.state.weight_bp, self.state.in_shadow())?;
-        if let Some(per_user) = self.spec.quota.as_ref().and_then(|q| q.per_user.as_ref()) {
-            apply_per_user(&mut config, per_user, self.proxies);
-        }
-        apply_throttle(&mut config, self.quota.throttled);
-        let json = config.to_json();
-        self.published = Some((etag, json.clone()));
-        Ok(json)
+        };
+        let json = config.to_json().into();
+        self.last_good = Some(config);
+        self.served.send_replace(Arc::new(Served { etag, json }));
     }
 
     /// The served configuration's ETag: the config version, plus the proxy count per-user
@@ -73,75 +105,29 @@ impl Controller {
     }
 }
 
-/// Publishes the throttle into a filter configuration (the rollout's `rate_limit.throttled`).
-pub fn apply_throttle(config: &mut FilterConfig, throttled: bool) {
-    if !throttled {
-        return;
-    }
-    for rollout in &mut config.rollouts {
-        rollout
-            .rate_limit
-            .get_or_insert_with(Default::default)
-            .throttled = true;
-    }
-}
-
-/// Publishes each user's fleet allowance divided among `proxies` (rounded up: a user on
-/// one proxy may exceed the allowance slightly rather than be refused below it).
-pub fn apply_per_user(config: &mut FilterConfig, per_user: &PerUser, proxies: usize) {
-    let proxies = proxies.max(1) as u64;
-    for rollout in &mut config.rollouts {
-        let limit = rollout.rate_limit.get_or_insert_with(Default::default);
-        if let Some(t) = per_user.tokens_per_minute {
-            limit.tokens_per_minute = Some(t.div_ceil(proxies));
+/// A configuration the filters accept that carries `serving.weight_bp`, for when the spec's
+/// own is refused (spec validation makes that impossible; this is the defence, so that a
+/// rollback always reaches the proxies): the last good configuration with the new weight
+/// (the same key sources, salt and lists, so users stay where the ramp put them; the shadow
+/// copy dropped once out of the shadow phase), or, before any, a rollout of just its name and
+/// weight. `None` only if neither validates.
+pub(super) fn fallback(
+    last_good: Option<&FilterConfig>,
+    name: &str,
+    serving: &Serving,
+) -> Option<FilterConfig> {
+    let with_weight = last_good.cloned().map(|mut config| {
+        for rollout in &mut config.rollouts {
+            rollout.weight_bp = serving.weight_bp;
+            if !serving.shadowing {
+                rollout.shadow = None;
+            }
         }
-        if let Some(r) = per_user.requests_per_minute {
-            limit.requests_per_minute = Some(r.div_ceil(proxies));
-        }
-        // The estimate must fit the smaller bucket.
-        if let Some(t) = limit.tokens_per_minute {
-            limit.estimate_tokens = limit.estimate_tokens.min(t);
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_throttle_is_published_in_the_rollout() {
-        let mut c = canary_contract::FilterConfig::new(vec![canary_contract::RolloutConfig::new(
-            "chat", 500,
-        )]);
-        apply_throttle(&mut c, false);
-        assert_eq!(c.rollouts[0].rate_limit, None);
-        apply_throttle(&mut c, true);
-        let again =
-            canary_contract::FilterConfig::from_json(c.to_json().as_bytes()).expect("valid");
-        assert!(again.rollouts[0]
-            .rate_limit
-            .as_ref()
-            .is_some_and(|r| r.throttled));
-    }
-
-    #[test]
-    fn a_fleet_allowance_is_divided_among_the_proxies() {
-        let mut c = canary_contract::FilterConfig::new(vec![canary_contract::RolloutConfig::new(
-            "chat", 0,
-        )]);
-        let per_user = PerUser {
-            tokens_per_minute: Some(10_000),
-            requests_per_minute: Some(10),
-        };
-        apply_per_user(&mut c, &per_user, 3);
-        let r = c.rollouts[0].rate_limit.clone().expect("published");
-        assert_eq!(
-            (r.tokens_per_minute, r.requests_per_minute),
-            (Some(3_334), Some(4))
-        );
-        apply_per_user(&mut c, &per_user, 0);
-        let r = c.rollouts[0].rate_limit.clone().expect("published");
-        assert_eq!(r.requests_per_minute, Some(10), "no proxy known: as one");
-    }
+        config
+    });
+    let minimal = FilterConfig::new(vec![RolloutConfig::new(name, serving.weight_bp)]);
+    with_weight
+        .into_iter()
+        .chain([minimal])
+        .find(|config| config.validate().is_ok())
 }

@@ -6,7 +6,7 @@ use futures::FutureExt;
 
 use super::StatsSource;
 use crate::stats::parse_envoy_prometheus;
-use crate::stats::window::Reading;
+use crate::stats::window::{ReadError, Reading};
 
 pub struct EnvoyAdmin {
     /// e.g. `http://127.0.0.1:9901`.
@@ -34,13 +34,15 @@ impl StatsSource for EnvoyAdmin {
 
 async fn read_one(http: &reqwest::Client, source: &str, rollout: &str) -> Reading {
     let url = format!("{}/stats/prometheus", source.trim_end_matches('/'));
+    let unreachable = |e: reqwest::Error| ReadError::unreachable(e.to_string());
     let result = async {
-        let response = http.get(&url).send().await.map_err(|e| e.to_string())?;
+        let response = http.get(&url).send().await.map_err(unreachable)?;
         if !response.status().is_success() {
-            return Err(format!("{url} returned {}", response.status()));
+            let status = response.status();
+            return Err(ReadError::unreachable(format!("{url} returned {status}")));
         }
-        let text = response.text().await.map_err(|e| e.to_string())?;
-        parse_envoy_prometheus(&text, rollout).map_err(|e| e.to_string())
+        let text = response.text().await.map_err(unreachable)?;
+        Ok(parse_envoy_prometheus(&text, rollout)?)
     }
     .await;
     Reading {

@@ -7,8 +7,8 @@ use futures::future::BoxFuture;
 use futures::FutureExt;
 
 use super::StatsSource;
-use crate::stats::window::Reading;
-use crate::stats::{parse_prometheus_query, prometheus_query};
+use crate::stats::window::{ReadError, Reading};
+use crate::stats::{parse_prometheus_query_per_instance, prometheus_query};
 
 pub struct Prometheus {
     /// e.g. `http://prometheus.istio-system:9090`.
@@ -41,6 +41,7 @@ impl Prometheus {
             .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
             .unwrap_or(Duration::ZERO);
         let url = format!("{}/api/v1/query", self.url.trim_end_matches('/'));
+        let unreachable = |e: reqwest::Error| ReadError::unreachable(e.to_string());
         let result = async {
             let response = http
                 .get(&url)
@@ -50,24 +51,25 @@ impl Prometheus {
                 ])
                 .send()
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(unreachable)?;
             let status = response.status();
-            let body = response.bytes().await.map_err(|e| e.to_string())?;
+            let body = response.bytes().await.map_err(unreachable)?;
             if !status.is_success() {
-                return Err(format!(
+                return Err(ReadError::unreachable(format!(
                     "{url} returned {status}: {}",
                     String::from_utf8_lossy(&body)
-                ));
+                )));
             }
-            parse_prometheus_query(&body, rollout).map_err(|e| e.to_string())
+            Ok(parse_prometheus_query_per_instance(&body, rollout)?)
         }
         .await;
         match result {
+            // An Envoy whose series are invalid is refused on its own; the others count.
             Ok(per_instance) => per_instance
                 .into_iter()
                 .map(|(instance, stats)| Reading {
                     source: format!("prometheus/{instance}"),
-                    result: Ok(stats),
+                    result: stats.map_err(ReadError::from),
                 })
                 .collect(),
             Err(e) => vec![Reading {

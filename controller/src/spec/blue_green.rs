@@ -109,6 +109,13 @@ pub fn validate(spec: &RolloutSpec, errors: &mut Vec<SpecError>) {
             "not with strategy: blue_green (there is one flip)",
         );
     }
+    // verify_hold is checked as the first stage's hold.
+    super::check_duration(
+        errors,
+        "blue_green.keep_old_for",
+        options.keep_old_for,
+        super::MAX_HOLD,
+    );
 }
 
 #[cfg(test)]

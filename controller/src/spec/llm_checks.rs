@@ -216,8 +216,8 @@ impl LlmChecks {
         if not_a_multiple(c.max_relative_increase) {
             push("cost.max_relative_increase", "must be at least 1");
         }
-        if c.critical_relative_increase.is_nan()
-            || c.critical_relative_increase <= c.max_relative_increase
+        if !(c.critical_relative_increase.is_finite()
+            && c.critical_relative_increase > c.max_relative_increase)
         {
             push(
                 "cost.critical_relative_increase",
@@ -283,7 +283,8 @@ impl LlmChecks {
     }
 }
 
-/// True when `x` is NOT a valid multiple (at least 1): the validation's error condition.
+/// True when `x` is NOT a valid multiple (finite, at least 1): the validation's error
+/// condition.
 fn not_a_multiple(x: f64) -> bool {
-    x.is_nan() || x < 1.0
+    !super::is_multiple(x)
 }

@@ -20,6 +20,8 @@ pub mod llm_checks;
 pub mod quota;
 pub mod shadow;
 
+pub use filter::Serving;
+
 /// A problem with one field of the spec.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{field}: {reason}")]
@@ -32,6 +34,39 @@ pub struct SpecError {
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("invalid rollout spec: {}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
 pub struct SpecErrors(pub Vec<SpecError>);
+
+/// Longest hold, verification or keep time a spec may give: longer is a typo, and a bound
+/// keeps every duration far inside the milliseconds of a `u64` (see [`millis`]).
+pub const MAX_HOLD: Duration = Duration::from_secs(365 * 24 * 3600);
+/// Longest analysis interval and Prometheus lag.
+pub const MAX_INTERVAL: Duration = Duration::from_secs(24 * 3600);
+
+/// `d` in whole milliseconds, saturating (where `as_millis() as u64` truncates: 2^64 ms and
+/// more wrap around to a short time).
+pub fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Refuses a duration above `max`, naming the field.
+pub(crate) fn check_duration(errors: &mut Vec<SpecError>, field: &str, d: Duration, max: Duration) {
+    if d > max {
+        errors.push(SpecError {
+            field: field.into(),
+            reason: format!(
+                "must be at most {}s ({} days), got {}s",
+                max.as_secs(),
+                max.as_secs() / 86_400,
+                d.as_secs()
+            ),
+        });
+    }
+}
+
+/// A finite `x` of at least 1: a "multiple of stable's" threshold (NaN and ∞ compare false
+/// with every bound, so each must be refused explicitly or it passes every check).
+pub(crate) fn is_multiple(x: f64) -> bool {
+    x.is_finite() && x >= 1.0
+}
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -83,6 +118,7 @@ pub struct Stage {
 
 impl Stage {
     pub fn weight_bp(&self) -> u32 {
+        // `as` saturates (NaN gives 0): validation refuses anything out of range.
         (self.weight_pct * 100.0).round() as u32
     }
 }
@@ -291,6 +327,7 @@ impl RolloutSpec {
 
     pub fn validate(&self) -> Result<(), SpecErrors> {
         let mut errors = Vec::new();
+        let mut durations = Vec::new();
         let mut push = |field: String, reason: String| errors.push(SpecError { field, reason });
         if self.stages.is_empty() {
             push("stages".into(), "at least one stage is needed".into());
@@ -326,6 +363,36 @@ impl RolloutSpec {
         if self.analysis.interval < Duration::from_millis(100) {
             push("analysis.interval".into(), "must be at least 100ms".into());
         }
+        for (i, stage) in self.stages.iter().enumerate() {
+            // A blue-green spec's first stage is its verification, given as verify_hold.
+            let field = match blue_green::options(self) {
+                Some(_) if i == 0 => "blue_green.verify_hold".to_string(),
+                _ => format!("stages[{i}].hold"),
+            };
+            check_duration(&mut durations, &field, stage.hold, MAX_HOLD);
+        }
+        check_duration(
+            &mut durations,
+            "analysis.interval",
+            self.analysis.interval,
+            MAX_INTERVAL,
+        );
+        if let Some(deadline) = self.analysis.progress_deadline {
+            check_duration(
+                &mut durations,
+                "analysis.progress_deadline",
+                deadline,
+                MAX_HOLD,
+            );
+        }
+        if let Some(p) = &self.sources.prometheus {
+            check_duration(
+                &mut durations,
+                "sources.prometheus.lag",
+                p.lag,
+                MAX_INTERVAL,
+            );
+        }
         if self.analysis.failure_limit == 0 {
             push("analysis.failure_limit".into(), "must be at least 1".into());
         }
@@ -339,10 +406,16 @@ impl RolloutSpec {
                 "must be in (0, 1]".into(),
             );
         }
-        if !(e.max_relative_increase > 1.0 && e.max_relative_increase <= 100.0) {
+        if !(e.max_relative_increase.is_finite()
+            && e.max_relative_increase > 1.0
+            && e.max_relative_increase <= 100.0)
+        {
             push(
                 "checks.error_rate.max_relative_increase".into(),
-                "must be more than 1 and at most 100".into(),
+                format!(
+                    "must be a finite number more than 1 and at most 100, got {}",
+                    e.max_relative_increase
+                ),
             );
         }
         for (i, l) in self.checks.latency.iter().enumerate() {
@@ -352,17 +425,23 @@ impl RolloutSpec {
                     "must be in (0, 1), e.g. 0.99".into(),
                 );
             }
-            if !(l.max_relative_increase > 1.0 && l.max_relative_increase <= 100.0) {
+            if !(l.max_relative_increase.is_finite()
+                && l.max_relative_increase > 1.0
+                && l.max_relative_increase <= 100.0)
+            {
                 push(
                     format!("checks.latency[{i}].max_relative_increase"),
-                    "must be more than 1 and at most 100".into(),
+                    format!(
+                        "must be a finite number more than 1 and at most 100, got {}",
+                        l.max_relative_increase
+                    ),
                 );
             }
         }
         if self
             .analysis
             .progress_deadline
-            .is_some_and(|d| d < self.analysis.interval)
+            .is_some_and(|d| d < self.analysis.interval && self.analysis.interval <= MAX_INTERVAL)
         {
             push(
                 "analysis.progress_deadline".into(),
@@ -430,6 +509,19 @@ impl RolloutSpec {
         }
         shadow::validate(self, &mut errors);
         blue_green::validate(self, &mut errors);
+        errors.extend(durations);
+        // What `/filter-config` will serve, throttle and per-user allowances included, must
+        // be what a filter accepts, or no weight change (rollbacks included) would reach the
+        // proxies. One error per field: the checks above may have named it already.
+        for serving in Serving::worst_cases(self) {
+            if let Err(e) = self.served_config(&serving) {
+                for e in e.0 {
+                    if !errors.iter().any(|known| known.field == e.field) {
+                        errors.push(e);
+                    }
+                }
+            }
+        }
         if errors.is_empty() {
             Ok(())
         } else {
@@ -565,6 +657,180 @@ mod tests {
                 err.0.iter().any(|e| e.field.starts_with(field)),
                 "{yaml}: expected an error on {field}, got {err}"
             );
+        }
+    }
+
+    /// Issue 17: NaN (and ±∞) compare false with every bound, so `x < 1.0` let them through;
+    /// with a NaN latency limit a canary 10× slower passed.
+    #[test]
+    fn non_finite_numbers_are_refused_naming_the_field() {
+        let llm = "filter: {llm: {}}\n";
+        let cases: &[(&str, &str)] = &[
+            (
+                "checks: {error_rate: {max_absolute: V}}",
+                "checks.error_rate.max_absolute",
+            ),
+            (
+                "checks: {error_rate: {max_relative_increase: V}}",
+                "checks.error_rate.max_relative_increase",
+            ),
+            (
+                "checks: {latency: [{quantile: V, max_relative_increase: 2}]}",
+                "checks.latency[0].quantile",
+            ),
+            (
+                "checks: {latency: [{quantile: 0.9, max_relative_increase: V}]}",
+                "checks.latency[0].max_relative_increase",
+            ),
+            ("checks: {critical: {alpha: V}}", "checks.critical.alpha"),
+            ("analysis: {alpha: V}", "analysis.alpha"),
+            (
+                "stages: [{weight_pct: V}, {weight_pct: 100}]",
+                "stages[0].weight_pct",
+            ),
+            (
+                "checks: {llm: {cost: {max_relative_increase: V}}}",
+                "checks.llm.cost.max_relative_increase",
+            ),
+            (
+                "checks: {llm: {cost: {critical_relative_increase: V}}}",
+                "checks.llm.cost.critical_relative_increase",
+            ),
+            (
+                "checks: {llm: {refusals: {max_relative_increase: V}}}",
+                "checks.llm.refusals.max_relative_increase",
+            ),
+            (
+                "checks: {llm: {refusals: {stable_rate_floor: V}}}",
+                "checks.llm.refusals.stable_rate_floor",
+            ),
+            (
+                "checks: {llm: {quality: {max_relative_decrease: V}}}",
+                "checks.llm.quality.max_relative_decrease",
+            ),
+            (
+                "checks: {llm: {task_success: {min_absolute: V}}}",
+                "checks.llm.task_success.min_absolute",
+            ),
+            (
+                "checks: {llm: {thumbs_down: {max_relative_increase: V}}}",
+                "checks.llm.thumbs_down.max_relative_increase",
+            ),
+            (
+                "checks: {llm: {thumbs_down: {max_absolute: V}}}",
+                "checks.llm.thumbs_down.max_absolute",
+            ),
+            (
+                "checks: {llm: {thumbs_down: {stable_rate_floor: V}}}",
+                "checks.llm.thumbs_down.stable_rate_floor",
+            ),
+            (
+                "checks: {llm: {ttft: {quantile: V}}}",
+                "checks.llm.ttft.quantile",
+            ),
+            (
+                "checks: {llm: {ttft: {max_relative_increase: V}}}",
+                "checks.llm.ttft.max_relative_increase",
+            ),
+            (
+                "checks: {llm: {eval: {max_relative_decrease: V}}}",
+                "checks.llm.eval.max_relative_decrease",
+            ),
+            (
+                "quota: {tokens_per_minute: 100, activate_share: V}",
+                "quota.activate_share",
+            ),
+            (
+                "quota: {tokens_per_minute: 100, clear_share: V}",
+                "quota.clear_share",
+            ),
+            (
+                "shadow: {copy: {cluster: c}, min_agreement_pct: V}",
+                "shadow.min_agreement_pct",
+            ),
+        ];
+        for (template, field) in cases {
+            for value in [".nan", ".inf", "-.inf"] {
+                let yaml = format!("{MINIMAL}{llm}{}\n", template.replace('V', value));
+                let err = RolloutSpec::from_yaml(&yaml).expect_err(&yaml);
+                assert!(
+                    err.0.iter().any(|e| e.field == *field),
+                    "{yaml}: expected an error on {field}, got {err}"
+                );
+            }
+        }
+    }
+
+    /// Issue 17: `hold: 18446744073709552s` is 2^64 ms and a bit: `as_millis() as u64` made it
+    /// 384 ms and the rollout was promoted after 1 s. Durations are bounded, the field named.
+    #[test]
+    fn durations_are_bounded_naming_the_field() {
+        let huge = "18446744073709552s";
+        let cases = [
+            (
+                format!("stages: [{{weight_pct: 5, hold: {huge}}}, {{weight_pct: 100}}]"),
+                "stages[0].hold",
+            ),
+            (
+                "stages: [{weight_pct: 5, hold: 366days}, {weight_pct: 100}]".to_string(),
+                "stages[0].hold",
+            ),
+            (
+                format!("analysis: {{interval: {huge}}}"),
+                "analysis.interval",
+            ),
+            (
+                format!("filter: {{llm: {{}}}}\nshadow: {{copy: {{cluster: c}}, hold: {huge}}}"),
+                "shadow.hold",
+            ),
+            (
+                format!("strategy: blue_green\nblue_green: {{verify_hold: {huge}}}"),
+                "blue_green.verify_hold",
+            ),
+            (
+                format!("strategy: blue_green\nblue_green: {{keep_old_for: {huge}}}"),
+                "blue_green.keep_old_for",
+            ),
+        ];
+        for (extra, field) in &cases {
+            let yaml = format!("{MINIMAL}{extra}\n");
+            let err = RolloutSpec::from_yaml(&yaml).expect_err(&yaml);
+            assert_eq!(
+                err.0.iter().map(|e| e.field.as_str()).collect::<Vec<_>>(),
+                [*field],
+                "{yaml}: {err}"
+            );
+        }
+        let prom =
+            format!("name: a\nsources: {{prometheus: {{url: \"http://p\", lag: {huge}}}}}\n");
+        let err = RolloutSpec::from_yaml(&prom).expect_err("lag");
+        assert_eq!(err.0[0].field, "sources.prometheus.lag");
+        let year =
+            format!("{MINIMAL}stages: [{{weight_pct: 5, hold: 365days}}, {{weight_pct: 100}}]\n");
+        RolloutSpec::from_yaml(&year).expect("a year is allowed");
+        assert_eq!(
+            millis(Duration::from_secs(18_446_744_073_709_552)),
+            u64::MAX
+        );
+        assert_eq!(millis(Duration::from_millis(1_500)), 1_500);
+    }
+
+    /// Issue 17: `quota.per_user.tokens_per_minute: 2000000000000` was accepted, and every
+    /// `/filter-config` after it was refused by every filter. The served configuration (per
+    /// proxy, throttle included) is validated by the contract at load, the spec's field named.
+    #[test]
+    fn a_spec_whose_served_config_a_filter_refuses_is_refused() {
+        let yaml = format!(
+            "{MINIMAL}filter: {{llm: {{}}}}\nquota: {{tokens_per_minute: 100, per_user: {{tokens_per_minute: 2000000000000}}}}\n"
+        );
+        let err = RolloutSpec::from_yaml(&yaml).expect_err("the filter would refuse it");
+        assert_eq!(err.0.len(), 1, "{err}");
+        assert_eq!(err.0[0].field, "quota.per_user.tokens_per_minute", "{err}");
+        assert!(err.0[0].reason.contains("2000000000000"), "{err}");
+        let ok = yaml.replace("2000000000000", "1000000000000");
+        let spec = RolloutSpec::from_yaml(&ok).expect("at the filter's limit");
+        for serving in Serving::worst_cases(&spec) {
+            spec.served_config(&serving).expect("served as validated");
         }
     }
 }

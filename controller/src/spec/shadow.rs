@@ -68,6 +68,7 @@ pub fn validate(spec: &RolloutSpec, errors: &mut Vec<SpecError>) {
             "is set by the controller during the shadow phase (use shadow.copy)".into(),
         );
     }
+    super::check_duration(errors, "shadow.hold", s.hold, super::MAX_HOLD);
 }
 
 #[cfg(test)]

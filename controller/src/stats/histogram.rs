@@ -51,19 +51,16 @@ impl Histogram {
         self.count.saturating_sub(at_or_below)
     }
 
-    /// `self - earlier`, or `None` if any bucket went down (the counters restarted).
+    /// `self - earlier`, or `None` if any bucket went down (the counters restarted). A bound
+    /// of `self` that `earlier` lacks counts from zero.
     pub fn minus(&self, earlier: &Histogram) -> Option<Histogram> {
         if earlier.count > self.count {
             return None;
         }
+        let mut before = BoundCursor::new(&earlier.buckets);
         let mut buckets = Vec::with_capacity(self.buckets.len());
         for &(bound, cumulative) in &self.buckets {
-            let before = earlier
-                .buckets
-                .iter()
-                .find(|(b, _)| *b == bound)
-                .map_or(0, |(_, c)| *c);
-            buckets.push((bound, cumulative.checked_sub(before)?));
+            buckets.push((bound, cumulative.checked_sub(before.at(bound))?));
         }
         Some(Histogram {
             buckets,
@@ -72,27 +69,46 @@ impl Histogram {
         })
     }
 
+    /// `self + other` over `self`'s bounds (a bound only `other` has is left out, as all
+    /// Envoys of a fleet share their bounds); saturating, never wrapping.
     pub fn plus(&self, other: &Histogram) -> Histogram {
         if self.buckets.is_empty() {
             return other.clone();
         }
+        let mut theirs = BoundCursor::new(&other.buckets);
         let buckets = self
             .buckets
             .iter()
-            .map(|&(bound, c)| {
-                let o = other
-                    .buckets
-                    .iter()
-                    .find(|(b, _)| *b == bound)
-                    .map_or(0, |(_, c)| *c);
-                (bound, c + o)
-            })
+            .map(|&(bound, c)| (bound, c.saturating_add(theirs.at(bound))))
             .collect();
         Histogram {
             buckets,
-            count: self.count + other.count,
+            count: self.count.saturating_add(other.count),
             sum_ms: self.sum_ms + other.sum_ms,
         }
+    }
+}
+
+/// Walks buckets in ascending bound order alongside another histogram's, so looking up each
+/// bound is a merge step: linear over both, where a search per bucket was quadratic.
+struct BoundCursor<'a> {
+    buckets: std::iter::Peekable<std::slice::Iter<'a, (f64, u64)>>,
+}
+
+impl<'a> BoundCursor<'a> {
+    fn new(buckets: &'a [(f64, u64)]) -> Self {
+        BoundCursor {
+            buckets: buckets.iter().peekable(),
+        }
+    }
+
+    /// The cumulative count at exactly `bound`, 0 if there is no such bucket; `bound`s must
+    /// come in ascending order (the parsers sort the buckets and refuse unordered ones).
+    fn at(&mut self, bound: f64) -> u64 {
+        while self.buckets.next_if(|(b, _)| *b < bound).is_some() {}
+        self.buckets
+            .next_if(|(b, _)| *b == bound)
+            .map_or(0, |(_, c)| *c)
     }
 }
 
@@ -113,5 +129,58 @@ mod tests {
         assert_eq!(Histogram::default().quantile(0.99), None);
         assert_eq!(h.count_above(10.0), 50);
         assert_eq!(h.count_above(11.0), 0);
+    }
+
+    fn cumulative(bounds: usize, per_bucket: u64) -> Histogram {
+        let mut buckets: Vec<(f64, u64)> = (1..bounds)
+            .map(|i| (i as f64, i as u64 * per_bucket))
+            .collect();
+        let count = bounds as u64 * per_bucket;
+        buckets.push((f64::INFINITY, count));
+        Histogram {
+            buckets,
+            count,
+            sum_ms: (count * 3) as f64,
+        }
+    }
+
+    #[test]
+    fn minus_then_plus_is_the_identity() {
+        let earlier = cumulative(20, 3);
+        let now = cumulative(20, 7);
+        let delta = now.minus(&earlier).expect("no restart");
+        assert_eq!(delta.plus(&earlier), now);
+        assert_eq!(earlier.plus(&delta), now);
+        // From nothing (a first window) and with a bound the earlier reading lacks.
+        assert_eq!(now.minus(&Histogram::default()), Some(now.clone()));
+        assert_eq!(Histogram::default().plus(&now), now);
+        let mut sparse = earlier.clone();
+        sparse.buckets.remove(5);
+        let delta = now.minus(&sparse).expect("no restart");
+        assert_eq!(
+            delta.buckets[5], now.buckets[5],
+            "a missing bound counts from 0"
+        );
+        assert_eq!(now.minus(&now.plus(&now)), None, "went down");
+    }
+
+    #[test]
+    fn sums_saturate_instead_of_wrapping() {
+        let mut big = cumulative(3, 1);
+        big.buckets[2].1 = u64::MAX;
+        big.count = u64::MAX;
+        let sum = big.plus(&big);
+        assert_eq!((sum.buckets[2].1, sum.count), (u64::MAX, u64::MAX));
+    }
+
+    /// 100k buckets: a search per bucket (5·10⁹ comparisons) would not finish in a unit
+    /// test; the merge is linear.
+    #[test]
+    fn many_buckets_merge_linearly() {
+        let earlier = cumulative(100_000, 1);
+        let now = cumulative(100_000, 2);
+        let delta = now.minus(&earlier).expect("no restart");
+        assert_eq!(delta, earlier);
+        assert_eq!(delta.plus(&earlier), now);
     }
 }

@@ -74,7 +74,7 @@ counters!(LlmStats: Metric {
 impl LlmStats {
     /// LLM answers seen, readable or not.
     pub fn answers(&self) -> u64 {
-        self.responses + self.unparsed
+        self.responses.saturating_add(self.unparsed)
     }
 
     /// Whether anything LLM-related was counted at all.
@@ -82,7 +82,8 @@ impl LlmStats {
         self.answers() == 0
             && self.ttft.count == 0
             && self.quality.values().all(|q| q.count == 0)
-            && self.feedback_up + self.feedback_down == 0
+            && self.feedback_up == 0
+            && self.feedback_down == 0
     }
 
     /// Mean cost per readable response in nano-USD.

@@ -3,7 +3,8 @@
 //!
 //! - [`counters`]: the one table per counter struct, with `minus`/`plus` written once;
 //! - [`histogram`], [`llm`] (LLM signals and feedback), [`shadow`] (shadow counters);
-//! - [`parse`]: Envoy's `/stats/prometheus` text and Prometheus query answers into stats;
+//! - [`parse`]: Envoy's `/stats/prometheus` text and Prometheus query answers into stats,
+//!   each source's reading checked for consistency by `sanity`;
 //! - [`promql`]: every PromQL selector, generated from the contract's metric lists;
 //! - [`window`]: successive readings of several Envoys into analysis windows.
 //!
@@ -22,13 +23,16 @@ pub mod histogram;
 pub mod llm;
 pub mod parse;
 pub mod promql;
+mod sanity;
 pub mod shadow;
 pub mod window;
 
 use counters::counters;
 pub use histogram::Histogram;
 pub use llm::{LlmStats, QualityStats};
-pub use parse::{parse_envoy_prometheus, parse_prometheus_query};
+pub use parse::{
+    parse_envoy_prometheus, parse_prometheus_query, parse_prometheus_query_per_instance,
+};
 pub use promql::{prometheus_query, prometheus_selector};
 pub use shadow::ShadowCounts;
 
@@ -223,4 +227,17 @@ pub enum StatsError {
         metric: String,
         value: String,
     },
+    #[error("stats of rollout `{rollout}` are inconsistent: {reason}")]
+    Inconsistent { rollout: String, reason: String },
+}
+
+impl StatsError {
+    /// The `reason` label of the controller's source error counter.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            StatsError::Unparsable(_) => "unparsable",
+            StatsError::MissingSeries { .. } => "missing_series",
+            StatsError::BadValue { .. } | StatsError::Inconsistent { .. } => "invalid",
+        }
+    }
 }

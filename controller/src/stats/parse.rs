@@ -1,6 +1,8 @@
 //! Reads the filter's stats of one rollout from Envoy's `/stats/prometheus` text and from a
 //! Prometheus `/api/v1/query` answer, both through one [`Accumulator`] of flat samples.
 
+use std::collections::BTreeMap;
+
 use canary_contract::stats::Metric;
 use canary_contract::{ShadowMetric, Version};
 use prometheus_parse::{Scrape, Value};
@@ -37,15 +39,14 @@ impl Accumulator {
         let Some(metric) = TierStats::METRICS.into_iter().find(|m| m.name() == name) else {
             return Ok(());
         };
-        if !(value.is_finite() && value >= 0.0 && value.fract() == 0.0) {
+        let Some(n) = counter_value(value) else {
             return Err(StatsError::BadValue {
                 rollout: rollout.to_string(),
                 metric: name.to_string(),
                 value: value.to_string(),
             });
-        }
+        };
         let t = self.stats.tiers.entry(tier.to_string()).or_default();
-        let n = value as u64;
         match t.slot(metric) {
             Some(slot) => *slot = n,
             // The breaker's state gauge: 0 closed, 1 open, 2 half-open.
@@ -56,15 +57,11 @@ impl Accumulator {
 
     fn add(&mut self, rollout: &str, s: FlatSample) -> Result<(), StatsError> {
         let count = |value: f64| -> Result<u64, StatsError> {
-            if value.is_finite() && value >= 0.0 && value.fract() == 0.0 {
-                Ok(value as u64)
-            } else {
-                Err(StatsError::BadValue {
-                    rollout: rollout.to_string(),
-                    metric: s.name.to_string(),
-                    value: value.to_string(),
-                })
-            }
+            counter_value(value).ok_or_else(|| StatsError::BadValue {
+                rollout: rollout.to_string(),
+                metric: s.name.to_string(),
+                value: value.to_string(),
+            })
         };
         if let Some(m) = ShadowMetric::parse(s.name) {
             if let (Version::Canary, Some(slot)) = (s.version, self.stats.shadow.slot(m)) {
@@ -117,8 +114,17 @@ impl Accumulator {
             buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
             self.stats.version_mut(version).llm.finish();
         }
+        super::sanity::check(&self.stats, rollout)?;
         Ok(self.stats)
     }
+}
+
+/// A counter's value as a `u64`: finite, not negative, whole, and below 2^64 (`as u64`
+/// would saturate a larger one, and sums of saturated counters are meaningless).
+fn counter_value(value: f64) -> Option<u64> {
+    const TWO_POW_64: f64 = 18_446_744_073_709_551_616.0;
+    (value.is_finite() && value >= 0.0 && value.fract() == 0.0 && value < TWO_POW_64)
+        .then_some(value as u64)
 }
 
 fn version_label(value: Option<&str>) -> Option<Version> {
@@ -182,7 +188,19 @@ pub fn parse_envoy_prometheus(text: &str, rollout: &str) -> Result<RolloutStats,
 pub fn parse_prometheus_query(
     body: &[u8],
     rollout: &str,
-) -> Result<std::collections::BTreeMap<String, RolloutStats>, StatsError> {
+) -> Result<BTreeMap<String, RolloutStats>, StatsError> {
+    parse_prometheus_query_per_instance(body, rollout)?
+        .into_iter()
+        .map(|(instance, stats)| Ok((instance, stats?)))
+        .collect()
+}
+
+/// [`parse_prometheus_query`] with each Envoy's reading on its own: one whose series are
+/// invalid or inconsistent is an error for that Envoy only. The outer error is the answer's.
+pub fn parse_prometheus_query_per_instance(
+    body: &[u8],
+    rollout: &str,
+) -> Result<BTreeMap<String, Result<RolloutStats, StatsError>>, StatsError> {
     let answer: serde_json::Value =
         serde_json::from_slice(body).map_err(|e| StatsError::Unparsable(e.to_string()))?;
     if answer["status"] != "success" {
@@ -194,7 +212,8 @@ pub fn parse_prometheus_query(
     let results = answer["data"]["result"]
         .as_array()
         .ok_or_else(|| StatsError::Unparsable("no data.result array".into()))?;
-    let mut per_instance: std::collections::BTreeMap<String, Accumulator> = Default::default();
+    // Each instance's accumulator, or the first error of its series.
+    let mut per_instance: BTreeMap<String, Result<Accumulator, StatsError>> = BTreeMap::new();
     for r in results {
         let labels = &r["metric"];
         if labels["rollout"] != rollout {
@@ -205,42 +224,57 @@ pub fn parse_prometheus_query(
         else {
             continue;
         };
-        let value = r["value"][1]
-            .as_str()
-            .and_then(|v| v.parse::<f64>().ok())
-            .ok_or_else(|| StatsError::Unparsable(format!("bad value for {name}")))?;
-        if let Some(tier) = labels["tier"].as_str() {
-            per_instance
-                .entry(instance.to_string())
-                .or_default()
-                .add_tier(rollout, tier, name, value)?;
+        let entry = per_instance
+            .entry(instance.to_string())
+            .or_insert_with(|| Ok(Accumulator::default()));
+        let Ok(acc) = entry else {
             continue;
+        };
+        if let Err(e) = add_query_sample(acc, r, name, rollout) {
+            *entry = Err(e);
         }
-        let Some(version) = version_label(labels["version"].as_str()) else {
-            continue;
-        };
-        let le = match labels["le"].as_str() {
-            Some("+Inf") => Some(f64::INFINITY),
-            Some(le) => Some(
-                le.parse::<f64>()
-                    .map_err(|_| StatsError::Unparsable(format!("bad le {le:?} for {name}")))?,
-            ),
-            None => None,
-        };
-        per_instance.entry(instance.to_string()).or_default().add(
-            rollout,
-            FlatSample {
-                name,
-                version,
-                le,
-                value,
-            },
-        )?;
     }
-    per_instance
+    Ok(per_instance
         .into_iter()
-        .map(|(instance, acc)| Ok((instance, acc.finish(rollout)?)))
-        .collect()
+        .map(|(instance, acc)| (instance, acc.and_then(|acc| acc.finish(rollout))))
+        .collect())
+}
+
+/// One series of a query answer into its instance's accumulator.
+fn add_query_sample(
+    acc: &mut Accumulator,
+    r: &serde_json::Value,
+    name: &str,
+    rollout: &str,
+) -> Result<(), StatsError> {
+    let labels = &r["metric"];
+    let value = r["value"][1]
+        .as_str()
+        .and_then(|v| v.parse::<f64>().ok())
+        .ok_or_else(|| StatsError::Unparsable(format!("bad value for {name}")))?;
+    if let Some(tier) = labels["tier"].as_str() {
+        return acc.add_tier(rollout, tier, name, value);
+    }
+    let Some(version) = version_label(labels["version"].as_str()) else {
+        return Ok(());
+    };
+    let le = match labels["le"].as_str() {
+        Some("+Inf") => Some(f64::INFINITY),
+        Some(le) => Some(
+            le.parse::<f64>()
+                .map_err(|_| StatsError::Unparsable(format!("bad le {le:?} for {name}")))?,
+        ),
+        None => None,
+    };
+    acc.add(
+        rollout,
+        FlatSample {
+            name,
+            version,
+            le,
+            value,
+        },
+    )
 }
 
 #[cfg(test)]
@@ -597,5 +631,105 @@ mod tests {
                 && query.ends_with(r#"|canary_shadow_[a-z_]+",rollout="chat"}"#),
             "{query}"
         );
+    }
+
+    /// Issue 17: readings no filter could have counted were accepted (one `le="-NaN"` made a
+    /// canary 10× slower pass; counters past 2^64 saturated, then wrapped in sums). Each is
+    /// refused by both parsers, for that source only.
+    #[test]
+    fn impossible_readings_are_refused_by_both_parsers() {
+        let good = envoy_payload("shop", 100, 7);
+        let l = "rollout=\"shop\",version=\"canary\"";
+        let line =
+            |series: &str, labels: &str, value: &str| format!("{series}{{{l}{labels}}} {value}\n");
+        let cases: Vec<(&str, String, String)> = vec![
+            (
+                "a NaN bound",
+                line("canary_rq_time_ms_bucket", ",le=\"1\"", "50"),
+                line("canary_rq_time_ms_bucket", ",le=\"-NaN\"", "50"),
+            ),
+            (
+                "a negative bound",
+                line("canary_rq_time_ms_bucket", ",le=\"1\"", "50"),
+                line("canary_rq_time_ms_bucket", ",le=\"-1\"", "50"),
+            ),
+            (
+                "a count past 2^64",
+                line("canary_rq_total", "", "100"),
+                line("canary_rq_total", "", "18446744073709551616"),
+            ),
+            (
+                "a negative bucket",
+                line("canary_rq_time_ms_bucket", ",le=\"1\"", "50"),
+                line("canary_rq_time_ms_bucket", ",le=\"1\"", "-50"),
+            ),
+            (
+                "more 5xx than requests",
+                line("canary_rq_5xx", "", "7"),
+                line("canary_rq_5xx", "", "170"),
+            ),
+            (
+                "a NaN sum",
+                line("canary_rq_time_ms_sum", "", "300"),
+                line("canary_rq_time_ms_sum", "", "NaN"),
+            ),
+            (
+                "buckets going down",
+                line("canary_rq_time_ms_bucket", ",le=\"10\"", "90"),
+                line("canary_rq_time_ms_bucket", ",le=\"10\"", "20"),
+            ),
+            (
+                "+Inf other than the count",
+                line("canary_rq_time_ms_bucket", ",le=\"+Inf\"", "100"),
+                line("canary_rq_time_ms_bucket", ",le=\"+Inf\"", "99"),
+            ),
+        ];
+        let mut shadow = good.clone();
+        shadow.push_str(&line("canary_shadow_compared", "", "40"));
+        shadow.push_str(&line("canary_shadow_agree", "", "31"));
+        let mut texts: Vec<(&str, String)> = cases
+            .iter()
+            .map(|(what, from, to)| {
+                assert!(
+                    good.contains(from.as_str()),
+                    "{what}: {from} not in the payload"
+                );
+                (*what, good.replace(from.as_str(), to))
+            })
+            .collect();
+        parse_envoy_prometheus(&shadow, "shop").expect("31 of 40 agree");
+        texts.push(("agreement over 100%", shadow.replace("} 31\n", "} 41\n")));
+        for (what, text) in &texts {
+            let err = parse_envoy_prometheus(text, "shop").expect_err(what);
+            assert!(
+                matches!(
+                    err,
+                    StatsError::Inconsistent { .. } | StatsError::BadValue { .. }
+                ),
+                "{what}: {err}"
+            );
+            assert_eq!(err.reason(), "invalid", "{what}");
+            // The same answer from Prometheus, beside a good Envoy: only the bad one is refused.
+            let mut answer = as_query_answer(text, "bad:15090");
+            let other = as_query_answer(&good, "good:15090");
+            if let (Some(x), Some(y)) = (
+                answer["data"]["result"].as_array_mut(),
+                other["data"]["result"].as_array(),
+            ) {
+                x.extend(y.iter().cloned());
+            }
+            let body = answer.to_string();
+            let per = parse_prometheus_query_per_instance(body.as_bytes(), "shop").expect("answer");
+            assert!(per["bad:15090"].is_err(), "{what}: {:?}", per["bad:15090"]);
+            assert_eq!(
+                per["good:15090"].as_ref().ok(),
+                Some(&parse_envoy_prometheus(&good, "shop").expect("good")),
+                "{what}"
+            );
+            assert!(
+                parse_prometheus_query(body.as_bytes(), "shop").is_err(),
+                "{what}"
+            );
+        }
     }
 }

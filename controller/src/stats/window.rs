@@ -6,13 +6,53 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use super::RolloutStats;
+use super::{RolloutStats, StatsError};
 
 /// What one source gave at one scrape.
 #[derive(Debug, Clone)]
 pub struct Reading {
     pub source: String,
-    pub result: Result<RolloutStats, String>,
+    pub result: Result<RolloutStats, ReadError>,
+}
+
+/// Why a source gave no reading: `reason` (the `reason` label of the controller's source
+/// error counter: `unreachable`, `unparsable`, `missing_series`, `invalid`) and the message
+/// logged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadError {
+    pub reason: &'static str,
+    pub message: String,
+}
+
+impl ReadError {
+    /// The source could not be reached, or did not answer with stats.
+    pub fn unreachable(message: impl Into<String>) -> ReadError {
+        ReadError {
+            reason: "unreachable",
+            message: message.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for ReadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl From<StatsError> for ReadError {
+    fn from(e: StatsError) -> ReadError {
+        ReadError {
+            reason: e.reason(),
+            message: e.to_string(),
+        }
+    }
+}
+
+impl From<&str> for ReadError {
+    fn from(message: &str) -> ReadError {
+        ReadError::unreachable(message)
+    }
 }
 
 /// The stats of one analysis window, over all sources that could be read twice in a row.

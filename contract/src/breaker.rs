@@ -40,7 +40,8 @@ impl Default for CircuitBreaker {
 
 impl CircuitBreaker {
     /// Whether `errors` of `requests` canary answers in the window trip the breaker. Errors
-    /// are 5xx answers (an upstream reset reaches the client as Envoy's own 503).
+    /// are 5xx answers (an upstream reset reaches the client as Envoy's own 503; a gRPC
+    /// server failure on HTTP 200 counts as 5xx too, see `grpc`).
     pub fn trips(&self, requests: u64, errors: u64) -> bool {
         requests >= u64::from(self.min_requests)
             && errors.saturating_mul(10_000) >= u64::from(self.error_rate_bp) * requests

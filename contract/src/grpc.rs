@@ -53,7 +53,9 @@ pub fn parse_grpc_status(raw: &[u8]) -> u32 {
         return GRPC_UNKNOWN;
     }
     raw.iter()
-        .try_fold(0u32, |n, d| n.checked_mul(10)?.checked_add(u32::from(d - b'0')))
+        .try_fold(0u32, |n, d| {
+            n.checked_mul(10)?.checked_add(u32::from(d - b'0'))
+        })
         .unwrap_or(GRPC_UNKNOWN)
 }
 
@@ -117,9 +119,12 @@ mod tests {
         }
     }
 
+    /// HTTP status, `grpc-status`, the class counted.
+    type Case = (Option<u16>, Option<&'static [u8]>, Option<Metric>);
+
     #[test]
     fn only_a_200_takes_its_grpc_class() {
-        let cases: [(Option<u16>, Option<&[u8]>, Option<Metric>); 8] = [
+        let cases: [Case; 8] = [
             (Some(200), None, Some(Metric::Rq2xx)),
             (Some(200), Some(b"0"), Some(Metric::Rq2xx)),
             (Some(200), Some(b"14"), Some(Metric::Rq5xx)),

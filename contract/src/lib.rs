@@ -7,9 +7,9 @@
 //!
 //! What lives where, and what may import what (one way, no cycles): [`Version`] here and
 //! `validate` (errors, `Validator`, name predicates), `bucket` and `stats` (stat names) are
-//! leaves; the configuration's parts (`breaker`, `llm`, `ratelimit`, `shadow`; then
-//! `fallback` on `breaker`, `eval` on `llm` and `shadow`) import those; `config` imports
-//! the parts. The crate may import only std, serde, serde_json, serde_path_to_error, fnv
+//! leaves; `grpc` (how gRPC answers count in the response classes) imports `stats`; the
+//! configuration's parts (`breaker`, `llm`, `ratelimit`, `shadow`; then `fallback` on
+//! `breaker`, `eval` on `llm` and `shadow`) import those; `config` imports the parts. The crate may import only std, serde, serde_json, serde_path_to_error, fnv
 //! and thiserror: never the filter or the controller, nothing that does not build for
 //! wasm32-wasip1.
 
@@ -20,6 +20,7 @@ pub mod config;
 pub mod eval;
 #[cfg(feature = "fallback")]
 pub mod fallback;
+pub mod grpc;
 #[cfg(feature = "llm")]
 pub mod llm;
 #[cfg(feature = "llm")]

@@ -3,6 +3,7 @@
 //! The accounting (`Exchange`) is plain Rust: it turns request lifecycle events into
 //! metric operations, so the exact counting rules are unit-tested without a proxy.
 
+use canary_contract::grpc::answer_class;
 #[cfg(feature = "llm")]
 use canary_contract::stats::quality_stat_name;
 use canary_contract::stats::{stat_name, Metric, MetricKind, QualityPart};
@@ -162,7 +163,19 @@ pub fn quality_increments(value_milli: u64) -> [u64; 3] {
 pub struct Exchange {
     pub version: Version,
     started_ms: u64,
-    responded: bool,
+    answer: Answer,
+}
+
+/// Where the response is in being classified (2xx ... 5xx).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Answer {
+    /// No response headers yet.
+    Awaited,
+    /// A 200 whose body is on its way: a gRPC status in trailers may still make it an error,
+    /// so it is counted when the trailers come or the stream ends.
+    Pending200,
+    /// Counted (or not countable: an odd status).
+    Classified,
 }
 
 impl Exchange {
@@ -170,31 +183,48 @@ impl Exchange {
         let exchange = Exchange {
             version,
             started_ms: now_ms,
-            responded: false,
+            answer: Answer::Awaited,
         };
         (exchange, MetricOp::Increment(Metric::RqTotal))
     }
 
     /// Response headers are on their way to the client. `status` is the raw `:status`;
-    /// `code_details` reads Envoy's `response.code_details`, called only for answers that
-    /// can be Envoy's own reply to an upstream reset (each read is a call into the host).
+    /// `end_of_stream`: the headers are the whole response. Each read is a call into the
+    /// host, so they are closures called only when they can matter: `grpc_status` reads the
+    /// `grpc-status` header, only for a 200 that ends here (a trailers-only gRPC answer; a
+    /// 200 with a body is classified later, see [`Exchange::on_response_trailers`]);
+    /// `code_details` reads Envoy's `response.code_details`, only for answers that can be
+    /// Envoy's own reply to an upstream reset (a 5xx, or a gRPC failure in Envoy's gRPC
+    /// local reply: 200 with `grpc-status: 14`).
     pub fn on_response_headers(
         &mut self,
         status: Option<&[u8]>,
+        end_of_stream: bool,
         now_ms: u64,
+        grpc_status: impl FnOnce() -> Option<Vec<u8>>,
         code_details: impl FnOnce() -> Option<Vec<u8>>,
     ) -> impl Iterator<Item = MetricOp> {
         // A fixed array, not a Vec: no allocation on every request's path.
         let mut ops = [None; 3];
-        if !self.responded {
-            self.responded = true;
+        if self.answer == Answer::Awaited {
             let status = status.and_then(parse_status);
-            ops[0] = status.and_then(Metric::for_status).map(MetricOp::Increment);
-            if status.is_none_or(|s| s >= 500)
-                && code_details()
-                    .is_some_and(|d| d.starts_with(b"upstream_reset_before_response_started"))
-            {
-                ops[1] = Some(MetricOp::Increment(Metric::RqReset));
+            if status == Some(200) && !end_of_stream {
+                self.answer = Answer::Pending200;
+            } else {
+                self.answer = Answer::Classified;
+                let grpc = if status == Some(200) {
+                    grpc_status()
+                } else {
+                    None
+                };
+                let class = answer_class(status, grpc.as_deref());
+                ops[0] = class.map(MetricOp::Increment);
+                if class.is_none_or(|c| c == Metric::Rq5xx)
+                    && code_details()
+                        .is_some_and(|d| d.starts_with(b"upstream_reset_before_response_started"))
+                {
+                    ops[1] = Some(MetricOp::Increment(Metric::RqReset));
+                }
             }
             ops[2] = Some(MetricOp::Record(
                 Metric::RqHeaderTimeMs,
@@ -204,12 +234,32 @@ impl Exchange {
         ops.into_iter().flatten()
     }
 
+    /// Response trailers are on their way (Envoy calls this only for a response that has
+    /// some: gRPC, HTTP/2). `grpc_status` reads their `grpc-status`, only for a 200 not yet
+    /// counted.
+    pub fn on_response_trailers(
+        &mut self,
+        grpc_status: impl FnOnce() -> Option<Vec<u8>>,
+    ) -> Option<MetricOp> {
+        if self.answer != Answer::Pending200 {
+            return None;
+        }
+        self.answer = Answer::Classified;
+        let class = answer_class(Some(200), grpc_status().as_deref());
+        class.map(MetricOp::Increment)
+    }
+
     /// The stream is over (the filter instance is going away).
     pub fn on_end(&self, now_ms: u64) -> impl Iterator<Item = MetricOp> {
         let duration = MetricOp::Record(Metric::RqTimeMs, now_ms.saturating_sub(self.started_ms));
-        // The client or the proxy gave up before any response.
-        let reset = (!self.responded).then_some(MetricOp::Increment(Metric::RqReset));
-        [Some(duration), reset].into_iter().flatten()
+        let last = match self.answer {
+            // A 200 that ended without a gRPC status.
+            Answer::Pending200 => Some(MetricOp::Increment(Metric::Rq2xx)),
+            // The client or the proxy gave up before any response.
+            Answer::Awaited => Some(MetricOp::Increment(Metric::RqReset)),
+            Answer::Classified => None,
+        };
+        [Some(duration), last].into_iter().flatten()
     }
 }
 
@@ -223,6 +273,11 @@ pub fn parse_status(raw: &[u8]) -> Option<u16> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A host read the exchange must not make.
+    fn no_read() -> Option<Vec<u8>> {
+        panic!("read a value that cannot matter")
+    }
 
     #[derive(Default)]
     struct Recorder(Vec<(MetricKind, String)>);
@@ -359,15 +414,17 @@ mod tests {
         let (mut x, op) = Exchange::start(Version::Canary, 1_000);
         assert_eq!(op, MetricOp::Increment(Metric::RqTotal));
         assert_eq!(
-            x.on_response_headers(Some(b"503"), 1_040, || Some(b"via_upstream".to_vec()))
-                .collect::<Vec<_>>(),
+            x.on_response_headers(Some(b"503"), false, 1_040, no_read, || {
+                Some(b"via_upstream".to_vec())
+            })
+            .collect::<Vec<_>>(),
             vec![
                 MetricOp::Increment(Metric::Rq5xx),
                 MetricOp::Record(Metric::RqHeaderTimeMs, 40)
             ]
         );
         assert_eq!(
-            x.on_response_headers(Some(b"200"), 1_041, || None)
+            x.on_response_headers(Some(b"200"), false, 1_041, no_read, no_read)
                 .collect::<Vec<_>>(),
             vec![]
         );
@@ -394,7 +451,7 @@ mod tests {
         let (mut x, _) = Exchange::start(Version::Canary, 0);
         let details = b"upstream_reset_before_response_started{connection_termination}";
         assert_eq!(
-            x.on_response_headers(Some(b"503"), 1, || Some(details.to_vec()))
+            x.on_response_headers(Some(b"503"), false, 1, no_read, || Some(details.to_vec()))
                 .collect::<Vec<_>>(),
             vec![
                 MetricOp::Increment(Metric::Rq5xx),
@@ -430,10 +487,12 @@ mod tests {
     #[test]
     fn code_details_are_read_only_when_they_can_matter() {
         let (mut ok, _) = Exchange::start(Version::Canary, 0);
-        let _ = ok.on_response_headers(Some(b"404"), 1, || panic!("read details for a 404"));
+        let _ = ok.on_response_headers(Some(b"404"), true, 1, no_read, || {
+            panic!("read details for a 404")
+        });
         let (mut odd, _) = Exchange::start(Version::Canary, 0);
         let mut read = false;
-        let _ = odd.on_response_headers(Some(b"abc"), 1, || {
+        let _ = odd.on_response_headers(Some(b"abc"), false, 1, no_read, || {
             read = true;
             None
         });
@@ -445,10 +504,146 @@ mod tests {
         for raw in [&b"99"[..], b"abc", b"1000", b"", b"\xff\xff\xff", b"600"] {
             let (mut x, _) = Exchange::start(Version::Canary, 0);
             assert_eq!(
-                x.on_response_headers(Some(raw), 0, || None)
+                x.on_response_headers(Some(raw), false, 0, no_read, || None)
                     .collect::<Vec<_>>(),
                 vec![MetricOp::Record(Metric::RqHeaderTimeMs, 0)]
             );
+        }
+    }
+
+    const CLASSES: [Metric; 4] = [Metric::Rq2xx, Metric::Rq3xx, Metric::Rq4xx, Metric::Rq5xx];
+
+    /// The class counts among `ops`.
+    fn classes(ops: &[MetricOp]) -> Vec<Metric> {
+        ops.iter()
+            .filter_map(|op| match op {
+                MetricOp::Increment(m) if CLASSES.contains(m) => Some(*m),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// One exchange: response headers (`status`, whether they end the stream, their
+    /// `grpc-status`), then trailers with `trailer` as `grpc-status` if `Some`, then the end.
+    fn run(
+        status: &[u8],
+        end_of_stream: bool,
+        header_grpc: Option<&[u8]>,
+        trailer: Option<Option<&[u8]>>,
+        details: &[u8],
+    ) -> Vec<MetricOp> {
+        let (mut x, _) = Exchange::start(Version::Canary, 0);
+        let mut ops: Vec<MetricOp> = x
+            .on_response_headers(
+                Some(status),
+                end_of_stream,
+                3,
+                || header_grpc.map(<[u8]>::to_vec),
+                || Some(details.to_vec()),
+            )
+            .collect();
+        if let Some(grpc) = trailer {
+            ops.extend(x.on_response_trailers(|| grpc.map(<[u8]>::to_vec)));
+        }
+        ops.extend(x.on_end(9));
+        ops
+    }
+
+    #[test]
+    fn a_200_with_a_body_is_counted_at_its_end() {
+        let (mut x, _) = Exchange::start(Version::Canary, 0);
+        assert_eq!(
+            x.on_response_headers(Some(b"200"), false, 3, no_read, no_read)
+                .collect::<Vec<_>>(),
+            vec![MetricOp::Record(Metric::RqHeaderTimeMs, 3)]
+        );
+        assert_eq!(
+            x.on_end(9).collect::<Vec<_>>(),
+            vec![
+                MetricOp::Record(Metric::RqTimeMs, 9),
+                MetricOp::Increment(Metric::Rq2xx)
+            ]
+        );
+    }
+
+    #[test]
+    fn grpc_status_in_trailers_classifies_the_200() {
+        let via = b"via_upstream";
+        for (grpc, class) in [
+            (Some(&b"0"[..]), Metric::Rq2xx),
+            (None, Metric::Rq2xx),
+            (Some(b"14"), Metric::Rq5xx),
+            (Some(b"13"), Metric::Rq5xx),
+            (Some(b"3"), Metric::Rq4xx),
+            (Some(b"5"), Metric::Rq4xx),
+            (Some(b"garbage"), Metric::Rq5xx),
+        ] {
+            let ops = run(b"200", false, None, Some(grpc), via);
+            assert_eq!(classes(&ops), vec![class], "{grpc:?}: {ops:?}");
+            assert!(!ops.contains(&MetricOp::Increment(Metric::RqReset)));
+        }
+    }
+
+    #[test]
+    fn grpc_status_in_trailers_only_headers_classifies_the_200() {
+        let via = b"via_upstream";
+        for (grpc, class) in [
+            (None, Metric::Rq2xx),
+            (Some(&b"0"[..]), Metric::Rq2xx),
+            (Some(b"14"), Metric::Rq5xx),
+            (Some(b"4"), Metric::Rq5xx),
+            (Some(b"3"), Metric::Rq4xx),
+        ] {
+            let ops = run(b"200", true, grpc, None, via);
+            assert_eq!(classes(&ops), vec![class], "{grpc:?}: {ops:?}");
+            assert!(!ops.contains(&MetricOp::Increment(Metric::RqReset)));
+        }
+        // Envoy's own answer to a gRPC request whose upstream reset: 200, grpc-status 14.
+        let reset = b"upstream_reset_before_response_started{connection_failure}";
+        let ops = run(b"200", true, Some(b"14"), None, reset);
+        assert_eq!(classes(&ops), vec![Metric::Rq5xx]);
+        assert!(ops.contains(&MetricOp::Increment(Metric::RqReset)));
+    }
+
+    #[test]
+    fn grpc_status_is_read_only_for_a_200_not_yet_counted() {
+        // A 204 ends at its headers: its class stands, whatever it carries.
+        let (mut x, _) = Exchange::start(Version::Canary, 0);
+        let ops: Vec<_> = x
+            .on_response_headers(Some(b"204"), true, 0, no_read, no_read)
+            .collect();
+        assert_eq!(classes(&ops), vec![Metric::Rq2xx]);
+        assert_eq!(x.on_response_trailers(no_read), None);
+        // A 503 with trailers.
+        let (mut x, _) = Exchange::start(Version::Canary, 0);
+        let _ = x.on_response_headers(Some(b"503"), false, 0, no_read, || None);
+        assert_eq!(x.on_response_trailers(no_read), None);
+        // Trailers are read once.
+        let (mut x, _) = Exchange::start(Version::Canary, 0);
+        let _ = x.on_response_headers(Some(b"200"), false, 0, no_read, no_read);
+        let first = x.on_response_trailers(|| Some(b"14".to_vec()));
+        assert_eq!(first, Some(MetricOp::Increment(Metric::Rq5xx)));
+        assert_eq!(x.on_response_trailers(no_read), None);
+        assert_eq!(
+            x.on_end(1).collect::<Vec<_>>(),
+            vec![MetricOp::Record(Metric::RqTimeMs, 1)]
+        );
+    }
+
+    #[test]
+    fn every_answered_exchange_counts_in_exactly_one_class() {
+        let grpc_values: [Option<&[u8]>; 4] = [None, Some(b"0"), Some(b"14"), Some(b"3")];
+        for status in [&b"200"[..], b"204", b"302", b"404", b"503"] {
+            for end_of_stream in [false, true] {
+                for header in grpc_values {
+                    for trailer in grpc_values.iter().map(|g| Some(*g)).chain([None]) {
+                        // Trailers come only after a body.
+                        let trailer = trailer.filter(|_| !end_of_stream);
+                        let ops = run(status, end_of_stream, header, trailer, b"via_upstream");
+                        assert_eq!(classes(&ops).len(), 1, "{status:?} {ops:?}");
+                    }
+                }
+            }
         }
     }
 }

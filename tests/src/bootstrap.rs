@@ -1,5 +1,6 @@
 //! Envoy bootstrap templates: the canary filter in front of `stable` / `canary` clusters, the
-//! native hashed split it is compared with, and a `direct_response` upstream for benchmarks.
+//! native hashed split it is compared with, and a `direct_response` upstream for benchmarks;
+//! HTTP/2 upstreams for gRPC.
 //!
 //! Every listener and the admin endpoint bind loopback port 0 unless told otherwise; the
 //! harness reads the real ports back from the admin endpoint.
@@ -174,6 +175,26 @@ fn static_cluster(name: &str, addr: SocketAddr) -> Value {
             }}}}]}]
         }
     })
+}
+
+/// Makes the `stable` and `canary` clusters of a [`CanaryBootstrap`] speak HTTP/2 to their
+/// upstreams (gRPC servers). The listener needs nothing: its codec (Envoy's default, AUTO)
+/// takes HTTP/2 with prior knowledge, as gRPC clients speak it without TLS.
+pub fn use_http2_upstreams(bootstrap: &mut Value) {
+    let Some(clusters) = bootstrap["static_resources"]["clusters"].as_array_mut() else {
+        return;
+    };
+    for cluster in clusters
+        .iter_mut()
+        .filter(|c| c["name"] == STABLE_CLUSTER || c["name"] == CANARY_CLUSTER)
+    {
+        cluster["typed_extension_protocol_options"] = json!({
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "explicit_http_config": {"http2_protocol_options": {}}
+            }
+        });
+    }
 }
 
 /// Where the listener comes from.

@@ -8,6 +8,7 @@ pub mod controller;
 pub mod envoy;
 pub mod evaluator;
 pub mod fake_llm;
+pub mod grpc;
 pub mod judge_sim;
 pub mod load;
 pub mod measure;

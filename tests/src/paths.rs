@@ -33,6 +33,15 @@ pub fn envoy_bin() -> Result<PathBuf> {
     )
 }
 
+/// The project venv's Python (`make setup`), which has grpcio for the gRPC fixtures.
+pub fn venv_python() -> Result<PathBuf> {
+    let path = project_root().join(".venv/bin/python");
+    if !path.exists() {
+        bail!("no venv Python at {} (run `make setup`)", path.display());
+    }
+    Ok(path)
+}
+
 /// The filter module: `$CANARY_WASM`, else the size-optimised artifact `make build` writes.
 pub fn filter_wasm() -> Result<PathBuf> {
     module("CANARY_WASM", "canary_filter.wasm")

@@ -47,6 +47,8 @@ proxy_wasm::main! {{
     proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(CanaryRoot::default()) });
 }}
 
+/// The gRPC status of an answer, in trailers-only response headers or in trailers.
+const GRPC_STATUS: &str = "grpc-status";
 /// How often each VM hands its summed counters to Envoy.
 const COUNTER_FLUSH_PERIOD: Duration = Duration::from_millis(250);
 /// How often a worker checks its rollouts' circuit breakers (when the plugin configuration
@@ -295,7 +297,6 @@ impl HttpContext for CanaryHttp {
         Action::Continue
     }
 
-    #[cfg_attr(not(feature = "llm"), allow(unused_variables))]
     fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         #[cfg(feature = "fallback")]
         if let Some(active) = &self.active {
@@ -305,11 +306,13 @@ impl HttpContext for CanaryHttp {
             return Action::Continue;
         };
         let status = self.get_http_response_header_bytes(":status");
-        let ops = routed
-            .exchange
-            .on_response_headers(status.as_deref(), now_ms(), || {
-                self.get_property(vec!["response", "code_details"])
-            });
+        let ops = routed.exchange.on_response_headers(
+            status.as_deref(),
+            end_of_stream,
+            now_ms(),
+            || self.get_http_response_header_bytes(GRPC_STATUS),
+            || self.get_property(vec!["response", "code_details"]),
+        );
         for op in ops {
             active.apply_op(routed.rollout, op, routed.exchange.version);
         }
@@ -330,6 +333,21 @@ impl HttpContext for CanaryHttp {
         {
             return Action::Pause;
         }
+        Action::Continue
+    }
+
+    // Envoy enters here only for a response with trailers (gRPC, HTTP/2): its gRPC status
+    // decides the class of a 200 (see `Exchange`).
+    fn on_http_response_trailers(&mut self, _num_trailers: usize) -> Action {
+        let (Some(active), Some(mut routed)) = (self.active.clone(), self.routed.take()) else {
+            return Action::Continue;
+        };
+        let op = (routed.exchange)
+            .on_response_trailers(|| self.get_http_response_trailer_bytes(GRPC_STATUS));
+        if let Some(op) = op {
+            active.apply_op(routed.rollout, op, routed.exchange.version);
+        }
+        self.routed = Some(routed);
         Action::Continue
     }
 

@@ -25,3 +25,7 @@ pub mod shadow;
 mod glue;
 #[cfg(all(target_arch = "wasm32", feature = "fallback"))]
 mod glue_fallback;
+
+// Property tests of the plain modules (proptest; native test builds only).
+#[cfg(test)]
+mod properties;

@@ -35,7 +35,7 @@ export CANARY_WASM := $(CURDIR)/$(WASM)
 export CANARY_FAULT_WASM := $(CURDIR)/$(FAULT_WASM)
 export CANARY_LLM_WASM := $(CURDIR)/$(LLM_WASM)
 
-.PHONY: all setup build test lint house unit wasm-unit manifests images e2e demo bench clean
+.PHONY: all setup build test lint house unit wasm-unit fuzz-smoke fuzz manifests images e2e demo bench clean
 
 all: build
 
@@ -97,13 +97,14 @@ build: setup
 	cargo build --release -p canary-e2e -p canary-controller --bins
 
 ## test: format, lints, unit tests (native and wasm), end-to-end tests on real Envoy.
-test: lint house unit wasm-unit manifests images e2e
+test: lint house unit wasm-unit fuzz-smoke manifests images e2e
 
 lint: setup
 	cargo fmt --all --check
 	cargo clippy --workspace --all-targets -- -D warnings
 	cargo clippy -p canary-filter -p canary-contract --target wasm32-wasip1 -- -D warnings
 	cargo clippy -p canary-filter --no-default-features --target wasm32-wasip1 -- -D warnings
+	cargo clippy -p canary-fuzz --features libfuzzer --all-targets -- -D warnings
 
 # No import cycle between the modules of a crate, no source file over 600 lines before its
 # tests (tools/check-house.py says how it reads the code).
@@ -118,6 +119,39 @@ unit: setup
 wasm-unit: setup
 	CARGO_TARGET_WASM32_WASIP1_RUNNER="$(CURDIR)/$(PYTHON) $(CURDIR)/tools/wasi-run.py" \
 		cargo test -p canary-contract --target wasm32-wasip1
+
+# Fuzzing (fuzz/README.md). The targets are plain functions in the canary-fuzz crate; two
+# drivers run them. The smoke: each target over its corpus kept in fuzz/corpus/ and a fixed
+# number of seeded mutants of it, uninstrumented, in seconds.
+FUZZ_SMOKE_MUTANTS := 30000
+fuzz-smoke: $(STAMPS)/rust-target
+	cargo run -q --profile fuzzing -p canary-fuzz -- smoke --mutants $(FUZZ_SMOKE_MUTANTS)
+
+# libFuzzer, coverage-guided, on the pinned stable toolchain: the coverage instrumentation
+# is stable rustc codegen options (what cargo-fuzz passes, less its -Z sanitizer flags), and
+# libFuzzer's runtime is C++ that libfuzzer-sys builds with the machine's g++. RUSTFLAGS
+# apply to the target only (an explicit --target keeps build scripts uninstrumented), and
+# the instrumented build has its own target dir.
+DURATION := 60
+TARGETS :=
+FUZZ_HOST = $(shell rustc -vV | sed -n 's/^host: //p')
+FUZZ_RUSTFLAGS := -Cpasses=sancov-module -Cllvm-args=-sanitizer-coverage-level=4 \
+	-Cllvm-args=-sanitizer-coverage-inline-8bit-counters -Cllvm-args=-sanitizer-coverage-pc-table \
+	-Cllvm-args=-sanitizer-coverage-trace-compares
+LIBFUZZER_BIN = target/libfuzzer/$(FUZZ_HOST)/fuzzing/canary-libfuzzer
+
+## fuzz: every fuzz target under libFuzzer for DURATION seconds each (default 60; TARGETS=
+## "body config" for some; MERGE=1 folds inputs that add coverage into fuzz/corpus/).
+## Executions per target: a table and target/fuzz/report.json.
+# Needs only the toolchain and a C++ compiler, not the rest of `setup` (Envoy, apt tools).
+fuzz: $(STAMPS)/rust-target
+	@command -v g++ >/dev/null || { $(SUDO) apt-get update -qq; \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq g++; }
+	RUSTFLAGS="$(FUZZ_RUSTFLAGS)" cargo build --profile fuzzing -p canary-fuzz --features libfuzzer \
+		--bin canary-libfuzzer --target $(FUZZ_HOST) --target-dir target/libfuzzer
+	cargo build --profile fuzzing -p canary-fuzz --bin canary-fuzz
+	python3 tools/fuzz.py $(LIBFUZZER_BIN) target/fuzzing/canary-fuzz $(DURATION) \
+		$(if $(MERGE),--merge) $(TARGETS)
 
 $(FAULT_WASM): setup
 	cargo build --release -p canary-filter --target wasm32-wasip1 --no-default-features \

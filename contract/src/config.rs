@@ -290,12 +290,15 @@ impl SameSite {
 }
 
 impl FilterConfig {
-    /// Parses and validates a configuration. Type errors name the field path; all
-    /// validation problems are reported together.
+    /// Parses and validates a configuration: one JSON document, whitespace around it.
+    /// Type errors name the field path; all validation problems are reported together.
     pub fn from_json(bytes: &[u8]) -> Result<FilterConfig, ConfigError> {
         let de = &mut serde_json::Deserializer::from_slice(bytes);
         let config: FilterConfig =
-            serde_path_to_error::deserialize(de).map_err(ConfigError::from_path_error)?;
+            serde_path_to_error::deserialize(&mut *de).map_err(ConfigError::from_path_error)?;
+        // Only whitespace may follow the document.
+        de.end()
+            .map_err(|e| ConfigError::single("(root)", e.to_string()))?;
         config.validate()?;
         Ok(config)
     }
@@ -732,6 +735,12 @@ mod tests {
             ),
             (r#"{"rollouts":[]}"#, &["(root)"]),
             (r#"not json"#, &["(root)"]),
+            // Bytes after the document (found by the `config` fuzz target: they were ignored).
+            (r#"{"schema_version":1,"rollouts":[]}]"#, &["(root)"]),
+            (
+                "{\"schema_version\":1,\"rollouts\":[]}\n\u{fffd}",
+                &["(root)"],
+            ),
         ];
         let llm_cases: &[(&str, &[&str])] = &[
             (

@@ -77,3 +77,7 @@ impl std::fmt::Display for Version {
         f.write_str(self.as_str())
     }
 }
+
+// Property tests of the contract's invariants (native only: proptest is not built for wasm).
+#[cfg(all(test, not(target_arch = "wasm32")))]
+mod properties;

@@ -26,3 +26,7 @@ pub mod shadow;
 
 #[cfg(target_arch = "wasm32")]
 mod host;
+
+// Property tests of the plain modules (proptest; native test builds only).
+#[cfg(test)]
+mod properties;

@@ -43,6 +43,10 @@ pub struct UpstreamSpec {
     pub error_rate_bp: u32,
     pub error_status: u16,
     pub delay: Duration,
+    /// Share of requests (basis points, spread evenly like errors) that take `slow_delay`
+    /// instead of `delay`: a tail without moving the rest.
+    pub slow_share_bp: u32,
+    pub slow_delay: Duration,
     /// Which request header the upstream echoes back in `x-seen-route`.
     pub route_header: String,
     pub force_header: String,
@@ -57,6 +61,8 @@ impl UpstreamSpec {
             error_rate_bp: 0,
             error_status: 503,
             delay: Duration::ZERO,
+            slow_share_bp: 0,
+            slow_delay: Duration::ZERO,
             route_header: "x-canary-version".to_string(),
             force_header: "x-canary-user".to_string(),
             llm: None,
@@ -80,6 +86,8 @@ struct Counters {
     delay_ms: AtomicU64,
     /// Requests answered by the spec's default behaviour (the error-rate pattern's index).
     patterned: AtomicU64,
+    /// Requests timed by the spec's default delay (the slow share's index).
+    timed: AtomicU64,
     llm: LlmCounters,
 }
 
@@ -183,9 +191,14 @@ async fn answer(
     let delay = header(&req, "x-upstream-delay-ms")
         .and_then(|v| v.parse().ok())
         .map(Duration::from_millis)
-        .unwrap_or(Duration::from_millis(
-            counters.delay_ms.load(Ordering::Relaxed),
-        ));
+        .unwrap_or_else(|| {
+            let n = counters.timed.fetch_add(1, Ordering::Relaxed);
+            if in_share(n, spec.slow_share_bp) {
+                spec.slow_delay
+            } else {
+                Duration::from_millis(counters.delay_ms.load(Ordering::Relaxed))
+            }
+        });
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }

@@ -93,7 +93,12 @@ impl Evidence {
         let absolute = self
             .errors_absolute
             .get_or_insert_with(|| RateTest::new(e.max_absolute));
-        absolute.add(canary_errors, v_canary);
+        // A window in which stable itself is past the limit is an incident, not evidence
+        // against the canary (stable's requests are not the canary's, so leaving such
+        // windows out keeps the test valid).
+        if stable_errors.rate().is_some_and(|r| r <= e.max_absolute) {
+            absolute.add(canary_errors, v_canary);
+        }
         let better = self
             .errors_better
             .get_or_insert_with(|| EventTest::new(1.0, 2.0, MAX_RATIO));

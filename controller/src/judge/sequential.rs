@@ -124,9 +124,11 @@ impl Drift {
     }
 }
 
-/// The grid's `k`th alternative, log-spaced from `min` to `max`.
-fn alternative(min: f64, max: f64, k: usize) -> f64 {
-    min * (max / min).powf(k as f64 / (GRID - 1) as f64)
+/// The grid of alternatives, log-spaced from `min` to `max` (one `powf` per window, not one
+/// per alternative: the judge runs for every rollout every interval).
+fn alternatives(min: f64, max: f64) -> impl Iterator<Item = f64> {
+    let step = (max / min).powf(1.0 / (GRID - 1) as f64);
+    std::iter::successors(Some(min), move |a| Some(a * step)).take(GRID)
 }
 
 /// `ln(mean(exp(x)))`, without overflow.
@@ -196,8 +198,12 @@ impl EventTest {
         let (x, y) = (canary.events as f64, stable.events as f64);
         let phi = 1.0 + events as f64 * pi0 * (1.0 - pi0) * (v_canary + v_stable);
         self.dispersion = phi;
-        for (k, l) in self.log_lr.iter_mut().enumerate() {
-            let pi = share(alternative(self.min_ratio, self.max_ratio, k));
+        for (l, rho) in self
+            .log_lr
+            .iter_mut()
+            .zip(alternatives(self.min_ratio, self.max_ratio))
+        {
+            let pi = share(rho);
             *l += (x * (pi / pi0).ln() + y * ((1.0 - pi) / (1.0 - pi0)).ln()) / phi;
         }
         self.max_log_e = self.max_log_e.max(self.log_e());
@@ -262,8 +268,8 @@ impl RateTest {
         self.dispersion = phi;
         // Alternatives from 1.2× the limit to (nearly) every request.
         let top = (0.999 / p0).max(1.2 * 1.01);
-        for (k, l) in self.log_lr.iter_mut().enumerate() {
-            let p = (p0 * alternative(1.2, top, k)).min(0.999);
+        for (l, ratio) in self.log_lr.iter_mut().zip(alternatives(1.2, top)) {
+            let p = (p0 * ratio).min(0.999);
             *l += (x * (p / p0).ln() + y * ((1.0 - p) / (1.0 - p0)).ln()) / phi;
         }
         self.max_log_e = self.max_log_e.max(self.log_e());

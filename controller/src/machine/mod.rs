@@ -7,6 +7,7 @@
 //! import `spec`, `stats` and `judge`; never `server`.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -124,8 +125,9 @@ pub struct RolloutState {
     /// The current stage's evidence for the request checks' sequential tests: carried from
     /// window to window, started anew with each stage, and saved with the state so that a
     /// restart does not start the test over (which would spend its error budget again).
+    /// Shared, not copied, by the state's copies (every step starts from one).
     #[serde(default)]
-    pub evidence: Evidence,
+    pub evidence: Arc<Evidence>,
     /// Every stage entered, with its totals: `/status` keeps only the last few verdicts.
     #[serde(default)]
     pub stages: Vec<StageTotals>,
@@ -214,7 +216,7 @@ impl RolloutState {
                 started_ms: now_ms,
                 ..Default::default()
             }),
-            evidence: Evidence::default(),
+            evidence: Arc::default(),
             stages: Vec::new(),
             progress_since_ms: now_ms,
             flipped_ms: None,
@@ -295,7 +297,7 @@ impl RolloutState {
         self.consecutive_failures = 0;
         self.progress_since_ms = now_ms;
         // A new stage, a new test: the last stage's evidence was about another weight.
-        self.evidence = self.evidence.next_stage();
+        self.evidence = Arc::new(self.evidence.next_stage());
         self.set_weight(effects, next.weight_bp());
         self.open_stage_totals(stage, now_ms);
         if stage + 1 < spec.stages.len() {
@@ -414,7 +416,7 @@ impl RolloutState {
                 next.shadow_window(spec, &verdict, &counts, now_ms, &mut effects)
             }
             Input::Analysis(mut verdict) | Input::ShadowWindow(mut verdict, _) => {
-                next.evidence = std::mem::take(&mut verdict.evidence);
+                next.evidence = Arc::new(std::mem::take(&mut verdict.evidence));
                 next.count_verdict(&verdict);
                 let decision = canary::decide(spec, &next, &verdict, now_ms);
                 next.keep_verdict(verdict, now_ms);

@@ -17,6 +17,8 @@ const MAX_RATIO: f64 = 100.0;
 const LATENCY_MIN_RATIO: f64 = 1.25;
 /// Buckets wider than this around stable's quantile hide changes within them.
 const COARSE_BUCKET_RATIO: f64 = 1.25;
+/// How a latency check's reason says so (the analysis loop logs the first one).
+pub const COARSE_BUCKETS: &str = "coarse buckets";
 
 /// The evidence of the current stage.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -383,7 +385,7 @@ fn describe_quantiles(
     if let Some(width) = sq.and_then(|s| bucket_ratio(stable, s)) {
         if width > COARSE_BUCKET_RATIO {
             result.reason += &format!(
-                " (coarse buckets: stable's p{} lies in a bucket {width:.1}× wide, a change \
+                " ({COARSE_BUCKETS}: stable's p{} lies in a bucket {width:.1}× wide, a change \
                  within it is invisible; set fine histogram_bucket_settings)",
                 super::trim_quantile(check.quantile)
             );

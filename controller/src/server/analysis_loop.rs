@@ -7,6 +7,7 @@
 
 use std::sync::Arc;
 
+use crate::judge::evidence::COARSE_BUCKETS;
 use crate::judge::{judge, Outcome};
 use crate::machine::Input;
 use crate::sources::StatsSource;
@@ -24,6 +25,8 @@ pub(super) async fn run(
 ) {
     let spec = Arc::new(spec);
     let mut windower = Windower::default();
+    // Coarse latency buckets are said once in the log (and in every verdict in /status).
+    let mut said_coarse = false;
     let mut last_close = std::time::Instant::now();
     let mut ticker = tokio::time::interval(spec.analysis.interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -75,6 +78,16 @@ pub(super) async fn run(
                 continue;
             }
         };
+        if !said_coarse {
+            if let Some(check) = verdict
+                .checks
+                .iter()
+                .find(|c| c.reason.contains(COARSE_BUCKETS))
+            {
+                eprintln!("canaryctl: {}: {}", spec.name, check.reason);
+                said_coarse = true;
+            }
+        }
         let mut c = controller.lock().await;
         if c.state.stage != judged_stage {
             // An operator moved the rollout on while the judge ran: this window's evidence

@@ -12,6 +12,9 @@ use serde_json::Value;
 
 const ROLLOUT: &str = "shop";
 const POLL_MS: u64 = 500;
+/// Judged every second at 30%, the hold long enough that only the judge ends the stage.
+const SPEC: &str = "analysis: {interval: 1s}\n\
+                    stages:\n  - {weight_pct: 30, hold: 1h, min_requests: 100}\n  - {weight_pct: 100}\n";
 
 fn analyses(status: &Value) -> u64 {
     status["analyses"].as_u64().unwrap_or(0)
@@ -32,12 +35,7 @@ async fn a_burst_on_both_versions_does_not_roll_back() -> Result<()> {
     let _slot = envoy::exclusive().await;
     let (stable, canary) = upstream_pair(50, 50);
     let rig = ControlledRig::start(ROLLOUT, 2, POLL_MS, stable, canary).await?;
-    let ctl = rig
-        .start_controller(
-            "analysis: {interval: 1s}\n\
-             stages:\n  - {weight_pct: 30, hold: 1h, min_requests: 100}\n  - {weight_pct: 100}\n",
-        )
-        .await?;
+    let ctl = rig.start_controller(SPEC).await?;
     let load = Load::start(rig.bases.clone(), 3_000, 12, 40);
     let before = wait_status(
         &ctl,
@@ -89,12 +87,7 @@ async fn a_p99_regression_inside_one_default_bucket_rolls_back() -> Result<()> {
         version.slow_delay = Duration::from_millis(slow_ms);
     }
     let rig = ControlledRig::start(ROLLOUT, 2, POLL_MS, stable, canary).await?;
-    let ctl = rig
-        .start_controller(
-            "analysis: {interval: 1s}\n\
-             stages:\n  - {weight_pct: 30, hold: 1h, min_requests: 100}\n  - {weight_pct: 100}\n",
-        )
-        .await?;
+    let ctl = rig.start_controller(SPEC).await?;
     // 12 workers × 40/s, each request ~120 ms: about 100 requests/s.
     let load = Load::start(rig.bases.clone(), 3_000, 12, 40);
     let status = wait_status(&ctl, "rollback", Duration::from_secs(120), |s| {
@@ -106,7 +99,10 @@ async fn a_p99_regression_inside_one_default_bucket_rolls_back() -> Result<()> {
     assert_eq!(status["phase"], "rolled_back", "{status}");
     let reason = last_event(&status);
     assert!(reason.contains("latency_p99"), "{reason}");
-    assert!(!reason.contains("latency_p95 canary"), "p95 is unchanged: {reason}");
+    assert!(
+        !reason.contains("latency_p95 canary"),
+        "p95 is unchanged: {reason}"
+    );
     assert!(!reason.contains("coarse buckets"), "{reason}");
     eprintln!("p99 within one default bucket: {reason}");
     Ok(())

@@ -83,14 +83,19 @@ fn rollout_spec_in_the_configmap_is_valid_and_matches_the_plugin() -> Result<()>
     Ok(())
 }
 
-#[test]
-fn stats_bootstrap_carries_the_contract_tag_rules() -> Result<()> {
+/// The bootstrap override of the stats ConfigMap, as Envoy reads it.
+fn stats_bootstrap() -> Result<Value> {
     let map = one("base/envoy-stats-bootstrap.yaml", "ConfigMap")?;
-    let bootstrap: Value = serde_json::from_str(
+    Ok(serde_json::from_str(
         map["data"]["custom_bootstrap.json"]
             .as_str()
             .context("custom_bootstrap.json")?,
-    )?;
+    )?)
+}
+
+#[test]
+fn stats_bootstrap_carries_the_contract_tag_rules() -> Result<()> {
+    let bootstrap = stats_bootstrap()?;
     let tags = bootstrap["stats_config"]["stats_tags"]
         .as_array()
         .context("stats_tags")?;
@@ -104,12 +109,7 @@ fn stats_bootstrap_carries_the_contract_tag_rules() -> Result<()> {
 
 #[test]
 fn stats_bootstrap_gives_the_filter_histograms_fine_buckets() -> Result<()> {
-    let map = one("base/envoy-stats-bootstrap.yaml", "ConfigMap")?;
-    let bootstrap: Value = serde_json::from_str(
-        map["data"]["custom_bootstrap.json"]
-            .as_str()
-            .context("custom_bootstrap.json")?,
-    )?;
+    let bootstrap = stats_bootstrap()?;
     let settings = &bootstrap["stats_config"]["histogram_bucket_settings"][0];
     assert_eq!(settings["match"]["prefix"], ENVOY_STAT_PREFIX);
     let buckets: Vec<f64> = serde_json::from_value(settings["buckets"].clone())?;

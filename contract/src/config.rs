@@ -21,6 +21,9 @@ pub use crate::validate::{ConfigError, FieldError, MAX_WEIGHT_BP};
 pub const SCHEMA_VERSION: u32 = 1;
 /// Longest accepted user key by default; longer values are treated as absent.
 pub const DEFAULT_MAX_KEY_BYTES: usize = 256;
+/// The length of the filter's anonymous ids (128 random bits as hex): a key limit below it
+/// would refuse every anonymous cookie the filter sets, and no anonymous user would stay put.
+pub const ANONYMOUS_ID_BYTES: usize = 32;
 const MAX_KEY_BYTES_LIMIT: usize = 4096;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -514,6 +517,15 @@ fn validate_rollout(v: &mut Validator, at: &str, r: &RolloutConfig) {
         format!("{at}.max_key_bytes"),
         format!("must be 1-{MAX_KEY_BYTES_LIMIT}, got {}", r.max_key_bytes),
     );
+    v.check(
+        !c.enabled || r.max_key_bytes >= ANONYMOUS_ID_BYTES,
+        format!("{at}.max_key_bytes"),
+        format!(
+            "must be at least {ANONYMOUS_ID_BYTES} (an anonymous id) while anonymous_cookie is \
+             enabled, got {}",
+            r.max_key_bytes
+        ),
+    );
     if let Some(b) = &r.circuit_breaker {
         crate::breaker::validate_breaker(v, &format!("{at}.circuit_breaker"), b);
     }
@@ -727,6 +739,11 @@ mod tests {
             ),
             (
                 r#"{"schema_version":1,"rollouts":[{"name":"a","weight_bp":5,"max_key_bytes":0}]}"#,
+                &["rollouts[0].max_key_bytes", "rollouts[0].max_key_bytes"],
+            ),
+            // Found by the `routing` fuzz target: anonymous users were never sticky.
+            (
+                r#"{"schema_version":1,"rollouts":[{"name":"a","weight_bp":5,"max_key_bytes":31}]}"#,
                 &["rollouts[0].max_key_bytes"],
             ),
             (

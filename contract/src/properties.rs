@@ -135,7 +135,12 @@ fn rollout() -> impl Strategy<Value = RolloutConfig> {
             let (enabled, name, max_age_s, path, http_only, same_site) = cookie;
             let mut r = RolloutConfig::new("r", weight_bp);
             r.salt = salt;
-            r.max_key_bytes = max_key_bytes;
+            // The anonymous cookie's ids are 32 bytes: a shorter limit is refused with it on.
+            r.max_key_bytes = if enabled {
+                max_key_bytes.max(crate::config::ANONYMOUS_ID_BYTES)
+            } else {
+                max_key_bytes
+            };
             r.request_match = RequestMatch { hosts, path_prefix };
             r.key_sources = key_sources;
             r.force_header = force_header.filter(|f| *f != route_header);

@@ -121,6 +121,11 @@ mod tests {
 
     #[test]
     fn anonymous_ids_are_hex() {
+        // The contract refuses key limits below this length while the cookie is on.
+        assert_eq!(
+            anonymous_id([7; 16]).len(),
+            canary_contract::config::ANONYMOUS_ID_BYTES
+        );
         assert_eq!(
             anonymous_id([0, 1, 0xab, 0xff, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10]),
             "0001abff000000000000000000000010"

@@ -18,6 +18,8 @@ use crate::stats::ShadowCounts;
 pub mod blue_green;
 pub mod canary;
 mod check;
+#[cfg(test)]
+mod properties;
 pub mod quota;
 pub mod shadow;
 mod totals;

@@ -164,6 +164,50 @@ mod tests {
         assert_eq!(now.minus(&now.plus(&now)), None, "went down");
     }
 
+    /// Property: for any cumulative reading and any later one (more requests in any
+    /// buckets), `later − earlier + earlier` is `later`, and the delta's total is the
+    /// requests in between.
+    mod property {
+        use super::super::Histogram;
+        use proptest::prelude::*;
+
+        fn cumulative(bounds: &[f64], per_bucket: &[u64]) -> Histogram {
+            let mut total = 0u64;
+            let mut buckets: Vec<(f64, u64)> = bounds
+                .iter()
+                .zip(per_bucket)
+                .map(|(b, c)| {
+                    total += c;
+                    (*b, total)
+                })
+                .collect();
+            total += per_bucket.last().copied().unwrap_or(0);
+            buckets.push((f64::INFINITY, total));
+            Histogram {
+                buckets,
+                count: total,
+                sum_ms: total as f64,
+            }
+        }
+
+        proptest! {
+            #[test]
+            fn minus_then_plus_is_the_identity(
+                counts in proptest::collection::vec((0u64..1_000_000, 0u64..1_000_000), 1..40)
+            ) {
+                let bounds: Vec<f64> = (1..=counts.len()).map(|i| i as f64 * 1.5).collect();
+                let before: Vec<u64> = counts.iter().map(|c| c.0).collect();
+                let after: Vec<u64> = counts.iter().map(|c| c.0 + c.1).collect();
+                let earlier = cumulative(&bounds, &before);
+                let later = cumulative(&bounds, &after);
+                let delta = later.minus(&earlier).expect("counters only went up");
+                prop_assert_eq!(delta.count, later.count - earlier.count);
+                prop_assert_eq!(delta.plus(&earlier), later.clone());
+                prop_assert_eq!(earlier.plus(&delta), later);
+            }
+        }
+    }
+
     #[test]
     fn sums_saturate_instead_of_wrapping() {
         let mut big = cumulative(3, 1);

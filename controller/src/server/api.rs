@@ -115,6 +115,16 @@ pub(super) async fn filter_config(State(app): State<AppState>, headers: HeaderMa
         .into_response()
 }
 
+/// The answer to a request without a valid bearer token.
+fn unauthorized() -> Response {
+    (
+        StatusCode::UNAUTHORIZED,
+        [(header::WWW_AUTHENTICATE, "Bearer")],
+        Json(json!({"error": "a valid bearer token is required"})),
+    )
+        .into_response()
+}
+
 /// `POST /feedback`: a user's thumbs up or down, counted for the version that user is on.
 pub(super) async fn feedback(
     State(app): State<AppState>,
@@ -122,12 +132,7 @@ pub(super) async fn feedback(
     body: axum::body::Bytes,
 ) -> Response {
     if !authorized(&app, &headers) {
-        return (
-            StatusCode::UNAUTHORIZED,
-            [(header::WWW_AUTHENTICATE, "Bearer")],
-            Json(json!({"error": "a valid bearer token is required"})),
-        )
-            .into_response();
+        return unauthorized();
     }
     let bad = |e: crate::feedback::FeedbackError| {
         (
@@ -189,12 +194,7 @@ pub(super) async fn command(
     headers: HeaderMap,
 ) -> Response {
     if !authorized(&app, &headers) {
-        return (
-            StatusCode::UNAUTHORIZED,
-            [(header::WWW_AUTHENTICATE, "Bearer")],
-            Json(json!({"error": "a valid bearer token is required"})),
-        )
-            .into_response();
+        return unauthorized();
     }
     let input = match command.as_str() {
         "promote" => Input::Promote,

@@ -177,19 +177,6 @@ fn check(reading: &Reading) {
         assert!(reading.is_readable() && !reading.broken);
     }
     if let Some(capture) = &reading.capture {
-        assert!(
-            capture.shape.len() <= 256,
-            "{} paths kept",
-            capture.shape.len()
-        );
-        assert!(
-            capture.shape.windows(2).all(|w| w[0] < w[1]),
-            "shape not a sorted set"
-        );
-        assert!(
-            capture.text.len() <= 64 * 1024,
-            "{} text bytes kept",
-            capture.text.len()
-        );
+        super::shadow::assert_bounded(capture);
     }
 }

@@ -33,9 +33,11 @@ const GRID: usize = 16;
 
 /// Before any data, a version's rate is taken to vary by this relative variance between
 /// windows (a 45% standard deviation: cautious until the data says otherwise), weighted
-/// as this many windows.
+/// as this many windows at first; the prior fades with the data's own older windows, but
+/// never below `DRIFT_PRIOR_FLOOR` windows' weight.
 const DRIFT_PRIOR: f64 = 0.2;
 const DRIFT_PRIOR_WINDOWS: f64 = 3.0;
+const DRIFT_PRIOR_FLOOR: f64 = 1.0;
 /// Older windows count less: the estimate follows the last ~20 windows.
 const DRIFT_DECAY: f64 = 0.95;
 
@@ -83,8 +85,11 @@ pub struct RateDrift {
 impl RateDrift {
     /// The relative variance of the rate between windows (never below 0).
     pub fn relative_variance(&self) -> f64 {
-        ((DRIFT_PRIOR_WINDOWS * DRIFT_PRIOR + self.sum) / (DRIFT_PRIOR_WINDOWS + self.windows))
-            .max(0.0)
+        // `windows` is Σ DECAY^k over the pairs seen, so 1 − windows·(1 − DECAY) is
+        // DECAY^pairs: how much of its first weight the prior keeps.
+        let kept = (1.0 - self.windows * (1.0 - DRIFT_DECAY)).max(0.0);
+        let prior = (DRIFT_PRIOR_WINDOWS * kept).max(DRIFT_PRIOR_FLOOR);
+        ((prior * DRIFT_PRIOR + self.sum) / (prior + self.windows)).max(0.0)
     }
 
     pub fn observe(&mut self, now: Counts) {

@@ -4,6 +4,7 @@
 //! and the run loop with its tallies (this file). It imports the controller's pure floors
 //! (spec, stats, judge, machine, window) and nothing that does I/O.
 
+pub mod llm;
 pub mod scenarios;
 pub mod traffic;
 
@@ -16,6 +17,7 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
+use llm::LlmSim;
 use scenarios::{Kind, Scenario, Schedule, BASE_ERROR_RATE};
 use traffic::{binomial, drift, version_window, Buckets};
 
@@ -25,12 +27,18 @@ pub const INTERVAL_S: u64 = 30;
 /// The judge under test: the verdict on one window, given the rollout's state before it.
 pub type Analyst = fn(&RolloutStats, &RolloutState, &RolloutSpec) -> Verdict;
 
-/// A spec with the schedule's stages and everything else at its defaults.
-pub fn spec(schedule: &Schedule) -> RolloutSpec {
+/// A spec with the schedule's stages and everything else at its defaults (with `llm` in
+/// the filter options for a scenario with LLM answers).
+pub fn spec(schedule: &Schedule, scenario: &Scenario) -> RolloutSpec {
     let yaml = format!(
         "name: sim\nsources: {{envoy_admin: [\"http://127.0.0.1:1\"]}}\n\
-         analysis: {{interval: {INTERVAL_S}s}}\nstages: {}\n",
-        schedule.stages_yaml
+         analysis: {{interval: {INTERVAL_S}s}}\nstages: {}\n{}",
+        schedule.stages_yaml,
+        if scenario.llm.is_some() {
+            "filter: {llm: {}}\n"
+        } else {
+            ""
+        }
     );
     RolloutSpec::from_yaml(&yaml).expect("the simulation's spec is valid")
 }
@@ -63,6 +71,7 @@ pub fn run_one(
     let mut rng = SmallRng::seed_from_u64(seed);
     let stable_buckets = Buckets::new(scenario.stable_latency, bounds);
     let canary_buckets = Buckets::new(scenario.canary_latency, bounds);
+    let llm = scenario.llm.map(|l| LlmSim::new(l, bounds));
     let schedule_ms: u64 = spec.stages.iter().map(|s| s.hold.as_millis() as u64).sum();
     let limit_ms = 2 * schedule_ms + 3_600_000;
     let (mut state, _) = RolloutState::start(spec, 0);
@@ -78,8 +87,8 @@ pub fn run_one(
             scenario,
             rate_rps,
             weight,
-            &stable_buckets,
-            &canary_buckets,
+            (&stable_buckets, &canary_buckets),
+            llm.as_ref(),
         );
         let verdict = analyst(&window, &state, spec);
         let Ok((next, _)) = state.step(spec, Input::Analysis(verdict), now_ms) else {
@@ -140,8 +149,8 @@ impl Proxies {
         scenario: &Scenario,
         rate_rps: f64,
         weight: f64,
-        stable_buckets: &Buckets,
-        canary_buckets: &Buckets,
+        (stable_buckets, canary_buckets): (&Buckets, &Buckets),
+        llm: Option<&LlmSim>,
     ) -> RolloutStats {
         let seconds = INTERVAL_S as f64;
         // Shared burst: both versions' rate for the window, 8 s of it at 20%.
@@ -156,6 +165,7 @@ impl Proxies {
         let stable_rate = mix(BASE_ERROR_RATE * drift(rng, scenario.drift_sigma));
         let canary_rate = mix(scenario.canary_error_rate * drift(rng, scenario.drift_sigma));
         let n = self.totals.len();
+        let llm_models = llm.map(|l| (l, l.window(rng)));
         // Each Envoy's share of the window: its requests, errors and durations.
         let draw = |rng: &mut SmallRng| {
             let requests = rate_rps * seconds / n as f64;
@@ -165,6 +175,10 @@ impl Proxies {
                 ..RolloutStats::default()
             };
             subset_errors(rng, scenario, &mut w);
+            if let Some((sim, models)) = &llm_models {
+                (w.stable.llm, w.canary.llm) =
+                    sim.draw(rng, models, w.stable.rq_2xx, w.canary.rq_2xx);
+            }
             w
         };
         if n == 1 {

@@ -3,6 +3,7 @@
 
 pub mod bench_cases;
 pub mod bootstrap;
+pub mod callgrind;
 pub mod client;
 pub mod controller;
 pub mod envoy;

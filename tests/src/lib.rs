@@ -19,6 +19,7 @@ pub mod prom;
 pub mod prometheus;
 pub mod rig;
 pub mod share;
+pub mod sse_upstream;
 pub mod upstream;
 pub mod wait;
 pub mod webhook;

@@ -103,8 +103,8 @@ pub(crate) fn judge_llm(
         }
     }
     let (cf, sf) = (
-        c.feedback_up + c.feedback_down,
-        s.feedback_up + s.feedback_down,
+        c.feedback_up.saturating_add(c.feedback_down),
+        s.feedback_up.saturating_add(s.feedback_down),
     );
     if checks.thumbs_down.enabled && (cf > 0 || sf > 0) {
         let d = &checks.thumbs_down;

@@ -88,8 +88,9 @@ impl RateDrift {
             return;
         }
         if let Some(before) = self.last {
-            let events = (before.events + now.events) as f64;
-            let p = events / (before.requests + now.requests) as f64;
+            // In f64: two windows' counts may pass 2^64 together.
+            let events = before.events as f64 + now.events as f64;
+            let p = events / (before.requests as f64 + now.requests as f64);
             if p > 0.0 && p < 1.0 {
                 let d = now.events as f64 / now.requests as f64
                     - before.events as f64 / before.requests as f64;
@@ -187,12 +188,14 @@ impl EventTest {
         let stable = Counts::new(stable.events, stable.requests);
         self.canary.add(canary);
         self.stable.add(stable);
-        let events = canary.events + stable.events;
+        // Saturating and in f64: each version's counts may be near 2^64 (a window is the
+        // difference of two u64 counters), and their sums must not wrap.
+        let events = canary.events.saturating_add(stable.events);
         if canary.requests == 0 || stable.requests == 0 || events == 0 {
             return;
         }
-        self.windows += 1;
-        let s = canary.requests as f64 / (canary.requests + stable.requests) as f64;
+        self.windows = self.windows.saturating_add(1);
+        let s = canary.requests as f64 / (canary.requests as f64 + stable.requests as f64);
         let share = |rho: f64| rho * s / (rho * s + 1.0 - s);
         let pi0 = share(self.null_ratio);
         let (x, y) = (canary.events as f64, stable.events as f64);
@@ -264,7 +267,7 @@ impl RateTest {
         let n = counts.requests as f64;
         let (x, y) = (counts.events as f64, n - counts.events as f64);
         let phi = 1.0 + n * p0 * v / (1.0 - p0);
-        self.windows += 1;
+        self.windows = self.windows.saturating_add(1);
         self.dispersion = phi;
         // Alternatives from 1.2× the limit to (nearly) every request.
         let top = (0.999 / p0).max(1.2 * 1.01);
@@ -406,6 +409,25 @@ mod tests {
             feed(&mut drifting, &mut drift, c, s);
         }
         assert!(drifting.dispersion > 5.0 * steady.dispersion);
+    }
+
+    /// Found by the `stats` fuzz target: a window is the difference of two u64 counters, so
+    /// each version's counts may be near 2^64, and their sums overflowed (a panic with
+    /// overflow checks, a wrapped count in release).
+    #[test]
+    fn counts_near_2_64_neither_overflow_nor_wrap() {
+        let top = Counts::new(u64::MAX - 2_048, u64::MAX - 1);
+        let mut t = EventTest::new(1.25, 1.5, 100.0);
+        let mut d = Drift::default();
+        feed(&mut t, &mut d, top, top);
+        feed(&mut t, &mut d, top, top);
+        assert_eq!(t.windows, 2);
+        assert!(t.log_e().is_finite(), "{}", t.log_e());
+        assert_eq!(t.canary.requests, u64::MAX, "totals saturate");
+        let mut r = RateTest::new(0.05);
+        r.windows = u64::MAX;
+        r.add(top, 0.01);
+        assert_eq!(r.windows, u64::MAX);
     }
 
     #[test]

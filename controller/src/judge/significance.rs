@@ -9,6 +9,26 @@ pub fn fisher_greater(canary_bad: u64, canary_n: u64, stable_bad: u64, stable_n:
     if canary_bad == 0 {
         return 1.0;
     }
+    // Counts from stats may be near 2^64 each, and the table's margins (and statrs' own
+    // `draws + successes`) must fit a u64: halve every count until they do. Proportions
+    // stay; the test only gets more conservative (fewer samples), never wraps.
+    let (mut canary_bad, mut canary_n, mut stable_bad, mut stable_n) =
+        (canary_bad, canary_n, stable_bad, stable_n);
+    let fits = |cb: u64, cn: u64, sb: u64, sn: u64| {
+        let bad = u128::from(cb) + u128::from(sb);
+        u128::from(cn) + u128::from(sn).max(bad) <= u128::from(u64::MAX)
+    };
+    while !fits(canary_bad, canary_n, stable_bad, stable_n) {
+        (canary_bad, canary_n, stable_bad, stable_n) = (
+            canary_bad >> 1,
+            canary_n >> 1,
+            stable_bad >> 1,
+            stable_n >> 1,
+        );
+    }
+    if canary_bad == 0 {
+        return 1.0;
+    }
     let population = canary_n + stable_n;
     let bad = canary_bad + stable_bad;
     match Hypergeometric::new(population, bad, canary_n) {
@@ -69,6 +89,14 @@ mod tests {
         // 1 bad of 50 vs 0 of 950: P = 50/1000.
         assert!((fisher_greater(1, 50, 0, 950) - 0.05).abs() < 1e-9);
         assert_eq!(fisher_greater(0, 50, 3, 950), 1.0);
+    }
+
+    /// Found by the `stats` fuzz target: two versions' counts near 2^64 overflowed the
+    /// table's margins.
+    #[test]
+    fn fisher_takes_counts_near_2_64() {
+        let p = fisher_greater(1, u64::MAX - 1, 1, u64::MAX - 1);
+        assert!((0.0..=1.0).contains(&p), "{p}");
     }
 
     #[test]

@@ -1,7 +1,15 @@
 //! Statistical tests, in one place: Fisher's exact test and binomial tests on proportions,
 //! Welch's t-test on means, each one-sided ("the canary is worse"), as p-values.
 
-use statrs::distribution::{Binomial, ContinuousCDF, DiscreteCDF, Hypergeometric, StudentsT};
+use statrs::distribution::{
+    Binomial, ContinuousCDF, DiscreteCDF, Hypergeometric, Normal, StudentsT,
+};
+use statrs::statistics::{Max, Min};
+
+/// The most terms Fisher's exact sum may take (statrs adds the hypergeometric terms one by
+/// one, so its cost grows with the counts: seconds at 10^7). Past it, in both tails, the
+/// normal approximation, whose error at such counts is far below any significance level.
+const EXACT_TERMS: u64 = 10_000;
 
 /// P(X ≥ k) for the canary's bad count in a 2×2 table with fixed margins: Fisher's exact
 /// test, one-sided, "the canary has the larger share of bad requests".
@@ -31,9 +39,39 @@ pub fn fisher_greater(canary_bad: u64, canary_n: u64, stable_bad: u64, stable_n:
     }
     let population = canary_n + stable_n;
     let bad = canary_bad + stable_bad;
-    match Hypergeometric::new(population, bad, canary_n) {
-        Ok(h) => h.sf(canary_bad - 1),
-        Err(_) => 1.0,
+    let Ok(h) = Hypergeometric::new(population, bad, canary_n) else {
+        return 1.0;
+    };
+    // P(X ≥ k) = P(X > k − 1): the upper tail's terms, or one minus the lower tail's.
+    let k = canary_bad - 1;
+    let upper_terms = h.max().saturating_sub(k);
+    let lower_terms = k.saturating_sub(h.min()).saturating_add(1);
+    if upper_terms <= EXACT_TERMS {
+        h.sf(k)
+    } else if lower_terms <= EXACT_TERMS {
+        (1.0 - h.cdf(k)).clamp(0.0, 1.0)
+    } else {
+        hypergeometric_normal_sf(canary_bad, population, bad, canary_n)
+    }
+}
+
+/// P(X ≥ k) for X hypergeometric (population `n`, `successes` in it, `draws`), by the
+/// normal approximation with continuity correction: O(1) whatever the counts.
+fn hypergeometric_normal_sf(k: u64, n: u64, successes: u64, draws: u64) -> f64 {
+    let (n, successes, draws) = (n as f64, successes as f64, draws as f64);
+    let share = successes / n;
+    let mean = draws * share;
+    let variance = draws * share * (1.0 - share) * (n - draws) / (n - 1.0).max(1.0);
+    let z = (k as f64 - 0.5 - mean) / variance.sqrt();
+    match Normal::new(0.0, 1.0) {
+        Ok(normal) if z.is_finite() => normal.sf(z),
+        _ => {
+            if k as f64 > mean {
+                0.0
+            } else {
+                1.0
+            }
+        }
     }
 }
 
@@ -97,6 +135,27 @@ mod tests {
     fn fisher_takes_counts_near_2_64() {
         let p = fisher_greater(1, u64::MAX - 1, 1, u64::MAX - 1);
         assert!((0.0..=1.0).contains(&p), "{p}");
+    }
+
+    /// Found by the `stats` fuzz target: an LLM window with 2^62 responses made Fisher's
+    /// sum take hours (statrs adds every term); each tail past `EXACT_TERMS` is now the
+    /// normal approximation, close to the exact value where both are computable.
+    #[test]
+    fn fisher_is_bounded_in_time_and_close_to_exact() {
+        let started = std::time::Instant::now();
+        let p = fisher_greater(1 << 61, 1 << 62, 1 << 61, 1 << 62);
+        assert!((0.4..=0.6).contains(&p), "{p}");
+        assert!(fisher_greater(1 << 40, 1 << 50, 1 << 30, 1 << 50) < 1e-9);
+        assert!(fisher_greater(1 << 30, 1 << 50, 1 << 40, 1 << 50) > 1.0 - 1e-9);
+        assert!(started.elapsed() < std::time::Duration::from_secs(1));
+        // ~30,000 terms each side: exact and approximate agree to a few thousandths.
+        let (canary_bad, canary_n, stable_bad, stable_n) = (30_150, 60_000, 30_000, 60_000);
+        let exact = Hypergeometric::new(canary_n + stable_n, canary_bad + stable_bad, canary_n)
+            .expect("table")
+            .sf(canary_bad - 1);
+        let approx = fisher_greater(canary_bad, canary_n, stable_bad, stable_n);
+        assert!((exact - approx).abs() < 0.005, "{exact} vs {approx}");
+        assert!((0.1..0.3).contains(&exact), "{exact}");
     }
 
     #[test]

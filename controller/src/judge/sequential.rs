@@ -194,20 +194,34 @@ impl EventTest {
         if canary.requests == 0 || stable.requests == 0 || events == 0 {
             return;
         }
-        self.windows = self.windows.saturating_add(1);
-        let s = canary.requests as f64 / (canary.requests as f64 + stable.requests as f64);
-        let share = |rho: f64| rho * s / (rho * s + 1.0 - s);
-        let pi0 = share(self.null_ratio);
+        // Each version's share of the requests, and of the events under a ratio `rho`,
+        // computed apart: `1 − share` cancels to 0 or below in f64 when one version has
+        // ~10^15 times the other's requests, and `ln` of that was NaN (which compares false
+        // with every threshold: the check passed whatever the canary did).
+        let total = canary.requests as f64 + stable.requests as f64;
+        let (s, q) = (
+            canary.requests as f64 / total,
+            stable.requests as f64 / total,
+        );
+        let canary_share = |rho: f64| rho * s / (rho * s + q);
+        let stable_share = |rho: f64| q / (rho * s + q);
+        let (pi0, rest0) = (canary_share(self.null_ratio), stable_share(self.null_ratio));
         let (x, y) = (canary.events as f64, stable.events as f64);
-        let phi = 1.0 + events as f64 * pi0 * (1.0 - pi0) * (v_canary + v_stable);
+        let phi = 1.0 + events as f64 * pi0 * rest0 * (v_canary + v_stable);
+        if !phi.is_finite() {
+            return;
+        }
+        self.windows = self.windows.saturating_add(1);
         self.dispersion = phi;
+        // `0 · ln 0 = 0`: a version without events says nothing about where they fall.
+        let term = |n: f64, ratio: f64| if n == 0.0 { 0.0 } else { n * ratio.ln() };
         for (l, rho) in self
             .log_lr
             .iter_mut()
             .zip(alternatives(self.min_ratio, self.max_ratio))
         {
-            let pi = share(rho);
-            *l += (x * (pi / pi0).ln() + y * ((1.0 - pi) / (1.0 - pi0)).ln()) / phi;
+            let (pi, rest) = (canary_share(rho), stable_share(rho));
+            *l += (term(x, pi / pi0) + term(y, rest / rest0)) / phi;
         }
         self.max_log_e = self.max_log_e.max(self.log_e());
     }
@@ -428,6 +442,34 @@ mod tests {
         r.windows = u64::MAX;
         r.add(top, 0.01);
         assert_eq!(r.windows, u64::MAX);
+    }
+
+    /// Found by the `stats` fuzz target: with one version ~10^15 times the other's
+    /// requests, `1 − share` cancelled to below 0 in f64, the e-value became NaN, and a NaN
+    /// e-value passes every check.
+    #[test]
+    fn a_lopsided_window_never_makes_the_e_value_nan() {
+        let big = u64::MAX - 5_000;
+        for (canary, stable) in [
+            (Counts::new(0, big), Counts::new(26_300, 26_300)),
+            (Counts::new(big, big), Counts::new(0, 26_300)),
+            (Counts::new(big, u64::MAX), Counts::new(1, 1)),
+            (Counts::new(1, 1), Counts::new(big, u64::MAX)),
+        ] {
+            let mut t = EventTest::new(1.0, 1.25, 100.0);
+            t.add(canary, stable, (0.2, 0.2));
+            assert!(t.log_lr.iter().all(|l| !l.is_nan()), "{:?}", t.log_lr);
+            assert_eq!(t.windows, 1);
+            if stable.events == 0 {
+                assert!(t.log_e() > 0.0, "every event on the canary is evidence");
+            }
+        }
+        let mut t = EventTest::new(1.0, 1.25, 100.0);
+        t.add(Counts::new(5, 10), Counts::new(5, 10), (f64::MAX, f64::MAX));
+        assert!(
+            !t.log_e().is_nan() && t.windows == 0,
+            "an infinite dispersion"
+        );
     }
 
     #[test]

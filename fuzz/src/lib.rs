@@ -1,4 +1,5 @@
-//! Fuzz targets for wasm-canary, and what runs them.
+//! Fuzz targets for wasm-canary (the contract, the filter's plain modules, the controller),
+//! and what runs them.
 //!
 //! Each target is a plain `fn(&[u8])` that decodes its input, calls the code under test and
 //! asserts the target's invariants: a broken invariant is a panic. Two drivers run the same
@@ -39,6 +40,9 @@ pub const TARGETS: &[Target] = &[
     targets::cookie::TARGET,
     targets::routing::TARGET,
     targets::shadow::TARGET,
+    targets::spec::TARGET,
+    targets::stats::TARGET,
+    targets::state::TARGET,
 ];
 
 pub fn target(name: &str) -> Option<&'static Target> {

@@ -97,8 +97,9 @@ impl RateDrift {
             return;
         }
         if let Some(before) = self.last {
-            let events = (before.events + now.events) as f64;
-            let p = events / (before.requests + now.requests) as f64;
+            // In f64: two windows' counts may pass 2^64 together.
+            let events = before.events as f64 + now.events as f64;
+            let p = events / (before.requests as f64 + now.requests as f64);
             if p > 0.0 && p < 1.0 {
                 let d = now.events as f64 / now.requests as f64
                     - before.events as f64 / before.requests as f64;
@@ -248,25 +249,40 @@ impl EventTest {
     ) {
         self.canary.add(canary);
         self.stable.add(stable);
+        // Saturating and in f64: each version's counts may be near 2^64 (a window is the
+        // difference of two u64 counters), and their sums must not wrap.
         let events = canary.events.saturating_add(stable.events);
         if canary.requests == 0 || stable.requests == 0 || events == 0 {
             return;
         }
-        self.windows += 1;
-        let s = canary.requests as f64 / (canary.requests + stable.requests) as f64;
-        let share = |rho: f64| rho * s / (rho * s + 1.0 - s);
-        let pi0 = share(self.null_ratio);
+        // Each version's share of the requests, and of the events under a ratio `rho`,
+        // computed apart: `1 − share` cancels to 0 or below in f64 when one version has
+        // ~10^15 times the other's requests, and `ln` of that was NaN (which compares false
+        // with every threshold: the check passed whatever the canary did).
+        let total = canary.requests as f64 + stable.requests as f64;
+        let (s, q) = (
+            canary.requests as f64 / total,
+            stable.requests as f64 / total,
+        );
+        let canary_share = |rho: f64| rho * s / (rho * s + q);
+        let stable_share = |rho: f64| q / (rho * s + q);
+        let (pi0, rest0) = (canary_share(self.null_ratio), stable_share(self.null_ratio));
         let (x, y) = (canary.events as f64, stable.events as f64);
-        let phi =
-            unit_dispersion.max(1.0) + events as f64 * pi0 * (1.0 - pi0) * (v_canary + v_stable);
+        let phi = unit_dispersion.max(1.0) + events as f64 * pi0 * rest0 * (v_canary + v_stable);
+        if !phi.is_finite() {
+            return;
+        }
+        self.windows = self.windows.saturating_add(1);
         self.dispersion = phi;
+        // `0 · ln 0 = 0`: a version without events says nothing about where they fall.
+        let term = |n: f64, ratio: f64| if n == 0.0 { 0.0 } else { n * ratio.ln() };
         for (l, rho) in self
             .log_lr
             .iter_mut()
             .zip(alternatives(self.min_ratio, self.max_ratio))
         {
-            let pi = share(rho);
-            *l += (x * (pi / pi0).ln() + y * ((1.0 - pi) / (1.0 - pi0)).ln()) / phi;
+            let (pi, rest) = (canary_share(rho), stable_share(rho));
+            *l += (term(x, pi / pi0) + term(y, rest / rest0)) / phi;
         }
         self.max_log_e = self.max_log_e.max(self.log_e());
     }
@@ -326,7 +342,7 @@ impl RateTest {
         let n = counts.requests as f64;
         let (x, y) = (counts.events as f64, n - counts.events as f64);
         let phi = 1.0 + n * p0 * v / (1.0 - p0);
-        self.windows += 1;
+        self.windows = self.windows.saturating_add(1);
         self.dispersion = phi;
         // Alternatives from 1.2× the limit to (nearly) every request.
         let top = (0.999 / p0).max(1.2 * 1.01);
@@ -468,6 +484,53 @@ mod tests {
             feed(&mut drifting, &mut drift, c, s);
         }
         assert!(drifting.dispersion > 5.0 * steady.dispersion);
+    }
+
+    /// Found by the `stats` fuzz target: a window is the difference of two u64 counters, so
+    /// each version's counts may be near 2^64, and their sums overflowed (a panic with
+    /// overflow checks, a wrapped count in release).
+    #[test]
+    fn counts_near_2_64_neither_overflow_nor_wrap() {
+        let top = Counts::new(u64::MAX - 2_048, u64::MAX - 1);
+        let mut t = EventTest::new(1.25, 1.5, 100.0);
+        let mut d = Drift::default();
+        feed(&mut t, &mut d, top, top);
+        feed(&mut t, &mut d, top, top);
+        assert_eq!(t.windows, 2);
+        assert!(t.log_e().is_finite(), "{}", t.log_e());
+        assert_eq!(t.canary.requests, u64::MAX, "totals saturate");
+        let mut r = RateTest::new(0.05);
+        r.windows = u64::MAX;
+        r.add(top, 0.01);
+        assert_eq!(r.windows, u64::MAX);
+    }
+
+    /// Found by the `stats` fuzz target: with one version ~10^15 times the other's
+    /// requests, `1 − share` cancelled to below 0 in f64, the e-value became NaN, and a NaN
+    /// e-value passes every check.
+    #[test]
+    fn a_lopsided_window_never_makes_the_e_value_nan() {
+        let big = u64::MAX - 5_000;
+        for (canary, stable) in [
+            (Counts::new(0, big), Counts::new(26_300, 26_300)),
+            (Counts::new(big, big), Counts::new(0, 26_300)),
+            (Counts::new(big, u64::MAX), Counts::new(1, 1)),
+            (Counts::new(1, 1), Counts::new(big, u64::MAX)),
+        ] {
+            let mut t = EventTest::new(1.0, 1.25, 100.0);
+            t.add(canary, stable, (0.2, 0.2));
+            assert!(t.log_lr.iter().all(|l| !l.is_nan()), "{:?}", t.log_lr);
+            assert_eq!(t.windows, 1);
+            if stable.events == 0 {
+                assert!(t.log_e() > 0.0, "every event on the canary is evidence");
+            }
+        }
+        let mut t = EventTest::new(1.0, 1.25, 100.0);
+        t.add(Counts::new(5, 10), Counts::new(5, 10), (f64::MAX, f64::MAX));
+        assert!(
+            !t.log_e().is_nan() && t.windows == 0,
+            "an infinite dispersion"
+        );
     }
 
     #[test]

@@ -305,3 +305,15 @@ fn identical_versions_are_not_rolled_back_over_a_long_stage() {
         .count();
     assert_eq!(failed, 0, "{failed} of 600 A/A windows failed");
 }
+
+/// Found by the `stats` fuzz target: thumbs up and down near 2^64 overflowed their sum.
+#[test]
+fn feedback_counts_near_2_64_do_not_overflow() {
+    let mut w = window(version(1_000, 0, 10.0), version(1_000, 0, 10.0));
+    w.canary.llm.feedback_up = u64::MAX;
+    w.canary.llm.feedback_down = 1;
+    w.stable.llm.feedback_up = u64::MAX - 1;
+    w.stable.llm.feedback_down = 2;
+    let v = verdict(&w);
+    assert!(v.checks.iter().any(|c| c.check == "thumbs_down_rate"));
+}

@@ -89,7 +89,11 @@ fn past_deadline(spec: &RolloutSpec, state: &RolloutState, now_ms: u64) -> Decis
         state.stage_stable_requests,
         stage.min_requests,
         totals.map_or(0, |t| t.passed),
-        totals.map_or(0, |t| t.passed + t.failed + t.inconclusive),
+        totals.map_or(0, |t| {
+            t.passed
+                .saturating_add(t.failed)
+                .saturating_add(t.inconclusive)
+        }),
         totals.map_or(0, |t| t.inconclusive),
     );
     match spec.analysis.on_progress_deadline {

@@ -130,8 +130,8 @@ impl Evidence {
             ));
             self.drift[1 + k] = drift;
         }
-        self.stable_duration = self.stable_duration.plus(&stable.duration);
-        self.canary_duration = self.canary_duration.plus(&canary.duration);
+        self.stable_duration += &stable.duration;
+        self.canary_duration += &canary.duration;
         for (check, result) in spec.checks.latency.iter().zip(checks.iter_mut().skip(2)) {
             describe_quantiles(result, check, &self.canary_duration, &self.stable_duration);
         }
@@ -163,7 +163,8 @@ fn pct(part: u64, whole: u64) -> f64 {
 }
 
 fn errors_relative(t: &EventTest, k: f64, threshold: f64) -> CheckResult {
-    let outcome = decided(t.log_e(), threshold);
+    let log_e = t.log_e();
+    let outcome = decided(log_e, threshold);
     let (c, s) = (t.canary, t.stable);
     CheckResult {
         check: "error_rate".into(),
@@ -183,7 +184,7 @@ fn errors_relative(t: &EventTest, k: f64, threshold: f64) -> CheckResult {
             s.events,
             s.requests,
             t.null_ratio,
-            t.log_e().exp(),
+            log_e.exp(),
             if outcome == Outcome::Fail { "≥" } else { "<" },
             t.dispersion,
             if outcome == Outcome::Fail {
@@ -197,7 +198,7 @@ fn errors_relative(t: &EventTest, k: f64, threshold: f64) -> CheckResult {
         worse: Some(Worse::Higher),
         sequential: Some(sequential(
             format!("canary ≤ {:.2}× stable", t.null_ratio),
-            t.log_e(),
+            log_e,
             threshold,
             t.windows,
             t.dispersion,
@@ -226,7 +227,8 @@ fn sequential(
 fn errors_absolute(t: &RateTest, relative: &EventTest, threshold: f64) -> CheckResult {
     let stable_rate = relative.stable.rate().unwrap_or(0.0);
     let stable_past = stable_rate > t.limit;
-    let outcome = match decided(t.log_e(), threshold) {
+    let log_e = t.log_e();
+    let outcome = match decided(log_e, threshold) {
         Outcome::Fail if !stable_past => Outcome::Fail,
         _ => Outcome::Pass,
     };
@@ -245,8 +247,8 @@ fn errors_absolute(t: &RateTest, relative: &EventTest, threshold: f64) -> CheckR
             c.events,
             c.requests,
             t.limit * 100.0,
-            t.log_e().exp(),
-            if t.log_e() >= threshold.ln() {
+            log_e.exp(),
+            if log_e >= threshold.ln() {
                 "≥"
             } else {
                 "<"
@@ -265,7 +267,7 @@ fn errors_absolute(t: &RateTest, relative: &EventTest, threshold: f64) -> CheckR
         worse: Some(Worse::Higher),
         sequential: Some(sequential(
             format!("canary ≤ {:.2}%", t.limit * 100.0),
-            t.log_e(),
+            log_e,
             threshold,
             t.windows,
             t.dispersion,
@@ -309,10 +311,11 @@ fn latency(
         let noise = drift.add(slow_canary, slow_stable);
         test.add(slow_canary, slow_stable, noise);
     }
+    let log_e = test.log_e();
     let outcome = if test.windows == 0 && bounds.is_none() {
         Outcome::Inconclusive
     } else {
-        decided(test.log_e(), threshold)
+        decided(log_e, threshold)
     };
     let (c, s) = (test.canary, test.stable);
     CheckResult {
@@ -334,7 +337,7 @@ fn latency(
                 s.events,
                 s.requests,
                 null_ratio(check.max_relative_increase),
-                test.log_e().exp(),
+                log_e.exp(),
                 if outcome == Outcome::Fail { "≥" } else { "<" },
                 if outcome == Outcome::Fail {
                     ": slower than stable beyond the limit"
@@ -352,7 +355,7 @@ fn latency(
                     "canary ≤ {:.2}× stable",
                     null_ratio(check.max_relative_increase)
                 ),
-                test.log_e(),
+                log_e,
                 threshold,
                 test.windows,
                 test.dispersion,

@@ -137,6 +137,12 @@ impl Verdict {
 /// is rolled back, and one that recovers after a blip goes on. The LLM checks are judged
 /// window by window, as before.
 pub fn judge(window: &RolloutStats, evidence: &Evidence, spec: &RolloutSpec) -> Verdict {
+    judge_owned(window, evidence.clone(), spec)
+}
+
+/// [`judge`] for a caller that hands the stage's evidence over rather than keeping it
+/// (a simulation of thousands of windows): the same verdict, without copying the evidence.
+pub fn judge_owned(window: &RolloutStats, evidence: Evidence, spec: &RolloutSpec) -> Verdict {
     let mut verdict = judge_requests(window, evidence, spec);
     if let Some(check) = breaker_check(&window.canary) {
         verdict.checks.insert(0, check);
@@ -169,7 +175,7 @@ fn breaker_check(canary: &VersionStats) -> Option<CheckResult> {
     })
 }
 
-fn judge_requests(window: &RolloutStats, evidence: &Evidence, spec: &RolloutSpec) -> Verdict {
+fn judge_requests(window: &RolloutStats, evidence: Evidence, spec: &RolloutSpec) -> Verdict {
     let (canary, stable) = (&window.canary, &window.stable);
     let analysis = &spec.analysis;
     let min = analysis.min_window_requests;
@@ -182,7 +188,7 @@ fn judge_requests(window: &RolloutStats, evidence: &Evidence, spec: &RolloutSpec
         canary_errors: canary.errors(),
         stable_errors: stable.errors(),
         checks: Vec::new(),
-        evidence: evidence.clone(),
+        evidence,
     };
     if canary.requests < min.max(1) || stable.requests < min.max(1) {
         // Not judged: the window adds nothing to the stage's evidence either.

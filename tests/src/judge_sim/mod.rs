@@ -7,7 +7,9 @@
 pub mod scenarios;
 pub mod traffic;
 
-use canary_controller::judge::Verdict;
+use std::sync::Arc;
+
+use canary_controller::judge::{Evidence, Verdict};
 use canary_controller::machine::{Input, Phase, RolloutState};
 use canary_controller::spec::RolloutSpec;
 use canary_controller::stats::window::{Reading, Windower};
@@ -22,8 +24,9 @@ use traffic::{binomial, drift, version_window, Buckets};
 /// The analysis interval every simulated rollout uses.
 pub const INTERVAL_S: u64 = 30;
 
-/// The judge under test: the verdict on one window, given the rollout's state before it.
-pub type Analyst = fn(&RolloutStats, &RolloutState, &RolloutSpec) -> Verdict;
+/// The judge under test: the verdict on one window, given the rollout's state before it and
+/// the stage's evidence so far (handed over: the verdict brings it back, updated).
+pub type Analyst = fn(&RolloutStats, Evidence, &RolloutState, &RolloutSpec) -> Verdict;
 
 /// A spec with the schedule's stages and everything else at its defaults.
 pub fn spec(schedule: &Schedule) -> RolloutSpec {
@@ -61,8 +64,8 @@ pub fn run_one(
     seed: u64,
 ) -> End {
     let mut rng = SmallRng::seed_from_u64(seed);
-    let stable_buckets = Buckets::new(scenario.stable_latency, bounds);
-    let canary_buckets = Buckets::new(scenario.canary_latency, bounds);
+    let mut stable_buckets = Buckets::new(scenario.stable_latency, bounds);
+    let mut canary_buckets = Buckets::new(scenario.canary_latency, bounds);
     let schedule_ms: u64 = spec.stages.iter().map(|s| s.hold.as_millis() as u64).sum();
     let limit_ms = 2 * schedule_ms + 3_600_000;
     let (mut state, _) = RolloutState::start(spec, 0);
@@ -78,14 +81,18 @@ pub fn run_one(
             scenario,
             rate_rps,
             weight,
-            &stable_buckets,
-            &canary_buckets,
+            &mut stable_buckets,
+            &mut canary_buckets,
         );
-        let verdict = analyst(&window, &state, spec);
-        let Ok((next, _)) = state.step(spec, Input::Analysis(verdict), now_ms) else {
+        // The state's evidence goes to the judge and comes back in the verdict: no copy.
+        let evidence = Arc::unwrap_or_clone(std::mem::take(&mut state.evidence));
+        let verdict = analyst(&window, evidence, &state, spec);
+        if state
+            .advance(spec, Input::Analysis(verdict), now_ms)
+            .is_err()
+        {
             return End::Unfinished;
-        };
-        state = next;
+        }
         match state.phase {
             Phase::RolledBack => {
                 let by = state
@@ -140,8 +147,8 @@ impl Proxies {
         scenario: &Scenario,
         rate_rps: f64,
         weight: f64,
-        stable_buckets: &Buckets,
-        canary_buckets: &Buckets,
+        stable_buckets: &mut Buckets,
+        canary_buckets: &mut Buckets,
     ) -> RolloutStats {
         let seconds = INTERVAL_S as f64;
         // Shared burst: both versions' rate for the window, 8 s of it at 20%.
@@ -157,7 +164,7 @@ impl Proxies {
         let canary_rate = mix(scenario.canary_error_rate * drift(rng, scenario.drift_sigma));
         let n = self.totals.len();
         // Each Envoy's share of the window: its requests, errors and durations.
-        let draw = |rng: &mut SmallRng| {
+        let mut draw = |rng: &mut SmallRng| {
             let requests = rate_rps * seconds / n as f64;
             let mut w = RolloutStats {
                 stable: version_window(rng, stable_buckets, requests * (1.0 - weight), stable_rate),

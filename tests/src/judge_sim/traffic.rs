@@ -135,6 +135,10 @@ pub struct Buckets {
     /// (bucket index, probability, midpoint ms) of the buckets with a probability that
     /// can show up at all.
     cells: Vec<(usize, f64, f64)>,
+    /// Each cell's Poisson mean and what its draw needs of it, for the last window's mean
+    /// requests: a stage's windows all have the same mean, so the `exp` and `sqrt` of a
+    /// cell's mean are worked out once per stage, not once per window.
+    means: Option<(f64, Vec<PoissonMean>)>,
 }
 
 impl Buckets {
@@ -157,27 +161,36 @@ impl Buckets {
         Buckets {
             bounds: bounds.to_vec(),
             cells,
+            means: None,
         }
     }
 
     /// The histogram of `Poisson(mean)` requests (Poisson splitting: each bucket's count is
     /// an independent Poisson draw, and their sum is the window's requests).
-    pub fn draw(&self, rng: &mut SmallRng, mean: f64) -> Histogram {
-        let mut counts = vec![0u64; self.bounds.len() + 1];
+    pub fn draw(&mut self, rng: &mut SmallRng, mean: f64) -> Histogram {
+        if self.means.as_ref().is_none_or(|(m, _)| m.to_bits() != mean.to_bits()) {
+            let means = self
+                .cells
+                .iter()
+                .map(|&(_, p, _)| PoissonMean::new(mean * p))
+                .collect();
+            self.means = Some((mean, means));
+        }
+        let means = self.means.as_ref().map_or(&[][..], |(_, m)| m.as_slice());
+        // Per-bucket counts first, then summed up in place into Envoy's cumulative form.
+        let mut buckets: Vec<(f64, u64)> = self.bounds.iter().map(|&b| (b, 0)).collect();
+        buckets.push((f64::INFINITY, 0));
         let mut sum_ms = 0.0;
-        for &(i, p, mid) in &self.cells {
-            let c = poisson(rng, mean * p);
-            counts[i] = c;
+        for (&(i, _, mid), m) in self.cells.iter().zip(means) {
+            let c = m.draw(rng);
+            buckets[i].1 = c;
             sum_ms += c as f64 * mid;
         }
         let mut cumulative = 0;
-        let mut buckets = Vec::with_capacity(self.bounds.len() + 1);
-        for (i, &b) in self.bounds.iter().enumerate() {
-            cumulative += counts[i];
-            buckets.push((b, cumulative));
+        for (_, c) in &mut buckets {
+            cumulative += *c;
+            *c = cumulative;
         }
-        cumulative += counts[self.bounds.len()];
-        buckets.push((f64::INFINITY, cumulative));
         Histogram {
             buckets,
             count: cumulative,
@@ -186,26 +199,53 @@ impl Buckets {
     }
 }
 
+/// A Poisson mean with what [`poisson`] computes from it before drawing.
+#[derive(Debug, Clone, Copy)]
+struct PoissonMean {
+    mean: f64,
+    /// `e^-mean` (inversion, small means) or `√mean` (the normal approximation).
+    derived: f64,
+}
+
+impl PoissonMean {
+    fn new(mean: f64) -> PoissonMean {
+        let derived = if mean < POISSON_INVERSION_BELOW {
+            (-mean).exp()
+        } else {
+            mean.sqrt()
+        };
+        PoissonMean { mean, derived }
+    }
+
+    fn draw(&self, rng: &mut SmallRng) -> u64 {
+        let mean = self.mean;
+        if mean <= 0.0 {
+            return 0;
+        }
+        if mean < POISSON_INVERSION_BELOW {
+            // Inversion by sequential search.
+            let u: f64 = rng.gen();
+            let mut k = 0u64;
+            let mut p = self.derived;
+            let mut cdf = p;
+            while u > cdf && k < 1_000 {
+                k += 1;
+                p *= mean / k as f64;
+                cdf += p;
+            }
+            return k;
+        }
+        let z: f64 = StandardNormal.sample(rng);
+        (mean + self.derived * z + 0.5).max(0.0) as u64
+    }
+}
+
+/// Means below this are drawn exactly, by inversion.
+const POISSON_INVERSION_BELOW: f64 = 40.0;
+
 /// A Poisson draw: exact (inversion) for small means, normal with continuity otherwise.
 pub fn poisson(rng: &mut SmallRng, mean: f64) -> u64 {
-    if mean <= 0.0 {
-        return 0;
-    }
-    if mean < 40.0 {
-        // Inversion by sequential search.
-        let u: f64 = rng.gen();
-        let mut k = 0u64;
-        let mut p = (-mean).exp();
-        let mut cdf = p;
-        while u > cdf && k < 1_000 {
-            k += 1;
-            p *= mean / k as f64;
-            cdf += p;
-        }
-        return k;
-    }
-    let z: f64 = StandardNormal.sample(rng);
-    (mean + mean.sqrt() * z + 0.5).max(0.0) as u64
+    PoissonMean::new(mean).draw(rng)
 }
 
 /// An exact binomial draw (rand_distr's BTPE).
@@ -222,7 +262,7 @@ pub fn binomial(rng: &mut SmallRng, n: u64, p: f64) -> u64 {
 /// One version's window: `requests` drawn over `buckets`, of which `error_rate` fail.
 pub fn version_window(
     rng: &mut SmallRng,
-    buckets: &Buckets,
+    buckets: &mut Buckets,
     mean_requests: f64,
     error_rate: f64,
 ) -> VersionStats {
@@ -261,7 +301,7 @@ mod tests {
         assert!((l.cdf(120.0) - 0.5).abs() < 1e-6);
         // p99 = 120 · e^(2.326 σ) = 151.
         assert!((l.cdf(151.0) - 0.99).abs() < 2e-3, "{}", l.cdf(151.0));
-        let b = Buckets::new(l, &ENVOY_DEFAULT_BUCKETS_MS);
+        let mut b = Buckets::new(l, &ENVOY_DEFAULT_BUCKETS_MS);
         let mut rng = SmallRng::seed_from_u64(1);
         let h = b.draw(&mut rng, 100_000.0);
         assert!((h.count as f64 - 100_000.0).abs() < 2_000.0);

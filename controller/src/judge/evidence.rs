@@ -5,6 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::decimal::Fixed;
 use super::sequential::{Counts, Drift, EventTest, RateTest};
 use super::{CheckResult, Outcome, SequentialTest, Worse};
 use crate::spec::{LatencyCheck, RolloutSpec};
@@ -176,17 +177,18 @@ fn errors_relative(t: &EventTest, k: f64, threshold: f64) -> CheckResult {
         reason: format!(
             "error rate canary {:.2}% ({}/{}) vs stable {:.2}% ({}/{}) over the stage; \
              sequential test of canary ≤ {:.2}× stable against {k}–{MAX_RATIO}×: \
-             e = {:.3e} {} 1/α = {threshold:.0} (dispersion {:.2}){}",
-            pct(c.events, c.requests),
+             e = {:.3e} {} 1/α = {:.0} (dispersion {:.2}){}",
+            Fixed(pct(c.events, c.requests)),
             c.events,
             c.requests,
-            pct(s.events, s.requests),
+            Fixed(pct(s.events, s.requests)),
             s.events,
             s.requests,
-            t.null_ratio,
+            Fixed(t.null_ratio),
             log_e.exp(),
             if outcome == Outcome::Fail { "≥" } else { "<" },
-            t.dispersion,
+            Fixed(threshold),
+            Fixed(t.dispersion),
             if outcome == Outcome::Fail {
                 ": worse than stable"
             } else {
@@ -197,7 +199,7 @@ fn errors_relative(t: &EventTest, k: f64, threshold: f64) -> CheckResult {
         stable_n: Some(s.requests),
         worse: Some(Worse::Higher),
         sequential: Some(sequential(
-            format!("canary ≤ {:.2}× stable", t.null_ratio),
+            format!("canary ≤ {:.2}× stable", Fixed(t.null_ratio)),
             log_e,
             threshold,
             t.windows,
@@ -242,22 +244,23 @@ fn errors_absolute(t: &RateTest, relative: &EventTest, threshold: f64) -> CheckR
         p_value: Some((-t.max_log_e).exp().min(1.0)),
         reason: format!(
             "error rate canary {:.2}% ({}/{}) against the absolute limit {:.2}%; sequential \
-             test of canary ≤ limit: e = {:.3e} {} 1/α = {threshold:.0}{}",
-            pct(c.events, c.requests),
+             test of canary ≤ limit: e = {:.3e} {} 1/α = {:.0}{}",
+            Fixed(pct(c.events, c.requests)),
             c.events,
             c.requests,
-            t.limit * 100.0,
+            Fixed(t.limit * 100.0),
             log_e.exp(),
             if log_e >= threshold.ln() {
                 "≥"
             } else {
                 "<"
             },
+            Fixed(threshold),
             match (outcome, stable_past) {
                 (Outcome::Fail, _) => ": above the absolute limit".to_string(),
                 (_, true) => format!(
                     "; stable is past it too ({:.2}%): not the canary's doing",
-                    stable_rate * 100.0
+                    Fixed(stable_rate * 100.0)
                 ),
                 _ => String::new(),
             }
@@ -266,7 +269,7 @@ fn errors_absolute(t: &RateTest, relative: &EventTest, threshold: f64) -> CheckR
         stable_n: Some(relative.stable.requests),
         worse: Some(Worse::Higher),
         sequential: Some(sequential(
-            format!("canary ≤ {:.2}%", t.limit * 100.0),
+            format!("canary ≤ {:.2}%", Fixed(t.limit * 100.0)),
             log_e,
             threshold,
             t.windows,
@@ -331,14 +334,15 @@ fn latency(
             ),
             _ => format!(
                 "slower than the bounds: canary {}/{} vs stable {}/{} over the stage; \
-                 sequential test of canary ≤ {:.2}× stable: e = {:.3e} {} 1/α = {threshold:.0}{}",
+                 sequential test of canary ≤ {:.2}× stable: e = {:.3e} {} 1/α = {:.0}{}",
                 c.events,
                 c.requests,
                 s.events,
                 s.requests,
-                null_ratio(check.max_relative_increase),
+                Fixed(null_ratio(check.max_relative_increase)),
                 log_e.exp(),
                 if outcome == Outcome::Fail { "≥" } else { "<" },
+                Fixed(threshold),
                 if outcome == Outcome::Fail {
                     ": slower than stable beyond the limit"
                 } else {
@@ -353,7 +357,7 @@ fn latency(
             sequential(
                 format!(
                     "canary ≤ {:.2}× stable",
-                    null_ratio(check.max_relative_increase)
+                    Fixed(null_ratio(check.max_relative_increase))
                 ),
                 log_e,
                 threshold,
@@ -381,16 +385,19 @@ fn describe_quantiles(
     result.limit = sq.map(|s| s * check.max_relative_increase);
     let mut head = format!("{} canary ", result.check);
     match (cq, sq) {
-        (Some(c), Some(s)) => head += &format!("{c:.1} ms vs stable {s:.1} ms; "),
+        (Some(c), Some(s)) => {
+            head += &format!("{:.1} ms vs stable {:.1} ms; ", Fixed(c), Fixed(s))
+        }
         _ => head += "– vs stable –; ",
     }
     result.reason = head + &result.reason;
     if let Some(width) = sq.and_then(|s| bucket_ratio(stable, s)) {
         if width > COARSE_BUCKET_RATIO {
             result.reason += &format!(
-                " ({COARSE_BUCKETS}: stable's p{} lies in a bucket {width:.1}× wide, a change \
+                " ({COARSE_BUCKETS}: stable's p{} lies in a bucket {:.1}× wide, a change \
                  within it is invisible; set fine histogram_bucket_settings)",
-                super::trim_quantile(check.quantile)
+                super::trim_quantile(check.quantile),
+                Fixed(width),
             );
         }
     }

@@ -1,8 +1,9 @@
 //! The judge: one window of canary and stable stats in, a verdict out. Pure functions. Here:
 //! the verdict and the main [`judge`]; the request checks' evidence over a stage is in
 //! [`evidence`], the anytime-valid tests behind it in [`sequential`], the LLM checks in
-//! [`llm`] (window by window) with the classical tests they use in [`significance`]. May
-//! import `spec` and `stats`; never `machine` or `server`.
+//! [`llm`] (window by window) with the classical tests they use in [`significance`];
+//! [`decimal`] prints the reasons' numbers. May import `spec` and `stats`; never `machine`
+//! or `server`.
 //!
 //! Request checks are **sequential**: every window adds to the evidence of its stage, and a
 //! check fails only when its e-value passes `1/α'`, where `α'` is `analysis.alpha` shared
@@ -21,6 +22,7 @@ use serde::{Deserialize, Serialize};
 use crate::spec::RolloutSpec;
 use crate::stats::{RolloutStats, VersionStats};
 
+mod decimal;
 pub mod evidence;
 mod llm;
 pub mod sequential;
@@ -247,7 +249,7 @@ fn judge_requests(window: &RolloutStats, evidence: Evidence, spec: &RolloutSpec)
 }
 
 pub(crate) fn trim_quantile(q: f64) -> String {
-    let s = format!("{:.3}", q * 100.0);
+    let s = format!("{:.3}", decimal::Fixed(q * 100.0));
     s.trim_end_matches('0').trim_end_matches('.').to_string()
 }
 

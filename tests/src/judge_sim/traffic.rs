@@ -181,7 +181,7 @@ impl Buckets {
         let mut buckets: Vec<(f64, u64)> = self.bounds.iter().map(|&b| (b, 0)).collect();
         buckets.push((f64::INFINITY, 0));
         let mut sum_ms = 0.0;
-        for (&(i, _, mid), m) in self.cells.iter().zip(means) {
+        for (&(i, _, mid), m) in self.cells.iter().zip(means.iter()) {
             let c = m.draw(rng);
             buckets[i].1 = c;
             sum_ms += c as f64 * mid;
@@ -199,22 +199,47 @@ impl Buckets {
     }
 }
 
-/// A Poisson mean with what [`poisson`] computes from it before drawing.
-#[derive(Debug, Clone, Copy)]
+/// A Poisson mean with what [`poisson`] works out from it before drawing.
+#[derive(Debug, Clone)]
 struct PoissonMean {
     mean: f64,
-    /// `e^-mean` (inversion, small means) or `√mean` (the normal approximation).
-    derived: f64,
+    /// Small means (inversion): the CDF at 0, 1, 2... as the sequential search adds it up,
+    /// up to where it stops growing. Large means: empty.
+    cdf: Vec<f64>,
+    /// `√mean`, for the normal approximation of large means.
+    sqrt: f64,
 }
+
+/// The sequential search of the inversion stops here whatever the draw.
+const INVERSION_MAX_K: usize = 1_000;
 
 impl PoissonMean {
     fn new(mean: f64) -> PoissonMean {
-        let derived = if mean < POISSON_INVERSION_BELOW {
-            (-mean).exp()
-        } else {
-            mean.sqrt()
-        };
-        PoissonMean { mean, derived }
+        let mut cdf = Vec::new();
+        if mean > 0.0 && mean < POISSON_INVERSION_BELOW {
+            // The same sums, in the same order, as the search in `draw_by_search`: a
+            // draw then looks its answer up instead of adding the terms up again.
+            let mut p = (-mean).exp();
+            let mut c = p;
+            cdf.push(c);
+            let mut k = 0;
+            while k < INVERSION_MAX_K {
+                k += 1;
+                p *= mean / k as f64;
+                c += p;
+                cdf.push(c);
+                // Past the mode the terms only shrink; below a quarter of c's last place
+                // they no longer change it (round to nearest), so the CDF is final.
+                if k as f64 > mean && p < c * f64::EPSILON / 4.0 {
+                    break;
+                }
+            }
+        }
+        PoissonMean {
+            mean,
+            cdf,
+            sqrt: mean.sqrt(),
+        }
     }
 
     fn draw(&self, rng: &mut SmallRng) -> u64 {
@@ -223,21 +248,34 @@ impl PoissonMean {
             return 0;
         }
         if mean < POISSON_INVERSION_BELOW {
-            // Inversion by sequential search.
+            // Inversion: the first k whose CDF reaches u (the search goes on to its
+            // limit past a CDF that stopped short of u).
             let u: f64 = rng.gen();
-            let mut k = 0u64;
-            let mut p = self.derived;
-            let mut cdf = p;
-            while u > cdf && k < 1_000 {
-                k += 1;
-                p *= mean / k as f64;
-                cdf += p;
-            }
-            return k;
+            let k = self.cdf.partition_point(|c| u > *c);
+            return if k < self.cdf.len() {
+                k as u64
+            } else {
+                INVERSION_MAX_K as u64
+            };
         }
         let z: f64 = StandardNormal.sample(rng);
-        (mean + self.derived * z + 0.5).max(0.0) as u64
+        (mean + self.sqrt * z + 0.5).max(0.0) as u64
     }
+}
+
+/// The inversion as a search (what [`PoissonMean::draw`] looks up), for the tests.
+#[cfg(test)]
+fn draw_by_search(rng: &mut SmallRng, mean: f64) -> u64 {
+    let u: f64 = rng.gen();
+    let mut k = 0u64;
+    let mut p = (-mean).exp();
+    let mut cdf = p;
+    while u > cdf && k < INVERSION_MAX_K as u64 {
+        k += 1;
+        p *= mean / k as f64;
+        cdf += p;
+    }
+    k
 }
 
 /// Means below this are drawn exactly, by inversion.
@@ -307,6 +345,39 @@ mod tests {
         assert!((h.count as f64 - 100_000.0).abs() < 2_000.0);
         let q = h.quantile(0.5).expect("samples");
         assert!((100.0..250.0).contains(&q), "{q}");
+    }
+
+    /// The looked-up inversion draws what the search draws, draw for draw (the CDF
+    /// table ends where the search's sums stop changing), also for u past its end.
+    #[test]
+    fn inversion_by_table_is_the_search() {
+        for mean in [1e-9, 1e-4, 0.3, 1.0, 2.5, 7.0, 17.3, 39.999] {
+            let table = PoissonMean::new(mean);
+            let (mut a, mut b) = (SmallRng::seed_from_u64(3), SmallRng::seed_from_u64(3));
+            for _ in 0..20_000 {
+                assert_eq!(table.draw(&mut a), draw_by_search(&mut b, mean), "{mean}");
+            }
+            let last = *table.cdf.last().expect("a table");
+            let past = |u: f64| {
+                let k = table.cdf.partition_point(|c| u > *c);
+                if k < table.cdf.len() {
+                    k
+                } else {
+                    INVERSION_MAX_K
+                }
+            };
+            // What the search gives for u just past the table's end, worked out the slow way.
+            let u = f64::from_bits(last.to_bits() + 1);
+            if u < 1.0 {
+                let (mut k, mut p, mut c) = (0usize, (-mean).exp(), (-mean).exp());
+                while u > c && k < INVERSION_MAX_K {
+                    k += 1;
+                    p *= mean / k as f64;
+                    c += p;
+                }
+                assert_eq!(past(u), k, "{mean}");
+            }
+        }
     }
 
     #[test]

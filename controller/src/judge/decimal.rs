@@ -65,17 +65,27 @@ fn write_scaled(f: &mut fmt::Formatter<'_>, negative: bool, n: u128, p: usize) -
     // Digits from the right: at most 39 of the integer, the point, the sign.
     let mut buf = [0u8; 48];
     let mut at = buf.len();
-    let mut n = n;
+    // The digits that fit in 64 bits (all of them, for the numbers reasons print) with
+    // 64-bit divisions: a 128-bit one is a library call.
+    const CHUNK: u128 = 10u128.pow(19);
+    let (mut high, mut low) = match u64::try_from(n) {
+        Ok(low) => (0, low),
+        Err(_) => (n / CHUNK, (n % CHUNK) as u64),
+    };
     let mut digits = 0;
-    while n > 0 || digits <= p {
+    while high > 0 || low > 0 || digits <= p {
         if digits == p && p > 0 {
             at -= 1;
             buf[at] = b'.';
         }
         at -= 1;
-        buf[at] = b'0' + (n % 10) as u8;
-        n /= 10;
+        buf[at] = b'0' + (low % 10) as u8;
+        low /= 10;
         digits += 1;
+        if digits % 19 == 0 && high > 0 {
+            low = (high % CHUNK) as u64;
+            high /= CHUNK;
+        }
     }
     if negative {
         at -= 1;

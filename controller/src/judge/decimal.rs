@@ -37,14 +37,29 @@ fn scaled(x: f64, p: usize) -> Option<u128> {
     }
     let bits = x.to_bits();
     let exponent = ((bits >> 52) & 0x7ff) as i32;
-    let fraction = u128::from(bits & ((1u64 << 52) - 1));
+    let fraction = bits & ((1u64 << 52) - 1);
     // x = mantissa · 2^power.
     let (mantissa, power) = if exponent == 0 {
         (fraction, -1074)
     } else {
-        (fraction | (1u128 << 52), exponent - 1075)
+        (fraction | (1u64 << 52), exponent - 1075)
     };
-    let a = mantissa * 10u128.pow(p as u32);
+    if p <= 3 && power < 0 {
+        // What reasons print (a few digits of a number below 2^52), in 64 bits:
+        // a < 2^53 · 10^3 < 2^63.
+        let a = mantissa * 10u64.pow(p as u32);
+        let shift = power.unsigned_abs();
+        if shift >= 64 {
+            // a < 2^63 ≤ half of 2^shift: rounds to 0.
+            return Some(0);
+        }
+        let quotient = a >> shift;
+        let remainder = a & ((1u64 << shift) - 1);
+        let half = 1u64 << (shift - 1);
+        let up = remainder > half || (remainder == half && quotient & 1 == 1);
+        return Some(u128::from(quotient + u64::from(up)));
+    }
+    let a = u128::from(mantissa) * 10u128.pow(p as u32);
     if power >= 0 {
         // a < 2^83: shifted by up to 40 it still fits.
         return (power <= 40).then(|| a << power);

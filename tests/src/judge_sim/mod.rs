@@ -181,11 +181,11 @@ impl Proxies {
         let mut readings = Vec::with_capacity(n);
         for (i, total) in self.totals.iter_mut().enumerate() {
             let delta = draw(rng);
-            *total = if rng.gen_bool(restart_chance.min(1.0)) {
-                delta // restarted: counters from zero
+            if rng.gen_bool(restart_chance.min(1.0)) {
+                *total = delta; // restarted: counters from zero
             } else {
-                total.plus(&delta)
-            };
+                *total += &delta;
+            }
             readings.push(Reading {
                 source: format!("envoy-{i}"),
                 result: Ok(total.clone()),

@@ -250,11 +250,7 @@ fn errors_absolute(t: &RateTest, relative: &EventTest, threshold: f64) -> CheckR
             c.requests,
             Fixed(t.limit * 100.0),
             log_e.exp(),
-            if log_e >= threshold.ln() {
-                "≥"
-            } else {
-                "<"
-            },
+            if log_e >= threshold.ln() { "≥" } else { "<" },
             Fixed(threshold),
             match (outcome, stable_past) {
                 (Outcome::Fail, _) => ": above the absolute limit".to_string(),
@@ -385,9 +381,7 @@ fn describe_quantiles(
     result.limit = sq.map(|s| s * check.max_relative_increase);
     let mut head = format!("{} canary ", result.check);
     match (cq, sq) {
-        (Some(c), Some(s)) => {
-            head += &format!("{:.1} ms vs stable {:.1} ms; ", Fixed(c), Fixed(s))
-        }
+        (Some(c), Some(s)) => head += &format!("{:.1} ms vs stable {:.1} ms; ", Fixed(c), Fixed(s)),
         _ => head += "– vs stable –; ",
     }
     result.reason = head + &result.reason;

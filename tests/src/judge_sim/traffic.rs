@@ -168,7 +168,11 @@ impl Buckets {
     /// The histogram of `Poisson(mean)` requests (Poisson splitting: each bucket's count is
     /// an independent Poisson draw, and their sum is the window's requests).
     pub fn draw(&mut self, rng: &mut SmallRng, mean: f64) -> Histogram {
-        if self.means.as_ref().is_none_or(|(m, _)| m.to_bits() != mean.to_bits()) {
+        if self
+            .means
+            .as_ref()
+            .is_none_or(|(m, _)| m.to_bits() != mean.to_bits())
+        {
             let means = self
                 .cells
                 .iter()

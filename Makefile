@@ -183,12 +183,15 @@ demo: build
 	cargo run --release -q -p canary-e2e --bin demo
 
 ## bench: filter vs native split (target/bench/overhead.json) and its instructions per request
-## (instructions.json); LLM time-to-first-token overhead (llm.json); rollback and convergence
+## (instructions.json); LLM time-to-first-token overhead (llm.json); the LLM module's instructions
+## per request with new anonymous users against a full rate-limit table of 100k users, event
+## streams in 16-byte chunks (ratelimit.json); rollback and convergence
 ## times (rollout.json); whole rollouts simulated through the judge (judge.json).
 bench: build
 	cargo run --release -q -p canary-e2e --bin bench
 	cargo run --release -q -p canary-e2e --bin bench_instructions
 	cargo run --release -q -p canary-e2e --bin bench_llm
+	cargo run --release -q -p canary-e2e --bin bench_ratelimit
 	cargo run --release -q -p canary-e2e --bin bench_rollout
 	cargo run --release -q -p canary-e2e --bin bench_judge
 

@@ -3,6 +3,7 @@
 
 pub mod bench_cases;
 pub mod bootstrap;
+pub mod callgrind;
 pub mod client;
 pub mod controller;
 pub mod envoy;
@@ -18,6 +19,7 @@ pub mod prom;
 pub mod prometheus;
 pub mod rig;
 pub mod share;
+pub mod sse_upstream;
 pub mod upstream;
 pub mod wait;
 pub mod webhook;

@@ -68,7 +68,7 @@ async fn costlier_canary_is_rolled_back_for_cost() -> Result<()> {
     let message = rollback_message(&status);
     eprintln!("{message}");
     assert!(
-        message.contains("cost per response") && message.contains("costlier than stable"),
+        message.contains("cost per response") && message.contains("worse than stable"),
         "{message}"
     );
     // 40 + 240 tokens against 40 + 120: $0.001000 vs $0.000520 per answer, exactly.

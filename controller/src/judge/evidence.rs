@@ -6,6 +6,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::decimal::Fixed;
+use super::llm_evidence::{self, LlmEvidence};
 use super::sequential::{Counts, Drift, EventTest, RateTest};
 use super::{CheckResult, Outcome, SequentialTest, Worse};
 use crate::spec::{LatencyCheck, RolloutSpec};
@@ -13,9 +14,9 @@ use crate::stats::{Histogram, RolloutStats};
 
 /// The largest ratio the mixtures look for: a gross failure (10% errors against 0.5% is
 /// 20×) sits well inside, so it is decided in a window or two.
-const MAX_RATIO: f64 = 100.0;
+pub(super) const MAX_RATIO: f64 = 100.0;
 /// The smallest ratio of slow-request rates the latency mixtures look for.
-const LATENCY_MIN_RATIO: f64 = 1.25;
+pub(super) const LATENCY_MIN_RATIO: f64 = 1.25;
 /// Buckets wider than this around stable's quantile hide changes within them.
 const COARSE_BUCKET_RATIO: f64 = 1.25;
 /// How a latency check's reason says so (the analysis loop logs the first one).
@@ -45,6 +46,9 @@ pub struct Evidence {
     /// latency check's slow requests): kept from stage to stage by [`Evidence::next_stage`].
     #[serde(default)]
     pub drift: Vec<Drift>,
+    /// The LLM checks that accumulate over the stage too.
+    #[serde(default, skip_serializing_if = "LlmEvidence::is_empty")]
+    pub llm: LlmEvidence,
 }
 
 /// The null hypothesis of a relative check with threshold `k`: at most halfway there. A
@@ -54,12 +58,13 @@ pub fn null_ratio(max_relative_increase: f64) -> f64 {
     1.0 + (max_relative_increase - 1.0) / 2.0
 }
 
-/// The e-value each test must reach: `analysis.alpha` shared by every test of every stage
-/// that is judged (a union bound over them), so the chance that a canary no worse than
-/// stable is ever rolled back over the whole rollout is at most `alpha`.
+/// The e-value each test must reach: `analysis.alpha` shared by every sequential test of
+/// every stage that is judged (a union bound over them: the request checks and the LLM
+/// checks of [`llm_evidence`]), so the chance that a canary no worse than stable is ever
+/// rolled back over the whole rollout is at most `alpha`.
 pub fn e_threshold(spec: &RolloutSpec) -> f64 {
     let stages = spec.stages.len().saturating_sub(1).max(1);
-    let tests = 2 + spec.checks.latency.len();
+    let tests = 2 + spec.checks.latency.len() + llm_evidence::budgeted(spec);
     (stages * tests) as f64 / spec.analysis.alpha
 }
 
@@ -68,6 +73,7 @@ impl Evidence {
     pub fn next_stage(&self) -> Evidence {
         Evidence {
             drift: self.drift.clone(),
+            llm: self.llm.next_stage(),
             ..Evidence::default()
         }
     }
@@ -93,14 +99,14 @@ impl Evidence {
             .errors
             .get_or_insert_with(|| EventTest::new(null, e.max_relative_increase, MAX_RATIO));
         relative.add(canary_errors, stable_errors, (v_canary, v_stable));
-        let absolute = self
+        let ceiling = self
             .errors_absolute
             .get_or_insert_with(|| RateTest::new(e.max_absolute));
         // A window in which stable itself is past the limit is an incident, not evidence
         // against the canary (stable's requests are not the canary's, so leaving such
         // windows out keeps the test valid).
         if stable_errors.rate().is_some_and(|r| r <= e.max_absolute) {
-            absolute.add(canary_errors, v_canary);
+            ceiling.add(canary_errors, v_canary);
         }
         let better = self
             .errors_better
@@ -109,7 +115,12 @@ impl Evidence {
 
         let mut checks = vec![
             errors_relative(relative, e.max_relative_increase, threshold),
-            errors_absolute(absolute, relative, threshold),
+            absolute(
+                ("error_rate_absolute", "error rate"),
+                ceiling,
+                relative,
+                threshold,
+            ),
         ];
         if self.latency.len() != spec.checks.latency.len() {
             self.latency = spec
@@ -122,11 +133,11 @@ impl Evidence {
         for (k, check) in spec.checks.latency.iter().enumerate() {
             let mut drift = std::mem::take(self.drift(1 + k));
             checks.push(latency(
-                check,
+                Quantile::of(check),
                 &mut self.latency[k],
                 &mut drift,
                 &self.stable_duration,
-                window,
+                (&canary.duration, &stable.duration),
                 threshold,
             ));
             self.drift[1 + k] = drift;
@@ -134,7 +145,12 @@ impl Evidence {
         self.stable_duration += &stable.duration;
         self.canary_duration += &canary.duration;
         for (check, result) in spec.checks.latency.iter().zip(checks.iter_mut().skip(2)) {
-            describe_quantiles(result, check, &self.canary_duration, &self.stable_duration);
+            describe_quantiles(
+                result,
+                Quantile::of(check),
+                &self.canary_duration,
+                &self.stable_duration,
+            );
         }
         checks
     }
@@ -147,7 +163,7 @@ impl Evidence {
     }
 }
 
-fn decided(log_e: f64, threshold: f64) -> Outcome {
+pub(super) fn decided(log_e: f64, threshold: f64) -> Outcome {
     if log_e >= threshold.ln() {
         Outcome::Fail
     } else {
@@ -155,7 +171,7 @@ fn decided(log_e: f64, threshold: f64) -> Outcome {
     }
 }
 
-fn pct(part: u64, whole: u64) -> f64 {
+pub(super) fn pct(part: u64, whole: u64) -> f64 {
     if whole == 0 {
         0.0
     } else {
@@ -208,7 +224,7 @@ fn errors_relative(t: &EventTest, k: f64, threshold: f64) -> CheckResult {
     }
 }
 
-fn sequential(
+pub(super) fn sequential(
     null: String,
     log_e: f64,
     threshold: f64,
@@ -226,7 +242,12 @@ fn sequential(
 
 /// The absolute limit counts only when the canary alone is past it: an incident that takes
 /// stable past the limit too is not the canary's doing.
-fn errors_absolute(t: &RateTest, relative: &EventTest, threshold: f64) -> CheckResult {
+pub(super) fn absolute(
+    (check, what): (&str, &str),
+    t: &RateTest,
+    relative: &EventTest,
+    threshold: f64,
+) -> CheckResult {
     let stable_rate = relative.stable.rate().unwrap_or(0.0);
     let stable_past = stable_rate > t.limit;
     let log_e = t.log_e();
@@ -236,14 +257,14 @@ fn errors_absolute(t: &RateTest, relative: &EventTest, threshold: f64) -> CheckR
     };
     let c = t.totals;
     CheckResult {
-        check: "error_rate_absolute".into(),
+        check: check.into(),
         outcome,
         canary: c.rate(),
         stable: relative.stable.rate(),
         limit: Some(t.limit),
         p_value: Some((-t.max_log_e).exp().min(1.0)),
         reason: format!(
-            "error rate canary {:.2}% ({}/{}) against the absolute limit {:.2}%; sequential \
+            "{what} canary {:.2}% ({}/{}) against the absolute limit {:.2}%; sequential \
              test of canary ≤ limit: e = {:.3e} {} 1/α = {:.0}{}",
             Fixed(pct(c.events, c.requests)),
             c.events,
@@ -282,21 +303,44 @@ fn bound_at_or_above(h: &Histogram, ms: f64) -> Option<f64> {
         .find(|b| b.is_finite() && *b >= ms * (1.0 - 1e-9))
 }
 
+/// A quantile check: a request latency (`checks.latency`) or the time to first token.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Quantile<'a> {
+    /// The check's name (`latency_p99`, `ttft_p95`).
+    pub name: &'a str,
+    pub quantile: f64,
+    pub max_relative_increase: f64,
+}
+
+impl Quantile<'_> {
+    fn of(check: &LatencyCheck) -> Quantile<'static> {
+        Quantile {
+            name: "",
+            quantile: check.quantile,
+            max_relative_increase: check.max_relative_increase,
+        }
+    }
+}
+
 /// The latency check on one quantile: stable's requests slower than `B` (the first bucket
 /// bound at or above stable's quantile over the stage before this window) against the
-/// canary's slower than `(1 + k) / 2 · B` (the first bound at or above it). Under "the canary is at most halfway to `k`× slower" the canary's
-/// share of those is at most its share of the requests; a canary `k`× slower puts far
-/// more of its requests past the second bound.
-fn latency(
-    check: &LatencyCheck,
+/// canary's slower than `(1 + k) / 2 · B` (the first bound at or above it). Under "the
+/// canary is at most halfway to `k`× slower" the canary's share of those is at most its
+/// share of the requests; a canary `k`× slower puts far more of its requests past the
+/// second bound. `(canary, stable)` are the window's histograms.
+pub(super) fn latency(
+    check: Quantile,
     test: &mut EventTest,
     drift: &mut Drift,
     stable_before: &Histogram,
-    window: &RolloutStats,
+    (canary, stable): (&Histogram, &Histogram),
     threshold: f64,
 ) -> CheckResult {
-    let name = format!("latency_p{}", super::trim_quantile(check.quantile));
-    let (canary, stable) = (&window.canary.duration, &window.stable.duration);
+    let name = if check.name.is_empty() {
+        format!("latency_p{}", super::trim_quantile(check.quantile))
+    } else {
+        check.name.to_string()
+    };
     let enough = stable_before.count as f64 * (1.0 - check.quantile) >= 10.0;
     let quantile = stable_before.quantile(check.quantile).filter(|_| enough);
     let bounds = quantile.and_then(|q| {
@@ -366,9 +410,9 @@ fn latency(
 
 /// Puts the stage's quantiles in a latency result, and says so where the buckets are too
 /// coarse to see a change of the quantile within them.
-fn describe_quantiles(
+pub(super) fn describe_quantiles(
     result: &mut CheckResult,
-    check: &LatencyCheck,
+    check: Quantile,
     canary: &Histogram,
     stable: &Histogram,
 ) {
@@ -411,7 +455,7 @@ pub fn bucket_ratio(h: &Histogram, ms: f64) -> Option<f64> {
 
 /// A histogram in the state file: JSON has no infinity, so the `+Inf` bucket's bound is
 /// saved as `null` and read back as infinity.
-mod saved_histogram {
+pub(super) mod saved_histogram {
     use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
     use crate::stats::Histogram;

@@ -1,29 +1,26 @@
-//! LLM checks (issue 5): cost per response, refusal rate, quality scores, task success,
-//! thumbs-down rate and time to first token, canary against stable over the same window.
+//! The LLM score checks (issue 5): quality scores, the eval score and task success, canary
+//! against stable over the same window. Cost, refusals, time to first token and
+//! thumbs-down accumulate over the stage instead ([`super::llm_evidence`]).
 //!
-//! The same care as for error rates: a check fails only when the canary is past its limit
-//! *and* a one-sided test says it is worse than stable (Welch's t-test on means, Fisher's
-//! exact test on proportions, a binomial test for absolute limits) at `analysis.alpha`;
-//! too few samples is *inconclusive*; a signal with no samples at all in either version
-//! (no `llm` configured, no feedback received) is not checked. Defaults follow the seeds.
+//! A check fails only when the canary is past its limit *and* a one-sided test says it is
+//! worse (Welch's t-test on means, a binomial test for the absolute task-success floor) at
+//! `analysis.alpha`; too few samples is *inconclusive*; a signal with no samples at all in
+//! either version (no feedback received, no eval sampled) is not checked. A failed window
+//! counts towards the failure limit, so one noisy window does not roll back.
 
-use super::significance::{binomial_greater, binomial_less, fisher_greater, welch_greater};
-use super::{trim_quantile, CheckResult, Outcome, Worse};
-use crate::spec::llm_checks::{CostCheck, LlmChecks, TaskSuccessCheck};
+use super::significance::{binomial_less, welch_greater};
+use super::{CheckResult, Outcome, Worse};
+use crate::spec::llm_checks::{LlmChecks, TaskSuccessCheck};
 use crate::spec::Analysis;
-use crate::stats::Histogram;
 use crate::stats::RolloutStats;
 use crate::stats::{LlmStats, QualityStats};
 
-/// The LLM checks of one window, each with whether its outcome counts towards the
-/// verdict's (a check that is not `required` and has too few samples does not). `critical`
-/// is set when the cost is past the critical multiple significantly at `critical_alpha`.
+/// The LLM score checks of one window, each with whether its outcome counts towards the
+/// verdict's (a check that is not `required` and has too few samples does not).
 pub(crate) fn judge_llm(
     window: &RolloutStats,
     analysis: &Analysis,
     checks: &LlmChecks,
-    critical_alpha: f64,
-    critical: &mut bool,
 ) -> Vec<(CheckResult, bool)> {
     let (c, s) = (&window.canary.llm, &window.stable.llm);
     let mut out = Vec::new();
@@ -36,31 +33,6 @@ pub(crate) fn judge_llm(
             (r, false)
         }
     };
-    if checks.cost.enabled {
-        if let Some(r) = cost_check(c, s, analysis, &checks.cost, critical_alpha, critical) {
-            out.push((r, true));
-        }
-    }
-    if checks.refusals.enabled && (c.answers() > 0 || s.answers() > 0) {
-        let r = &checks.refusals;
-        out.push(optional(
-            proportion_check(
-                Proportion {
-                    check: "refusal_rate",
-                    what: "refusal rate",
-                    unit: "answers",
-                    canary: (c.refusals.min(c.answers()), c.answers()),
-                    stable: (s.refusals.min(s.answers()), s.answers()),
-                    max_relative_increase: r.max_relative_increase,
-                    max_absolute: None,
-                    stable_rate_floor: r.stable_rate_floor,
-                    min_samples: r.min_samples,
-                },
-                analysis,
-            ),
-            true,
-        ));
-    }
     if checks.quality.enabled {
         let q = &checks.quality;
         let mut signals: Vec<&String> = c.quality.keys().chain(s.quality.keys()).collect();
@@ -102,58 +74,7 @@ pub(crate) fn judge_llm(
             out.push(optional(r, checks.task_success.required));
         }
     }
-    let (cf, sf) = (
-        c.feedback_up + c.feedback_down,
-        s.feedback_up + s.feedback_down,
-    );
-    if checks.thumbs_down.enabled && (cf > 0 || sf > 0) {
-        let d = &checks.thumbs_down;
-        out.push(optional(
-            proportion_check(
-                Proportion {
-                    check: "thumbs_down_rate",
-                    what: "thumbs-down rate",
-                    unit: "ratings",
-                    canary: (c.feedback_down, cf),
-                    stable: (s.feedback_down, sf),
-                    max_relative_increase: d.max_relative_increase,
-                    max_absolute: d.max_absolute,
-                    stable_rate_floor: d.stable_rate_floor,
-                    min_samples: d.min_samples,
-                },
-                analysis,
-            ),
-            d.required,
-        ));
-    }
-    let t = &checks.ttft;
-    if t.enabled && (c.ttft.count > 0 || s.ttft.count > 0) {
-        let name = format!("ttft_p{}", trim_quantile(t.quantile).replace('.', "_"));
-        let ttft_analysis = Analysis {
-            min_window_requests: t.min_samples,
-            ..analysis.clone()
-        };
-        let mut r = latency_check(
-            &name,
-            &c.ttft,
-            &s.ttft,
-            t.quantile,
-            t.max_relative_increase,
-            &ttft_analysis,
-        );
-        r.reason = r
-            .reason
-            .replacen(&name, &format!("{name} (time to first token)"), 1);
-        r.canary_n = Some(c.ttft.count);
-        r.stable_n = Some(s.ttft.count);
-        r.worse = Some(Worse::Higher);
-        out.push((r, true));
-    }
     out
-}
-
-fn usd(nano: f64) -> String {
-    format!("${:.6}", nano / 1e9)
 }
 
 fn inconclusive(
@@ -175,184 +96,6 @@ fn inconclusive(
         canary_n: Some(n.0),
         stable_n: Some(n.1),
         worse: Some(worse),
-        sequential: None,
-    }
-}
-
-/// Mean and sample variance (n − 1) of the cost per response, in µUSD.
-fn cost_moments(l: &LlmStats) -> (f64, f64) {
-    let n = l.responses as f64;
-    let mean = l.cost_nanousd as f64 / 1_000.0 / n;
-    // Each square was rounded to a whole µUSD²: the variance is known to ±0.5 µUSD² at
-    // best, so it is never taken as less (a zero variance would make any difference
-    // "significant").
-    let var = (l.cost_sumsq_microusd2 as f64 / n - mean * mean).max(0.5);
-    (mean, var * n / (n - 1.0))
-}
-
-fn cost_check(
-    c: &LlmStats,
-    s: &LlmStats,
-    analysis: &Analysis,
-    check: &CostCheck,
-    critical_alpha: f64,
-    critical: &mut bool,
-) -> Option<CheckResult> {
-    let name = "cost_per_response";
-    if c.cost_nanousd == 0 && s.cost_nanousd == 0 {
-        // No prices configured (or no LLM traffic): nothing to compare.
-        return None;
-    }
-    let n = (c.responses, s.responses);
-    let (cm, sm) = (c.cost_per_response_nanousd(), s.cost_per_response_nanousd());
-    if n.0 < check.min_samples || n.1 < check.min_samples {
-        return Some(inconclusive(
-            name,
-            cm,
-            sm,
-            n,
-            Worse::Higher,
-            format!(
-                "cost per response: too few responses ({} canary, {} stable, need {})",
-                n.0, n.1, check.min_samples
-            ),
-        ));
-    }
-    let ((cmu, cvar), (smu, svar)) = (cost_moments(c), cost_moments(s));
-    if smu <= 0.0 {
-        return Some(inconclusive(
-            name,
-            cm,
-            sm,
-            n,
-            Worse::Higher,
-            "cost per response: stable costs nothing (no stable prices?), no ratio to judge".into(),
-        ));
-    }
-    let p = welch_greater((cmu, cvar, n.0), (smu, svar, n.1));
-    let ratio = cmu / smu;
-    let fail = ratio > check.max_relative_increase && p < analysis.alpha;
-    if fail && ratio >= check.critical_relative_increase && p < critical_alpha {
-        *critical = true;
-    }
-    let limit_nano = check.max_relative_increase * smu * 1_000.0;
-    Some(CheckResult {
-        check: name.into(),
-        outcome: if fail { Outcome::Fail } else { Outcome::Pass },
-        canary: cm,
-        stable: sm,
-        limit: Some(limit_nano),
-        p_value: Some(p),
-        reason: format!(
-            "cost per response canary {} ({} responses) vs stable {} ({}): {ratio:.2}× \
-             stable; limit {}× (critical {}×), higher is worse; p={p:.2e}{}",
-            usd(cmu * 1_000.0),
-            n.0,
-            usd(smu * 1_000.0),
-            n.1,
-            check.max_relative_increase,
-            check.critical_relative_increase,
-            if fail {
-                ": costlier than stable beyond the limit"
-            } else {
-                ""
-            }
-        ),
-        canary_n: Some(n.0),
-        stable_n: Some(n.1),
-        worse: Some(Worse::Higher),
-        sequential: None,
-    })
-}
-
-struct Proportion<'a> {
-    check: &'a str,
-    what: &'a str,
-    unit: &'a str,
-    /// (bad, total)
-    canary: (u64, u64),
-    stable: (u64, u64),
-    max_relative_increase: f64,
-    max_absolute: Option<f64>,
-    stable_rate_floor: f64,
-    min_samples: u64,
-}
-
-fn rate((bad, n): (u64, u64)) -> f64 {
-    if n == 0 {
-        0.0
-    } else {
-        bad as f64 / n as f64
-    }
-}
-
-/// Canary against stable for a share of bad outcomes, as the error-rate check does.
-fn proportion_check(p: Proportion, analysis: &Analysis) -> CheckResult {
-    let (pc, ps) = (rate(p.canary), rate(p.stable));
-    let n = (p.canary.1, p.stable.1);
-    if n.0 < p.min_samples || n.1 < p.min_samples {
-        return inconclusive(
-            p.check,
-            (n.0 > 0).then_some(pc),
-            (n.1 > 0).then_some(ps),
-            n,
-            Worse::Higher,
-            format!(
-                "{}: too few {} ({} canary, {} stable, need {})",
-                p.what, p.unit, n.0, n.1, p.min_samples
-            ),
-        );
-    }
-    let limit = p.max_relative_increase * ps.max(p.stable_rate_floor);
-    let p_worse = fisher_greater(p.canary.0, n.0, p.stable.0, n.1);
-    let relative_breach = pc > limit && p_worse < analysis.alpha;
-    let (absolute_breach, p_abs) = match p.max_absolute {
-        Some(max) => {
-            let p_abs = binomial_greater(p.canary.0, n.0, max);
-            (pc > max && p_abs < analysis.alpha, p_abs)
-        }
-        None => (false, 1.0),
-    };
-    let shown_limit = p.max_absolute.map_or(limit, |m| m.min(limit));
-    CheckResult {
-        check: p.check.into(),
-        outcome: if relative_breach || absolute_breach {
-            Outcome::Fail
-        } else {
-            Outcome::Pass
-        },
-        canary: Some(pc),
-        stable: Some(ps),
-        limit: Some(shown_limit),
-        p_value: Some(if absolute_breach && !relative_breach {
-            p_abs
-        } else {
-            p_worse
-        }),
-        reason: format!(
-            "{} canary {:.2}% ({}/{}) vs stable {:.2}% ({}/{}); limit {:.2}% ({}× stable{}), \
-             higher is worse; p={:.2e}{}",
-            p.what,
-            pc * 100.0,
-            p.canary.0,
-            n.0,
-            ps * 100.0,
-            p.stable.0,
-            n.1,
-            shown_limit * 100.0,
-            p.max_relative_increase,
-            p.max_absolute
-                .map_or(String::new(), |m| format!(", max {:.2}%", m * 100.0)),
-            p_worse,
-            match (relative_breach, absolute_breach) {
-                (true, _) => ": worse than stable beyond the limit",
-                (false, true) => ": above the absolute limit",
-                _ => "",
-            }
-        ),
-        canary_n: Some(n.0),
-        stable_n: Some(n.1),
-        worse: Some(Worse::Higher),
         sequential: None,
     }
 }
@@ -490,91 +233,4 @@ fn task_success_check(
         worse: Some(Worse::Lower),
         sequential: None,
     })
-}
-
-/// Requests above the smallest bucket bound that holds `quantile_ms`.
-fn above_bucket_of(h: &Histogram, quantile_ms: f64) -> (f64, u64) {
-    let bound = h
-        .buckets
-        .iter()
-        .map(|(b, _)| *b)
-        .find(|b| *b >= quantile_ms)
-        .unwrap_or(f64::INFINITY);
-    (bound, h.count_above(bound))
-}
-
-/// Time to first token, window by window (the request latency checks are sequential,
-/// see [`super::evidence`]): the canary's quantile against stable's, tested on the
-/// requests above the bucket bound that holds stable's quantile.
-pub(crate) fn latency_check(
-    name: &str,
-    canary: &Histogram,
-    stable: &Histogram,
-    quantile: f64,
-    max_relative_increase: f64,
-    analysis: &Analysis,
-) -> CheckResult {
-    let min = analysis.min_window_requests;
-    let (Some(cq), Some(sq)) = (canary.quantile(quantile), stable.quantile(quantile)) else {
-        return CheckResult {
-            check: name.into(),
-            outcome: Outcome::Inconclusive,
-            canary: None,
-            stable: None,
-            limit: None,
-            p_value: None,
-            reason: format!("{name}: no duration samples"),
-            canary_n: Some(canary.count),
-            stable_n: Some(stable.count),
-            worse: Some(Worse::Higher),
-            sequential: None,
-        };
-    };
-    if canary.count < min || stable.count < min {
-        return CheckResult {
-            check: name.into(),
-            outcome: Outcome::Inconclusive,
-            canary: Some(cq),
-            stable: Some(sq),
-            limit: None,
-            p_value: None,
-            reason: format!(
-                "{name}: too few duration samples ({} canary, {} stable)",
-                canary.count, stable.count
-            ),
-            canary_n: Some(canary.count),
-            stable_n: Some(stable.count),
-            worse: Some(Worse::Higher),
-            sequential: None,
-        };
-    }
-    let limit = max_relative_increase * sq;
-    let (bound, stable_above) = above_bucket_of(stable, sq);
-    let canary_above = canary.count_above(bound);
-    let p = fisher_greater(canary_above, canary.count, stable_above, stable.count);
-    let fail = cq > limit && p < analysis.alpha;
-    CheckResult {
-        check: name.into(),
-        outcome: if fail { Outcome::Fail } else { Outcome::Pass },
-        canary: Some(cq),
-        stable: Some(sq),
-        limit: Some(limit),
-        p_value: Some(p),
-        reason: format!(
-            "{name} canary {cq:.1} ms vs stable {sq:.1} ms; limit {limit:.1} ms \
-             ({max_relative_increase}× stable); above {bound} ms: canary {canary_above}/{}, \
-             stable {stable_above}/{}; p={p:.2e}{}",
-            canary.count,
-            stable.count,
-            if fail {
-                ": slower than stable beyond the limit"
-            } else {
-                ""
-            }
-        ),
-        canary_n: Some(canary.count),
-        stable_n: Some(stable.count),
-        worse: Some(Worse::Higher),
-        sequential: None,
-    }
 }

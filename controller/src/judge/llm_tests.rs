@@ -5,13 +5,15 @@ use super::llm::judge_llm;
 use super::{CheckResult, Outcome, Worse};
 use crate::judge::{judge, Evidence, Verdict};
 use crate::spec::llm_checks::LlmChecks;
-use crate::spec::Analysis;
+use crate::spec::{Analysis, RolloutSpec};
 use crate::stats::{Histogram, VersionStats};
 use crate::stats::{LlmStats, QualityStats, RolloutStats};
 use canary_contract::stats::cost_sumsq_micro_usd2;
 
 /// ((canary bad, n), (stable bad, n), expected)
 type ProportionRow = ((u64, u64), (u64, u64), Option<Outcome>);
+/// (canary ms, n, stable ms, n, windows, expected)
+type TtftRow = (f64, u64, f64, u64, usize, Option<Outcome>);
 /// (signal, canary mean, canary n, stable mean, stable n, score?, check, expected)
 type QualityRow<'a> = (&'a str, f64, u64, f64, u64, bool, &'a str, Option<Outcome>);
 
@@ -79,24 +81,45 @@ fn window(canary: LlmStats, stable: LlmStats) -> RolloutStats {
     }
 }
 
-fn run(w: &RolloutStats) -> (Vec<CheckResult>, bool) {
-    let mut critical = false;
-    let checks = judge_llm(
-        w,
-        &Analysis::default(),
-        &LlmChecks::default(),
-        0.001,
-        &mut critical,
-    );
-    (checks.into_iter().map(|(c, _)| c).collect(), critical)
+/// A spec whose filter reads LLM answers, every check at its default.
+fn llm_spec() -> RolloutSpec {
+    RolloutSpec::from_yaml(
+        "name: t\nsources: {envoy_admin: [\"http://127.0.0.1:1\"]}\nfilter: {llm: {}}\n",
+    )
+    .expect("a valid spec")
 }
 
-/// The results and whether each counts towards the verdict.
+/// The verdict on the last of `windows` windows of one stage, each from `next`.
+fn stage_with(
+    spec: &RolloutSpec,
+    windows: usize,
+    mut next: impl FnMut() -> RolloutStats,
+) -> Verdict {
+    let mut evidence = Evidence::default();
+    let mut last = None;
+    for _ in 0..windows {
+        let v = judge(&next(), &evidence, spec);
+        evidence = v.evidence.clone();
+        last = Some(v);
+    }
+    last.expect("at least one window")
+}
+
+fn stage(windows: usize, next: impl FnMut() -> RolloutStats) -> Verdict {
+    stage_with(&llm_spec(), windows, next)
+}
+
+/// The LLM checks of a stage of one window, and whether the verdict is critical.
+fn run(w: &RolloutStats) -> (Vec<CheckResult>, bool) {
+    let v = stage(1, || w.clone());
+    (v.checks.into_iter().skip(4).collect(), v.critical)
+}
+
+/// The score checks of one window, and whether each counts towards the verdict.
 fn run_counted(w: &RolloutStats) -> (Vec<CheckResult>, Vec<bool>) {
-    let mut critical = false;
-    let checks = LlmChecks::default();
-    let judged = judge_llm(w, &Analysis::default(), &checks, 0.001, &mut critical);
-    judged.into_iter().unzip()
+    judge_llm(w, &Analysis::default(), &LlmChecks::default())
+        .into_iter()
+        .unzip()
 }
 
 fn outcome_of(w: &RolloutStats, check: &str) -> Option<Outcome> {
@@ -107,34 +130,41 @@ fn outcome_of(w: &RolloutStats, check: &str) -> Option<Outcome> {
         .map(|c| c.outcome)
 }
 
+/// A check's result in the verdict.
+fn find<'a>(v: &'a Verdict, check: &str) -> Option<&'a CheckResult> {
+    v.checks.iter().find(|c| c.check == check)
+}
+
 #[test]
 fn cost_table() {
     use Outcome::*;
-    // (canary output tokens, canary n, stable n, expected, critical)
-    let table: &[(f64, u64, u64, Option<Outcome>, bool)] = &[
-        (400.0, 200, 1_800, Some(Pass), false),  // equal
-        (500.0, 200, 1_800, Some(Pass), false),  // +24%: under 1.5×
-        (800.0, 200, 1_800, Some(Fail), false),  // 2× tokens ≈ 1.9× cost
-        (800.0, 60, 540, Some(Fail), false),     // also in a small window
-        (1_400.0, 200, 1_800, Some(Fail), true), // ≈ 3.3×: roll back at once
-        (800.0, 20, 1_800, Some(Inconclusive), false),
+    // (canary output tokens, canary n, stable n per window, windows, expected)
+    let table: &[(f64, u64, u64, usize, Option<Outcome>)] = &[
+        (400.0, 200, 1_800, 20, Some(Pass)),       // equal
+        (460.0, 200, 1_800, 20, Some(Pass)),       // +14%: under the null's 1.25×
+        (800.0, 200, 1_800, 20, Some(Fail)),       // 2× tokens ≈ 1.9× cost
+        (800.0, 60, 540, 30, Some(Fail)),          // also with less traffic
+        (1_400.0, 200, 1_800, 6, Some(Fail)),      // ≈ 3.3×, a runaway: within minutes
+        (800.0, 20, 1_800, 2, Some(Inconclusive)), // 40 canary responses < 50
     ];
-    for (i, &(tokens, nc, ns, want, critical)) in table.iter().enumerate() {
+    for (i, &(tokens, nc, ns, windows, want)) in table.iter().enumerate() {
         let mut rng = Rng(0x9e37_79b9_7f4a_7c15 + i as u64);
-        let w = window(
-            answers(&mut rng, nc, tokens, 0),
-            answers(&mut rng, ns, 400.0, 0),
-        );
-        let (checks, crit) = run(&w);
-        let c = checks
-            .iter()
-            .find(|c| c.check == "cost_per_response")
-            .expect("cost checked");
+        let v = stage(windows, || {
+            window(
+                answers(&mut rng, nc, tokens, 0),
+                answers(&mut rng, ns, 400.0, 0),
+            )
+        });
+        let c = find(&v, "cost_per_response").expect("cost checked");
         assert_eq!(Some(c.outcome), want, "row {i}: {}", c.reason);
-        assert_eq!(crit, critical, "row {i}: {}", c.reason);
-        assert_eq!((c.canary_n, c.stable_n), (Some(nc), Some(ns)));
+        assert_eq!(v.critical, want == Some(Fail), "row {i}: {}", c.reason);
+        let n = windows as u64;
+        assert_eq!((c.canary_n, c.stable_n), (Some(nc * n), Some(ns * n)));
         assert_eq!(c.worse, Some(Worse::Higher));
-        assert!(c.reason.contains("higher is worse") || want == Some(Inconclusive));
+        assert!(c.sequential.is_some(), "row {i}");
+        if want == Some(Fail) {
+            assert!(c.reason.contains("worse than stable"), "{}", c.reason);
+        }
     }
     // No prices: no cost check at all.
     let mut free = LlmStats {
@@ -146,52 +176,63 @@ fn cost_table() {
         outcome_of(&window(free.clone(), free), "cost_per_response"),
         None
     );
+    // Nor without `filter.llm`: the filter reads no answers, and no budget is spent.
+    let mut rng = Rng(3);
+    let w = window(
+        answers(&mut rng, 200, 1_400.0, 0),
+        answers(&mut rng, 1_800, 400.0, 0),
+    );
+    let plain = stage_with(&super::test_support::default_spec(), 3, || w.clone());
+    assert!(find(&plain, "cost_per_response").is_none());
 }
 
 #[test]
-fn identical_costs_rarely_fail_a_window() {
+fn identical_costs_pass_a_whole_stage() {
+    // 100 stages of 48 windows (a day at 30 minutes... or 24 minutes at 30 s): identical
+    // costs never reach the bar, however often they are looked at.
     let mut rng = Rng(42);
     let mut failures = 0;
-    for _ in 0..300 {
-        let w = window(
-            answers(&mut rng, 100, 400.0, 0),
-            answers(&mut rng, 900, 400.0, 0),
-        );
-        if outcome_of(&w, "cost_per_response") == Some(Outcome::Fail) {
+    for _ in 0..100 {
+        let v = stage(48, || {
+            window(
+                answers(&mut rng, 100, 400.0, 0),
+                answers(&mut rng, 900, 400.0, 0),
+            )
+        });
+        if find(&v, "cost_per_response").map(|c| c.outcome) == Some(Outcome::Fail) {
             failures += 1;
         }
     }
-    // Failing needs the canary past 1.5×: identical distributions never get there.
     assert_eq!(failures, 0);
 }
 
 #[test]
 fn refusal_table() {
     use Outcome::*;
-    // (canary refused/answers, stable refused/answers, expected)
-    let table: &[ProportionRow] = &[
-        ((40, 200), (18, 1_800), Some(Fail)),   // 20% vs 1%
-        ((2, 200), (18, 1_800), Some(Pass)),    // equal
-        ((3, 200), (18, 1_800), Some(Pass)),    // 1.5%: under 2× and not significant
-        ((5, 200), (18, 1_800), Some(Pass)),    // 2.5%: over 2× but p ≈ 0.07
-        ((60, 1_000), (90, 9_000), Some(Fail)), // 6% vs 1% with more data
-        ((10, 20), (18, 1_800), Some(Inconclusive)),
-        ((0, 0), (0, 0), None), // no LLM answers: not checked
+    // (canary refused/answers, stable refused/answers per window, windows, expected)
+    let table: &[(ProportionRow, usize)] = &[
+        (((40, 200), (18, 1_800), Some(Fail)), 4),   // 20% vs 1%
+        (((2, 200), (18, 1_800), Some(Pass)), 30),   // equal
+        (((3, 200), (18, 1_800), Some(Pass)), 30),   // 1.5%: under the null's 1.5×
+        (((5, 200), (18, 1_800), Some(Fail)), 30),   // 2.5%: over 2×, over a stage
+        (((60, 1_000), (90, 9_000), Some(Fail)), 4), // 6% vs 1% with more data
+        (((10, 20), (18, 1_800), Some(Inconclusive)), 2),
+        (((0, 0), (0, 0), None), 2), // no LLM answers: not checked
     ];
-    for (i, &(c, s, want)) in table.iter().enumerate() {
+    for (i, &((c, s, want), windows)) in table.iter().enumerate() {
         let mut rng = Rng(7 + i as u64);
-        let w = window(
-            answers(&mut rng, c.1, 400.0, c.0),
-            answers(&mut rng, s.1, 400.0, s.0),
-        );
-        let got = run(&w).0.into_iter().find(|r| r.check == "refusal_rate");
-        assert_eq!(got.as_ref().map(|r| r.outcome), want, "row {i}: {got:?}");
+        let v = stage(windows, || {
+            window(
+                answers(&mut rng, c.1, 400.0, c.0),
+                answers(&mut rng, s.1, 400.0, s.0),
+            )
+        });
+        let got = find(&v, "refusal_rate");
+        assert_eq!(got.map(|r| r.outcome), want, "row {i}: {got:?}");
         if let Some(r) = got.filter(|r| r.outcome != Inconclusive) {
-            assert!(
-                r.reason.contains(&format!("({}/{})", c.0, c.1)),
-                "{}",
-                r.reason
-            );
+            let n = windows as u64;
+            let totals = format!("({}/{})", c.0 * n, c.1 * n);
+            assert!(r.reason.contains(&totals), "{}", r.reason);
         }
     }
 }
@@ -365,46 +406,40 @@ fn quality_and_task_success_table() {
 #[test]
 fn thumbs_down_table() {
     use Outcome::*;
-    // ((canary up, down), (stable up, down), expected)
-    let table: &[ProportionRow] = &[
-        ((70, 30), (950, 50), Some(Fail)), // 30% vs 5%
-        ((95, 5), (950, 50), Some(Pass)),  // equal
-        ((10, 5), (950, 50), Some(Inconclusive)),
-        ((0, 0), (0, 0), None), // no feedback: not checked
+    // ((canary up, down), (stable up, down) per window, windows, expected)
+    let table: &[(ProportionRow, usize)] = &[
+        (((70, 30), (950, 50), Some(Fail)), 4), // 30% vs 5%
+        (((95, 5), (950, 50), Some(Pass)), 20), // equal
+        (((10, 5), (950, 50), Some(Inconclusive)), 1),
+        (((0, 0), (0, 0), None), 2), // no feedback: not checked
     ];
-    for (i, &(c, s, want)) in table.iter().enumerate() {
-        let fb = |(up, down): (u64, u64)| LlmStats {
-            feedback_up: up,
-            feedback_down: down,
-            ..LlmStats::default()
-        };
-        let w = window(fb(c), fb(s));
-        let got = run(&w)
-            .0
-            .into_iter()
-            .find(|r| r.check == "thumbs_down_rate");
-        assert_eq!(got.as_ref().map(|r| r.outcome), want, "row {i}: {got:?}");
-    }
-    // The absolute ceiling (seed 002's 5%) when configured.
-    let mut checks = LlmChecks::default();
-    checks.thumbs_down.max_absolute = Some(0.05);
-    let fb = |up, down| LlmStats {
+    let fb = |(up, down): (u64, u64)| LlmStats {
         feedback_up: up,
         feedback_down: down,
         ..LlmStats::default()
     };
-    let w = window(fb(880, 120), fb(8_800, 1_200));
-    let mut critical = false;
-    let r: Vec<CheckResult> = judge_llm(&w, &Analysis::default(), &checks, 0.001, &mut critical)
-        .into_iter()
-        .map(|(c, _)| c)
-        .collect();
-    assert_eq!(r[0].outcome, Outcome::Fail, "{}", r[0].reason);
+    for (i, &((c, s, want), windows)) in table.iter().enumerate() {
+        // Ratings reach `/feedback` for any service: no `filter.llm` needed.
+        let spec = super::test_support::default_spec();
+        let v = stage_with(&spec, windows, || window(fb(c), fb(s)));
+        let got = find(&v, "thumbs_down_rate");
+        assert_eq!(got.map(|r| r.outcome), want, "row {i}: {got:?}");
+    }
+    // The absolute ceiling (seed 002's 5%) when configured: the canary alone past it.
+    let mut spec = llm_spec();
+    spec.checks.llm.thumbs_down.max_absolute = Some(0.05);
+    let v = stage_with(&spec, 6, || window(fb((880, 120)), fb((9_700, 300))));
+    let r = find(&v, "thumbs_down_rate_absolute").expect("the ceiling is checked");
+    assert_eq!(r.outcome, Outcome::Fail, "{}", r.reason);
     assert!(
-        r[0].reason.contains("above the absolute limit"),
+        r.reason.contains("above the absolute limit"),
         "{}",
-        r[0].reason
+        r.reason
     );
+    // Stable as far past it: an incident, not the canary's doing.
+    let v = stage_with(&spec, 10, || window(fb((880, 120)), fb((8_800, 1_200))));
+    let r = find(&v, "thumbs_down_rate_absolute").expect("the ceiling is checked");
+    assert_eq!(r.outcome, Outcome::Pass, "{}", r.reason);
 }
 
 /// `n` first-token times of `ms` each, in Envoy's default buckets.
@@ -415,12 +450,14 @@ fn ttft(ms: f64, n: u64) -> Histogram {
 #[test]
 fn ttft_p95_table() {
     use Outcome::*;
-    let table: &[(f64, u64, f64, u64, Option<Outcome>)] = &[
-        (800.0, 200, 200.0, 1_800, Some(Fail)),
-        (200.0, 200, 200.0, 1_800, Some(Pass)),
-        (800.0, 10, 200.0, 1_800, Some(Inconclusive)),
+    // (canary ms, n, stable ms, n per window, windows, expected): the first window places
+    // the bound.
+    let table: &[TtftRow] = &[
+        (800.0, 200, 200.0, 1_800, 3, Some(Fail)),
+        (200.0, 200, 200.0, 1_800, 20, Some(Pass)),
+        (800.0, 10, 200.0, 1_800, 2, Some(Inconclusive)),
     ];
-    for (i, &(cms, cn, sms, sn, want)) in table.iter().enumerate() {
+    for (i, &(cms, cn, sms, sn, windows, want)) in table.iter().enumerate() {
         let w = window(
             LlmStats {
                 ttft: ttft(cms, cn),
@@ -431,30 +468,25 @@ fn ttft_p95_table() {
                 ..LlmStats::default()
             },
         );
-        let got = run(&w).0.into_iter().find(|r| r.check == "ttft_p95");
-        assert_eq!(got.as_ref().map(|r| r.outcome), want, "row {i}: {got:?}");
+        let v = stage(windows, || w.clone());
+        let got = find(&v, "ttft_p95");
+        assert_eq!(got.map(|r| r.outcome), want, "row {i}: {got:?}");
         assert!(got.is_some_and(|r| r.reason.contains("time to first token")));
     }
-}
-
-/// The verdict on `w` as the second window of a stage: the first places the request
-/// checks' latency bounds (the LLM checks judge each window alone).
-fn verdict(w: &RolloutStats) -> Verdict {
-    let spec = super::test_support::default_spec();
-    let first = judge(w, &Evidence::default(), &spec);
-    judge(w, &first.evidence, &spec)
 }
 
 #[test]
 fn the_verdict_names_the_llm_check_that_failed() {
     let mut rng = Rng(5);
-    let w = window(
-        answers(&mut rng, 200, 800.0, 2),
-        answers(&mut rng, 1_800, 400.0, 18),
-    );
-    let v = verdict(&w);
+    let v = stage(20, || {
+        window(
+            answers(&mut rng, 200, 800.0, 2),
+            answers(&mut rng, 1_800, 400.0, 18),
+        )
+    });
     assert_eq!(v.outcome, Outcome::Fail, "{}", v.summary());
-    assert!(!v.critical);
+    // A sequential test's rejection is decisive, as for the request checks.
+    assert!(v.critical);
     assert!(
         v.summary().contains("cost per response canary $0.0"),
         "{}",
@@ -465,7 +497,7 @@ fn the_verdict_names_the_llm_check_that_failed() {
         answers(&mut rng, 200, 400.0, 2),
         answers(&mut rng, 1_800, 400.0, 18),
     );
-    let v = verdict(&w);
+    let v = stage(2, || w.clone());
     let names: Vec<&str> = v.checks.iter().map(|c| c.check.as_str()).collect();
     assert_eq!(
         names,
@@ -485,9 +517,9 @@ fn the_verdict_names_the_llm_check_that_failed() {
     );
     w.canary.llm.feedback_down = 3;
     w.stable.llm.feedback_up = 10;
-    let v = verdict(&w);
+    let v = stage(2, || w.clone());
     assert_eq!(v.outcome, Outcome::Pass, "{}", v.summary());
-    let thumbs = v.checks.iter().find(|c| c.check == "thumbs_down_rate");
+    let thumbs = find(&v, "thumbs_down_rate");
     assert_eq!(thumbs.map(|c| c.outcome), Some(Outcome::Inconclusive));
     // ...but a required quality signal with too few samples does.
     w.canary
@@ -498,8 +530,8 @@ fn the_verdict_names_the_llm_check_that_failed() {
         .llm
         .quality
         .insert("helpful".into(), quality(&mut rng, 500, 0.9, true));
-    assert_eq!(verdict(&w).outcome, Outcome::Inconclusive);
+    assert_eq!(stage(2, || w.clone()).outcome, Outcome::Inconclusive);
     // A plain rollout gets no LLM checks at all.
     let plain = window(LlmStats::default(), LlmStats::default());
-    assert_eq!(verdict(&plain).checks.len(), 4);
+    assert_eq!(stage(2, || plain.clone()).checks.len(), 4);
 }

@@ -1,9 +1,10 @@
 //! The judge: one window of canary and stable stats in, a verdict out. Pure functions. Here:
 //! the verdict and the main [`judge`]; the request checks' evidence over a stage is in
-//! [`evidence`], the anytime-valid tests behind it in [`sequential`], the LLM checks in
-//! [`llm`] (window by window) with the classical tests they use in [`significance`];
-//! [`decimal`] prints the reasons' numbers. May import `spec` and `stats`; never `machine`
-//! or `server`.
+//! [`evidence`], the LLM checks' that accumulate too (cost, refusals, time to first token,
+//! thumbs-down) in [`llm_evidence`], the anytime-valid tests behind both in [`sequential`];
+//! the LLM score checks (quality, eval, task success) in [`llm`], window by window, with
+//! the classical tests they use in [`significance`]; [`decimal`] prints the reasons'
+//! numbers. May import `spec` and `stats`; never `machine` or `server`.
 //!
 //! Request checks are **sequential**: every window adds to the evidence of its stage, and a
 //! check fails only when its e-value passes `1/α'`, where `α'` is `analysis.alpha` shared
@@ -25,12 +26,13 @@ use crate::stats::{RolloutStats, VersionStats};
 mod decimal;
 pub mod evidence;
 mod llm;
+pub mod llm_evidence;
 pub mod sequential;
 pub mod significance;
 
 pub use evidence::Evidence;
 
-pub use significance::{binomial_greater, binomial_less, fisher_greater, welch_greater};
+pub use significance::{binomial_less, welch_greater};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -90,8 +92,8 @@ pub enum Worse {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Verdict {
     pub outcome: Outcome,
-    /// Decisive: a request check's sequential test rejected "no worse" (or an LLM check
-    /// found a gross failure): roll back now, without waiting for the failure limit.
+    /// Decisive: a sequential test (a request check, or an LLM check of [`llm_evidence`])
+    /// rejected "no worse": roll back now, without waiting for the failure limit.
     pub critical: bool,
     /// The canary is significantly better than stable (grounds to accelerate).
     pub clearly_better: bool,
@@ -136,8 +138,8 @@ impl Verdict {
 /// A circuit breaker that tripped in the window, or is open at its end, fails it whatever
 /// the other checks say (the canary then has little or no traffic): it counts toward the
 /// failure limit like any failed analysis, so a canary that keeps tripping (or stays open)
-/// is rolled back, and one that recovers after a blip goes on. The LLM checks are judged
-/// window by window, as before.
+/// is rolled back, and one that recovers after a blip goes on. The LLM score checks are
+/// judged window by window.
 pub fn judge(window: &RolloutStats, evidence: &Evidence, spec: &RolloutSpec) -> Verdict {
     judge_owned(window, evidence.clone(), spec)
 }
@@ -215,19 +217,17 @@ fn judge_requests(window: &RolloutStats, evidence: Evidence, spec: &RolloutSpec)
         return verdict;
     }
     verdict.checks = verdict.evidence.add(window, spec);
+    let mut llm = verdict
+        .evidence
+        .llm
+        .add(window, spec, evidence::e_threshold(spec));
+    llm.extend(llm::judge_llm(window, analysis, &spec.checks.llm));
     // A rejection by a sequential test is final for the stage: roll back now.
     verdict.critical = verdict
         .checks
         .iter()
+        .chain(llm.iter().map(|(c, _)| c))
         .any(|c| c.outcome == Outcome::Fail && c.sequential.is_some());
-
-    let llm = llm::judge_llm(
-        window,
-        analysis,
-        &spec.checks.llm,
-        spec.checks.critical.alpha,
-        &mut verdict.critical,
-    );
     let mut outcomes: Vec<Outcome> = verdict.checks.iter().map(|c| c.outcome).collect();
     outcomes.extend(
         llm.iter()

@@ -33,9 +33,11 @@ const GRID: usize = 16;
 
 /// Before any data, a version's rate is taken to vary by this relative variance between
 /// windows (a 45% standard deviation: cautious until the data says otherwise), weighted
-/// as this many windows.
+/// as this many windows at first; the prior fades with the data's own older windows, but
+/// never below `DRIFT_PRIOR_FLOOR` windows' weight.
 const DRIFT_PRIOR: f64 = 0.2;
 const DRIFT_PRIOR_WINDOWS: f64 = 3.0;
+const DRIFT_PRIOR_FLOOR: f64 = 1.0;
 /// Older windows count less: the estimate follows the last ~20 windows.
 const DRIFT_DECAY: f64 = 0.95;
 
@@ -72,6 +74,10 @@ impl Counts {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct RateDrift {
     last: Option<Counts>,
+    /// For a mean ([`RateDrift::observe_mean`]): the variance of one request's value in
+    /// the last window.
+    #[serde(default)]
+    last_variance: f64,
     sum: f64,
     windows: f64,
 }
@@ -79,8 +85,11 @@ pub struct RateDrift {
 impl RateDrift {
     /// The relative variance of the rate between windows (never below 0).
     pub fn relative_variance(&self) -> f64 {
-        ((DRIFT_PRIOR_WINDOWS * DRIFT_PRIOR + self.sum) / (DRIFT_PRIOR_WINDOWS + self.windows))
-            .max(0.0)
+        // `windows` is Σ DECAY^k over the pairs seen, so 1 − windows·(1 − DECAY) is
+        // DECAY^pairs: how much of its first weight the prior keeps.
+        let kept = (1.0 - self.windows * (1.0 - DRIFT_DECAY)).max(0.0);
+        let prior = (DRIFT_PRIOR_WINDOWS * kept).max(DRIFT_PRIOR_FLOOR);
+        ((prior * DRIFT_PRIOR + self.sum) / (prior + self.windows)).max(0.0)
     }
 
     pub fn observe(&mut self, now: Counts) {
@@ -102,6 +111,30 @@ impl RateDrift {
         }
         self.last = Some(now);
     }
+
+    /// The same for a mean value per request (a cost per response: `events` is the sum of
+    /// the values), with `variance` one request's variance in this window:
+    /// `E[(m_t − m_{t−1})²] = σ_t²/n_t + σ_{t−1}²/n_{t−1} + 2·v·μ²`.
+    pub fn observe_mean(&mut self, now: Counts, variance: f64) {
+        if now.requests == 0 {
+            return;
+        }
+        if let Some(before) = self.last {
+            let mean = |c: Counts| c.events as f64 / c.requests as f64;
+            let pooled = (before.events as f64 + now.events as f64)
+                / (before.requests as f64 + now.requests as f64);
+            if pooled > 0.0 {
+                let d = mean(now) - mean(before);
+                let within =
+                    variance / now.requests as f64 + self.last_variance / before.requests as f64;
+                let estimate = (d * d - within) / (2.0 * pooled * pooled);
+                self.sum = DRIFT_DECAY * self.sum + estimate;
+                self.windows = DRIFT_DECAY * self.windows + 1.0;
+            }
+        }
+        self.last = Some(now);
+        self.last_variance = variance;
+    }
 }
 
 /// Both versions' drift for one kind of event. It describes the service, not a stage, so
@@ -120,6 +153,20 @@ impl Drift {
         let v_canary = self.canary.relative_variance().max(v_stable);
         self.canary.observe(canary);
         self.stable.observe(stable);
+        (v_canary, v_stable)
+    }
+
+    /// As [`Drift::add`] for a mean value per request, with each version's variance of
+    /// one request's value in this window.
+    pub fn add_mean(
+        &mut self,
+        (canary, canary_variance): (Counts, f64),
+        (stable, stable_variance): (Counts, f64),
+    ) -> (f64, f64) {
+        let v_stable = self.stable.relative_variance();
+        let v_canary = self.canary.relative_variance().max(v_stable);
+        self.canary.observe_mean(canary, canary_variance);
+        self.stable.observe_mean(stable, stable_variance);
         (v_canary, v_stable)
     }
 }
@@ -189,12 +236,26 @@ impl EventTest {
     /// Adds one window's events and requests of each version, with each version's
     /// relative rate variance between windows (from the windows before this one: see
     /// [`Drift::add`]).
-    pub fn add(&mut self, canary: Counts, stable: Counts, (v_canary, v_stable): (f64, f64)) {
+    pub fn add(&mut self, canary: Counts, stable: Counts, noise: (f64, f64)) {
         let canary = Counts::new(canary.events, canary.requests);
         let stable = Counts::new(stable.events, stable.requests);
+        self.add_weighted(canary, stable, 1.0, noise);
+    }
+
+    /// The same where an "event" is a unit of an amount that each request carries some of
+    /// (a cost in nano-USD: `events` may exceed `requests`). Given the window's total, the
+    /// canary's share varies by `unit_dispersion` = Σ value² / Σ value times a binomial's
+    /// (a compound Poisson count, in the Gaussian limit), and its drift adds to that.
+    pub fn add_weighted(
+        &mut self,
+        canary: Counts,
+        stable: Counts,
+        unit_dispersion: f64,
+        (v_canary, v_stable): (f64, f64),
+    ) {
         self.canary.add(canary);
         self.stable.add(stable);
-        let events = canary.events + stable.events;
+        let events = canary.events.saturating_add(stable.events);
         if canary.requests == 0 || stable.requests == 0 || events == 0 {
             return;
         }
@@ -203,7 +264,8 @@ impl EventTest {
         let share = |rho: f64| rho * s / (rho * s + 1.0 - s);
         let pi0 = share(self.null_ratio);
         let (x, y) = (canary.events as f64, stable.events as f64);
-        let phi = 1.0 + events as f64 * pi0 * (1.0 - pi0) * (v_canary + v_stable);
+        let phi =
+            unit_dispersion.max(1.0) + events as f64 * pi0 * (1.0 - pi0) * (v_canary + v_stable);
         self.dispersion = phi;
         for (l, rho) in self
             .log_lr

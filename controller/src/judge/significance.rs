@@ -1,32 +1,10 @@
-//! Statistical tests, in one place: Fisher's exact test and binomial tests on proportions,
-//! Welch's t-test on means, each one-sided ("the canary is worse"), as p-values.
+//! The classical tests the LLM score checks use ([`super::llm`]): Welch's t-test on means
+//! and a binomial test on a proportion, each one-sided ("the canary is worse"), as p-values.
+//! Both cost O(1) in the counts (regularised incomplete beta functions), unlike Fisher's
+//! exact test, which summed one hypergeometric term per request and is gone with the
+//! per-window request checks.
 
-use statrs::distribution::{Binomial, ContinuousCDF, DiscreteCDF, Hypergeometric, StudentsT};
-
-/// P(X ≥ k) for the canary's bad count in a 2×2 table with fixed margins: Fisher's exact
-/// test, one-sided, "the canary has the larger share of bad requests".
-pub fn fisher_greater(canary_bad: u64, canary_n: u64, stable_bad: u64, stable_n: u64) -> f64 {
-    if canary_bad == 0 {
-        return 1.0;
-    }
-    let population = canary_n + stable_n;
-    let bad = canary_bad + stable_bad;
-    match Hypergeometric::new(population, bad, canary_n) {
-        Ok(h) => h.sf(canary_bad - 1),
-        Err(_) => 1.0,
-    }
-}
-
-/// P(X ≥ k) for X ~ Binomial(n, p): is a rate of k/n significantly above p?
-pub fn binomial_greater(k: u64, n: u64, p: f64) -> f64 {
-    if k == 0 {
-        return 1.0;
-    }
-    match Binomial::new(p.clamp(0.0, 1.0), n) {
-        Ok(b) => b.sf(k - 1),
-        Err(_) => 1.0,
-    }
-}
+use statrs::distribution::{Binomial, ContinuousCDF, DiscreteCDF, StudentsT};
 
 /// One-sided Welch's t-test: p-value of "the mean of `a` is above the mean of `b`", from
 /// (mean, sample variance, n) of each.
@@ -63,13 +41,6 @@ pub fn binomial_less(k: u64, n: u64, p: f64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn fisher_matches_a_hand_computed_value() {
-        // 1 bad of 50 vs 0 of 950: P = 50/1000.
-        assert!((fisher_greater(1, 50, 0, 950) - 0.05).abs() < 1e-9);
-        assert_eq!(fisher_greater(0, 50, 3, 950), 1.0);
-    }
 
     #[test]
     fn welch_and_binomial_values() {

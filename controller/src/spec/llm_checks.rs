@@ -24,11 +24,10 @@ pub struct LlmChecks {
 #[serde(deny_unknown_fields, default)]
 pub struct CostCheck {
     pub enabled: bool,
-    /// Seed 001: more than 50% above stable fails.
+    /// Seed 001: more than 50% above stable fails. A sequential test over the stage, so a
+    /// runaway (seed 002: 3× stable) is decided within a window or two.
     pub max_relative_increase: f64,
-    /// Seed 002's cost runaway: this multiple of stable rolls back at once (critical).
-    pub critical_relative_increase: f64,
-    /// Readable responses each version needs in the window.
+    /// Readable responses each version needs over the stage before the check decides.
     pub min_samples: u64,
 }
 
@@ -37,7 +36,6 @@ impl Default for CostCheck {
         CostCheck {
             enabled: true,
             max_relative_increase: 1.5,
-            critical_relative_increase: 3.0,
             min_samples: 50,
         }
     }
@@ -50,8 +48,7 @@ pub struct RefusalCheck {
     pub enabled: bool,
     /// Seed 001: refusal rate more than 100% above stable fails.
     pub max_relative_increase: f64,
-    /// Stable's rate is taken as at least this.
-    pub stable_rate_floor: f64,
+    /// Answers each version needs over the stage before the check decides.
     pub min_samples: u64,
 }
 
@@ -60,7 +57,6 @@ impl Default for RefusalCheck {
         RefusalCheck {
             enabled: true,
             max_relative_increase: 2.0,
-            stable_rate_floor: 0.001,
             min_samples: 50,
         }
     }
@@ -159,8 +155,7 @@ pub struct ThumbsDownCheck {
     /// Optional absolute ceiling (seed 002 gates on 5%); off by default, since the usual
     /// share of thumbs-down differs from product to product.
     pub max_absolute: Option<f64>,
-    pub stable_rate_floor: f64,
-    /// Ratings each version needs in the window.
+    /// Ratings each version needs over the stage before the check decides.
     pub min_samples: u64,
     /// As `quality.required`; off by default: ratings come sparsely, and a window without
     /// enough of them should not hold the stage.
@@ -173,7 +168,6 @@ impl Default for ThumbsDownCheck {
             enabled: true,
             max_relative_increase: 1.5,
             max_absolute: None,
-            stable_rate_floor: 0.01,
             min_samples: 30,
             required: false,
         }
@@ -216,20 +210,9 @@ impl LlmChecks {
         if not_a_multiple(c.max_relative_increase) {
             push("cost.max_relative_increase", "must be at least 1");
         }
-        if !(c.critical_relative_increase.is_finite()
-            && c.critical_relative_increase > c.max_relative_increase)
-        {
-            push(
-                "cost.critical_relative_increase",
-                "must be more than max_relative_increase",
-            );
-        }
         let r = &self.refusals;
         if not_a_multiple(r.max_relative_increase) {
             push("refusals.max_relative_increase", "must be at least 1");
-        }
-        if !(r.stable_rate_floor > 0.0 && r.stable_rate_floor < 1.0) {
-            push("refusals.stable_rate_floor", "must be in (0, 1)");
         }
         let q = &self.quality;
         if !(q.max_relative_decrease > 0.0 && q.max_relative_decrease < 1.0) {
@@ -255,9 +238,6 @@ impl LlmChecks {
         }
         if d.max_absolute.is_some_and(|m| !(m > 0.0 && m <= 1.0)) {
             push("thumbs_down.max_absolute", "must be in (0, 1]");
-        }
-        if !(d.stable_rate_floor > 0.0 && d.stable_rate_floor < 1.0) {
-            push("thumbs_down.stable_rate_floor", "must be in (0, 1)");
         }
         let f = &self.ttft;
         if !(f.quantile > 0.0 && f.quantile < 1.0) {

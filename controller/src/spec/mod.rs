@@ -175,7 +175,6 @@ impl Default for Analysis {
 pub struct Checks {
     pub error_rate: ErrorRateCheck,
     pub latency: Vec<LatencyCheck>,
-    pub critical: CriticalCheck,
     /// LLM signals and user feedback (checked only where the window has such samples).
     pub llm: llm_checks::LlmChecks,
 }
@@ -194,7 +193,6 @@ impl Default for Checks {
                     max_relative_increase: 1.3,
                 },
             ],
-            critical: CriticalCheck::default(),
             llm: llm_checks::LlmChecks::default(),
         }
     }
@@ -229,20 +227,6 @@ pub struct LatencyCheck {
     /// e.g. 0.99 for p99.
     pub quantile: f64,
     pub max_relative_increase: f64,
-}
-
-/// The LLM checks' gross failures (cost past its critical multiple) roll back at once,
-/// without waiting for the failure limit, when significant at this level.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct CriticalCheck {
-    pub alpha: f64,
-}
-
-impl Default for CriticalCheck {
-    fn default() -> Self {
-        CriticalCheck { alpha: 0.001 }
-    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -448,10 +432,6 @@ impl RolloutSpec {
                 "must be at least one analysis interval".into(),
             );
         }
-        let c = &self.checks.critical;
-        if !(c.alpha > 0.0 && c.alpha < 0.5) {
-            push("checks.critical.alpha".into(), "must be in (0, 0.5)".into());
-        }
         for e in self.checks.llm.validate() {
             push(e.field, e.reason);
         }
@@ -547,7 +527,6 @@ mod tests {
         assert_eq!(spec.analysis.failure_limit, 3);
         let llm = &spec.checks.llm;
         assert_eq!(llm.cost.max_relative_increase, 1.5);
-        assert_eq!(llm.cost.critical_relative_increase, 3.0);
         assert_eq!(llm.refusals.max_relative_increase, 2.0);
         assert_eq!(llm.quality.max_relative_decrease, 0.05);
         assert_eq!(llm.task_success.min_absolute, 0.90);
@@ -627,10 +606,6 @@ mod tests {
                 "webhooks[0].url",
             ),
             (
-                &format!("{MINIMAL}checks: {{llm: {{cost: {{critical_relative_increase: 1.2}}}}}}\n"),
-                "checks.llm.cost.critical_relative_increase",
-            ),
-            (
                 &format!("{MINIMAL}checks: {{llm: {{task_success: {{min_absolute: 90}}}}}}\n"),
                 "checks.llm.task_success.min_absolute",
             ),
@@ -682,7 +657,6 @@ mod tests {
                 "checks: {latency: [{quantile: 0.9, max_relative_increase: V}]}",
                 "checks.latency[0].max_relative_increase",
             ),
-            ("checks: {critical: {alpha: V}}", "checks.critical.alpha"),
             ("analysis: {alpha: V}", "analysis.alpha"),
             (
                 "stages: [{weight_pct: V}, {weight_pct: 100}]",
@@ -693,16 +667,8 @@ mod tests {
                 "checks.llm.cost.max_relative_increase",
             ),
             (
-                "checks: {llm: {cost: {critical_relative_increase: V}}}",
-                "checks.llm.cost.critical_relative_increase",
-            ),
-            (
                 "checks: {llm: {refusals: {max_relative_increase: V}}}",
                 "checks.llm.refusals.max_relative_increase",
-            ),
-            (
-                "checks: {llm: {refusals: {stable_rate_floor: V}}}",
-                "checks.llm.refusals.stable_rate_floor",
             ),
             (
                 "checks: {llm: {quality: {max_relative_decrease: V}}}",
@@ -719,10 +685,6 @@ mod tests {
             (
                 "checks: {llm: {thumbs_down: {max_absolute: V}}}",
                 "checks.llm.thumbs_down.max_absolute",
-            ),
-            (
-                "checks: {llm: {thumbs_down: {stable_rate_floor: V}}}",
-                "checks.llm.thumbs_down.stable_rate_floor",
             ),
             (
                 "checks: {llm: {ttft: {quantile: V}}}",

@@ -15,16 +15,12 @@
 //! `BENCH_INSTR_PARALLEL` (1: requests in flight; 32 gives the same differences);
 //! `BENCH_INSTR_ONLY` (comma-separated case names: count only those, write no report).
 
-use std::path::Path;
-use std::process::Command;
-use std::time::Duration;
-
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Context, Result};
 use canary_e2e::bench_cases::{self, USER_HEADER};
 use canary_e2e::bootstrap::direct_response_bootstrap;
+use canary_e2e::callgrind;
 use canary_e2e::envoy::{Envoy, EnvoyOptions};
 use canary_e2e::paths;
-use canary_e2e::wait::wait_until;
 use futures::StreamExt;
 use serde_json::json;
 
@@ -71,12 +67,7 @@ async fn main() -> Result<()> {
             &case.bootstrap(upstream_addr),
             EnvoyOptions {
                 name: format!("callgrind-{}", case.name),
-                wrapper: vec![
-                    "valgrind".into(),
-                    "--tool=callgrind".into(),
-                    "--instr-atstart=no".into(),
-                    format!("--callgrind-out-file={}", out.display()),
-                ],
+                wrapper: callgrind::wrapper(&out),
                 ..Default::default()
             },
         )
@@ -88,7 +79,7 @@ async fn main() -> Result<()> {
             send(&client, &url, i).await?;
         }
         let pid = envoy.pid().to_string();
-        callgrind_control(&["-i", "on", &pid])?;
+        callgrind::control(&["-i", "on", &pid])?;
         let results: Vec<Result<()>> = futures::stream::iter(0..requests)
             .map(|i| send(&client, &url, WARMUP_REQUESTS + i))
             .buffer_unordered(parallel)
@@ -97,8 +88,8 @@ async fn main() -> Result<()> {
         for result in results {
             result?;
         }
-        callgrind_control(&["-d", &pid])?;
-        let total = dumped_total(&out.with_extension("out.1")).await?;
+        callgrind::control(&["-d", &pid])?;
+        let total = callgrind::dumped_total(&out.with_extension("out.1")).await?;
         let instructions = total as f64 / requests as f64;
         eprintln!(
             "{:>18}: {instructions:>9.0} instructions/request",
@@ -167,35 +158,4 @@ async fn send(client: &reqwest::Client, url: &str, i: usize) -> Result<()> {
     );
     response.bytes().await?;
     Ok(())
-}
-
-fn callgrind_control(args: &[&str]) -> Result<()> {
-    let output = Command::new("callgrind_control")
-        .args(args)
-        .output()
-        .context("running callgrind_control")?;
-    if !output.status.success() {
-        bail!(
-            "callgrind_control {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
-    Ok(())
-}
-
-/// The `totals:` line of a callgrind dump, once the file is complete.
-async fn dumped_total(path: &Path) -> Result<u64> {
-    let mut total = None;
-    wait_until(Duration::from_secs(60), Duration::from_millis(100), || {
-        total = std::fs::read_to_string(path).ok().and_then(|text| {
-            text.lines()
-                .find_map(|l| l.strip_prefix("totals: "))
-                .and_then(|v| v.trim().parse().ok())
-        });
-        Ok(total.is_some())
-    })
-    .await
-    .with_context(|| format!("no callgrind dump at {}", path.display()))?;
-    total.context("unreachable: waited for the total")
 }

@@ -65,11 +65,11 @@ fn main() -> Result<()> {
             .as_ref()
             .is_none_or(|l| l.iter().any(|n| n == s.name))
     }) {
-        let spec = spec(schedule);
         for scenario in scenarios::all()
             .iter()
             .filter(|s| only.as_ref().is_none_or(|l| l.iter().any(|n| n == s.name)))
         {
+            let spec = spec(schedule, scenario);
             for &rate in &rates {
                 let t = Instant::now();
                 let ends: Vec<End> = std::thread::scope(|scope| {

@@ -4,6 +4,7 @@
 //! and the run loop with its tallies (this file). It imports the controller's pure floors
 //! (spec, stats, judge, machine, window) and nothing that does I/O.
 
+pub mod llm;
 pub mod scenarios;
 pub mod traffic;
 
@@ -18,6 +19,7 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
+use llm::LlmSim;
 use scenarios::{Kind, Scenario, Schedule, BASE_ERROR_RATE};
 use traffic::{binomial, drift, version_window, Buckets};
 
@@ -28,12 +30,18 @@ pub const INTERVAL_S: u64 = 30;
 /// the stage's evidence so far (handed over: the verdict brings it back, updated).
 pub type Analyst = fn(&RolloutStats, Evidence, &RolloutState, &RolloutSpec) -> Verdict;
 
-/// A spec with the schedule's stages and everything else at its defaults.
-pub fn spec(schedule: &Schedule) -> RolloutSpec {
+/// A spec with the schedule's stages and everything else at its defaults (with `llm` in
+/// the filter options for a scenario with LLM answers).
+pub fn spec(schedule: &Schedule, scenario: &Scenario) -> RolloutSpec {
     let yaml = format!(
         "name: sim\nsources: {{envoy_admin: [\"http://127.0.0.1:1\"]}}\n\
-         analysis: {{interval: {INTERVAL_S}s}}\nstages: {}\n",
-        schedule.stages_yaml
+         analysis: {{interval: {INTERVAL_S}s}}\nstages: {}\n{}",
+        schedule.stages_yaml,
+        if scenario.llm.is_some() {
+            "filter: {llm: {}}\n"
+        } else {
+            ""
+        }
     );
     RolloutSpec::from_yaml(&yaml).expect("the simulation's spec is valid")
 }
@@ -66,6 +74,7 @@ pub fn run_one(
     let mut rng = SmallRng::seed_from_u64(seed);
     let mut stable_buckets = Buckets::new(scenario.stable_latency, bounds);
     let mut canary_buckets = Buckets::new(scenario.canary_latency, bounds);
+    let llm = scenario.llm.map(|l| LlmSim::new(l, bounds));
     let schedule_ms: u64 = spec.stages.iter().map(|s| s.hold.as_millis() as u64).sum();
     let limit_ms = 2 * schedule_ms + 3_600_000;
     let (mut state, _) = RolloutState::start(spec, 0);
@@ -81,8 +90,8 @@ pub fn run_one(
             scenario,
             rate_rps,
             weight,
-            &mut stable_buckets,
-            &mut canary_buckets,
+            (&mut stable_buckets, &mut canary_buckets),
+            llm.as_ref(),
         );
         // The state's evidence goes to the judge and comes back in the verdict: no copy.
         let evidence = Arc::unwrap_or_clone(std::mem::take(&mut state.evidence));
@@ -147,8 +156,8 @@ impl Proxies {
         scenario: &Scenario,
         rate_rps: f64,
         weight: f64,
-        stable_buckets: &mut Buckets,
-        canary_buckets: &mut Buckets,
+        (stable_buckets, canary_buckets): (&mut Buckets, &mut Buckets),
+        llm: Option<&LlmSim>,
     ) -> RolloutStats {
         let seconds = INTERVAL_S as f64;
         // Shared burst: both versions' rate for the window, 8 s of it at 20%.
@@ -163,6 +172,7 @@ impl Proxies {
         let stable_rate = mix(BASE_ERROR_RATE * drift(rng, scenario.drift_sigma));
         let canary_rate = mix(scenario.canary_error_rate * drift(rng, scenario.drift_sigma));
         let n = self.totals.len();
+        let llm_models = llm.map(|l| (l, l.window(rng)));
         // Each Envoy's share of the window: its requests, errors and durations.
         let mut draw = |rng: &mut SmallRng| {
             let requests = rate_rps * seconds / n as f64;
@@ -172,6 +182,10 @@ impl Proxies {
                 ..RolloutStats::default()
             };
             subset_errors(rng, scenario, &mut w);
+            if let Some((sim, models)) = &llm_models {
+                (w.stable.llm, w.canary.llm) =
+                    sim.draw(rng, models, w.stable.rq_2xx, w.canary.rq_2xx);
+            }
             w
         };
         if n == 1 {

@@ -2,6 +2,7 @@
 //! multi-day schedule; A/A scenarios (identical versions under real kinds of noise) and
 //! regressions (the canary worse from its first request).
 
+use super::llm::{LlmModel, LlmScenario, BASE_LLM};
 use super::traffic::Latency;
 
 /// A rollout schedule, as the spec's `stages`.
@@ -62,6 +63,8 @@ pub struct Scenario {
     /// Envoys the traffic is spread over, and restarts (counter resets) per hour among them.
     pub proxies: usize,
     pub restarts_per_hour: f64,
+    /// LLM answers on every successful request (the rollout's filter then has `llm`).
+    pub llm: Option<LlmScenario>,
 }
 
 const fn aa(name: &'static str) -> Scenario {
@@ -76,6 +79,23 @@ const fn aa(name: &'static str) -> Scenario {
         burst_chance: 0.0,
         proxies: 1,
         restarts_per_hour: 0.0,
+        llm: None,
+    }
+}
+
+/// Each version's mean cost and refusal rate drift by ~10% between windows.
+const LLM_DRIFT: f64 = 0.1;
+
+/// An LLM service whose canary answers as `canary`.
+const fn llm(name: &'static str, kind: Kind, canary: LlmModel) -> Scenario {
+    Scenario {
+        kind,
+        llm: Some(LlmScenario {
+            stable: BASE_LLM,
+            canary,
+            drift_sigma: LLM_DRIFT,
+        }),
+        ..aa(name)
     }
 }
 
@@ -165,5 +185,30 @@ pub fn all() -> Vec<Scenario> {
             canary_latency: BASE_LATENCY.scaled(1.3),
             ..regression("slowdown_1_3x")
         },
+        llm("aa_llm", Kind::AA, BASE_LLM),
+        llm(
+            "llm_cost_1_5x",
+            Kind::Regression,
+            LlmModel {
+                cost_median_nanousd: 1.5 * BASE_LLM.cost_median_nanousd,
+                ..BASE_LLM
+            },
+        ),
+        llm(
+            "llm_refusals_2x",
+            Kind::Regression,
+            LlmModel {
+                refusal_rate: 2.0 * BASE_LLM.refusal_rate,
+                ..BASE_LLM
+            },
+        ),
+        llm(
+            "llm_ttft_1_5x",
+            Kind::Regression,
+            LlmModel {
+                ttft: BASE_LLM.ttft.scaled(1.5),
+                ..BASE_LLM
+            },
+        ),
     ]
 }

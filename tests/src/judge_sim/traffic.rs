@@ -167,7 +167,14 @@ impl Buckets {
 
     /// The histogram of `Poisson(mean)` requests (Poisson splitting: each bucket's count is
     /// an independent Poisson draw, and their sum is the window's requests).
-    pub fn draw(&mut self, rng: &mut SmallRng, mean: f64) -> Histogram {
+    pub fn draw(&self, rng: &mut SmallRng, mean: f64) -> Histogram {
+        self.histogram(|_, p| poisson(rng, mean * p))
+    }
+
+    /// [`Buckets::draw`] for a mean that stays the same from window to window (a stage's
+    /// requests): what each bucket's draw needs of its mean is worked out once, when the
+    /// mean changes. The same draws.
+    pub fn draw_same_mean(&mut self, rng: &mut SmallRng, mean: f64) -> Histogram {
         if self
             .means
             .as_ref()
@@ -181,12 +188,17 @@ impl Buckets {
             self.means = Some((mean, means));
         }
         let means = self.means.as_ref().map_or(&[][..], |(_, m)| m.as_slice());
+        self.histogram(|cell, _| means.get(cell).map_or(0, |m| m.draw(rng)))
+    }
+
+    /// The histogram with `count(cell, probability)` requests in each cell's bucket.
+    fn histogram(&self, mut count: impl FnMut(usize, f64) -> u64) -> Histogram {
         // Per-bucket counts first, then summed up in place into Envoy's cumulative form.
         let mut buckets: Vec<(f64, u64)> = self.bounds.iter().map(|&b| (b, 0)).collect();
         buckets.push((f64::INFINITY, 0));
         let mut sum_ms = 0.0;
-        for (&(i, _, mid), m) in self.cells.iter().zip(means.iter()) {
-            let c = m.draw(rng);
+        for (cell, &(i, p, mid)) in self.cells.iter().enumerate() {
+            let c = count(cell, p);
             buckets[i].1 = c;
             sum_ms += c as f64 * mid;
         }
@@ -267,8 +279,7 @@ impl PoissonMean {
     }
 }
 
-/// The inversion as a search (what [`PoissonMean::draw`] looks up), for the tests.
-#[cfg(test)]
+/// Inversion by sequential search (what [`PoissonMean::draw`] looks up).
 fn draw_by_search(rng: &mut SmallRng, mean: f64) -> u64 {
     let u: f64 = rng.gen();
     let mut k = 0u64;
@@ -287,7 +298,14 @@ const POISSON_INVERSION_BELOW: f64 = 40.0;
 
 /// A Poisson draw: exact (inversion) for small means, normal with continuity otherwise.
 pub fn poisson(rng: &mut SmallRng, mean: f64) -> u64 {
-    PoissonMean::new(mean).draw(rng)
+    if mean <= 0.0 {
+        return 0;
+    }
+    if mean < POISSON_INVERSION_BELOW {
+        return draw_by_search(rng, mean);
+    }
+    let z: f64 = StandardNormal.sample(rng);
+    (mean + mean.sqrt() * z + 0.5).max(0.0) as u64
 }
 
 /// An exact binomial draw (rand_distr's BTPE).
@@ -308,7 +326,7 @@ pub fn version_window(
     mean_requests: f64,
     error_rate: f64,
 ) -> VersionStats {
-    let duration = buckets.draw(rng, mean_requests);
+    let duration = buckets.draw_same_mean(rng, mean_requests);
     let requests = duration.count;
     let errors = binomial(rng, requests, error_rate.clamp(0.0, 1.0));
     VersionStats {
@@ -343,7 +361,7 @@ mod tests {
         assert!((l.cdf(120.0) - 0.5).abs() < 1e-6);
         // p99 = 120 · e^(2.326 σ) = 151.
         assert!((l.cdf(151.0) - 0.99).abs() < 2e-3, "{}", l.cdf(151.0));
-        let mut b = Buckets::new(l, &ENVOY_DEFAULT_BUCKETS_MS);
+        let b = Buckets::new(l, &ENVOY_DEFAULT_BUCKETS_MS);
         let mut rng = SmallRng::seed_from_u64(1);
         let h = b.draw(&mut rng, 100_000.0);
         assert!((h.count as f64 - 100_000.0).abs() < 2_000.0);

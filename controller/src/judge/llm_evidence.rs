@@ -1,0 +1,351 @@
+//! The LLM checks that accumulate over a stage as the request checks do
+//! ([`super::evidence`]): cost per response, refusal rate, time to first token and
+//! thumbs-down rate. Each is a sequential test of "no worse than stable" whose e-value
+//! shares the rollout's error budget ([`super::evidence::e_threshold`]), so an identical
+//! model is not rolled back by looking at these every window either. The score checks
+//! (quality, eval, task success) stay window by window in [`super::llm`].
+//!
+//! - **Refusals** and **thumbs-down** are counts of bad answers among answers (ratings): the
+//!   conditional test of [`super::sequential`], as for errors.
+//! - **Cost** is an amount each response carries some of: the same test where the "events"
+//!   are nano-USD, widened by Σ cost² / Σ cost (a compound Poisson count) and by each
+//!   version's drift of its mean cost per response between windows.
+//! - **Time to first token** is a quantile: the latency test, on the TTFT histograms.
+//!
+//! `min_samples` is a stage total here: until both versions have that many, the check is
+//! inconclusive (its evidence still accumulates).
+
+use serde::{Deserialize, Serialize};
+
+use super::evidence::{
+    absolute, decided, describe_quantiles, latency, null_ratio, pct, saved_histogram, sequential,
+    Quantile, LATENCY_MIN_RATIO, MAX_RATIO,
+};
+use super::sequential::{Counts, Drift, EventTest, RateTest};
+use super::{trim_quantile, CheckResult, Outcome, Worse};
+use crate::spec::RolloutSpec;
+use crate::stats::{Histogram, LlmStats, RolloutStats};
+
+/// Each signal's drift between windows: it describes the service, so it outlives a stage.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct LlmDrift {
+    pub cost: Drift,
+    pub refusals: Drift,
+    pub ttft: Drift,
+    pub thumbs_down: Drift,
+}
+
+/// The LLM evidence of the current stage.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct LlmEvidence {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost: Option<EventTest>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refusals: Option<EventTest>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttft: Option<EventTest>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub thumbs_down: Option<EventTest>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub thumbs_down_absolute: Option<RateTest>,
+    /// Each version's time to first token over the stage (stable's places the bound).
+    #[serde(default, with = "saved_histogram")]
+    pub stable_ttft: Histogram,
+    #[serde(default, with = "saved_histogram")]
+    pub canary_ttft: Histogram,
+    #[serde(default)]
+    pub drift: LlmDrift,
+}
+
+/// Whether the filter reads LLM answers for this rollout (`filter.llm` is set): the cost,
+/// refusal and TTFT tests exist only then.
+fn reads_llm(spec: &RolloutSpec) -> bool {
+    spec.filter.contains_key("llm")
+}
+
+/// The sequential LLM tests a rollout's error budget is shared with: the answer signals
+/// when the filter reads them, and the thumbs-down rate (with its absolute ceiling, if
+/// set) whenever it is on, since ratings reach `/feedback` for any service.
+pub fn budgeted(spec: &RolloutSpec) -> usize {
+    let l = &spec.checks.llm;
+    let answers = if reads_llm(spec) {
+        usize::from(l.cost.enabled) + usize::from(l.refusals.enabled) + usize::from(l.ttft.enabled)
+    } else {
+        0
+    };
+    let ratings = if l.thumbs_down.enabled {
+        1 + usize::from(l.thumbs_down.max_absolute.is_some())
+    } else {
+        0
+    };
+    answers + ratings
+}
+
+/// A cost in USD from nano-USD.
+fn usd(nano: f64) -> String {
+    format!("${:.6}", nano / 1e9)
+}
+
+/// The variance of one response's cost in nano-USD², from the filter's sums.
+fn cost_variance(l: &LlmStats) -> f64 {
+    let n = l.responses.max(1) as f64;
+    let mean = l.cost_nanousd as f64 / n;
+    // Each square was rounded to a whole µUSD² (10⁶ nano-USD²).
+    let second = l.cost_sumsq_microusd2 as f64 * 1e6 / n;
+    (second - mean * mean).max(0.0)
+}
+
+impl LlmEvidence {
+    /// The evidence a new stage starts with: the drift only.
+    pub fn next_stage(&self) -> LlmEvidence {
+        LlmEvidence {
+            drift: self.drift.clone(),
+            ..LlmEvidence::default()
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        *self == LlmEvidence::default()
+    }
+
+    /// Adds one window; each result comes with whether its outcome counts towards the
+    /// verdict (a check that is not `required` and has too few samples does not). A check
+    /// whose signal has never had data in the stage gives no result.
+    pub fn add(
+        &mut self,
+        window: &RolloutStats,
+        spec: &RolloutSpec,
+        threshold: f64,
+    ) -> Vec<(CheckResult, bool)> {
+        let checks = &spec.checks.llm;
+        let (c, s) = (&window.canary.llm, &window.stable.llm);
+        let mut out = Vec::new();
+        if reads_llm(spec) && checks.cost.enabled {
+            let k = checks.cost.max_relative_increase;
+            let test = self
+                .cost
+                .get_or_insert_with(|| EventTest::new(null_ratio(k), k, MAX_RATIO));
+            let (cc, sc) = (
+                Counts {
+                    events: c.cost_nanousd,
+                    requests: c.responses,
+                },
+                Counts {
+                    events: s.cost_nanousd,
+                    requests: s.responses,
+                },
+            );
+            // A stable without prices is no yardstick: such windows add nothing.
+            if s.cost_nanousd > 0 || s.responses == 0 {
+                let variances = (cost_variance(c), cost_variance(s));
+                let noise = self
+                    .drift
+                    .cost
+                    .add_mean((cc, variances.0), (sc, variances.1));
+                let total = c.cost_nanousd.saturating_add(s.cost_nanousd);
+                let squares = c
+                    .cost_sumsq_microusd2
+                    .saturating_add(s.cost_sumsq_microusd2) as f64
+                    * 1e6;
+                let unit = if total > 0 {
+                    squares / total as f64
+                } else {
+                    1.0
+                };
+                test.add_weighted(cc, sc, unit, noise);
+            }
+            if test.canary.events > 0 || test.stable.events > 0 {
+                let r = relative("cost_per_response", "cost per response", test, threshold);
+                out.push((gate(r, test, checks.cost.min_samples, "responses"), true));
+            }
+        }
+        if reads_llm(spec) && checks.refusals.enabled {
+            let k = checks.refusals.max_relative_increase;
+            let test = self
+                .refusals
+                .get_or_insert_with(|| EventTest::new(null_ratio(k), k, MAX_RATIO));
+            let cc = Counts::new(c.refusals, c.answers());
+            let sc = Counts::new(s.refusals, s.answers());
+            let noise = self.drift.refusals.add(cc, sc);
+            test.add(cc, sc, noise);
+            if test.canary.requests > 0 || test.stable.requests > 0 {
+                let r = relative("refusal_rate", "refusal rate", test, threshold);
+                out.push((gate(r, test, checks.refusals.min_samples, "answers"), true));
+            }
+        }
+        if reads_llm(spec) && checks.ttft.enabled {
+            out.extend(self.ttft(window, spec, threshold));
+        }
+        let d = &checks.thumbs_down;
+        if d.enabled {
+            let k = d.max_relative_increase;
+            let test = self
+                .thumbs_down
+                .get_or_insert_with(|| EventTest::new(null_ratio(k), k, MAX_RATIO));
+            let ratings = |l: &LlmStats| l.feedback_up.saturating_add(l.feedback_down);
+            let cc = Counts::new(c.feedback_down, ratings(c));
+            let sc = Counts::new(s.feedback_down, ratings(s));
+            let noise = self.drift.thumbs_down.add(cc, sc);
+            test.add(cc, sc, noise);
+            if let Some(max) = d.max_absolute {
+                let ceiling = self
+                    .thumbs_down_absolute
+                    .get_or_insert_with(|| RateTest::new(max));
+                // As for errors: a window in which stable is past the ceiling too is not
+                // the canary's doing.
+                if sc.rate().is_some_and(|r| r <= max) {
+                    ceiling.add(cc, noise.0);
+                }
+            }
+            if test.canary.requests > 0 || test.stable.requests > 0 {
+                let r = relative("thumbs_down_rate", "thumbs-down rate", test, threshold);
+                let r = gate(r, test, d.min_samples, "ratings");
+                out.push(not_required(r, d.required));
+                if let Some(ceiling) = &self.thumbs_down_absolute {
+                    let names = ("thumbs_down_rate_absolute", "thumbs-down rate");
+                    let r = absolute(names, ceiling, test, threshold);
+                    out.push(not_required(
+                        gate(r, test, d.min_samples, "ratings"),
+                        d.required,
+                    ));
+                }
+            }
+        }
+        out
+    }
+
+    fn ttft(
+        &mut self,
+        window: &RolloutStats,
+        spec: &RolloutSpec,
+        threshold: f64,
+    ) -> Option<(CheckResult, bool)> {
+        let t = &spec.checks.llm.ttft;
+        let (c, s) = (&window.canary.llm.ttft, &window.stable.llm.ttft);
+        let name = format!("ttft_p{}", trim_quantile(t.quantile).replace('.', "_"));
+        let check = Quantile {
+            name: &name,
+            quantile: t.quantile,
+            max_relative_increase: t.max_relative_increase,
+        };
+        // As for request latency: the bounds carry the null ratio.
+        let test = self
+            .ttft
+            .get_or_insert_with(|| EventTest::new(1.0, LATENCY_MIN_RATIO, MAX_RATIO));
+        let mut r = latency(
+            check,
+            test,
+            &mut self.drift.ttft,
+            &self.stable_ttft,
+            (c, s),
+            threshold,
+        );
+        self.stable_ttft = self.stable_ttft.plus(s);
+        self.canary_ttft = self.canary_ttft.plus(c);
+        if self.stable_ttft.count == 0 && self.canary_ttft.count == 0 {
+            return None;
+        }
+        describe_quantiles(&mut r, check, &self.canary_ttft, &self.stable_ttft);
+        r.reason = r
+            .reason
+            .replacen(&name, &format!("{name} (time to first token)"), 1);
+        let n = (self.canary_ttft.count, self.stable_ttft.count);
+        r.canary_n = Some(n.0);
+        r.stable_n = Some(n.1);
+        if n.0 < t.min_samples || n.1 < t.min_samples {
+            r.outcome = Outcome::Inconclusive;
+            r.reason = format!(
+                "{name}: too few first tokens over the stage ({} canary, {} stable, need {}); {}",
+                n.0, n.1, t.min_samples, r.reason
+            );
+        }
+        Some((r, true))
+    }
+}
+
+/// A check that is not `required` does not hold the stage while it has too few samples.
+fn not_required(mut r: CheckResult, required: bool) -> (CheckResult, bool) {
+    if required || r.outcome != Outcome::Inconclusive {
+        (r, true)
+    } else {
+        r.reason
+            .push_str(" (not required: does not hold the stage)");
+        (r, false)
+    }
+}
+
+/// Inconclusive until both versions have `min` samples over the stage.
+fn gate(mut r: CheckResult, t: &EventTest, min: u64, unit: &str) -> CheckResult {
+    let (nc, ns) = (t.canary.requests, t.stable.requests);
+    if nc < min || ns < min {
+        r.outcome = Outcome::Inconclusive;
+        r.reason = format!(
+            "{}: too few {unit} over the stage ({nc} canary, {ns} stable, need {min}); {}",
+            r.check, r.reason
+        );
+    }
+    r
+}
+
+/// How a version's stage totals read in a reason: a share of bad answers, or a cost.
+fn describe(check: &str, c: Counts) -> String {
+    if check == "cost_per_response" {
+        let mean = c.events as f64 / c.requests.max(1) as f64;
+        format!("{} ({} responses)", usd(mean), c.requests)
+    } else {
+        format!(
+            "{:.2}% ({}/{})",
+            pct(c.events, c.requests),
+            c.events,
+            c.requests
+        )
+    }
+}
+
+/// The sequential test against stable, as a check result over the stage so far.
+fn relative(check: &str, what: &str, t: &EventTest, threshold: f64) -> CheckResult {
+    let outcome = decided(t.log_e(), threshold);
+    let failed = outcome == Outcome::Fail;
+    let value = |c: Counts| {
+        (c.requests > 0).then(|| {
+            let rate = c.events as f64 / c.requests as f64;
+            if check == "cost_per_response" {
+                rate
+            } else {
+                rate.min(1.0)
+            }
+        })
+    };
+    let (c, s) = (value(t.canary), value(t.stable));
+    let k = t.min_ratio;
+    CheckResult {
+        check: check.into(),
+        outcome,
+        canary: c,
+        stable: s,
+        limit: s.map(|s| s * k),
+        p_value: Some((-t.max_log_e).exp().min(1.0)),
+        reason: format!(
+            "{what} canary {} vs stable {} over the stage; sequential test of canary ≤ \
+             {:.2}× stable against {k}–{MAX_RATIO}×: e = {:.3e} {} 1/α = {threshold:.0} \
+             (dispersion {:.2}){}",
+            describe(check, t.canary),
+            describe(check, t.stable),
+            t.null_ratio,
+            t.log_e().exp(),
+            if failed { "≥" } else { "<" },
+            t.dispersion,
+            if failed { ": worse than stable" } else { "" },
+        ),
+        canary_n: Some(t.canary.requests),
+        stable_n: Some(t.stable.requests),
+        worse: Some(Worse::Higher),
+        sequential: Some(sequential(
+            format!("canary ≤ {:.2}× stable", t.null_ratio),
+            t.log_e(),
+            threshold,
+            t.windows,
+            t.dispersion,
+        )),
+    }
+}

@@ -5,6 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::decimal::Fixed;
 use super::llm_evidence::{self, LlmEvidence};
 use super::sequential::{Counts, Drift, EventTest, RateTest};
 use super::{CheckResult, Outcome, SequentialTest, Worse};
@@ -141,8 +142,8 @@ impl Evidence {
             ));
             self.drift[1 + k] = drift;
         }
-        self.stable_duration = self.stable_duration.plus(&stable.duration);
-        self.canary_duration = self.canary_duration.plus(&canary.duration);
+        self.stable_duration += &stable.duration;
+        self.canary_duration += &canary.duration;
         for (check, result) in spec.checks.latency.iter().zip(checks.iter_mut().skip(2)) {
             describe_quantiles(
                 result,
@@ -179,7 +180,8 @@ pub(super) fn pct(part: u64, whole: u64) -> f64 {
 }
 
 fn errors_relative(t: &EventTest, k: f64, threshold: f64) -> CheckResult {
-    let outcome = decided(t.log_e(), threshold);
+    let log_e = t.log_e();
+    let outcome = decided(log_e, threshold);
     let (c, s) = (t.canary, t.stable);
     CheckResult {
         check: "error_rate".into(),
@@ -191,17 +193,18 @@ fn errors_relative(t: &EventTest, k: f64, threshold: f64) -> CheckResult {
         reason: format!(
             "error rate canary {:.2}% ({}/{}) vs stable {:.2}% ({}/{}) over the stage; \
              sequential test of canary ≤ {:.2}× stable against {k}–{MAX_RATIO}×: \
-             e = {:.3e} {} 1/α = {threshold:.0} (dispersion {:.2}){}",
-            pct(c.events, c.requests),
+             e = {:.3e} {} 1/α = {:.0} (dispersion {:.2}){}",
+            Fixed(pct(c.events, c.requests)),
             c.events,
             c.requests,
-            pct(s.events, s.requests),
+            Fixed(pct(s.events, s.requests)),
             s.events,
             s.requests,
-            t.null_ratio,
-            t.log_e().exp(),
+            Fixed(t.null_ratio),
+            log_e.exp(),
             if outcome == Outcome::Fail { "≥" } else { "<" },
-            t.dispersion,
+            Fixed(threshold),
+            Fixed(t.dispersion),
             if outcome == Outcome::Fail {
                 ": worse than stable"
             } else {
@@ -212,8 +215,8 @@ fn errors_relative(t: &EventTest, k: f64, threshold: f64) -> CheckResult {
         stable_n: Some(s.requests),
         worse: Some(Worse::Higher),
         sequential: Some(sequential(
-            format!("canary ≤ {:.2}× stable", t.null_ratio),
-            t.log_e(),
+            format!("canary ≤ {:.2}× stable", Fixed(t.null_ratio)),
+            log_e,
             threshold,
             t.windows,
             t.dispersion,
@@ -247,7 +250,8 @@ pub(super) fn absolute(
 ) -> CheckResult {
     let stable_rate = relative.stable.rate().unwrap_or(0.0);
     let stable_past = stable_rate > t.limit;
-    let outcome = match decided(t.log_e(), threshold) {
+    let log_e = t.log_e();
+    let outcome = match decided(log_e, threshold) {
         Outcome::Fail if !stable_past => Outcome::Fail,
         _ => Outcome::Pass,
     };
@@ -261,22 +265,19 @@ pub(super) fn absolute(
         p_value: Some((-t.max_log_e).exp().min(1.0)),
         reason: format!(
             "{what} canary {:.2}% ({}/{}) against the absolute limit {:.2}%; sequential \
-             test of canary ≤ limit: e = {:.3e} {} 1/α = {threshold:.0}{}",
-            pct(c.events, c.requests),
+             test of canary ≤ limit: e = {:.3e} {} 1/α = {:.0}{}",
+            Fixed(pct(c.events, c.requests)),
             c.events,
             c.requests,
-            t.limit * 100.0,
-            t.log_e().exp(),
-            if t.log_e() >= threshold.ln() {
-                "≥"
-            } else {
-                "<"
-            },
+            Fixed(t.limit * 100.0),
+            log_e.exp(),
+            if log_e >= threshold.ln() { "≥" } else { "<" },
+            Fixed(threshold),
             match (outcome, stable_past) {
                 (Outcome::Fail, _) => ": above the absolute limit".to_string(),
                 (_, true) => format!(
                     "; stable is past it too ({:.2}%): not the canary's doing",
-                    stable_rate * 100.0
+                    Fixed(stable_rate * 100.0)
                 ),
                 _ => String::new(),
             }
@@ -285,8 +286,8 @@ pub(super) fn absolute(
         stable_n: Some(relative.stable.requests),
         worse: Some(Worse::Higher),
         sequential: Some(sequential(
-            format!("canary ≤ {:.2}%", t.limit * 100.0),
-            t.log_e(),
+            format!("canary ≤ {:.2}%", Fixed(t.limit * 100.0)),
+            log_e,
             threshold,
             t.windows,
             t.dispersion,
@@ -353,10 +354,11 @@ pub(super) fn latency(
         let noise = drift.add(slow_canary, slow_stable);
         test.add(slow_canary, slow_stable, noise);
     }
+    let log_e = test.log_e();
     let outcome = if test.windows == 0 && bounds.is_none() {
         Outcome::Inconclusive
     } else {
-        decided(test.log_e(), threshold)
+        decided(log_e, threshold)
     };
     let (c, s) = (test.canary, test.stable);
     CheckResult {
@@ -372,14 +374,15 @@ pub(super) fn latency(
             ),
             _ => format!(
                 "slower than the bounds: canary {}/{} vs stable {}/{} over the stage; \
-                 sequential test of canary ≤ {:.2}× stable: e = {:.3e} {} 1/α = {threshold:.0}{}",
+                 sequential test of canary ≤ {:.2}× stable: e = {:.3e} {} 1/α = {:.0}{}",
                 c.events,
                 c.requests,
                 s.events,
                 s.requests,
-                null_ratio(check.max_relative_increase),
-                test.log_e().exp(),
+                Fixed(null_ratio(check.max_relative_increase)),
+                log_e.exp(),
                 if outcome == Outcome::Fail { "≥" } else { "<" },
+                Fixed(threshold),
                 if outcome == Outcome::Fail {
                     ": slower than stable beyond the limit"
                 } else {
@@ -394,9 +397,9 @@ pub(super) fn latency(
             sequential(
                 format!(
                     "canary ≤ {:.2}× stable",
-                    null_ratio(check.max_relative_increase)
+                    Fixed(null_ratio(check.max_relative_increase))
                 ),
-                test.log_e(),
+                log_e,
                 threshold,
                 test.windows,
                 test.dispersion,
@@ -422,16 +425,17 @@ pub(super) fn describe_quantiles(
     result.limit = sq.map(|s| s * check.max_relative_increase);
     let mut head = format!("{} canary ", result.check);
     match (cq, sq) {
-        (Some(c), Some(s)) => head += &format!("{c:.1} ms vs stable {s:.1} ms; "),
+        (Some(c), Some(s)) => head += &format!("{:.1} ms vs stable {:.1} ms; ", Fixed(c), Fixed(s)),
         _ => head += "– vs stable –; ",
     }
     result.reason = head + &result.reason;
     if let Some(width) = sq.and_then(|s| bucket_ratio(stable, s)) {
         if width > COARSE_BUCKET_RATIO {
             result.reason += &format!(
-                " ({COARSE_BUCKETS}: stable's p{} lies in a bucket {width:.1}× wide, a change \
+                " ({COARSE_BUCKETS}: stable's p{} lies in a bucket {:.1}× wide, a change \
                  within it is invisible; set fine histogram_bucket_settings)",
-                super::trim_quantile(check.quantile)
+                super::trim_quantile(check.quantile),
+                Fixed(width),
             );
         }
     }

@@ -3,8 +3,8 @@
 //! [`evidence`], the LLM checks' that accumulate too (cost, refusals, time to first token,
 //! thumbs-down) in [`llm_evidence`], the anytime-valid tests behind both in [`sequential`];
 //! the LLM score checks (quality, eval, task success) in [`llm`], window by window, with
-//! the classical tests they use in [`significance`]. May import `spec` and `stats`; never
-//! `machine` or `server`.
+//! the classical tests they use in [`significance`]; [`decimal`] prints the reasons'
+//! numbers. May import `spec` and `stats`; never `machine` or `server`.
 //!
 //! Request checks are **sequential**: every window adds to the evidence of its stage, and a
 //! check fails only when its e-value passes `1/α'`, where `α'` is `analysis.alpha` shared
@@ -23,6 +23,7 @@ use serde::{Deserialize, Serialize};
 use crate::spec::RolloutSpec;
 use crate::stats::{RolloutStats, VersionStats};
 
+mod decimal;
 pub mod evidence;
 mod llm;
 pub mod llm_evidence;
@@ -140,6 +141,12 @@ impl Verdict {
 /// is rolled back, and one that recovers after a blip goes on. The LLM score checks are
 /// judged window by window.
 pub fn judge(window: &RolloutStats, evidence: &Evidence, spec: &RolloutSpec) -> Verdict {
+    judge_owned(window, evidence.clone(), spec)
+}
+
+/// [`judge`] for a caller that hands the stage's evidence over rather than keeping it
+/// (a simulation of thousands of windows): the same verdict, without copying the evidence.
+pub fn judge_owned(window: &RolloutStats, evidence: Evidence, spec: &RolloutSpec) -> Verdict {
     let mut verdict = judge_requests(window, evidence, spec);
     if let Some(check) = breaker_check(&window.canary) {
         verdict.checks.insert(0, check);
@@ -172,7 +179,7 @@ fn breaker_check(canary: &VersionStats) -> Option<CheckResult> {
     })
 }
 
-fn judge_requests(window: &RolloutStats, evidence: &Evidence, spec: &RolloutSpec) -> Verdict {
+fn judge_requests(window: &RolloutStats, evidence: Evidence, spec: &RolloutSpec) -> Verdict {
     let (canary, stable) = (&window.canary, &window.stable);
     let analysis = &spec.analysis;
     let min = analysis.min_window_requests;
@@ -185,7 +192,7 @@ fn judge_requests(window: &RolloutStats, evidence: &Evidence, spec: &RolloutSpec
         canary_errors: canary.errors(),
         stable_errors: stable.errors(),
         checks: Vec::new(),
-        evidence: evidence.clone(),
+        evidence,
     };
     if canary.requests < min.max(1) || stable.requests < min.max(1) {
         // Not judged: the window adds nothing to the stage's evidence either.
@@ -242,7 +249,7 @@ fn judge_requests(window: &RolloutStats, evidence: &Evidence, spec: &RolloutSpec
 }
 
 pub(crate) fn trim_quantile(q: f64) -> String {
-    let s = format!("{:.3}", q * 100.0);
+    let s = format!("{:.3}", decimal::Fixed(q * 100.0));
     s.trim_end_matches('0').trim_end_matches('.').to_string()
 }
 

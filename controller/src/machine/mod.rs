@@ -398,16 +398,28 @@ impl RolloutState {
         now_ms: u64,
     ) -> Result<(RolloutState, Vec<Effect>), Refused> {
         let mut next = self.clone();
+        let effects = next.advance(spec, input, now_ms)?;
+        Ok((next, effects))
+    }
+
+    /// [`RolloutState::step`] in place, for a caller that keeps no copy of the state before
+    /// it (a simulation of thousands of windows): a refused input leaves the state as it was.
+    pub fn advance(
+        &mut self,
+        spec: &RolloutSpec,
+        input: Input,
+        now_ms: u64,
+    ) -> Result<Vec<Effect>, Refused> {
         let mut effects = Vec::new();
         if self.phase.is_terminal() {
             return match input {
                 // Late verdicts after the end change nothing.
-                Input::Analysis(_) | Input::ShadowWindow(..) => Ok((next, effects)),
+                Input::Analysis(_) | Input::ShadowWindow(..) => Ok(effects),
                 _ => Err(Refused::Ended(self.phase)),
             };
         }
         match input {
-            Input::Analysis(verdict) if self.in_shadow() => next.shadow_window(
+            Input::Analysis(verdict) if self.in_shadow() => self.shadow_window(
                 spec,
                 &verdict,
                 &ShadowCounts::default(),
@@ -415,72 +427,67 @@ impl RolloutState {
                 &mut effects,
             ),
             Input::ShadowWindow(verdict, counts) if self.in_shadow() => {
-                next.shadow_window(spec, &verdict, &counts, now_ms, &mut effects)
+                self.shadow_window(spec, &verdict, &counts, now_ms, &mut effects)
             }
             Input::Analysis(mut verdict) | Input::ShadowWindow(mut verdict, _) => {
-                next.evidence = Arc::new(std::mem::take(&mut verdict.evidence));
-                next.count_verdict(&verdict);
-                let decision = canary::decide(spec, &next, &verdict, now_ms);
-                next.keep_verdict(verdict, now_ms);
-                next.carry_out(spec, decision, now_ms, &mut effects);
-                let decision = blue_green::after_window(spec, &next, now_ms);
-                next.carry_out(spec, decision, now_ms, &mut effects);
+                self.evidence = Arc::new(std::mem::take(&mut verdict.evidence));
+                self.count_verdict(&verdict);
+                let decision = canary::decide(spec, self, &verdict, now_ms);
+                self.keep_verdict(verdict, now_ms);
+                self.carry_out(spec, decision, now_ms, &mut effects);
+                let decision = blue_green::after_window(spec, self, now_ms);
+                self.carry_out(spec, decision, now_ms, &mut effects);
             }
-            Input::Promote if blue_green::keeping_old(self) => next.carry_out(
+            Input::Promote if blue_green::keeping_old(self) => self.carry_out(
                 spec,
                 Decision::Retire("promoted by an operator".into()),
                 now_ms,
                 &mut effects,
             ),
             Input::Promote if self.in_shadow() => {
-                next.phase = Phase::Progressing;
+                self.phase = Phase::Progressing;
                 let decision = Decision::LeaveShadow("shadow ended by an operator".into());
-                next.carry_out(spec, decision, now_ms, &mut effects);
+                self.carry_out(spec, decision, now_ms, &mut effects);
             }
             Input::Promote => {
-                next.phase = Phase::Progressing;
+                self.phase = Phase::Progressing;
                 let decision =
                     Decision::EnterStage(self.stage + 1, "promoted by an operator".into());
-                next.carry_out(spec, decision, now_ms, &mut effects);
+                self.carry_out(spec, decision, now_ms, &mut effects);
             }
             Input::Pause => {
                 if self.phase == Phase::Paused {
                     return Err(Refused::AlreadyPaused);
                 }
-                next.phase = Phase::Paused;
-                next.record(
-                    &mut effects,
-                    now_ms,
-                    EventKind::Paused,
-                    format!("paused at {}", pct(self.weight_bp)),
-                );
+                self.phase = Phase::Paused;
+                let message = format!("paused at {}", pct(self.weight_bp));
+                self.record(&mut effects, now_ms, EventKind::Paused, message);
             }
             Input::Resume => {
                 if self.phase != Phase::Paused {
                     return Err(Refused::NotPaused);
                 }
-                next.phase = Phase::Progressing;
-                next.progress_since_ms = now_ms;
-                next.record(
-                    &mut effects,
-                    now_ms,
-                    EventKind::Resumed,
-                    format!("resumed at {}", pct(self.weight_bp)),
-                );
+                self.phase = Phase::Progressing;
+                self.progress_since_ms = now_ms;
+                let message = format!("resumed at {}", pct(self.weight_bp));
+                self.record(&mut effects, now_ms, EventKind::Resumed, message);
             }
-            Input::Abort => next.roll_back(
-                &mut effects,
-                now_ms,
-                Phase::Aborted,
-                EventKind::Aborted,
-                if blue_green::keeping_old(self) {
+            Input::Abort => {
+                let message = if blue_green::keeping_old(self) {
                     "aborted by an operator: flipped back to the old version, weight 0".into()
                 } else {
                     "aborted by an operator: weight 0".into()
-                },
-            ),
+                };
+                self.roll_back(
+                    &mut effects,
+                    now_ms,
+                    Phase::Aborted,
+                    EventKind::Aborted,
+                    message,
+                )
+            }
         }
-        Ok((next, effects))
+        Ok(effects)
     }
 
     /// A window in the shadow phase: the shadow gate decides.

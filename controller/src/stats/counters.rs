@@ -3,7 +3,8 @@
 //! [`super::ShadowCounts`]): each lists its fields once, with whether the field is a counter
 //! or a gauge and which metric of the contract it holds, in a [`counters!`] table. From that
 //! table come the metric's field (`slot`, for the parsers), the metrics a struct reads
-//! (`KEYS`, for the PromQL selectors), and [`minus`] and [`plus`], written once here.
+//! (`KEYS`, for the PromQL selectors), and [`minus`] and [`plus`] (and [`add_to`], in place),
+//! written once here.
 
 /// How a field behaves over a window.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,11 +43,16 @@ pub(crate) fn minus<C: Counters>(now: &C, earlier: &C) -> Option<C> {
 /// outside the table are `a`'s.
 pub(crate) fn plus<C: Counters>(a: &C, b: &C) -> C {
     let mut sum = a.clone();
+    add_to(&mut sum, b);
+    sum
+}
+
+/// [`plus`] in place: `sum` becomes `sum + b`.
+pub(crate) fn add_to<C: Counters>(sum: &mut C, b: &C) {
     let _always = sum.zip_fields(b, &mut |_, value, other| {
         *value = value.saturating_add(other);
         Some(())
     });
-    sum
 }
 
 /// `counters!(Struct: Key { field: Counter = Key::Variant, gauge: Gauge = Key::Other,

@@ -3,6 +3,9 @@
 
 use serde::{Deserialize, Serialize};
 
+/// Integers below this convert to `f64` exactly.
+const EXACT_BELOW: f64 = 9_007_199_254_740_992.0;
+
 /// Cumulative latency histogram: `buckets[i] = (upper bound in ms, requests ≤ bound)`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Histogram {
@@ -19,12 +22,25 @@ impl Histogram {
             return None;
         }
         let rank = q * self.count as f64;
+        // `cumulative as f64 >= rank` as an integer comparison where that is the same (a
+        // count below 2^53 converts exactly; one above is past any such rank either way):
+        // the scan runs for every window.
+        Some(if (0.0..EXACT_BELOW).contains(&rank) {
+            let need = rank.ceil() as u64;
+            self.interpolate(rank, |cumulative| cumulative >= need)
+        } else {
+            self.interpolate(rank, |cumulative| cumulative as f64 >= rank)
+        })
+    }
+
+    /// The value at `rank` in the first bucket whose cumulative count has `reached` it.
+    fn interpolate(&self, rank: f64, reached: impl Fn(u64) -> bool) -> f64 {
         let mut lower_bound = 0.0;
         let mut lower_count = 0u64;
         for &(bound, cumulative) in &self.buckets {
-            if cumulative as f64 >= rank {
+            if reached(cumulative) {
                 if bound.is_infinite() {
-                    return Some(lower_bound);
+                    return lower_bound;
                 }
                 let in_bucket = (cumulative - lower_count) as f64;
                 let fraction = if in_bucket > 0.0 {
@@ -32,12 +48,12 @@ impl Histogram {
                 } else {
                     1.0
                 };
-                return Some(lower_bound + (bound - lower_bound) * fraction);
+                return lower_bound + (bound - lower_bound) * fraction;
             }
             lower_bound = bound;
             lower_count = cumulative;
         }
-        Some(lower_bound)
+        lower_bound
     }
 
     /// Requests slower than `bound_ms`, counting whole buckets only: the buckets above the
@@ -72,20 +88,39 @@ impl Histogram {
     /// `self + other` over `self`'s bounds (a bound only `other` has is left out, as all
     /// Envoys of a fleet share their bounds); saturating, never wrapping.
     pub fn plus(&self, other: &Histogram) -> Histogram {
+        let mut sum = self.clone();
+        sum += other;
+        sum
+    }
+}
+
+/// [`Histogram::plus`] in place: a stage's running totals grow by a window without a new
+/// allocation each time.
+impl std::ops::AddAssign<&Histogram> for Histogram {
+    fn add_assign(&mut self, other: &Histogram) {
         if self.buckets.is_empty() {
-            return other.clone();
+            self.clone_from(other);
+            return;
         }
-        let mut theirs = BoundCursor::new(&other.buckets);
-        let buckets = self
-            .buckets
-            .iter()
-            .map(|&(bound, c)| (bound, c.saturating_add(theirs.at(bound))))
-            .collect();
-        Histogram {
-            buckets,
-            count: self.count.saturating_add(other.count),
-            sum_ms: self.sum_ms + other.sum_ms,
+        let same_bounds = self.buckets.len() == other.buckets.len()
+            && self
+                .buckets
+                .iter()
+                .zip(&other.buckets)
+                .all(|(a, b)| a.0 == b.0);
+        if same_bounds {
+            // The usual case (one fleet, one set of bounds): bucket by bucket.
+            for (c, (_, theirs)) in self.buckets.iter_mut().zip(&other.buckets) {
+                c.1 = c.1.saturating_add(*theirs);
+            }
+        } else {
+            let mut theirs = BoundCursor::new(&other.buckets);
+            for (bound, c) in &mut self.buckets {
+                *c = c.saturating_add(theirs.at(*bound));
+            }
         }
+        self.count = self.count.saturating_add(other.count);
+        self.sum_ms += other.sum_ms;
     }
 }
 
@@ -129,6 +164,33 @@ mod tests {
         assert_eq!(Histogram::default().quantile(0.99), None);
         assert_eq!(h.count_above(10.0), 50);
         assert_eq!(h.count_above(11.0), 0);
+    }
+
+    /// The integer comparison of `quantile` finds the bucket the float one did, for small
+    /// and huge counts alike.
+    #[test]
+    fn quantiles_compare_counts_exactly() {
+        let by_floats = |h: &Histogram, q: f64| {
+            let rank = q * h.count as f64;
+            h.interpolate(rank, |c| c as f64 >= rank)
+        };
+        for scale in [1u64, 3, 1_000, 1 << 40, (1 << 53) - 7, 1 << 60] {
+            let buckets = vec![
+                (1.0, scale / 7),
+                (2.0, scale / 3),
+                (5.0, scale / 2 + 1),
+                (10.0, scale - scale / 100),
+                (f64::INFINITY, scale),
+            ];
+            let h = Histogram {
+                buckets,
+                count: scale,
+                sum_ms: 0.0,
+            };
+            for q in [0.0, 1e-9, 0.1, 1.0 / 7.0, 0.5, 0.9, 0.99, 0.999, 1.0] {
+                assert_eq!(h.quantile(q), Some(by_floats(&h, q)), "{scale} {q}");
+            }
+        }
     }
 
     fn cumulative(bounds: usize, per_bucket: u64) -> Histogram {

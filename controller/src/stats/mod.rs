@@ -68,17 +68,32 @@ impl VersionStats {
     }
 
     pub fn minus(&self, earlier: &VersionStats) -> Option<VersionStats> {
-        let mut delta = counters::minus(self, earlier)?;
+        // The counters of `self` without its histogram and LLM stats (which are worked out
+        // on their own below): not copied only to be replaced.
+        let counters_only = VersionStats {
+            duration: Histogram::default(),
+            llm: LlmStats::default(),
+            ..*self
+        };
+        let mut delta = counters::minus(&counters_only, earlier)?;
         delta.duration = self.duration.minus(&earlier.duration)?;
         delta.llm = self.llm.minus(&earlier.llm)?;
         Some(delta)
     }
 
     pub fn plus(&self, other: &VersionStats) -> VersionStats {
-        let mut sum = counters::plus(self, other);
-        sum.duration = self.duration.plus(&other.duration);
-        sum.llm = self.llm.plus(&other.llm);
+        let mut sum = self.clone();
+        sum += other;
         sum
+    }
+}
+
+/// [`VersionStats::plus`] in place (a window's sum over its sources, each source's totals).
+impl std::ops::AddAssign<&VersionStats> for VersionStats {
+    fn add_assign(&mut self, other: &VersionStats) {
+        counters::add_to(self, other);
+        self.duration += &other.duration;
+        self.llm = self.llm.plus(&other.llm);
     }
 }
 
@@ -177,12 +192,19 @@ impl RolloutStats {
     }
 
     pub fn plus(&self, other: &RolloutStats) -> RolloutStats {
-        RolloutStats {
-            stable: self.stable.plus(&other.stable),
-            canary: self.canary.plus(&other.canary),
-            tiers: plus_each(&self.tiers, &other.tiers, counters::plus),
-            shadow: self.shadow.plus(&other.shadow),
-        }
+        let mut sum = self.clone();
+        sum += other;
+        sum
+    }
+}
+
+/// [`RolloutStats::plus`] in place.
+impl std::ops::AddAssign<&RolloutStats> for RolloutStats {
+    fn add_assign(&mut self, other: &RolloutStats) {
+        self.stable += &other.stable;
+        self.canary += &other.canary;
+        self.tiers = plus_each(&self.tiers, &other.tiers, counters::plus);
+        counters::add_to(&mut self.shadow, &other.shadow);
     }
 }
 

@@ -101,7 +101,7 @@ impl Windower {
                     match self.baselines.get(&reading.source) {
                         Some(before) => match now.minus(before) {
                             Some(delta) => {
-                                window.stats = window.stats.plus(&delta);
+                                window.stats += &delta;
                                 window.sources_counted += 1;
                             }
                             None => window.notes.push(format!(

@@ -8,7 +8,9 @@ pub mod llm;
 pub mod scenarios;
 pub mod traffic;
 
-use canary_controller::judge::Verdict;
+use std::sync::Arc;
+
+use canary_controller::judge::{Evidence, Verdict};
 use canary_controller::machine::{Input, Phase, RolloutState};
 use canary_controller::spec::RolloutSpec;
 use canary_controller::stats::window::{Reading, Windower};
@@ -24,8 +26,9 @@ use traffic::{binomial, drift, version_window, Buckets};
 /// The analysis interval every simulated rollout uses.
 pub const INTERVAL_S: u64 = 30;
 
-/// The judge under test: the verdict on one window, given the rollout's state before it.
-pub type Analyst = fn(&RolloutStats, &RolloutState, &RolloutSpec) -> Verdict;
+/// The judge under test: the verdict on one window, given the rollout's state before it and
+/// the stage's evidence so far (handed over: the verdict brings it back, updated).
+pub type Analyst = fn(&RolloutStats, Evidence, &RolloutState, &RolloutSpec) -> Verdict;
 
 /// A spec with the schedule's stages and everything else at its defaults (with `llm` in
 /// the filter options for a scenario with LLM answers).
@@ -69,8 +72,8 @@ pub fn run_one(
     seed: u64,
 ) -> End {
     let mut rng = SmallRng::seed_from_u64(seed);
-    let stable_buckets = Buckets::new(scenario.stable_latency, bounds);
-    let canary_buckets = Buckets::new(scenario.canary_latency, bounds);
+    let mut stable_buckets = Buckets::new(scenario.stable_latency, bounds);
+    let mut canary_buckets = Buckets::new(scenario.canary_latency, bounds);
     let llm = scenario.llm.map(|l| LlmSim::new(l, bounds));
     let schedule_ms: u64 = spec.stages.iter().map(|s| s.hold.as_millis() as u64).sum();
     let limit_ms = 2 * schedule_ms + 3_600_000;
@@ -87,14 +90,18 @@ pub fn run_one(
             scenario,
             rate_rps,
             weight,
-            (&stable_buckets, &canary_buckets),
+            (&mut stable_buckets, &mut canary_buckets),
             llm.as_ref(),
         );
-        let verdict = analyst(&window, &state, spec);
-        let Ok((next, _)) = state.step(spec, Input::Analysis(verdict), now_ms) else {
+        // The state's evidence goes to the judge and comes back in the verdict: no copy.
+        let evidence = Arc::unwrap_or_clone(std::mem::take(&mut state.evidence));
+        let verdict = analyst(&window, evidence, &state, spec);
+        if state
+            .advance(spec, Input::Analysis(verdict), now_ms)
+            .is_err()
+        {
             return End::Unfinished;
-        };
-        state = next;
+        }
         match state.phase {
             Phase::RolledBack => {
                 let by = state
@@ -149,7 +156,7 @@ impl Proxies {
         scenario: &Scenario,
         rate_rps: f64,
         weight: f64,
-        (stable_buckets, canary_buckets): (&Buckets, &Buckets),
+        (stable_buckets, canary_buckets): (&mut Buckets, &mut Buckets),
         llm: Option<&LlmSim>,
     ) -> RolloutStats {
         let seconds = INTERVAL_S as f64;
@@ -167,7 +174,7 @@ impl Proxies {
         let n = self.totals.len();
         let llm_models = llm.map(|l| (l, l.window(rng)));
         // Each Envoy's share of the window: its requests, errors and durations.
-        let draw = |rng: &mut SmallRng| {
+        let mut draw = |rng: &mut SmallRng| {
             let requests = rate_rps * seconds / n as f64;
             let mut w = RolloutStats {
                 stable: version_window(rng, stable_buckets, requests * (1.0 - weight), stable_rate),
@@ -188,11 +195,11 @@ impl Proxies {
         let mut readings = Vec::with_capacity(n);
         for (i, total) in self.totals.iter_mut().enumerate() {
             let delta = draw(rng);
-            *total = if rng.gen_bool(restart_chance.min(1.0)) {
-                delta // restarted: counters from zero
+            if rng.gen_bool(restart_chance.min(1.0)) {
+                *total = delta; // restarted: counters from zero
             } else {
-                total.plus(&delta)
-            };
+                *total += &delta;
+            }
             readings.push(Reading {
                 source: format!("envoy-{i}"),
                 result: Ok(total.clone()),

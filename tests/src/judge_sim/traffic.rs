@@ -135,6 +135,10 @@ pub struct Buckets {
     /// (bucket index, probability, midpoint ms) of the buckets with a probability that
     /// can show up at all.
     cells: Vec<(usize, f64, f64)>,
+    /// Each cell's Poisson mean and what its draw needs of it, for the last window's mean
+    /// requests: a stage's windows all have the same mean, so the `exp` and `sqrt` of a
+    /// cell's mean are worked out once per stage, not once per window.
+    means: Option<(f64, Vec<PoissonMean>)>,
 }
 
 impl Buckets {
@@ -157,27 +161,52 @@ impl Buckets {
         Buckets {
             bounds: bounds.to_vec(),
             cells,
+            means: None,
         }
     }
 
     /// The histogram of `Poisson(mean)` requests (Poisson splitting: each bucket's count is
     /// an independent Poisson draw, and their sum is the window's requests).
     pub fn draw(&self, rng: &mut SmallRng, mean: f64) -> Histogram {
-        let mut counts = vec![0u64; self.bounds.len() + 1];
+        self.histogram(|_, p| poisson(rng, mean * p))
+    }
+
+    /// [`Buckets::draw`] for a mean that stays the same from window to window (a stage's
+    /// requests): what each bucket's draw needs of its mean is worked out once, when the
+    /// mean changes. The same draws.
+    pub fn draw_same_mean(&mut self, rng: &mut SmallRng, mean: f64) -> Histogram {
+        if self
+            .means
+            .as_ref()
+            .is_none_or(|(m, _)| m.to_bits() != mean.to_bits())
+        {
+            let means = self
+                .cells
+                .iter()
+                .map(|&(_, p, _)| PoissonMean::new(mean * p))
+                .collect();
+            self.means = Some((mean, means));
+        }
+        let means = self.means.as_ref().map_or(&[][..], |(_, m)| m.as_slice());
+        self.histogram(|cell, _| means.get(cell).map_or(0, |m| m.draw(rng)))
+    }
+
+    /// The histogram with `count(cell, probability)` requests in each cell's bucket.
+    fn histogram(&self, mut count: impl FnMut(usize, f64) -> u64) -> Histogram {
+        // Per-bucket counts first, then summed up in place into Envoy's cumulative form.
+        let mut buckets: Vec<(f64, u64)> = self.bounds.iter().map(|&b| (b, 0)).collect();
+        buckets.push((f64::INFINITY, 0));
         let mut sum_ms = 0.0;
-        for &(i, p, mid) in &self.cells {
-            let c = poisson(rng, mean * p);
-            counts[i] = c;
+        for (cell, &(i, p, mid)) in self.cells.iter().enumerate() {
+            let c = count(cell, p);
+            buckets[i].1 = c;
             sum_ms += c as f64 * mid;
         }
         let mut cumulative = 0;
-        let mut buckets = Vec::with_capacity(self.bounds.len() + 1);
-        for (i, &b) in self.bounds.iter().enumerate() {
-            cumulative += counts[i];
-            buckets.push((b, cumulative));
+        for (_, c) in &mut buckets {
+            cumulative += *c;
+            *c = cumulative;
         }
-        cumulative += counts[self.bounds.len()];
-        buckets.push((f64::INFINITY, cumulative));
         Histogram {
             buckets,
             count: cumulative,
@@ -186,23 +215,94 @@ impl Buckets {
     }
 }
 
+/// A Poisson mean with what [`poisson`] works out from it before drawing.
+#[derive(Debug, Clone)]
+struct PoissonMean {
+    mean: f64,
+    /// Small means (inversion): the CDF at 0, 1, 2... as the sequential search adds it up,
+    /// up to where it stops growing. Large means: empty.
+    cdf: Vec<f64>,
+    /// `√mean`, for the normal approximation of large means.
+    sqrt: f64,
+}
+
+/// The sequential search of the inversion stops here whatever the draw.
+const INVERSION_MAX_K: usize = 1_000;
+
+impl PoissonMean {
+    fn new(mean: f64) -> PoissonMean {
+        let mut cdf = Vec::new();
+        if mean > 0.0 && mean < POISSON_INVERSION_BELOW {
+            // The same sums, in the same order, as the search in `draw_by_search`: a
+            // draw then looks its answer up instead of adding the terms up again.
+            let mut p = (-mean).exp();
+            let mut c = p;
+            cdf.push(c);
+            let mut k = 0;
+            while k < INVERSION_MAX_K {
+                k += 1;
+                p *= mean / k as f64;
+                c += p;
+                cdf.push(c);
+                // Past the mode the terms only shrink; below a quarter of c's last place
+                // they no longer change it (round to nearest), so the CDF is final.
+                if k as f64 > mean && p < c * f64::EPSILON / 4.0 {
+                    break;
+                }
+            }
+        }
+        PoissonMean {
+            mean,
+            cdf,
+            sqrt: mean.sqrt(),
+        }
+    }
+
+    fn draw(&self, rng: &mut SmallRng) -> u64 {
+        let mean = self.mean;
+        if mean <= 0.0 {
+            return 0;
+        }
+        if mean < POISSON_INVERSION_BELOW {
+            // Inversion: the first k whose CDF reaches u (the search goes on to its
+            // limit past a CDF that stopped short of u).
+            let u: f64 = rng.gen();
+            let k = self.cdf.partition_point(|c| u > *c);
+            return if k < self.cdf.len() {
+                k as u64
+            } else {
+                INVERSION_MAX_K as u64
+            };
+        }
+        let z: f64 = StandardNormal.sample(rng);
+        (mean + self.sqrt * z + 0.5).max(0.0) as u64
+    }
+}
+
+/// Inversion by sequential search (what [`PoissonMean::draw`] looks up).
+fn draw_by_search(rng: &mut SmallRng, mean: f64) -> u64 {
+    let u: f64 = rng.gen();
+    let mut k = 0u64;
+    let mut p = (-mean).exp();
+    let mut cdf = p;
+    while u > cdf && k < INVERSION_MAX_K as u64 {
+        k += 1;
+        p *= mean / k as f64;
+        cdf += p;
+    }
+    k
+}
+
+/// Means below this are drawn exactly, by inversion.
+const POISSON_INVERSION_BELOW: f64 = 40.0;
+
 /// A Poisson draw: exact (inversion) for small means, normal with continuity otherwise.
 pub fn poisson(rng: &mut SmallRng, mean: f64) -> u64 {
     if mean <= 0.0 {
         return 0;
     }
-    if mean < 40.0 {
-        // Inversion by sequential search.
-        let u: f64 = rng.gen();
-        let mut k = 0u64;
-        let mut p = (-mean).exp();
-        let mut cdf = p;
-        while u > cdf && k < 1_000 {
-            k += 1;
-            p *= mean / k as f64;
-            cdf += p;
-        }
-        return k;
+    if mean < POISSON_INVERSION_BELOW {
+        return draw_by_search(rng, mean);
     }
     let z: f64 = StandardNormal.sample(rng);
     (mean + mean.sqrt() * z + 0.5).max(0.0) as u64
@@ -222,11 +322,11 @@ pub fn binomial(rng: &mut SmallRng, n: u64, p: f64) -> u64 {
 /// One version's window: `requests` drawn over `buckets`, of which `error_rate` fail.
 pub fn version_window(
     rng: &mut SmallRng,
-    buckets: &Buckets,
+    buckets: &mut Buckets,
     mean_requests: f64,
     error_rate: f64,
 ) -> VersionStats {
-    let duration = buckets.draw(rng, mean_requests);
+    let duration = buckets.draw_same_mean(rng, mean_requests);
     let requests = duration.count;
     let errors = binomial(rng, requests, error_rate.clamp(0.0, 1.0));
     VersionStats {
@@ -267,6 +367,39 @@ mod tests {
         assert!((h.count as f64 - 100_000.0).abs() < 2_000.0);
         let q = h.quantile(0.5).expect("samples");
         assert!((100.0..250.0).contains(&q), "{q}");
+    }
+
+    /// The looked-up inversion draws what the search draws, draw for draw (the CDF
+    /// table ends where the search's sums stop changing), also for u past its end.
+    #[test]
+    fn inversion_by_table_is_the_search() {
+        for mean in [1e-9, 1e-4, 0.3, 1.0, 2.5, 7.0, 17.3, 39.999] {
+            let table = PoissonMean::new(mean);
+            let (mut a, mut b) = (SmallRng::seed_from_u64(3), SmallRng::seed_from_u64(3));
+            for _ in 0..20_000 {
+                assert_eq!(table.draw(&mut a), draw_by_search(&mut b, mean), "{mean}");
+            }
+            let last = *table.cdf.last().expect("a table");
+            let past = |u: f64| {
+                let k = table.cdf.partition_point(|c| u > *c);
+                if k < table.cdf.len() {
+                    k
+                } else {
+                    INVERSION_MAX_K
+                }
+            };
+            // What the search gives for u just past the table's end, worked out the slow way.
+            let u = f64::from_bits(last.to_bits() + 1);
+            if u < 1.0 {
+                let (mut k, mut p, mut c) = (0usize, (-mean).exp(), (-mean).exp());
+                while u > c && k < INVERSION_MAX_K {
+                    k += 1;
+                    p *= mean / k as f64;
+                    c += p;
+                }
+                assert_eq!(past(u), k, "{mean}");
+            }
+        }
     }
 
     #[test]

@@ -17,11 +17,11 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::evidence::{
+use super::sequential::{Counts, Drift, EventTest, RateTest};
+use super::stage_tests::{
     absolute, decided, describe_quantiles, latency, null_ratio, pct, saved_histogram, sequential,
     Quantile, LATENCY_MIN_RATIO, MAX_RATIO,
 };
-use super::sequential::{Counts, Drift, EventTest, RateTest};
 use super::{trim_quantile, CheckResult, Outcome, Worse};
 use crate::spec::RolloutSpec;
 use crate::stats::{Histogram, LlmStats, RolloutStats};

@@ -1,7 +1,9 @@
 //! The judge: one window of canary and stable stats in, a verdict out. Pure functions. Here:
 //! the verdict and the main [`judge`]; the request checks' evidence over a stage is in
 //! [`evidence`], the LLM checks' that accumulate too (cost, refusals, time to first token,
-//! thumbs-down) in [`llm_evidence`], the anytime-valid tests behind both in [`sequential`];
+//! thumbs-down) in [`llm_evidence`], what both share (a test's e-value as a check result,
+//! the quantile test) in `stage_tests`, the anytime-valid tests behind them in
+//! [`sequential`];
 //! the LLM score checks (quality, eval, task success) in [`llm`], window by window, with
 //! the classical tests they use in [`significance`]; [`decimal`] prints the reasons'
 //! numbers. May import `spec` and `stats`; never `machine` or `server`.
@@ -29,6 +31,7 @@ mod llm;
 pub mod llm_evidence;
 pub mod sequential;
 pub mod significance;
+mod stage_tests;
 
 pub use evidence::Evidence;
 

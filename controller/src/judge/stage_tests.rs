@@ -1,0 +1,313 @@
+//! What the sequential checks share, in evidence of any kind ([`super::evidence`] for
+//! requests, [`super::llm_evidence`] for LLM answers): how a test's e-value reads as a
+//! check result (its outcome, the absolute-limit form, the `sequential` summary), the
+//! quantile test over histograms and its reason, and how a histogram is saved in the state
+//! file. A leaf below both evidence files.
+
+use super::decimal::Fixed;
+use super::sequential::{Counts, Drift, EventTest, RateTest};
+use super::{CheckResult, Outcome, SequentialTest, Worse};
+use crate::spec::LatencyCheck;
+use crate::stats::Histogram;
+/// The largest ratio the mixtures look for: a gross failure (10% errors against 0.5% is
+/// 20×) sits well inside, so it is decided in a window or two.
+pub(super) const MAX_RATIO: f64 = 100.0;
+/// The smallest ratio of slow-request rates the latency mixtures look for.
+pub(super) const LATENCY_MIN_RATIO: f64 = 1.25;
+/// Buckets wider than this around stable's quantile hide changes within them.
+const COARSE_BUCKET_RATIO: f64 = 1.25;
+/// How a latency check's reason says so (the analysis loop logs the first one).
+pub const COARSE_BUCKETS: &str = "coarse buckets";
+
+/// The null hypothesis of a relative check with threshold `k`: at most halfway there. A
+/// canary at `k`× stable is what the test must catch; one at `(1 + k) / 2` or better must
+/// pass, whatever the traffic.
+pub fn null_ratio(max_relative_increase: f64) -> f64 {
+    1.0 + (max_relative_increase - 1.0) / 2.0
+}
+
+pub(super) fn decided(log_e: f64, threshold: f64) -> Outcome {
+    if log_e >= threshold.ln() {
+        Outcome::Fail
+    } else {
+        Outcome::Pass
+    }
+}
+
+pub(super) fn pct(part: u64, whole: u64) -> f64 {
+    if whole == 0 {
+        0.0
+    } else {
+        part as f64 * 100.0 / whole as f64
+    }
+}
+
+pub(super) fn sequential(
+    null: String,
+    log_e: f64,
+    threshold: f64,
+    windows: u64,
+    dispersion: f64,
+) -> SequentialTest {
+    SequentialTest {
+        null,
+        e_value: log_e.exp(),
+        threshold,
+        windows,
+        dispersion,
+    }
+}
+
+/// The absolute limit counts only when the canary alone is past it: an incident that takes
+/// stable past the limit too is not the canary's doing.
+pub(super) fn absolute(
+    (check, what): (&str, &str),
+    t: &RateTest,
+    relative: &EventTest,
+    threshold: f64,
+) -> CheckResult {
+    let stable_rate = relative.stable.rate().unwrap_or(0.0);
+    let stable_past = stable_rate > t.limit;
+    let log_e = t.log_e();
+    let outcome = match decided(log_e, threshold) {
+        Outcome::Fail if !stable_past => Outcome::Fail,
+        _ => Outcome::Pass,
+    };
+    let c = t.totals;
+    CheckResult {
+        check: check.into(),
+        outcome,
+        canary: c.rate(),
+        stable: relative.stable.rate(),
+        limit: Some(t.limit),
+        p_value: Some((-t.max_log_e).exp().min(1.0)),
+        reason: format!(
+            "{what} canary {:.2}% ({}/{}) against the absolute limit {:.2}%; sequential \
+             test of canary ≤ limit: e = {:.3e} {} 1/α = {:.0}{}",
+            Fixed(pct(c.events, c.requests)),
+            c.events,
+            c.requests,
+            Fixed(t.limit * 100.0),
+            log_e.exp(),
+            if log_e >= threshold.ln() { "≥" } else { "<" },
+            Fixed(threshold),
+            match (outcome, stable_past) {
+                (Outcome::Fail, _) => ": above the absolute limit".to_string(),
+                (_, true) => format!(
+                    "; stable is past it too ({:.2}%): not the canary's doing",
+                    Fixed(stable_rate * 100.0)
+                ),
+                _ => String::new(),
+            }
+        ),
+        canary_n: Some(c.requests),
+        stable_n: Some(relative.stable.requests),
+        worse: Some(Worse::Higher),
+        sequential: Some(sequential(
+            format!("canary ≤ {:.2}%", Fixed(t.limit * 100.0)),
+            log_e,
+            threshold,
+            t.windows,
+            t.dispersion,
+        )),
+    }
+}
+
+/// The smallest finite bound at or above `ms`.
+fn bound_at_or_above(h: &Histogram, ms: f64) -> Option<f64> {
+    h.buckets
+        .iter()
+        .map(|(b, _)| *b)
+        .find(|b| b.is_finite() && *b >= ms * (1.0 - 1e-9))
+}
+
+/// A quantile check: a request latency (`checks.latency`) or the time to first token.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Quantile<'a> {
+    /// The check's name (`latency_p99`, `ttft_p95`).
+    pub name: &'a str,
+    pub quantile: f64,
+    pub max_relative_increase: f64,
+}
+
+impl Quantile<'_> {
+    pub(super) fn of(check: &LatencyCheck) -> Quantile<'static> {
+        Quantile {
+            name: "",
+            quantile: check.quantile,
+            max_relative_increase: check.max_relative_increase,
+        }
+    }
+}
+
+/// The latency check on one quantile: stable's requests slower than `B` (the first bucket
+/// bound at or above stable's quantile over the stage before this window) against the
+/// canary's slower than `(1 + k) / 2 · B` (the first bound at or above it). Under "the
+/// canary is at most halfway to `k`× slower" the canary's share of those is at most its
+/// share of the requests; a canary `k`× slower puts far more of its requests past the
+/// second bound. `(canary, stable)` are the window's histograms.
+pub(super) fn latency(
+    check: Quantile,
+    test: &mut EventTest,
+    drift: &mut Drift,
+    stable_before: &Histogram,
+    (canary, stable): (&Histogram, &Histogram),
+    threshold: f64,
+) -> CheckResult {
+    let name = if check.name.is_empty() {
+        format!("latency_p{}", super::trim_quantile(check.quantile))
+    } else {
+        check.name.to_string()
+    };
+    let enough = stable_before.count as f64 * (1.0 - check.quantile) >= 10.0;
+    let quantile = stable_before.quantile(check.quantile).filter(|_| enough);
+    let bounds = quantile.and_then(|q| {
+        let b = bound_at_or_above(stable, q)?;
+        let upper = bound_at_or_above(canary, b * null_ratio(check.max_relative_increase))?;
+        Some((b, upper))
+    });
+    if let Some((b, upper)) = bounds {
+        let slow_canary = Counts::new(canary.count_above(upper), canary.count);
+        let slow_stable = Counts::new(stable.count_above(b), stable.count);
+        let noise = drift.add(slow_canary, slow_stable);
+        test.add(slow_canary, slow_stable, noise);
+    }
+    let log_e = test.log_e();
+    let outcome = if test.windows == 0 && bounds.is_none() {
+        Outcome::Inconclusive
+    } else {
+        decided(log_e, threshold)
+    };
+    let (c, s) = (test.canary, test.stable);
+    CheckResult {
+        check: name.clone(),
+        outcome,
+        canary: None,
+        stable: None,
+        limit: None,
+        p_value: Some((-test.max_log_e).exp().min(1.0)),
+        reason: match bounds {
+            None if test.windows == 0 => format!(
+                "{name}: not enough of stable's durations in the stage yet to place the bound"
+            ),
+            _ => format!(
+                "slower than the bounds: canary {}/{} vs stable {}/{} over the stage; \
+                 sequential test of canary ≤ {:.2}× stable: e = {:.3e} {} 1/α = {:.0}{}",
+                c.events,
+                c.requests,
+                s.events,
+                s.requests,
+                Fixed(null_ratio(check.max_relative_increase)),
+                log_e.exp(),
+                if outcome == Outcome::Fail { "≥" } else { "<" },
+                Fixed(threshold),
+                if outcome == Outcome::Fail {
+                    ": slower than stable beyond the limit"
+                } else {
+                    ""
+                },
+            ),
+        },
+        canary_n: Some(c.requests),
+        stable_n: Some(s.requests),
+        worse: Some(Worse::Higher),
+        sequential: (test.windows > 0).then(|| {
+            sequential(
+                format!(
+                    "canary ≤ {:.2}× stable",
+                    Fixed(null_ratio(check.max_relative_increase))
+                ),
+                log_e,
+                threshold,
+                test.windows,
+                test.dispersion,
+            )
+        }),
+    }
+}
+
+/// Puts the stage's quantiles in a latency result, and says so where the buckets are too
+/// coarse to see a change of the quantile within them.
+pub(super) fn describe_quantiles(
+    result: &mut CheckResult,
+    check: Quantile,
+    canary: &Histogram,
+    stable: &Histogram,
+) {
+    let (cq, sq) = (
+        canary.quantile(check.quantile),
+        stable.quantile(check.quantile),
+    );
+    result.canary = cq;
+    result.stable = sq;
+    result.limit = sq.map(|s| s * check.max_relative_increase);
+    let mut head = format!("{} canary ", result.check);
+    match (cq, sq) {
+        (Some(c), Some(s)) => head += &format!("{:.1} ms vs stable {:.1} ms; ", Fixed(c), Fixed(s)),
+        _ => head += "– vs stable –; ",
+    }
+    result.reason = head + &result.reason;
+    if let Some(width) = sq.and_then(|s| bucket_ratio(stable, s)) {
+        if width > COARSE_BUCKET_RATIO {
+            result.reason += &format!(
+                " ({COARSE_BUCKETS}: stable's p{} lies in a bucket {:.1}× wide, a change \
+                 within it is invisible; set fine histogram_bucket_settings)",
+                super::trim_quantile(check.quantile),
+                Fixed(width),
+            );
+        }
+    }
+}
+
+/// The ratio of the upper to the lower bound of the bucket that holds `ms`.
+pub fn bucket_ratio(h: &Histogram, ms: f64) -> Option<f64> {
+    let mut lower = 0.0;
+    for &(bound, _) in &h.buckets {
+        if bound >= ms {
+            return (bound.is_finite() && lower > 0.0).then(|| bound / lower);
+        }
+        lower = bound;
+    }
+    None
+}
+
+/// A histogram in the state file: JSON has no infinity, so the `+Inf` bucket's bound is
+/// saved as `null` and read back as infinity.
+pub(super) mod saved_histogram {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    use crate::stats::Histogram;
+
+    #[derive(Serialize, Deserialize)]
+    struct Saved {
+        buckets: Vec<(Option<f64>, u64)>,
+        count: u64,
+        sum_ms: f64,
+    }
+
+    pub fn serialize<S: Serializer>(h: &Histogram, s: S) -> Result<S::Ok, S::Error> {
+        Saved {
+            buckets: h
+                .buckets
+                .iter()
+                .map(|&(b, c)| (b.is_finite().then_some(b), c))
+                .collect(),
+            count: h.count,
+            sum_ms: h.sum_ms,
+        }
+        .serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Histogram, D::Error> {
+        let saved = Saved::deserialize(d)?;
+        Ok(Histogram {
+            buckets: saved
+                .buckets
+                .into_iter()
+                .map(|(b, c)| (b.unwrap_or(f64::INFINITY), c))
+                .collect(),
+            count: saved.count,
+            sum_ms: saved.sum_ms,
+        })
+    }
+}

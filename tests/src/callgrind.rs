@@ -8,7 +8,22 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
+use crate::envoy::{Envoy, EnvoyOptions};
 use crate::wait::wait_until;
+
+/// Starts an Envoy named `name` on `bootstrap` under callgrind, writing its dumps to `out`.
+pub async fn start_envoy(bootstrap: &serde_json::Value, name: String, out: &Path) -> Result<Envoy> {
+    Envoy::start(
+        bootstrap,
+        EnvoyOptions {
+            name,
+            wrapper: wrapper(out),
+            ..Default::default()
+        },
+    )
+    .await
+    .context("starting Envoy under valgrind (`make setup` installs it)")
+}
 
 /// The `EnvoyOptions::wrapper` that runs Envoy under callgrind, writing to `out`
 /// (instrumentation off until [`control`] turns it on).

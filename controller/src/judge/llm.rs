@@ -24,15 +24,7 @@ pub(crate) fn judge_llm(
 ) -> Vec<(CheckResult, bool)> {
     let (c, s) = (&window.canary.llm, &window.stable.llm);
     let mut out = Vec::new();
-    let optional = |mut r: CheckResult, required: bool| {
-        if required || r.outcome != Outcome::Inconclusive {
-            (r, true)
-        } else {
-            r.reason
-                .push_str(" (not required: does not hold the stage)");
-            (r, false)
-        }
-    };
+    let optional = not_required;
     if checks.quality.enabled {
         let q = &checks.quality;
         let mut signals: Vec<&String> = c.quality.keys().chain(s.quality.keys()).collect();
@@ -75,6 +67,17 @@ pub(crate) fn judge_llm(
         }
     }
     out
+}
+
+/// A check that is not `required` does not hold the stage while it has too few samples.
+pub(super) fn not_required(mut r: CheckResult, required: bool) -> (CheckResult, bool) {
+    if required || r.outcome != Outcome::Inconclusive {
+        (r, true)
+    } else {
+        r.reason
+            .push_str(" (not required: does not hold the stage)");
+        (r, false)
+    }
 }
 
 fn inconclusive(

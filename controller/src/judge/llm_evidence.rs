@@ -17,6 +17,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::llm::not_required;
 use super::sequential::{Counts, Drift, EventTest, RateTest};
 use super::stage_tests::{
     absolute, decided, describe_quantiles, latency, null_ratio, pct, saved_histogram, sequential,
@@ -260,17 +261,6 @@ impl LlmEvidence {
             );
         }
         Some((r, true))
-    }
-}
-
-/// A check that is not `required` does not hold the stage while it has too few samples.
-fn not_required(mut r: CheckResult, required: bool) -> (CheckResult, bool) {
-    if required || r.outcome != Outcome::Inconclusive {
-        (r, true)
-    } else {
-        r.reason
-            .push_str(" (not required: does not hold the stage)");
-        (r, false)
     }
 }
 

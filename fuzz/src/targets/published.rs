@@ -88,3 +88,11 @@ pub fn assert_effects(spec: &RolloutSpec, next: &RolloutState, effects: &[Effect
         panic!("the machine left the spec: {problems:?}");
     }
 }
+
+/// Parses the specs a target runs under (once per process: see each target's `specs`).
+pub fn parse_specs(texts: &[&str]) -> Vec<RolloutSpec> {
+    texts
+        .iter()
+        .map(|text| RolloutSpec::from_yaml(text).expect("a fuzz spec is valid"))
+        .collect()
+}

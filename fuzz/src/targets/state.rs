@@ -82,12 +82,7 @@ const SPECS: [&str; 5] = [
 
 fn specs() -> &'static [RolloutSpec] {
     static SPECS_PARSED: OnceLock<Vec<RolloutSpec>> = OnceLock::new();
-    SPECS_PARSED.get_or_init(|| {
-        SPECS
-            .iter()
-            .map(|text| RolloutSpec::from_yaml(text).expect("a fuzz spec is valid"))
-            .collect()
-    })
+    SPECS_PARSED.get_or_init(|| super::published::parse_specs(&SPECS))
 }
 
 /// Input: the spec (first byte), the machine's next input (second byte), a window (four

@@ -93,12 +93,7 @@ const SPECS: [&str; 3] = [
 
 fn specs() -> &'static [RolloutSpec] {
     static SPECS_PARSED: OnceLock<Vec<RolloutSpec>> = OnceLock::new();
-    SPECS_PARSED.get_or_init(|| {
-        SPECS
-            .iter()
-            .map(|text| RolloutSpec::from_yaml(text).expect("a fuzz spec is valid"))
-            .collect()
-    })
+    SPECS_PARSED.get_or_init(|| super::published::parse_specs(&SPECS))
 }
 
 /// Input: a flags byte (bit 0: Prometheus query answers, else Envoy text; bits 1–2: the

@@ -15,7 +15,7 @@
 //! `BENCH_INSTR_PARALLEL` (1: requests in flight; 32 gives the same differences);
 //! `BENCH_INSTR_ONLY` (comma-separated case names: count only those, write no report).
 
-use anyhow::{ensure, Context, Result};
+use anyhow::{ensure, Result};
 use canary_e2e::bench_cases::{self, USER_HEADER};
 use canary_e2e::bootstrap::direct_response_bootstrap;
 use canary_e2e::callgrind;
@@ -63,16 +63,12 @@ async fn main() -> Result<()> {
         let out = dir.join(format!("{}.out", case.name));
         // A dump left by an earlier run must not pass for this one's.
         let _ = std::fs::remove_file(out.with_extension("out.1"));
-        let envoy = Envoy::start(
+        let envoy = callgrind::start_envoy(
             &case.bootstrap(upstream_addr),
-            EnvoyOptions {
-                name: format!("callgrind-{}", case.name),
-                wrapper: callgrind::wrapper(&out),
-                ..Default::default()
-            },
+            format!("callgrind-{}", case.name),
+            &out,
         )
-        .await
-        .context("starting Envoy under valgrind (`make setup` installs it)")?;
+        .await?;
         let url = format!("{}/", envoy.url().await?);
         // Distinct users, the same sequence for every case.
         for i in 0..WARMUP_REQUESTS {

@@ -26,7 +26,6 @@ use anyhow::{ensure, Context, Result};
 use canary_contract::{FilterConfig, LlmSignals, RateLimit, RolloutConfig};
 use canary_e2e::bootstrap::{CanaryBootstrap, FailurePolicy, Listener, ListenerSource, Routing};
 use canary_e2e::callgrind;
-use canary_e2e::envoy::{Envoy, EnvoyOptions};
 use canary_e2e::paths;
 use canary_e2e::prom;
 use canary_e2e::sse_upstream::{self, SseUpstream, CHUNK_BYTES};
@@ -215,16 +214,12 @@ async fn main() -> Result<()> {
             extra_clusters: Vec::new(),
         }
         .to_json();
-        let envoy = Envoy::start(
+        let envoy = callgrind::start_envoy(
             &bootstrap,
-            EnvoyOptions {
-                name: format!("callgrind-ratelimit-{}", case.name),
-                wrapper: callgrind::wrapper(&out),
-                ..Default::default()
-            },
+            format!("callgrind-ratelimit-{}", case.name),
+            &out,
         )
-        .await
-        .context("starting Envoy under valgrind (`make setup` installs it)")?;
+        .await?;
         let url = format!("{}/v1/chat/completions", envoy.url().await?);
 
         // The fill: new anonymous users in parallel, each left in debt.

@@ -1,6 +1,7 @@
 //! `make bench`, controller part: how fast the loop closes on real Envoys, written to
 //! `target/bench/rollout.json`.
-//! - `rollback_seconds`: canary starts answering 10% 5xx (stable 0.5%) → weight 0 observed
+//! - `rollback_seconds`: canary starts answering 10% 5xx (stable 0.5%), with ~500 canary
+//!   requests/s (32 load workers) → weight 0 observed
 //!   on both Envoys; analysis interval 1 s, failure limit 3, filters poll every 1 s.
 //! - `converge_seconds`: an operator's promote → the new weight observed on both Envoys.
 //! - `flip_seconds`: blue-green, the controller's flip decision → every user on the new
@@ -10,6 +11,7 @@
 use std::time::Duration;
 
 use anyhow::{bail, Result};
+use canary_contract::Version;
 use canary_e2e::controller::{free_port, upstream_pair, Canaryctl, ControlledRig, TOKEN};
 use canary_e2e::load::{self, user_id, Load};
 use canary_e2e::measure::median;
@@ -53,6 +55,7 @@ fn wrk_rps(url: &str, if_none_match: Option<&str>) -> Result<f64> {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<()> {
     let mut rollback = Vec::new();
+    let mut rollback_canary_rps = Vec::new();
     let mut rss = Vec::new();
     for run in 0..RUNS {
         let (stable, canary) = upstreams();
@@ -63,7 +66,7 @@ async fn main() -> Result<()> {
                  stages:\n  - {weight_pct: 20, hold: 1h, min_requests: 100}\n  - {weight_pct: 100}\n",
             )
             .await?;
-        let load = Load::start(rig.bases.clone(), 5_000, 8, 100);
+        let load = Load::start(rig.bases.clone(), 5_000, 32, 100);
         let watched = canary_users(2_000, 20);
         rig.wait_for_weight(2_000, &watched, Duration::from_secs(30))
             .await?;
@@ -73,10 +76,25 @@ async fn main() -> Result<()> {
         let took = rig
             .wait_for_weight(0, &watched, Duration::from_secs(30))
             .await;
-        load.stop().await;
+        let seen = load.stop().await;
         let took = took?.as_secs_f64();
-        eprintln!("rollback run {}: {took:.2}s", run + 1);
+        // The canary's traffic before the fault: what the judge had to decide on.
+        let canary_rps = match (seen.first(), seen.last()) {
+            (Some(first), Some(last)) if last.at > first.at => {
+                let canary = seen
+                    .iter()
+                    .filter(|o| o.version == Some(Version::Canary))
+                    .count();
+                canary as f64 / (last.at - first.at).as_secs_f64()
+            }
+            _ => 0.0,
+        };
+        eprintln!(
+            "rollback run {}: {took:.2}s ({canary_rps:.0} canary requests/s)",
+            run + 1
+        );
         rollback.push(took);
+        rollback_canary_rps.push(canary_rps);
         rss.push(ctl.peak_rss_kb()?);
     }
 
@@ -176,6 +194,7 @@ async fn main() -> Result<()> {
         },
         "rollback_seconds": median(rollback.clone()),
         "rollback_seconds_runs": rollback,
+        "rollback_canary_rps_runs": rollback_canary_rps,
         "converge_seconds": median(converge.clone()),
         "converge_seconds_runs": converge,
         "flip_seconds": median(flip.clone()),

@@ -184,12 +184,16 @@ async fn grpc_failures_trip_the_circuit_breaker() -> Result<()> {
 
     let first = call_all(rig.target(), &calls, 8).await?;
     let failed = first.iter().filter(|o| o.code == UNAVAILABLE).count();
+    let on_canary = (first.iter())
+        .filter(|o| o.served_by.as_deref() == Some("canary"))
+        .count();
+    // Every other canary call fails. The breaker's tick (100 ms) may trip it before the
+    // batch ends on a busy machine: the calls after that go to stable, and succeed.
     ensure!(
-        first
-            .iter()
-            .all(|o| o.served_by.as_deref() == Some("canary"))
-            && failed == 30,
-        "before the trip: {failed} failed of {first:?}"
+        on_canary >= 40
+            && (failed == on_canary / 2 || failed == on_canary.div_ceil(2))
+            && (first.iter()).all(|o| o.code == OK || o.served_by.as_deref() == Some("canary")),
+        "before the trip: {failed} failed, {on_canary} on canary, of {first:?}"
     );
     let trips = eventually(
         "the breaker trips",
@@ -204,7 +208,7 @@ async fn grpc_failures_trip_the_circuit_breaker() -> Result<()> {
         "the failures in canary rq_5xx",
         Duration::from_secs(10),
         || counter(envoy, ROLLOUT, Version::Canary, Metric::Rq5xx),
-        |&five_xx| five_xx == 30,
+        |&five_xx| five_xx == failed as u64,
     )
     .await?;
     // Open: every worker sends the canary's users to stable (allow a tick for the worker

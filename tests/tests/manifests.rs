@@ -1,7 +1,8 @@
 //! The manifests say what the code expects: the WasmPlugin's `pluginConfig` passes the
 //! filter's own validation and points at the controller's Service, the ConfigMap's rollout
 //! spec passes the controller's, the routing example matches on the header the filter sets,
-//! and the stats bootstrap carries the contract's tag rules. (Schemas: tools/validate-manifests.py.)
+//! the stats bootstrap carries the contract's tag rules, and the controller keeps its state on
+//! a claim of a single writer. (Schemas: tools/validate-manifests.py.)
 
 use std::path::Path;
 
@@ -80,6 +81,58 @@ fn rollout_spec_in_the_configmap_is_valid_and_matches_the_plugin() -> Result<()>
         plugin["spec"]["pluginConfig"]["rollouts"][0]["name"], spec.name,
         "the plugin's initial rollout must be the one the controller drives"
     );
+    Ok(())
+}
+
+/// One writer whose state survives a rescheduled pod: a single-replica StatefulSet whose
+/// `--state-dir` is a mounted PersistentVolumeClaim (not an emptyDir), and whose `--spec` is
+/// the rollout ConfigMap's key, mounted read-only.
+#[test]
+fn controller_state_lives_on_a_claim_of_a_single_writer() -> Result<()> {
+    let set = one("base/controller-statefulset.yaml", "StatefulSet")?;
+    let spec = &set["spec"];
+    assert_eq!(spec["replicas"], 1, "one writer");
+    let pod = &spec["template"]["spec"];
+    let container = &pod["containers"][0];
+    let args: Vec<&str> = (container["args"].as_array().context("args")?.iter())
+        .filter_map(Value::as_str)
+        .collect();
+    let arg = |flag: &str| {
+        let at = args.iter().position(|a| *a == flag);
+        at.and_then(|i| args.get(i + 1).copied())
+            .ok_or_else(|| anyhow!("{flag} in {args:?}"))
+    };
+    let mounts = container["volumeMounts"].as_array().context("volumeMounts")?;
+    let mounted = |path: &str| {
+        mounts
+            .iter()
+            .find(|m| path.starts_with(m["mountPath"].as_str().unwrap_or("\0")))
+            .map(|m| (m["name"].clone(), m["readOnly"].as_bool().unwrap_or(false)))
+            .ok_or_else(|| anyhow!("{path} is not on a mounted volume"))
+    };
+    let (state, state_read_only) = mounted(arg("--state-dir")?)?;
+    assert!(!state_read_only, "the state volume must be writable");
+    let claims = spec["volumeClaimTemplates"].as_array().context("claims")?;
+    let claim = (claims.iter())
+        .find(|c| c["metadata"]["name"] == state)
+        .ok_or_else(|| anyhow!("--state-dir is on {state}, which is not a claim"))?;
+    assert_eq!(claim["spec"]["accessModes"][0], "ReadWriteOnce");
+    let volumes = pod["volumes"].as_array().context("volumes")?;
+    assert!(
+        !volumes.iter().any(|v| v["name"] == state),
+        "the claim must not be shadowed by a pod volume (an emptyDir loses the stage)"
+    );
+    let spec_file = arg("--spec")?;
+    let (spec_volume, spec_read_only) = mounted(spec_file)?;
+    assert!(spec_read_only);
+    let config_map = (volumes.iter())
+        .find(|v| v["name"] == spec_volume)
+        .and_then(|v| v["configMap"]["name"].as_str())
+        .context("the spec volume is a ConfigMap")?;
+    let map = one("base/controller-configmap.yaml", "ConfigMap")?;
+    assert_eq!(map["metadata"]["name"], config_map);
+    let key = Path::new(spec_file).file_name().and_then(|f| f.to_str());
+    assert!(map["data"][key.context("file name")?].is_string(), "{spec_file}");
     Ok(())
 }
 

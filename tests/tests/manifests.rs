@@ -102,7 +102,9 @@ fn controller_state_lives_on_a_claim_of_a_single_writer() -> Result<()> {
         at.and_then(|i| args.get(i + 1).copied())
             .ok_or_else(|| anyhow!("{flag} in {args:?}"))
     };
-    let mounts = container["volumeMounts"].as_array().context("volumeMounts")?;
+    let mounts = container["volumeMounts"]
+        .as_array()
+        .context("volumeMounts")?;
     let mounted = |path: &str| {
         mounts
             .iter()
@@ -132,7 +134,10 @@ fn controller_state_lives_on_a_claim_of_a_single_writer() -> Result<()> {
     let map = one("base/controller-configmap.yaml", "ConfigMap")?;
     assert_eq!(map["metadata"]["name"], config_map);
     let key = Path::new(spec_file).file_name().and_then(|f| f.to_str());
-    assert!(map["data"][key.context("file name")?].is_string(), "{spec_file}");
+    assert!(
+        map["data"][key.context("file name")?].is_string(),
+        "{spec_file}"
+    );
     Ok(())
 }
 

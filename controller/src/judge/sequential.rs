@@ -36,6 +36,11 @@ const GRID: usize = 16;
 /// as this many windows at first; the prior fades with the data's own older windows, but
 /// never below `DRIFT_PRIOR_FLOOR` windows' weight.
 const DRIFT_PRIOR: f64 = 0.2;
+/// The same for a mean value per request (a cost per answer, [`Drift::add_mean`]): an
+/// average over a window's many answers moves far less than a rate of rare events (a 14%
+/// standard deviation), and with thousands of nano-USD per answer the prior, not the
+/// counts, would otherwise set the evidence a window can give.
+const MEAN_DRIFT_PRIOR: f64 = 0.02;
 const DRIFT_PRIOR_WINDOWS: f64 = 3.0;
 const DRIFT_PRIOR_FLOOR: f64 = 1.0;
 /// Older windows count less: the estimate follows the last ~20 windows.
@@ -85,11 +90,16 @@ pub struct RateDrift {
 impl RateDrift {
     /// The relative variance of the rate between windows (never below 0).
     pub fn relative_variance(&self) -> f64 {
+        self.relative_variance_from(DRIFT_PRIOR)
+    }
+
+    /// The estimate from a given prior relative variance.
+    fn relative_variance_from(&self, prior_variance: f64) -> f64 {
         // `windows` is Σ DECAY^k over the pairs seen, so 1 − windows·(1 − DECAY) is
         // DECAY^pairs: how much of its first weight the prior keeps.
         let kept = (1.0 - self.windows * (1.0 - DRIFT_DECAY)).max(0.0);
         let prior = (DRIFT_PRIOR_WINDOWS * kept).max(DRIFT_PRIOR_FLOOR);
-        ((prior * DRIFT_PRIOR + self.sum) / (prior + self.windows)).max(0.0)
+        ((prior * prior_variance + self.sum) / (prior + self.windows)).max(0.0)
     }
 
     pub fn observe(&mut self, now: Counts) {
@@ -164,8 +174,10 @@ impl Drift {
         (canary, canary_variance): (Counts, f64),
         (stable, stable_variance): (Counts, f64),
     ) -> (f64, f64) {
-        let v_stable = self.stable.relative_variance();
-        let v_canary = self.canary.relative_variance().max(v_stable);
+        let v_stable = self.stable.relative_variance_from(MEAN_DRIFT_PRIOR);
+        let v_canary = (self.canary)
+            .relative_variance_from(MEAN_DRIFT_PRIOR)
+            .max(v_stable);
         self.canary.observe_mean(canary, canary_variance);
         self.stable.observe_mean(stable, stable_variance);
         (v_canary, v_stable)

@@ -5,14 +5,13 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::decimal::Fixed;
 use super::llm_evidence::{self, LlmEvidence};
 use super::sequential::{Counts, Drift, EventTest, RateTest};
 use super::stage_tests::{
-    absolute, decided, describe_quantiles, latency, pct, saved_histogram, sequential, Quantile,
+    absolute, describe_quantiles, latency, relative, saved_histogram, Measure, Quantile,
     LATENCY_MIN_RATIO, MAX_RATIO,
 };
-use super::{CheckResult, Outcome, Worse};
+use super::CheckResult;
 use crate::spec::RolloutSpec;
 use crate::stats::{Histogram, RolloutStats};
 
@@ -84,10 +83,10 @@ impl Evidence {
         let stable_errors = Counts::new(stable.errors(), stable.requests);
         let null = null_ratio(e.max_relative_increase);
         let (v_canary, v_stable) = self.drift(0).add(canary_errors, stable_errors);
-        let relative = self
+        let against_stable = self
             .errors
             .get_or_insert_with(|| EventTest::new(null, e.max_relative_increase, MAX_RATIO));
-        relative.add(canary_errors, stable_errors, (v_canary, v_stable));
+        against_stable.add(canary_errors, stable_errors, (v_canary, v_stable));
         let ceiling = self
             .errors_absolute
             .get_or_insert_with(|| RateTest::new(e.max_absolute));
@@ -103,11 +102,17 @@ impl Evidence {
         better.add(stable_errors, canary_errors, (v_stable, v_canary));
 
         let mut checks = vec![
-            errors_relative(relative, e.max_relative_increase, threshold),
+            relative(
+                ("error_rate", "error rate"),
+                Measure::Share,
+                against_stable,
+                e.max_relative_increase,
+                threshold,
+            ),
             absolute(
                 ("error_rate_absolute", "error rate"),
                 ceiling,
-                relative,
+                against_stable,
                 threshold,
             ),
         ];
@@ -149,50 +154,5 @@ impl Evidence {
         self.errors_better
             .as_ref()
             .is_some_and(|t| t.log_e() >= e_threshold(spec).ln())
-    }
-}
-
-fn errors_relative(t: &EventTest, k: f64, threshold: f64) -> CheckResult {
-    let log_e = t.log_e();
-    let outcome = decided(log_e, threshold);
-    let (c, s) = (t.canary, t.stable);
-    CheckResult {
-        check: "error_rate".into(),
-        outcome,
-        canary: c.rate(),
-        stable: s.rate(),
-        limit: s.rate().map(|r| r * k),
-        p_value: Some((-t.max_log_e).exp().min(1.0)),
-        reason: format!(
-            "error rate canary {:.2}% ({}/{}) vs stable {:.2}% ({}/{}) over the stage; \
-             sequential test of canary ≤ {:.2}× stable against {k}–{MAX_RATIO}×: \
-             e = {:.3e} {} 1/α = {:.0} (dispersion {:.2}){}",
-            Fixed(pct(c.events, c.requests)),
-            c.events,
-            c.requests,
-            Fixed(pct(s.events, s.requests)),
-            s.events,
-            s.requests,
-            Fixed(t.null_ratio),
-            log_e.exp(),
-            if outcome == Outcome::Fail { "≥" } else { "<" },
-            Fixed(threshold),
-            Fixed(t.dispersion),
-            if outcome == Outcome::Fail {
-                ": worse than stable"
-            } else {
-                ""
-            },
-        ),
-        canary_n: Some(c.requests),
-        stable_n: Some(s.requests),
-        worse: Some(Worse::Higher),
-        sequential: Some(sequential(
-            format!("canary ≤ {:.2}× stable", Fixed(t.null_ratio)),
-            log_e,
-            threshold,
-            t.windows,
-            t.dispersion,
-        )),
     }
 }

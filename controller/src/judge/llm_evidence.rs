@@ -20,10 +20,10 @@ use serde::{Deserialize, Serialize};
 use super::llm::not_required;
 use super::sequential::{Counts, Drift, EventTest, RateTest};
 use super::stage_tests::{
-    absolute, decided, describe_quantiles, latency, null_ratio, pct, saved_histogram, sequential,
+    absolute, describe_quantiles, gate, latency, null_ratio, relative, saved_histogram, Measure,
     Quantile, LATENCY_MIN_RATIO, MAX_RATIO,
 };
-use super::{trim_quantile, CheckResult, Outcome, Worse};
+use super::{trim_quantile, CheckResult};
 use crate::spec::RolloutSpec;
 use crate::stats::{Histogram, LlmStats, RolloutStats};
 
@@ -82,11 +82,6 @@ pub fn budgeted(spec: &RolloutSpec) -> usize {
     answers + ratings
 }
 
-/// A cost in USD from nano-USD.
-fn usd(nano: f64) -> String {
-    format!("${:.6}", nano / 1e9)
-}
-
 /// The variance of one response's cost in nano-USD², from the filter's sums.
 fn cost_variance(l: &LlmStats) -> f64 {
     let n = l.responses.max(1) as f64;
@@ -94,6 +89,11 @@ fn cost_variance(l: &LlmStats) -> f64 {
     // Each square was rounded to a whole µUSD² (10⁶ nano-USD²).
     let second = l.cost_sumsq_microusd2 as f64 * 1e6 / n;
     (second - mean * mean).max(0.0)
+}
+
+/// Each version's requests over the stage.
+fn totals(t: &EventTest) -> (u64, u64) {
+    (t.canary.requests, t.stable.requests)
 }
 
 impl LlmEvidence {
@@ -156,8 +156,10 @@ impl LlmEvidence {
                 test.add_weighted(cc, sc, unit, noise);
             }
             if test.canary.events > 0 || test.stable.events > 0 {
-                let r = relative("cost_per_response", "cost per response", test, threshold);
-                out.push((gate(r, test, checks.cost.min_samples, "responses"), true));
+                let names = ("cost_per_response", "cost per response");
+                let r = relative(names, Measure::Cost, test, k, threshold);
+                let r = gate(r, totals(test), checks.cost.min_samples, "responses");
+                out.push((r, true));
             }
         }
         if reads_llm(spec) && checks.refusals.enabled {
@@ -170,8 +172,10 @@ impl LlmEvidence {
             let noise = self.drift.refusals.add(cc, sc);
             test.add(cc, sc, noise);
             if test.canary.requests > 0 || test.stable.requests > 0 {
-                let r = relative("refusal_rate", "refusal rate", test, threshold);
-                out.push((gate(r, test, checks.refusals.min_samples, "answers"), true));
+                let names = ("refusal_rate", "refusal rate");
+                let r = relative(names, Measure::Share, test, k, threshold);
+                let r = gate(r, totals(test), checks.refusals.min_samples, "answers");
+                out.push((r, true));
             }
         }
         if reads_llm(spec) && checks.ttft.enabled {
@@ -199,14 +203,15 @@ impl LlmEvidence {
                 }
             }
             if test.canary.requests > 0 || test.stable.requests > 0 {
-                let r = relative("thumbs_down_rate", "thumbs-down rate", test, threshold);
-                let r = gate(r, test, d.min_samples, "ratings");
+                let names = ("thumbs_down_rate", "thumbs-down rate");
+                let r = relative(names, Measure::Share, test, k, threshold);
+                let r = gate(r, totals(test), d.min_samples, "ratings");
                 out.push(not_required(r, d.required));
                 if let Some(ceiling) = &self.thumbs_down_absolute {
                     let names = ("thumbs_down_rate_absolute", "thumbs-down rate");
                     let r = absolute(names, ceiling, test, threshold);
                     out.push(not_required(
-                        gate(r, test, d.min_samples, "ratings"),
+                        gate(r, totals(test), d.min_samples, "ratings"),
                         d.required,
                     ));
                 }
@@ -253,89 +258,7 @@ impl LlmEvidence {
         let n = (self.canary_ttft.count, self.stable_ttft.count);
         r.canary_n = Some(n.0);
         r.stable_n = Some(n.1);
-        if n.0 < t.min_samples || n.1 < t.min_samples {
-            r.outcome = Outcome::Inconclusive;
-            r.reason = format!(
-                "{name}: too few first tokens over the stage ({} canary, {} stable, need {}); {}",
-                n.0, n.1, t.min_samples, r.reason
-            );
-        }
+        let r = gate(r, n, t.min_samples, "first tokens");
         Some((r, true))
-    }
-}
-
-/// Inconclusive until both versions have `min` samples over the stage.
-fn gate(mut r: CheckResult, t: &EventTest, min: u64, unit: &str) -> CheckResult {
-    let (nc, ns) = (t.canary.requests, t.stable.requests);
-    if nc < min || ns < min {
-        r.outcome = Outcome::Inconclusive;
-        r.reason = format!(
-            "{}: too few {unit} over the stage ({nc} canary, {ns} stable, need {min}); {}",
-            r.check, r.reason
-        );
-    }
-    r
-}
-
-/// How a version's stage totals read in a reason: a share of bad answers, or a cost.
-fn describe(check: &str, c: Counts) -> String {
-    if check == "cost_per_response" {
-        let mean = c.events as f64 / c.requests.max(1) as f64;
-        format!("{} ({} responses)", usd(mean), c.requests)
-    } else {
-        format!(
-            "{:.2}% ({}/{})",
-            pct(c.events, c.requests),
-            c.events,
-            c.requests
-        )
-    }
-}
-
-/// The sequential test against stable, as a check result over the stage so far.
-fn relative(check: &str, what: &str, t: &EventTest, threshold: f64) -> CheckResult {
-    let outcome = decided(t.log_e(), threshold);
-    let failed = outcome == Outcome::Fail;
-    let value = |c: Counts| {
-        (c.requests > 0).then(|| {
-            let rate = c.events as f64 / c.requests as f64;
-            if check == "cost_per_response" {
-                rate
-            } else {
-                rate.min(1.0)
-            }
-        })
-    };
-    let (c, s) = (value(t.canary), value(t.stable));
-    let k = t.min_ratio;
-    CheckResult {
-        check: check.into(),
-        outcome,
-        canary: c,
-        stable: s,
-        limit: s.map(|s| s * k),
-        p_value: Some((-t.max_log_e).exp().min(1.0)),
-        reason: format!(
-            "{what} canary {} vs stable {} over the stage; sequential test of canary ≤ \
-             {:.2}× stable against {k}–{MAX_RATIO}×: e = {:.3e} {} 1/α = {threshold:.0} \
-             (dispersion {:.2}){}",
-            describe(check, t.canary),
-            describe(check, t.stable),
-            t.null_ratio,
-            t.log_e().exp(),
-            if failed { "≥" } else { "<" },
-            t.dispersion,
-            if failed { ": worse than stable" } else { "" },
-        ),
-        canary_n: Some(t.canary.requests),
-        stable_n: Some(t.stable.requests),
-        worse: Some(Worse::Higher),
-        sequential: Some(sequential(
-            format!("canary ≤ {:.2}× stable", t.null_ratio),
-            t.log_e(),
-            threshold,
-            t.windows,
-            t.dispersion,
-        )),
     }
 }

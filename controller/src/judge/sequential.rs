@@ -115,12 +115,16 @@ impl RateDrift {
                     - before.events as f64 / before.requests as f64;
                 let binomial =
                     p * (1.0 - p) * (1.0 / now.requests as f64 + 1.0 / before.requests as f64);
-                let estimate = (d * d - binomial) / (2.0 * p * p);
-                self.sum = DRIFT_DECAY * self.sum + estimate;
-                self.windows = DRIFT_DECAY * self.windows + 1.0;
+                self.record((d * d - binomial) / (2.0 * p * p));
             }
         }
         self.last = Some(now);
+    }
+
+    /// Counts one pair's estimate of the relative variance in, older pairs decaying.
+    fn record(&mut self, estimate: f64) {
+        self.sum = DRIFT_DECAY * self.sum + estimate;
+        self.windows = DRIFT_DECAY * self.windows + 1.0;
     }
 
     /// The same for a mean value per request (a cost per response: `events` is the sum of
@@ -138,9 +142,7 @@ impl RateDrift {
                 let d = mean(now) - mean(before);
                 let within =
                     variance / now.requests as f64 + self.last_variance / before.requests as f64;
-                let estimate = (d * d - within) / (2.0 * pooled * pooled);
-                self.sum = DRIFT_DECAY * self.sum + estimate;
-                self.windows = DRIFT_DECAY * self.windows + 1.0;
+                self.record((d * d - within) / (2.0 * pooled * pooled));
             }
         }
         self.last = Some(now);

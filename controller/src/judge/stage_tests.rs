@@ -58,6 +58,92 @@ pub(super) fn sequential(
     }
 }
 
+/// What a relative check's counts measure: a share of bad requests (errors, refusals,
+/// thumbs-down), or an amount per request (nano-USD per answer).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Measure {
+    Share,
+    Cost,
+}
+
+impl Measure {
+    /// A version's stage totals as a reason shows them.
+    fn describe(self, c: Counts) -> String {
+        match self {
+            Measure::Share => format!(
+                "{:.2}% ({}/{})",
+                Fixed(pct(c.events, c.requests)),
+                c.events,
+                c.requests
+            ),
+            Measure::Cost => {
+                let mean = c.events as f64 / c.requests.max(1) as f64;
+                format!("${:.6} ({} responses)", Fixed(mean / 1e9), c.requests)
+            }
+        }
+    }
+}
+
+/// A sequential test of the canary against stable (`canary ≤ null × stable`, against
+/// `k`–[`MAX_RATIO`]×) as a check result over the stage so far.
+pub(super) fn relative(
+    (check, what): (&str, &str),
+    measure: Measure,
+    t: &EventTest,
+    k: f64,
+    threshold: f64,
+) -> CheckResult {
+    let log_e = t.log_e();
+    let outcome = decided(log_e, threshold);
+    let (c, s) = (t.canary, t.stable);
+    CheckResult {
+        check: check.into(),
+        outcome,
+        canary: c.rate(),
+        stable: s.rate(),
+        limit: s.rate().map(|r| r * k),
+        p_value: Some((-t.max_log_e).exp().min(1.0)),
+        reason: format!(
+            "{what} canary {} vs stable {} over the stage; sequential test of canary ≤ {:.2}× \
+             stable against {k}–{MAX_RATIO}×: e = {:.3e} {} 1/α = {:.0} (dispersion {:.2}){}",
+            measure.describe(c),
+            measure.describe(s),
+            Fixed(t.null_ratio),
+            log_e.exp(),
+            if outcome == Outcome::Fail { "≥" } else { "<" },
+            Fixed(threshold),
+            Fixed(t.dispersion),
+            if outcome == Outcome::Fail {
+                ": worse than stable"
+            } else {
+                ""
+            },
+        ),
+        canary_n: Some(c.requests),
+        stable_n: Some(s.requests),
+        worse: Some(Worse::Higher),
+        sequential: Some(sequential(
+            format!("canary ≤ {:.2}× stable", Fixed(t.null_ratio)),
+            log_e,
+            threshold,
+            t.windows,
+            t.dispersion,
+        )),
+    }
+}
+
+/// Inconclusive until both versions have `min` samples (`unit`) over the stage.
+pub(super) fn gate(mut r: CheckResult, (nc, ns): (u64, u64), min: u64, unit: &str) -> CheckResult {
+    if nc < min || ns < min {
+        r.outcome = Outcome::Inconclusive;
+        r.reason = format!(
+            "{}: too few {unit} over the stage ({nc} canary, {ns} stable, need {min}); {}",
+            r.check, r.reason
+        );
+    }
+    r
+}
+
 /// The absolute limit counts only when the canary alone is past it: an incident that takes
 /// stable past the limit too is not the canary's doing.
 pub(super) fn absolute(

@@ -14,13 +14,25 @@ pub const BUCKETS: u32 = 10_000;
 
 /// The bucket (`0..BUCKETS`) of `key` under `salt`.
 pub fn bucket(salt: &str, key: &[u8]) -> u32 {
+    bucket_of_hash(key_hash(salt, key))
+}
+
+/// FNV-1a (64-bit) over `salt ‖ 0x00 ‖ key`: the value the bucket is reduced from, and the
+/// form in which allow and deny lists are published (see [`crate::keys`]), so a request
+/// hashes its key once for both.
+pub fn key_hash(salt: &str, key: &[u8]) -> u64 {
     let mut hasher = fnv::FnvHasher::default();
     hasher.write(salt.as_bytes());
     // The separator keeps ("ab", "c") and ("a", "bc") apart; salts may not contain NUL.
     hasher.write(&[0]);
     hasher.write(key);
+    hasher.finish()
+}
+
+/// The bucket of a [`key_hash`].
+pub fn bucket_of_hash(hash: u64) -> u32 {
     // 2^64 mod 10_000 is tiny, so the modulo bias is far below anything measurable.
-    (hasher.finish() % u64::from(BUCKETS)) as u32
+    (hash % u64::from(BUCKETS)) as u32
 }
 
 /// The version for a bucket at a canary weight in basis points.

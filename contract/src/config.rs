@@ -7,7 +7,8 @@ use std::collections::BTreeSet;
 
 use serde::{Deserialize, Serialize};
 
-use crate::bucket::{bucket, version_for_bucket};
+use crate::bucket::{bucket_of_hash, key_hash, version_for_bucket};
+use crate::keys::{KeyHash, KeyLists};
 use crate::validate::{
     is_header_name, is_rollout_name, is_token, repeats, Validator, MAX_NAME_LEN,
 };
@@ -112,6 +113,13 @@ pub struct RolloutConfig {
     /// Keys that never get canary (e.g. VIP accounts). Wins over everything else.
     #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
     pub deny: BTreeSet<String>,
+    /// `allow` as salted key hashes (`fnv1a64:<hex>`, see [`crate::keys`]): the form the
+    /// controller publishes, so the served configuration lists no user ids.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub allow_hashed: BTreeSet<KeyHash>,
+    /// `deny` as salted key hashes.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub deny_hashed: BTreeSet<KeyHash>,
     /// When set, a request header with this name and value `always` or `never` forces the
     /// version. Off by default so users cannot choose.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -228,6 +236,8 @@ impl RolloutConfig {
             route_header: default_route_header(),
             allow: BTreeSet::new(),
             deny: BTreeSet::new(),
+            allow_hashed: BTreeSet::new(),
+            deny_hashed: BTreeSet::new(),
             force_header: None,
             anonymous_cookie: AnonymousCookie::default(),
             max_key_bytes: DEFAULT_MAX_KEY_BYTES,
@@ -263,14 +273,58 @@ impl RolloutConfig {
     /// [`assign`](Self::assign) with the hash compared to `weight_bp` instead of the
     /// configured weight (the filter holds a raise back until every worker has it).
     pub fn assign_at_weight(&self, key: &str, weight_bp: u32) -> (Version, Assignment) {
-        if self.deny.contains(key) {
-            (Version::Stable, Assignment::DenyList)
-        } else if self.allow.contains(key) {
-            (Version::Canary, Assignment::AllowList)
-        } else {
-            let b = bucket(self.salt(), key.as_bytes());
-            (version_for_bucket(b, weight_bp), Assignment::Hash)
+        let hash = KeyHash(key_hash(self.salt(), key.as_bytes()));
+        let denied = self.deny.contains(key) || self.deny_hashed.contains(&hash);
+        let allowed = self.allow.contains(key) || self.allow_hashed.contains(&hash);
+        assign_listed(denied, allowed, hash.0, weight_bp)
+    }
+
+    /// The allow and deny lists, clear and hashed, as one set each of key hashes: what the
+    /// filter looks a request's key hash up in.
+    pub fn key_lists(&self) -> KeyLists {
+        let salt = self.salt();
+        let hashed = |clear: &BTreeSet<String>, hashed: &BTreeSet<KeyHash>| {
+            let clear = clear.iter().map(|k| key_hash(salt, k.as_bytes()));
+            clear
+                .chain(hashed.iter().map(|h| h.0))
+                .collect::<Vec<u64>>()
+        };
+        KeyLists::new(
+            hashed(&self.allow, &self.allow_hashed),
+            hashed(&self.deny, &self.deny_hashed),
+        )
+    }
+
+    /// Moves the clear `allow` and `deny` keys into `allow_hashed` and `deny_hashed` (how the
+    /// controller publishes them): the same users match, and no key is left in clear.
+    pub fn hash_key_lists(&mut self) {
+        let salt = self.salt().to_string();
+        for key in std::mem::take(&mut self.allow) {
+            self.allow_hashed.insert(KeyHash::of(&salt, &key));
         }
+        for key in std::mem::take(&mut self.deny) {
+            self.deny_hashed.insert(KeyHash::of(&salt, &key));
+        }
+    }
+}
+
+impl KeyLists {
+    /// The version for a request whose key hashes to `hash`, at `weight_bp`: the deny list,
+    /// then the allow list, then the bucket (the rule of [`RolloutConfig::assign_at_weight`]).
+    pub fn assign(&self, hash: u64, weight_bp: u32) -> (Version, Assignment) {
+        assign_listed(self.denies(hash), self.allows(hash), hash, weight_bp)
+    }
+}
+
+/// Deny wins over allow, and both over the hash.
+fn assign_listed(denied: bool, allowed: bool, hash: u64, weight_bp: u32) -> (Version, Assignment) {
+    if denied {
+        (Version::Stable, Assignment::DenyList)
+    } else if allowed {
+        (Version::Canary, Assignment::AllowList)
+    } else {
+        let b = bucket_of_hash(hash);
+        (version_for_bucket(b, weight_bp), Assignment::Hash)
     }
 }
 
@@ -489,6 +543,24 @@ fn validate_rollout(v: &mut Validator, at: &str, r: &RolloutConfig) {
             format!("{at}.allow"),
             format!("key {both:?} is in both allow and deny"),
         );
+    }
+    if !r.allow_hashed.is_empty() || !r.deny_hashed.is_empty() {
+        let salt = r.salt();
+        let in_deny = |h: &KeyHash| {
+            r.deny_hashed.contains(h) || r.deny.iter().any(|k| KeyHash::of(salt, k) == *h)
+        };
+        let both = r
+            .allow_hashed
+            .iter()
+            .copied()
+            .chain(r.allow.iter().map(|k| KeyHash::of(salt, k)))
+            .find(|h| in_deny(h));
+        if let Some(both) = both {
+            v.push(
+                format!("{at}.allow_hashed"),
+                format!("key hash {both} is in both the allow and the deny lists"),
+            );
+        }
     }
     let c = &r.anonymous_cookie;
     v.check(
@@ -835,6 +907,63 @@ mod tests {
                 "rollouts[0].route_header"
             ]
         );
+    }
+
+    /// The controller's published form: the same users match, no key is left in clear,
+    /// and the filter's lookup by hash agrees with the contract's rule for every user.
+    #[test]
+    fn hashed_lists_match_the_same_users() {
+        let mut r = RolloutConfig::new("r", 5_000);
+        r.salt = Some("s1".into());
+        r.allow.insert("alice".into());
+        r.deny.insert("vip-42".into());
+        let clear = r.clone();
+        r.hash_key_lists();
+        assert!(r.allow.is_empty() && r.deny.is_empty());
+        let json = FilterConfig::new(vec![r]).to_json();
+        assert!(
+            !json.contains("alice") && !json.contains("vip-42"),
+            "{json}"
+        );
+        assert!(json.contains("\"deny_hashed\":[\"fnv1a64:"), "{json}");
+        let hashed = parse(&json).expect("valid").rollouts.remove(0);
+        let (clear_lists, hashed_lists) = (clear.key_lists(), hashed.key_lists());
+        for user in ["alice", "vip-42", "bob", "carol", "dave"] {
+            let h = key_hash("s1", user.as_bytes());
+            let want = clear.assign(user);
+            assert_eq!(hashed.assign(user), want, "{user}");
+            assert_eq!(clear_lists.assign(h, 5_000), want, "{user}");
+            assert_eq!(hashed_lists.assign(h, 5_000), want, "{user}");
+        }
+        assert_eq!(hashed.assign("vip-42").1, Assignment::DenyList);
+        assert_eq!(hashed.assign("alice").1, Assignment::AllowList);
+    }
+
+    #[test]
+    fn hashed_lists_are_validated() {
+        let vip = KeyHash::of("a", "vip");
+        let cases = [
+            (
+                r#"{"schema_version":1,"rollouts":[{"name":"a","weight_bp":5,"deny_hashed":["vip"]}]}"#.to_string(),
+                "rollouts[0].deny_hashed",
+            ),
+            (
+                format!(r#"{{"schema_version":1,"rollouts":[{{"name":"a","weight_bp":5,"allow":["vip"],"deny_hashed":["{vip}"]}}]}}"#),
+                "rollouts[0].allow_hashed",
+            ),
+            (
+                format!(r#"{{"schema_version":1,"rollouts":[{{"name":"a","weight_bp":5,"allow_hashed":["{vip}"],"deny_hashed":["{vip}"]}}]}}"#),
+                "rollouts[0].allow_hashed",
+            ),
+        ];
+        for (json, field) in cases {
+            let err = parse(&json).expect_err(&json);
+            assert!(
+                fields(err.clone()).iter().all(|f| f.starts_with(field)),
+                "{json}: {err}"
+            );
+            assert!(err.to_string().contains(field), "{err}");
+        }
     }
 
     #[test]

@@ -7,9 +7,11 @@
 //!
 //! What lives where, and what may import what (one way, no cycles): [`Version`] here and
 //! `validate` (errors, `Validator`, name predicates), `bucket` and `stats` (stat names) are
-//! leaves; `grpc` (how gRPC answers count in the response classes) imports `stats`; the
-//! configuration's parts (`breaker`, `llm`, `ratelimit`, `shadow`; then `fallback` on
-//! `breaker`, `eval` on `llm` and `shadow`) import those; `config` imports the parts. The crate may import only std, serde, serde_json, serde_path_to_error, fnv
+//! leaves; `grpc` (how gRPC answers count in the response classes) imports `stats`; `keys`
+//! (allow and deny lists as key hashes) imports `bucket`; the configuration's parts
+//! (`breaker`, `llm`, `ratelimit`, `shadow`; then `fallback` on `breaker`, `eval` on `llm`
+//! and `shadow`) import those; `config` imports the parts. The crate may import only std,
+//! serde, serde_json, serde_path_to_error, fnv
 //! and thiserror: never the filter or the controller, nothing that does not build for
 //! wasm32-wasip1.
 
@@ -21,6 +23,7 @@ pub mod eval;
 #[cfg(feature = "fallback")]
 pub mod fallback;
 pub mod grpc;
+pub mod keys;
 #[cfg(feature = "llm")]
 pub mod llm;
 #[cfg(feature = "llm")]
@@ -31,13 +34,14 @@ pub mod stats;
 pub mod validate;
 
 pub use breaker::CircuitBreaker;
-pub use bucket::{bucket, version_for_bucket, BUCKETS};
+pub use bucket::{bucket, bucket_of_hash, key_hash, version_for_bucket, BUCKETS};
 pub use config::{
     AnonymousCookie, Assignment, ControllerSource, FilterConfig, KeySource, RequestMatch,
     RolloutConfig, SameSite, SCHEMA_VERSION,
 };
 #[cfg(feature = "llm")]
 pub use eval::{EvalMetric, EvalSampling};
+pub use keys::{KeyHash, KeyLists};
 #[cfg(feature = "llm")]
 pub use llm::{LlmSignals, QualityHeader, TokenPrice, VersionPrices};
 #[cfg(feature = "llm")]

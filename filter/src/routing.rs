@@ -1,6 +1,8 @@
 //! Per-request version choice, independent of proxy-wasm so it is unit-tested natively.
 
-use canary_contract::{Assignment, FilterConfig, KeySource, RolloutConfig, Version};
+use canary_contract::{
+    key_hash, Assignment, FilterConfig, KeyLists, KeySource, RolloutConfig, Version,
+};
 
 use crate::cookie::find_cookie;
 
@@ -43,6 +45,9 @@ pub struct Router {
     needs_path: bool,
     /// Per rollout, a raise not in force yet.
     raises: Vec<Option<PendingRaise>>,
+    /// Per rollout, its allow and deny lists by key hash: a request hashes its key once,
+    /// for the bucket and both lists.
+    lists: Vec<KeyLists>,
 }
 
 /// A weight raise waiting for an instant every worker agrees on: until `at_ms` the rollout
@@ -77,6 +82,7 @@ impl Router {
         let rollouts: Vec<RolloutConfig> = rollouts;
         Router {
             raises: vec![None; rollouts.len()],
+            lists: rollouts.iter().map(RolloutConfig::key_lists).collect(),
             needs_authority: rollouts.iter().any(|r| !r.request_match.hosts.is_empty()),
             needs_path: rollouts
                 .iter()
@@ -181,9 +187,14 @@ impl Router {
 
         // Operator lists beat the client's force header; the force header beats the hash.
         let weight_bp = self.weight_bp(index, now_ms);
-        let assigned = key
-            .as_deref()
-            .map(|k| rollout.assign_at_weight(k, weight_bp));
+        let lists = self.lists.get(index);
+        let assigned = key.as_deref().map(|k| {
+            let hash = key_hash(rollout.salt(), k.as_bytes());
+            lists.map_or_else(
+                || rollout.assign_at_weight(k, weight_bp),
+                |l| l.assign(hash, weight_bp),
+            )
+        });
         let (version, reason) = match (assigned, forced) {
             (Some((v, a @ (Assignment::DenyList | Assignment::AllowList))), _) => {
                 (v, Reason::Config(a))
@@ -372,6 +383,35 @@ mod tests {
         assert_eq!(
             r.decide(&cookie_only, 0, no_id).map(|d| d.reason),
             Some(Reason::Config(Assignment::AllowList))
+        );
+    }
+
+    /// Lists as the controller publishes them (key hashes) route like lists in clear.
+    #[test]
+    fn hashed_lists_route_like_clear_ones() {
+        let mut cfg = RolloutConfig::new("r", 5_000);
+        cfg.allow.insert("qa-alice".into());
+        cfg.deny.insert("vip-42".into());
+        let mut hashed = cfg.clone();
+        hashed.hash_key_lists();
+        let (clear, hashed) = (router(vec![cfg]), router(vec![hashed]));
+        let users = ["qa-alice", "vip-42", "bob", "carol"].map(String::from);
+        for user in users
+            .iter()
+            .cloned()
+            .chain((0..2_000).map(|i| format!("u{i}")))
+        {
+            let req = Req::new(&[("x-user-id", user.as_bytes())]);
+            let (a, b) = (clear.decide(&req, 0, no_id), hashed.decide(&req, 0, no_id));
+            assert_eq!(
+                a.map(|d| (d.version, d.reason)),
+                b.map(|d| (d.version, d.reason))
+            );
+        }
+        let vip = Req::new(&[("x-user-id", b"vip-42")]);
+        assert_eq!(
+            hashed.decide(&vip, 0, no_id).map(|d| d.reason),
+            Some(Reason::Config(Assignment::DenyList))
         );
     }
 

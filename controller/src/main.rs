@@ -35,9 +35,12 @@ enum Command {
         /// Where the rollout's state survives restarts.
         #[arg(long, default_value = "canary-state")]
         state_dir: PathBuf,
-        /// Bearer token for promote/pause/resume/abort (unset: they are refused).
-        #[arg(long, env = "CANARY_TOKEN", hide_env_values = true)]
-        token: Option<String>,
+        #[command(flatten)]
+        tokens: ServeTokens,
+        /// PEM bundle of CA certificates to trust besides the built-in public roots, for
+        /// webhooks, Prometheus and Envoy admin endpoints behind a private CA.
+        #[arg(long, env = "CANARY_CA_FILE")]
+        ca_file: Option<PathBuf>,
     },
     /// Check a rollout spec offline.
     Validate {
@@ -61,12 +64,51 @@ enum Command {
     Abort(Mutation),
 }
 
+/// The controller's bearer tokens, each given as a value or as a file (a mounted Kubernetes
+/// Secret), never both.
+#[derive(clap::Args)]
+struct ServeTokens {
+    /// Token for promote/pause/resume/abort (unset: they are refused). `CANARY_TOKEN`, the
+    /// one token of earlier versions, is read as the operator token when this is unset.
+    #[arg(
+        long,
+        alias = "token",
+        env = "CANARY_OPERATOR_TOKEN",
+        hide_env_values = true
+    )]
+    operator_token: Option<String>,
+    #[arg(long, env = "CANARY_OPERATOR_TOKEN_FILE")]
+    operator_token_file: Option<PathBuf>,
+    /// Token for `POST /feedback` only. Unset: the operator token is taken there too.
+    #[arg(long, env = "CANARY_FEEDBACK_TOKEN", hide_env_values = true)]
+    feedback_token: Option<String>,
+    #[arg(long, env = "CANARY_FEEDBACK_TOKEN_FILE")]
+    feedback_token_file: Option<PathBuf>,
+}
+
+/// A token given as a value or in a file.
+fn token(name: &str, value: Option<String>, file: Option<PathBuf>) -> Result<Option<String>> {
+    match (value, file) {
+        (Some(_), Some(_)) => bail!("--{name} and --{name}-file: give the token once"),
+        (Some(v), None) if v.trim().is_empty() => bail!("--{name} is empty"),
+        (Some(v), None) => Ok(Some(v.trim().to_string())),
+        (None, Some(path)) => canary_controller::server::read_secret_file(&path)
+            .map(Some)
+            .with_context(|| format!("--{name}-file")),
+        (None, None) => Ok(None),
+    }
+}
+
 #[derive(clap::Args)]
 struct Mutation {
     #[arg(long, default_value = "http://127.0.0.1:8080")]
     controller: String,
+    /// The operator token.
     #[arg(long, env = "CANARY_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// A file holding the operator token.
+    #[arg(long, env = "CANARY_TOKEN_FILE", conflicts_with = "token")]
+    token_file: Option<PathBuf>,
     #[arg(long, value_enum, default_value = "text")]
     output: Output,
 }
@@ -180,8 +222,8 @@ fn print_status(status: &serde_json::Value, output: Output) {
 }
 
 async fn mutate(command: &str, m: Mutation) -> Result<()> {
-    let Some(token) = m.token else {
-        bail!("a token is required: --token or CANARY_TOKEN");
+    let Some(token) = token("token", m.token, m.token_file)? else {
+        bail!("a token is required: --token, --token-file or CANARY_TOKEN");
     };
     let url = format!("{}/rollout/{command}", m.controller.trim_end_matches('/'));
     let response = reqwest::Client::new()
@@ -208,15 +250,34 @@ async fn run(cli: Cli) -> Result<()> {
             spec,
             listen,
             state_dir,
-            token,
+            tokens,
+            ca_file,
         } => {
             let spec = load_spec(&spec)?;
+            let legacy = std::env::var("CANARY_TOKEN").ok().filter(|_| {
+                tokens.operator_token.is_none() && tokens.operator_token_file.is_none()
+            });
+            let operator_token = token(
+                "operator-token",
+                tokens.operator_token.or(legacy),
+                tokens.operator_token_file,
+            )?;
+            let feedback_token = token(
+                "feedback-token",
+                tokens.feedback_token,
+                tokens.feedback_token_file,
+            )?;
+            if feedback_token.is_some() && feedback_token == operator_token {
+                bail!("the feedback token must differ from the operator token");
+            }
             serve(
                 spec,
                 ServeOptions {
                     listen,
                     state_dir,
-                    token,
+                    operator_token,
+                    feedback_token,
+                    ca_file,
                 },
             )
             .await

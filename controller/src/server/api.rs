@@ -1,5 +1,6 @@
 //! The HTTP API: `/status`, `/filter-config` (conditional on its ETag), the operator's
-//! `/rollout/{command}` and `POST /feedback`, the mutating calls behind a bearer token.
+//! `/rollout/{command}` and `POST /feedback`, the mutating calls behind bearer tokens: the
+//! operator's for commands, the feedback token (which can do nothing else) for ratings.
 
 use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
@@ -96,7 +97,8 @@ pub(super) async fn filter_config(State(app): State<AppState>, headers: HeaderMa
     if headers
         .get(header::IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v == served.etag)
+        // `If-None-Match` may list several tags (RFC 9110); the filter sends the one it holds.
+        .is_some_and(|v| v.split(',').any(|tag| tag.trim() == served.etag))
     {
         return (
             StatusCode::NOT_MODIFIED,
@@ -115,12 +117,12 @@ pub(super) async fn filter_config(State(app): State<AppState>, headers: HeaderMa
         .into_response()
 }
 
-/// The answer to a request without a valid bearer token.
-fn unauthorized() -> Response {
+/// The answer to a request without the bearer token `which` names.
+fn unauthorized(which: &str) -> Response {
     (
         StatusCode::UNAUTHORIZED,
         [(header::WWW_AUTHENTICATE, "Bearer")],
-        Json(json!({"error": "a valid bearer token is required"})),
+        Json(json!({"error": format!("a valid bearer token is required: {which}")})),
     )
         .into_response()
 }
@@ -131,8 +133,8 @@ pub(super) async fn feedback(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    if !authorized(&app, &headers) {
-        return unauthorized();
+    if !authorized(app.feedback_token.as_deref(), &headers) {
+        return unauthorized("the feedback token");
     }
     let bad = |e: crate::feedback::FeedbackError| {
         (
@@ -173,8 +175,8 @@ pub(super) async fn feedback(
         .into_response()
 }
 
-fn authorized(app: &AppState, headers: &HeaderMap) -> bool {
-    let Some(token) = &app.token else {
+fn authorized(token: Option<&String>, headers: &HeaderMap) -> bool {
+    let Some(token) = token else {
         return false;
     };
     headers
@@ -193,8 +195,8 @@ pub(super) async fn command(
     axum::extract::Path(command): axum::extract::Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    if !authorized(&app, &headers) {
-        return unauthorized();
+    if !authorized(app.operator_token.as_deref(), &headers) {
+        return unauthorized("the operator token");
     }
     let input = match command.as_str() {
         "promote" => Input::Promote,

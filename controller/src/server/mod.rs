@@ -1,6 +1,7 @@
 //! The running controller, the I/O floor: one [`Controller`] behind a mutex, the analysis
 //! loop that feeds it windows ([`analysis_loop`]), the HTTP API ([`api`]), `/metrics`
-//! ([`metrics`]) and what it publishes ([`publication`]: the filter configuration, webhooks).
+//! ([`metrics`]), what it publishes ([`publication`]: the filter configuration) and the
+//! webhooks that hear about events ([`notify`]: signed, retried).
 //! May import every other module of the crate; none imports it.
 //!
 //! Every change of state goes through one mutex, is saved before it becomes visible, and the
@@ -28,15 +29,25 @@ use crate::store::{StateStore, StoreError};
 mod analysis_loop;
 mod api;
 mod metrics;
+mod notify;
 mod publication;
 #[cfg(test)]
 mod tests;
 
+pub use notify::read_secret_file;
+
 pub struct ServeOptions {
     pub listen: SocketAddr,
     pub state_dir: PathBuf,
-    /// Bearer token for mutating calls; `None` refuses every mutation.
-    pub token: Option<String>,
+    /// Bearer token for the operator's calls (promote, pause, resume, abort); `None`
+    /// refuses them.
+    pub operator_token: Option<String>,
+    /// Bearer token for `POST /feedback` only. `None`: the operator token is taken there too
+    /// (one token, as before separate tokens existed).
+    pub feedback_token: Option<String>,
+    /// A PEM bundle of CA certificates trusted besides the built-in public roots (webhooks,
+    /// Prometheus, Envoy admin endpoints behind a private CA).
+    pub ca_file: Option<PathBuf>,
 }
 
 struct Controller {
@@ -73,6 +84,7 @@ struct Controller {
     proxies: usize,
     /// The stats sources known before any reading (for `/metrics`).
     source_names: Vec<String>,
+    webhooks: notify::Webhooks,
 }
 
 /// The filters' circuit breakers as the analysis windows saw them (since this process
@@ -92,7 +104,8 @@ struct AppState {
     controller: Shared,
     /// The published filter configuration, read without the controller's mutex.
     served: tokio::sync::watch::Receiver<Arc<publication::Served>>,
-    token: Option<Arc<String>>,
+    operator_token: Option<Arc<String>>,
+    feedback_token: Option<Arc<String>>,
     http: reqwest::Client,
 }
 
@@ -109,6 +122,7 @@ impl Controller {
         spec: RolloutSpec,
         state: RolloutState,
         store: StateStore,
+        webhooks: notify::Webhooks,
     ) -> (
         Controller,
         tokio::sync::watch::Receiver<Arc<publication::Served>>,
@@ -132,6 +146,7 @@ impl Controller {
             last_checks: Vec::new(),
             quota: crate::machine::quota::Sentinel::default(),
             source_names: Vec::new(),
+            webhooks,
         };
         c.publish();
         (c, receiver)
@@ -168,12 +183,32 @@ impl Controller {
     }
 }
 
+/// The client for webhooks and stats sources: TLS by rustls (no OpenSSL, so the static musl
+/// build has it too) with the public roots built in, plus the CAs of `ca_file`.
+fn http_client(ca_file: Option<&std::path::Path>) -> anyhow::Result<reqwest::Client> {
+    let mut builder = reqwest::Client::builder().timeout(Duration::from_secs(2));
+    if let Some(path) = ca_file {
+        let pem = std::fs::read(path)
+            .map_err(|e| anyhow::anyhow!("--ca-file {}: {e}", path.display()))?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem)
+            .map_err(|e| anyhow::anyhow!("--ca-file {}: {e}", path.display()))?;
+        anyhow::ensure!(
+            !certs.is_empty(),
+            "--ca-file {}: no PEM certificate in it",
+            path.display()
+        );
+        for cert in certs {
+            builder = builder.add_root_certificate(cert);
+        }
+    }
+    Ok(builder.build()?)
+}
+
 /// Runs the controller until the process is stopped.
 pub async fn serve(spec: RolloutSpec, options: ServeOptions) -> anyhow::Result<()> {
     let store = StateStore::open(&options.state_dir, &spec.name)?;
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(2))
-        .build()?;
+    let http = http_client(options.ca_file.as_deref())?;
+    let webhooks = notify::Webhooks::from_spec(&spec.webhooks)?;
     // A saved state that does not fit the spec stops the start, the file untouched.
     let (state, start_effects) = match store.load_for(&spec)? {
         Some(state) => (state, None),
@@ -182,7 +217,7 @@ pub async fn serve(spec: RolloutSpec, options: ServeOptions) -> anyhow::Result<(
             (state, Some(effects))
         }
     };
-    let (mut c, served) = Controller::new(spec.clone(), state.clone(), store);
+    let (mut c, served) = Controller::new(spec.clone(), state.clone(), store, webhooks);
     let source = sources::from_spec(&spec.sources);
     c.source_names = source.names();
     c.weights
@@ -203,7 +238,11 @@ pub async fn serve(spec: RolloutSpec, options: ServeOptions) -> anyhow::Result<(
     let app = AppState {
         controller: controller.clone(),
         served,
-        token: options.token.map(Arc::new),
+        feedback_token: options
+            .feedback_token
+            .or_else(|| options.operator_token.clone())
+            .map(Arc::new),
+        operator_token: options.operator_token.map(Arc::new),
         http: http.clone(),
     };
     tokio::spawn(analysis_loop::run(controller, spec, http, source));

@@ -1,15 +1,13 @@
 //! Publication: the filter configuration served at `/filter-config` (built once per change
 //! from the saved state, with the quota sentinel's throttle and the per-user allowances
-//! divided among the proxies, validated by the contract as the filters validate it) and the
-//! webhooks that hear about events.
+//! divided among the proxies, the allow and deny lists as key hashes, validated by the
+//! contract as the filters validate it) with its ETag, a hash of the served bytes.
 
 use std::sync::Arc;
 
 use canary_contract::{FilterConfig, RolloutConfig};
-use serde_json::json;
 
 use super::Controller;
-use crate::machine::Event;
 use crate::spec::Serving;
 
 /// The configuration `/filter-config` serves and its ETag. The default (empty ETag) is
@@ -21,15 +19,11 @@ pub(super) struct Served {
 }
 
 impl Controller {
-    /// Publishes the filter configuration for the current state, if its ETag changed. The
+    /// Publishes the filter configuration for the current state, if its bytes changed. The
     /// filters refuse a configuration their validator refuses, and then no later weight
     /// reaches them: so the contract's validator runs here, and a refused configuration is
     /// never published (see [`fallback`]).
     pub(super) fn publish(&mut self) {
-        let etag = self.etag();
-        if self.served.borrow().etag == etag {
-            return;
-        }
         let serving = Serving {
             weight_bp: self.state.weight_bp,
             shadowing: self.state.in_shadow(),
@@ -41,7 +35,8 @@ impl Controller {
             Err(e) => {
                 self.config_refused += 1;
                 eprintln!(
-                    "canaryctl: {}: the filters would refuse the configuration for weight {}                      ({e}); serving the last good one with that weight instead",
+                    "canaryctl: {}: the filters would refuse the configuration for weight {} \
+                     ({e}); serving the last good one with that weight instead",
                     self.spec.name,
                     crate::machine::pct(serving.weight_bp)
                 );
@@ -49,7 +44,8 @@ impl Controller {
                     Some(config) => config,
                     None => {
                         eprintln!(
-                            "canaryctl: {}: no valid configuration at all; still serving the                              previous one",
+                            "canaryctl: {}: no valid configuration at all; still serving the \
+                             previous one",
                             self.spec.name
                         );
                         return;
@@ -57,52 +53,33 @@ impl Controller {
                 }
             }
         };
-        let json = config.to_json().into();
+        // `/filter-config` is read without a token: no user id in clear. The last good
+        // configuration keeps the lists as the spec wrote them (hashing is not idempotent).
+        let mut served = config.clone();
+        for rollout in &mut served.rollouts {
+            rollout.hash_key_lists();
+        }
+        let json = served.to_json();
+        let etag = content_etag(self.state.config_version, json.as_bytes());
         self.last_good = Some(config);
+        if self.served.borrow().etag == etag {
+            return;
+        }
+        let json = json.into();
         self.served.send_replace(Arc::new(Served { etag, json }));
     }
+}
 
-    /// The served configuration's ETag: the config version, plus the proxy count per-user
-    /// allowances are divided by and the throttle (both change the configuration without a
-    /// new rollout state).
-    pub(super) fn etag(&self) -> String {
-        let mut etag = format!("\"{}", self.state.config_version);
-        if self
-            .spec
-            .quota
-            .as_ref()
-            .is_some_and(|q| q.per_user.is_some())
-        {
-            etag.push_str(&format!("-p{}", self.proxies));
-        }
-        if self.quota.throttled {
-            etag.push_str("-throttled");
-        }
-        etag.push('"');
-        etag
-    }
-
-    /// POSTs `event` to every webhook of the spec, in the background.
-    pub(super) fn notify_webhooks(&self, event: &Event, http: &reqwest::Client) {
-        for hook in &self.spec.webhooks {
-            let body = json!({
-                "rollout": self.spec.name,
-                "event": event.kind,
-                "message": event.message,
-                "at_ms": event.at_ms,
-                "weight_bp": self.state.weight_bp,
-                "stage": self.state.stage,
-                "phase": self.state.phase,
-            });
-            let request = http.post(&hook.url).json(&body);
-            let url = hook.url.clone();
-            tokio::spawn(async move {
-                if let Err(e) = request.send().await {
-                    eprintln!("canaryctl: webhook {url}: {e}");
-                }
-            });
-        }
-    }
+/// The ETag of a served configuration: its config version and 64 bits of the SHA-256 of
+/// its bytes. The hash covers every byte served, so any change (a deny list, a breaker,
+/// prices) reaches every filter with its next poll; the version is for people reading logs.
+pub fn content_etag(config_version: u64, body: &[u8]) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, body);
+    let hex: String = digest.as_ref()[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("\"{config_version}-{hex}\"")
 }
 
 /// A configuration the filters accept that carries `serving.weight_bp`, for when the spec's
@@ -130,4 +107,21 @@ pub(super) fn fallback(
         .into_iter()
         .chain([minimal])
         .find(|config| config.validate().is_ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_etag_is_a_hash_of_the_served_bytes() {
+        let a = content_etag(7, br#"{"deny":["fnv1a64:0000000000000001"]}"#);
+        let b = content_etag(7, br#"{"deny":["fnv1a64:0000000000000002"]}"#);
+        assert_ne!(a, b, "same version, other content");
+        assert_eq!(a, content_etag(7, br#"{"deny":["fnv1a64:0000000000000001"]}"#));
+        assert!(
+            a.starts_with("\"7-") && a.ends_with('"') && a.len() == 2 + 2 + 16,
+            "{a}"
+        );
+    }
 }

@@ -24,11 +24,12 @@ fn app(spec: &str, dir: &tempfile::TempDir) -> AppState {
     let spec = RolloutSpec::from_yaml(spec).expect("valid spec");
     let store = StateStore::open(dir.path(), &spec.name).expect("store");
     let (state, _) = RolloutState::start(&spec, 0);
-    let (c, served) = Controller::new(spec, state, store);
+    let (c, served) = Controller::new(spec, state, store, super::notify::Webhooks::default());
     AppState {
         controller: Arc::new(Mutex::new(c)),
         served,
-        token: None,
+        operator_token: None,
+        feedback_token: None,
         http: reqwest::Client::new(),
     }
 }
@@ -72,7 +73,7 @@ fn a_poll_is_answered_while_an_analysis_holds_the_controller() {
     let app = app(SPEC, &dir);
     let analysis = app.controller.try_lock().expect("free");
     let (etag, config) = poll(&app);
-    assert_eq!(etag, "\"1-p1\"");
+    assert!(etag.starts_with("\"1-"), "{etag}");
     assert_eq!(config.rollouts[0].weight_bp, 500);
     let mut conditional = HeaderMap::new();
     conditional.insert(header::IF_NONE_MATCH, etag.parse().expect("header"));
@@ -107,7 +108,7 @@ fn a_rollback_reaches_the_proxies_whatever_the_spec_says() {
     assert_eq!(c.config_refused, 1);
     drop(c);
     let (etag, after) = poll(&app);
-    assert_eq!(etag, "\"2-p1\"", "the new config version");
+    assert!(etag.starts_with("\"2-"), "the new config version: {etag}");
     assert_eq!(after.rollouts[0].weight_bp, 0, "rolled back on the proxies");
     assert_eq!(
         after.rollouts[0].key_sources, key_sources,

@@ -19,6 +19,9 @@ mod filter;
 pub mod llm_checks;
 pub mod quota;
 pub mod shadow;
+pub mod webhook;
+
+pub use webhook::{Webhook, WebhookFormat};
 
 pub use filter::Serving;
 
@@ -256,12 +259,6 @@ fn default_prometheus_lag() -> Duration {
     Duration::from_secs(15)
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Webhook {
-    pub url: String,
-}
-
 fn default_stages() -> Vec<Stage> {
     let stage = |weight_pct: f64, minutes: u64| Stage {
         weight_pct,
@@ -448,29 +445,22 @@ impl RolloutSpec {
                 "sources".into(),
                 "use envoy_admin or prometheus, not both".into(),
             ),
-            (Some(p), true) if !p.url.starts_with("http://") && !p.url.starts_with("https://") => {
-                push(
-                    "sources.prometheus.url".into(),
-                    format!("must be an http(s) URL, got {:?}", p.url),
-                )
-            }
+            (Some(p), true) if !webhook::is_http_url(&p.url) => push(
+                "sources.prometheus.url".into(),
+                format!("must be an http(s) URL, got {:?}", p.url),
+            ),
             _ => {}
         }
         for (i, url) in self.sources.envoy_admin.iter().enumerate() {
-            if !url.starts_with("http://") {
+            if !webhook::is_http_url(url) {
                 push(
                     format!("sources.envoy_admin[{i}]"),
-                    format!("must be an http:// URL, got {url:?}"),
+                    format!("must be an http:// or https:// URL, got {url:?}"),
                 );
             }
         }
-        for (i, hook) in self.webhooks.iter().enumerate() {
-            if !(hook.url.starts_with("http://") || hook.url.starts_with("https://")) {
-                push(
-                    format!("webhooks[{i}].url"),
-                    format!("must be an http(s) URL, got {:?}", hook.url),
-                );
-            }
+        for e in webhook::validate(&self.webhooks) {
+            push(e.field, e.reason);
         }
         for owned in ["name", "weight_bp"] {
             if self.filter.contains_key(owned) {
@@ -604,6 +594,14 @@ mod tests {
             (
                 &format!("{MINIMAL}webhooks: [{{url: ftp://x}}]\n"),
                 "webhooks[0].url",
+            ),
+            (
+                &format!("{MINIMAL}webhooks: [{{url: \"https://h\", format: teams}}]\n"),
+                "webhooks[0].format",
+            ),
+            (
+                &format!("{MINIMAL}webhooks: [{{url: \"https://h\", secret_env: \"1 x\"}}]\n"),
+                "webhooks[0].secret_env",
             ),
             (
                 &format!("{MINIMAL}checks: {{llm: {{task_success: {{min_absolute: 90}}}}}}\n"),

@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use serde::{Deserialize, Serialize};
 
 use crate::bucket::{bucket_of_hash, key_hash, version_for_bucket};
-use crate::keys::{KeyHash, KeyLists};
+use crate::keys::{entry_hash, KeyHash, KeyLists, KEY_HASH_SCHEME};
 use crate::validate::{
     is_header_name, is_rollout_name, is_token, repeats, Validator, MAX_NAME_LEN,
 };
@@ -107,19 +107,15 @@ pub struct RolloutConfig {
     /// Request header the filter sets to `stable` or `canary`; routes match on it.
     #[serde(default = "default_route_header")]
     pub route_header: String,
-    /// Keys that always get canary (opt-in and internal users).
+    /// Keys that always get canary (opt-in and internal users). An entry of the form
+    /// `fnv1a64:<16 lowercase hex digits>` is a key's salted hash (see [`crate::keys`]): how
+    /// the controller publishes the lists, so the served configuration lists no user ids.
     #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
     pub allow: BTreeSet<String>,
-    /// Keys that never get canary (e.g. VIP accounts). Wins over everything else.
+    /// Keys that never get canary (e.g. VIP accounts), in clear or hashed as in `allow`.
+    /// Wins over everything else.
     #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
     pub deny: BTreeSet<String>,
-    /// `allow` as salted key hashes (`fnv1a64:<hex>`, see [`crate::keys`]): the form the
-    /// controller publishes, so the served configuration lists no user ids.
-    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
-    pub allow_hashed: BTreeSet<KeyHash>,
-    /// `deny` as salted key hashes.
-    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
-    pub deny_hashed: BTreeSet<KeyHash>,
     /// When set, a request header with this name and value `always` or `never` forces the
     /// version. Off by default so users cannot choose.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -236,8 +232,6 @@ impl RolloutConfig {
             route_header: default_route_header(),
             allow: BTreeSet::new(),
             deny: BTreeSet::new(),
-            allow_hashed: BTreeSet::new(),
-            deny_hashed: BTreeSet::new(),
             force_header: None,
             anonymous_cookie: AnonymousCookie::default(),
             max_key_bytes: DEFAULT_MAX_KEY_BYTES,
@@ -273,37 +267,35 @@ impl RolloutConfig {
     /// [`assign`](Self::assign) with the hash compared to `weight_bp` instead of the
     /// configured weight (the filter holds a raise back until every worker has it).
     pub fn assign_at_weight(&self, key: &str, weight_bp: u32) -> (Version, Assignment) {
-        let hash = KeyHash(key_hash(self.salt(), key.as_bytes()));
-        let denied = self.deny.contains(key) || self.deny_hashed.contains(&hash);
-        let allowed = self.allow.contains(key) || self.allow_hashed.contains(&hash);
-        assign_listed(denied, allowed, hash.0, weight_bp)
+        // The lists' rule, whatever form their entries are in (not the filter's hot path).
+        let lists = self.key_lists();
+        lists.assign(key_hash(self.salt(), key.as_bytes()), weight_bp)
     }
 
     /// The allow and deny lists, clear and hashed, as one set each of key hashes: what the
     /// filter looks a request's key hash up in.
     pub fn key_lists(&self) -> KeyLists {
         let salt = self.salt();
-        let hashed = |clear: &BTreeSet<String>, hashed: &BTreeSet<KeyHash>| {
-            let clear = clear.iter().map(|k| key_hash(salt, k.as_bytes()));
-            clear
-                .chain(hashed.iter().map(|h| h.0))
-                .collect::<Vec<u64>>()
+        // Malformed hash entries were refused by validation.
+        let hashes = |list: &BTreeSet<String>| {
+            let hashes = list.iter().filter_map(|e| entry_hash(salt, e));
+            hashes.collect::<Vec<u64>>()
         };
-        KeyLists::new(
-            hashed(&self.allow, &self.allow_hashed),
-            hashed(&self.deny, &self.deny_hashed),
-        )
+        KeyLists::new(hashes(&self.allow), hashes(&self.deny))
     }
 
-    /// Moves the clear `allow` and `deny` keys into `allow_hashed` and `deny_hashed` (how the
-    /// controller publishes them): the same users match, and no key is left in clear.
+    /// Replaces every clear key of `allow` and `deny` by its hash (how the controller
+    /// publishes them): the same users match, and no key is left in clear.
     pub fn hash_key_lists(&mut self) {
         let salt = self.salt().to_string();
-        for key in std::mem::take(&mut self.allow) {
-            self.allow_hashed.insert(KeyHash::of(&salt, &key));
-        }
-        for key in std::mem::take(&mut self.deny) {
-            self.deny_hashed.insert(KeyHash::of(&salt, &key));
+        for list in [&mut self.allow, &mut self.deny] {
+            *list = std::mem::take(list)
+                .into_iter()
+                .map(|e| match entry_hash(&salt, &e) {
+                    Some(h) => KeyHash(h).to_string(),
+                    None => e,
+                })
+                .collect();
         }
     }
 }
@@ -526,8 +518,20 @@ fn validate_rollout(v: &mut Validator, at: &str, r: &RolloutConfig) {
             "must differ from route_header",
         );
     }
+    let mut hashed = false;
     for (list, keys) in [("allow", &r.allow), ("deny", &r.deny)] {
         for key in keys {
+            if key.starts_with(KEY_HASH_SCHEME) {
+                hashed = true;
+                v.check(
+                    KeyHash::parse(key).is_some(),
+                    format!("{at}.{list}"),
+                    format!(
+                        "{key:?} is not a key hash: {KEY_HASH_SCHEME} and 16 lowercase hex digits"
+                    ),
+                );
+                continue;
+            }
             v.check(
                 !key.is_empty() && key.len() <= r.max_key_bytes,
                 format!("{at}.{list}"),
@@ -543,24 +547,18 @@ fn validate_rollout(v: &mut Validator, at: &str, r: &RolloutConfig) {
             format!("{at}.allow"),
             format!("key {both:?} is in both allow and deny"),
         );
-    }
-    if !r.allow_hashed.is_empty() || !r.deny_hashed.is_empty() {
+    } else if hashed {
+        // One list in clear, the other hashed: compared by hash (linear, in hash tables).
+        let lists = r.key_lists();
         let salt = r.salt();
-        let in_deny = |h: &KeyHash| {
-            r.deny_hashed.contains(h) || r.deny.iter().any(|k| KeyHash::of(salt, k) == *h)
-        };
-        let both = r
-            .allow_hashed
-            .iter()
-            .copied()
-            .chain(r.allow.iter().map(|k| KeyHash::of(salt, k)))
-            .find(|h| in_deny(h));
-        if let Some(both) = both {
-            v.push(
-                format!("{at}.allow_hashed"),
-                format!("key hash {both} is in both the allow and the deny lists"),
-            );
-        }
+        v.check(
+            !r.allow
+                .iter()
+                .filter_map(|e| entry_hash(salt, e))
+                .any(|h| lists.denies(h)),
+            format!("{at}.allow"),
+            "a key is in both allow and deny (one of them as its hash)",
+        );
     }
     let c = &r.anonymous_cookie;
     v.check(
@@ -919,13 +917,19 @@ mod tests {
         r.deny.insert("vip-42".into());
         let clear = r.clone();
         r.hash_key_lists();
-        assert!(r.allow.is_empty() && r.deny.is_empty());
+        let hashed_form = |list: &BTreeSet<String>| {
+            list.len() == 1 && list.iter().all(|e| KeyHash::parse(e).is_some())
+        };
+        assert!(hashed_form(&r.allow) && hashed_form(&r.deny), "{r:?}");
+        let again = r.clone();
+        r.hash_key_lists();
+        assert_eq!(r, again, "hashing twice changes nothing");
         let json = FilterConfig::new(vec![r]).to_json();
         assert!(
             !json.contains("alice") && !json.contains("vip-42"),
             "{json}"
         );
-        assert!(json.contains("\"deny_hashed\":[\"fnv1a64:"), "{json}");
+        assert!(json.contains("\"deny\":[\"fnv1a64:"), "{json}");
         let hashed = parse(&json).expect("valid").rollouts.remove(0);
         let (clear_lists, hashed_lists) = (clear.key_lists(), hashed.key_lists());
         for user in ["alice", "vip-42", "bob", "carol", "dave"] {
@@ -944,16 +948,16 @@ mod tests {
         let vip = KeyHash::of("a", "vip");
         let cases = [
             (
-                r#"{"schema_version":1,"rollouts":[{"name":"a","weight_bp":5,"deny_hashed":["vip"]}]}"#.to_string(),
-                "rollouts[0].deny_hashed",
+                r#"{"schema_version":1,"rollouts":[{"name":"a","weight_bp":5,"deny":["fnv1a64:123"]}]}"#.to_string(),
+                "rollouts[0].deny",
             ),
             (
-                format!(r#"{{"schema_version":1,"rollouts":[{{"name":"a","weight_bp":5,"allow":["vip"],"deny_hashed":["{vip}"]}}]}}"#),
-                "rollouts[0].allow_hashed",
+                format!(r#"{{"schema_version":1,"rollouts":[{{"name":"a","weight_bp":5,"allow":["vip"],"deny":["{vip}"]}}]}}"#),
+                "rollouts[0].allow",
             ),
             (
-                format!(r#"{{"schema_version":1,"rollouts":[{{"name":"a","weight_bp":5,"allow_hashed":["{vip}"],"deny_hashed":["{vip}"]}}]}}"#),
-                "rollouts[0].allow_hashed",
+                format!(r#"{{"schema_version":1,"rollouts":[{{"name":"a","weight_bp":5,"allow":["{vip}"],"deny":["vip"]}}]}}"#),
+                "rollouts[0].allow",
             ),
         ];
         for (json, field) in cases {

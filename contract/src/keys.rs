@@ -1,29 +1,25 @@
-//! Allow and deny lists without the keys in clear. `allow_hashed` and `deny_hashed` hold each
-//! key as `fnv1a64:<16 lowercase hex digits>`: its [`key_hash`](crate::bucket::key_hash), the
-//! 64-bit FNV-1a of `salt ‖ 0x00 ‖ key` that the bucket is reduced from. The controller
+//! Allow and deny lists without the keys in clear. An entry of `allow` or `deny` of the form
+//! `fnv1a64:<16 lowercase hex digits>` is a key's [`key_hash`](crate::bucket::key_hash), the
+//! 64-bit FNV-1a of `salt ‖ 0x00 ‖ key` that the bucket is reduced from; any other entry is a
+//! key in clear (as plain-Envoy users write them by hand). The controller
 //! publishes its lists in this form, so `/filter-config`, which proxies read without a token,
 //! lists no user ids. The filter hashes a request's key once, for the bucket, and looks that
 //! value up in a hash set per list: O(1) whatever the lists hold.
 //!
 //! The `fnv1a64:` prefix names the scheme, so another can be added without guessing; an entry
-//! in any other form is refused naming its field. This hides keys from readers of the
+//! with the prefix but not 16 lowercase hex digits after it is refused naming its field. This hides keys from readers of the
 //! configuration and of logs; it is not encryption: the salt is in the configuration, so
 //! whoever can enumerate the key space (numeric ids, a list of e-mail addresses) can tell
 //! which keys are listed. Keep `/filter-config` inside the mesh (see the README).
 //!
 //! A leaf: imports only `bucket`.
 
-use std::collections::HashSet;
-use std::hash::{BuildHasherDefault, Hasher};
-
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
-
 use crate::bucket::key_hash;
 
 /// The scheme prefix of a published key hash.
 pub const KEY_HASH_SCHEME: &str = "fnv1a64:";
 
-/// A user key as its salted 64-bit hash (`fnv1a64:<hex>` in JSON).
+/// A user key as its salted 64-bit hash; `fnv1a64:<hex>` as text (its `Display`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct KeyHash(pub u64);
 
@@ -49,44 +45,74 @@ impl std::fmt::Display for KeyHash {
     }
 }
 
-impl Serialize for KeyHash {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_str(self)
+/// The hash an allow or deny entry stands for: the entry itself when it is a key hash, the
+/// hash of the key otherwise; `None` for a malformed key hash (refused by validation).
+pub fn entry_hash(salt: &str, entry: &str) -> Option<u64> {
+    if entry.starts_with(KEY_HASH_SCHEME) {
+        KeyHash::parse(entry).map(|h| h.0)
+    } else {
+        Some(key_hash(salt, entry.as_bytes()))
     }
 }
 
-impl<'de> Deserialize<'de> for KeyHash {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<KeyHash, D::Error> {
-        let text = String::deserialize(deserializer)?;
-        KeyHash::parse(&text).ok_or_else(|| {
-            serde::de::Error::custom(format!(
-                "{text:?} is not a key hash: expected {KEY_HASH_SCHEME:?} and 16 lowercase hex digits"
-            ))
-        })
-    }
+/// A set of key hashes: open addressing with linear probing in a table at most half full, so
+/// a lookup is O(1) and ends at an empty slot. The values are hashes already, so they index
+/// the table as they are. Much smaller in the wasm module than `std`'s `HashSet`. 0 marks
+/// an empty slot; a listed hash of 0 is kept aside.
+#[derive(Debug, Clone, Default)]
+struct HashSet64 {
+    slots: Vec<u64>,
+    has_zero: bool,
 }
 
-/// A hasher for values that are hashes already: it passes them through.
-#[derive(Default)]
-pub struct PassThrough(u64);
-
-impl Hasher for PassThrough {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+impl HashSet64 {
+    fn new(items: impl IntoIterator<Item = u64>) -> HashSet64 {
+        let items: Vec<u64> = items.into_iter().collect();
+        let mut set = HashSet64 {
+            slots: vec![0; (items.len() * 2).next_power_of_two().max(2)],
+            has_zero: false,
+        };
+        for h in items {
+            if h == 0 {
+                set.has_zero = true;
+                continue;
+            }
+            let mask = set.slots.len() - 1;
+            let mut i = set.start(h);
+            while let Some(slot) = set.slots.get_mut(i) {
+                if *slot == 0 || *slot == h {
+                    *slot = h;
+                    break;
+                }
+                i = (i + 1) & mask;
+            }
         }
+        set
     }
 
-    fn write_u64(&mut self, value: u64) {
-        self.0 = value;
+    fn start(&self, h: u64) -> usize {
+        (h ^ (h >> 32)) as usize & (self.slots.len().wrapping_sub(1))
+    }
+
+    fn contains(&self, h: u64) -> bool {
+        if h == 0 {
+            return self.has_zero;
+        }
+        let mask = self.slots.len().wrapping_sub(1);
+        let mut i = self.start(h);
+        // At most half full: an empty slot ends every probe.
+        while let Some(&slot) = self.slots.get(i) {
+            if slot == h {
+                return true;
+            }
+            if slot == 0 {
+                return false;
+            }
+            i = (i + 1) & mask;
+        }
+        false
     }
 }
-
-type HashSet64 = HashSet<u64, BuildHasherDefault<PassThrough>>;
 
 /// A rollout's allow and deny lists as requests read them: every listed key, in clear or
 /// hashed, by its key hash (built with `RolloutConfig::key_lists`).
@@ -99,17 +125,17 @@ pub struct KeyLists {
 impl KeyLists {
     pub fn new(allow: impl IntoIterator<Item = u64>, deny: impl IntoIterator<Item = u64>) -> Self {
         KeyLists {
-            allow: allow.into_iter().collect(),
-            deny: deny.into_iter().collect(),
+            allow: HashSet64::new(allow),
+            deny: HashSet64::new(deny),
         }
     }
 
     pub fn allows(&self, hash: u64) -> bool {
-        self.allow.contains(&hash)
+        self.allow.contains(hash)
     }
 
     pub fn denies(&self, hash: u64) -> bool {
-        self.deny.contains(&hash)
+        self.deny.contains(hash)
     }
 }
 
@@ -128,8 +154,6 @@ mod tests {
             "{text}"
         );
         assert_eq!(KeyHash::parse(&text), Some(h));
-        let json = serde_json::to_string(&h).expect("serializes");
-        assert_eq!(serde_json::from_str::<KeyHash>(&json).expect("parses"), h);
     }
 
     #[test]
@@ -153,5 +177,16 @@ mod tests {
         let lists = KeyLists::new([1, 2], [3]);
         assert!(lists.allows(1) && lists.allows(2) && !lists.allows(3));
         assert!(lists.denies(3) && !lists.denies(1));
+        assert!(!KeyLists::default().allows(7) && !KeyLists::default().denies(0));
+        // Zero, duplicates, and values that collide in the table's low bits.
+        let values: Vec<u64> = (0..1_000u64).map(|i| i << 40).chain([0, 0, 5, 5]).collect();
+        let set = HashSet64::new(values.clone());
+        for v in &values {
+            assert!(set.contains(*v), "{v}");
+        }
+        for absent in [1u64, 7, u64::MAX, 1_000 << 40, 3 << 39] {
+            assert!(!set.contains(absent), "{absent}");
+        }
+        assert!(set.slots.len() >= 2 * 1_000);
     }
 }

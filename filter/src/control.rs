@@ -159,7 +159,6 @@ pub fn fail_safe(mut config: FilterConfig) -> FilterConfig {
     for r in &mut config.rollouts {
         r.weight_bp = 0;
         r.allow.clear();
-        r.allow_hashed.clear();
         r.force_header = None;
     }
     config
@@ -259,12 +258,10 @@ mod tests {
         assert!(is_stale(&source, Some(100_000), 110_001));
         let mut r = RolloutConfig::new("a", 5_000);
         r.allow.insert("qa".into());
-        r.allow_hashed
-            .insert(canary_contract::KeyHash::of("a", "qa-2"));
+        (r.allow).insert(canary_contract::KeyHash::of("a", "qa-2").to_string());
         let safe = fail_safe(FilterConfig::new(vec![r]));
         assert_eq!(safe.rollouts[0].weight_bp, 0);
         assert!(safe.rollouts[0].allow.is_empty());
-        assert!(safe.rollouts[0].allow_hashed.is_empty());
     }
 
     #[test]

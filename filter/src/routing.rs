@@ -188,12 +188,9 @@ impl Router {
         // Operator lists beat the client's force header; the force header beats the hash.
         let weight_bp = self.weight_bp(index, now_ms);
         let lists = self.lists.get(index);
-        let assigned = key.as_deref().map(|k| {
-            let hash = key_hash(rollout.salt(), k.as_bytes());
-            lists.map_or_else(
-                || rollout.assign_at_weight(k, weight_bp),
-                |l| l.assign(hash, weight_bp),
-            )
+        let assigned = key.as_deref().zip(lists).map(|(k, lists)| {
+            // One hash for the bucket and both lists.
+            lists.assign(key_hash(rollout.salt(), k.as_bytes()), weight_bp)
         });
         let (version, reason) = match (assigned, forced) {
             (Some((v, a @ (Assignment::DenyList | Assignment::AllowList))), _) => {

@@ -14,6 +14,7 @@ pub mod copy;
 pub mod eval;
 #[cfg(feature = "fallback")]
 pub mod fallback;
+pub mod hold;
 pub mod keyed;
 #[cfg(feature = "llm")]
 pub mod llm;

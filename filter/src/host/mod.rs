@@ -2,7 +2,7 @@
 //! and the root and HTTP contexts' trait impls, which hand each callback to the modules
 //! beside it: `calls` (host calls: clock, metrics, shared data with CAS, randomness, the
 //! wake-up queue), `active` (the active configuration, and a root's slot for it), `poll`
-//! (polling the controller), and one module per feature, each mounted under its cargo
+//! (polling the controller; until its first answer requests wait, see `crate::hold`), and one module per feature, each mounted under its cargo
 //! feature: `fallback`, `shadow`, `eval` and `llm`. Every decision is made in the plain
 //! modules (`crate::routing`, `crate::metrics`, ...), which never import `host`. Inside,
 //! imports go one way, each module only from those before it in `calls`, `fallback`,
@@ -16,13 +16,15 @@ use std::time::Duration;
 
 use canary_contract::stats::Metric;
 use canary_contract::{FilterConfig, Version};
+use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, ContextType, LogLevel};
 #[cfg(feature = "llm")]
-use proxy_wasm::{hostcalls, types::BufferType};
+use proxy_wasm::types::BufferType;
+use proxy_wasm::types::{Action, ContextType, LogLevel};
 
 use crate::control::{summary, sync_period_ms};
 use crate::cookie::set_cookie_value;
+use crate::hold::{Hold, Slot};
 use crate::metrics::{Exchange, MetricOp};
 use crate::routing::RequestHeaders;
 
@@ -44,7 +46,9 @@ use poll::Controlled;
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
-    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(CanaryRoot::default()) });
+    proxy_wasm::set_root_context(|context_id| -> Box<dyn RootContext> {
+        Box::new(CanaryRoot { context_id, ..Default::default() })
+    });
 }}
 
 /// The gRPC status of an answer, in trailers-only response headers or in trailers.
@@ -57,8 +61,11 @@ const BREAKER_TICK_PERIOD: Duration = Duration::from_millis(100);
 
 #[derive(Default)]
 struct CanaryRoot {
+    context_id: u32,
     current: Current,
     controlled: Option<Controlled>,
+    /// Requests waiting for the controller's first answer (see `crate::hold`).
+    hold: Rc<Hold<CanaryHttp>>,
     #[cfg(feature = "llm")]
     worker: Rc<llm::Worker>,
 }
@@ -66,6 +73,11 @@ struct CanaryRoot {
 struct CanaryHttp {
     active: Option<Rc<Active>>,
     routed: Option<Routed>,
+    context_id: u32,
+    /// The start-up hold, while it is on.
+    hold: Option<Rc<Hold<CanaryHttp>>>,
+    /// Where the root leaves this request's state when it routes it after a hold.
+    held: Option<Slot<CanaryHttp>>,
     #[cfg(feature = "fallback")]
     fallback: fallback::FallbackRequest,
     #[cfg(feature = "llm")]
@@ -101,7 +113,54 @@ impl Context for CanaryRoot {
             return;
         }
         if let Some(c) = self.controlled.as_mut() {
-            c.answered(token_id, body_size, &mut self.current);
+            // Any answer to this root's poll, good or not, ends its hold.
+            if c.answered(token_id, body_size, &mut self.current, self.hold.active()) {
+                self.release_held();
+            }
+        }
+    }
+}
+
+impl CanaryRoot {
+    /// Routes and resumes the requests the start-up hold kept waiting, with the configuration
+    /// in force now (see `crate::hold`).
+    fn release_held(&mut self) {
+        let waiting = self.hold.release();
+        if waiting.is_empty() {
+            return;
+        }
+        for w in waiting {
+            if !w.waiting() {
+                continue; // ended while waiting
+            }
+            // Host calls now act on that request's stream, as in its own callbacks.
+            if hostcalls::set_effective_context(w.context_id).is_err() {
+                continue;
+            }
+            let mut stand_in = self.new_http(w.context_id, None);
+            let action = stand_in.on_http_request_headers(0, w.end_of_stream);
+            if let Ok(mut s) = w.slot.try_borrow_mut() {
+                *s = Some(stand_in);
+            }
+            // `Pause` means the request was answered locally (a 429, the fallback response).
+            if action == Action::Continue {
+                let _ = hostcalls::resume_http_request();
+            }
+        }
+        let _ = hostcalls::set_effective_context(self.context_id);
+    }
+
+    fn new_http(&self, context_id: u32, hold: Option<Rc<Hold<CanaryHttp>>>) -> CanaryHttp {
+        CanaryHttp {
+            active: self.current.active.clone(),
+            routed: None,
+            context_id,
+            hold,
+            held: None,
+            #[cfg(feature = "fallback")]
+            fallback: Default::default(),
+            #[cfg(feature = "llm")]
+            worker: self.worker.clone(),
         }
     }
 }
@@ -147,7 +206,12 @@ impl RootContext for CanaryRoot {
         // A configuration the controller published before this plugin instance existed
         // (e.g. after a listener update) wins over the plugin's initial one.
         if let Some(c) = self.controlled.as_mut() {
-            c.sync_from_shared(&mut self.current);
+            c.sync_from_shared(&mut self.current, false);
+            // Nothing from the controller yet: the plugin's weight may be stale, so requests
+            // wait for the first answer (bounded by the poll's timeout).
+            if !c.heard() {
+                self.hold.start(now_ms() + c.hold_ms());
+            }
         }
         self.set_tick_period(tick);
         true
@@ -164,9 +228,13 @@ impl RootContext for CanaryRoot {
         #[cfg(feature = "fallback")]
         self.current.check_chains();
         if let Some(c) = self.controlled.as_mut() {
-            c.sync_from_shared(&mut self.current);
+            c.sync_from_shared(&mut self.current, self.hold.active());
             c.check_fail_safe(&mut self.current);
             c.maybe_poll();
+            let heard = c.heard();
+            if self.hold.active() && (heard || self.hold.expired(now_ms())) {
+                self.release_held();
+            }
         }
     }
 
@@ -175,19 +243,31 @@ impl RootContext for CanaryRoot {
         self.worker.on_wake();
     }
 
-    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(CanaryHttp {
-            active: self.current.active.clone(),
-            routed: None,
-            #[cfg(feature = "fallback")]
-            fallback: Default::default(),
-            #[cfg(feature = "llm")]
-            worker: self.worker.clone(),
-        }))
+    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
+        let hold = self.hold.active().then(|| self.hold.clone());
+        Some(Box::new(self.new_http(context_id, hold)))
     }
 
     fn get_type(&self) -> Option<ContextType> {
         Some(ContextType::HttpContext)
+    }
+}
+
+impl CanaryHttp {
+    /// Takes over what the root decided for this request after a hold (see `crate::hold`).
+    fn adopt(&mut self) {
+        let Some(slot) = self.held.take() else {
+            return;
+        };
+        let Some(mut decided) = slot.try_borrow_mut().ok().and_then(|mut s| s.take()) else {
+            return;
+        };
+        self.active = decided.active.take();
+        self.routed = decided.routed.take();
+        #[cfg(feature = "fallback")]
+        {
+            self.fallback = std::mem::take(&mut decided.fallback);
+        }
     }
 }
 
@@ -207,6 +287,7 @@ impl Context for CanaryHttp {
         body_size: usize,
         _trailers: usize,
     ) {
+        self.adopt();
         let view = self.active.as_deref().map(Active::chains);
         self.fallback.retry_answered(body_size, view);
     }
@@ -222,6 +303,12 @@ impl HttpContext for CanaryHttp {
             == Some(b"panic")
         {
             panic!("fault injected by x-canary-fault");
+        }
+        if let Some(hold) = self.hold.take() {
+            if let Some(slot) = hold.wait(self.context_id, end_of_stream) {
+                self.held = Some(slot);
+                return Action::Pause;
+            }
         }
         let Some(active) = self.active.clone() else {
             return Action::Continue;
@@ -298,6 +385,7 @@ impl HttpContext for CanaryHttp {
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        self.adopt();
         #[cfg(feature = "fallback")]
         if let Some(active) = &self.active {
             self.fallback.tier_answered(active.chains());
@@ -355,6 +443,7 @@ impl HttpContext for CanaryHttp {
     // retryable request's is copied, up to the cap.
     #[cfg(feature = "llm")]
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        self.adopt();
         let Some(routed) = self.routed.as_mut() else {
             return Action::Continue;
         };
@@ -379,6 +468,7 @@ impl HttpContext for CanaryHttp {
     // copied, up to the cap, and read.
     #[cfg(feature = "llm")]
     fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        self.adopt();
         let (Some(active), Some(routed)) = (&self.active, self.routed.as_mut()) else {
             return Action::Continue;
         };
@@ -391,6 +481,8 @@ impl HttpContext for CanaryHttp {
 // The end of a request is accounted for when the SDK drops the context (in Envoy's
 // `proxy_on_delete`), not in `on_log`: the module does not export `proxy_on_log`, which
 // saves one entry into the VM per request. The host context is still valid here.
+// A request released from the start-up hold that ends before adopting its state: the
+// stand-in in its slot is dropped with it and accounts for the end itself.
 impl Drop for CanaryHttp {
     fn drop(&mut self) {
         let (Some(active), Some(routed)) = (self.active.clone(), self.routed.take()) else {

@@ -12,7 +12,8 @@ use super::active::Current;
 use super::calls::now_ms;
 use crate::control::{
     decode_ms, decode_shared, encode_ms, encode_shared, fail_safe, interpret, is_stale,
-    jittered_interval, lease_expired, raise_delay_ms, summary, PollOutcome, SharedKeys,
+    jittered_interval, lease_expired, raise_delay_ms, summary, sync_period_ms, PollOutcome,
+    SharedKeys,
 };
 
 /// Polling the controller (when the plugin configuration names one).
@@ -61,8 +62,10 @@ impl Controlled {
     }
 
     /// Applies the controller's configuration from shared data if another root (or this
-    /// one) stored a newer one.
-    pub(super) fn sync_from_shared(&mut self, current: &mut Current) {
+    /// one) stored a newer one. While requests wait for the first answer (`holding`), its
+    /// raises apply at once: no request was routed by the older weight, so no user can see
+    /// the two on two workers.
+    pub(super) fn sync_from_shared(&mut self, current: &mut Current, holding: bool) {
         let Ok((Some(bytes), cas)) = hostcalls::get_shared_data(&self.keys.config) else {
             return;
         };
@@ -80,7 +83,8 @@ impl Controlled {
         self.applied_etag = shared.etag;
         self.latest = Some(shared.body.to_vec());
         if !self.in_fail_safe {
-            if let Err(e) = current.activate(config, Some(shared.raise_at_ms)) {
+            let raise_at_ms = (!holding).then_some(shared.raise_at_ms);
+            if let Err(e) = current.activate(config, raise_at_ms) {
                 log::error!("wasm-canary: cannot apply the controller's configuration: {e}");
             }
         }
@@ -162,11 +166,29 @@ impl Controlled {
         }
     }
 
+    /// Whether this root has applied a configuration from the controller (its own poll's
+    /// or, through shared data, another root's).
+    pub(super) fn heard(&self) -> bool {
+        self.latest.is_some()
+    }
+
+    /// How long requests may be held at start-up for the first answer: the poll's timeout,
+    /// plus a sync period for the first poll to go out and its answer to reach this worker.
+    pub(super) fn hold_ms(&self) -> u64 {
+        self.source.timeout_ms + sync_period_ms(self.source.poll_interval_ms)
+    }
+
     /// A call's answer: if it is this root's poll, stores a new configuration in shared
-    /// data for every root and applies it.
-    pub(super) fn answered(&mut self, token_id: u32, body_size: usize, current: &mut Current) {
+    /// data for every root and applies it. Whether it was this root's poll.
+    pub(super) fn answered(
+        &mut self,
+        token_id: u32,
+        body_size: usize,
+        current: &mut Current,
+        holding: bool,
+    ) -> bool {
         if self.poll_in_flight != Some(token_id) {
-            return;
+            return false;
         }
         self.poll_in_flight = None;
         let header = |name: &str| {
@@ -200,7 +222,7 @@ impl Controlled {
                     None,
                 );
                 let _ = hostcalls::set_shared_data(&self.keys.last_ok, Some(&now), None);
-                self.sync_from_shared(current);
+                self.sync_from_shared(current, holding);
                 self.check_fail_safe(current);
             }
             PollOutcome::NotModified => {
@@ -217,5 +239,6 @@ impl Controlled {
                 }
             }
         }
+        true
     }
 }

@@ -50,6 +50,25 @@ pub fn free_port() -> Result<u16> {
     anyhow::bail!("no free port found in {low}..{ephemeral_start}")
 }
 
+/// How a [`Canaryctl`] is started besides its spec, address and state.
+#[derive(Default, Clone)]
+pub struct CtlOptions {
+    /// `CANARY_TOKEN`: the operator token (and the feedback token unless one is given).
+    pub legacy_token: Option<String>,
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub cpus: Option<Vec<usize>>,
+}
+
+impl CtlOptions {
+    pub fn token(token: &str) -> CtlOptions {
+        CtlOptions {
+            legacy_token: Some(token.to_string()),
+            ..Default::default()
+        }
+    }
+}
+
 /// A running `canaryctl serve`; killed on drop.
 pub struct Canaryctl {
     child: Child,
@@ -78,6 +97,20 @@ impl Canaryctl {
         token: &str,
         cpus: Option<Vec<usize>>,
     ) -> Result<Canaryctl> {
+        let options = CtlOptions {
+            cpus,
+            ..CtlOptions::token(token)
+        };
+        Self::start_with(spec_yaml, addr, state_dir, options).await
+    }
+
+    /// [`Canaryctl::start`] with more arguments and environment variables.
+    pub async fn start_with(
+        spec_yaml: &str,
+        addr: SocketAddr,
+        state_dir: &Path,
+        options: CtlOptions,
+    ) -> Result<Canaryctl> {
         std::fs::create_dir_all(state_dir)?;
         let spec_path = state_dir.join("rollout.yaml");
         std::fs::write(&spec_path, spec_yaml)?;
@@ -91,8 +124,12 @@ impl Canaryctl {
             .arg(addr.to_string())
             .arg("--state-dir")
             .arg(state_dir)
-            .env("CANARY_TOKEN", token);
-        if let Some(cpus) = cpus {
+            .args(&options.args)
+            .envs(options.env.iter().map(|(k, v)| (k, v)));
+        if let Some(token) = &options.legacy_token {
+            command.env("CANARY_TOKEN", token);
+        }
+        if let Some(cpus) = options.cpus {
             crate::process::pin_to_cpus(&mut command, cpus);
         }
         let child = spawn_logged(&mut command, &log_path, "canaryctl")?;
@@ -214,6 +251,10 @@ pub struct ControlledRig {
     pub controller_addr: SocketAddr,
     pub state_dir: tempfile::TempDir,
     pub rollout: String,
+    /// What the Envoys were started from, for [`ControlledRig::start_envoy_via`].
+    filter_config: FilterConfig,
+    wasm: std::path::PathBuf,
+    other_clusters: Vec<(String, SocketAddr)>,
 }
 
 pub const TOKEN: &str = "test-token";
@@ -323,10 +364,11 @@ impl ControlledRig {
         source.timeout_ms = poll_ms.min(500);
         source.fail_safe_after_s = fail_safe_after_s;
         config.controller = Some(source);
+        let other_clusters = extra_clusters.clone();
         let bootstrap = CanaryBootstrap {
             listener: ListenerSource::Static(filter_listener(
                 &config,
-                wasm,
+                wasm.clone(),
                 FailurePolicy::FailReload,
             )?),
             stable: stable.addr(),
@@ -363,7 +405,35 @@ impl ControlledRig {
                 .prefix("canaryctl-state-")
                 .tempdir()?,
             rollout: rollout.to_string(),
+            filter_config: config,
+            wasm,
+            other_clusters,
         })
+    }
+
+    /// One more Envoy like the rig's, whose filter reaches the controller at `controller`
+    /// (e.g. through a proxy that delays it). Not added to `envoys`.
+    pub async fn start_envoy_via(&self, controller: SocketAddr, name: &str) -> Result<Envoy> {
+        let mut clusters = self.other_clusters.clone();
+        clusters.push((CONTROLLER_CLUSTER.to_string(), controller));
+        let bootstrap = CanaryBootstrap {
+            listener: ListenerSource::Static(filter_listener(
+                &self.filter_config,
+                self.wasm.clone(),
+                FailurePolicy::FailReload,
+            )?),
+            stable: self.stable.addr(),
+            canary: self.canary.addr(),
+            stats_flush_ms: STATS_FLUSH_MS,
+            extra_clusters: clusters,
+        }
+        .to_json();
+        let options = EnvoyOptions {
+            concurrency: 2,
+            name: name.to_string(),
+            ..Default::default()
+        };
+        Envoy::start(&bootstrap, options).await
     }
 
     /// The `sources:` block naming every Envoy's admin endpoint.
@@ -426,6 +496,16 @@ impl ControlledRig {
     ) -> Result<Canaryctl> {
         let spec = format!("name: {}\n{sources_yaml}{spec_body}", self.rollout);
         Canaryctl::start(&spec, self.controller_addr, self.state_dir.path(), TOKEN).await
+    }
+
+    /// [`ControlledRig::start_controller`] started as `options` say.
+    pub async fn start_controller_with(
+        &self,
+        spec_body: &str,
+        options: CtlOptions,
+    ) -> Result<Canaryctl> {
+        let spec = format!("name: {}\n{}{spec_body}", self.rollout, self.sources_yaml());
+        Canaryctl::start_with(&spec, self.controller_addr, self.state_dir.path(), options).await
     }
 }
 

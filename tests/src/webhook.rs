@@ -1,5 +1,6 @@
 //! Receivers of JSON POSTs: a webhook receiver that records what the controller sends, and
-//! the base of the fake evaluator ([`crate::evaluator`]), which also answers.
+//! the base of the fake evaluator ([`crate::evaluator`]), which also answers; and an HTTPS
+//! receiver with a certificate from a CA generated for the test ([`TestCa`]).
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};

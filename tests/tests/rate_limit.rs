@@ -570,7 +570,10 @@ async fn the_controller_divides_a_per_user_allowance_among_its_proxies() -> Resu
         |(l, _)| l["requests_per_minute"] == 20,
     )
     .await?;
-    ensure!(etag != etag_for_two, "{etag}: the same ETag for another allowance");
+    ensure!(
+        etag != etag_for_two,
+        "{etag}: the same ETag for another allowance"
+    );
     let status = ctl.status().await?;
     ensure!(status["quota"]["proxies"] == 1, "{}", status["quota"]);
     eprintln!("one proxy: {limit}");

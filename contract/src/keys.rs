@@ -76,8 +76,7 @@ struct HashSet64 {
 }
 
 impl HashSet64 {
-    fn new(items: impl IntoIterator<Item = u64>) -> HashSet64 {
-        let items: Vec<u64> = items.into_iter().collect();
+    fn new(items: Vec<u64>) -> HashSet64 {
         let mut set = HashSet64 {
             slots: vec![0; (items.len() * 2).next_power_of_two().max(2)],
             has_zero: false,
@@ -133,7 +132,7 @@ pub struct KeyLists {
 }
 
 impl KeyLists {
-    pub fn new(allow: impl IntoIterator<Item = u64>, deny: impl IntoIterator<Item = u64>) -> Self {
+    pub fn new(allow: Vec<u64>, deny: Vec<u64>) -> Self {
         KeyLists {
             allow: HashSet64::new(allow),
             deny: HashSet64::new(deny),
@@ -184,7 +183,7 @@ mod tests {
 
     #[test]
     fn lists_look_up_by_hash() {
-        let lists = KeyLists::new([1, 2], [3]);
+        let lists = KeyLists::new(vec![1, 2], vec![3]);
         assert!(lists.allows(1) && lists.allows(2) && !lists.allows(3));
         assert!(lists.denies(3) && !lists.denies(1));
         assert!(!KeyLists::default().allows(7) && !KeyLists::default().denies(0));

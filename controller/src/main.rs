@@ -1,5 +1,5 @@
 //! `canaryctl`: run the controller (`serve`), check a spec (`validate`), and talk to a
-//! running controller (`status`, `promote`, `pause`, `resume`, `abort`).
+//! running controller (`get`, `status`, `promote`, `pause`, `resume`, `abort`).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use canary_controller::machine::pct;
-use canary_controller::server::{now_ms, serve, ServeOptions};
+use canary_controller::server::{now_ms, serve, ServeOptions, SpecSource};
 use canary_controller::spec::RolloutSpec;
 use clap::{Parser, Subcommand, ValueEnum};
 
@@ -26,10 +26,16 @@ enum Output {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the controller for one rollout.
+    /// Run the controller: one rollout (`--spec`) or one per `*.yaml` of a directory
+    /// (`--spec-dir`, read again while running).
+    #[command(group(clap::ArgGroup::new("specs").required(true).args(["spec", "spec_dir"])))]
     Serve {
         #[arg(long)]
-        spec: PathBuf,
+        spec: Option<PathBuf>,
+        /// A directory of rollout specs (e.g. a ConfigMap mount): added, changed and removed
+        /// files are picked up while running; a refused file leaves its rollout as it was.
+        #[arg(long)]
+        spec_dir: Option<PathBuf>,
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: SocketAddr,
         /// Where the rollout's state survives restarts.
@@ -47,8 +53,16 @@ enum Command {
         #[arg(long)]
         spec: PathBuf,
     },
-    /// Show a running controller's rollout.
+    /// Show a rollout (NAME may be left out when the controller runs one).
     Status {
+        name: Option<String>,
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        controller: String,
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
+    },
+    /// List every rollout the controller runs, and the refused spec files.
+    Get {
         #[arg(long, default_value = "http://127.0.0.1:8080")]
         controller: String,
         #[arg(long, value_enum, default_value = "text")]
@@ -101,6 +115,8 @@ fn token(name: &str, value: Option<String>, file: Option<PathBuf>) -> Result<Opt
 
 #[derive(clap::Args)]
 struct Mutation {
+    /// The rollout (may be left out when the controller runs one).
+    name: Option<String>,
     #[arg(long, default_value = "http://127.0.0.1:8080")]
     controller: String,
     /// The operator token.
@@ -141,6 +157,13 @@ fn print_status(status: &serde_json::Value, output: Output) {
         status["consecutive_failures"],
         status["failure_limit"],
     );
+    if let Some(r) = status.get("spec_refused").filter(|r| !r.is_null()) {
+        println!(
+            "spec {} refused, running the previous version: {}",
+            r["file"].as_str().unwrap_or("?"),
+            r["error"].as_str().unwrap_or("?")
+        );
+    }
     let breaker = &status["circuit_breaker"];
     if breaker["trips"].as_u64().unwrap_or(0) > 0
         || breaker["open_envoys"].as_u64().unwrap_or(0) > 0
@@ -221,11 +244,73 @@ fn print_status(status: &serde_json::Value, output: Output) {
     }
 }
 
+/// GETs `url`: its JSON, or its error as the controller words it.
+async fn get_json(url: &str) -> Result<serde_json::Value> {
+    let response = reqwest::get(url)
+        .await
+        .with_context(|| format!("GET {url}"))?;
+    let code = response.status();
+    let body: serde_json::Value = response.json().await.unwrap_or_default();
+    if !code.is_success() {
+        bail!(
+            "GET {url} ({code}): {}",
+            body["error"].as_str().unwrap_or("?")
+        );
+    }
+    Ok(body)
+}
+
+/// `canaryctl get`: a line per rollout, then the refused spec files.
+fn print_list(list: &serde_json::Value, output: Output) {
+    if let Output::Json = output {
+        println!("{}", serde_json::to_string_pretty(list).unwrap_or_default());
+        return;
+    }
+    println!(
+        "{:<24} {:<12} {:>7} {:>8} {:>10}  LAST VERDICT",
+        "NAME", "PHASE", "STAGE", "WEIGHT", "IN STAGE"
+    );
+    for r in list["rollouts"].as_array().into_iter().flatten() {
+        println!(
+            "{:<24} {:<12} {:>7} {:>8} {:>9.0}s  {}",
+            r["rollout"].as_str().unwrap_or("?"),
+            r["phase"].as_str().unwrap_or("?"),
+            format!("{}/{}", r["stage"], r["stages"]),
+            pct(r["weight_bp"].as_u64().unwrap_or(0) as u32),
+            r["time_in_stage_s"].as_f64().unwrap_or(0.0),
+            r["last_outcome"].as_str().unwrap_or("-"),
+        );
+    }
+    print_refused(list, output);
+}
+
+fn print_refused(body: &serde_json::Value, output: Output) {
+    if let Output::Json = output {
+        return;
+    }
+    for r in body["refused"].as_array().into_iter().flatten() {
+        println!(
+            "refused spec {}: {}{}",
+            r["file"].as_str().unwrap_or("?"),
+            r["error"].as_str().unwrap_or("?"),
+            if r["previous_runs"] == true {
+                " (the previous version keeps running)"
+            } else {
+                ""
+            }
+        );
+    }
+}
+
 async fn mutate(command: &str, m: Mutation) -> Result<()> {
     let Some(token) = token("token", m.token, m.token_file)? else {
         bail!("a token is required: --token, --token-file or CANARY_TOKEN");
     };
-    let url = format!("{}/rollout/{command}", m.controller.trim_end_matches('/'));
+    let base = m.controller.trim_end_matches('/');
+    let url = match &m.name {
+        Some(name) => format!("{base}/rollouts/{name}/{command}"),
+        None => format!("{base}/rollout/{command}"),
+    };
     let response = reqwest::Client::new()
         .post(&url)
         .bearer_auth(token)
@@ -248,12 +333,21 @@ async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Serve {
             spec,
+            spec_dir,
             listen,
             state_dir,
             tokens,
             ca_file,
         } => {
-            let spec = load_spec(&spec)?;
+            let specs = match (spec, spec_dir) {
+                (Some(path), _) => {
+                    // Refused here with the file's name, before anything starts.
+                    load_spec(&path)?;
+                    SpecSource::File(path)
+                }
+                (None, Some(dir)) => SpecSource::Dir(dir),
+                (None, None) => bail!("--spec or --spec-dir is required"),
+            };
             let legacy = std::env::var("CANARY_TOKEN").ok().filter(|_| {
                 tokens.operator_token.is_none() && tokens.operator_token_file.is_none()
             });
@@ -271,7 +365,7 @@ async fn run(cli: Cli) -> Result<()> {
                 bail!("the feedback token must differ from the operator token");
             }
             serve(
-                spec,
+                specs,
                 ServeOptions {
                     listen,
                     state_dir,
@@ -292,14 +386,33 @@ async fn run(cli: Cli) -> Result<()> {
             println!("{}: valid; stages {}", spec.name, stages.join(" → "));
             Ok(())
         }
-        Command::Status { controller, output } => {
-            let url = format!("{}/status", controller.trim_end_matches('/'));
-            let status: serde_json::Value = reqwest::get(&url)
-                .await
-                .with_context(|| format!("GET {url}"))?
-                .json()
-                .await?;
-            print_status(&status, output);
+        Command::Status {
+            name,
+            controller,
+            output,
+        } => {
+            let base = controller.trim_end_matches('/');
+            let url = match &name {
+                Some(name) => format!("{base}/rollouts/{name}"),
+                None => format!("{base}/status"),
+            };
+            let status = get_json(&url).await?;
+            match status["rollouts"].as_array() {
+                // Several rollouts and no name: each in turn.
+                Some(all) if name.is_none() => {
+                    for one in all {
+                        print_status(one, output);
+                    }
+                    print_refused(&status, output);
+                }
+                _ => print_status(&status, output),
+            }
+            Ok(())
+        }
+        Command::Get { controller, output } => {
+            let url = format!("{}/rollouts", controller.trim_end_matches('/'));
+            let list = get_json(&url).await?;
+            print_list(&list, output);
             Ok(())
         }
         Command::Promote(m) => mutate("promote", m).await,

@@ -114,12 +114,43 @@ impl Canaryctl {
         std::fs::create_dir_all(state_dir)?;
         let spec_path = state_dir.join("rollout.yaml");
         std::fs::write(&spec_path, spec_yaml)?;
+        Self::start_serving(
+            ["--spec".as_ref(), spec_path.as_os_str()],
+            addr,
+            state_dir,
+            options,
+        )
+        .await
+    }
+
+    /// `canaryctl serve --spec-dir spec_dir`: one rollout per `*.yaml` in it.
+    pub async fn start_dir(
+        spec_dir: &Path,
+        addr: SocketAddr,
+        state_dir: &Path,
+        options: CtlOptions,
+    ) -> Result<Canaryctl> {
+        std::fs::create_dir_all(state_dir)?;
+        Self::start_serving(
+            ["--spec-dir".as_ref(), spec_dir.as_os_str()],
+            addr,
+            state_dir,
+            options,
+        )
+        .await
+    }
+
+    async fn start_serving(
+        specs: [&std::ffi::OsStr; 2],
+        addr: SocketAddr,
+        state_dir: &Path,
+        options: CtlOptions,
+    ) -> Result<Canaryctl> {
         let log_path = state_dir.join(format!("canaryctl-{}.log", addr.port()));
         let mut command = Command::new(paths::canaryctl_bin()?);
         command
             .arg("serve")
-            .arg("--spec")
-            .arg(&spec_path)
+            .args(specs)
             .arg("--listen")
             .arg(addr.to_string())
             .arg("--state-dir")
@@ -151,6 +182,10 @@ impl Canaryctl {
         )
         .await?;
         Ok(ctl)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     pub fn url(&self) -> String {
@@ -218,6 +253,39 @@ impl Canaryctl {
             String::from_utf8_lossy(&out.stderr)
         );
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// GETs `path` of the controller as JSON (e.g. `/rollouts`).
+    pub async fn get_json(&self, path: &str) -> Result<Value> {
+        Ok(self
+            .http
+            .get(format!("{}{path}", self.url()))
+            .send()
+            .await?
+            .json()
+            .await?)
+    }
+
+    /// What `canaryctl <args> --controller <url>` prints; an error when the command fails.
+    pub fn cli(&self, args: &[&str]) -> Result<String> {
+        let out = Command::new(paths::canaryctl_bin()?)
+            .args(args)
+            .args(["--controller", &self.url()])
+            .output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "canaryctl {args:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// POSTs to `path` with the bearer `token`; returns the HTTP status code.
+    pub async fn http_post(&self, path: &str, token: &str) -> Result<u16> {
+        let url = format!("{}{path}", self.url());
+        let request = self.http.post(url).bearer_auth(token);
+        Ok(request.send().await?.status().as_u16())
     }
 
     /// POSTs a command; returns the HTTP status code.
@@ -342,6 +410,24 @@ impl ControlledRig {
         Self::start_inner(rollout, envoys, poll_ms, fail_safe_after_s, parts).await
     }
 
+    /// Envoys whose filter runs several `rollouts` (each at its weight, with its `match`),
+    /// all polling one controller.
+    pub async fn start_many(
+        rollouts: Vec<RolloutConfig>,
+        envoys: usize,
+        poll_ms: u64,
+        stable: UpstreamSpec,
+        canary: UpstreamSpec,
+    ) -> Result<ControlledRig> {
+        let parts = RigParts {
+            wasm: paths::filter_wasm()?,
+            stable,
+            canary,
+            extra_clusters: Vec::new(),
+        };
+        Self::start_rollouts(rollouts, envoys, poll_ms, None, parts).await
+    }
+
     async fn start_inner(
         rollout: &str,
         envoys: usize,
@@ -349,6 +435,18 @@ impl ControlledRig {
         fail_safe_after_s: Option<u64>,
         parts: RigParts,
     ) -> Result<ControlledRig> {
+        let rollouts = vec![RolloutConfig::new(rollout, 0)];
+        Self::start_rollouts(rollouts, envoys, poll_ms, fail_safe_after_s, parts).await
+    }
+
+    async fn start_rollouts(
+        rollouts: Vec<RolloutConfig>,
+        envoys: usize,
+        poll_ms: u64,
+        fail_safe_after_s: Option<u64>,
+        parts: RigParts,
+    ) -> Result<ControlledRig> {
+        let rollout = rollouts.first().map(|r| r.name.clone()).unwrap_or_default();
         let RigParts {
             wasm,
             stable,
@@ -358,7 +456,7 @@ impl ControlledRig {
         let stable = Upstream::start(stable).await?;
         let canary = Upstream::start(canary).await?;
         let controller_addr: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
-        let mut config = FilterConfig::new(vec![RolloutConfig::new(rollout, 0)]);
+        let mut config = FilterConfig::new(rollouts);
         let mut source = ControllerSource::new(CONTROLLER_CLUSTER);
         source.poll_interval_ms = poll_ms;
         source.timeout_ms = poll_ms.min(500);
@@ -404,7 +502,7 @@ impl ControlledRig {
             state_dir: tempfile::Builder::new()
                 .prefix("canaryctl-state-")
                 .tempdir()?,
-            rollout: rollout.to_string(),
+            rollout,
             filter_config: config,
             wasm,
             other_clusters,

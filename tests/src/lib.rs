@@ -9,6 +9,7 @@ pub mod controller;
 pub mod envoy;
 pub mod evaluator;
 pub mod fake_llm;
+pub mod fleet_load;
 pub mod grpc;
 pub mod judge_sim;
 pub mod load;

@@ -41,6 +41,9 @@ pub struct UpstreamSpec {
     /// is decided by a counter over the requests that carry no per-request override, so over
     /// N such requests exactly `N * error_rate_bp / 10000` (rounded down) fail.
     pub error_rate_bp: u32,
+    /// If set, only requests whose path starts with it can fail (one rollout's service of
+    /// several behind the same upstream).
+    pub error_path_prefix: Option<String>,
     pub error_status: u16,
     pub delay: Duration,
     /// Share of requests (basis points, spread evenly like errors) that take `slow_delay`
@@ -59,6 +62,7 @@ impl UpstreamSpec {
         UpstreamSpec {
             name: name.to_string(),
             error_rate_bp: 0,
+            error_path_prefix: None,
             error_status: 503,
             delay: Duration::ZERO,
             slow_share_bp: 0,
@@ -204,6 +208,13 @@ async fn answer(
     }
     let status = match header(&req, "x-upstream-status").and_then(|v| v.parse::<u16>().ok()) {
         Some(status) => status,
+        None if spec
+            .error_path_prefix
+            .as_ref()
+            .is_some_and(|p| !req.uri().path().starts_with(p.as_str())) =>
+        {
+            200
+        }
         None => {
             let n = counters.patterned.fetch_add(1, Ordering::Relaxed);
             if in_share(n, counters.error_rate_bp.load(Ordering::Relaxed)) {

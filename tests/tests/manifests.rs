@@ -70,23 +70,35 @@ fn plugin_config_is_valid_and_polls_the_controller_service() -> Result<()> {
 }
 
 #[test]
-fn rollout_spec_in_the_configmap_is_valid_and_matches_the_plugin() -> Result<()> {
+fn rollout_specs_in_the_configmap_are_valid_and_match_the_plugin() -> Result<()> {
     let map = one("base/controller-configmap.yaml", "ConfigMap")?;
-    let yaml = map["data"]["rollout.yaml"]
-        .as_str()
-        .context("data.rollout.yaml")?;
-    let spec = RolloutSpec::from_yaml(yaml).map_err(|e| anyhow!("{e}"))?;
+    let data = map["data"].as_object().context("data")?;
     let plugin = one("base/wasmplugin.yaml", "WasmPlugin")?;
-    assert_eq!(
-        plugin["spec"]["pluginConfig"]["rollouts"][0]["name"], spec.name,
-        "the plugin's initial rollout must be the one the controller drives"
-    );
+    let in_plugin: Vec<&str> = (plugin["spec"]["pluginConfig"]["rollouts"].as_array())
+        .context("pluginConfig.rollouts")?
+        .iter()
+        .filter_map(|r| r["name"].as_str())
+        .collect();
+    assert!(!data.is_empty());
+    for (key, yaml) in data {
+        assert!(
+            key.ends_with(".yaml"),
+            "--spec-dir reads *.yaml keys only: {key}"
+        );
+        let yaml = yaml.as_str().with_context(|| format!("data.{key}"))?;
+        let spec = RolloutSpec::from_yaml(yaml).map_err(|e| anyhow!("data.{key}: {e}"))?;
+        assert!(
+            in_plugin.contains(&spec.name.as_str()),
+            "the plugin's initial rollouts must include {:?}, which the controller drives",
+            spec.name
+        );
+    }
     Ok(())
 }
 
 /// One writer whose state survives a rescheduled pod: a single-replica StatefulSet whose
-/// `--state-dir` is a mounted PersistentVolumeClaim (not an emptyDir), and whose `--spec` is
-/// the rollout ConfigMap's key, mounted read-only.
+/// `--state-dir` is a mounted PersistentVolumeClaim (not an emptyDir), and whose `--spec-dir`
+/// is the rollout ConfigMap, mounted read-only.
 #[test]
 fn controller_state_lives_on_a_claim_of_a_single_writer() -> Result<()> {
     let set = one("base/controller-statefulset.yaml", "StatefulSet")?;
@@ -124,8 +136,8 @@ fn controller_state_lives_on_a_claim_of_a_single_writer() -> Result<()> {
         !volumes.iter().any(|v| v["name"] == state),
         "the claim must not be shadowed by a pod volume (an emptyDir loses the stage)"
     );
-    let spec_file = arg("--spec")?;
-    let (spec_volume, spec_read_only) = mounted(spec_file)?;
+    let spec_dir = arg("--spec-dir")?;
+    let (spec_volume, spec_read_only) = mounted(spec_dir)?;
     assert!(spec_read_only);
     let config_map = (volumes.iter())
         .find(|v| v["name"] == spec_volume)
@@ -133,10 +145,14 @@ fn controller_state_lives_on_a_claim_of_a_single_writer() -> Result<()> {
         .context("the spec volume is a ConfigMap")?;
     let map = one("base/controller-configmap.yaml", "ConfigMap")?;
     assert_eq!(map["metadata"]["name"], config_map);
-    let key = Path::new(spec_file).file_name().and_then(|f| f.to_str());
-    assert!(
-        map["data"][key.context("file name")?].is_string(),
-        "{spec_file}"
+    let mount = mounts
+        .iter()
+        .find(|m| m["name"] == spec_volume)
+        .and_then(|m| m["mountPath"].as_str());
+    assert_eq!(
+        mount,
+        Some(spec_dir),
+        "--spec-dir is the map's mount itself"
     );
     Ok(())
 }

@@ -1,6 +1,9 @@
-//! The HTTP API: `/status`, `/filter-config` (conditional on its ETag), the operator's
-//! `/rollout/{command}` and `POST /feedback`, the mutating calls behind bearer tokens: the
-//! operator's for commands, the feedback token (which can do nothing else) for ratings.
+//! The HTTP API: `/status`, `/rollouts` (one line per rollout), `/rollouts/{name}` (one
+//! rollout's status), `/filter-config` (every rollout's, conditional on its ETag), the
+//! operator's `/rollouts/{name}/{command}` and `POST /feedback`, the mutating calls behind
+//! bearer tokens: the operator's for commands, the feedback token (which can do nothing
+//! else) for ratings. `/rollout/{command}` and `/status` without a name are for a controller
+//! of one rollout.
 
 use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
@@ -8,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
 
-use super::{now_ms, AppState, Controller};
+use super::{now_ms, AppState, Controller, Shared};
 use crate::machine::Input;
 
 fn status_json(c: &Controller) -> serde_json::Value {
@@ -78,9 +81,106 @@ fn status_json(c: &Controller) -> serde_json::Value {
     })
 }
 
+/// A rollout's status, with the refusal of its spec file's current version if there is one.
+async fn status_of(app: &AppState, name: &str, controller: &Shared) -> serde_json::Value {
+    let refusal = app.fleet.lock().await.refusal_of(name).cloned();
+    let mut status = status_json(&*controller.lock().await);
+    status["spec_refused"] = json!(refusal);
+    status
+}
+
+/// `GET /status`: the one rollout's status; with several, every rollout's, and the refused
+/// spec files.
 pub(super) async fn status(State(app): State<AppState>) -> Json<serde_json::Value> {
-    let c = app.controller.lock().await;
-    Json(status_json(&c))
+    let (controllers, refused) = snapshot(&app).await;
+    if let [(name, controller)] = controllers.as_slice() {
+        return Json(status_of(&app, name, controller).await);
+    }
+    let mut rollouts = Vec::new();
+    for (name, controller) in &controllers {
+        rollouts.push(status_of(&app, name, controller).await);
+    }
+    Json(json!({"rollouts": rollouts, "refused": refused}))
+}
+
+/// The running rollouts' controllers and the refused spec files, read under the fleet's
+/// lock and returned without it.
+async fn snapshot(app: &AppState) -> (Vec<(String, Shared)>, Vec<crate::server::Refusal>) {
+    let fleet = app.fleet.lock().await;
+    let controllers = fleet
+        .controllers()
+        .map(|(n, c)| (n.clone(), c.clone()))
+        .collect();
+    (controllers, fleet.refused().cloned().collect())
+}
+
+/// `GET /rollouts`: one line per rollout, like `kubectl argo rollouts list`.
+pub(super) async fn list(State(app): State<AppState>) -> Json<serde_json::Value> {
+    let (controllers, refused) = snapshot(&app).await;
+    let mut rollouts = Vec::new();
+    for (_, controller) in controllers {
+        let c = controller.lock().await;
+        rollouts.push(json!({
+            "rollout": c.spec.name,
+            "phase": c.state.phase,
+            "stage": c.state.stage + 1,
+            "stages": c.spec.stages.len(),
+            "weight_bp": c.state.weight_bp,
+            "time_in_stage_s": now_ms().saturating_sub(c.state.stage_started_ms) as f64 / 1000.0,
+            "analyses": c.state.analyses,
+            "last_outcome": c.state.verdicts.back().map(|v| v.verdict.outcome),
+        }));
+    }
+    Json(json!({"rollouts": rollouts, "refused": refused}))
+}
+
+/// Why a call names no running rollout: its status code and error.
+struct NotFound(StatusCode, String);
+
+impl IntoResponse for NotFound {
+    fn into_response(self) -> Response {
+        (self.0, Json(json!({"error": self.1}))).into_response()
+    }
+}
+
+/// The rollout `name` names, or (without a name) the controller's only one.
+async fn find(app: &AppState, name: Option<&str>) -> Result<(String, Shared), NotFound> {
+    let fleet = app.fleet.lock().await;
+    let not_found = |error: String| Err(NotFound(StatusCode::NOT_FOUND, error));
+    match name {
+        Some(name) => match fleet.controller(name) {
+            Some(c) => Ok((name.to_string(), c)),
+            None => match fleet.refused().find(|r| r.rollout.as_deref() == Some(name)) {
+                Some(r) => not_found(format!(
+                    "rollout {name:?} is not running: its spec {} was refused: {}",
+                    r.file, r.error
+                )),
+                None => not_found(format!("no rollout {name:?}")),
+            },
+        },
+        None => {
+            let mut all = fleet.controllers();
+            match (all.next(), all.next()) {
+                (Some((name, c)), None) => Ok((name.clone(), c.clone())),
+                (None, _) => not_found("no rollout is running".into()),
+                (Some(_), Some(_)) => Err(NotFound(
+                    StatusCode::CONFLICT,
+                    "this controller runs several rollouts: name one (/rollouts/{name}/...)".into(),
+                )),
+            }
+        }
+    }
+}
+
+/// `GET /rollouts/{name}`.
+pub(super) async fn rollout_status(
+    State(app): State<AppState>,
+    axum::extract::Path(name): axum::extract::Path<String>,
+) -> Response {
+    match find(&app, Some(&name)).await {
+        Ok((name, c)) => Json(status_of(&app, &name, &c).await).into_response(),
+        Err(e) => e.into_response(),
+    }
 }
 
 /// Reads the published snapshot, never the controller's mutex: a poll is answered while an
@@ -147,7 +247,17 @@ pub(super) async fn feedback(
         Ok(f) => f,
         Err(e) => return bad(e),
     };
-    let mut c = app.controller.lock().await;
+    let controller = match find(&app, rating.rollout.as_deref()).await {
+        Ok((_, c)) => c,
+        Err(_) if rating.rollout.is_none() => {
+            return bad(crate::feedback::FeedbackError {
+                field: "rollout".into(),
+                reason: "required: this controller runs several rollouts".into(),
+            })
+        }
+        Err(e) => return e.into_response(),
+    };
+    let mut c = controller.lock().await;
     let attribution =
         match crate::feedback::attribute(&c.spec, &c.weights, c.state.weight_bp, &rating) {
             Ok(a) => a,
@@ -190,9 +300,28 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// `POST /rollout/{command}`: a command to the controller's only rollout.
 pub(super) async fn command(
     State(app): State<AppState>,
     axum::extract::Path(command): axum::extract::Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    run_command(app, None, command, headers).await
+}
+
+/// `POST /rollouts/{name}/{command}`.
+pub(super) async fn rollout_command(
+    State(app): State<AppState>,
+    axum::extract::Path((name, command)): axum::extract::Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    run_command(app, Some(name), command, headers).await
+}
+
+async fn run_command(
+    app: AppState,
+    name: Option<String>,
+    command: String,
     headers: HeaderMap,
 ) -> Response {
     if !authorized(app.operator_token.as_deref(), &headers) {
@@ -211,7 +340,11 @@ pub(super) async fn command(
                 .into_response()
         }
     };
-    let mut c = app.controller.lock().await;
+    let controller = match find(&app, name.as_deref()).await {
+        Ok((_, c)) => c,
+        Err(e) => return e.into_response(),
+    };
+    let mut c = controller.lock().await;
     let spec = c.spec.clone();
     match c.state.step(&spec, input, now_ms()) {
         Ok((next, effects)) => match c.apply(next, effects, &app.http) {

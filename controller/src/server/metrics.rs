@@ -249,30 +249,65 @@ const FAMILIES: &[Family] = &[
     },
 ];
 
-/// The text of `/metrics`.
-pub(super) fn render(c: &Controller) -> String {
-    let r = &c.spec.name;
+/// The text of `/metrics`: each family once (one `# TYPE` line), with every rollout's samples.
+pub(super) fn render(controllers: &[&Controller]) -> String {
     let mut out = String::new();
     for family in FAMILIES {
-        let Some(samples) = (family.samples)(c) else {
-            continue;
-        };
         let Family {
             name, kind, help, ..
         } = family;
-        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
-        for (labels, value) in samples {
-            out.push_str(&format!("{name}{{rollout=\"{r}\"{labels}}} {value}\n"));
+        let mut header = Some(format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
+        for c in controllers {
+            let Some(samples) = (family.samples)(c) else {
+                continue;
+            };
+            out.extend(header.take());
+            let r = &c.spec.name;
+            for (labels, value) in samples {
+                out.push_str(&format!("{name}{{rollout=\"{r}\"{labels}}} {value}\n"));
+            }
         }
     }
     out
 }
 
+/// The fleet's own families: rollouts running, and spec files refused.
+fn render_fleet(out: &mut String, running: usize, refused: &[super::Refusal], refusals: u64) {
+    out.push_str(&format!(
+        "# HELP canary_controller_rollouts Rollouts this controller runs.\n\
+         # TYPE canary_controller_rollouts gauge\ncanary_controller_rollouts {running}\n\
+         # HELP canary_controller_spec_refused 1 for each spec file whose current version is refused (the previous version, if any, keeps running).\n\
+         # TYPE canary_controller_spec_refused gauge\n"
+    ));
+    for r in refused {
+        let file = r.file.replace('\\', "\\\\").replace('"', "\\\"");
+        out.push_str(&format!(
+            "canary_controller_spec_refused{{file=\"{file}\"}} 1\n"
+        ));
+    }
+    out.push_str(&format!(
+        "# HELP canary_controller_spec_refusals_total Spec file versions refused since start.\n\
+         # TYPE canary_controller_spec_refusals_total counter\n\
+         canary_controller_spec_refusals_total {refusals}\n"
+    ));
+}
+
 pub(super) async fn metrics(State(app): State<AppState>) -> Response {
-    let c = app.controller.lock().await;
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        render(&c),
-    )
-        .into_response()
+    let (shared, refused, refusals) = {
+        let fleet = app.fleet.lock().await;
+        let shared: Vec<_> = fleet.controllers().map(|(_, c)| c.clone()).collect();
+        (
+            shared,
+            fleet.refused().cloned().collect::<Vec<_>>(),
+            fleet.refusals_total,
+        )
+    };
+    let mut guards = Vec::with_capacity(shared.len());
+    for c in &shared {
+        guards.push(c.lock().await);
+    }
+    let controllers: Vec<&Controller> = guards.iter().map(|g| &**g).collect();
+    let mut text = render(&controllers);
+    render_fleet(&mut text, controllers.len(), &refused, refusals);
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }

@@ -1,14 +1,15 @@
-//! The running controller, the I/O floor: one [`Controller`] behind a mutex, the analysis
-//! loop that feeds it windows ([`analysis_loop`]), the HTTP API ([`api`]), `/metrics`
+//! The running controller, the I/O floor: the rollouts it runs ([`fleet`]: one
+//! [`Controller`] behind a mutex per rollout spec), the analysis loop that feeds each
+//! windows ([`analysis_loop`]), the HTTP API ([`api`]), `/metrics`
 //! ([`metrics`]), what it publishes ([`publication`]: the filter configuration) and the
 //! webhooks that hear about events ([`notify`]: signed, retried).
 //! May import every other module of the crate; none imports it.
 //!
-//! Every change of state goes through one mutex, is saved before it becomes visible, and the
+//! Every change of a rollout's state goes through its mutex, is saved before it becomes visible, and the
 //! filter configuration served at `/filter-config` is derived from the saved state, so a
 //! restarted controller serves exactly what it served before. That configuration is
-//! published as a snapshot ([`publication::Served`], in a `watch` channel) after each
-//! change: polls read it without the mutex, so they never wait behind an analysis (nor does
+//! published, with every other rollout's, as one snapshot ([`publication::Served`], in a
+//! `watch` channel) after each change: polls read it without the mutex, so they never wait behind an analysis (nor does
 //! the analysis loop hold the mutex while it scrapes or judges).
 
 use std::collections::BTreeMap;
@@ -22,18 +23,19 @@ use axum::Router;
 use tokio::sync::Mutex;
 
 use crate::machine::{Effect, RolloutState};
-use crate::sources;
 use crate::spec::RolloutSpec;
 use crate::store::{StateStore, StoreError};
 
 mod analysis_loop;
 mod api;
+mod fleet;
 mod metrics;
 mod notify;
 mod publication;
 #[cfg(test)]
 mod tests;
 
+pub use fleet::{Refusal, SpecSource};
 pub use notify::read_secret_file;
 
 pub struct ServeOptions {
@@ -61,9 +63,10 @@ struct Controller {
     /// The fallback chain's tiers as the analysis windows saw them: counters summed since
     /// this process started, breaker gauges as at the end of the last window.
     tiers: BTreeMap<String, crate::stats::TierStats>,
-    /// The served filter configuration: every proxy fetches the same bytes after a change,
-    /// so they are built once per change and published here ([`Controller::publish`]).
-    served: tokio::sync::watch::Sender<std::sync::Arc<publication::Served>>,
+    /// Where this rollout's part of the served filter configuration goes: every proxy
+    /// fetches the same bytes after a change, so they are built once per change
+    /// ([`Controller::publish`]).
+    publisher: Arc<publication::Publisher>,
     /// The last configuration published that the contract's validator accepted (the
     /// fallback's base if the spec's own is ever refused).
     last_good: Option<canary_contract::FilterConfig>,
@@ -101,7 +104,7 @@ type Shared = Arc<Mutex<Controller>>;
 
 #[derive(Clone)]
 struct AppState {
-    controller: Shared,
+    fleet: Arc<Mutex<fleet::Fleet>>,
     /// The published filter configuration, read without the controller's mutex.
     served: tokio::sync::watch::Receiver<Arc<publication::Served>>,
     operator_token: Option<Arc<String>>,
@@ -116,18 +119,14 @@ pub fn now_ms() -> u64 {
 }
 
 impl Controller {
-    /// A controller for `spec` in `state`, its configuration published at once; the
-    /// receiving end of the publication is for the API.
+    /// A controller for `spec` in `state`, its configuration published at once.
     fn new(
         spec: RolloutSpec,
         state: RolloutState,
         store: StateStore,
         webhooks: notify::Webhooks,
-    ) -> (
-        Controller,
-        tokio::sync::watch::Receiver<Arc<publication::Served>>,
-    ) {
-        let (served, receiver) = tokio::sync::watch::channel(Arc::default());
+        publisher: Arc<publication::Publisher>,
+    ) -> Controller {
         let mut c = Controller {
             proxies: spec.sources.envoy_admin.len().max(1),
             spec,
@@ -137,7 +136,7 @@ impl Controller {
             source_errors: BTreeMap::new(),
             breaker: BreakerSeen::default(),
             tiers: BTreeMap::new(),
-            served,
+            publisher,
             last_good: None,
             config_refused: 0,
             weights: crate::feedback::WeightHistory::default(),
@@ -149,7 +148,7 @@ impl Controller {
             webhooks,
         };
         c.publish();
-        (c, receiver)
+        c
     }
 
     /// Carries out a transition: save first, then notify (publication is the saved state).
@@ -204,51 +203,39 @@ fn http_client(ca_file: Option<&std::path::Path>) -> anyhow::Result<reqwest::Cli
     Ok(builder.build()?)
 }
 
-/// Runs the controller until the process is stopped.
-pub async fn serve(spec: RolloutSpec, options: ServeOptions) -> anyhow::Result<()> {
-    let store = StateStore::open(&options.state_dir, &spec.name)?;
+/// Runs the controller for the rollouts of `specs` until the process is stopped. With one
+/// spec file, a spec refused at start stops the start; a directory starts with whatever in
+/// it is valid.
+pub async fn serve(specs: SpecSource, options: ServeOptions) -> anyhow::Result<()> {
     let http = http_client(options.ca_file.as_deref())?;
-    let webhooks = notify::Webhooks::from_spec(&spec.webhooks)?;
-    // A saved state that does not fit the spec stops the start, the file untouched.
-    let (state, start_effects) = match store.load_for(&spec)? {
-        Some(state) => (state, None),
-        None => {
-            let (state, effects) = RolloutState::start(&spec, now_ms());
-            (state, Some(effects))
-        }
-    };
-    let (mut c, served) = Controller::new(spec.clone(), state.clone(), store, webhooks);
-    let source = sources::from_spec(&spec.sources);
-    c.source_names = source.names();
-    c.weights
-        .record(c.state.stage_started_ms, c.state.weight_bp);
-    let resumed = start_effects.is_none();
-    if let Some(effects) = start_effects {
-        c.apply(state, effects, &http)?;
+    let (publisher, served) = publication::Publisher::held();
+    let mut fleet = fleet::Fleet::new(options.state_dir.clone(), http.clone(), publisher.clone());
+    let files = specs
+        .read()
+        .map_err(|e| anyhow::anyhow!("reading the specs ({specs:?}): {e}"))?;
+    fleet.reconcile(files).await;
+    if let (SpecSource::File(path), Some(refused)) = (&specs, fleet.refused().next()) {
+        anyhow::bail!("{}: {}", path.display(), refused.error);
     }
-    eprintln!(
-        "canaryctl: {} {} at stage {} weight {} (state {})",
-        spec.name,
-        if resumed { "resumed" } else { "started" },
-        c.state.stage + 1,
-        crate::machine::pct(c.state.weight_bp),
-        c.store.path().display()
-    );
-    let controller = Arc::new(Mutex::new(c));
+    publisher.release();
+    let fleet = Arc::new(Mutex::new(fleet));
+    tokio::spawn(fleet::watch(fleet.clone(), specs));
     let app = AppState {
-        controller: controller.clone(),
+        fleet,
         served,
         feedback_token: options
             .feedback_token
             .or_else(|| options.operator_token.clone())
             .map(Arc::new),
         operator_token: options.operator_token.map(Arc::new),
-        http: http.clone(),
+        http,
     };
-    tokio::spawn(analysis_loop::run(controller, spec, http, source));
     let router = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/status", get(api::status))
+        .route("/rollouts", get(api::list))
+        .route("/rollouts/{name}", get(api::rollout_status))
+        .route("/rollouts/{name}/{command}", post(api::rollout_command))
         .route("/metrics", get(metrics::metrics))
         .route("/filter-config", get(api::filter_config))
         .route("/rollout/{command}", post(api::command))

@@ -1,11 +1,15 @@
 //! Publication: the filter configuration served at `/filter-config` (built once per change
 //! from the saved state, with the quota sentinel's throttle and the per-user allowances
 //! divided among the proxies, the allow and deny lists as key hashes, validated by the
-//! contract as the filters validate it) with its ETag, a hash of the served bytes.
+//! contract as the filters validate it) with its ETag, a hash of the served bytes. Each
+//! rollout's controller publishes its part into the one [`Publisher`]: a filter takes many
+//! rollouts, so one answer serves them all.
 
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use canary_contract::{FilterConfig, RolloutConfig};
+use tokio::sync::watch;
 
 use super::Controller;
 use crate::spec::Serving;
@@ -16,6 +20,93 @@ use crate::spec::Serving;
 pub(super) struct Served {
     pub etag: String,
     pub json: axum::body::Bytes,
+}
+
+/// Every rollout's part of the served configuration, and the answer built from them.
+pub(super) struct Publisher {
+    inner: Mutex<Parts>,
+    served: watch::Sender<Arc<Served>>,
+}
+
+#[derive(Default)]
+struct Parts {
+    /// By rollout name: the filter tries rollouts in this order (the first whose `match`
+    /// fits decides), so the order is the names' and does not depend on load order.
+    by_rollout: BTreeMap<String, (u64, Vec<RolloutConfig>)>,
+    /// Until the fleet's first load is done nothing is served: a filter that saw only some
+    /// rollouts would route the others' canary users to stable for a moment.
+    held: bool,
+}
+
+impl Publisher {
+    /// A publisher that serves nothing until [`Publisher::release`], and the receiving end
+    /// the API answers polls from.
+    pub(super) fn held() -> (Arc<Publisher>, watch::Receiver<Arc<Served>>) {
+        let (served, receiver) = watch::channel(Arc::default());
+        let inner = Mutex::new(Parts {
+            held: true,
+            ..Parts::default()
+        });
+        (Arc::new(Publisher { inner, served }), receiver)
+    }
+
+    /// Starts serving (an empty configuration if no rollout published anything).
+    pub(super) fn release(&self) {
+        let mut parts = self.lock();
+        parts.held = false;
+        self.rebuild(&parts);
+    }
+
+    /// Sets `rollout`'s part: its rollouts (one, or none) at `config_version`.
+    pub(super) fn set(&self, rollout: &str, config_version: u64, rollouts: Vec<RolloutConfig>) {
+        let mut parts = self.lock();
+        let part = (config_version, rollouts);
+        if parts.by_rollout.get(rollout) == Some(&part) {
+            return;
+        }
+        parts.by_rollout.insert(rollout.to_string(), part);
+        self.rebuild(&parts);
+    }
+
+    /// Drops `rollout` (its spec was removed): the filters stop routing for it.
+    pub(super) fn remove(&self, rollout: &str) {
+        let mut parts = self.lock();
+        if parts.by_rollout.remove(rollout).is_some() {
+            self.rebuild(&parts);
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Parts> {
+        // Parts are replaced whole, never left half-changed: a poisoned lock holds them intact.
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn rebuild(&self, parts: &Parts) {
+        if parts.held {
+            return;
+        }
+        let rollouts = parts
+            .by_rollout
+            .values()
+            .flat_map(|(_, r)| r.iter().cloned());
+        let config = FilterConfig::new(rollouts.collect());
+        // Each part was validated alone; together they still must pass (the filters refuse
+        // a whole configuration for one bad rollout).
+        if let Err(e) = config.validate() {
+            eprintln!("canaryctl: the rollouts together make a configuration the filters would refuse ({e}); still serving the previous one");
+            return;
+        }
+        let json = config.to_json();
+        let version = parts
+            .by_rollout
+            .values()
+            .fold(0u64, |sum, (v, _)| sum.saturating_add(*v));
+        let etag = content_etag(version, json.as_bytes());
+        if self.served.borrow().etag != etag {
+            let json = json.into();
+            self.served.send_replace(Arc::new(Served { etag, json }));
+        }
+    }
 }
 
 impl Controller {
@@ -59,18 +150,18 @@ impl Controller {
         for rollout in &mut served.rollouts {
             rollout.hash_key_lists();
         }
-        let json = served.to_json();
-        let etag = content_etag(self.state.config_version, json.as_bytes());
         self.last_good = Some(config);
-        if self.served.borrow().etag == etag {
-            return;
-        }
-        let json = json.into();
-        self.served.send_replace(Arc::new(Served { etag, json }));
+        self.publisher
+            .set(&self.spec.name, self.state.config_version, served.rollouts);
+    }
+
+    /// Takes this rollout out of the served configuration.
+    pub(super) fn unpublish(&self) {
+        self.publisher.remove(&self.spec.name);
     }
 }
 
-/// The ETag of a served configuration: its config version and 64 bits of the SHA-256 of
+/// The ETag of a served configuration: its config version (the sum of the rollouts') and 64 bits of the SHA-256 of
 /// its bytes. The hash covers every byte served, so any change (a deny list, a breaker,
 /// prices) reaches every filter with its next poll; the version is for people reading logs.
 pub fn content_etag(config_version: u64, body: &[u8]) -> String {
@@ -118,7 +209,10 @@ mod tests {
         let a = content_etag(7, br#"{"deny":["fnv1a64:0000000000000001"]}"#);
         let b = content_etag(7, br#"{"deny":["fnv1a64:0000000000000002"]}"#);
         assert_ne!(a, b, "same version, other content");
-        assert_eq!(a, content_etag(7, br#"{"deny":["fnv1a64:0000000000000001"]}"#));
+        assert_eq!(
+            a,
+            content_etag(7, br#"{"deny":["fnv1a64:0000000000000001"]}"#)
+        );
         assert!(
             a.starts_with("\"7-") && a.ends_with('"') && a.len() == 2 + 2 + 16,
             "{a}"

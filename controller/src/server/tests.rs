@@ -11,7 +11,9 @@ use axum::http::{header, HeaderMap, StatusCode};
 use canary_contract::FilterConfig;
 use tokio::sync::Mutex;
 
-use super::{api, metrics, AppState, Controller};
+use super::fleet::Fleet;
+use super::publication::Publisher;
+use super::{api, metrics, AppState, Controller, Shared};
 use crate::machine::{Input, RolloutState};
 use crate::spec::RolloutSpec;
 use crate::store::StateStore;
@@ -20,18 +22,24 @@ const SPEC: &str = "name: chat\nsources: {envoy_admin: [\"http://127.0.0.1:1\"]}
                     filter: {llm: {}}\n\
                     quota: {tokens_per_minute: 100000, per_user: {tokens_per_minute: 6000}}\n";
 
-fn app(spec: &str, dir: &tempfile::TempDir) -> AppState {
+/// The API of a controller of one rollout, and that rollout's controller.
+fn app(spec: &str, dir: &tempfile::TempDir) -> (AppState, Shared) {
     let spec = RolloutSpec::from_yaml(spec).expect("valid spec");
     let store = StateStore::open(dir.path(), &spec.name).expect("store");
     let (state, _) = RolloutState::start(&spec, 0);
-    let (c, served) = Controller::new(spec, state, store, super::notify::Webhooks::default());
-    AppState {
-        controller: Arc::new(Mutex::new(c)),
+    let (publisher, served) = Publisher::held();
+    publisher.release();
+    let webhooks = super::notify::Webhooks::default();
+    let c = Controller::new(spec, state, store, webhooks, publisher);
+    let (fleet, controller) = Fleet::of_one(c);
+    let app = AppState {
+        fleet: Arc::new(Mutex::new(fleet)),
         served,
         operator_token: None,
         feedback_token: None,
         http: reqwest::Client::new(),
-    }
+    };
+    (app, controller)
 }
 
 /// Polls `future` once: its output if it completed without waiting on anything.
@@ -70,8 +78,8 @@ fn poll(app: &AppState) -> (String, FilterConfig) {
 #[test]
 fn a_poll_is_answered_while_an_analysis_holds_the_controller() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let app = app(SPEC, &dir);
-    let analysis = app.controller.try_lock().expect("free");
+    let (app, controller) = app(SPEC, &dir);
+    let analysis = controller.try_lock().expect("free");
     let (etag, config) = poll(&app);
     assert!(etag.starts_with("\"1-"), "{etag}");
     assert_eq!(config.rollouts[0].weight_bp, 500);
@@ -90,10 +98,10 @@ fn a_poll_is_answered_while_an_analysis_holds_the_controller() {
 #[test]
 fn a_rollback_reaches_the_proxies_whatever_the_spec_says() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let app = app(SPEC, &dir);
+    let (app, controller) = app(SPEC, &dir);
     let (_, before) = poll(&app);
     let key_sources = before.rollouts[0].key_sources.clone();
-    let mut c = app.controller.try_lock().expect("free");
+    let mut c = controller.try_lock().expect("free");
     // Past validation: a per-proxy allowance above the filter's limit, as in the issue.
     if let Some(per_user) = c.spec.quota.as_mut().and_then(|q| q.per_user.as_mut()) {
         per_user.tokens_per_minute = Some(2_000_000_000_000);
@@ -114,7 +122,7 @@ fn a_rollback_reaches_the_proxies_whatever_the_spec_says() {
         after.rollouts[0].key_sources, key_sources,
         "the last good one's keys"
     );
-    let metrics = metrics::render(&app.controller.try_lock().expect("free"));
+    let metrics = metrics::render(&[&controller.try_lock().expect("free")]);
     assert!(
         metrics.contains("canary_controller_config_refused_total{rollout=\"chat\"} 1"),
         "{metrics}"
@@ -141,12 +149,12 @@ fn the_fallback_before_any_good_config_is_the_bare_rollout_with_its_weight() {
 #[test]
 fn refused_readings_are_counted_by_source_and_reason() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let app = app(SPEC, &dir);
-    let mut c = app.controller.try_lock().expect("free");
+    let (_app, controller) = app(SPEC, &dir);
+    let mut c = controller.try_lock().expect("free");
     c.source_names = vec!["http://127.0.0.1:1".into()];
     c.source_errors
         .insert(("http://127.0.0.1:1".into(), "invalid"), 2);
-    let text = metrics::render(&c);
+    let text = metrics::render(&[&c]);
     for (reason, n) in [("invalid", 2), ("unreachable", 0)] {
         let series = format!(
             "canary_controller_stats_source_errors_total{{rollout=\"chat\",source=\"http://127.0.0.1:1\",reason=\"{reason}\"}} {n}"

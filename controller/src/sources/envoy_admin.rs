@@ -36,7 +36,12 @@ async fn read_one(http: &reqwest::Client, source: &str, rollout: &str) -> Readin
     let url = format!("{}/stats/prometheus", source.trim_end_matches('/'));
     let unreachable = |e: reqwest::Error| ReadError::unreachable(e.to_string());
     let result = async {
-        let response = http.get(&url).send().await.map_err(unreachable)?;
+        // Only this rollout's stats (Envoy matches the regex against the full stat name,
+        // `…canary_rq_total.rollout.<name>.version.canary`): with many rollouts on a proxy,
+        // each reads its own, not every rollout's.
+        let filter = format!(r"\.rollout\.{}\.", regex_escape(rollout));
+        let request = http.get(&url).query(&[("filter", filter)]);
+        let response = request.send().await.map_err(unreachable)?;
         if !response.status().is_success() {
             let status = response.status();
             return Err(ReadError::unreachable(format!("{url} returned {status}")));
@@ -48,5 +53,26 @@ async fn read_one(http: &reqwest::Client, source: &str, rollout: &str) -> Readin
     Reading {
         source: source.to_string(),
         result,
+    }
+}
+
+/// `name` with every character outside `[A-Za-z0-9_-]` escaped for Envoy's (RE2) regex.
+fn regex_escape(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    for c in name.chars() {
+        if !(c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn rollout_names_are_matched_literally() {
+        assert_eq!(super::regex_escape("chat-v2"), "chat-v2");
+        assert_eq!(super::regex_escape("a.b+c"), "a\\.b\\+c");
     }
 }

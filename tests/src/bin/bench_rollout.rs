@@ -7,12 +7,19 @@
 //! - `flip_seconds`: blue-green, the controller's flip decision → every user on the new
 //!   version on both Envoys; `flip_back_seconds`: `rollback` → every user back on the old one.
 //! - `controller_rss_kb`: the controller's peak RSS while judging two Envoys.
+//! - `fleet_*`: the judge loop at scale: one controller (pinned to one core) running
+//!   `FLEET_ROLLOUTS` rollouts (100) from a spec directory, each reading `FLEET_PROXIES`
+//!   stand-in proxies (50) every 5 s: CPU seconds per analysis round, and the share of a core
+//!   that is at the default 30 s interval.
 
 use std::time::Duration;
 
 use anyhow::{bail, Result};
 use canary_contract::Version;
-use canary_e2e::controller::{free_port, upstream_pair, Canaryctl, ControlledRig, TOKEN};
+use canary_e2e::controller::{
+    free_port, upstream_pair, Canaryctl, ControlledRig, CtlOptions, TOKEN,
+};
+use canary_e2e::fleet_load::{cpu_seconds, FakeAdmins};
 use canary_e2e::load::{self, user_id, Load};
 use canary_e2e::measure::median;
 use canary_e2e::paths;
@@ -182,9 +189,20 @@ async fn main() -> Result<()> {
     )
     .await?;
     let url = format!("{}/filter-config", poll_ctl.url());
-    let polls_304 = wrk_rps(&url, Some("\"1\""))?;
+    // The ETag is a hash of the served bytes: ask for it, as a filter holds it.
+    let etag = reqwest::get(&url)
+        .await?
+        .headers()
+        .get("etag")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    let polls_304 = wrk_rps(&url, Some(&etag))?;
     let polls_200 = wrk_rps(&url, None)?;
     eprintln!("controller polls/s on one core: {polls_304:.0} conditional (304), {polls_200:.0} full (200)");
+
+    drop(poll_ctl);
+    let fleet = fleet_round().await?;
 
     let report = json!({
         "settings": {
@@ -204,6 +222,9 @@ async fn main() -> Result<()> {
         "controller_rss_kb": rss.iter().max().copied().unwrap_or(0),
         "controller_polls_per_core_304": polls_304,
         "controller_polls_per_core_200": polls_200,
+        "fleet": fleet,
+        "fleet_cpu_seconds_per_round": fleet["cpu_seconds_per_round"],
+        "fleet_core_share_at_30s": fleet["core_share_at_30s"],
     });
     let dir = paths::project_root().join("target/bench");
     std::fs::create_dir_all(&dir)?;
@@ -219,4 +240,84 @@ async fn main() -> Result<()> {
         out.display()
     );
     Ok(())
+}
+
+/// The judge loop with many rollouts (see the module's comment).
+async fn fleet_round() -> Result<serde_json::Value> {
+    let env = |name: &str, default: usize| {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
+    let (rollouts, proxies) = (env("FLEET_ROLLOUTS", 100), env("FLEET_PROXIES", 50));
+    const INTERVAL_S: f64 = 5.0;
+    const ROUNDS: u64 = 6;
+    let admins = FakeAdmins::start().await?;
+    let specs = tempfile::tempdir()?;
+    let sources = admins.sources_yaml(proxies);
+    for i in 0..rollouts {
+        let spec = format!(
+            "name: svc-{i:03}\n{sources}analysis: {{interval: {INTERVAL_S}s, failure_limit: 3, min_window_requests: 10}}\n\
+             stages:\n  - {{weight_pct: 10, hold: 1h}}\n  - {{weight_pct: 100}}\n"
+        );
+        std::fs::write(specs.path().join(format!("svc-{i:03}.yaml")), spec)?;
+    }
+    let state = tempfile::tempdir()?;
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+    let options = CtlOptions {
+        cpus: Some(vec![0]),
+        ..CtlOptions::token(TOKEN)
+    };
+    let ctl = Canaryctl::start_dir(specs.path(), addr, state.path(), options).await?;
+    // Every rollout judged at least `from` windows (analyses counts judged windows).
+    let judged_at_least = |list: &serde_json::Value| -> u64 {
+        let all = list["rollouts"].as_array().cloned().unwrap_or_default();
+        if all.len() < rollouts {
+            return 0;
+        }
+        all.iter()
+            .map(|r| r["analyses"].as_u64().unwrap_or(0))
+            .min()
+            .unwrap_or(0)
+    };
+    let deadline = Duration::from_secs_f64(INTERVAL_S * (ROUNDS as f64 + 6.0) * 3.0);
+    let started = std::time::Instant::now();
+    let mut first = None;
+    let mut done = None;
+    while started.elapsed() < deadline {
+        let judged = judged_at_least(&ctl.get_json("/rollouts").await?);
+        let now = (std::time::Instant::now(), cpu_seconds(ctl.pid())?, judged);
+        match first {
+            None if judged >= 1 => first = Some(now),
+            Some((_, _, from)) if judged >= from + ROUNDS => {
+                done = Some(now);
+                break;
+            }
+            _ => {}
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (Some((t0, cpu0, from)), Some((t1, cpu1, to))) = (first, done) else {
+        bail!(
+            "the fleet's rollouts did not all judge {ROUNDS} more windows in {deadline:?}:\n{}",
+            ctl.log()
+        );
+    };
+    let rounds = (to - from) as f64;
+    let per_round = (cpu1 - cpu0) / rounds;
+    let wall_per_round = t1.duration_since(t0).as_secs_f64() / rounds;
+    eprintln!(
+        "fleet: {rollouts} rollouts x {proxies} proxies: {per_round:.2} CPU s per round \
+         ({wall_per_round:.1} s apart; interval {INTERVAL_S} s)"
+    );
+    Ok(json!({
+        "rollouts": rollouts,
+        "proxies_per_rollout": proxies,
+        "analysis_interval_s": INTERVAL_S,
+        "rounds": rounds,
+        "cpu_seconds_per_round": per_round,
+        "wall_seconds_per_round": wall_per_round,
+        "core_share_at_30s": per_round / 30.0,
+    }))
 }

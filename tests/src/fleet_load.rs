@@ -1,0 +1,161 @@
+//! The judge loop at fleet scale (`bench_rollout`): one controller running many rollouts,
+//! each reading many proxies. The proxies are one stand-in admin server that answers
+//! `/p<i>/stats/prometheus?filter=…` as an Envoy would for the rollout the filter names: its
+//! counters and fine-bucketed latency histograms, growing with time, for both versions.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use tokio::task::JoinHandle;
+
+use canary_contract::stats::latency_buckets_ms;
+
+/// Requests per second each stand-in proxy saw for one rollout (stable, canary).
+const RATE: (u64, u64) = (90, 10);
+
+/// A stand-in for every proxy's admin endpoint; stops when dropped.
+pub struct FakeAdmins {
+    addr: SocketAddr,
+    task: JoinHandle<()>,
+}
+
+impl Drop for FakeAdmins {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl FakeAdmins {
+    pub async fn start() -> Result<FakeAdmins> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let started = Instant::now();
+        let shape = Arc::new(bucket_shape());
+        let task = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let shape = shape.clone();
+                tokio::spawn(async move {
+                    let service = service_fn(move |req: Request<hyper::body::Incoming>| {
+                        let body = stats_text(&req, started.elapsed(), &shape);
+                        async move { Ok::<_, Infallible>(Response::new(Full::new(body))) }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Ok(FakeAdmins { addr, task })
+    }
+
+    /// The `envoy_admin` list of `proxies` stand-in proxies.
+    pub fn sources_yaml(&self, proxies: usize) -> String {
+        let urls: Vec<String> = (0..proxies)
+            .map(|i| format!("\"http://{}/p{i}\"", self.addr))
+            .collect();
+        format!("sources: {{envoy_admin: [{}]}}\n", urls.join(", "))
+    }
+}
+
+/// The share of requests at or below each latency bucket's bound: a log-normal around
+/// 40 ms, as cumulative counts need.
+fn bucket_shape() -> Vec<(f64, f64)> {
+    latency_buckets_ms()
+        .into_iter()
+        .map(|le| {
+            let z = (le.ln() - 40f64.ln()) / 0.6;
+            (le, 0.5 * (1.0 + erf(z / std::f64::consts::SQRT_2)))
+        })
+        .collect()
+}
+
+/// Abramowitz and Stegun 7.1.26 (|error| < 1.5e-7): enough for a bucket shape.
+fn erf(x: f64) -> f64 {
+    let t = 1.0 / (1.0 + 0.327_591_1 * x.abs());
+    let poly = t
+        * (0.254_829_592
+            + t * (-0.284_496_736
+                + t * (1.421_413_741 + t * (-1.453_152_027 + t * 1.061_405_429))));
+    let y = 1.0 - poly * (-x * x).exp();
+    if x < 0.0 {
+        -y
+    } else {
+        y
+    }
+}
+
+/// What an Envoy's `/stats/prometheus?filter=\.rollout\.<name>\.` would answer after
+/// `elapsed` of steady traffic.
+fn stats_text(
+    req: &Request<hyper::body::Incoming>,
+    elapsed: Duration,
+    shape: &[(f64, f64)],
+) -> Bytes {
+    let rollout = req
+        .uri()
+        .query()
+        .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("filter=")))
+        .and_then(|f| f.split("rollout").nth(1))
+        .map(|rest| {
+            rest.chars()
+                .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
+                .collect::<String>()
+        })
+        .unwrap_or_default();
+    let secs = elapsed.as_secs_f64();
+    let mut out = String::with_capacity(64 * 1024);
+    for (version, rate) in [("stable", RATE.0), ("canary", RATE.1)] {
+        let total = (secs * rate as f64) as u64;
+        let errors = total / 200;
+        let l = format!("rollout=\"{rollout}\",version=\"{version}\"");
+        for (metric, value) in [
+            ("canary_rq_total", total),
+            ("canary_rq_2xx", total - errors),
+            ("canary_rq_3xx", 0),
+            ("canary_rq_4xx", 0),
+            ("canary_rq_5xx", errors),
+            ("canary_rq_reset", 0),
+        ] {
+            out.push_str(&format!(
+                "# TYPE {metric} counter\n{metric}{{{l}}} {value}\n"
+            ));
+        }
+        for metric in ["canary_rq_time_ms", "canary_rq_header_time_ms"] {
+            out.push_str(&format!("# TYPE {metric} histogram\n"));
+            for (le, share) in shape {
+                let n = (total as f64 * share) as u64;
+                out.push_str(&format!("{metric}_bucket{{{l},le=\"{le}\"}} {n}\n"));
+            }
+            out.push_str(&format!("{metric}_bucket{{{l},le=\"+Inf\"}} {total}\n"));
+            out.push_str(&format!("{metric}_sum{{{l}}} {}\n", total * 45));
+            out.push_str(&format!("{metric}_count{{{l}}} {total}\n"));
+        }
+    }
+    Bytes::from(out)
+}
+
+/// CPU seconds (user + system) process `pid` has used.
+pub fn cpu_seconds(pid: u32) -> Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command (which may hold spaces) end with ')'.
+    let rest = stat.rsplit_once(')').context("/proc/<pid>/stat")?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| -> Result<f64> {
+        Ok(fields
+            .get(i)
+            .context("/proc/<pid>/stat fields")?
+            .parse::<f64>()?)
+    };
+    // utime and stime are fields 14 and 15 of the whole line: 11 and 12 after the ')'.
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Ok((ticks(11)? + ticks(12)?) / hz.max(1.0))
+}

@@ -6,6 +6,8 @@
 //! worker switches together. A bad or missing answer changes nothing: the last good
 //! configuration stays.
 
+use std::fmt::Write as _;
+
 use canary_contract::{ControllerSource, FilterConfig};
 
 /// Shared-data keys for one controller source (shared data is per VM id, across workers).
@@ -166,12 +168,16 @@ pub fn fail_safe(mut config: FilterConfig) -> FilterConfig {
 
 /// A configuration's rollouts and weights, for the log: `[a=500bp, b=0bp]`.
 pub fn summary(config: &FilterConfig) -> String {
-    let rollouts: Vec<String> = config
-        .rollouts
-        .iter()
-        .map(|r| format!("{}={}bp", r.name, r.weight_bp))
-        .collect();
-    format!("[{}]", rollouts.join(", "))
+    // Pushed piece by piece: `[..].join` costs the wasm module 1 KB.
+    let mut out = String::from("[");
+    for (i, r) in config.rollouts.iter().enumerate() {
+        if i > 0 {
+            out.push_str(", ");
+        }
+        let _ = write!(out, "{}={}bp", r.name, r.weight_bp);
+    }
+    out.push(']');
+    out
 }
 
 #[cfg(test)]

@@ -111,12 +111,7 @@ pub fn interpret(status: Option<&[u8]>, etag: Option<&[u8]>, body: Option<&[u8]>
     match status {
         Some(b"304") => return PollOutcome::NotModified,
         Some(b"200") => {}
-        Some(other) => {
-            return PollOutcome::Failed(format!(
-                "controller answered {}",
-                String::from_utf8_lossy(other)
-            ))
-        }
+        Some(other) => return PollOutcome::Failed(format!("controller answered {}", lossy(other))),
         None => return PollOutcome::Failed("no answer (timeout or connection failure)".into()),
     }
     let Some(body) = body else {
@@ -142,6 +137,30 @@ pub fn interpret(status: Option<&[u8]>, etag: Option<&[u8]>, body: Option<&[u8]>
         etag,
         body: body.to_vec(),
         config,
+    }
+}
+
+/// `String::from_utf8_lossy` by `str::from_utf8`, which the module has anyway: the same text
+/// (each invalid sequence `Utf8Error::error_len` names is one U+FFFD), without the 1 KB of
+/// `Utf8Chunks` code.
+pub(crate) fn lossy(mut bytes: &[u8]) -> String {
+    let mut text = String::new();
+    loop {
+        match std::str::from_utf8(bytes) {
+            Ok(valid) => {
+                text.push_str(valid);
+                return text;
+            }
+            Err(e) => {
+                let (valid, rest) = bytes.split_at(e.valid_up_to());
+                text.push_str(std::str::from_utf8(valid).unwrap_or_default());
+                text.push(char::REPLACEMENT_CHARACTER);
+                match e.error_len() {
+                    Some(len) => bytes = rest.get(len..).unwrap_or_default(),
+                    None => return text,
+                }
+            }
+        }
     }
 }
 
@@ -184,6 +203,23 @@ pub fn summary(config: &FilterConfig) -> String {
 mod tests {
     use super::*;
     use canary_contract::RolloutConfig;
+
+    #[test]
+    fn lossy_replaces_each_broken_sequence_once() {
+        for bytes in [
+            &b"503"[..],
+            b"",
+            b"5\xff3",
+            b"\xe2\x82",
+            b"a\xe2\x82b",
+            b"\xf0\x9f\x98\x80!",
+            b"\xed\xa0\x80",
+            b"\xc0\xaf\xf8\x88\x80\x80\x80",
+        ] {
+            assert_eq!(lossy(bytes), String::from_utf8_lossy(bytes), "{bytes:?}");
+        }
+        assert_eq!(lossy(b"5\xff3"), "5\u{fffd}3");
+    }
 
     #[test]
     fn shared_encoding_round_trips() {

@@ -118,10 +118,16 @@ pub(crate) struct Validator {
 
 impl Validator {
     pub(crate) fn push(&mut self, field: impl Into<String>, reason: impl Into<String>) {
-        self.errors.push(FieldError {
+        self.push_error(FieldError {
             field: field.into(),
             reason: reason.into(),
         });
+    }
+
+    /// The one body behind every `push` and `check`, however their arguments are typed.
+    #[inline(never)]
+    fn push_error(&mut self, error: FieldError) {
+        self.errors.push(error);
     }
 
     pub(crate) fn check(&mut self, ok: bool, field: impl Into<String>, reason: impl Into<String>) {

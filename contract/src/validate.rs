@@ -110,6 +110,15 @@ impl ConfigError {
     }
 }
 
+/// The path of field `suffix` (`.name`) under `at` (`rollouts[0]`): what `format!("{at}.name")`
+/// makes, by one shared body instead of formatting code at each of some fifty call sites.
+pub(crate) fn field(at: &str, suffix: &str) -> String {
+    let mut path = String::with_capacity(at.len() + suffix.len());
+    path.push_str(at);
+    path.push_str(suffix);
+    path
+}
+
 /// Collects every problem of a configuration, so all are reported at once.
 #[derive(Default)]
 pub(crate) struct Validator {

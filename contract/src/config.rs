@@ -10,7 +10,8 @@ use serde::{Deserialize, Serialize};
 use crate::bucket::{bucket_of_hash, key_hash, version_for_bucket};
 use crate::keys::{entry_hash, KeyHash, KeyLists, KEY_HASH_SCHEME};
 use crate::validate::{
-    field, is_header_name, is_rollout_name, is_token, repeats, Validator, MAX_NAME_LEN,
+    field, first_common, is_header_name, is_rollout_name, is_token, repeats, Validator,
+    MAX_NAME_LEN,
 };
 use crate::Version;
 
@@ -437,21 +438,6 @@ impl FilterConfig {
     pub fn rollout(&self, name: &str) -> Option<&RolloutConfig> {
         self.rollouts.iter().find(|r| r.name == name)
     }
-}
-
-/// The least key in both sets: one merge walk, as `BTreeSet::intersection` would find it,
-/// without that iterator's code in the wasm module (1.8 KB).
-fn first_common<'a>(a: &'a BTreeSet<String>, b: &BTreeSet<String>) -> Option<&'a String> {
-    let (mut a, mut b) = (a.iter(), b.iter());
-    let (mut x, mut y) = (a.next(), b.next());
-    while let (Some(p), Some(q)) = (x, y) {
-        match p.cmp(q) {
-            std::cmp::Ordering::Less => x = a.next(),
-            std::cmp::Ordering::Greater => y = b.next(),
-            std::cmp::Ordering::Equal => return Some(p),
-        }
-    }
-    None
 }
 
 fn validate_rollout(v: &mut Validator, at: &str, r: &RolloutConfig) {

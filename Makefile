@@ -74,7 +74,7 @@ $(STAMPS)/venv: Makefile
 
 # Post-processing of a cargo-built module ($(1)) into the shipped one ($(2)):
 # 1. wasm-metadce drops the proxy-wasm exports the filter does not use (body, request
-#    trailers, network and gRPC callbacks, on_done; list in $(3), default
+#    trailers, network and gRPC callbacks, on_done, foreign functions; list in $(3), default
 #    filter/wasm-exports.json). Envoy skips a callback the module does not export, so in the
 #    plain module response body chunks never enter V8; the LLM module keeps
 #    `proxy_on_response_body`. Both keep `proxy_on_response_trailers` (a gRPC status),

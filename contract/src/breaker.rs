@@ -7,7 +7,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::validate::{Validator, MAX_WEIGHT_BP};
+use crate::validate::{field, Validator, MAX_WEIGHT_BP};
 
 const MAX_WINDOW_S: u32 = 3_600;
 const MAX_OPEN_S: u32 = 86_400;
@@ -53,22 +53,22 @@ impl CircuitBreaker {
 pub(crate) fn validate_breaker(v: &mut Validator, at: &str, b: &CircuitBreaker) {
     v.check(
         (1..=MAX_WEIGHT_BP).contains(&b.error_rate_bp),
-        format!("{at}.error_rate_bp"),
+        field(at, ".error_rate_bp"),
         format!("must be 1-10000 (0.01%-100%), got {}", b.error_rate_bp),
     );
     v.check(
         (1..=MAX_WINDOW_S).contains(&b.window_s),
-        format!("{at}.window_s"),
+        field(at, ".window_s"),
         format!("must be 1-{MAX_WINDOW_S}, got {}", b.window_s),
     );
     v.check(
         b.min_requests >= 1,
-        format!("{at}.min_requests"),
+        field(at, ".min_requests"),
         "must be at least 1",
     );
     v.check(
         (1..=MAX_OPEN_S).contains(&b.open_s),
-        format!("{at}.open_s"),
+        field(at, ".open_s"),
         format!("must be 1-{MAX_OPEN_S}, got {}", b.open_s),
     );
 }

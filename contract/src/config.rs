@@ -10,7 +10,8 @@ use serde::{Deserialize, Serialize};
 use crate::bucket::{bucket_of_hash, key_hash, version_for_bucket};
 use crate::keys::{entry_hash, KeyHash, KeyLists, KEY_HASH_SCHEME};
 use crate::validate::{
-    is_header_name, is_rollout_name, is_token, repeats, Validator, MAX_NAME_LEN,
+    field, first_common, is_header_name, is_rollout_name, is_token, repeats, Validator,
+    MAX_NAME_LEN,
 };
 use crate::Version;
 
@@ -416,7 +417,7 @@ impl FilterConfig {
             let at = format!("rollouts[{i}]");
             if repeated {
                 v.push(
-                    format!("{at}.name"),
+                    field(&at, ".name"),
                     format!("duplicate rollout name {:?}", r.name),
                 );
             }
@@ -442,7 +443,7 @@ impl FilterConfig {
 fn validate_rollout(v: &mut Validator, at: &str, r: &RolloutConfig) {
     v.check(
         is_rollout_name(&r.name),
-        format!("{at}.name"),
+        field(at, ".name"),
         format!(
             "{:?} must be 1-{MAX_NAME_LEN} bytes of [a-z0-9_-], starting with a letter or digit",
             r.name
@@ -450,7 +451,7 @@ fn validate_rollout(v: &mut Validator, at: &str, r: &RolloutConfig) {
     );
     v.check(
         r.weight_bp <= MAX_WEIGHT_BP,
-        format!("{at}.weight_bp"),
+        field(at, ".weight_bp"),
         format!(
             "must be at most {MAX_WEIGHT_BP} (100%), got {}",
             r.weight_bp
@@ -459,7 +460,7 @@ fn validate_rollout(v: &mut Validator, at: &str, r: &RolloutConfig) {
     if let Some(salt) = &r.salt {
         v.check(
             !salt.is_empty() && !salt.contains('\0'),
-            format!("{at}.salt"),
+            field(at, ".salt"),
             "must be non-empty and contain no NUL byte",
         );
     }
@@ -478,13 +479,13 @@ fn validate_rollout(v: &mut Validator, at: &str, r: &RolloutConfig) {
     if let Some(prefix) = &r.request_match.path_prefix {
         v.check(
             prefix.starts_with('/'),
-            format!("{at}.match.path_prefix"),
+            field(at, ".match.path_prefix"),
             format!("{prefix:?} must start with '/'"),
         );
     }
     v.check(
         !r.key_sources.is_empty() || r.anonymous_cookie.enabled,
-        format!("{at}.key_sources"),
+        field(at, ".key_sources"),
         "must name at least one header or cookie when anonymous_cookie is disabled",
     );
     for (j, source) in r.key_sources.iter().enumerate() {
@@ -503,18 +504,18 @@ fn validate_rollout(v: &mut Validator, at: &str, r: &RolloutConfig) {
     }
     v.check(
         is_header_name(&r.route_header),
-        format!("{at}.route_header"),
+        field(at, ".route_header"),
         format!("{:?} is not a lowercase HTTP header name", r.route_header),
     );
     if let Some(force) = &r.force_header {
         v.check(
             is_header_name(force),
-            format!("{at}.force_header"),
+            field(at, ".force_header"),
             format!("{force:?} is not a lowercase HTTP header name"),
         );
         v.check(
             force != &r.route_header,
-            format!("{at}.force_header"),
+            field(at, ".force_header"),
             "must differ from route_header",
         );
     }
@@ -538,16 +539,16 @@ fn validate_rollout(v: &mut Validator, at: &str, r: &RolloutConfig) {
             );
         }
     }
-    if let Some(both) = r.allow.intersection(&r.deny).next() {
+    if let Some(both) = first_common(&r.allow, &r.deny) {
         v.push(
-            format!("{at}.allow"),
+            field(at, ".allow"),
             format!("key {both:?} is in both allow and deny"),
         );
     }
     let c = &r.anonymous_cookie;
     v.check(
         is_token(&c.name),
-        format!("{at}.anonymous_cookie.name"),
+        field(at, ".anonymous_cookie.name"),
         format!("{:?} is not a cookie name", c.name),
     );
     v.check(
@@ -555,7 +556,7 @@ fn validate_rollout(v: &mut Validator, at: &str, r: &RolloutConfig) {
             && c.path
                 .bytes()
                 .all(|b| b.is_ascii_graphic() && b != b';' && b != b','),
-        format!("{at}.anonymous_cookie.path"),
+        field(at, ".anonymous_cookie.path"),
         format!(
             "{:?} must start with '/' and contain no ';', ',' or spaces",
             c.path
@@ -563,17 +564,17 @@ fn validate_rollout(v: &mut Validator, at: &str, r: &RolloutConfig) {
     );
     v.check(
         c.same_site != SameSite::None || c.secure,
-        format!("{at}.anonymous_cookie.same_site"),
+        field(at, ".anonymous_cookie.same_site"),
         "None requires secure: true (browsers drop it otherwise)",
     );
     v.check(
         (1..=MAX_KEY_BYTES_LIMIT).contains(&r.max_key_bytes),
-        format!("{at}.max_key_bytes"),
+        field(at, ".max_key_bytes"),
         format!("must be 1-{MAX_KEY_BYTES_LIMIT}, got {}", r.max_key_bytes),
     );
     v.check(
         !c.enabled || r.max_key_bytes >= ANONYMOUS_ID_BYTES,
-        format!("{at}.max_key_bytes"),
+        field(at, ".max_key_bytes"),
         format!(
             "must be at least {ANONYMOUS_ID_BYTES} (an anonymous id) while anonymous_cookie is \
              enabled, got {}",
@@ -581,28 +582,28 @@ fn validate_rollout(v: &mut Validator, at: &str, r: &RolloutConfig) {
         ),
     );
     if let Some(b) = &r.circuit_breaker {
-        crate::breaker::validate_breaker(v, &format!("{at}.circuit_breaker"), b);
+        crate::breaker::validate_breaker(v, &field(at, ".circuit_breaker"), b);
     }
     #[cfg(feature = "llm")]
     if let Some(llm) = &r.llm {
-        crate::llm::validate_llm(v, &format!("{at}.llm"), llm);
+        crate::llm::validate_llm(v, &field(at, ".llm"), llm);
     }
     #[cfg(feature = "fallback")]
     if let Some(f) = &r.fallback {
-        crate::fallback::validate_fallback(v, &format!("{at}.fallback"), f);
+        crate::fallback::validate_fallback(v, &field(at, ".fallback"), f);
     }
     #[cfg(feature = "llm")]
     if let Some(limit) = &r.rate_limit {
-        let at = format!("{at}.rate_limit");
+        let at = field(at, ".rate_limit");
         crate::ratelimit::validate_rate_limit(v, &at, limit, r.llm.is_some());
     }
     #[cfg(feature = "llm")]
     if let Some(shadow) = &r.shadow {
-        crate::shadow::validate_shadow(v, &format!("{at}.shadow"), shadow, r.llm.is_some());
+        crate::shadow::validate_shadow(v, &field(at, ".shadow"), shadow, r.llm.is_some());
     }
     #[cfg(feature = "llm")]
     if let Some(eval) = &r.eval {
-        crate::eval::validate_eval(v, &format!("{at}.eval"), eval, r.llm.as_ref());
+        crate::eval::validate_eval(v, &field(at, ".eval"), eval, r.llm.as_ref());
     }
 }
 

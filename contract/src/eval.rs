@@ -11,7 +11,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::stats::{rollout_stat_name, StatTag};
-use crate::validate::{is_signal_name, Validator, MAX_SIGNAL_LEN};
+use crate::validate::{field, is_signal_name, Validator, MAX_SIGNAL_LEN};
 use crate::Version;
 
 /// Continuous eval sampling of a rollout's LLM calls. Needs `llm` on the same rollout.
@@ -97,7 +97,7 @@ pub(crate) fn validate_eval(
     );
     v.check(
         eval.path.starts_with('/') && eval.path.bytes().all(|b| b.is_ascii_graphic()),
-        format!("{at}.path"),
+        field(at, ".path"),
         format!("{:?} must be a path starting with '/'", eval.path),
     );
     crate::shadow::validate_outgoing(
@@ -114,7 +114,7 @@ pub(crate) fn validate_eval(
     );
     v.check(
         is_signal_name(&eval.signal),
-        format!("{at}.signal"),
+        field(at, ".signal"),
         format!(
             "{:?} must be 1-{} bytes of [a-z0-9_] (it is part of stat names)",
             eval.signal, MAX_SIGNAL_LEN
@@ -123,7 +123,7 @@ pub(crate) fn validate_eval(
     let taken = llm.is_some_and(|l| l.quality_headers.iter().any(|q| q.signal == eval.signal));
     v.check(
         !taken,
-        format!("{at}.signal"),
+        field(at, ".signal"),
         format!(
             "{:?} is also a quality header's signal: the scores would mix",
             eval.signal

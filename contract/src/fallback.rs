@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::breaker::CircuitBreaker;
 use crate::stats::{rollout_stat_name, StatTag};
-use crate::validate::{is_header_name, is_rollout_name, repeats, Validator};
+use crate::validate::{field, is_header_name, is_rollout_name, repeats, Validator};
 
 /// The tier name of the rollout's own service in stats.
 pub const PRIMARY_TIER: &str = "primary";
@@ -125,15 +125,15 @@ fn default_probes() -> u32 {
 }
 
 pub(crate) fn validate_fallback(v: &mut Validator, at: &str, f: &Fallback) {
-    crate::breaker::validate_breaker(v, &format!("{at}.circuit_breaker"), &f.circuit_breaker);
+    crate::breaker::validate_breaker(v, &field(at, ".circuit_breaker"), &f.circuit_breaker);
     v.check(
         (1..=MAX_PROBES).contains(&f.half_open_probes),
-        format!("{at}.half_open_probes"),
+        field(at, ".half_open_probes"),
         format!("must be 1-{MAX_PROBES}, got {}", f.half_open_probes),
     );
     v.check(
         f.tiers.len() <= MAX_TIERS,
-        format!("{at}.tiers"),
+        field(at, ".tiers"),
         format!("at most {MAX_TIERS} tiers, got {}", f.tiers.len()),
     );
     let repeated_names = repeats(&f.tiers, |t| t.name.as_str());
@@ -144,7 +144,7 @@ pub(crate) fn validate_fallback(v: &mut Validator, at: &str, f: &Fallback) {
         let duplicate = repeated_names[i];
         v.check(
             is_rollout_name(&t.name) && !reserved && !duplicate,
-            format!("{at}.name"),
+            field(&at, ".name"),
             format!(
                 "{:?} must be a unique name of [a-z0-9_-], not primary or response",
                 t.name
@@ -156,17 +156,17 @@ pub(crate) fn validate_fallback(v: &mut Validator, at: &str, f: &Fallback) {
             && !repeated_values[i];
         v.check(
             value_ok,
-            format!("{at}.route_value"),
+            field(&at, ".route_value"),
             format!(
                 "{:?} must be a unique visible ASCII value, not stable or canary",
                 t.route_value
             ),
         );
-        crate::breaker::validate_breaker(v, &format!("{at}.circuit_breaker"), &t.circuit_breaker);
+        crate::breaker::validate_breaker(v, &field(&at, ".circuit_breaker"), &t.circuit_breaker);
         if let Some(cluster) = &t.cluster {
             v.check(
                 !cluster.is_empty() && cluster.bytes().all(|b| b.is_ascii_graphic()),
-                format!("{at}.cluster"),
+                field(&at, ".cluster"),
                 format!("{cluster:?} is not a cluster name"),
             );
         }
@@ -174,7 +174,7 @@ pub(crate) fn validate_fallback(v: &mut Validator, at: &str, f: &Fallback) {
     if let Some(retry) = &f.retry {
         v.check(
             !retry.methods.is_empty(),
-            format!("{at}.retry.methods"),
+            field(at, ".retry.methods"),
             "must name at least one method",
         );
         for (j, m) in retry.methods.iter().enumerate() {
@@ -186,19 +186,19 @@ pub(crate) fn validate_fallback(v: &mut Validator, at: &str, f: &Fallback) {
         }
         v.check(
             (1..=600_000).contains(&retry.timeout_ms),
-            format!("{at}.retry.timeout_ms"),
+            field(at, ".retry.timeout_ms"),
             format!("must be 1-600000, got {}", retry.timeout_ms),
         );
         v.check(
             (1..=16 * 1024 * 1024).contains(&retry.max_request_bytes),
-            format!("{at}.retry.max_request_bytes"),
+            field(at, ".retry.max_request_bytes"),
             format!("must be 1-16777216, got {}", retry.max_request_bytes),
         );
     }
     let r = &f.response;
     v.check(
         (200..=599).contains(&r.status),
-        format!("{at}.response.status"),
+        field(at, ".response.status"),
         format!("must be 200-599, got {}", r.status),
     );
     for (j, (name, value)) in r.headers.iter().enumerate() {
@@ -217,7 +217,7 @@ pub(crate) fn validate_fallback(v: &mut Validator, at: &str, f: &Fallback) {
     }
     v.check(
         serde_json::from_str::<serde::de::IgnoredAny>(&r.body_json).is_ok(),
-        format!("{at}.response.body_json"),
+        field(at, ".response.body_json"),
         "must be a JSON document",
     );
 }

@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::validate::{is_header_name, is_signal_name, repeats, Validator, MAX_SIGNAL_LEN};
+use crate::validate::{field, is_header_name, is_signal_name, repeats, Validator, MAX_SIGNAL_LEN};
 use crate::Version;
 
 /// What the filter reads from an LLM service's responses, per version.
@@ -121,7 +121,7 @@ pub(crate) fn validate_llm(v: &mut Validator, at: &str, llm: &LlmSignals) {
     }
     v.check(
         (1..=MAX_BODY_BYTES_LIMIT).contains(&llm.max_body_bytes),
-        format!("{at}.max_body_bytes"),
+        field(at, ".max_body_bytes"),
         format!(
             "must be 1-{MAX_BODY_BYTES_LIMIT}, got {}",
             llm.max_body_bytes

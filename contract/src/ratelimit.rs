@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 
 use serde::{Deserialize, Serialize};
 
-use crate::validate::{is_header_name, Validator};
+use crate::validate::{field, is_header_name, Validator};
 
 /// Per-user limits of one rollout, keyed by the same user key as routing.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -118,14 +118,14 @@ pub(crate) fn validate_rate_limit(v: &mut Validator, at: &str, r: &RateLimit, ha
     if r.tokens_per_minute.is_some() {
         v.check(
             has_llm,
-            format!("{at}.tokens_per_minute"),
+            field(at, ".tokens_per_minute"),
             "needs the rollout's `llm` (tokens are read from the LLM answers)",
         );
     }
     if let Some(tpm) = r.tokens_per_minute {
         v.check(
             r.estimate_tokens <= tpm,
-            format!("{at}.estimate_tokens"),
+            field(at, ".estimate_tokens"),
             format!(
                 "must be at most tokens_per_minute ({tpm}), got {}: no request could pass",
                 r.estimate_tokens
@@ -134,42 +134,42 @@ pub(crate) fn validate_rate_limit(v: &mut Validator, at: &str, r: &RateLimit, ha
     }
     v.check(
         (1_000..=3_600_000).contains(&r.refill_period_ms),
-        format!("{at}.refill_period_ms"),
+        field(at, ".refill_period_ms"),
         format!("must be within 1000..=3600000, got {}", r.refill_period_ms),
     );
     v.check(
         (1..=MAX_USERS_LIMIT).contains(&r.max_users),
-        format!("{at}.max_users"),
+        field(at, ".max_users"),
         format!("must be within 1..={MAX_USERS_LIMIT}, got {}", r.max_users),
     );
     v.check(
         (1..=MAX_WORKERS).contains(&r.workers),
-        format!("{at}.workers"),
+        field(at, ".workers"),
         format!("must be within 1..={MAX_WORKERS}, got {}", r.workers),
     );
     v.check(
         (1..=3600).contains(&r.throttle_retry_after_s),
-        format!("{at}.throttle_retry_after_s"),
+        field(at, ".throttle_retry_after_s"),
         format!("must be within 1..=3600, got {}", r.throttle_retry_after_s),
     );
     if let Some(header) = &r.priority.header {
         v.check(
             is_header_name(header),
-            format!("{at}.priority.header"),
+            field(at, ".priority.header"),
             format!("{header:?} is not a lowercase HTTP header name"),
         );
         v.check(
             !r.priority.values.is_empty(),
-            format!("{at}.priority.values"),
+            field(at, ".priority.values"),
             "must list the header values that mark a priority request",
         );
     } else if !r.priority.values.is_empty() {
-        v.push(format!("{at}.priority.header"), "values need a header");
+        v.push(field(at, ".priority.header"), "values need a header");
     }
     for key in &r.priority.keys {
         v.check(
             !key.is_empty(),
-            format!("{at}.priority.keys"),
+            field(at, ".priority.keys"),
             "keys must not be empty",
         );
     }

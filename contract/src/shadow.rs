@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::stats::{rollout_stat_name, StatTag};
-use crate::validate::{Validator, MAX_WEIGHT_BP};
+use crate::validate::{field, Validator, MAX_WEIGHT_BP};
 use crate::Version;
 
 /// Shadow traffic for a rollout. Needs `llm` on the same rollout: the primary's answer is
@@ -113,13 +113,13 @@ pub(crate) struct Outgoing<'a> {
 pub(crate) fn validate_outgoing(v: &mut Validator, at: &str, o: Outgoing) {
     v.check(
         !o.cluster.is_empty(),
-        format!("{at}.cluster"),
+        field(at, ".cluster"),
         "must not be empty",
     );
     if let Some(authority) = o.authority {
         v.check(
             !authority.is_empty() && authority.bytes().all(|b| b.is_ascii_graphic()),
-            format!("{at}.authority"),
+            field(at, ".authority"),
             format!("{authority:?} is not a host[:port]"),
         );
     }

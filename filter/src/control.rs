@@ -6,6 +6,8 @@
 //! worker switches together. A bad or missing answer changes nothing: the last good
 //! configuration stays.
 
+use std::fmt::Write as _;
+
 use canary_contract::{ControllerSource, FilterConfig};
 
 /// Shared-data keys for one controller source (shared data is per VM id, across workers).
@@ -109,12 +111,7 @@ pub fn interpret(status: Option<&[u8]>, etag: Option<&[u8]>, body: Option<&[u8]>
     match status {
         Some(b"304") => return PollOutcome::NotModified,
         Some(b"200") => {}
-        Some(other) => {
-            return PollOutcome::Failed(format!(
-                "controller answered {}",
-                String::from_utf8_lossy(other)
-            ))
-        }
+        Some(other) => return PollOutcome::Failed(format!("controller answered {}", lossy(other))),
         None => return PollOutcome::Failed("no answer (timeout or connection failure)".into()),
     }
     let Some(body) = body else {
@@ -143,6 +140,30 @@ pub fn interpret(status: Option<&[u8]>, etag: Option<&[u8]>, body: Option<&[u8]>
     }
 }
 
+/// `String::from_utf8_lossy` by `str::from_utf8`, which the module has anyway: the same text
+/// (each invalid sequence `Utf8Error::error_len` names is one U+FFFD), without the 1 KB of
+/// `Utf8Chunks` code.
+pub(crate) fn lossy(mut bytes: &[u8]) -> String {
+    let mut text = String::new();
+    loop {
+        match std::str::from_utf8(bytes) {
+            Ok(valid) => {
+                text.push_str(valid);
+                return text;
+            }
+            Err(e) => {
+                let (valid, rest) = bytes.split_at(e.valid_up_to());
+                text.push_str(std::str::from_utf8(valid).unwrap_or_default());
+                text.push(char::REPLACEMENT_CHARACTER);
+                match e.error_len() {
+                    Some(len) => bytes = rest.get(len..).unwrap_or_default(),
+                    None => return text,
+                }
+            }
+        }
+    }
+}
+
 /// Whether the controller has been unreachable for longer than the source allows.
 pub fn is_stale(source: &ControllerSource, last_ok_ms: Option<u64>, now_ms: u64) -> bool {
     match (source.fail_safe_after_s, last_ok_ms) {
@@ -166,18 +187,39 @@ pub fn fail_safe(mut config: FilterConfig) -> FilterConfig {
 
 /// A configuration's rollouts and weights, for the log: `[a=500bp, b=0bp]`.
 pub fn summary(config: &FilterConfig) -> String {
-    let rollouts: Vec<String> = config
-        .rollouts
-        .iter()
-        .map(|r| format!("{}={}bp", r.name, r.weight_bp))
-        .collect();
-    format!("[{}]", rollouts.join(", "))
+    // Pushed piece by piece: `[..].join` costs the wasm module 1 KB.
+    let mut out = String::from("[");
+    for (i, r) in config.rollouts.iter().enumerate() {
+        if i > 0 {
+            out.push_str(", ");
+        }
+        let _ = write!(out, "{}={}bp", r.name, r.weight_bp);
+    }
+    out.push(']');
+    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use canary_contract::RolloutConfig;
+
+    #[test]
+    fn lossy_replaces_each_broken_sequence_once() {
+        for bytes in [
+            &b"503"[..],
+            b"",
+            b"5\xff3",
+            b"\xe2\x82",
+            b"a\xe2\x82b",
+            b"\xf0\x9f\x98\x80!",
+            b"\xed\xa0\x80",
+            b"\xc0\xaf\xf8\x88\x80\x80\x80",
+        ] {
+            assert_eq!(lossy(bytes), String::from_utf8_lossy(bytes), "{bytes:?}");
+        }
+        assert_eq!(lossy(b"5\xff3"), "5\u{fffd}3");
+    }
 
     #[test]
     fn shared_encoding_round_trips() {

@@ -1,12 +1,14 @@
 //! Property tests (proptest) of the plain modules: cookies found in any generated header,
-//! routing that only moves users towards canary as the weight rises, and LLM bodies read
-//! the same in any chunking. Test-only; imports the modules it tests.
+//! routing that only moves users towards canary as the weight rises, LLM bodies read the
+//! same in any chunking, and lossy text for the log as std's. Test-only; imports the modules
+//! it tests.
 
 use proptest::collection::vec;
 use proptest::prelude::*;
 
 use canary_contract::{FilterConfig, RolloutConfig, Version};
 
+use crate::control::lossy;
 use crate::cookie::{anonymous_id, find_cookie, set_cookie_value};
 use crate::routing::{RequestHeaders, Router};
 
@@ -97,6 +99,15 @@ proptest! {
             }
         }
         prop_assert_eq!(version(&after, 1_000), Router::new(config(w2)).decide(&request, 0, || unreachable!()).unwrap().version);
+    }
+
+    /// The controller's status for the log reads as `String::from_utf8_lossy` would: any
+    /// bytes, mostly UTF-8 lead and continuation bytes so broken sequences are common.
+    #[test]
+    fn lossy_text_is_from_utf8_lossy(
+        bytes in vec(prop_oneof![0x80..=0xffu8, any::<u8>()], 0..24),
+    ) {
+        prop_assert_eq!(lossy(&bytes), String::from_utf8_lossy(&bytes));
     }
 }
 

@@ -18,7 +18,7 @@ pub fn bucket(salt: &str, key: &[u8]) -> u32 {
 }
 
 /// FNV-1a (64-bit) over `salt ‖ 0x00 ‖ key`: the value the bucket is reduced from, and the
-/// form in which allow and deny lists are published (see [`crate::keys`]), so a request
+/// form in which allow and deny lists are published (see the `keys` module), so a request
 /// hashes its key once for both.
 pub fn key_hash(salt: &str, key: &[u8]) -> u64 {
     let mut hasher = fnv::FnvHasher::default();

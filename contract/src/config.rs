@@ -8,6 +8,7 @@ use std::collections::BTreeSet;
 use serde::{Deserialize, Serialize};
 
 use crate::bucket::{bucket_of_hash, key_hash, version_for_bucket};
+pub use crate::controller_source::ControllerSource;
 use crate::keys::{entry_hash, KeyHash, KeyLists, KEY_HASH_SCHEME};
 use crate::validate::{
     field, first_common, is_header_name, is_rollout_name, is_token, repeats, Validator,
@@ -38,56 +39,6 @@ pub struct FilterConfig {
     /// configuration is all there is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub controller: Option<ControllerSource>,
-}
-
-/// The controller the filter polls for its configuration (`GET`, conditional on the ETag).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ControllerSource {
-    /// Envoy cluster that reaches the controller.
-    pub cluster: String,
-    #[serde(default = "default_controller_path")]
-    pub path: String,
-    /// `:authority` of the poll request.
-    #[serde(default = "default_controller_authority")]
-    pub authority: String,
-    #[serde(default = "default_poll_interval_ms")]
-    pub poll_interval_ms: u64,
-    #[serde(default = "default_poll_timeout_ms")]
-    pub timeout_ms: u64,
-    /// If set: after this long without a successful poll, every rollout routes to stable.
-    /// Unset: the last good configuration stays in force however long the controller is away.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub fail_safe_after_s: Option<u64>,
-}
-
-impl ControllerSource {
-    pub fn new(cluster: &str) -> ControllerSource {
-        ControllerSource {
-            cluster: cluster.to_string(),
-            path: default_controller_path(),
-            authority: default_controller_authority(),
-            poll_interval_ms: default_poll_interval_ms(),
-            timeout_ms: default_poll_timeout_ms(),
-            fail_safe_after_s: None,
-        }
-    }
-}
-
-fn default_controller_path() -> String {
-    "/filter-config".to_string()
-}
-
-fn default_controller_authority() -> String {
-    "canary-controller".to_string()
-}
-
-fn default_poll_interval_ms() -> u64 {
-    1_000
-}
-
-fn default_poll_timeout_ms() -> u64 {
-    500
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

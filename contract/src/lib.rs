@@ -7,17 +7,18 @@
 //!
 //! What lives where, and what may import what (one way, no cycles): [`Version`] here and
 //! `validate` (errors, `Validator`, name predicates), `bucket` and `stats` (stat names) are
-//! leaves; `grpc` (how gRPC answers count in the response classes) imports `stats`; `keys`
-//! (allow and deny lists as key hashes) imports `bucket`; the configuration's parts
-//! (`breaker`, `llm`, `ratelimit`, `shadow`; then `fallback` on `breaker`, `eval` on `llm`
-//! and `shadow`) import those; `config` imports the parts. The crate may import only std,
-//! serde, serde_json, serde_path_to_error, fnv
-//! and thiserror: never the filter or the controller, nothing that does not build for
-//! wasm32-wasip1.
+//! leaves, and so is `controller_source` (where a filter polls); `grpc` (how gRPC answers
+//! count in the response classes) imports `stats`; `keys` (allow and deny lists as key
+//! hashes) imports `bucket`; the configuration's parts (`breaker`, `llm`, `ratelimit`,
+//! `shadow`; then `fallback` on `breaker`, `eval` on `llm` and `shadow`) import those;
+//! `config` imports the parts. The crate may import only std, serde, serde_json,
+//! serde_path_to_error, fnv and thiserror: never the filter or the controller, nothing that
+//! does not build for wasm32-wasip1.
 
 pub mod breaker;
 pub mod bucket;
 pub mod config;
+pub mod controller_source;
 #[cfg(feature = "llm")]
 pub mod eval;
 #[cfg(feature = "fallback")]

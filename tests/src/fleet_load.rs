@@ -99,16 +99,16 @@ fn stats_text(
     elapsed: Duration,
     shape: &[(f64, f64)],
 ) -> Bytes {
-    let rollout = req
+    // `filter=%5C.rollout%5C.<name>%5C.`: the name, percent-decoded.
+    let filter = req
         .uri()
         .query()
         .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("filter=")))
-        .and_then(|f| f.split("rollout").nth(1))
-        .map(|rest| {
-            rest.chars()
-                .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
-                .collect::<String>()
-        })
+        .map(percent_decoded)
+        .unwrap_or_default();
+    let rollout = filter
+        .strip_prefix("\\.rollout\\.")
+        .and_then(|rest| rest.strip_suffix("\\."))
         .unwrap_or_default();
     let secs = elapsed.as_secs_f64();
     let mut out = String::with_capacity(64 * 1024);
@@ -140,6 +140,28 @@ fn stats_text(
         }
     }
     Bytes::from(out)
+}
+
+fn percent_decoded(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok());
+        match (bytes[i], hex.and_then(|h| u8::from_str_radix(h, 16).ok())) {
+            (b'%', Some(b)) => {
+                out.push(b);
+                i += 3;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// CPU seconds (user + system) process `pid` has used.

@@ -9,7 +9,7 @@
 //! - `controller_rss_kb`: the controller's peak RSS while judging two Envoys.
 //! - `fleet_*`: the judge loop at scale: one controller (pinned to one core) running
 //!   `FLEET_ROLLOUTS` rollouts (100) from a spec directory, each reading `FLEET_PROXIES`
-//!   stand-in proxies (50) every 5 s: CPU seconds per analysis round, and the share of a core
+//!   stand-in proxies (50) every 10 s: CPU seconds per analysis round, and the share of a core
 //!   that is at the default 30 s interval.
 
 use std::time::Duration;
@@ -61,6 +61,11 @@ fn wrk_rps(url: &str, if_none_match: Option<&str>) -> Result<f64> {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<()> {
+    // `BENCH_ROLLOUT_ONLY=fleet`: the fleet figure alone, printed, nothing written.
+    if std::env::var("BENCH_ROLLOUT_ONLY").as_deref() == Ok("fleet") {
+        println!("{:#}", fleet_round().await?);
+        return Ok(());
+    }
     let mut rollback = Vec::new();
     let mut rollback_canary_rps = Vec::new();
     let mut rss = Vec::new();
@@ -251,8 +256,8 @@ async fn fleet_round() -> Result<serde_json::Value> {
             .unwrap_or(default)
     };
     let (rollouts, proxies) = (env("FLEET_ROLLOUTS", 100), env("FLEET_PROXIES", 50));
-    const INTERVAL_S: f64 = 5.0;
-    const ROUNDS: u64 = 6;
+    const INTERVAL_S: f64 = 10.0;
+    const ROUNDS: u64 = 4;
     let admins = FakeAdmins::start().await?;
     let specs = tempfile::tempdir()?;
     let sources = admins.sources_yaml(proxies);

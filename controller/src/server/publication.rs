@@ -118,7 +118,10 @@ mod tests {
         let a = content_etag(7, br#"{"deny":["fnv1a64:0000000000000001"]}"#);
         let b = content_etag(7, br#"{"deny":["fnv1a64:0000000000000002"]}"#);
         assert_ne!(a, b, "same version, other content");
-        assert_eq!(a, content_etag(7, br#"{"deny":["fnv1a64:0000000000000001"]}"#));
+        assert_eq!(
+            a,
+            content_etag(7, br#"{"deny":["fnv1a64:0000000000000001"]}"#)
+        );
         assert!(
             a.starts_with("\"7-") && a.ends_with('"') && a.len() == 2 + 2 + 16,
             "{a}"

@@ -1,6 +1,7 @@
 //! Whether a saved state fits the spec it is resumed with: a state file from another
 //! spec (a stage past the end, a weight over 100%) is refused, naming the field, instead of
-//! serving garbage.
+//! serving garbage. A state of another release than the spec's is only checked for what
+//! the next step reads: that run ends (or, promoted, holds its weight) under the new spec.
 
 use super::RolloutState;
 use crate::spec::RolloutSpec;
@@ -27,7 +28,9 @@ impl RolloutState {
                 format!("is {:?}, the spec runs {:?}", self.rollout, spec.name),
             );
         }
-        if self.stage >= spec.stages.len() {
+        // A new release may come with other stages: the old run is never advanced under them.
+        let same_release = self.release == spec.release;
+        if same_release && self.stage >= spec.stages.len() {
             push(
                 "stage",
                 format!(
@@ -48,7 +51,7 @@ impl RolloutState {
                 ),
             );
         }
-        if self.in_shadow() && spec.shadow.is_none() {
+        if same_release && self.in_shadow() && spec.shadow.is_none() {
             push(
                 "shadow.active",
                 "the state is in its shadow phase, the spec has none".into(),

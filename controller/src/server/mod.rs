@@ -21,7 +21,7 @@ use axum::routing::{get, post};
 use axum::Router;
 use tokio::sync::Mutex;
 
-use crate::machine::{Effect, RolloutState};
+use crate::machine::{Effect, Input, RolloutState};
 use crate::sources;
 use crate::spec::RolloutSpec;
 use crate::store::{StateStore, StoreError};
@@ -152,13 +152,19 @@ impl Controller {
         (c, receiver)
     }
 
-    /// Carries out a transition: save first, then notify (publication is the saved state).
+    /// Carries out a transition: save first (an ended run to the history, then the state),
+    /// then notify (publication is the saved state).
     fn apply(
         &mut self,
         next: RolloutState,
         effects: Vec<Effect>,
         http: &reqwest::Client,
     ) -> Result<(), StoreError> {
+        for effect in &effects {
+            if let Effect::Archive(run) = effect {
+                self.store.archive(run)?;
+            }
+        }
         self.store.save(&next)?;
         self.state = next;
         for effect in effects {
@@ -176,6 +182,7 @@ impl Controller {
                     eprintln!("canaryctl: {}: {}", self.spec.name, event.message);
                     self.notify_webhooks(&event, http);
                 }
+                Effect::Archive(_) => {} // saved above
             }
         }
         self.publish();
@@ -209,12 +216,19 @@ pub async fn serve(spec: RolloutSpec, options: ServeOptions) -> anyhow::Result<(
     let store = StateStore::open(&options.state_dir, &spec.name)?;
     let http = http_client(options.ca_file.as_deref())?;
     let webhooks = notify::Webhooks::from_spec(&spec.webhooks)?;
-    // A saved state that does not fit the spec stops the start, the file untouched.
-    let (state, start_effects) = match store.load_for(&spec)? {
-        Some(state) => (state, None),
+    // A saved state that does not fit the spec stops the start, the file untouched. The
+    // spec as loaded may start a new release's run, or finalize the promoted one.
+    let (state, start_effects, resumed) = match store.load_for(&spec)? {
+        Some(saved) => {
+            let (next, effects) = saved.step(&spec, Input::SpecLoaded, now_ms())?;
+            let resumed = next.run == saved.run;
+            let changed = next != saved;
+            (saved, changed.then_some((next, effects)), resumed)
+        }
         None => {
-            let (state, effects) = RolloutState::start(&spec, now_ms());
-            (state, Some(effects))
+            let run = store.load_history()?.next_run();
+            let (state, effects) = RolloutState::start_run(&spec, run, now_ms(), "");
+            (state.clone(), Some((state, effects)), false)
         }
     };
     let (mut c, served) = Controller::new(spec.clone(), state.clone(), store, webhooks);
@@ -222,16 +236,17 @@ pub async fn serve(spec: RolloutSpec, options: ServeOptions) -> anyhow::Result<(
     c.source_names = source.names();
     c.weights
         .record(c.state.stage_started_ms, c.state.weight_bp);
-    let resumed = start_effects.is_none();
-    if let Some(effects) = start_effects {
-        c.apply(state, effects, &http)?;
+    if let Some((next, effects)) = start_effects {
+        c.apply(next, effects, &http)?;
     }
     eprintln!(
-        "canaryctl: {} {} at stage {} weight {} (state {})",
+        "canaryctl: {} {} at stage {} weight {} ({}run {}, state {})",
         spec.name,
         if resumed { "resumed" } else { "started" },
         c.state.stage + 1,
         crate::machine::pct(c.state.weight_bp),
+        crate::machine::release_label(&c.state.release),
+        c.state.run,
         c.store.path().display()
     );
     let controller = Arc::new(Mutex::new(c));

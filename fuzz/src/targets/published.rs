@@ -66,7 +66,7 @@ pub fn assert_effects(spec: &RolloutSpec, next: &RolloutState, effects: &[Effect
         .iter()
         .filter_map(|e| match e {
             Effect::PublishWeight(w) => Some(*w),
-            Effect::Notify(_) => None,
+            Effect::Notify(_) | Effect::Archive(_) => None,
         })
         .collect();
     if let Some(&last) = published.last() {

@@ -1,11 +1,13 @@
 //! `canaryctl`: run the controller (`serve`), check a spec (`validate`), and talk to a
-//! running controller (`status`, `promote`, `pause`, `resume`, `abort`).
+//! running controller (`status`, `history`, `promote`, `pause`, `resume`, `abort`, `retry`,
+//! `finalize`).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
+use canary_controller::machine::history::HistoryView;
 use canary_controller::machine::pct;
 use canary_controller::server::{now_ms, serve, ServeOptions};
 use canary_controller::spec::RolloutSpec;
@@ -62,6 +64,27 @@ enum Command {
     /// Send everyone to stable and end the rollout (blue-green: flip back; alias `rollback`).
     #[command(alias = "rollback")]
     Abort(Mutation),
+    /// Run a rolled-back (or aborted) release again from stage 1.
+    Retry(Named),
+    /// Mark the promoted release stable (after relabelling the subsets): weight back to 0.
+    Finalize(Named),
+    /// Show the rollout's runs: the current one and the ended ones, newest first.
+    History {
+        /// The rollout (refused if the controller runs another).
+        name: Option<String>,
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        controller: String,
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
+    },
+}
+
+/// A command for the rollout `name` (refused by the controller if it runs another).
+#[derive(clap::Args)]
+struct Named {
+    name: Option<String>,
+    #[command(flatten)]
+    mutation: Mutation,
 }
 
 /// The controller's bearer tokens, each given as a value or as a file (a mounted Kubernetes
@@ -129,8 +152,11 @@ fn print_status(status: &serde_json::Value, output: Output) {
     }
     let weight = status["weight_bp"].as_u64().unwrap_or(0) as u32;
     println!(
-        "rollout {}: {} — stage {}/{} at {} for {:.0}s (requests this stage: canary {}, stable {}; failures {}/{})",
+        "rollout {}: {}{} — stage {}/{} at {} for {:.0}s (requests this stage: canary {}, stable {}; failures {}/{})",
         status["rollout"].as_str().unwrap_or("?"),
+        status["release"]
+            .as_str()
+            .map_or(String::new(), |r| format!("release {r} ")),
         status["phase"].as_str().unwrap_or("?"),
         status["stage"],
         status["stages"],
@@ -222,12 +248,17 @@ fn print_status(status: &serde_json::Value, output: Output) {
 }
 
 async fn mutate(command: &str, m: Mutation) -> Result<()> {
+    mutate_named(command, None, m).await
+}
+
+async fn mutate_named(command: &str, name: Option<String>, m: Mutation) -> Result<()> {
     let Some(token) = token("token", m.token, m.token_file)? else {
         bail!("a token is required: --token, --token-file or CANARY_TOKEN");
     };
     let url = format!("{}/rollout/{command}", m.controller.trim_end_matches('/'));
     let response = reqwest::Client::new()
         .post(&url)
+        .query(&[("rollout", name)])
         .bearer_auth(token)
         .send()
         .await
@@ -306,7 +337,40 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Pause(m) => mutate("pause", m).await,
         Command::Resume(m) => mutate("resume", m).await,
         Command::Abort(m) => mutate("abort", m).await,
+        Command::Retry(n) => mutate_named("retry", n.name, n.mutation).await,
+        Command::Finalize(n) => mutate_named("finalize", n.name, n.mutation).await,
+        Command::History {
+            name,
+            controller,
+            output,
+        } => history(name, &controller, output).await,
     }
+}
+
+async fn history(name: Option<String>, controller: &str, output: Output) -> Result<()> {
+    let url = format!("{}/history", controller.trim_end_matches('/'));
+    let response = reqwest::Client::new()
+        .get(&url)
+        .query(&[("rollout", name)])
+        .send()
+        .await
+        .with_context(|| format!("GET {url}"))?;
+    let code = response.status();
+    let body = response.bytes().await?;
+    if !code.is_success() {
+        let error: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+        bail!(
+            "history refused ({code}): {}",
+            error["error"].as_str().unwrap_or("?")
+        );
+    }
+    let view: HistoryView =
+        serde_json::from_slice(&body).with_context(|| format!("GET {url}: not a history"))?;
+    match output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&view)?),
+        Output::Text => print!("{}", view.render(now_ms())),
+    }
+    Ok(())
 }
 
 #[tokio::main]

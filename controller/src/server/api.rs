@@ -1,8 +1,10 @@
-//! The HTTP API: `/status`, `/filter-config` (conditional on its ETag), the operator's
-//! `/rollout/{command}` and `POST /feedback`, the mutating calls behind bearer tokens: the
-//! operator's for commands, the feedback token (which can do nothing else) for ratings.
+//! The HTTP API: `/status`, `/history` (the ended runs), `/filter-config` (conditional on its
+//! ETag), the operator's `/rollout/{command}` and `POST /feedback`, the mutating calls behind
+//! bearer tokens: the operator's for commands, the feedback token (which can do nothing else)
+//! for ratings. `?rollout=NAME` on a command or `/history` is refused unless NAME is this
+//! controller's rollout (so that `finalize NAME` never lands on another rollout).
 
-use axum::extract::State;
+use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -30,6 +32,9 @@ fn status_json(c: &Controller) -> serde_json::Value {
     let now = now_ms();
     json!({
         "rollout": c.spec.name,
+        "release": c.state.release,
+        "stable_release": c.state.stable_release,
+        "run": c.state.run,
         "phase": c.state.phase,
         "stage": c.state.stage + 1,
         "stages": c.spec.stages.len(),
@@ -190,9 +195,49 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// `?rollout=NAME`: which rollout a call means, checked against this controller's.
+#[derive(serde::Deserialize)]
+pub(super) struct Addressed {
+    rollout: Option<String>,
+}
+
+/// 404 if the call names another rollout than `c`'s.
+fn other_rollout(c: &Controller, addressed: &Addressed) -> Option<Response> {
+    let name = addressed.rollout.as_deref()?;
+    (name != c.spec.name).then(|| {
+        let error = format!(
+            "no rollout {name:?} here: this controller runs {:?}",
+            c.spec.name
+        );
+        (StatusCode::NOT_FOUND, Json(json!({"error": error}))).into_response()
+    })
+}
+
+/// `GET /history`: the current run and the ended ones, newest first.
+pub(super) async fn history(
+    State(app): State<AppState>,
+    Query(addressed): Query<Addressed>,
+) -> Response {
+    let c = app.controller.lock().await;
+    if let Some(refused) = other_rollout(&c, &addressed) {
+        return refused;
+    }
+    match c.store.load_history() {
+        Ok(history) => {
+            Json(crate::machine::history::HistoryView::of(&c.state, &history)).into_response()
+        }
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            Json(json!({"error": e.to_string()})),
+        )
+            .into_response(),
+    }
+}
+
 pub(super) async fn command(
     State(app): State<AppState>,
     axum::extract::Path(command): axum::extract::Path<String>,
+    Query(addressed): Query<Addressed>,
     headers: HeaderMap,
 ) -> Response {
     if !authorized(app.operator_token.as_deref(), &headers) {
@@ -203,15 +248,20 @@ pub(super) async fn command(
         "pause" => Input::Pause,
         "resume" => Input::Resume,
         "abort" | "rollback" => Input::Abort,
+        "retry" => Input::Retry,
+        "finalize" => Input::Finalize,
         other => {
             return (
                 StatusCode::NOT_FOUND,
-                Json(json!({"error": format!("unknown command {other:?}: promote, pause, resume, abort or rollback")})),
+                Json(json!({"error": format!("unknown command {other:?}: promote, pause, resume, abort, rollback, retry or finalize")})),
             )
                 .into_response()
         }
     };
     let mut c = app.controller.lock().await;
+    if let Some(refused) = other_rollout(&c, &addressed) {
+        return refused;
+    }
     let spec = c.spec.clone();
     match c.state.step(&spec, input, now_ms()) {
         Ok((next, effects)) => match c.apply(next, effects, &app.http) {

@@ -266,6 +266,7 @@ pub async fn serve(spec: RolloutSpec, options: ServeOptions) -> anyhow::Result<(
         .route("/status", get(api::status))
         .route("/metrics", get(metrics::metrics))
         .route("/filter-config", get(api::filter_config))
+        .route("/history", get(api::history))
         .route("/rollout/{command}", post(api::command))
         .route("/feedback", post(api::feedback))
         .with_state(app);

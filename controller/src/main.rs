@@ -82,6 +82,7 @@ enum Command {
 /// A command for the rollout `name` (refused by the controller if it runs another).
 #[derive(clap::Args)]
 struct Named {
+    /// The rollout (refused if the controller runs another).
     name: Option<String>,
     #[command(flatten)]
     mutation: Mutation,
@@ -320,7 +321,16 @@ async fn run(cli: Cli) -> Result<()> {
                 .iter()
                 .map(|s| format!("{} for {:?}", pct(s.weight_bp()), s.hold))
                 .collect();
-            println!("{}: valid; stages {}", spec.name, stages.join(" → "));
+            let release = match (&spec.release, &spec.stable_release) {
+                (Some(r), Some(s)) => format!("release {r} (stable {s}); "),
+                (Some(r), None) => format!("release {r}; "),
+                _ => String::new(),
+            };
+            println!(
+                "{}: valid; {release}stages {}",
+                spec.name,
+                stages.join(" → ")
+            );
             Ok(())
         }
         Command::Status { controller, output } => {

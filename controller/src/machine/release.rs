@@ -689,6 +689,19 @@ mod tests {
         let v2 = spec(Some("v2"), None);
         assert_eq!(s.check(&v2), Ok(()), "it ends or holds under the new spec");
         assert_eq!(s.check(&four).expect_err("same release")[0].field, "stage");
+        // A shadow phase the new spec does not have: fine for a run it replaces at once,
+        // not for one it holds (still served as it is).
+        let mut shadowing = at_stage_2(&four);
+        shadowing.shadow = Some(super::super::shadow::ShadowState {
+            active: true,
+            ..Default::default()
+        });
+        assert_eq!(shadowing.check(&v2), Ok(()));
+        shadowing.phase = Phase::Promoted;
+        assert_eq!(
+            shadowing.check(&v2).expect_err("held")[0].field,
+            "shadow.active"
+        );
     }
 
     #[test]

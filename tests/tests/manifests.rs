@@ -81,6 +81,27 @@ fn rollout_spec_in_the_configmap_is_valid_and_matches_the_plugin() -> Result<()>
         plugin["spec"]["pluginConfig"]["rollouts"][0]["name"], spec.name,
         "the plugin's initial rollout must be the one the controller drives"
     );
+    // The spec's releases are the ones the example's subsets select (docs/operations.md).
+    let routing = docs("examples/checkout-routing.yaml")?;
+    let rule = routing
+        .iter()
+        .find(|d| d["kind"] == "DestinationRule")
+        .context("DestinationRule")?;
+    let subset_release = |name: &str| {
+        rule["spec"]["subsets"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|s| s["name"] == name)
+            .and_then(|s| s["labels"]["release"].as_str())
+            .map(String::from)
+    };
+    assert_eq!(subset_release("canary"), spec.release, "canary subset");
+    assert_eq!(
+        subset_release("stable"),
+        spec.stable_release,
+        "stable subset"
+    );
     Ok(())
 }
 

@@ -166,6 +166,10 @@ impl Controller {
             }
         }
         self.store.save(&next)?;
+        if next.run != self.state.run {
+            // Ratings not yet judged were about the run that ended, not the new one.
+            self.feedback = crate::feedback::PendingFeedback::default();
+        }
         self.state = next;
         for effect in effects {
             match effect {

@@ -1,11 +1,13 @@
 //! `canaryctl`: run the controller (`serve`), check a spec (`validate`), and talk to a
-//! running controller (`get`, `status`, `promote`, `pause`, `resume`, `abort`).
+//! running controller (`get`, `status`, `history`, `promote`, `pause`, `resume`, `abort`,
+//! `retry`, `finalize`).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
+use canary_controller::machine::history::HistoryView;
 use canary_controller::machine::pct;
 use canary_controller::server::{now_ms, serve, ServeOptions, SpecSource};
 use canary_controller::spec::RolloutSpec;
@@ -76,6 +78,19 @@ enum Command {
     /// Send everyone to stable and end the rollout (blue-green: flip back; alias `rollback`).
     #[command(alias = "rollback")]
     Abort(Mutation),
+    /// Run a rolled-back (or aborted) release again from stage 1.
+    Retry(Mutation),
+    /// Mark the promoted release stable (after relabelling the subsets): weight back to 0.
+    Finalize(Mutation),
+    /// Show the rollout's runs: the current one and the ended ones, newest first.
+    History {
+        /// The rollout (refused if the controller runs another).
+        name: Option<String>,
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        controller: String,
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
+    },
 }
 
 /// The controller's bearer tokens, each given as a value or as a file (a mounted Kubernetes
@@ -145,8 +160,11 @@ fn print_status(status: &serde_json::Value, output: Output) {
     }
     let weight = status["weight_bp"].as_u64().unwrap_or(0) as u32;
     println!(
-        "rollout {}: {} — stage {}/{} at {} for {:.0}s (requests this stage: canary {}, stable {}; failures {}/{})",
+        "rollout {}: {}{} — stage {}/{} at {} for {:.0}s (requests this stage: canary {}, stable {}; failures {}/{})",
         status["rollout"].as_str().unwrap_or("?"),
+        status["release"]
+            .as_str()
+            .map_or(String::new(), |r| format!("release {r} ")),
         status["phase"].as_str().unwrap_or("?"),
         status["stage"],
         status["stages"],
@@ -383,7 +401,16 @@ async fn run(cli: Cli) -> Result<()> {
                 .iter()
                 .map(|s| format!("{} for {:?}", pct(s.weight_bp()), s.hold))
                 .collect();
-            println!("{}: valid; stages {}", spec.name, stages.join(" → "));
+            let release = match (&spec.release, &spec.stable_release) {
+                (Some(r), Some(s)) => format!("release {r} (stable {s}); "),
+                (Some(r), None) => format!("release {r}; "),
+                _ => String::new(),
+            };
+            println!(
+                "{}: valid; {release}stages {}",
+                spec.name,
+                stages.join(" → ")
+            );
             Ok(())
         }
         Command::Status {
@@ -419,7 +446,43 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Pause(m) => mutate("pause", m).await,
         Command::Resume(m) => mutate("resume", m).await,
         Command::Abort(m) => mutate("abort", m).await,
+        Command::Retry(m) => mutate("retry", m).await,
+        Command::Finalize(m) => mutate("finalize", m).await,
+        Command::History {
+            name,
+            controller,
+            output,
+        } => history(name, &controller, output).await,
     }
+}
+
+async fn history(name: Option<String>, controller: &str, output: Output) -> Result<()> {
+    let base = controller.trim_end_matches('/');
+    let url = match &name {
+        Some(name) => format!("{base}/rollouts/{name}/history"),
+        None => format!("{base}/history"),
+    };
+    let response = reqwest::Client::new()
+        .get(&url)
+        .send()
+        .await
+        .with_context(|| format!("GET {url}"))?;
+    let code = response.status();
+    let body = response.bytes().await?;
+    if !code.is_success() {
+        let error: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+        bail!(
+            "history refused ({code}): {}",
+            error["error"].as_str().unwrap_or("?")
+        );
+    }
+    let view: HistoryView =
+        serde_json::from_slice(&body).with_context(|| format!("GET {url}: not a history"))?;
+    match output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&view)?),
+        Output::Text => print!("{}", view.render(now_ms())),
+    }
+    Ok(())
 }
 
 #[tokio::main]

@@ -1,12 +1,15 @@
 //! Durable rollout state: one JSON file, replaced atomically (write a temporary file in the
 //! same directory, fsync it, rename over the old one, fsync the directory), so a crash at any
-//! point leaves either the old state or the new one, never half of either.
+//! point leaves either the old state or the new one, never half of either. Beside it, the
+//! rollout's history of ended runs (`machine::History`, the last 20), replaced the same way.
+//! A run is archived before the state that replaces it is saved: a crash in between archives
+//! it again at the next start, which replaces the same run's entry (never a second one).
 
 use std::fs::{self, File};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use crate::machine::{RolloutState, StateMismatch};
+use crate::machine::{History, RolloutState, RunRecord, StateMismatch};
 use crate::spec::RolloutSpec;
 
 #[derive(Debug, thiserror::Error)]
@@ -18,6 +21,11 @@ pub enum StoreError {
     },
     #[error("{path}: not a rollout state: {source}")]
     Corrupt {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+    #[error("{path}: not a rollout history: {source} (move the file away to start a new one)")]
+    CorruptHistory {
         path: PathBuf,
         source: serde_json::Error,
     },
@@ -34,6 +42,7 @@ pub enum StoreError {
 
 pub struct StateStore {
     path: PathBuf,
+    history_path: PathBuf,
 }
 
 impl StateStore {
@@ -45,6 +54,7 @@ impl StateStore {
         })?;
         Ok(StateStore {
             path: dir.join(format!("{rollout}.state.json")),
+            history_path: dir.join(format!("{rollout}.history.json")),
         })
     }
 
@@ -87,27 +97,67 @@ impl StateStore {
     }
 
     pub fn save(&self, state: &RolloutState) -> Result<(), StoreError> {
-        let io = |path: &Path| {
-            let path = path.to_path_buf();
-            move |source| StoreError::Io { path, source }
-        };
-        let dir = self.path.parent().unwrap_or(Path::new("."));
-        let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(io(dir))?;
         let json = serde_json::to_vec_pretty(state).map_err(|source| StoreError::Corrupt {
             path: self.path.clone(),
             source,
         })?;
-        tmp.write_all(&json).map_err(io(tmp.path()))?;
-        tmp.as_file().sync_all().map_err(io(&self.path))?;
-        tmp.persist(&self.path).map_err(|e| StoreError::Io {
-            path: self.path.clone(),
-            source: e.error,
-        })?;
-        File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io(dir))?;
-        Ok(())
+        replace(&self.path, &json)
     }
+
+    pub fn history_path(&self) -> &Path {
+        &self.history_path
+    }
+
+    /// The ended runs (an empty history if there is none yet).
+    pub fn load_history(&self) -> Result<History, StoreError> {
+        let bytes = match fs::read(&self.history_path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(History::default()),
+            Err(source) => {
+                return Err(StoreError::Io {
+                    path: self.history_path.clone(),
+                    source,
+                })
+            }
+        };
+        serde_json::from_slice(&bytes).map_err(|source| StoreError::CorruptHistory {
+            path: self.history_path.clone(),
+            source,
+        })
+    }
+
+    /// Adds an ended run to the history (or replaces its earlier account), saved atomically.
+    pub fn archive(&self, run: &RunRecord) -> Result<(), StoreError> {
+        let mut history = self.load_history()?;
+        history.record(run.clone());
+        let json =
+            serde_json::to_vec_pretty(&history).map_err(|source| StoreError::CorruptHistory {
+                path: self.history_path.clone(),
+                source,
+            })?;
+        replace(&self.history_path, &json)
+    }
+}
+
+/// Replaces `path` with `bytes` atomically: a temporary file in the same directory, synced,
+/// renamed over it, and the directory synced.
+fn replace(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| StoreError::Io { path, source }
+    };
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(io(dir))?;
+    tmp.write_all(bytes).map_err(io(tmp.path()))?;
+    tmp.as_file().sync_all().map_err(io(path))?;
+    tmp.persist(path).map_err(|e| StoreError::Io {
+        path: path.to_path_buf(),
+        source: e.error,
+    })?;
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io(dir))?;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -164,5 +214,43 @@ mod tests {
             before,
             "nothing lost"
         );
+    }
+
+    #[test]
+    fn the_history_is_saved_beside_the_state_and_refused_when_corrupt() {
+        use crate::machine::Input;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = StateStore::open(dir.path(), "shop").expect("open");
+        assert_eq!(store.load_history().expect("empty"), History::default());
+        let spec = RolloutSpec::from_yaml(
+            "name: shop\nrelease: v1\nsources: {envoy_admin: [\"http://a\"]}\n",
+        )
+        .expect("spec");
+        let (state, _) = RolloutState::start(&spec, 42);
+        let (aborted, _) = state.step(&spec, Input::Abort, 50).expect("abort");
+        let (_, effects) = aborted.step(&spec, Input::Retry, 60).expect("retry");
+        let runs: Vec<&RunRecord> = effects
+            .iter()
+            .filter_map(|e| match e {
+                crate::machine::Effect::Archive(r) => Some(&**r),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(runs.len(), 1);
+        store.archive(runs[0]).expect("archive");
+        // A crash before the state's save: the next start archives the same run again.
+        store.archive(runs[0]).expect("archive again");
+        let reopened = StateStore::open(dir.path(), "shop").expect("open");
+        let history = reopened.load_history().expect("history");
+        assert_eq!(history.runs.len(), 1);
+        assert_eq!(history.runs[0], *runs[0]);
+        assert_eq!(history.next_run(), 2);
+        let files: Vec<_> = fs::read_dir(dir.path()).expect("ls").collect();
+        assert_eq!(files.len(), 1, "only the history file, no temporary file");
+        fs::write(store.history_path(), b"[1,").expect("write");
+        let err = store.load_history().expect_err("corrupt");
+        assert!(matches!(err, StoreError::CorruptHistory { .. }), "{err}");
+        assert!(store.archive(runs[0]).is_err(), "nothing overwritten");
+        assert_eq!(fs::read(store.history_path()).expect("read"), b"[1,");
     }
 }

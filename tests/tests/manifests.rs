@@ -93,6 +93,31 @@ fn rollout_specs_in_the_configmap_are_valid_and_match_the_plugin() -> Result<()>
             spec.name
         );
     }
+    // The checkout spec's releases are the ones the example's subsets select
+    // (docs/operations.md).
+    let checkout = data.get("checkout.yaml").and_then(|y| y.as_str());
+    let spec = RolloutSpec::from_yaml(checkout.context("data.checkout.yaml")?)
+        .map_err(|e| anyhow!("{e}"))?;
+    let routing = docs("examples/checkout-routing.yaml")?;
+    let rule = routing
+        .iter()
+        .find(|d| d["kind"] == "DestinationRule")
+        .context("DestinationRule")?;
+    let subset_release = |name: &str| {
+        rule["spec"]["subsets"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|s| s["name"] == name)
+            .and_then(|s| s["labels"]["release"].as_str())
+            .map(String::from)
+    };
+    assert_eq!(subset_release("canary"), spec.release, "canary subset");
+    assert_eq!(
+        subset_release("stable"),
+        spec.stable_release,
+        "stable subset"
+    );
     Ok(())
 }
 

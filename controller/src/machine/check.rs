@@ -1,6 +1,8 @@
 //! Whether a saved state fits the spec it is resumed with: a state file from another
 //! spec (a stage past the end, a weight over 100%) is refused, naming the field, instead of
-//! serving garbage.
+//! serving garbage. A state of another release than the spec's is not checked against the
+//! spec's stages: that run ends (or, promoted, holds its weight) under the new spec, never
+//! advances under it.
 
 use super::RolloutState;
 use crate::spec::RolloutSpec;
@@ -27,7 +29,9 @@ impl RolloutState {
                 format!("is {:?}, the spec runs {:?}", self.rollout, spec.name),
             );
         }
-        if self.stage >= spec.stages.len() {
+        // A new release may come with other stages: the old run is never advanced under them.
+        let same_release = self.release == spec.release;
+        if same_release && self.stage >= spec.stages.len() {
             push(
                 "stage",
                 format!(
@@ -48,7 +52,10 @@ impl RolloutState {
                 ),
             );
         }
-        if self.in_shadow() && spec.shadow.is_none() {
+        // The shadow copy is served until the run ends: unchecked only for a run the new
+        // release replaces at once (a promoted one is held, and served, until finalized).
+        let replaced_at_once = !same_release && self.phase != super::Phase::Promoted;
+        if !replaced_at_once && self.in_shadow() && spec.shadow.is_none() {
             push(
                 "shadow.active",
                 "the state is in its shadow phase, the spec has none".into(),

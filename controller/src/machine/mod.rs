@@ -3,8 +3,9 @@
 //! module changes a [`RolloutState`]. The strategies read it and return a
 //! [`Decision`]: [`canary`] (stages of increasing weight), [`blue_green`] (verify at 0%, one
 //! flip, the old version kept) and [`shadow`] (the shadow phase's gate before the first
-//! stage). [`quota`] is the quota sentinel, a second small machine over the same windows. May
-//! import `spec`, `stats` and `judge`; never `server`.
+//! stage). [`quota`] is the quota sentinel, a second small machine over the same windows.
+//! `release` starts runs: a new release in the spec, a retry, finalize after promotion;
+//! [`history`] keeps the ended runs. May import `spec`, `stats` and `judge`; never `server`.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -18,13 +19,17 @@ use crate::stats::ShadowCounts;
 pub mod blue_green;
 pub mod canary;
 mod check;
+pub mod history;
 #[cfg(test)]
 mod properties;
 pub mod quota;
+mod release;
 pub mod shadow;
 mod totals;
 
 pub use check::StateMismatch;
+pub use history::{History, RunRecord};
+pub use release::release_label;
 pub use totals::StageTotals;
 
 /// Verdicts and events kept in the state (and so in `status`).
@@ -42,15 +47,18 @@ pub enum Phase {
     RolledBack,
     /// Terminal: an operator aborted (weight 0).
     Aborted,
+    /// Terminal: the promoted release is stable now (the subsets relabelled): weight 0.
+    Finalized,
 }
 
 impl Phase {
-    pub const ALL: [Phase; 5] = [
+    pub const ALL: [Phase; 6] = [
         Phase::Progressing,
         Phase::Paused,
         Phase::Promoted,
         Phase::RolledBack,
         Phase::Aborted,
+        Phase::Finalized,
     ];
 
     /// The name used in `/status` (serde) and as the `/metrics` label.
@@ -61,11 +69,12 @@ impl Phase {
             Phase::Promoted => "promoted",
             Phase::RolledBack => "rolled_back",
             Phase::Aborted => "aborted",
+            Phase::Finalized => "finalized",
         }
     }
 
     pub fn is_terminal(self) -> bool {
-        matches!(self, Phase::Promoted | Phase::RolledBack | Phase::Aborted)
+        !matches!(self, Phase::Progressing | Phase::Paused)
     }
 }
 
@@ -87,6 +96,11 @@ pub enum EventKind {
     RolledBack,
     Promoted,
     Aborted,
+    Finalized,
+    /// A run ended by a new release (or a retry) before it finished.
+    Superseded,
+    /// A new release waits for the promoted one to be finalized.
+    ReleaseWaiting,
 }
 
 impl EventKind {
@@ -106,6 +120,14 @@ pub struct VerdictRecord {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RolloutState {
     pub rollout: String,
+    /// The release this run rolls out (the spec's `release`; `None`: unnamed), the stable
+    /// release it started against, and which run of the rollout it is (1, 2, …).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub release: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stable_release: Option<String>,
+    #[serde(default = "release::first_run")]
+    pub run: u64,
     pub phase: Phase,
     pub stage: usize,
     pub weight_bp: u32,
@@ -154,6 +176,13 @@ pub enum Input {
     Pause,
     Resume,
     Abort,
+    /// The spec as loaded (at start, or edited): a new `release` starts a new run, a
+    /// `stable_release` naming the promoted release finalizes it (see [`release`]).
+    SpecLoaded,
+    /// Operator: run a rolled-back (or aborted) release again from stage 1.
+    Retry,
+    /// Operator: the promoted release is stable now: weight 0 on the stable route.
+    Finalize,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -164,6 +193,10 @@ pub enum Refused {
     NotPaused,
     #[error("the rollout is already paused")]
     AlreadyPaused,
+    #[error("retry runs a rolled-back or aborted release again; this one is {}", .0.as_str())]
+    NotRolledBack(Phase),
+    #[error("finalize needs a promoted release (at 100%); this one is {0}")]
+    NotPromoted(String),
 }
 
 /// What a strategy decided about a window or a command; [`RolloutState`] carries it out.
@@ -190,69 +223,11 @@ pub enum Effect {
     /// Serve this weight to the filters.
     PublishWeight(u32),
     Notify(Event),
+    /// Keep this ended run in the history (saved before the state that follows it).
+    Archive(Box<RunRecord>),
 }
 
 impl RolloutState {
-    /// A rollout starting at its first stage.
-    pub fn start(spec: &RolloutSpec, now_ms: u64) -> (RolloutState, Vec<Effect>) {
-        // A shadow phase first: nobody is routed to the candidate until its gate passes.
-        let weight_bp = match spec.shadow {
-            Some(_) => 0,
-            None => spec.stages.first().map_or(0, |s| s.weight_bp()),
-        };
-        let mut state = RolloutState {
-            rollout: spec.name.clone(),
-            phase: Phase::Progressing,
-            stage: 0,
-            weight_bp,
-            stage_started_ms: now_ms,
-            stage_canary_requests: 0,
-            stage_stable_requests: 0,
-            consecutive_failures: 0,
-            analyses: 0,
-            config_version: 1,
-            verdicts: VecDeque::new(),
-            timeline: VecDeque::new(),
-            shadow: spec.shadow.as_ref().map(|_| shadow::ShadowState {
-                active: true,
-                started_ms: now_ms,
-                ..Default::default()
-            }),
-            evidence: Arc::default(),
-            stages: Vec::new(),
-            progress_since_ms: now_ms,
-            flipped_ms: None,
-        };
-        if spec.shadow.is_none() {
-            state.open_stage_totals(0, now_ms);
-        }
-        let mut effects = vec![Effect::PublishWeight(weight_bp)];
-        if let Some(shadow) = &spec.shadow {
-            state.record(
-                &mut effects,
-                now_ms,
-                EventKind::Started,
-                format!(
-                    "started in shadow: {}% of requests copied to cluster {}, weight 0%",
-                    f64::from(shadow.copy.sample_bp) / 100.0,
-                    shadow.copy.cluster
-                ),
-            );
-            return (state, effects);
-        }
-        state.record(
-            &mut effects,
-            now_ms,
-            EventKind::Started,
-            format!(
-                "started at stage 1 of {}, weight {}",
-                spec.stages.len(),
-                pct(weight_bp)
-            ),
-        );
-        (state, effects)
-    }
-
     /// Whether the rollout is in its shadow phase (weight 0, copies to the candidate).
     pub fn in_shadow(&self) -> bool {
         self.shadow.as_ref().is_some_and(|s| s.active)
@@ -410,6 +385,9 @@ impl RolloutState {
         input: Input,
         now_ms: u64,
     ) -> Result<Vec<Effect>, Refused> {
+        if matches!(input, Input::SpecLoaded | Input::Retry | Input::Finalize) {
+            return self.release_step(spec, &input, now_ms);
+        }
         let mut effects = Vec::new();
         if self.phase.is_terminal() {
             return match input {
@@ -486,6 +464,7 @@ impl RolloutState {
                     message,
                 )
             }
+            Input::SpecLoaded | Input::Retry | Input::Finalize => {} // release_step, above
         }
         Ok(effects)
     }

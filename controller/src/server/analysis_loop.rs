@@ -44,7 +44,7 @@ pub(super) async fn run(
         for note in &window.notes {
             eprintln!("canaryctl: {note}");
         }
-        let (evidence, judged_stage) = {
+        let (evidence, judged_stage, judged_run) = {
             let mut c = controller.lock().await;
             if readable > 0 {
                 c.proxies = readable;
@@ -57,7 +57,7 @@ pub(super) async fn run(
             }
             // The proxy count and the throttle are part of the served configuration.
             c.publish();
-            (c.state.evidence.clone(), c.state.stage)
+            (c.state.evidence.clone(), c.state.stage, c.state.run)
         };
         if window.sources_counted == 0 {
             // Nothing measured: no verdict at all rather than an empty one.
@@ -89,9 +89,9 @@ pub(super) async fn run(
             }
         }
         let mut c = controller.lock().await;
-        if c.state.stage != judged_stage {
-            // An operator moved the rollout on while the judge ran: this window's evidence
-            // belongs to the stage it left.
+        if c.state.stage != judged_stage || c.state.run != judged_run {
+            // An operator moved the rollout on (or retried it) while the judge ran: this
+            // window's evidence belongs to the stage or run it left.
             continue;
         }
         c.last_checks = verdict.checks.clone();

@@ -1,11 +1,13 @@
 //! The HTTP API: `/status`, `/rollouts` (one line per rollout), `/rollouts/{name}` (one
-//! rollout's status), `/filter-config` (every rollout's, conditional on its ETag), the
-//! operator's `/rollouts/{name}/{command}` and `POST /feedback`, the mutating calls behind
-//! bearer tokens: the operator's for commands, the feedback token (which can do nothing
-//! else) for ratings. `/rollout/{command}` and `/status` without a name are for a controller
-//! of one rollout.
+//! rollout's status), `/rollouts/{name}/history` (its current run and the ended ones),
+//! `/filter-config` (every rollout's, conditional on its ETag), the operator's
+//! `/rollouts/{name}/{command}` and `POST /feedback`, the mutating calls behind bearer
+//! tokens: the operator's for commands, the feedback token (which can do nothing else) for
+//! ratings. `/rollout/{command}`, `/history` and `/status` without a name are for a
+//! controller of one rollout; `?rollout=NAME` names one there (unknown names are refused, so
+//! that `finalize NAME` never lands on another rollout).
 
-use axum::extract::State;
+use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -33,6 +35,9 @@ fn status_json(c: &Controller) -> serde_json::Value {
     let now = now_ms();
     json!({
         "rollout": c.spec.name,
+        "release": c.state.release,
+        "stable_release": c.state.stable_release,
+        "run": c.state.run,
         "phase": c.state.phase,
         "stage": c.state.stage + 1,
         "stages": c.spec.stages.len(),
@@ -300,13 +305,56 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// `POST /rollout/{command}`: a command to the controller's only rollout.
+/// `?rollout=NAME`: which rollout a call without one in its path means.
+#[derive(serde::Deserialize)]
+pub(super) struct Addressed {
+    rollout: Option<String>,
+}
+
+/// `GET /history` (`?rollout=NAME`, or the only rollout).
+pub(super) async fn history(
+    State(app): State<AppState>,
+    Query(addressed): Query<Addressed>,
+) -> Response {
+    history_of(&app, addressed.rollout.as_deref()).await
+}
+
+/// `GET /rollouts/{name}/history`.
+pub(super) async fn rollout_history(
+    State(app): State<AppState>,
+    axum::extract::Path(name): axum::extract::Path<String>,
+) -> Response {
+    history_of(&app, Some(&name)).await
+}
+
+/// The rollout's current run and the ended ones, newest first.
+async fn history_of(app: &AppState, name: Option<&str>) -> Response {
+    let controller = match find(app, name).await {
+        Ok((_, c)) => c,
+        Err(e) => return e.into_response(),
+    };
+    let c = controller.lock().await;
+    match c.store.load_history() {
+        Ok(history) => {
+            Json(crate::machine::history::HistoryView::of(&c.state, &history)).into_response()
+        }
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            Json(json!({"error": e.to_string()})),
+        )
+            .into_response(),
+    }
+}
+
+/// `POST /rollout/{command}`: a command to the controller's only rollout (or the one
+/// `?rollout=NAME` names).
 pub(super) async fn command(
     State(app): State<AppState>,
     axum::extract::Path(command): axum::extract::Path<String>,
+    Query(addressed): Query<Addressed>,
     headers: HeaderMap,
 ) -> Response {
-    run_command(app, None, command, headers).await
+    run_command(app, addressed.rollout, command, headers).await
 }
 
 /// `POST /rollouts/{name}/{command}`.
@@ -332,10 +380,12 @@ async fn run_command(
         "pause" => Input::Pause,
         "resume" => Input::Resume,
         "abort" | "rollback" => Input::Abort,
+        "retry" => Input::Retry,
+        "finalize" => Input::Finalize,
         other => {
             return (
                 StatusCode::NOT_FOUND,
-                Json(json!({"error": format!("unknown command {other:?}: promote, pause, resume, abort or rollback")})),
+                Json(json!({"error": format!("unknown command {other:?}: promote, pause, resume, abort, rollback, retry or finalize")})),
             )
                 .into_response()
         }

@@ -20,7 +20,7 @@ use tokio::sync::Mutex;
 
 use super::publication::Publisher;
 use super::{analysis_loop, notify, now_ms, Controller, Shared};
-use crate::machine::RolloutState;
+use crate::machine::{Input, RolloutState};
 use crate::sources;
 use crate::spec::RolloutSpec;
 use crate::store::StateStore;
@@ -283,6 +283,21 @@ impl Fleet {
             c.source_names = source.names();
             c.spec = spec.clone();
             c.webhooks = webhooks;
+            // The edited spec may name a new release (a new run at stage 1) or finalize the
+            // promoted one, as at start-up.
+            match c.state.step(&spec, Input::SpecLoaded, now_ms()) {
+                Ok((next, effects)) if next != c.state => {
+                    let http = self.http.clone();
+                    if let Err(e) = c.apply(next, effects, &http) {
+                        eprintln!(
+                            "canaryctl: {}: could not save state, the new spec's run waits: {e}",
+                            spec.name
+                        );
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => eprintln!("canaryctl: {}: {e}", spec.name),
+            }
             c.publish();
             drop(c);
             running.text_hash = text_hash;
@@ -321,12 +336,21 @@ impl Fleet {
     fn start(&self, spec: RolloutSpec) -> anyhow::Result<Shared> {
         let store = StateStore::open(&self.state_dir, &spec.name)?;
         let webhooks = notify::Webhooks::from_spec(&spec.webhooks)?;
-        // A saved state that does not fit the spec stops the start, the file untouched.
-        let (state, start_effects) = match store.load_for(&spec)? {
-            Some(state) => (state, None),
+        // A saved state that does not fit the spec stops the start, the file untouched. The
+        // spec as loaded may start a new release's run, or finalize the promoted one.
+        let (state, start_effects, resumed) = match store.load_for(&spec)? {
+            Some(saved) => {
+                let (next, effects) = saved.step(&spec, Input::SpecLoaded, now_ms())?;
+                let resumed = next.run == saved.run;
+                let changed = next != saved;
+                (saved, changed.then_some((next, effects)), resumed)
+            }
             None => {
-                let (state, effects) = RolloutState::start(&spec, now_ms());
-                (state, Some(effects))
+                // A fresh state never starts past stage 1; its run number follows the
+                // history's (a state file moved away does not restart the numbering).
+                let run = store.load_history()?.next_run();
+                let (state, effects) = RolloutState::start_run(&spec, run, now_ms(), "");
+                (state.clone(), Some((state, effects)), false)
             }
         };
         let mut c = Controller::new(
@@ -339,16 +363,17 @@ impl Fleet {
         c.source_names = sources::from_spec(&spec.sources).names();
         c.weights
             .record(c.state.stage_started_ms, c.state.weight_bp);
-        let resumed = start_effects.is_none();
-        if let Some(effects) = start_effects {
-            c.apply(state, effects, &self.http)?;
+        if let Some((next, effects)) = start_effects {
+            c.apply(next, effects, &self.http)?;
         }
         eprintln!(
-            "canaryctl: {} {} at stage {} weight {} (state {})",
+            "canaryctl: {} {} at stage {} weight {} ({}run {}, state {})",
             spec.name,
             if resumed { "resumed" } else { "started" },
             c.state.stage + 1,
             crate::machine::pct(c.state.weight_bp),
+            crate::machine::release_label(&c.state.release),
+            c.state.run,
             c.store.path().display()
         );
         Ok(Arc::new(Mutex::new(c)))

@@ -151,14 +151,24 @@ impl Controller {
         c
     }
 
-    /// Carries out a transition: save first, then notify (publication is the saved state).
+    /// Carries out a transition: save first (an ended run to the history, then the state),
+    /// then notify (publication is the saved state).
     fn apply(
         &mut self,
         next: RolloutState,
         effects: Vec<Effect>,
         http: &reqwest::Client,
     ) -> Result<(), StoreError> {
+        for effect in &effects {
+            if let Effect::Archive(run) = effect {
+                self.store.archive(run)?;
+            }
+        }
         self.store.save(&next)?;
+        if next.run != self.state.run {
+            // Ratings not yet judged were about the run that ended, not the new one.
+            self.feedback = crate::feedback::PendingFeedback::default();
+        }
         self.state = next;
         for effect in effects {
             match effect {
@@ -175,6 +185,7 @@ impl Controller {
                     eprintln!("canaryctl: {}: {}", self.spec.name, event.message);
                     self.notify_webhooks(&event, http);
                 }
+                Effect::Archive(_) => {} // saved above
             }
         }
         self.publish();
@@ -235,9 +246,11 @@ pub async fn serve(specs: SpecSource, options: ServeOptions) -> anyhow::Result<(
         .route("/status", get(api::status))
         .route("/rollouts", get(api::list))
         .route("/rollouts/{name}", get(api::rollout_status))
+        .route("/rollouts/{name}/history", get(api::rollout_history))
         .route("/rollouts/{name}/{command}", post(api::rollout_command))
         .route("/metrics", get(metrics::metrics))
         .route("/filter-config", get(api::filter_config))
+        .route("/history", get(api::history))
         .route("/rollout/{command}", post(api::command))
         .route("/feedback", post(api::feedback))
         .with_state(app);

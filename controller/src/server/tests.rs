@@ -162,3 +162,83 @@ fn refused_readings_are_counted_by_source_and_reason() {
         assert!(text.contains(&series), "{series} not in {text}");
     }
 }
+
+/// Issue 16, item 2: `retry` and `finalize` are operator commands, refused with a reason
+/// when they do not apply; `/history` serves the ended runs; a call naming another rollout
+/// is refused before anything changes.
+#[test]
+fn retry_finalize_and_history_through_the_api() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut app, _controller) = app(
+        "name: chat\nrelease: v2\nsources: {envoy_admin: [\"http://127.0.0.1:1\"]}\n",
+        &dir,
+    );
+    app.operator_token = Some(Arc::new("op".into()));
+    let mut auth = HeaderMap::new();
+    auth.insert(header::AUTHORIZATION, "Bearer op".parse().expect("header"));
+    let call = |command: &str, rollout: Option<&str>| {
+        let addressed =
+            serde_json::from_value(serde_json::json!({ "rollout": rollout })).expect("query");
+        let response = now_or_never(api::command(
+            State(app.clone()),
+            axum::extract::Path(command.to_string()),
+            axum::extract::Query(addressed),
+            auth.clone(),
+        ))
+        .expect("answered at once");
+        let code = response.status();
+        let body = now_or_never(axum::body::to_bytes(response.into_body(), usize::MAX))
+            .expect("body")
+            .expect("bytes");
+        (
+            code,
+            serde_json::from_slice::<serde_json::Value>(&body).expect("json"),
+        )
+    };
+    let (code, body) = call("finalize", Some("chat"));
+    assert_eq!(code, StatusCode::CONFLICT);
+    assert_eq!(
+        body["error"],
+        "finalize needs a promoted release (at 100%); this one is progressing at stage 1 of 4 (5%)"
+    );
+    let (code, body) = call("abort", Some("cart"));
+    assert_eq!(code, StatusCode::NOT_FOUND, "{body}");
+    assert!(body["error"]
+        .as_str()
+        .is_some_and(|e| e.contains("no rollout \"cart\"")));
+    assert_eq!(
+        call("retry", None).0,
+        StatusCode::CONFLICT,
+        "not rolled back"
+    );
+    assert_eq!(call("abort", None).0, StatusCode::OK);
+    let (code, body) = call("retry", Some("chat"));
+    assert_eq!(code, StatusCode::OK, "{body}");
+    assert_eq!(
+        (body["run"].clone(), body["release"].clone()),
+        (2.into(), "v2".into())
+    );
+    assert_eq!(
+        (body["phase"].clone(), body["weight_bp"].clone()),
+        ("progressing".into(), 500.into())
+    );
+
+    let history = now_or_never(api::history(
+        State(app.clone()),
+        axum::extract::Query(serde_json::from_value(serde_json::json!({})).expect("query")),
+    ))
+    .expect("answered");
+    let body = now_or_never(axum::body::to_bytes(history.into_body(), usize::MAX))
+        .expect("body")
+        .expect("bytes");
+    let view: crate::machine::history::HistoryView =
+        serde_json::from_slice(&body).expect("a history");
+    assert_eq!((view.current.run, view.runs.len()), (2, 1));
+    assert_eq!(
+        view.runs[0].outcome,
+        crate::machine::history::RunOutcome::Aborted
+    );
+    // The history is on disk: a new store over the same directory reads it.
+    let reopened = StateStore::open(dir.path(), "chat").expect("store");
+    assert_eq!(reopened.load_history().expect("history").runs.len(), 1);
+}

@@ -1,8 +1,8 @@
 //! The rollout spec (`rollout.yaml`): stages, analysis, checks, where the stats come from,
 //! parsed and validated once. Its sections live here too: [`blue_green`], [`shadow`],
-//! [`quota`], [`llm_checks`] (`checks.llm`), and [`filter`] builds the filter configuration
-//! the spec serves. The bottom floor: imports only the contract, never another module of the
-//! crate.
+//! [`quota`], [`llm_checks`] (`checks.llm`), [`release`] (`release`, `stable_release`), and
+//! [`filter`] builds the filter configuration the spec serves. The bottom floor: imports only
+//! the contract, never another module of the crate.
 //!
 //! Defaults follow the seeds: stages 5% → 25% → 50% → 100% with holds of 30 min, 1 h and 2 h
 //! (seed 000), error rate at most 5% and at most 1.5× stable, p99 at most 1.5× stable and
@@ -18,6 +18,7 @@ pub mod blue_green;
 mod filter;
 pub mod llm_checks;
 pub mod quota;
+pub mod release;
 pub mod shadow;
 pub mod webhook;
 
@@ -76,6 +77,23 @@ pub(crate) fn is_multiple(x: f64) -> bool {
 pub struct RolloutSpec {
     /// The rollout's name: the filter's `rollout` stat label and config entry.
     pub name: String,
+    /// The release this rollout rolls out, e.g. `v1.3.2`: a new value starts a new run at
+    /// stage 1 (see [`release`]). Unset: one unnamed release.
+    #[serde(
+        default,
+        deserialize_with = "release::deserialize",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub release: Option<String>,
+    /// The release the stable subset serves. Set to `release` once the subsets are
+    /// relabelled, it finalizes a promoted release (weight back to 0), like `canaryctl
+    /// finalize`.
+    #[serde(
+        default,
+        deserialize_with = "release::deserialize",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub stable_release: Option<String>,
     #[serde(default = "default_stages")]
     pub stages: Vec<Stage>,
     #[serde(default)]
@@ -479,6 +497,7 @@ impl RolloutSpec {
         }
         shadow::validate(self, &mut errors);
         blue_green::validate(self, &mut errors);
+        release::validate(self, &mut errors);
         errors.extend(durations);
         // What `/filter-config` will serve, throttle and per-user allowances included, must
         // be what a filter accepts, or no weight change (rollbacks included) would reach the

@@ -53,7 +53,9 @@ pub fn assert_state_publishable(spec: &RolloutSpec, state: &RolloutState) {
     if let Err(problems) = state.check(spec) {
         panic!("the machine left the spec: {problems:?}");
     }
-    assert!(state.stage < spec.stages.len());
+    // A run of another release (held at 100% until finalized) may be past the new spec's
+    // stages: it never advances under them.
+    assert!(state.stage < spec.stages.len() || state.release != spec.release);
     assert!(state.weight_bp <= MAX_WEIGHT_BP);
     assert_publishable(spec, state.weight_bp, state.in_shadow());
 }
@@ -66,7 +68,7 @@ pub fn assert_effects(spec: &RolloutSpec, next: &RolloutState, effects: &[Effect
         .iter()
         .filter_map(|e| match e {
             Effect::PublishWeight(w) => Some(*w),
-            Effect::Notify(_) => None,
+            Effect::Notify(_) | Effect::Archive(_) => None,
         })
         .collect();
     if let Some(&last) = published.last() {

@@ -18,8 +18,9 @@ pub const TARGET: Target = Target {
     about: "StateStore::load_for on fuzzed state-file bytes under one of five specs: a \
             refusal is a corrupt file or names the fields that do not fit; an accepted \
             state is in the spec's stage range, at most 100%, publishable, and save then \
-            load gives it back; the machine's next step from it (a command, or the judge's \
-            verdict on a window with the file's evidence) stays in range",
+            load gives it back; the machine's next step from it (a command, retry, \
+            finalize, the spec loaded, or the judge's verdict on a window with the file's \
+            evidence) stays in range",
     run,
     // A state file with a stage's evidence in it takes ~19 KiB.
     max_len: 32 * 1024,
@@ -34,6 +35,10 @@ const DICT: &[&str] = &[
     "\"promoted\"",
     "\"rolled_back\"",
     "\"aborted\"",
+    "\"finalized\"",
+    "\"release\":",
+    "\"stable_release\":",
+    "\"run\":",
     "\"stage\":",
     "\"weight_bp\":",
     "\"stage_started_ms\":",
@@ -120,7 +125,7 @@ fn run(data: &[u8]) {
             }
             return;
         }
-        Err(e @ StoreError::Io { .. }) => panic!("{e}"),
+        Err(e @ (StoreError::Io { .. } | StoreError::CorruptHistory { .. })) => panic!("{e}"),
     };
     assert_eq!(
         unchecked.ok().flatten().as_ref(),
@@ -137,15 +142,19 @@ fn run(data: &[u8]) {
 
     // The machine goes on from it: a command, or the judge's verdict on a window, with the
     // evidence the file carried.
-    let step = match next_input % 6 {
+    let step = match next_input % 9 {
         0 => MachineInput::Promote,
         1 => MachineInput::Pause,
         2 => MachineInput::Resume,
         3 => MachineInput::Abort,
-        _ => {
+        6 => MachineInput::Retry,
+        7 => MachineInput::Finalize,
+        // What the server feeds a loaded state first.
+        8 => MachineInput::SpecLoaded,
+        choice => {
             let verdict = judge(&window, &state.evidence, spec);
             assert!(verdict.checks.iter().all(|c| !c.reason.is_empty()));
-            match next_input % 6 {
+            match choice {
                 4 => MachineInput::Analysis(verdict),
                 _ => MachineInput::ShadowWindow(verdict, window.shadow.clone()),
             }

@@ -565,6 +565,41 @@ mod tests {
         );
     }
 
+    /// Issue 16, item 2 with item 1: a spec edit naming a new release starts its run at
+    /// stage 1 while the controller runs, and the ended run is in the history.
+    #[tokio::test]
+    async fn an_edit_naming_a_new_release_starts_its_run_without_a_restart() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (publisher, receiver) = Publisher::held();
+        publisher.release();
+        let mut fleet = Fleet::new(dir.path().into(), reqwest::Client::new(), publisher);
+        let v1 = format!("release: v1\n{}", spec("alpha", 5));
+        fleet.reconcile(files(&[("a.yaml", &v1)])).await;
+        let alpha = fleet.controller("alpha").expect("running");
+        {
+            let mut c = alpha.lock().await;
+            let spec = c.spec.clone();
+            let input = crate::machine::Input::Promote;
+            let (next, effects) = c.state.step(&spec, input, now_ms()).expect("promote");
+            c.apply(next, effects, &reqwest::Client::new())
+                .expect("saved");
+        }
+        assert_eq!(served(&receiver), [("alpha".into(), 5000)]);
+        let v2 = v1.replace("release: v1", "release: v2");
+        fleet.reconcile(files(&[("a.yaml", &v2)])).await;
+        assert_eq!(fleet.refused().count(), 0);
+        assert_eq!(served(&receiver), [("alpha".into(), 500)], "v2 at stage 1");
+        let c = alpha.lock().await;
+        assert_eq!((c.state.run, c.state.stage), (2, 0));
+        let history = c.store.load_history().expect("history");
+        let archived: Vec<_> = history.runs.iter().map(|r| (r.run, r.outcome)).collect();
+        assert_eq!(
+            archived,
+            [(1, crate::machine::history::RunOutcome::Superseded)],
+            "run 1 archived"
+        );
+    }
+
     #[test]
     fn a_directory_is_read_without_the_config_maps_own_entries() {
         let dir = tempfile::tempdir().expect("tempdir");

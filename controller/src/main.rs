@@ -262,6 +262,20 @@ fn print_status(status: &serde_json::Value, output: Output) {
     }
 }
 
+/// A stage as `validate` says it: `5% for 30m (1000 requests each)`; the last one holds
+/// until the release is finalized, so it has no time.
+fn describe_stage(stage: &canary_controller::spec::Stage, last: bool) -> String {
+    let weight = pct(stage.weight_bp());
+    if last {
+        return format!("{weight} (promoted)");
+    }
+    format!(
+        "{weight} for {} ({} requests each)",
+        humantime::format_duration(stage.hold),
+        stage.min_requests
+    )
+}
+
 /// GETs `url`: its JSON, or its error as the controller words it.
 async fn get_json(url: &str) -> Result<serde_json::Value> {
     let response = reqwest::get(url)
@@ -396,10 +410,9 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Validate { spec } => {
             let spec = load_spec(&spec)?;
-            let stages: Vec<String> = spec
-                .stages
-                .iter()
-                .map(|s| format!("{} for {:?}", pct(s.weight_bp()), s.hold))
+            let last = spec.stages.len().saturating_sub(1);
+            let stages: Vec<String> = (spec.stages.iter().enumerate())
+                .map(|(i, s)| describe_stage(s, i == last))
                 .collect();
             let release = match (&spec.release, &spec.stable_release) {
                 (Some(r), Some(s)) => format!("release {r} (stable {s}); "),

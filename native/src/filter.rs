@@ -65,7 +65,7 @@ impl Config {
     /// defines every rollout's metrics.
     pub fn new(json: &[u8], host: &mut impl DefineMetric) -> Result<Config, String> {
         let config = FilterConfig::from_json(json)
-            .map_err(|e| format!("invalid filter configuration: {e}"))?;
+            .map_err(|e| format!("invalid plugin configuration: {e}"))?;
         let mut table = Vec::new();
         let mut metrics = Vec::with_capacity(config.rollouts.len());
         for r in &config.rollouts {

@@ -226,3 +226,7 @@ fn new_anonymous_id() -> String {
     }
     anonymous_id(random)
 }
+
+#[cfg(test)]
+#[path = "filter_tests.rs"]
+mod tests;

@@ -52,6 +52,34 @@ impl ModuleBuffer {
     };
 }
 
+/// A header the module passes (`envoy_dynamic_module_type_module_http_header`).
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct ModuleHttpHeader {
+    pub key_ptr: *const u8,
+    pub key_length: usize,
+    pub value_ptr: *const u8,
+    pub value_length: usize,
+}
+
+/// A header Envoy passes (`envoy_dynamic_module_type_envoy_http_header`).
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct EnvoyHttpHeader {
+    pub key_ptr: *const u8,
+    pub key_length: usize,
+    pub value_ptr: *const u8,
+    pub value_length: usize,
+}
+
+/// `envoy_dynamic_module_type_http_callout_init_result_Success` and
+/// `envoy_dynamic_module_type_http_callout_result_Success`.
+pub const CALLOUT_SUCCESS: u32 = 0;
+
+/// Envoy's scheduler of a filter configuration: events committed to it, from any thread,
+/// run `on_http_filter_config_scheduled` on the main thread.
+pub type SchedulerPtr = *mut c_void;
+
 /// `envoy_dynamic_module_type_http_header_type`.
 pub type HeaderType = u32;
 pub const REQUEST_HEADER: HeaderType = 0;
@@ -64,6 +92,7 @@ pub const ATTRIBUTE_RESPONSE_CODE_DETAILS: u32 = 16;
 /// `envoy_dynamic_module_type_log_level`.
 pub type LogLevel = u32;
 pub const LOG_INFO: LogLevel = 2;
+pub const LOG_WARN: LogLevel = 3;
 pub const LOG_ERROR: LogLevel = 4;
 
 /// `envoy_dynamic_module_type_metrics_result`; 0 is success.
@@ -151,6 +180,41 @@ extern "C" {
         label_values_length: usize,
         value: u64,
     ) -> MetricsResult;
+
+    /// Labelled form: `label_values` in the order of the definition's label names; the
+    /// stat is named `name.label.value...`.
+    pub fn envoy_dynamic_module_callback_http_filter_config_increment_counter(
+        config: ConfigEnvoyPtr,
+        id: usize,
+        label_values: *const ModuleBuffer,
+        label_values_length: usize,
+        value: u64,
+    ) -> MetricsResult;
+
+    pub fn envoy_dynamic_module_callback_http_filter_config_scheduler_new(
+        config: ConfigEnvoyPtr,
+    ) -> SchedulerPtr;
+
+    pub fn envoy_dynamic_module_callback_http_filter_config_scheduler_commit(
+        scheduler: SchedulerPtr,
+        event_id: u64,
+    );
+
+    pub fn envoy_dynamic_module_callback_http_filter_config_scheduler_delete(
+        scheduler: SchedulerPtr,
+    );
+
+    /// A request from the main thread to `cluster`; the answer comes to
+    /// `on_http_filter_config_http_callout_done` with the id written to `callout_id`.
+    pub fn envoy_dynamic_module_callback_http_filter_config_http_callout(
+        config: ConfigEnvoyPtr,
+        callout_id: *mut u64,
+        cluster: ModuleBuffer,
+        headers: *const ModuleHttpHeader,
+        headers_length: usize,
+        body: ModuleBuffer,
+        timeout_ms: u64,
+    ) -> u32;
 
     pub fn envoy_dynamic_module_callback_log(level: LogLevel, message: ModuleBuffer);
 }

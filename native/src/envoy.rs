@@ -6,7 +6,10 @@
 use canary_contract::stats::MetricKind;
 use canary_filter::routing::RequestHeaders;
 
-use crate::abi::{self, ConfigEnvoyPtr, EnvoyBuffer, FilterEnvoyPtr, HeaderType, ModuleBuffer};
+use crate::abi::{
+    self, ConfigEnvoyPtr, EnvoyBuffer, EnvoyHttpHeader, FilterEnvoyPtr, HeaderType, ModuleBuffer,
+    ModuleHttpHeader, SchedulerPtr,
+};
 
 /// Copies an Envoy-owned buffer; `None` for a null pointer.
 ///
@@ -158,6 +161,38 @@ impl Stream {
     }
 }
 
+impl Stream {
+    /// Adds to a labelled counter, or records into a labelled histogram (`labels` in the
+    /// order of the family's label names).
+    pub fn update_labeled(self, metric: NativeMetric, labels: &[&[u8]; 2], value: u64) {
+        let labels = labels.map(ModuleBuffer::of);
+        // SAFETY: valid stream pointer; the labels are ours for the call.
+        unsafe {
+            match metric.kind {
+                MetricKind::Counter => {
+                    abi::envoy_dynamic_module_callback_http_filter_increment_counter(
+                        self.0,
+                        metric.id,
+                        labels.as_ptr(),
+                        labels.len(),
+                        value,
+                    );
+                }
+                MetricKind::Histogram => {
+                    abi::envoy_dynamic_module_callback_http_filter_record_histogram_value(
+                        self.0,
+                        metric.id,
+                        labels.as_ptr(),
+                        labels.len(),
+                        value,
+                    );
+                }
+                MetricKind::Gauge => {}
+            }
+        }
+    }
+}
+
 impl RequestHeaders for Stream {
     fn header(&self, name: &str) -> Option<Vec<u8>> {
         self.get(abi::REQUEST_HEADER, name)
@@ -174,7 +209,12 @@ pub struct NativeMetric {
 /// Defines metrics on a configuration Envoy is creating (`on_http_filter_config_new`).
 pub trait DefineMetric {
     fn define_metric(&mut self, kind: MetricKind, name: &str) -> Result<usize, String>;
+    /// A family whose stats are named `name.rollout.<r>.version.<v>` when updated.
+    fn define_family(&mut self, kind: MetricKind, name: &str) -> Result<usize, String>;
 }
+
+/// The label names of every metric family: the wasm filter's stat name, taken apart.
+pub const FAMILY_LABELS: [&str; 2] = ["rollout", "version"];
 
 /// The configuration Envoy is creating; only valid inside `on_http_filter_config_new`.
 pub struct NewConfig(ConfigEnvoyPtr);
@@ -187,8 +227,8 @@ impl NewConfig {
     }
 }
 
-impl DefineMetric for NewConfig {
-    fn define_metric(&mut self, kind: MetricKind, name: &str) -> Result<usize, String> {
+impl NewConfig {
+    fn define(&mut self, kind: MetricKind, name: &str, labels: &[&str]) -> Result<usize, String> {
         let define = match kind {
             MetricKind::Counter => {
                 abi::envoy_dynamic_module_callback_http_filter_config_define_counter
@@ -198,15 +238,19 @@ impl DefineMetric for NewConfig {
             }
             MetricKind::Gauge => abi::envoy_dynamic_module_callback_http_filter_config_define_gauge,
         };
+        let labels: Vec<ModuleBuffer> = labels
+            .iter()
+            .map(|l| ModuleBuffer::of(l.as_bytes()))
+            .collect();
         let mut id = 0usize;
-        // SAFETY: the config pointer of the running `config_new`; the name is ours for the
-        // call (Envoy copies it); no labels; the id slot is on our stack.
+        // SAFETY: the config pointer of the running `config_new`; the name and labels are
+        // ours for the call (Envoy copies them); the id slot is on our stack.
         let result = unsafe {
             define(
                 self.0,
                 ModuleBuffer::of(name.as_bytes()),
-                std::ptr::null(),
-                0,
+                labels.as_ptr(),
+                labels.len(),
                 &mut id,
             )
         };
@@ -216,6 +260,168 @@ impl DefineMetric for NewConfig {
             Err(format!("Envoy refused the metric (result {result})"))
         }
     }
+}
+
+impl DefineMetric for NewConfig {
+    fn define_metric(&mut self, kind: MetricKind, name: &str) -> Result<usize, String> {
+        self.define(kind, name, &[])
+    }
+
+    fn define_family(&mut self, kind: MetricKind, name: &str) -> Result<usize, String> {
+        self.define(kind, name, &FAMILY_LABELS)
+    }
+}
+
+/// A live configuration's Envoy side, for main-thread hooks (`config_scheduled`,
+/// `config_http_callout_done`) and `config_new`.
+#[derive(Clone, Copy)]
+pub struct LiveConfig(ConfigEnvoyPtr);
+
+impl LiveConfig {
+    /// # Safety
+    /// `ptr` must be Envoy's config pointer, used on the main thread until `config_destroy`.
+    pub unsafe fn new(ptr: ConfigEnvoyPtr) -> LiveConfig {
+        LiveConfig(ptr)
+    }
+
+    /// A GET to `cluster`; the callout's id, or Envoy's refusal.
+    pub fn get(
+        self,
+        cluster: &str,
+        headers: &[(&str, &str)],
+        timeout_ms: u64,
+    ) -> Result<u64, String> {
+        let headers: Vec<ModuleHttpHeader> = headers
+            .iter()
+            .map(|(k, v)| ModuleHttpHeader {
+                key_ptr: k.as_ptr(),
+                key_length: k.len(),
+                value_ptr: v.as_ptr(),
+                value_length: v.len(),
+            })
+            .collect();
+        let mut id = 0u64;
+        // SAFETY: the live config pointer on the main thread; everything passed is ours
+        // for the call (Envoy copies it).
+        let result = unsafe {
+            abi::envoy_dynamic_module_callback_http_filter_config_http_callout(
+                self.0,
+                &mut id,
+                ModuleBuffer::of(cluster.as_bytes()),
+                headers.as_ptr(),
+                headers.len(),
+                ModuleBuffer::NONE,
+                timeout_ms,
+            )
+        };
+        if result == abi::CALLOUT_SUCCESS {
+            Ok(id)
+        } else {
+            Err(format!(
+                "Envoy refused the callout to {cluster} (result {result})"
+            ))
+        }
+    }
+
+    /// Brings a labelled counter into existence at 0, so it is exported before its first
+    /// request, as the wasm filter's are.
+    pub fn touch_counter(self, id: usize, labels: &[&[u8]; 2]) {
+        let labels = labels.map(ModuleBuffer::of);
+        // SAFETY: the live config pointer; labels ours for the call.
+        unsafe {
+            abi::envoy_dynamic_module_callback_http_filter_config_increment_counter(
+                self.0,
+                id,
+                labels.as_ptr(),
+                labels.len(),
+                0,
+            );
+        }
+    }
+}
+
+/// Copies a callout's answer: `:status`, `etag`, and the body's chunks joined.
+///
+/// # Safety
+/// The pointers and sizes must be as Envoy passed them to `config_http_callout_done`.
+pub unsafe fn callout_answer(
+    headers: *const EnvoyHttpHeader,
+    headers_size: usize,
+    chunks: *const EnvoyBuffer,
+    chunks_size: usize,
+) -> (Option<Vec<u8>>, Option<Vec<u8>>, Vec<u8>) {
+    let (mut status, mut etag, mut body) = (None, None, Vec::new());
+    if !headers.is_null() {
+        // SAFETY: Envoy's array of `headers_size` headers, valid during the hook.
+        for h in unsafe { std::slice::from_raw_parts(headers, headers_size) } {
+            // SAFETY: each key and value as Envoy filled them in.
+            let key = unsafe {
+                copy(EnvoyBuffer {
+                    ptr: h.key_ptr,
+                    length: h.key_length,
+                })
+            };
+            let value = unsafe {
+                copy(EnvoyBuffer {
+                    ptr: h.value_ptr,
+                    length: h.value_length,
+                })
+            };
+            match key.as_deref() {
+                Some(b":status") => status = value,
+                Some(b"etag") => etag = value,
+                _ => {}
+            }
+        }
+    }
+    if !chunks.is_null() {
+        // SAFETY: Envoy's array of `chunks_size` buffers, valid during the hook.
+        for c in unsafe { std::slice::from_raw_parts(chunks, chunks_size) } {
+            // SAFETY: as Envoy filled it in.
+            if let Some(bytes) = unsafe { copy(*c) } {
+                body.extend_from_slice(&bytes);
+            }
+        }
+    }
+    (status, etag, body)
+}
+
+/// A configuration's scheduler: committing from any thread runs `config_scheduled` on the
+/// main thread. Deleted when dropped.
+pub struct Scheduler(SchedulerPtr);
+
+// SAFETY: Envoy's scheduler is made to be committed to from other threads.
+unsafe impl Send for Scheduler {}
+// SAFETY: as above; commit takes no module-side state.
+unsafe impl Sync for Scheduler {}
+
+impl Scheduler {
+    /// # Safety
+    /// `config` must be the live config pointer, on the main thread.
+    pub unsafe fn new(config: ConfigEnvoyPtr) -> Option<Scheduler> {
+        // SAFETY: per the contract above.
+        let ptr =
+            unsafe { abi::envoy_dynamic_module_callback_http_filter_config_scheduler_new(config) };
+        (!ptr.is_null()).then_some(Scheduler(ptr))
+    }
+
+    pub fn commit(&self, event_id: u64) {
+        // SAFETY: a live scheduler (deleted only on drop).
+        unsafe {
+            abi::envoy_dynamic_module_callback_http_filter_config_scheduler_commit(self.0, event_id)
+        }
+    }
+}
+
+impl Drop for Scheduler {
+    fn drop(&mut self) {
+        // SAFETY: made by `scheduler_new`, deleted once.
+        unsafe { abi::envoy_dynamic_module_callback_http_filter_config_scheduler_delete(self.0) }
+    }
+}
+
+pub fn log_warn(message: &str) {
+    log(abi::LOG_WARN, message);
 }
 
 pub fn log_info(message: &str) {

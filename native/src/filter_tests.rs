@@ -23,6 +23,12 @@ impl DefineMetric for FakeDefinitions {
         self.names.push((kind, name.to_string()));
         Ok(self.names.len() - 1)
     }
+
+    fn define_family(&mut self, kind: MetricKind, name: &str) -> Result<usize, String> {
+        self.names
+            .push((kind, format!("{name}{{rollout,version}}")));
+        Ok(self.names.len() - 1)
+    }
 }
 
 /// The wasm filter's definitions of the same rollout (its `MetricHost`).
@@ -45,6 +51,7 @@ struct FakeStream {
     added_response: RefCell<Vec<(String, Vec<u8>)>>,
     route_cache_cleared: RefCell<u32>,
     updates: RefCell<Vec<(NativeMetric, u64)>>,
+    labeled: RefCell<Vec<(NativeMetric, [String; 2], u64)>>,
 }
 
 impl RequestHeaders for FakeStream {
@@ -80,12 +87,16 @@ impl HttpStream for FakeStream {
     fn update(&self, metric: NativeMetric, value: u64) {
         self.updates.borrow_mut().push((metric, value));
     }
+    fn update_labeled(&self, metric: NativeMetric, labels: &[&[u8]; 2], value: u64) {
+        let labels = labels.map(|l| String::from_utf8_lossy(l).into_owned());
+        (self.labeled.borrow_mut()).push((metric, labels, value));
+    }
 }
 
 fn config(rollout: &RolloutConfig) -> (Config, FakeDefinitions) {
     let mut defs = FakeDefinitions::default();
     let json = FilterConfig::new(vec![rollout.clone()]).to_json();
-    let config = Config::new(json.as_bytes(), &mut defs).expect("valid configuration");
+    let (config, _) = Config::new(json.as_bytes(), &mut defs).expect("valid configuration");
     (config, defs)
 }
 
@@ -235,4 +246,60 @@ fn an_invalid_configuration_is_refused_naming_its_field() {
         defs.names.is_empty(),
         "no metric defined for a refused configuration"
     );
+}
+
+#[test]
+fn a_rollout_published_later_counts_in_the_families_under_the_same_names() {
+    let rollout = RolloutConfig::new("shop", 0);
+    let mut config_json = FilterConfig::new(vec![rollout.clone()]);
+    config_json.controller = Some(canary_contract::ControllerSource::new("controller"));
+    let mut defs = FakeDefinitions::default();
+    let (config, _) = Config::new(config_json.to_json().as_bytes(), &mut defs).expect("valid");
+    assert!(defs.names.contains(&(
+        MetricKind::Counter,
+        "canary_rq_total{rollout,version}".into()
+    )));
+    // The controller adds a rollout: its counters come into being at 0, then count.
+    let mut later = config_json.clone();
+    later.rollouts.push(RolloutConfig::new("cart", 10_000));
+    let fresh = config.activate(later);
+    assert!(fresh.contains(&(
+        defs.names
+            .iter()
+            .position(|(_, n)| n == "canary_rq_total{rollout,version}")
+            .expect("family"),
+        ["cart".to_string(), "canary".to_string()]
+    )));
+    let mut stream = user_stream("ann");
+    stream.set_request_header(":path", b"/");
+    let mut request = Request::default();
+    request.on_request_headers(&config, &stream);
+    // The first matching rollout wins: "shop" at 0 bp sends ann to stable, counted as defined.
+    assert_eq!(
+        stream.header(&rollout.route_header).as_deref(),
+        Some(&b"stable"[..])
+    );
+    let mut second = FilterConfig::new(vec![RolloutConfig::new("cart", 10_000)]);
+    second.controller = config_json.controller.clone();
+    config.activate(second);
+    let stream2 = user_stream("bob");
+    let mut request2 = Request::default();
+    request2.on_request_headers(&config, &stream2);
+    assert_eq!(
+        stream2.header("x-canary-version").as_deref(),
+        Some(&b"canary"[..])
+    );
+    let labeled = stream2.labeled.borrow();
+    assert_eq!(labeled.len(), 1);
+    assert_eq!(
+        defs.names[labeled[0].0.id].1,
+        "canary_rq_total{rollout,version}"
+    );
+    assert_eq!(labeled[0].1, ["cart".to_string(), "canary".to_string()]);
+    // A request under way keeps the configuration it was routed by.
+    stream.response.insert(":status".into(), b"200".to_vec());
+    request.on_response_headers(&config, &stream, true);
+    assert!(updated(&defs, &stream)
+        .iter()
+        .any(|(n, _)| *n == stat_name(Metric::Rq2xx, "shop", Version::Stable)));
 }

@@ -1,6 +1,6 @@
 //! Hooks Envoy 1.40's loader resolves for every HTTP filter module, for features this module
-//! does not use: HTTP callouts and streams (it starts none), schedulers (it commits no
-//! event), watermarks (it is not a terminal filter), per-route configuration (none is
+//! does not use: per-stream HTTP callouts and streams (it starts none; the poll is the
+//! configuration's callout, in `hooks`), per-stream schedulers, watermarks (it is not a terminal filter), per-route configuration (none is
 //! accepted) and local replies (let through unchanged). A missing one makes the loader
 //! refuse the module ("Failed to resolve symbol ..."), so they are here, doing nothing.
 //! Signatures as in the pinned `abi.h`.
@@ -79,27 +79,6 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_scheduled(
     _filter_envoy: FilterEnvoyPtr,
     _filter: *mut c_void,
     _event_id: u64,
-) {
-}
-
-#[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_config_scheduled(
-    _config_envoy: ConfigEnvoyPtr,
-    _config: *mut c_void,
-    _event_id: u64,
-) {
-}
-
-#[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_config_http_callout_done(
-    _config_envoy: ConfigEnvoyPtr,
-    _config: *mut c_void,
-    _callout_id: u64,
-    _result: u32,
-    _headers: *const EnvoyHeader,
-    _headers_size: usize,
-    _body_chunks: *const EnvoyBuffer,
-    _body_chunks_size: usize,
 ) {
 }
 

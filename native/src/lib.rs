@@ -5,10 +5,11 @@
 //! `metrics`, `cookie`; the configuration is `canary_contract::FilterConfig`, the same
 //! JSON), so routing choices and stat names are identical. What lives here:
 //! `abi` (our own bindings of the few ABI calls we use, from the header of the Envoy we
-//! pin), `envoy` (safe wrappers over them: header reads, metrics, logs), `filter` (the
-//! configuration and per-request state, host-free), and `hooks` (the exported event hooks,
-//! which only hand over to `filter`). Imports go one way: `abi` <- `envoy` <- `filter` <-
-//! `hooks`. Host data is only read as bytes and never unwrapped; the release profile
+//! pin), `envoy` (safe wrappers over them: header reads, metrics, the poll's callout and
+//! scheduler, logs), `filter` (the configuration in force and per-request state,
+//! host-free), `poll` (polling the controller, host-free), and `hooks` / `idle_hooks` (the
+//! exported event hooks, which only hand over). Imports go one way: `abi` <- `envoy` <-
+//! `filter`, `poll` <- `hooks`. Host data is only read as bytes and never unwrapped; the release profile
 //! aborts on panic, and no path here panics on what Envoy hands over.
 
 mod abi;
@@ -16,6 +17,7 @@ mod envoy;
 mod filter;
 mod hooks;
 mod idle_hooks;
+mod poll;
 
 #[cfg(test)]
 mod fake_host;

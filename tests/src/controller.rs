@@ -10,12 +10,12 @@ use anyhow::{Context, Result};
 use canary_contract::{ControllerSource, FilterConfig, RolloutConfig};
 use serde_json::Value;
 
-use crate::bootstrap::{CanaryBootstrap, FailurePolicy, ListenerSource};
+use crate::bootstrap::{CanaryBootstrap, FailurePolicy, FilterBuild, ListenerSource};
 use crate::client::{http_client, send_all, Probe};
 use crate::envoy::{Envoy, EnvoyOptions};
 use crate::paths;
 use crate::process::{spawn_logged, wait_http_ok};
-use crate::rig::{filter_listener, STATS_FLUSH_MS};
+use crate::rig::{build_listener, STATS_FLUSH_MS};
 use crate::upstream::{Upstream, UpstreamSpec};
 use crate::wait::eventually;
 
@@ -230,6 +230,8 @@ pub fn upstream_pair(stable_error_bp: u32, canary_error_bp: u32) -> (UpstreamSpe
 /// What a controlled rig runs besides the controller: the filter module, the upstreams,
 /// more static clusters.
 struct RigParts {
+    build: FilterBuild,
+    /// The module of `build`: its `.wasm` or `.so`.
     wasm: std::path::PathBuf,
     stable: UpstreamSpec,
     canary: UpstreamSpec,
@@ -247,6 +249,28 @@ impl ControlledRig {
         canary: UpstreamSpec,
     ) -> Result<ControlledRig> {
         Self::start_with_fail_safe(rollout, envoys, poll_ms, None, stable, canary).await
+    }
+
+    /// [`ControlledRig::start`] with either build of the filter.
+    pub async fn start_build(
+        build: FilterBuild,
+        rollout: &str,
+        envoys: usize,
+        poll_ms: u64,
+        stable: UpstreamSpec,
+        canary: UpstreamSpec,
+    ) -> Result<ControlledRig> {
+        let parts = RigParts {
+            wasm: match build {
+                FilterBuild::Wasm => paths::filter_wasm()?,
+                FilterBuild::Native => paths::native_module()?,
+            },
+            build,
+            stable,
+            canary,
+            extra_clusters: Vec::new(),
+        };
+        Self::start_inner(rollout, envoys, poll_ms, None, parts).await
     }
 
     /// [`ControlledRig::start`] with the LLM build of the filter (for specs whose `filter`
@@ -275,6 +299,7 @@ impl ControlledRig {
         let mut canary_spec = UpstreamSpec::new("canary");
         canary_spec.llm = Some(canary);
         let parts = RigParts {
+            build: FilterBuild::Wasm,
             wasm: paths::llm_filter_wasm()?,
             stable: stable_spec,
             canary: canary_spec,
@@ -293,6 +318,7 @@ impl ControlledRig {
         canary: UpstreamSpec,
     ) -> Result<ControlledRig> {
         let parts = RigParts {
+            build: FilterBuild::Wasm,
             wasm: paths::filter_wasm()?,
             stable,
             canary,
@@ -309,6 +335,7 @@ impl ControlledRig {
         parts: RigParts,
     ) -> Result<ControlledRig> {
         let RigParts {
+            build,
             wasm,
             stable,
             canary,
@@ -324,8 +351,9 @@ impl ControlledRig {
         source.fail_safe_after_s = fail_safe_after_s;
         config.controller = Some(source);
         let bootstrap = CanaryBootstrap {
-            listener: ListenerSource::Static(filter_listener(
+            listener: ListenerSource::Static(build_listener(
                 &config,
+                build,
                 wasm,
                 FailurePolicy::FailReload,
             )?),

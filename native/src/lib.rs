@@ -9,8 +9,8 @@
 //! scheduler, logs), `filter` (the configuration in force and per-request state,
 //! host-free), `poll` (polling the controller, host-free), and `hooks` / `idle_hooks` (the
 //! exported event hooks, which only hand over). Imports go one way: `abi` <- `envoy` <-
-//! `filter`, `poll` <- `hooks`. Host data is only read as bytes and never unwrapped; the release profile
-//! aborts on panic, and no path here panics on what Envoy hands over.
+//! `filter`, `poll` <- `hooks`. Host data is only read as bytes and never unwrapped; the
+//! release profile aborts on panic, and no path here panics on what Envoy hands over.
 
 mod abi;
 mod envoy;

@@ -240,14 +240,18 @@ impl Request {
         // Strip client-sent routing headers on every request, routed or not, so nobody
         // picks a version by sending the header themselves; the one this request's rollout
         // sets is replaced below.
-        let route_headers = active.router.route_headers();
-        for header in route_headers {
-            if rollout.is_none_or(|r| r.route_header != *header) {
+        // Only a header that is there is removed: a read costs less than a removal, and
+        // far less than Envoy picking the route again (~2,400 instructions).
+        let mut stripped = false;
+        for header in active.router.route_headers() {
+            if rollout.is_none_or(|r| r.route_header != *header) && stream.header(header).is_some()
+            {
                 stream.remove_request_header(header);
+                stripped = true;
             }
         }
         let (Some(decision), Some(rollout)) = (decision, rollout) else {
-            if !route_headers.is_empty() {
+            if stripped {
                 stream.clear_route_cache();
             }
             return;

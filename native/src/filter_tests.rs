@@ -229,6 +229,11 @@ fn an_unmatched_request_loses_a_spoofed_header_and_counts_nothing() {
     assert_eq!(*stream.route_cache_cleared.borrow(), 1);
     request.on_stream_complete(&config, &stream);
     assert!(stream.updates.borrow().is_empty());
+    // Without a routing header to strip, the request and its route are left alone.
+    let stream = user_stream("ann");
+    stream.set_request_header(":path", b"/elsewhere");
+    Request::default().on_request_headers(&config, &stream);
+    assert_eq!(*stream.route_cache_cleared.borrow(), 0);
 }
 
 #[test]

@@ -104,7 +104,10 @@ build: setup native
 native: $(STAMPS)/rust-target
 	cargo build --profile native-release -p canary-native
 	@mkdir -p $(dir $(NATIVE_SO))
-	cp target/native-release/libcanary_native.so $(NATIVE_SO)
+	@# A new file renamed into place, never rewritten in place: an Envoy running the old
+	@# one has it mapped, and overwriting a mapped library crashes that Envoy.
+	cp target/native-release/libcanary_native.so $(NATIVE_SO).tmp
+	mv -f $(NATIVE_SO).tmp $(NATIVE_SO)
 	@echo "$(NATIVE_SO): $$(stat -c %s $(NATIVE_SO)) bytes"
 
 ## test: format, lints, unit tests (native and wasm), end-to-end tests on real Envoy.

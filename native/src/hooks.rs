@@ -59,11 +59,12 @@ impl HttpStream for Stream {
 /// What Envoy's configuration pointer stands for on our side: the configuration, and, when
 /// it names a controller, the poller and the thread that ticks it.
 struct Module {
+    /// Declared first, so dropped first: the thread is stopped and joined, and its
+    /// scheduler deleted, before anything else of the configuration goes.
+    ticker: Option<Ticker>,
     config: Config,
     envoy: LiveConfig,
     poll: Option<Mutex<Poll>>,
-    /// Dropped first: stops and joins the thread before the scheduler goes.
-    ticker: Option<Ticker>,
 }
 
 /// The poll timer. Envoy 1.40 gives an HTTP filter configuration no timer, only a
@@ -179,10 +180,10 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
     // SAFETY: Envoy's config pointer, used on the main thread until `config_destroy`.
     let envoy = unsafe { LiveConfig::new(config_envoy) };
     let mut module = Module {
+        ticker: None,
         config,
         envoy,
         poll: None,
-        ticker: None,
     };
     if let Some(source) = parsed.controller.clone() {
         let interval = Duration::from_millis(source.poll_interval_ms.max(1));

@@ -215,6 +215,8 @@ impl CanaryRig {
             EnvoyOptions {
                 concurrency: options.concurrency,
                 name: "envoy-lds".to_string(),
+                // The configuration tests read refusals from the log.
+                log_flush_ms: Some(100),
                 ..Default::default()
             },
         )

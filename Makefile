@@ -19,6 +19,9 @@ WASM_RAW := target/wasm32-wasip1/release/canary_filter.wasm
 WASM := target/wasm/canary_filter.wasm
 # The same filter with LLM response signals (the `llm` feature): reads response bodies.
 LLM_WASM := target/wasm/canary_filter_llm.wasm
+# The same filter as an Envoy Dynamic Module (native/): the name Envoy's loader expects,
+# `lib${name}.so`.
+NATIVE_SO := target/native/libcanary_filter.so
 # A test-only build that panics on request, to test Envoy's failure_policy for real.
 FAULT_WASM := target/wasm/canary_filter_fault_injection.wasm
 # Features rustc already emits for wasm32-wasip1; wasm-opt may use no others.
@@ -34,8 +37,9 @@ export ENVOY_BIN := $(CURDIR)/$(VENV)/lib/python3/site-packages/envoy/_bin/envoy
 export CANARY_WASM := $(CURDIR)/$(WASM)
 export CANARY_FAULT_WASM := $(CURDIR)/$(FAULT_WASM)
 export CANARY_LLM_WASM := $(CURDIR)/$(LLM_WASM)
+export CANARY_NATIVE_SO := $(CURDIR)/$(NATIVE_SO)
 
-.PHONY: all setup build test lint house unit wasm-unit fuzz-smoke fuzz manifests images e2e demo bench clean
+.PHONY: all setup build native test lint house unit wasm-unit fuzz-smoke fuzz manifests images e2e demo bench clean
 
 all: build
 
@@ -88,13 +92,23 @@ define wasm_post
 	@echo "$(2): $$(stat -c %s $(2)) bytes (cargo built $$(stat -c %s $(1)))"
 endef
 
-## build: the filter (release wasm, trimmed and optimised) and the host binaries.
-build: setup
+## build: the filter (release wasm, trimmed and optimised; and native), the host binaries.
+build: setup native
 	cargo build --release -p canary-filter --target wasm32-wasip1 --no-default-features
 	$(call wasm_post,$(WASM_RAW),$(WASM))
 	cargo build --release -p canary-filter --target wasm32-wasip1 --target-dir target/llm
 	$(call wasm_post,target/llm/wasm32-wasip1/release/canary_filter.wasm,$(LLM_WASM),filter/wasm-exports-llm.json)
 	cargo build --release -p canary-e2e -p canary-controller --bins
+
+## native: the filter as an Envoy Dynamic Module for the pinned Envoy (x86_64 host, opt-level 3).
+native: $(STAMPS)/rust-target
+	cargo build --profile native-release -p canary-native
+	@mkdir -p $(dir $(NATIVE_SO))
+	@# A new file renamed into place, never rewritten in place: an Envoy running the old
+	@# one has it mapped, and overwriting a mapped library crashes that Envoy.
+	cp target/native-release/libcanary_native.so $(NATIVE_SO).tmp
+	mv -f $(NATIVE_SO).tmp $(NATIVE_SO)
+	@echo "$(NATIVE_SO): $$(stat -c %s $(NATIVE_SO)) bytes"
 
 ## test: format, lints, unit tests (native and wasm), end-to-end tests on real Envoy.
 test: lint house unit wasm-unit fuzz-smoke manifests images e2e

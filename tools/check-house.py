@@ -15,7 +15,7 @@ import pathlib
 import re
 import sys
 
-CRATES = ("contract", "controller", "filter", "tests")
+CRATES = ("contract", "controller", "filter", "native", "tests")
 
 
 def head_of(path):

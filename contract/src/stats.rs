@@ -12,6 +12,19 @@ use crate::Version;
 /// Prefix Envoy puts in front of stats defined by wasm modules (dropped in Prometheus output).
 pub const ENVOY_WASM_PREFIX: &str = "wasmcustom.";
 
+/// The native build (an Envoy Dynamic Module) defines its stats under the same namespace, so
+/// `/stats` names and tags are the wasm build's. But Envoy's `/stats/prometheus` strips only
+/// the namespaces its wasm extension registers, not a dynamic module's: the native build's
+/// `canary_rq_total{...}` comes out as `envoy_wasmcustom_canary_rq_total{...}`.
+pub const ENVOY_NATIVE_PROMETHEUS_PREFIX: &str = "envoy_wasmcustom_";
+
+/// A `/stats/prometheus` series name as the filter names it, whichever build emitted it.
+pub fn prometheus_metric_name(series: &str) -> &str {
+    series
+        .strip_prefix(ENVOY_NATIVE_PROMETHEUS_PREFIX)
+        .unwrap_or(series)
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum MetricKind {
     Counter,

@@ -47,6 +47,8 @@ impl BenchCase {
 ///   zero-wasm alternative a user could pick;
 /// - `filter`: canary-filter doing the same 10% split, with its stats;
 /// - `filter_passthrough`: the same module with a rollout that matches no request;
+/// - `native_module`: the same filter built as an Envoy Dynamic Module
+///   (`libcanary_filter.so`), the same configuration and stats;
 /// - `wasm_noop`: a hand-written module that does nothing: the fixed price of any wasm
 ///   filter (Envoy entering the VM four times per request);
 /// - `wasm_reads`: a hand-written module that only reads the two values no sticky split
@@ -87,6 +89,14 @@ pub fn all() -> Result<Vec<BenchCase>> {
         BenchCase {
             name: "filter_passthrough",
             routing: module(wasm, &passthrough_config),
+        },
+        BenchCase {
+            name: "native_module",
+            routing: Routing::NativeFilter {
+                module: paths::native_module()?,
+                config_json: filter_config.to_json(),
+                route_header: ROUTE_HEADER.into(),
+            },
         },
         // The reference modules ignore their configuration.
         BenchCase {

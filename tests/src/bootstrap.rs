@@ -8,7 +8,9 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use canary_contract::stats::{latency_buckets_ms, ENVOY_STATS_TAGS, ENVOY_STAT_PREFIX};
+use canary_contract::stats::{
+    latency_buckets_ms, ENVOY_STATS_TAGS, ENVOY_STAT_PREFIX, ENVOY_WASM_PREFIX,
+};
 use serde_json::{json, Value};
 
 /// Cluster names the routes send to; an Istio VirtualService would use subsets instead.
@@ -40,6 +42,45 @@ impl FailurePolicy {
     }
 }
 
+/// Which build of the filter a listener runs: the same routing and stats either way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FilterBuild {
+    /// `canary_filter.wasm` on Envoy's V8 (`envoy.filters.http.wasm`).
+    #[default]
+    Wasm,
+    /// `libcanary_filter.so`, an Envoy Dynamic Module (`envoy.filters.http.dynamic_modules`).
+    Native,
+}
+
+impl FilterBuild {
+    pub const ALL: [FilterBuild; 2] = [FilterBuild::Wasm, FilterBuild::Native];
+
+    /// The listener routing of this build with `module` (its `.wasm` or `.so`) and the
+    /// plugin configuration. The native filter has no failure policy: it cannot fail the
+    /// way a VM does.
+    pub fn routing(
+        self,
+        module: PathBuf,
+        config_json: String,
+        route_header: String,
+        failure_policy: FailurePolicy,
+    ) -> Routing {
+        match self {
+            FilterBuild::Wasm => Routing::Filter {
+                wasm: module,
+                config_json,
+                route_header,
+                failure_policy,
+            },
+            FilterBuild::Native => Routing::NativeFilter {
+                module,
+                config_json,
+                route_header,
+            },
+        }
+    }
+}
+
 /// How the listener picks between the `stable` and `canary` clusters.
 #[derive(Debug, Clone)]
 pub enum Routing {
@@ -50,6 +91,12 @@ pub enum Routing {
         config_json: String,
         route_header: String,
         failure_policy: FailurePolicy,
+    },
+    /// The same filter built as an Envoy Dynamic Module; the same configuration and routes.
+    NativeFilter {
+        module: PathBuf,
+        config_json: String,
+        route_header: String,
     },
     /// Header-matched routes with no filter at all: the cheapest possible routing.
     HeaderOnly { route_header: String },
@@ -79,6 +126,14 @@ impl Listener {
                 failure_policy,
             } => {
                 http_filters.push(wasm_filter(wasm, config_json, *failure_policy));
+                header_routes(route_header)
+            }
+            Routing::NativeFilter {
+                module,
+                config_json,
+                route_header,
+            } => {
+                http_filters.push(native_filter(module, config_json));
                 header_routes(route_header)
             }
             Routing::HeaderOnly { route_header } => header_routes(route_header),
@@ -130,6 +185,27 @@ fn wasm_filter(wasm: &Path, config_json: &str, failure_policy: FailurePolicy) ->
                     "runtime": "envoy.wasm.runtime.v8",
                     "code": {"local": {"filename": wasm.display().to_string()}}
                 }
+            }
+        }
+    })
+}
+
+/// The dynamic-modules HTTP filter loading our `.so` by path, with the plugin configuration
+/// as its `filter_config`. Its metrics go under the wasm filter's namespace, so both builds'
+/// stats have the same names, tags and Prometheus series.
+fn native_filter(module: &Path, config_json: &str) -> Value {
+    json!({
+        "name": "envoy.filters.http.dynamic_modules",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter",
+            "dynamic_module_config": {
+                "module": {"local": {"filename": module.display().to_string()}},
+                "metrics_namespace": ENVOY_WASM_PREFIX.trim_end_matches('.'),
+            },
+            "filter_name": "wasm-canary",
+            "filter_config": {
+                "@type": "type.googleapis.com/google.protobuf.StringValue",
+                "value": config_json
             }
         }
     })

@@ -10,12 +10,12 @@ use anyhow::{Context, Result};
 use canary_contract::{ControllerSource, FilterConfig, RolloutConfig};
 use serde_json::Value;
 
-use crate::bootstrap::{CanaryBootstrap, FailurePolicy, ListenerSource};
+use crate::bootstrap::{CanaryBootstrap, FailurePolicy, FilterBuild, ListenerSource};
 use crate::client::{http_client, send_all, Probe};
 use crate::envoy::{Envoy, EnvoyOptions};
 use crate::paths;
 use crate::process::{spawn_logged, wait_http_ok};
-use crate::rig::{filter_listener, STATS_FLUSH_MS};
+use crate::rig::{build_listener, STATS_FLUSH_MS};
 use crate::upstream::{Upstream, UpstreamSpec};
 use crate::wait::eventually;
 
@@ -321,6 +321,7 @@ pub struct ControlledRig {
     pub rollout: String,
     /// What the Envoys were started from, for [`ControlledRig::start_envoy_via`].
     filter_config: FilterConfig,
+    build: FilterBuild,
     wasm: std::path::PathBuf,
     other_clusters: Vec<(String, SocketAddr)>,
 }
@@ -339,6 +340,8 @@ pub fn upstream_pair(stable_error_bp: u32, canary_error_bp: u32) -> (UpstreamSpe
 /// What a controlled rig runs besides the controller: the filter module, the upstreams,
 /// more static clusters.
 struct RigParts {
+    build: FilterBuild,
+    /// The module of `build`: its `.wasm` or `.so`.
     wasm: std::path::PathBuf,
     stable: UpstreamSpec,
     canary: UpstreamSpec,
@@ -356,6 +359,28 @@ impl ControlledRig {
         canary: UpstreamSpec,
     ) -> Result<ControlledRig> {
         Self::start_with_fail_safe(rollout, envoys, poll_ms, None, stable, canary).await
+    }
+
+    /// [`ControlledRig::start`] with either build of the filter.
+    pub async fn start_build(
+        build: FilterBuild,
+        rollout: &str,
+        envoys: usize,
+        poll_ms: u64,
+        stable: UpstreamSpec,
+        canary: UpstreamSpec,
+    ) -> Result<ControlledRig> {
+        let parts = RigParts {
+            wasm: match build {
+                FilterBuild::Wasm => paths::filter_wasm()?,
+                FilterBuild::Native => paths::native_module()?,
+            },
+            build,
+            stable,
+            canary,
+            extra_clusters: Vec::new(),
+        };
+        Self::start_inner(rollout, envoys, poll_ms, None, parts).await
     }
 
     /// [`ControlledRig::start`] with the LLM build of the filter (for specs whose `filter`
@@ -384,6 +409,7 @@ impl ControlledRig {
         let mut canary_spec = UpstreamSpec::new("canary");
         canary_spec.llm = Some(canary);
         let parts = RigParts {
+            build: FilterBuild::Wasm,
             wasm: paths::llm_filter_wasm()?,
             stable: stable_spec,
             canary: canary_spec,
@@ -402,6 +428,7 @@ impl ControlledRig {
         canary: UpstreamSpec,
     ) -> Result<ControlledRig> {
         let parts = RigParts {
+            build: FilterBuild::Wasm,
             wasm: paths::filter_wasm()?,
             stable,
             canary,
@@ -420,6 +447,7 @@ impl ControlledRig {
         canary: UpstreamSpec,
     ) -> Result<ControlledRig> {
         let parts = RigParts {
+            build: FilterBuild::Wasm,
             wasm: paths::filter_wasm()?,
             stable,
             canary,
@@ -448,6 +476,7 @@ impl ControlledRig {
     ) -> Result<ControlledRig> {
         let rollout = rollouts.first().map(|r| r.name.clone()).unwrap_or_default();
         let RigParts {
+            build,
             wasm,
             stable,
             canary,
@@ -464,8 +493,9 @@ impl ControlledRig {
         config.controller = Some(source);
         let other_clusters = extra_clusters.clone();
         let bootstrap = CanaryBootstrap {
-            listener: ListenerSource::Static(filter_listener(
+            listener: ListenerSource::Static(build_listener(
                 &config,
+                build,
                 wasm.clone(),
                 FailurePolicy::FailReload,
             )?),
@@ -504,6 +534,7 @@ impl ControlledRig {
                 .tempdir()?,
             rollout,
             filter_config: config,
+            build,
             wasm,
             other_clusters,
         })
@@ -515,8 +546,9 @@ impl ControlledRig {
         let mut clusters = self.other_clusters.clone();
         clusters.push((CONTROLLER_CLUSTER.to_string(), controller));
         let bootstrap = CanaryBootstrap {
-            listener: ListenerSource::Static(filter_listener(
+            listener: ListenerSource::Static(build_listener(
                 &self.filter_config,
+                self.build,
                 self.wasm.clone(),
                 FailurePolicy::FailReload,
             )?),

@@ -71,6 +71,9 @@ pub struct EnvoyOptions {
     pub cpus: Option<Vec<usize>>,
     /// A command Envoy runs under (e.g. `valgrind --tool=callgrind`), empty for none.
     pub wrapper: Vec<String>,
+    /// How often Envoy writes its log file out (`--file-flush-interval-msec`; its default is
+    /// 10 s), for tests that wait for a log line. `None` leaves Envoy's default.
+    pub log_flush_ms: Option<u64>,
 }
 
 impl Default for EnvoyOptions {
@@ -80,6 +83,7 @@ impl Default for EnvoyOptions {
             name: "envoy".to_string(),
             cpus: None,
             wrapper: Vec::new(),
+            log_flush_ms: None,
         }
     }
 }
@@ -132,6 +136,9 @@ impl Envoy {
             .arg("--log-path")
             .arg(&log_path)
             .args(["--log-level", "info", "--disable-hot-restart"])
+            .args(options.log_flush_ms.map_or_else(Vec::new, |ms| {
+                vec!["--file-flush-interval-msec".to_string(), ms.to_string()]
+            }))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());

@@ -24,3 +24,22 @@ pub mod sse_upstream;
 pub mod upstream;
 pub mod wait;
 pub mod webhook;
+
+/// Runs each named test body, an `async fn(FilterBuild) -> anyhow::Result<()>`, against both
+/// builds of the filter: `name::wasm` and `name::native`.
+#[macro_export]
+macro_rules! for_both_builds {
+    ($($body:ident),* $(,)?) => {$(
+        mod $body {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn wasm() -> anyhow::Result<()> {
+                super::$body($crate::bootstrap::FilterBuild::Wasm).await
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn native() -> anyhow::Result<()> {
+                super::$body($crate::bootstrap::FilterBuild::Native).await
+            }
+        }
+    )*};
+}

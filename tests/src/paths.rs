@@ -42,6 +42,21 @@ pub fn venv_python() -> Result<PathBuf> {
     Ok(path)
 }
 
+/// The native build of the filter (an Envoy Dynamic Module): `$CANARY_NATIVE_SO`, else the
+/// library `make native` writes.
+pub fn native_module() -> Result<PathBuf> {
+    let path = match std::env::var_os("CANARY_NATIVE_SO") {
+        Some(p) => PathBuf::from(p),
+        None => project_root().join("target/native/libcanary_filter.so"),
+    };
+    anyhow::ensure!(
+        path.is_file(),
+        "native filter {} not found (run `make native`, or set CANARY_NATIVE_SO)",
+        path.display()
+    );
+    Ok(path)
+}
+
 /// The filter module: `$CANARY_WASM`, else the size-optimised artifact `make build` writes.
 pub fn filter_wasm() -> Result<PathBuf> {
     module("CANARY_WASM", "canary_filter.wasm")

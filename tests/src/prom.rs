@@ -1,6 +1,7 @@
 //! Reading `/stats/prometheus` the way a Prometheus server would.
 
 use anyhow::Result;
+use canary_contract::stats::prometheus_metric_name;
 pub use prometheus_parse::Sample;
 use prometheus_parse::{Scrape, Value};
 
@@ -9,12 +10,13 @@ pub fn parse(text: &str) -> Result<Vec<Sample>> {
     Ok(Scrape::parse(lines)?.samples)
 }
 
-/// The value of the sample named `metric` whose labels include all of `labels`. Histogram
+/// The value of the sample named `metric` (as the filter names it: the native build's
+/// series carry Envoy's `envoy_wasmcustom_` in front) whose labels include all of `labels`. Histogram
 /// series are matched by their `_count` / `_sum` samples (the buckets are not scalars).
 pub fn value(samples: &[Sample], metric: &str, labels: &[(&str, &str)]) -> Option<f64> {
     samples
         .iter()
-        .filter(|s| s.metric == metric)
+        .filter(|s| prometheus_metric_name(&s.metric) == metric)
         .filter(|s| labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
         .find_map(|s| match s.value {
             Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => Some(v),

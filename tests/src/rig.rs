@@ -7,7 +7,7 @@ use canary_contract::FilterConfig;
 use std::path::PathBuf;
 
 use crate::bootstrap::{
-    lds_file, CanaryBootstrap, FailurePolicy, Listener, ListenerSource, Routing,
+    lds_file, CanaryBootstrap, FailurePolicy, FilterBuild, Listener, ListenerSource,
 };
 use crate::envoy::{Envoy, EnvoyOptions};
 use crate::paths;
@@ -32,7 +32,8 @@ struct LdsFile {
     version: u64,
     failure_policy: FailurePolicy,
     route_header: String,
-    wasm: PathBuf,
+    build: FilterBuild,
+    module: PathBuf,
 }
 
 impl LdsFile {
@@ -48,12 +49,12 @@ impl LdsFile {
         self.version += 1;
         let listener = Listener {
             port: 0,
-            routing: Routing::Filter {
-                wasm: self.wasm.clone(),
-                config_json: config_json.to_string(),
-                route_header: self.route_header.clone(),
-                failure_policy: self.failure_policy,
-            },
+            routing: self.build.routing(
+                self.module.clone(),
+                config_json.to_string(),
+                self.route_header.clone(),
+                self.failure_policy,
+            ),
         };
         let mut lds = lds_file(&listener);
         lds["version_info"] = serde_json::json!(self.version.to_string());
@@ -72,15 +73,30 @@ pub struct RigOptions {
     pub stable: UpstreamSpec,
     pub canary: UpstreamSpec,
     pub failure_policy: FailurePolicy,
-    /// The filter module; `None` means the shipped one ([`paths::filter_wasm`]).
+    /// Which build of the filter the Envoys run (default: wasm).
+    pub build: FilterBuild,
+    /// The wasm module; `None` means the shipped one ([`paths::filter_wasm`]). The native
+    /// build is always [`paths::native_module`].
     pub wasm: Option<PathBuf>,
     /// More static clusters, e.g. an evaluator.
     pub extra_clusters: Vec<(String, std::net::SocketAddr)>,
 }
 
 impl RigOptions {
-    fn wasm(&self) -> Result<PathBuf> {
-        self.wasm.clone().map_or_else(paths::filter_wasm, Ok)
+    /// The module of the build the rig runs.
+    fn module(&self) -> Result<PathBuf> {
+        match self.build {
+            FilterBuild::Wasm => self.wasm.clone().map_or_else(paths::filter_wasm, Ok),
+            FilterBuild::Native => paths::native_module(),
+        }
+    }
+
+    /// The default options with the given build.
+    pub fn with_build(build: FilterBuild) -> RigOptions {
+        RigOptions {
+            build,
+            ..RigOptions::default()
+        }
     }
 }
 
@@ -92,16 +108,27 @@ impl Default for RigOptions {
             stable: UpstreamSpec::new("stable"),
             canary: UpstreamSpec::new("canary"),
             failure_policy: FailurePolicy::FailReload,
+            build: FilterBuild::Wasm,
             wasm: None,
             extra_clusters: Vec::new(),
         }
     }
 }
 
-/// The listener every rig Envoy uses: the filter with `config`, header-matched routes.
+/// The listener every rig Envoy uses: the wasm filter with `config`, header-matched routes.
 pub fn filter_listener(
     config: &FilterConfig,
     wasm: PathBuf,
+    failure_policy: FailurePolicy,
+) -> Result<Listener> {
+    build_listener(config, FilterBuild::Wasm, wasm, failure_policy)
+}
+
+/// [`filter_listener`] for either build of the filter (`module` is its `.wasm` or `.so`).
+pub fn build_listener(
+    config: &FilterConfig,
+    build: FilterBuild,
+    module: PathBuf,
     failure_policy: FailurePolicy,
 ) -> Result<Listener> {
     let route_header = config
@@ -111,12 +138,7 @@ pub fn filter_listener(
         .context("a rig needs at least one rollout")?;
     Ok(Listener {
         port: 0,
-        routing: Routing::Filter {
-            wasm,
-            config_json: config.to_json(),
-            route_header,
-            failure_policy,
-        },
+        routing: build.routing(module, config.to_json(), route_header, failure_policy),
     })
 }
 
@@ -125,9 +147,10 @@ impl CanaryRig {
         let stable = Upstream::start(options.stable.clone()).await?;
         let canary = Upstream::start(options.canary.clone()).await?;
         let bootstrap = CanaryBootstrap {
-            listener: ListenerSource::Static(filter_listener(
+            listener: ListenerSource::Static(build_listener(
                 config,
-                options.wasm()?,
+                options.build,
+                options.module()?,
                 options.failure_policy,
             )?),
             stable: stable.addr(),
@@ -175,7 +198,8 @@ impl CanaryRig {
             version: 0,
             failure_policy: options.failure_policy,
             route_header: route_header.to_string(),
-            wasm: options.wasm()?,
+            build: options.build,
+            module: options.module()?,
         };
         lds.publish(initial_config_json)?;
         let bootstrap = CanaryBootstrap {
@@ -191,6 +215,8 @@ impl CanaryRig {
             EnvoyOptions {
                 concurrency: options.concurrency,
                 name: "envoy-lds".to_string(),
+                // The configuration tests read refusals from the log.
+                log_flush_ms: Some(100),
                 ..Default::default()
             },
         )

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use canary_contract::Version;
+use canary_e2e::bootstrap::FilterBuild;
 use canary_e2e::controller::{upstream_pair, wait_status, ControlledRig, TOKEN};
 use canary_e2e::envoy;
 use canary_e2e::load::{self, user_id, Load};
@@ -32,11 +33,10 @@ fn sample_users(n: u32) -> Vec<String> {
 
 /// Issue tests 1 and 8: a healthy canary goes through every stage to 100% with no rollback,
 /// and no user ever goes back from canary to stable on any Envoy during the ramp.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn healthy_canary_is_promoted_and_users_stay_put() -> Result<()> {
+async fn healthy_canary_is_promoted_and_users_stay_put(build: FilterBuild) -> Result<()> {
     let _slot = envoy::exclusive().await;
     let (stable, canary) = upstreams(50, 50);
-    let rig = ControlledRig::start(ROLLOUT, 2, POLL_MS, stable, canary).await?;
+    let rig = ControlledRig::start_build(build, ROLLOUT, 2, POLL_MS, stable, canary).await?;
     let ctl = rig
         .start_controller(
             "analysis: {interval: 500ms, failure_limit: 3, min_window_requests: 30}\n\
@@ -93,11 +93,10 @@ fn moves_back_to_stable(seen: &[load::Observation]) -> (usize, usize) {
 /// every worker at once, or a user whose requests land on two workers is sent to canary by
 /// one and back to stable by the other. Few users, many connections (spread over both
 /// workers), many quick raises: each user is seen on both workers around every raise.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn raises_take_effect_on_every_worker_at_once() -> Result<()> {
+async fn raises_take_effect_on_every_worker_at_once(build: FilterBuild) -> Result<()> {
     let _slot = envoy::exclusive().await;
     let (stable, canary) = upstreams(0, 0);
-    let rig = ControlledRig::start(ROLLOUT, 1, POLL_MS, stable, canary).await?;
+    let rig = ControlledRig::start_build(build, ROLLOUT, 1, POLL_MS, stable, canary).await?;
     let stages: String = (1..10)
         .map(|w| format!("  - {{weight_pct: {}, hold: 1h}}\n", w * 10))
         .collect();
@@ -127,11 +126,10 @@ async fn raises_take_effect_on_every_worker_at_once() -> Result<()> {
 /// Issue test 2: canary 10% 5xx against stable 0.5%: weight 0 on every Envoy within
 /// (analysis interval × failure limit + one poll interval), plus one interval because the
 /// fault starts part-way through a window.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn error_spike_rolls_back_on_every_envoy_within_the_bound() -> Result<()> {
+async fn error_spike_rolls_back_on_every_envoy_within_the_bound(build: FilterBuild) -> Result<()> {
     let _slot = envoy::exclusive().await;
     let (stable, canary) = upstreams(50, 0);
-    let rig = ControlledRig::start(ROLLOUT, 2, POLL_MS, stable, canary).await?;
+    let rig = ControlledRig::start_build(build, ROLLOUT, 2, POLL_MS, stable, canary).await?;
     let interval = Duration::from_secs(1);
     let failure_limit = 3;
     let hooks = WebhookReceiver::start().await?;
@@ -532,3 +530,9 @@ async fn fail_safe_sends_everyone_to_stable_while_the_controller_is_away() -> Re
     );
     Ok(())
 }
+
+canary_e2e::for_both_builds!(
+    healthy_canary_is_promoted_and_users_stay_put,
+    raises_take_effect_on_every_worker_at_once,
+    error_spike_rolls_back_on_every_envoy_within_the_bound,
+);

@@ -4,6 +4,7 @@ use std::collections::BTreeSet;
 
 use anyhow::Result;
 use canary_contract::{FilterConfig, RequestMatch, RolloutConfig, Version};
+use canary_e2e::bootstrap::FilterBuild;
 use canary_e2e::client::{http_client, send_all, Probe};
 use canary_e2e::envoy;
 use canary_e2e::rig::{CanaryRig, RigOptions};
@@ -34,8 +35,9 @@ fn version_of(served_by: Option<&str>) -> Option<Version> {
 
 /// Issue tests 1, 2 and 4: one Envoy, four rollouts sharing a salt at 1%, 5%, 25% and 50%
 /// (one per path prefix, so one process serves every weight), 20,000 users each.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn envoy_agrees_with_contract_at_every_weight_and_ramp_is_monotone() -> Result<()> {
+async fn envoy_agrees_with_contract_at_every_weight_and_ramp_is_monotone(
+    build: FilterBuild,
+) -> Result<()> {
     let _slot = envoy::exclusive().await;
     let weights = [100u32, 500, 2500, 5000];
     let rollouts: Vec<_> = weights
@@ -47,7 +49,7 @@ async fn envoy_agrees_with_contract_at_every_weight_and_ramp_is_monotone() -> Re
         &config,
         RigOptions {
             concurrency: 2,
-            ..RigOptions::default()
+            ..RigOptions::with_build(build)
         },
     )
     .await?;
@@ -101,8 +103,7 @@ async fn envoy_agrees_with_contract_at_every_weight_and_ramp_is_monotone() -> Re
 
 /// Issue test 3: 2,000 users × 20 requests, alternating between two Envoys with two workers
 /// each; every user sees one version, the one the contract computes.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn users_are_sticky_across_envoys_and_workers() -> Result<()> {
+async fn users_are_sticky_across_envoys_and_workers(build: FilterBuild) -> Result<()> {
     let _slot = envoy::exclusive().await;
     let rollout = rollout_on_prefix("sticky", "/", "sticky", 3000);
     let rig = CanaryRig::start(
@@ -110,7 +111,7 @@ async fn users_are_sticky_across_envoys_and_workers() -> Result<()> {
         RigOptions {
             envoys: 2,
             concurrency: 2,
-            ..RigOptions::default()
+            ..RigOptions::with_build(build)
         },
     )
     .await?;
@@ -160,8 +161,7 @@ async fn users_are_sticky_across_envoys_and_workers() -> Result<()> {
 
 /// Issue test 5: client-sent routing headers are ignored; the force header works only where
 /// configured; the deny list beats everything, the allow list beats the force header.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn clients_cannot_pick_a_version_unless_allowed() -> Result<()> {
+async fn clients_cannot_pick_a_version_unless_allowed(build: FilterBuild) -> Result<()> {
     let _slot = envoy::exclusive().await;
     let with_lists = |mut r: RolloutConfig| {
         r.allow = BTreeSet::from(["tester".to_string()]);
@@ -188,7 +188,7 @@ async fn clients_cannot_pick_a_version_unless_allowed() -> Result<()> {
             10_000,
         ))),
     ];
-    let rig = CanaryRig::start(&config(rollouts), RigOptions::default()).await?;
+    let rig = CanaryRig::start(&config(rollouts), RigOptions::with_build(build)).await?;
     let client = http_client(4)?;
     let base = rig.base();
     // (what, probe, expected version, routing header the upstream must see, force header seen)
@@ -292,12 +292,15 @@ async fn clients_cannot_pick_a_version_unless_allowed() -> Result<()> {
 }
 
 /// Issue test 6: a user without a key gets an id cookie once, and stays on one version.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn anonymous_users_get_a_cookie_once_and_stay_put() -> Result<()> {
+async fn anonymous_users_get_a_cookie_once_and_stay_put(build: FilterBuild) -> Result<()> {
     let _slot = envoy::exclusive().await;
     let mut rollout = rollout_on_prefix("anon", "/", "anon", 5000);
     rollout.anonymous_cookie.max_age_s = 3600;
-    let rig = CanaryRig::start(&config(vec![rollout.clone()]), RigOptions::default()).await?;
+    let rig = CanaryRig::start(
+        &config(vec![rollout.clone()]),
+        RigOptions::with_build(build),
+    )
+    .await?;
     let client = http_client(8)?;
     let first = send_all(&client, &vec![Probe::new(rig.base(), "/"); 200], 8).await?;
     let mut versions = BTreeSet::new();
@@ -359,11 +362,14 @@ async fn anonymous_users_get_a_cookie_once_and_stay_put() -> Result<()> {
 
 /// Header values that are empty, too long, not UTF-8 or full of control characters take the
 /// anonymous path; none of them may hurt the VM (a panic would fail every later request).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn hostile_keys_fall_back_to_anonymous_and_never_panic() -> Result<()> {
+async fn hostile_keys_fall_back_to_anonymous_and_never_panic(build: FilterBuild) -> Result<()> {
     let _slot = envoy::exclusive().await;
     let rollout = rollout_on_prefix("hostile", "/", "hostile", 5000);
-    let rig = CanaryRig::start(&config(vec![rollout.clone()]), RigOptions::default()).await?;
+    let rig = CanaryRig::start(
+        &config(vec![rollout.clone()]),
+        RigOptions::with_build(build),
+    )
+    .await?;
     let client = http_client(4)?;
     let base = rig.base();
     let hostile: Vec<(&str, Vec<u8>)> = vec![
@@ -404,3 +410,11 @@ async fn hostile_keys_fall_back_to_anonymous_and_never_panic() -> Result<()> {
     assert!(!log.contains("panicked"), "the filter panicked:\n{log}");
     Ok(())
 }
+
+canary_e2e::for_both_builds!(
+    envoy_agrees_with_contract_at_every_weight_and_ramp_is_monotone,
+    users_are_sticky_across_envoys_and_workers,
+    clients_cannot_pick_a_version_unless_allowed,
+    anonymous_users_get_a_cookie_once_and_stay_put,
+    hostile_keys_fall_back_to_anonymous_and_never_panic,
+);

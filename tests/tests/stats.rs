@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::Result;
 use canary_contract::stats::{stat_name, Metric, ENVOY_WASM_PREFIX};
 use canary_contract::{FilterConfig, RolloutConfig, Version};
+use canary_e2e::bootstrap::FilterBuild;
 use canary_e2e::client::{http_client, send_all, Probe};
 use canary_e2e::envoy;
 use canary_e2e::prom;
@@ -45,8 +46,7 @@ struct Expected {
     slow: u64,
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn per_version_stats_equal_the_load_sent() -> Result<()> {
+async fn per_version_stats_equal_the_load_sent(build: FilterBuild) -> Result<()> {
     let _slot = envoy::exclusive().await;
     let rollout = RolloutConfig::new("shop", 3_000);
     let config = FilterConfig::new(vec![rollout.clone()]);
@@ -57,7 +57,7 @@ async fn per_version_stats_equal_the_load_sent() -> Result<()> {
         RigOptions {
             concurrency: 2,
             canary,
-            ..RigOptions::default()
+            ..RigOptions::with_build(build)
         },
     )
     .await?;
@@ -215,3 +215,5 @@ async fn per_version_stats_equal_the_load_sent() -> Result<()> {
     eprintln!("expected per version: {expected:?}");
     Ok(())
 }
+
+canary_e2e::for_both_builds!(per_version_stats_equal_the_load_sent,);

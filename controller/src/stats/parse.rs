@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use canary_contract::stats::Metric;
+use canary_contract::stats::{prometheus_metric_name, Metric};
 use canary_contract::{ShadowMetric, Version};
 use prometheus_parse::{Scrape, Value};
 
@@ -144,10 +144,12 @@ pub fn parse_envoy_prometheus(text: &str, rollout: &str) -> Result<RolloutStats,
         if sample.labels.get("rollout") != Some(rollout) {
             continue;
         }
+        // Either build's series (see `prometheus_metric_name`).
+        let metric = prometheus_metric_name(&sample.metric);
         if let (Some(tier), Value::Counter(x) | Value::Gauge(x) | Value::Untyped(x)) =
             (sample.labels.get("tier"), &sample.value)
         {
-            acc.add_tier(rollout, tier, &sample.metric, *x)?;
+            acc.add_tier(rollout, tier, metric, *x)?;
             continue;
         }
         let Some(version) = version_label(sample.labels.get("version")) else {
@@ -157,14 +159,14 @@ pub fn parse_envoy_prometheus(text: &str, rollout: &str) -> Result<RolloutStats,
             Value::Counter(x) | Value::Gauge(x) | Value::Untyped(x) => acc.add(
                 rollout,
                 FlatSample {
-                    name: &sample.metric,
+                    name: metric,
                     version,
                     le: None,
                     value: *x,
                 },
             )?,
             Value::Histogram(buckets) => {
-                let name = format!("{}_bucket", sample.metric);
+                let name = format!("{metric}_bucket");
                 for b in buckets {
                     acc.add(
                         rollout,
@@ -330,6 +332,26 @@ mod tests {
         assert_eq!(stats.canary.duration.count, 100);
         assert_eq!(stats.canary.duration.buckets.len(), 3);
         assert_eq!(stats.canary.duration.sum_ms, 300.0);
+    }
+
+    /// The native build's `/stats/prometheus` (every series with Envoy's `envoy_wasmcustom_`
+    /// in front) reads as the wasm build's.
+    #[test]
+    fn the_native_builds_series_read_as_the_wasm_builds() {
+        let wasm = envoy_payload("shop", 100, 7);
+        let native: String = wasm
+            .lines()
+            .map(|l| match l.strip_prefix("# TYPE ") {
+                Some(rest) => format!("# TYPE envoy_wasmcustom_{rest}\n"),
+                None if l.starts_with("canary_") => format!("envoy_wasmcustom_{l}\n"),
+                None => format!("{l}\n"),
+            })
+            .collect();
+        assert!(native.contains("envoy_wasmcustom_canary_rq_total{"));
+        assert_eq!(
+            parse_envoy_prometheus(&native, "shop").expect("ok"),
+            parse_envoy_prometheus(&wasm, "shop").expect("ok")
+        );
     }
 
     /// Turns an Envoy text payload into the JSON a Prometheus instant query returns for it.

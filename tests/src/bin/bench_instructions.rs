@@ -6,7 +6,8 @@
 //! - `wasm_reads` − `wasm_noop`: reading the user key and `:status`, which no filter with
 //!   this job can skip;
 //! - `wasm_floor` − `wasm_noop`: the calls into Envoy any filter with this job makes;
-//! - `filter` − `wasm_floor`: the filter's own code (SDK dispatch, matching, hashing).
+//! - `filter` − `wasm_floor`: the filter's own code (SDK dispatch, matching, hashing);
+//! - `native_module` − `native_hash_split`: the same filter as an Envoy Dynamic Module.
 //!
 //! Each proxy runs under callgrind with instrumentation off until it has served a warm-up,
 //! then counts a fixed number of requests sent one at a time. User-space instructions
@@ -110,6 +111,7 @@ async fn main() -> Result<()> {
         "over_native_hash_split": {
             "filter": get("filter") - native,
             "filter_passthrough": get("filter_passthrough") - native,
+            "native_module": get("native_module") - native,
             "wasm_floor": get("wasm_floor") - native,
             "wasm_reads": get("wasm_reads") - native,
             "wasm_noop": get("wasm_noop") - native,
@@ -121,16 +123,19 @@ async fn main() -> Result<()> {
             "filter_own_code": get("filter") - get("wasm_floor"),
         },
         "filter_vs_native_instructions": native / get("filter"),
+        "native_module_vs_native_instr": native / get("native_module"),
         "wasm_floor_vs_native_instructions": native / get("wasm_floor"),
         "wasm_reads_vs_native_instructions": native / get("wasm_reads"),
     });
     let path = paths::project_root().join("target/bench/instructions.json");
     std::fs::write(&path, serde_json::to_vec_pretty(&report)?)?;
     println!(
-        "instructions/request: native {native:.0}, filter {:.0} (+{:.0}), floor of any filter \
-         doing its calls {:.0} (+{:.0}); wrote {}",
+        "instructions/request: native {native:.0}, filter {:.0} (+{:.0}), native module {:.0} \
+         ({:.3} of native), floor of any filter doing its calls {:.0} (+{:.0}); wrote {}",
         get("filter"),
         get("filter") - native,
+        get("native_module"),
+        native / get("native_module"),
         get("wasm_floor"),
         get("wasm_floor") - native,
         path.display()

@@ -1,0 +1,355 @@
+//! The filter's configuration and per-request state, with no ABI in sight: the request path
+//! of the wasm filter's plain module (`filter/src/host/mod.rs`), step for step, on the same
+//! plain modules (`Router::decide`, `Exchange`, `set_cookie_value`), through the
+//! [`HttpStream`] trait the hooks implement over Envoy and the tests over a fake.
+//!
+//! Unlike the wasm VM, counters are not summed here and flushed: a native counter update is
+//! an atomic add inside Envoy, cheaper than any bookkeeping of ours, so each goes straight
+//! to Envoy and the admin endpoint sees it at once.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use canary_contract::stats::Metric;
+use canary_contract::stats::MetricKind;
+use canary_contract::{FilterConfig, Version};
+use canary_filter::control::summary;
+use canary_filter::cookie::{anonymous_id, set_cookie_value};
+use canary_filter::keyed::metric_set_key;
+use canary_filter::metrics::{Exchange, MetricHost, MetricOp, RolloutMetrics};
+use canary_filter::routing::{RequestHeaders, Router};
+
+use crate::envoy::{DefineMetric, NativeMetric};
+
+/// The gRPC status of an answer, in trailers-only response headers or in trailers.
+const GRPC_STATUS: &str = "grpc-status";
+
+/// What a request hook may do to its stream.
+pub trait HttpStream: RequestHeaders {
+    fn set_request_header(&self, name: &str, value: &[u8]);
+    fn remove_request_header(&self, name: &str);
+    /// After the request headers changed: Envoy routed before the filter ran.
+    fn clear_route_cache(&self);
+    fn response_header(&self, name: &str) -> Option<Vec<u8>>;
+    fn response_trailer(&self, name: &str) -> Option<Vec<u8>>;
+    fn add_response_header(&self, name: &str, value: &[u8]);
+    fn response_code_details(&self) -> Option<Vec<u8>>;
+    fn update(&self, metric: NativeMetric, value: u64);
+    /// The same for a family's stat of `labels` (rollout, version).
+    fn update_labeled(&self, metric: NativeMetric, labels: &[&[u8]; 2], value: u64);
+}
+
+/// The filter configuration of one `DynamicModuleFilter`, shared by every worker's requests:
+/// the configuration in force, and the metrics Envoy let us define when it created the
+/// filter (it refuses definitions after that).
+pub struct Config {
+    current: RwLock<Arc<Active>>,
+    /// Ids of the rollouts known at creation, by metric set (see `keyed::metric_set_key`).
+    defined: Vec<(String, RolloutMetrics)>,
+    /// Envoy's metrics, indexed by the ids `RolloutMetrics` holds.
+    table: Vec<NativeMetric>,
+    /// Per metric (`Metric::index`): its family labelled by rollout and version, for
+    /// rollouts a later configuration brings. A family's stats have the same names.
+    families: Vec<Option<NativeMetric>>,
+    /// The rollouts and weights, as the wasm filter logs them.
+    pub summary: String,
+}
+
+/// The configuration requests use, with where each rollout's metrics are.
+pub struct Active {
+    router: Router,
+    metrics: Vec<RolloutIds>,
+}
+
+enum RolloutIds {
+    /// Defined with the filter: its ids are `Config::defined[i]`.
+    Defined(usize),
+    /// A rollout that came after the filter was created: its metrics are the families'.
+    Labeled(String),
+}
+
+/// `RolloutMetrics::define` over Envoy's definitions: its ids index our table.
+struct Definer<'a, D: DefineMetric> {
+    host: &'a mut D,
+    table: &'a mut Vec<NativeMetric>,
+}
+
+impl<D: DefineMetric> MetricHost for Definer<'_, D> {
+    fn define(&mut self, kind: MetricKind, name: &str) -> Result<u32, String> {
+        let index = u32::try_from(self.table.len()).map_err(|_| "too many metrics".to_string())?;
+        let id = self.host.define_metric(kind, name)?;
+        self.table.push(NativeMetric { kind, id });
+        Ok(index)
+    }
+}
+
+/// The metrics a rollout of the plain build has without a breaker: the families.
+fn family_metric(m: Metric) -> bool {
+    !(m.is_llm() || m.is_rate_limit() || m.is_breaker())
+}
+
+impl Config {
+    /// Parses and validates the filter configuration (the wasm filter's plugin JSON) and
+    /// defines every rollout's metrics, and the families for rollouts to come.
+    pub fn new(
+        json: &[u8],
+        host: &mut impl DefineMetric,
+    ) -> Result<(Config, FilterConfig), String> {
+        let config = FilterConfig::from_json(json)
+            .map_err(|e| format!("invalid plugin configuration: {e}"))?;
+        let mut table = Vec::new();
+        let mut defined: Vec<(String, RolloutMetrics)> = Vec::new();
+        for r in &config.rollouts {
+            let key = metric_set_key(r);
+            if defined.iter().any(|(k, _)| *k == key) {
+                continue;
+            }
+            let mut definer = Definer {
+                host: &mut *host,
+                table: &mut table,
+            };
+            defined.push((key, RolloutMetrics::define(&mut definer, r)?));
+        }
+        let mut families = vec![None; Metric::ALL.len()];
+        if config.controller.is_some() {
+            for m in Metric::ALL.into_iter().filter(|m| family_metric(*m)) {
+                let id = host.define_family(m.kind(), m.name())?;
+                families[m.index()] = Some(NativeMetric { kind: m.kind(), id });
+            }
+        }
+        let mut native = Config {
+            current: RwLock::new(Arc::new(Active {
+                router: Router::new(FilterConfig::new(Vec::new())),
+                metrics: Vec::new(),
+            })),
+            defined,
+            table,
+            families,
+            summary: summary(&config),
+        };
+        native.current = RwLock::new(Arc::new(native.prepare(config.clone())));
+        Ok((native, config))
+    }
+
+    fn prepare(&self, config: FilterConfig) -> Active {
+        let metrics = (config.rollouts.iter())
+            .map(|r| {
+                let key = metric_set_key(r);
+                match self.defined.iter().position(|(k, _)| *k == key) {
+                    Some(i) => RolloutIds::Defined(i),
+                    None => RolloutIds::Labeled(r.name.clone()),
+                }
+            })
+            .collect();
+        Active {
+            router: Router::new(config),
+            metrics,
+        }
+    }
+
+    /// Puts `config` in force for new requests (requests under way keep theirs). Returns
+    /// the counters of rollouts new to this filter, by family id and labels, for the caller
+    /// to bring into existence.
+    pub fn activate(&self, config: FilterConfig) -> Vec<(usize, [String; 2])> {
+        let active = self.prepare(config);
+        let mut fresh = Vec::new();
+        for ids in &active.metrics {
+            let RolloutIds::Labeled(name) = ids else {
+                continue;
+            };
+            for m in Metric::ALL
+                .into_iter()
+                .filter(|m| m.kind() == MetricKind::Counter)
+            {
+                if let Some(family) = self.families[m.index()] {
+                    for version in Version::ALL {
+                        fresh.push((family.id, [name.clone(), version.as_str().to_string()]));
+                    }
+                }
+            }
+        }
+        if let Ok(mut current) = self.current.write() {
+            *current = Arc::new(active);
+        }
+        fresh
+    }
+
+    /// The configuration in force.
+    pub fn current(&self) -> Option<Arc<Active>> {
+        self.current.read().ok().map(|a| Arc::clone(&a))
+    }
+
+    fn apply(
+        &self,
+        active: &Active,
+        stream: &impl HttpStream,
+        rollout: usize,
+        op: MetricOp,
+        version: Version,
+    ) {
+        let (metric, value) = match op {
+            MetricOp::Increment(m) => (m, 1),
+            MetricOp::Add(m, delta) => (m, delta),
+            MetricOp::Record(m, v) => (m, v),
+        };
+        match active.metrics.get(rollout) {
+            Some(RolloutIds::Defined(i)) => {
+                let native = (self.defined.get(*i))
+                    .and_then(|(_, ids)| ids.id(version, metric))
+                    .and_then(|id| self.table.get(id as usize));
+                if let Some(native) = native {
+                    stream.update(*native, value);
+                }
+            }
+            Some(RolloutIds::Labeled(name)) => {
+                if let Some(Some(family)) = self.families.get(metric.index()) {
+                    let labels = [name.as_bytes(), version.as_str().as_bytes()];
+                    stream.update_labeled(*family, &labels, value);
+                }
+            }
+            None => {}
+        }
+    }
+}
+
+/// One request's state, from its request headers to the end of its stream.
+#[derive(Default)]
+pub struct Request {
+    /// The configuration the request was routed by, kept to its end.
+    active: Option<Arc<Active>>,
+    routed: Option<Routed>,
+}
+
+struct Routed {
+    rollout: usize,
+    exchange: Exchange,
+    set_cookie: Option<String>,
+}
+
+impl Request {
+    pub fn on_request_headers(&mut self, config: &Config, stream: &impl HttpStream) {
+        let Some(active) = config.current() else {
+            return;
+        };
+        let now = now_ms();
+        let decision = active.router.decide(stream, now, new_anonymous_id);
+        let rollout = decision
+            .as_ref()
+            .and_then(|d| active.router.rollouts().get(d.rollout));
+        // Strip client-sent routing headers on every request, routed or not, so nobody
+        // picks a version by sending the header themselves; the one this request's rollout
+        // sets is replaced below.
+        // Only a header that is there is removed: a read costs less than a removal, and
+        // far less than Envoy picking the route again (~2,400 instructions).
+        let mut stripped = false;
+        for header in active.router.route_headers() {
+            if rollout.is_none_or(|r| r.route_header != *header) && stream.header(header).is_some()
+            {
+                stream.remove_request_header(header);
+                stripped = true;
+            }
+        }
+        let (Some(decision), Some(rollout)) = (decision, rollout) else {
+            if stripped {
+                stream.clear_route_cache();
+            }
+            return;
+        };
+        if let Some(force) = &rollout.force_header {
+            stream.remove_request_header(force);
+        }
+        let version = decision.version;
+        stream.set_request_header(&rollout.route_header, version.as_str().as_bytes());
+        stream.clear_route_cache();
+        let (exchange, op) = Exchange::start(version, now);
+        config.apply(&active, stream, decision.rollout, op, version);
+        self.routed = Some(Routed {
+            rollout: decision.rollout,
+            exchange,
+            set_cookie: decision
+                .new_anonymous_id
+                .map(|id| set_cookie_value(&rollout.anonymous_cookie, &id)),
+        });
+        self.active = Some(active);
+    }
+
+    pub fn on_response_headers(
+        &mut self,
+        config: &Config,
+        stream: &impl HttpStream,
+        end_of_stream: bool,
+    ) {
+        let (Some(active), Some(routed)) = (self.active.as_deref(), self.routed.as_mut()) else {
+            return;
+        };
+        let status = stream.response_header(":status");
+        let ops = routed.exchange.on_response_headers(
+            status.as_deref(),
+            end_of_stream,
+            now_ms(),
+            || stream.response_header(GRPC_STATUS),
+            || stream.response_code_details(),
+        );
+        for op in ops {
+            config.apply(active, stream, routed.rollout, op, routed.exchange.version);
+        }
+        if let Some(cookie) = routed.set_cookie.take() {
+            stream.add_response_header("set-cookie", cookie.as_bytes());
+        }
+    }
+
+    pub fn on_response_trailers(&mut self, config: &Config, stream: &impl HttpStream) {
+        let (Some(active), Some(routed)) = (self.active.as_deref(), self.routed.as_mut()) else {
+            return;
+        };
+        let op = (routed.exchange).on_response_trailers(|| stream.response_trailer(GRPC_STATUS));
+        if let Some(op) = op {
+            config.apply(active, stream, routed.rollout, op, routed.exchange.version);
+        }
+    }
+
+    /// The stream is over (Envoy's `stream_complete`, before the filter is destroyed).
+    pub fn on_stream_complete(&mut self, config: &Config, stream: &impl HttpStream) {
+        let (Some(active), Some(routed)) = (self.active.take(), self.routed.take()) else {
+            return;
+        };
+        for op in routed.exchange.on_end(now_ms()) {
+            config.apply(&active, stream, routed.rollout, op, routed.exchange.version);
+        }
+    }
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| {
+        d.as_secs()
+            .saturating_mul(1_000)
+            .saturating_add(u64::from(d.subsec_millis()))
+    })
+}
+
+/// 128 random bits from the OS; if it cannot give them, the clock and a counter hashed, so
+/// ids stay unique-ish and nothing panics.
+fn new_anonymous_id() -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let mut random = [0u8; 16];
+    if getrandom::fill(&mut random).is_err() {
+        use std::hash::Hasher;
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        for (i, chunk) in random.chunks_mut(8).enumerate() {
+            let mut h = fnv::FnvHasher::default();
+            h.write_u64(nanos);
+            h.write_u64(n);
+            h.write_usize(i);
+            chunk.copy_from_slice(&h.finish().to_le_bytes());
+        }
+    }
+    anonymous_id(random)
+}
+
+#[cfg(test)]
+#[path = "filter_tests.rs"]
+mod tests;

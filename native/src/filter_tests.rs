@@ -1,0 +1,310 @@
+//! The native request path over a fake stream: the same routing and the same stats as the
+//! wasm filter's, by name and by count.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+
+use canary_contract::stats::{stat_name, Metric, MetricKind};
+use canary_contract::{FilterConfig, RolloutConfig, Version};
+use canary_filter::metrics::{MetricHost, RolloutMetrics};
+use canary_filter::routing::RequestHeaders;
+
+use super::{Config, HttpStream, Request};
+use crate::envoy::{DefineMetric, NativeMetric};
+
+/// Envoy as far as `config_new` sees it: every definition by kind and name.
+#[derive(Default)]
+struct FakeDefinitions {
+    names: Vec<(MetricKind, String)>,
+}
+
+impl DefineMetric for FakeDefinitions {
+    fn define_metric(&mut self, kind: MetricKind, name: &str) -> Result<usize, String> {
+        self.names.push((kind, name.to_string()));
+        Ok(self.names.len() - 1)
+    }
+
+    fn define_family(&mut self, kind: MetricKind, name: &str) -> Result<usize, String> {
+        self.names
+            .push((kind, format!("{name}{{rollout,version}}")));
+        Ok(self.names.len() - 1)
+    }
+}
+
+/// The wasm filter's definitions of the same rollout (its `MetricHost`).
+#[derive(Default)]
+struct WasmDefinitions(Vec<(MetricKind, String)>);
+
+impl MetricHost for WasmDefinitions {
+    fn define(&mut self, kind: MetricKind, name: &str) -> Result<u32, String> {
+        self.0.push((kind, name.to_string()));
+        Ok(self.0.len() as u32 - 1)
+    }
+}
+
+/// One request's stream: headers in and out, and the metric updates, by Envoy id.
+#[derive(Default)]
+struct FakeStream {
+    request: RefCell<BTreeMap<String, Vec<u8>>>,
+    response: BTreeMap<String, Vec<u8>>,
+    code_details: Option<Vec<u8>>,
+    added_response: RefCell<Vec<(String, Vec<u8>)>>,
+    route_cache_cleared: RefCell<u32>,
+    updates: RefCell<Vec<(NativeMetric, u64)>>,
+    labeled: RefCell<Vec<(NativeMetric, [String; 2], u64)>>,
+}
+
+impl RequestHeaders for FakeStream {
+    fn header(&self, name: &str) -> Option<Vec<u8>> {
+        self.request.borrow().get(name).cloned()
+    }
+}
+
+impl HttpStream for FakeStream {
+    fn set_request_header(&self, name: &str, value: &[u8]) {
+        self.request
+            .borrow_mut()
+            .insert(name.to_string(), value.to_vec());
+    }
+    fn remove_request_header(&self, name: &str) {
+        self.request.borrow_mut().remove(name);
+    }
+    fn clear_route_cache(&self) {
+        *self.route_cache_cleared.borrow_mut() += 1;
+    }
+    fn response_header(&self, name: &str) -> Option<Vec<u8>> {
+        self.response.get(name).cloned()
+    }
+    fn response_trailer(&self, _name: &str) -> Option<Vec<u8>> {
+        None
+    }
+    fn add_response_header(&self, name: &str, value: &[u8]) {
+        (self.added_response.borrow_mut()).push((name.to_string(), value.to_vec()));
+    }
+    fn response_code_details(&self) -> Option<Vec<u8>> {
+        self.code_details.clone()
+    }
+    fn update(&self, metric: NativeMetric, value: u64) {
+        self.updates.borrow_mut().push((metric, value));
+    }
+    fn update_labeled(&self, metric: NativeMetric, labels: &[&[u8]; 2], value: u64) {
+        let labels = labels.map(|l| String::from_utf8_lossy(l).into_owned());
+        (self.labeled.borrow_mut()).push((metric, labels, value));
+    }
+}
+
+fn config(rollout: &RolloutConfig) -> (Config, FakeDefinitions) {
+    let mut defs = FakeDefinitions::default();
+    let json = FilterConfig::new(vec![rollout.clone()]).to_json();
+    let (config, _) = Config::new(json.as_bytes(), &mut defs).expect("valid configuration");
+    (config, defs)
+}
+
+/// The stat names of the updates a stream received, with their values.
+fn updated(defs: &FakeDefinitions, stream: &FakeStream) -> Vec<(String, u64)> {
+    let updates = stream.updates.borrow();
+    updates
+        .iter()
+        .map(|(m, v)| (defs.names[m.id].1.clone(), *v))
+        .collect()
+}
+
+fn user_stream(user: &str) -> FakeStream {
+    let stream = FakeStream::default();
+    stream.set_request_header("x-user-id", user.as_bytes());
+    stream
+}
+
+#[test]
+fn defines_the_wasm_filters_stats_by_name_and_kind() {
+    let rollout = RolloutConfig::new("shop", 3_000);
+    let (_, native) = config(&rollout);
+    let mut wasm = WasmDefinitions::default();
+    RolloutMetrics::define(&mut wasm, &rollout).expect("defined");
+    assert_eq!(native.names, wasm.0);
+    assert!(native.names.contains(&(
+        MetricKind::Counter,
+        stat_name(Metric::RqTotal, "shop", Version::Canary)
+    )));
+}
+
+#[test]
+fn routes_as_the_contract_and_counts_the_exchange() {
+    let rollout = RolloutConfig::new("shop", 5_000);
+    let (config, defs) = config(&rollout);
+    for user in ["ann", "bob", "cy", "dee", "eve", "fay"] {
+        let mut stream = user_stream(user);
+        // A client trying to pick a version: overwritten by the filter's choice.
+        stream.set_request_header(&rollout.route_header, b"canary");
+        let version = rollout.version_for_key(user);
+        let mut request = Request::default();
+        request.on_request_headers(&config, &stream);
+        assert_eq!(
+            stream.header(&rollout.route_header).as_deref(),
+            Some(version.as_str().as_bytes()),
+            "{user}"
+        );
+        assert_eq!(*stream.route_cache_cleared.borrow(), 1);
+        stream.response.insert(":status".into(), b"200".to_vec());
+        request.on_response_headers(&config, &stream, true);
+        request.on_stream_complete(&config, &stream);
+        let names: Vec<String> = updated(&defs, &stream)
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
+        let expect = [
+            Metric::RqTotal,
+            Metric::Rq2xx,
+            Metric::RqHeaderTimeMs,
+            Metric::RqTimeMs,
+        ]
+        .map(|m| stat_name(m, "shop", version));
+        assert_eq!(names, expect, "{user}");
+        assert!(
+            stream.added_response.borrow().is_empty(),
+            "a keyed user gets no cookie"
+        );
+    }
+}
+
+#[test]
+fn an_upstream_reset_is_a_5xx_and_a_reset() {
+    let rollout = RolloutConfig::new("shop", 10_000);
+    let (config, defs) = config(&rollout);
+    let mut stream = user_stream("ann");
+    let mut request = Request::default();
+    request.on_request_headers(&config, &stream);
+    stream.response.insert(":status".into(), b"503".to_vec());
+    stream.code_details = Some(b"upstream_reset_before_response_started{remote_reset}".to_vec());
+    request.on_response_headers(&config, &stream, true);
+    let names: Vec<String> = updated(&defs, &stream)
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    assert!(names.contains(&stat_name(Metric::Rq5xx, "shop", Version::Canary)));
+    assert!(names.contains(&stat_name(Metric::RqReset, "shop", Version::Canary)));
+}
+
+#[test]
+fn an_anonymous_user_gets_a_cookie_and_a_stream_ended_early_counts_as_a_reset() {
+    let mut rollout = RolloutConfig::new("shop", 5_000);
+    rollout.anonymous_cookie.enabled = true;
+    let (config, defs) = config(&rollout);
+    let stream = FakeStream::default();
+    let mut request = Request::default();
+    request.on_request_headers(&config, &stream);
+    let routed = stream.header(&rollout.route_header);
+    assert!(routed.is_some(), "an anonymous user is routed");
+    // No response: the client went away.
+    request.on_stream_complete(&config, &stream);
+    let names: Vec<String> = updated(&defs, &stream)
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    assert!(names.iter().any(|n| n.starts_with("canary_rq_reset.")));
+    let mut request = Request::default();
+    let mut stream = FakeStream::default();
+    request.on_request_headers(&config, &stream);
+    stream.response.insert(":status".into(), b"200".to_vec());
+    request.on_response_headers(&config, &stream, true);
+    let cookies = stream.added_response.borrow();
+    assert_eq!(cookies.len(), 1);
+    assert_eq!(cookies[0].0, "set-cookie");
+    assert!(cookies[0]
+        .1
+        .starts_with(rollout.anonymous_cookie.name.as_bytes()));
+}
+
+#[test]
+fn an_unmatched_request_loses_a_spoofed_header_and_counts_nothing() {
+    let mut rollout = RolloutConfig::new("shop", 10_000);
+    rollout.request_match.path_prefix = Some("/shop/".into());
+    let (config, _) = config(&rollout);
+    let stream = user_stream("ann");
+    stream.set_request_header(":path", b"/elsewhere");
+    stream.set_request_header(&rollout.route_header, b"canary");
+    let mut request = Request::default();
+    request.on_request_headers(&config, &stream);
+    assert_eq!(stream.header(&rollout.route_header), None);
+    assert_eq!(*stream.route_cache_cleared.borrow(), 1);
+    request.on_stream_complete(&config, &stream);
+    assert!(stream.updates.borrow().is_empty());
+    // Without a routing header to strip, the request and its route are left alone.
+    let stream = user_stream("ann");
+    stream.set_request_header(":path", b"/elsewhere");
+    Request::default().on_request_headers(&config, &stream);
+    assert_eq!(*stream.route_cache_cleared.borrow(), 0);
+}
+
+#[test]
+fn an_invalid_configuration_is_refused_naming_its_field() {
+    let mut defs = FakeDefinitions::default();
+    let json = br#"{"schema_version":1,"rollouts":[{"name":"cfg","weight_bp":10001}]}"#;
+    let Err(e) = Config::new(json, &mut defs) else {
+        panic!("accepted an invalid configuration");
+    };
+    assert!(
+        e.starts_with("invalid plugin configuration: rollouts[0].weight_bp"),
+        "{e}"
+    );
+    assert!(
+        defs.names.is_empty(),
+        "no metric defined for a refused configuration"
+    );
+}
+
+#[test]
+fn a_rollout_published_later_counts_in_the_families_under_the_same_names() {
+    let rollout = RolloutConfig::new("shop", 0);
+    let mut config_json = FilterConfig::new(vec![rollout.clone()]);
+    config_json.controller = Some(canary_contract::ControllerSource::new("controller"));
+    let mut defs = FakeDefinitions::default();
+    let (config, _) = Config::new(config_json.to_json().as_bytes(), &mut defs).expect("valid");
+    assert!(defs.names.contains(&(
+        MetricKind::Counter,
+        "canary_rq_total{rollout,version}".into()
+    )));
+    // The controller adds a rollout: its counters come into being at 0, then count.
+    let mut later = config_json.clone();
+    later.rollouts.push(RolloutConfig::new("cart", 10_000));
+    let fresh = config.activate(later);
+    assert!(fresh.contains(&(
+        defs.names
+            .iter()
+            .position(|(_, n)| n == "canary_rq_total{rollout,version}")
+            .expect("family"),
+        ["cart".to_string(), "canary".to_string()]
+    )));
+    let mut stream = user_stream("ann");
+    stream.set_request_header(":path", b"/");
+    let mut request = Request::default();
+    request.on_request_headers(&config, &stream);
+    // The first matching rollout wins: "shop" at 0 bp sends ann to stable, counted as defined.
+    assert_eq!(
+        stream.header(&rollout.route_header).as_deref(),
+        Some(&b"stable"[..])
+    );
+    let mut second = FilterConfig::new(vec![RolloutConfig::new("cart", 10_000)]);
+    second.controller = config_json.controller.clone();
+    config.activate(second);
+    let stream2 = user_stream("bob");
+    let mut request2 = Request::default();
+    request2.on_request_headers(&config, &stream2);
+    assert_eq!(
+        stream2.header("x-canary-version").as_deref(),
+        Some(&b"canary"[..])
+    );
+    let labeled = stream2.labeled.borrow();
+    assert_eq!(labeled.len(), 1);
+    assert_eq!(
+        defs.names[labeled[0].0.id].1,
+        "canary_rq_total{rollout,version}"
+    );
+    assert_eq!(labeled[0].1, ["cart".to_string(), "canary".to_string()]);
+    // A request under way keeps the configuration it was routed by.
+    stream.response.insert(":status".into(), b"200".to_vec());
+    request.on_response_headers(&config, &stream, true);
+    assert!(updated(&defs, &stream)
+        .iter()
+        .any(|(n, _)| *n == stat_name(Metric::Rq2xx, "shop", Version::Stable)));
+}

@@ -82,6 +82,19 @@ pub struct SequentialTest {
     /// Windows that added to it, and the noise allowance of the last one (1 = binomial).
     pub windows: u64,
     pub dispersion: f64,
+    /// Which of the check's two tests this is: the one over the stage or the one over the
+    /// rollout, whichever is nearer its threshold (on a failure, one that decided).
+    #[serde(default)]
+    pub scope: Scope,
+}
+
+/// What a sequential test's evidence spans.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Scope {
+    #[default]
+    Stage,
+    Rollout,
 }
 
 /// The bad direction of a checked value.
@@ -223,7 +236,7 @@ fn judge_requests(window: &RolloutStats, evidence: Evidence, spec: &RolloutSpec)
     let mut llm = verdict
         .evidence
         .llm
-        .add(window, spec, evidence::e_threshold(spec));
+        .add(window, spec, evidence::e_thresholds(spec));
     llm.extend(llm::judge_llm(window, analysis, &spec.checks.llm));
     // A rejection by a sequential test is final for the stage: roll back now.
     verdict.critical = verdict

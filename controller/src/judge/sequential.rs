@@ -11,9 +11,11 @@
 //!
 //! **E-process.** For each alternative `ρ_k` of a grid, the likelihood ratio of `ρ_k`
 //! against `ρ0` over the stage's windows is a nonnegative supermartingale while
-//! `ρ ≤ ρ0`; so is their average, and Ville's inequality bounds the chance that it ever
-//! reaches `1/α` by `α`, however many windows are looked at. The grid starts at the
-//! smallest regression the check is meant to catch.
+//! `ρ ≤ ρ0`; so is any fixed weighted average of them, and Ville's inequality bounds the
+//! chance that it ever reaches `1/α` by `α`, however many windows are looked at. The grid
+//! starts at the smallest regression the check is meant to catch, and weighs the `j`th
+//! alternative up by `1/(j+1)`: a small regression gathers evidence slowly and needs the
+//! weight, a gross one gathers so much so fast that a smaller share costs it little.
 //!
 //! **Extra-binomial noise.** Requests are not independent trials: each version's rate
 //! moves from window to window. Given `E`, the canary's count then varies more than a
@@ -203,8 +205,30 @@ fn alternatives(min: f64, max: f64) -> impl Iterator<Item = f64> {
     std::iter::successors(Some(min), move |a| Some(a * step)).take(GRID)
 }
 
-/// `ln(mean(exp(x)))`, without overflow.
-fn log_mean_exp(x: &[f64]) -> f64 {
+/// Each alternative's weight in the mixture: `1/(j+1)`, normalised (the grid runs from the
+/// smallest ratio up).
+const WEIGHTS: [f64; GRID] = harmonic_weights();
+
+const fn harmonic_weights() -> [f64; GRID] {
+    let mut w = [0.0; GRID];
+    let mut total = 0.0;
+    let mut j = 0;
+    while j < GRID {
+        w[j] = 1.0 / (j + 1) as f64;
+        total += w[j];
+        j += 1;
+    }
+    let mut j = 0;
+    while j < GRID {
+        w[j] /= total;
+        j += 1;
+    }
+    w
+}
+
+/// `ln(Σ w_j·exp(x_j))` over the alternatives' log-likelihood ratios `x`, with the
+/// mixture's [`WEIGHTS`], without overflow.
+fn log_mixture(x: &[f64]) -> f64 {
     let top = x.iter().copied().fold(f64::NEG_INFINITY, f64::max);
     if !top.is_finite() {
         return top;
@@ -213,11 +237,12 @@ fn log_mean_exp(x: &[f64]) -> f64 {
     // path (the sum is the same to the bit).
     let sum: f64 = x
         .iter()
-        .map(|v| v - top)
-        .filter(|d| *d > -746.0)
-        .map(f64::exp)
+        .zip(WEIGHTS)
+        .map(|(v, w)| (v - top, w))
+        .filter(|(d, _)| *d > -746.0)
+        .map(|(d, w)| w * d.exp())
         .sum();
-    top + (sum / x.len() as f64).ln()
+    top + sum.ln()
 }
 
 /// A test's evidence over every window of the rollout so far: the same likelihood ratios as
@@ -239,7 +264,7 @@ impl OverRollout {
         if self.log_lr.is_empty() {
             0.0
         } else {
-            log_mean_exp(&self.log_lr)
+            log_mixture(&self.log_lr)
         }
     }
 
@@ -375,7 +400,7 @@ impl EventTest {
 
     /// `ln` of the e-value: the mixture's likelihood ratio against "no worse".
     pub fn log_e(&self) -> f64 {
-        log_mean_exp(&self.log_lr)
+        log_mixture(&self.log_lr)
     }
 
     /// The stage's ratio of canary over stable event rates (`None` without data).
@@ -459,7 +484,7 @@ impl RateTest {
     }
 
     pub fn log_e(&self) -> f64 {
-        log_mean_exp(&self.log_lr)
+        log_mixture(&self.log_lr)
     }
 }
 
@@ -636,6 +661,17 @@ mod tests {
             !t.log_e().is_nan() && t.windows == 0,
             "an infinite dispersion"
         );
+    }
+
+    #[test]
+    fn the_mixture_s_weights_favour_small_ratios_and_add_up_to_one() {
+        assert!((WEIGHTS.iter().sum::<f64>() - 1.0).abs() < 1e-12);
+        assert!(WEIGHTS.windows(2).all(|w| w[0] > w[1]));
+        // Evidence for the smallest alternative only reads as its weight times its LR.
+        let mut x = [f64::NEG_INFINITY; GRID];
+        x[0] = 3.0;
+        assert!((log_mixture(&x) - (3.0 + WEIGHTS[0].ln())).abs() < 1e-12);
+        assert_eq!(log_mixture(&[0.0; GRID]), 0.0, "no evidence: e = 1");
     }
 
     #[test]

@@ -15,7 +15,7 @@ use super::CheckResult;
 use crate::spec::RolloutSpec;
 use crate::stats::{Histogram, RolloutStats};
 
-pub use super::stage_tests::{bucket_ratio, null_ratio, Thresholds, COARSE_BUCKETS};
+pub use super::stage_tests::{bucket_ratio, null_ratio, Reasons, Thresholds, COARSE_BUCKETS};
 
 /// The evidence of the current stage.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -91,7 +91,12 @@ impl Evidence {
     }
 
     /// Adds one window and says what each request check makes of the stage so far.
-    pub fn add(&mut self, window: &RolloutStats, spec: &RolloutSpec) -> Vec<CheckResult> {
+    pub fn add(
+        &mut self,
+        window: &RolloutStats,
+        spec: &RolloutSpec,
+        reasons: Reasons,
+    ) -> Vec<CheckResult> {
         let bars = e_thresholds(spec);
         let e = &spec.checks.error_rate;
         let (canary, stable) = (&window.canary, &window.stable);
@@ -124,12 +129,14 @@ impl Evidence {
                 against_stable,
                 e.max_relative_increase,
                 bars,
+                reasons,
             ),
             absolute(
                 ("error_rate_absolute", "error rate"),
                 ceiling,
                 against_stable,
                 bars,
+                reasons,
             ),
         ];
         if self.latency.len() != spec.checks.latency.len() {
@@ -149,6 +156,7 @@ impl Evidence {
                 &self.stable_duration,
                 (&canary.duration, &stable.duration),
                 bars,
+                reasons,
             ));
             self.drift[1 + k] = drift;
         }
@@ -158,8 +166,8 @@ impl Evidence {
             describe_quantiles(
                 result,
                 Quantile::of(check),
-                &self.canary_duration,
-                &self.stable_duration,
+                (&self.canary_duration, &self.stable_duration),
+                reasons,
             );
         }
         checks

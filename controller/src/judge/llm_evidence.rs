@@ -21,7 +21,7 @@ use super::llm::not_required;
 use super::sequential::{Counts, Drift, EventTest, RateTest};
 use super::stage_tests::{
     absolute, describe_quantiles, gate, latency, null_ratio, relative, saved_histogram, Measure,
-    Quantile, Thresholds, LATENCY_MIN_RATIO, MAX_RATIO,
+    Quantile, Reasons, Thresholds, LATENCY_MIN_RATIO, MAX_RATIO,
 };
 use super::{trim_quantile, CheckResult};
 use crate::spec::RolloutSpec;
@@ -123,7 +123,7 @@ impl LlmEvidence {
         &mut self,
         window: &RolloutStats,
         spec: &RolloutSpec,
-        bars: Thresholds,
+        (bars, reasons): (Thresholds, Reasons),
     ) -> Vec<(CheckResult, bool)> {
         let checks = &spec.checks.llm;
         let (c, s) = (&window.canary.llm, &window.stable.llm);
@@ -164,8 +164,13 @@ impl LlmEvidence {
             }
             if test.canary.events > 0 || test.stable.events > 0 {
                 let names = ("cost_per_response", "cost per response");
-                let r = relative(names, Measure::Cost, test, k, bars);
-                let r = gate(r, totals(test), checks.cost.min_samples, "responses");
+                let r = relative(names, Measure::Cost, test, k, bars, reasons);
+                let r = gate(
+                    r,
+                    totals(test),
+                    (checks.cost.min_samples, "responses"),
+                    reasons,
+                );
                 out.push((r, true));
             }
         }
@@ -180,13 +185,18 @@ impl LlmEvidence {
             test.add(cc, sc, noise);
             if test.canary.requests > 0 || test.stable.requests > 0 {
                 let names = ("refusal_rate", "refusal rate");
-                let r = relative(names, Measure::Share, test, k, bars);
-                let r = gate(r, totals(test), checks.refusals.min_samples, "answers");
+                let r = relative(names, Measure::Share, test, k, bars, reasons);
+                let r = gate(
+                    r,
+                    totals(test),
+                    (checks.refusals.min_samples, "answers"),
+                    reasons,
+                );
                 out.push((r, true));
             }
         }
         if reads_llm(spec) && checks.ttft.enabled {
-            out.extend(self.ttft(window, spec, bars));
+            out.extend(self.ttft(window, spec, (bars, reasons)));
         }
         let d = &checks.thumbs_down;
         if d.enabled {
@@ -211,14 +221,14 @@ impl LlmEvidence {
             }
             if test.canary.requests > 0 || test.stable.requests > 0 {
                 let names = ("thumbs_down_rate", "thumbs-down rate");
-                let r = relative(names, Measure::Share, test, k, bars);
-                let r = gate(r, totals(test), d.min_samples, "ratings");
+                let r = relative(names, Measure::Share, test, k, bars, reasons);
+                let r = gate(r, totals(test), (d.min_samples, "ratings"), reasons);
                 out.push(not_required(r, d.required));
                 if let Some(ceiling) = &self.thumbs_down_absolute {
                     let names = ("thumbs_down_rate_absolute", "thumbs-down rate");
-                    let r = absolute(names, ceiling, test, bars);
+                    let r = absolute(names, ceiling, test, bars, reasons);
                     out.push(not_required(
-                        gate(r, totals(test), d.min_samples, "ratings"),
+                        gate(r, totals(test), (d.min_samples, "ratings"), reasons),
                         d.required,
                     ));
                 }
@@ -231,7 +241,7 @@ impl LlmEvidence {
         &mut self,
         window: &RolloutStats,
         spec: &RolloutSpec,
-        bars: Thresholds,
+        (bars, reasons): (Thresholds, Reasons),
     ) -> Option<(CheckResult, bool)> {
         let t = &spec.checks.llm.ttft;
         let (c, s) = (&window.canary.llm.ttft, &window.stable.llm.ttft);
@@ -252,20 +262,28 @@ impl LlmEvidence {
             &self.stable_ttft,
             (c, s),
             bars,
+            reasons,
         );
         self.stable_ttft = self.stable_ttft.plus(s);
         self.canary_ttft = self.canary_ttft.plus(c);
         if self.stable_ttft.count == 0 && self.canary_ttft.count == 0 {
             return None;
         }
-        describe_quantiles(&mut r, check, &self.canary_ttft, &self.stable_ttft);
-        r.reason = r
-            .reason
-            .replacen(&name, &format!("{name} (time to first token)"), 1);
+        describe_quantiles(
+            &mut r,
+            check,
+            (&self.canary_ttft, &self.stable_ttft),
+            reasons,
+        );
+        if reasons == Reasons::Write {
+            r.reason = r
+                .reason
+                .replacen(&name, &format!("{name} (time to first token)"), 1);
+        }
         let n = (self.canary_ttft.count, self.stable_ttft.count);
         r.canary_n = Some(n.0);
         r.stable_n = Some(n.1);
-        let r = gate(r, n, t.min_samples, "first tokens");
+        let r = gate(r, n, (t.min_samples, "first tokens"), reasons);
         Some((r, true))
     }
 }

@@ -33,7 +33,7 @@ pub mod sequential;
 pub mod significance;
 mod stage_tests;
 
-pub use evidence::Evidence;
+pub use evidence::{Evidence, Reasons};
 
 pub use significance::{binomial_less, welch_greater};
 
@@ -163,7 +163,23 @@ pub fn judge(window: &RolloutStats, evidence: &Evidence, spec: &RolloutSpec) -> 
 /// [`judge`] for a caller that hands the stage's evidence over rather than keeping it
 /// (a simulation of thousands of windows): the same verdict, without copying the evidence.
 pub fn judge_owned(window: &RolloutStats, evidence: Evidence, spec: &RolloutSpec) -> Verdict {
-    let mut verdict = judge_requests(window, evidence, spec);
+    judge_with(window, evidence, spec, Reasons::Write)
+}
+
+/// [`judge_owned`] for a caller that reads only what the checks decided (a simulation of
+/// millions of windows): the same verdict, but the request and LLM checks' reasons are
+/// left empty.
+pub fn judge_outcomes(window: &RolloutStats, evidence: Evidence, spec: &RolloutSpec) -> Verdict {
+    judge_with(window, evidence, spec, Reasons::Skip)
+}
+
+fn judge_with(
+    window: &RolloutStats,
+    evidence: Evidence,
+    spec: &RolloutSpec,
+    reasons: Reasons,
+) -> Verdict {
+    let mut verdict = judge_requests(window, evidence, spec, reasons);
     if let Some(check) = breaker_check(&window.canary) {
         verdict.checks.insert(0, check);
         verdict.outcome = Outcome::Fail;
@@ -195,7 +211,12 @@ fn breaker_check(canary: &VersionStats) -> Option<CheckResult> {
     })
 }
 
-fn judge_requests(window: &RolloutStats, evidence: Evidence, spec: &RolloutSpec) -> Verdict {
+fn judge_requests(
+    window: &RolloutStats,
+    evidence: Evidence,
+    spec: &RolloutSpec,
+    reasons: Reasons,
+) -> Verdict {
     let (canary, stable) = (&window.canary, &window.stable);
     let analysis = &spec.analysis;
     let min = analysis.min_window_requests;
@@ -232,11 +253,11 @@ fn judge_requests(window: &RolloutStats, evidence: Evidence, spec: &RolloutSpec)
         });
         return verdict;
     }
-    verdict.checks = verdict.evidence.add(window, spec);
+    verdict.checks = verdict.evidence.add(window, spec, reasons);
     let mut llm = verdict
         .evidence
         .llm
-        .add(window, spec, evidence::e_thresholds(spec));
+        .add(window, spec, (evidence::e_thresholds(spec), reasons));
     llm.extend(llm::judge_llm(window, analysis, &spec.checks.llm));
     // A rejection by a sequential test is final for the stage: roll back now.
     verdict.critical = verdict

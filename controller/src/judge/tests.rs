@@ -373,3 +373,29 @@ fn the_reason_names_the_rollout_s_test_when_it_decides() {
         "{e:?}"
     );
 }
+
+/// Verdicts without reasons are the same verdicts: every field but the reasons, window
+/// after window, across a stage change (a canary with a slow window in seven).
+#[test]
+fn skipping_the_reasons_changes_nothing_else() {
+    let spec = default_spec();
+    let (mut written, mut skipped) = (Evidence::default(), Evidence::default());
+    for i in 0..60u64 {
+        if i == 30 {
+            (written, skipped) = (written.next_stage(), skipped.next_stage());
+        }
+        let slow = if i % 7 == 0 { 300.0 } else { 20.0 };
+        let w = window(version(150, i % 3, slow), version(1_350, i % 4, 20.0));
+        let a = judge_owned(&w, written.clone(), &spec);
+        let mut b = judge_outcomes(&w, skipped.clone(), &spec);
+        assert!(a.checks.iter().all(|c| !c.reason.is_empty()));
+        for (c, with) in b.checks.iter_mut().zip(&a.checks) {
+            if !matches!(c.check.as_str(), "traffic" | "circuit_breaker") {
+                assert!(c.reason.is_empty(), "{}: {}", c.check, c.reason);
+            }
+            c.reason.clone_from(&with.reason);
+        }
+        assert_eq!(a, b, "window {i}");
+        (written, skipped) = (a.evidence, b.evidence);
+    }
+}

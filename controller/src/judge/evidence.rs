@@ -1,7 +1,8 @@
 //! What a stage has shown so far, check by check: the request checks' sequential tests
 //! (error rate against stable and against the absolute limit, each latency quantile) and
 //! what they need between windows. The rollout's state carries it from one window to the
-//! next and starts it anew with each stage; [`super::judge`] adds each window to it.
+//! next and starts each test's stage part anew with each stage (its part over the rollout
+//! goes on); [`super::judge`] adds each window to it.
 
 use serde::{Deserialize, Serialize};
 

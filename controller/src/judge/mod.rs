@@ -8,11 +8,13 @@
 //! the classical tests they use in [`significance`]; [`decimal`] prints the reasons'
 //! numbers. May import `spec` and `stats`; never `machine` or `server`.
 //!
-//! Request checks are **sequential**: every window adds to the evidence of its stage, and a
-//! check fails only when its e-value passes `1/α'`, where `α'` is `analysis.alpha` shared
-//! by every request check of every judged stage. Ville's inequality then bounds the chance
-//! that a canary no worse than stable is *ever* rolled back over the whole rollout by
-//! `analysis.alpha`, however many windows are looked at — the peeking problem of a test
+//! Request checks are **sequential**: every window adds to the evidence of its stage and of
+//! the whole rollout, and a check fails only when one of its two e-values passes its
+//! threshold, `analysis.alpha` being shared by every check and each check's share split
+//! between its stage tests and its rollout test ([`evidence::e_thresholds`]). Ville's
+//! inequality then bounds the chance that a canary no worse than stable is *ever* rolled
+//! back over the whole rollout by `analysis.alpha`, however many windows are looked at —
+//! the peeking problem of a test
 //! repeated every window is gone. The tests count where events fall (an error, a request
 //! slower than a bound): under "no worse" each falls on the canary at most with its share of
 //! the requests, so incidents that hit both versions alike cancel out, and each version's

@@ -207,7 +207,7 @@ bench: build
 	cargo run --release -q -p canary-e2e --bin bench_llm
 	cargo run --release -q -p canary-e2e --bin bench_ratelimit
 	cargo run --release -q -p canary-e2e --bin bench_rollout
-	cargo run --release -q -p canary-e2e --bin bench_judge
+	cargo run --profile bench-judge -q -p canary-e2e --bin bench_judge
 
 clean:
 	cargo clean

@@ -1,7 +1,8 @@
 //! What a stage has shown so far, check by check: the request checks' sequential tests
 //! (error rate against stable and against the absolute limit, each latency quantile) and
 //! what they need between windows. The rollout's state carries it from one window to the
-//! next and starts it anew with each stage; [`super::judge`] adds each window to it.
+//! next and starts each test's stage part anew with each stage (its part over the rollout
+//! goes on); [`super::judge`] adds each window to it.
 
 use serde::{Deserialize, Serialize};
 
@@ -15,7 +16,7 @@ use super::CheckResult;
 use crate::spec::RolloutSpec;
 use crate::stats::{Histogram, RolloutStats};
 
-pub use super::stage_tests::{bucket_ratio, null_ratio, COARSE_BUCKETS};
+pub use super::stage_tests::{bucket_ratio, null_ratio, Reasons, Thresholds, COARSE_BUCKETS};
 
 /// The evidence of the current stage.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -46,20 +47,36 @@ pub struct Evidence {
     pub llm: LlmEvidence,
 }
 
-/// The e-value each test must reach: `analysis.alpha` shared by every sequential test of
-/// every stage that is judged (a union bound over them: the request checks and the LLM
-/// checks of [`llm_evidence`]), so the chance that a canary no worse than stable is ever
-/// rolled back over the whole rollout is at most `alpha`.
-pub fn e_threshold(spec: &RolloutSpec) -> f64 {
+/// The e-values each check's tests must reach: `analysis.alpha` shared by every sequential
+/// check (a union bound over them: the request checks and the LLM checks of
+/// [`llm_evidence`]), and each check's share split in half between its test over the
+/// rollout and its tests over each judged stage, so the chance that a canary no worse than
+/// stable is ever rolled back over the whole rollout is at most `alpha`. With one judged
+/// stage the two tests are the same test, and each gets the whole share.
+pub fn e_thresholds(spec: &RolloutSpec) -> Thresholds {
     let stages = spec.stages.len().saturating_sub(1).max(1);
     let tests = 2 + spec.checks.latency.len() + llm_evidence::budgeted(spec);
-    (stages * tests) as f64 / spec.analysis.alpha
+    let check = tests as f64 / spec.analysis.alpha;
+    if stages == 1 {
+        return Thresholds {
+            stage: check,
+            rollout: check,
+        };
+    }
+    Thresholds {
+        stage: 2.0 * stages as f64 * check,
+        rollout: 2.0 * check,
+    }
 }
 
 impl Evidence {
-    /// The evidence a new stage starts with: none, but what was learnt about the noise.
+    /// The evidence a new stage starts with: none over the stage, but what was learnt about
+    /// the noise and each test's evidence over the rollout.
     pub fn next_stage(&self) -> Evidence {
         Evidence {
+            errors: self.errors.as_ref().map(EventTest::next_stage),
+            errors_absolute: self.errors_absolute.as_ref().map(RateTest::next_stage),
+            latency: self.latency.iter().map(EventTest::next_stage).collect(),
             drift: self.drift.clone(),
             llm: self.llm.next_stage(),
             ..Evidence::default()
@@ -75,8 +92,13 @@ impl Evidence {
     }
 
     /// Adds one window and says what each request check makes of the stage so far.
-    pub fn add(&mut self, window: &RolloutStats, spec: &RolloutSpec) -> Vec<CheckResult> {
-        let threshold = e_threshold(spec);
+    pub fn add(
+        &mut self,
+        window: &RolloutStats,
+        spec: &RolloutSpec,
+        reasons: Reasons,
+    ) -> Vec<CheckResult> {
+        let bars = e_thresholds(spec);
         let e = &spec.checks.error_rate;
         let (canary, stable) = (&window.canary, &window.stable);
         let canary_errors = Counts::new(canary.errors(), canary.requests);
@@ -107,13 +129,15 @@ impl Evidence {
                 Measure::Share,
                 against_stable,
                 e.max_relative_increase,
-                threshold,
+                bars,
+                reasons,
             ),
             absolute(
                 ("error_rate_absolute", "error rate"),
                 ceiling,
                 against_stable,
-                threshold,
+                bars,
+                reasons,
             ),
         ];
         if self.latency.len() != spec.checks.latency.len() {
@@ -132,7 +156,8 @@ impl Evidence {
                 &mut drift,
                 &self.stable_duration,
                 (&canary.duration, &stable.duration),
-                threshold,
+                bars,
+                reasons,
             ));
             self.drift[1 + k] = drift;
         }
@@ -142,8 +167,8 @@ impl Evidence {
             describe_quantiles(
                 result,
                 Quantile::of(check),
-                &self.canary_duration,
-                &self.stable_duration,
+                (&self.canary_duration, &self.stable_duration),
+                reasons,
             );
         }
         checks
@@ -153,6 +178,6 @@ impl Evidence {
     pub fn clearly_better(&self, spec: &RolloutSpec) -> bool {
         self.errors_better
             .as_ref()
-            .is_some_and(|t| t.log_e() >= e_threshold(spec).ln())
+            .is_some_and(|t| t.log_e() >= e_thresholds(spec).stage.ln())
     }
 }

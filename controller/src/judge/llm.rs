@@ -74,8 +74,11 @@ pub(super) fn not_required(mut r: CheckResult, required: bool) -> (CheckResult, 
     if required || r.outcome != Outcome::Inconclusive {
         (r, true)
     } else {
-        r.reason
-            .push_str(" (not required: does not hold the stage)");
+        // Not written into a reason that was skipped (see `Reasons`).
+        if !r.reason.is_empty() {
+            r.reason
+                .push_str(" (not required: does not hold the stage)");
+        }
         (r, false)
     }
 }

@@ -1,7 +1,7 @@
 //! The LLM checks that accumulate over a stage as the request checks do
 //! ([`super::evidence`]): cost per response, refusal rate, time to first token and
 //! thumbs-down rate. Each is a sequential test of "no worse than stable" whose e-value
-//! shares the rollout's error budget ([`super::evidence::e_threshold`]), so an identical
+//! shares the rollout's error budget ([`super::evidence::e_thresholds`]), so an identical
 //! model is not rolled back by looking at these every window either. The score checks
 //! (quality, eval, task success) stay window by window in [`super::llm`].
 //!
@@ -21,7 +21,7 @@ use super::llm::not_required;
 use super::sequential::{Counts, Drift, EventTest, RateTest};
 use super::stage_tests::{
     absolute, describe_quantiles, gate, latency, null_ratio, relative, saved_histogram, Measure,
-    Quantile, LATENCY_MIN_RATIO, MAX_RATIO,
+    Quantile, Reasons, Thresholds, LATENCY_MIN_RATIO, MAX_RATIO,
 };
 use super::{trim_quantile, CheckResult};
 use crate::spec::RolloutSpec;
@@ -97,9 +97,16 @@ fn totals(t: &EventTest) -> (u64, u64) {
 }
 
 impl LlmEvidence {
-    /// The evidence a new stage starts with: the drift only.
+    /// The evidence a new stage starts with: the drift, and each test's evidence over the
+    /// rollout.
     pub fn next_stage(&self) -> LlmEvidence {
+        let next = |t: &Option<EventTest>| t.as_ref().map(EventTest::next_stage);
         LlmEvidence {
+            cost: next(&self.cost),
+            refusals: next(&self.refusals),
+            ttft: next(&self.ttft),
+            thumbs_down: next(&self.thumbs_down),
+            thumbs_down_absolute: self.thumbs_down_absolute.as_ref().map(RateTest::next_stage),
             drift: self.drift.clone(),
             ..LlmEvidence::default()
         }
@@ -116,7 +123,7 @@ impl LlmEvidence {
         &mut self,
         window: &RolloutStats,
         spec: &RolloutSpec,
-        threshold: f64,
+        (bars, reasons): (Thresholds, Reasons),
     ) -> Vec<(CheckResult, bool)> {
         let checks = &spec.checks.llm;
         let (c, s) = (&window.canary.llm, &window.stable.llm);
@@ -157,8 +164,13 @@ impl LlmEvidence {
             }
             if test.canary.events > 0 || test.stable.events > 0 {
                 let names = ("cost_per_response", "cost per response");
-                let r = relative(names, Measure::Cost, test, k, threshold);
-                let r = gate(r, totals(test), checks.cost.min_samples, "responses");
+                let r = relative(names, Measure::Cost, test, k, bars, reasons);
+                let r = gate(
+                    r,
+                    totals(test),
+                    (checks.cost.min_samples, "responses"),
+                    reasons,
+                );
                 out.push((r, true));
             }
         }
@@ -173,13 +185,18 @@ impl LlmEvidence {
             test.add(cc, sc, noise);
             if test.canary.requests > 0 || test.stable.requests > 0 {
                 let names = ("refusal_rate", "refusal rate");
-                let r = relative(names, Measure::Share, test, k, threshold);
-                let r = gate(r, totals(test), checks.refusals.min_samples, "answers");
+                let r = relative(names, Measure::Share, test, k, bars, reasons);
+                let r = gate(
+                    r,
+                    totals(test),
+                    (checks.refusals.min_samples, "answers"),
+                    reasons,
+                );
                 out.push((r, true));
             }
         }
         if reads_llm(spec) && checks.ttft.enabled {
-            out.extend(self.ttft(window, spec, threshold));
+            out.extend(self.ttft(window, spec, (bars, reasons)));
         }
         let d = &checks.thumbs_down;
         if d.enabled {
@@ -204,14 +221,14 @@ impl LlmEvidence {
             }
             if test.canary.requests > 0 || test.stable.requests > 0 {
                 let names = ("thumbs_down_rate", "thumbs-down rate");
-                let r = relative(names, Measure::Share, test, k, threshold);
-                let r = gate(r, totals(test), d.min_samples, "ratings");
+                let r = relative(names, Measure::Share, test, k, bars, reasons);
+                let r = gate(r, totals(test), (d.min_samples, "ratings"), reasons);
                 out.push(not_required(r, d.required));
                 if let Some(ceiling) = &self.thumbs_down_absolute {
                     let names = ("thumbs_down_rate_absolute", "thumbs-down rate");
-                    let r = absolute(names, ceiling, test, threshold);
+                    let r = absolute(names, ceiling, test, bars, reasons);
                     out.push(not_required(
-                        gate(r, totals(test), d.min_samples, "ratings"),
+                        gate(r, totals(test), (d.min_samples, "ratings"), reasons),
                         d.required,
                     ));
                 }
@@ -224,7 +241,7 @@ impl LlmEvidence {
         &mut self,
         window: &RolloutStats,
         spec: &RolloutSpec,
-        threshold: f64,
+        (bars, reasons): (Thresholds, Reasons),
     ) -> Option<(CheckResult, bool)> {
         let t = &spec.checks.llm.ttft;
         let (c, s) = (&window.canary.llm.ttft, &window.stable.llm.ttft);
@@ -244,21 +261,29 @@ impl LlmEvidence {
             &mut self.drift.ttft,
             &self.stable_ttft,
             (c, s),
-            threshold,
+            bars,
+            reasons,
         );
         self.stable_ttft = self.stable_ttft.plus(s);
         self.canary_ttft = self.canary_ttft.plus(c);
         if self.stable_ttft.count == 0 && self.canary_ttft.count == 0 {
             return None;
         }
-        describe_quantiles(&mut r, check, &self.canary_ttft, &self.stable_ttft);
-        r.reason = r
-            .reason
-            .replacen(&name, &format!("{name} (time to first token)"), 1);
+        describe_quantiles(
+            &mut r,
+            check,
+            (&self.canary_ttft, &self.stable_ttft),
+            reasons,
+        );
+        if reasons == Reasons::Write {
+            r.reason = r
+                .reason
+                .replacen(&name, &format!("{name} (time to first token)"), 1);
+        }
         let n = (self.canary_ttft.count, self.stable_ttft.count);
         r.canary_n = Some(n.0);
         r.stable_n = Some(n.1);
-        let r = gate(r, n, t.min_samples, "first tokens");
+        let r = gate(r, n, (t.min_samples, "first tokens"), reasons);
         Some((r, true))
     }
 }

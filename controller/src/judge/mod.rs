@@ -8,11 +8,13 @@
 //! the classical tests they use in [`significance`]; [`decimal`] prints the reasons'
 //! numbers. May import `spec` and `stats`; never `machine` or `server`.
 //!
-//! Request checks are **sequential**: every window adds to the evidence of its stage, and a
-//! check fails only when its e-value passes `1/α'`, where `α'` is `analysis.alpha` shared
-//! by every request check of every judged stage. Ville's inequality then bounds the chance
-//! that a canary no worse than stable is *ever* rolled back over the whole rollout by
-//! `analysis.alpha`, however many windows are looked at — the peeking problem of a test
+//! Request checks are **sequential**: every window adds to the evidence of its stage and of
+//! the whole rollout, and a check fails only when one of its two e-values passes its
+//! threshold, `analysis.alpha` being shared by every check and each check's share split
+//! between its stage tests and its rollout test ([`evidence::e_thresholds`]). Ville's
+//! inequality then bounds the chance that a canary no worse than stable is *ever* rolled
+//! back over the whole rollout by `analysis.alpha`, however many windows are looked at —
+//! the peeking problem of a test
 //! repeated every window is gone. The tests count where events fall (an error, a request
 //! slower than a bound): under "no worse" each falls on the canary at most with its share of
 //! the requests, so incidents that hit both versions alike cancel out, and each version's
@@ -33,7 +35,7 @@ pub mod sequential;
 pub mod significance;
 mod stage_tests;
 
-pub use evidence::Evidence;
+pub use evidence::{Evidence, Reasons};
 
 pub use significance::{binomial_less, welch_greater};
 
@@ -82,6 +84,19 @@ pub struct SequentialTest {
     /// Windows that added to it, and the noise allowance of the last one (1 = binomial).
     pub windows: u64,
     pub dispersion: f64,
+    /// Which of the check's two tests this is: the one over the stage or the one over the
+    /// rollout, whichever is nearer its threshold (on a failure, one that decided).
+    #[serde(default)]
+    pub scope: Scope,
+}
+
+/// What a sequential test's evidence spans.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Scope {
+    #[default]
+    Stage,
+    Rollout,
 }
 
 /// The bad direction of a checked value.
@@ -150,7 +165,23 @@ pub fn judge(window: &RolloutStats, evidence: &Evidence, spec: &RolloutSpec) -> 
 /// [`judge`] for a caller that hands the stage's evidence over rather than keeping it
 /// (a simulation of thousands of windows): the same verdict, without copying the evidence.
 pub fn judge_owned(window: &RolloutStats, evidence: Evidence, spec: &RolloutSpec) -> Verdict {
-    let mut verdict = judge_requests(window, evidence, spec);
+    judge_with(window, evidence, spec, Reasons::Write)
+}
+
+/// [`judge_owned`] for a caller that reads only what the checks decided (a simulation of
+/// millions of windows): the same verdict, but the request and LLM checks' reasons are
+/// left empty.
+pub fn judge_outcomes(window: &RolloutStats, evidence: Evidence, spec: &RolloutSpec) -> Verdict {
+    judge_with(window, evidence, spec, Reasons::Skip)
+}
+
+fn judge_with(
+    window: &RolloutStats,
+    evidence: Evidence,
+    spec: &RolloutSpec,
+    reasons: Reasons,
+) -> Verdict {
+    let mut verdict = judge_requests(window, evidence, spec, reasons);
     if let Some(check) = breaker_check(&window.canary) {
         verdict.checks.insert(0, check);
         verdict.outcome = Outcome::Fail;
@@ -182,7 +213,12 @@ fn breaker_check(canary: &VersionStats) -> Option<CheckResult> {
     })
 }
 
-fn judge_requests(window: &RolloutStats, evidence: Evidence, spec: &RolloutSpec) -> Verdict {
+fn judge_requests(
+    window: &RolloutStats,
+    evidence: Evidence,
+    spec: &RolloutSpec,
+    reasons: Reasons,
+) -> Verdict {
     let (canary, stable) = (&window.canary, &window.stable);
     let analysis = &spec.analysis;
     let min = analysis.min_window_requests;
@@ -219,11 +255,11 @@ fn judge_requests(window: &RolloutStats, evidence: Evidence, spec: &RolloutSpec)
         });
         return verdict;
     }
-    verdict.checks = verdict.evidence.add(window, spec);
+    verdict.checks = verdict.evidence.add(window, spec, reasons);
     let mut llm = verdict
         .evidence
         .llm
-        .add(window, spec, evidence::e_threshold(spec));
+        .add(window, spec, (evidence::e_thresholds(spec), reasons));
     llm.extend(llm::judge_llm(window, analysis, &spec.checks.llm));
     // A rejection by a sequential test is final for the stage: roll back now.
     verdict.critical = verdict

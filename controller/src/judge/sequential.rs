@@ -11,9 +11,11 @@
 //!
 //! **E-process.** For each alternative `ρ_k` of a grid, the likelihood ratio of `ρ_k`
 //! against `ρ0` over the stage's windows is a nonnegative supermartingale while
-//! `ρ ≤ ρ0`; so is their average, and Ville's inequality bounds the chance that it ever
-//! reaches `1/α` by `α`, however many windows are looked at. The grid starts at the
-//! smallest regression the check is meant to catch.
+//! `ρ ≤ ρ0`; so is any fixed weighted average of them, and Ville's inequality bounds the
+//! chance that it ever reaches `1/α` by `α`, however many windows are looked at. The grid
+//! starts at the smallest regression the check is meant to catch, and weighs the `j`th
+//! alternative up by `1/(j+1)`: a small regression gathers evidence slowly and needs the
+//! weight, a gross one gathers so much so fast that a smaller share costs it little.
 //!
 //! **Extra-binomial noise.** Requests are not independent trials: each version's rate
 //! moves from window to window. Given `E`, the canary's count then varies more than a
@@ -23,6 +25,16 @@
 //! divided by `φ`: in the Gaussian limit this is exactly the likelihood ratio under the
 //! wider variance, and where `φ` overstates the noise it only makes the test cautious
 //! (`E[LR^(1/φ)] ≤ E[LR]^(1/φ) ≤ 1`).
+//!
+//! **Over the stage and over the rollout.** Each test keeps two e-processes side by side:
+//! one over the current stage (started anew with each stage, so a regression that shows
+//! only at a higher weight is judged on that weight's data alone) and one over every
+//! judged window of the rollout ([`EventTest::next_stage`] keeps it). Both are products
+//! of the same windows' likelihood ratios, each valid on its own: the canary's share `s`
+//! changes between stages, but it is known before each window, and a product of
+//! conditionally fair bets stays a supermartingale. A canary that is 2× stable's errors at
+//! 10 req/s shows too little in any one stage, but enough over the rollout. The checks
+//! split their error budget between the two ([`super::evidence::e_thresholds`]).
 //!
 //! Every update is O(1) in the counts (a fixed grid of alternatives).
 
@@ -193,8 +205,30 @@ fn alternatives(min: f64, max: f64) -> impl Iterator<Item = f64> {
     std::iter::successors(Some(min), move |a| Some(a * step)).take(GRID)
 }
 
-/// `ln(mean(exp(x)))`, without overflow.
-fn log_mean_exp(x: &[f64]) -> f64 {
+/// Each alternative's weight in the mixture: `1/(j+1)`, normalised (the grid runs from the
+/// smallest ratio up).
+const WEIGHTS: [f64; GRID] = harmonic_weights();
+
+const fn harmonic_weights() -> [f64; GRID] {
+    let mut w = [0.0; GRID];
+    let mut total = 0.0;
+    let mut j = 0;
+    while j < GRID {
+        w[j] = 1.0 / (j + 1) as f64;
+        total += w[j];
+        j += 1;
+    }
+    let mut j = 0;
+    while j < GRID {
+        w[j] /= total;
+        j += 1;
+    }
+    w
+}
+
+/// `ln(Σ w_j·exp(x_j))` over the alternatives' log-likelihood ratios `x`, with the
+/// mixture's [`WEIGHTS`], without overflow.
+fn log_mixture(x: &[f64]) -> f64 {
     let top = x.iter().copied().fold(f64::NEG_INFINITY, f64::max);
     if !top.is_finite() {
         return top;
@@ -203,15 +237,53 @@ fn log_mean_exp(x: &[f64]) -> f64 {
     // path (the sum is the same to the bit).
     let sum: f64 = x
         .iter()
-        .map(|v| v - top)
-        .filter(|d| *d > -746.0)
-        .map(f64::exp)
+        .zip(WEIGHTS)
+        .map(|(v, w)| (v - top, w))
+        .filter(|(d, _)| *d > -746.0)
+        .map(|(d, w)| w * d.exp())
         .sum();
-    top + (sum / x.len() as f64).ln()
+    top + sum.ln()
+}
+
+/// A test's evidence over every window of the rollout so far: the same likelihood ratios as
+/// the stage's, kept from stage to stage.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct OverRollout {
+    /// Empty until the first window with data (then one per alternative).
+    log_lr: Vec<f64>,
+    /// The rollout's totals (for a [`RateTest`], the canary's in `canary`).
+    pub canary: Counts,
+    pub stable: Counts,
+    pub windows: u64,
+    pub max_log_e: f64,
+}
+
+impl OverRollout {
+    /// `ln` of the e-value over the rollout (0 before any data: e = 1).
+    pub fn log_e(&self) -> f64 {
+        if self.log_lr.is_empty() {
+            0.0
+        } else {
+            log_mixture(&self.log_lr)
+        }
+    }
+
+    /// The alternatives' log-likelihood ratios, ready to add a window to.
+    fn log_lr_mut(&mut self) -> &mut [f64] {
+        if self.log_lr.len() != GRID {
+            self.log_lr = vec![0.0; GRID];
+        }
+        &mut self.log_lr
+    }
+
+    fn counted(&mut self) {
+        self.windows = self.windows.saturating_add(1);
+        self.max_log_e = self.max_log_e.max(self.log_e());
+    }
 }
 
 /// The evidence that an event (an error, a slow request) is more frequent on the canary
-/// than on stable: the two-sample test above, over one stage.
+/// than on stable: the two-sample test above, over one stage and over the rollout.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EventTest {
     /// "No worse": the canary's event rate is at most this multiple of stable's.
@@ -229,6 +301,9 @@ pub struct EventTest {
     pub dispersion: f64,
     /// The largest `ln e` so far: the stage's anytime-valid p-value is `exp(−max_log_e)`.
     pub max_log_e: f64,
+    /// The same test over the rollout's windows so far.
+    #[serde(default)]
+    pub rollout: OverRollout,
 }
 
 impl EventTest {
@@ -245,6 +320,15 @@ impl EventTest {
             windows: 0,
             dispersion: 1.0,
             max_log_e: 0.0,
+            rollout: OverRollout::default(),
+        }
+    }
+
+    /// The test a new stage starts with: no evidence over the stage, the rollout's kept.
+    pub fn next_stage(&self) -> EventTest {
+        EventTest {
+            rollout: self.rollout.clone(),
+            ..EventTest::new(self.null_ratio, self.min_ratio, self.max_ratio)
         }
     }
 
@@ -270,6 +354,8 @@ impl EventTest {
     ) {
         self.canary.add(canary);
         self.stable.add(stable);
+        self.rollout.canary.add(canary);
+        self.rollout.stable.add(stable);
         // Saturating and in f64: each version's counts may be near 2^64 (a window is the
         // difference of two u64 counters), and their sums must not wrap.
         let events = canary.events.saturating_add(stable.events);
@@ -297,20 +383,24 @@ impl EventTest {
         self.dispersion = phi;
         // `0 · ln 0 = 0`: a version without events says nothing about where they fall.
         let term = |n: f64, ratio: f64| if n == 0.0 { 0.0 } else { n * ratio.ln() };
-        for (l, rho) in self
+        for ((l, r), rho) in self
             .log_lr
             .iter_mut()
+            .zip(self.rollout.log_lr_mut())
             .zip(alternatives(self.min_ratio, self.max_ratio))
         {
             let (pi, rest) = (canary_share(rho), stable_share(rho));
-            *l += (term(x, pi / pi0) + term(y, rest / rest0)) / phi;
+            let step = (term(x, pi / pi0) + term(y, rest / rest0)) / phi;
+            *l += step;
+            *r += step;
         }
         self.max_log_e = self.max_log_e.max(self.log_e());
+        self.rollout.counted();
     }
 
     /// `ln` of the e-value: the mixture's likelihood ratio against "no worse".
     pub fn log_e(&self) -> f64 {
-        log_mean_exp(&self.log_lr)
+        log_mixture(&self.log_lr)
     }
 
     /// The stage's ratio of canary over stable event rates (`None` without data).
@@ -338,6 +428,9 @@ pub struct RateTest {
     pub windows: u64,
     pub dispersion: f64,
     pub max_log_e: f64,
+    /// The same test over the rollout's windows so far.
+    #[serde(default)]
+    pub rollout: OverRollout,
 }
 
 impl RateTest {
@@ -349,6 +442,15 @@ impl RateTest {
             windows: 0,
             dispersion: 1.0,
             max_log_e: 0.0,
+            rollout: OverRollout::default(),
+        }
+    }
+
+    /// The test a new stage starts with: no evidence over the stage, the rollout's kept.
+    pub fn next_stage(&self) -> RateTest {
+        RateTest {
+            rollout: self.rollout.clone(),
+            ..RateTest::new(self.limit)
         }
     }
 
@@ -356,6 +458,7 @@ impl RateTest {
     pub fn add(&mut self, counts: Counts, v: f64) {
         let counts = Counts::new(counts.events, counts.requests);
         self.totals.add(counts);
+        self.rollout.canary.add(counts);
         if counts.requests == 0 {
             return;
         }
@@ -367,15 +470,21 @@ impl RateTest {
         self.dispersion = phi;
         // Alternatives from 1.2× the limit to (nearly) every request.
         let top = (0.999 / p0).max(1.2 * 1.01);
-        for (l, ratio) in self.log_lr.iter_mut().zip(alternatives(1.2, top)) {
+        for ((l, r), ratio) in (self.log_lr.iter_mut())
+            .zip(self.rollout.log_lr_mut())
+            .zip(alternatives(1.2, top))
+        {
             let p = (p0 * ratio).min(0.999);
-            *l += (x * (p / p0).ln() + y * ((1.0 - p) / (1.0 - p0)).ln()) / phi;
+            let step = (x * (p / p0).ln() + y * ((1.0 - p) / (1.0 - p0)).ln()) / phi;
+            *l += step;
+            *r += step;
         }
         self.max_log_e = self.max_log_e.max(self.log_e());
+        self.rollout.counted();
     }
 
     pub fn log_e(&self) -> f64 {
-        log_mean_exp(&self.log_lr)
+        log_mixture(&self.log_lr)
     }
 }
 
@@ -552,6 +661,104 @@ mod tests {
             !t.log_e().is_nan() && t.windows == 0,
             "an infinite dispersion"
         );
+    }
+
+    #[test]
+    fn the_mixture_s_weights_favour_small_ratios_and_add_up_to_one() {
+        assert!((WEIGHTS.iter().sum::<f64>() - 1.0).abs() < 1e-12);
+        assert!(WEIGHTS.windows(2).all(|w| w[0] > w[1]));
+        // Evidence for the smallest alternative only reads as its weight times its LR.
+        let mut x = [f64::NEG_INFINITY; GRID];
+        x[0] = 3.0;
+        assert!((log_mixture(&x) - (3.0 + WEIGHTS[0].ln())).abs() < 1e-12);
+        assert_eq!(log_mixture(&[0.0; GRID]), 0.0, "no evidence: e = 1");
+    }
+
+    #[test]
+    fn a_new_stage_keeps_the_rollout_s_evidence_only() {
+        let (mut t, mut d) = (EventTest::new(1.25, 1.5, 100.0), Drift::default());
+        for _ in 0..10 {
+            feed(&mut t, &mut d, Counts::new(3, 150), Counts::new(1, 150));
+        }
+        let next = t.next_stage();
+        assert_eq!(
+            (next.windows, next.canary, next.log_e()),
+            (0, Counts::default(), 0.0)
+        );
+        assert_eq!(next.rollout, t.rollout);
+        assert_eq!(next.rollout.windows, 10);
+        assert_eq!(next.rollout.canary, Counts::new(30, 1_500));
+        assert!(
+            (t.rollout.log_e() - t.log_e()).abs() < 1e-12,
+            "one stage: the same test"
+        );
+        let mut r = RateTest::new(0.05);
+        r.add(Counts::new(100, 1_000), 0.01);
+        let next = r.next_stage();
+        assert_eq!((next.windows, next.totals), (0, Counts::default()));
+        assert_eq!(next.rollout.canary, Counts::new(100, 1_000));
+    }
+
+    /// 2× stable's errors at 10 req/s over seed 000's three judged stages (5%, 25%, 50%):
+    /// the evidence over the rollout is the sum of the stages', whatever the share in each.
+    #[test]
+    fn the_rollout_s_evidence_adds_up_its_stages() {
+        let (mut t, mut d) = (EventTest::new(1.25, 1.5, 100.0), Drift::default());
+        let mut stages = Vec::new();
+        // (windows, canary requests per window); the canary at 1%, stable at 0.5%, each
+        // window's events at their expected split.
+        for (windows, canary) in [(60u64, 15u64), (120, 75), (240, 150)] {
+            for i in 0..windows {
+                let stable = 300 - canary;
+                // Whole events, spread over the windows as their means say.
+                let spread = |rate: f64, n: u64| {
+                    let before = (rate * (i * n) as f64) as u64;
+                    (rate * ((i + 1) * n) as f64) as u64 - before
+                };
+                let c = Counts::new(spread(0.01, canary), canary);
+                let s = Counts::new(spread(0.005, stable), stable);
+                feed(&mut t, &mut d, c, s);
+            }
+            stages.push(t.log_e());
+            t = t.next_stage();
+        }
+        let rollout = t.rollout.log_e();
+        assert!(
+            stages.iter().all(|&e| e < rollout - 2.0),
+            "{stages:?} {rollout}"
+        );
+        assert_eq!(t.rollout.windows, 420);
+    }
+
+    /// A tiny deterministic generator for the Monte Carlo below (no dependency).
+    fn uniform(state: &mut u64) -> f64 {
+        *state ^= *state << 13;
+        *state ^= *state >> 7;
+        *state ^= *state << 17;
+        (*state >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// Ville's bound holds for the rollout's test across stages whose canary share
+    /// changes: identical versions cross `e = 20` in at most 5% of rollouts.
+    #[test]
+    fn identical_versions_rarely_cross_the_rollout_s_threshold() {
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let (runs, mut crossed) = (400, 0);
+        for _ in 0..runs {
+            let (mut t, mut d) = (EventTest::new(1.0, 1.25, 100.0), Drift::default());
+            for canary in [15u64, 75, 150] {
+                for _ in 0..100 {
+                    let stable = 300 - canary;
+                    let mut errors = |n: u64| (0..n).filter(|_| uniform(&mut state) < 0.02).count();
+                    let c = Counts::new(errors(canary) as u64, canary);
+                    let s = Counts::new(errors(stable) as u64, stable);
+                    feed(&mut t, &mut d, c, s);
+                }
+                t = t.next_stage();
+            }
+            crossed += usize::from(t.rollout.max_log_e >= 20f64.ln());
+        }
+        assert!(crossed <= runs / 20, "{crossed} of {runs}");
     }
 
     #[test]

@@ -5,8 +5,8 @@
 //! file. A leaf below both evidence files.
 
 use super::decimal::Fixed;
-use super::sequential::{Counts, Drift, EventTest, RateTest};
-use super::{CheckResult, Outcome, SequentialTest, Worse};
+use super::sequential::{Counts, Drift, EventTest, OverRollout, RateTest};
+use super::{CheckResult, Outcome, Scope, SequentialTest, Worse};
 use crate::spec::LatencyCheck;
 use crate::stats::Histogram;
 /// The largest ratio the mixtures look for: a gross failure (10% errors against 0.5% is
@@ -26,11 +26,113 @@ pub fn null_ratio(max_relative_increase: f64) -> f64 {
     1.0 + (max_relative_increase - 1.0) / 2.0
 }
 
-pub(super) fn decided(log_e: f64, threshold: f64) -> Outcome {
-    if log_e >= threshold.ln() {
-        Outcome::Fail
-    } else {
-        Outcome::Pass
+/// Whether the checks write their reasons. A simulation of millions of windows reads only
+/// what the checks decided, and formatting every window's reasons was a fifth of its time;
+/// everything else in a verdict is the same either way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reasons {
+    Write,
+    Skip,
+}
+
+impl Reasons {
+    /// `reason()` when reasons are written, an empty string otherwise.
+    pub(super) fn write(self, reason: impl FnOnce() -> String) -> String {
+        match self {
+            Reasons::Write => reason(),
+            Reasons::Skip => String::new(),
+        }
+    }
+}
+
+/// The e-values a check's two tests must reach: the one over the stage and the one over
+/// the rollout (see [`super::evidence::e_thresholds`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Thresholds {
+    pub stage: f64,
+    pub rollout: f64,
+}
+
+/// One check's two tests, read against their thresholds.
+struct Standing {
+    stage: f64,
+    rollout: f64,
+    bars: Thresholds,
+}
+
+impl Standing {
+    fn new(stage_log_e: f64, rollout: &OverRollout, bars: Thresholds) -> Standing {
+        Standing {
+            stage: stage_log_e,
+            rollout: rollout.log_e(),
+            bars,
+        }
+    }
+
+    fn fails(&self) -> bool {
+        self.stage >= self.bars.stage.ln() || self.rollout >= self.bars.rollout.ln()
+    }
+
+    fn outcome(&self) -> Outcome {
+        if self.fails() {
+            Outcome::Fail
+        } else {
+            Outcome::Pass
+        }
+    }
+
+    /// The test nearer its threshold (on a failure, one that decided).
+    fn scope(&self) -> Scope {
+        if self.rollout - self.bars.rollout.ln() > self.stage - self.bars.stage.ln() {
+            Scope::Rollout
+        } else {
+            Scope::Stage
+        }
+    }
+
+    /// The check's anytime-valid p-value from both tests' largest e-values so far, on the
+    /// rollout test's scale: the check fails once it is at most `1 / rollout threshold`.
+    fn p_value(&self, stage_max_log_e: f64, rollout: &OverRollout) -> f64 {
+        let scale = self.bars.stage / self.bars.rollout;
+        ((-stage_max_log_e).exp() * scale)
+            .min((-rollout.max_log_e).exp())
+            .min(1.0)
+    }
+
+    /// `e = … < 1/α = … over the stage, e = … ≥ … over the rollout`.
+    fn describe(&self) -> String {
+        let side = |log_e: f64, bar: f64| if log_e >= bar.ln() { "≥" } else { "<" };
+        format!(
+            "e = {:.3e} {} 1/α = {:.0} over the stage, e = {:.3e} {} {:.0} over the rollout",
+            self.stage.exp(),
+            side(self.stage, self.bars.stage),
+            Fixed(self.bars.stage),
+            self.rollout.exp(),
+            side(self.rollout, self.bars.rollout),
+            Fixed(self.bars.rollout),
+        )
+    }
+
+    /// The `sequential` summary: the test nearer its threshold, with its windows.
+    fn summary(
+        &self,
+        null: String,
+        (stage_windows, rollout_windows): (u64, u64),
+        dispersion: f64,
+    ) -> SequentialTest {
+        let scope = self.scope();
+        let (log_e, threshold, windows) = match scope {
+            Scope::Stage => (self.stage, self.bars.stage, stage_windows),
+            Scope::Rollout => (self.rollout, self.bars.rollout, rollout_windows),
+        };
+        SequentialTest {
+            null,
+            e_value: log_e.exp(),
+            threshold,
+            windows,
+            dispersion,
+            scope,
+        }
     }
 }
 
@@ -39,22 +141,6 @@ pub(super) fn pct(part: u64, whole: u64) -> f64 {
         0.0
     } else {
         part as f64 * 100.0 / whole as f64
-    }
-}
-
-pub(super) fn sequential(
-    null: String,
-    log_e: f64,
-    threshold: f64,
-    windows: u64,
-    dispersion: f64,
-) -> SequentialTest {
-    SequentialTest {
-        null,
-        e_value: log_e.exp(),
-        threshold,
-        windows,
-        dispersion,
     }
 }
 
@@ -91,10 +177,11 @@ pub(super) fn relative(
     measure: Measure,
     t: &EventTest,
     k: f64,
-    threshold: f64,
+    bars: Thresholds,
+    reasons: Reasons,
 ) -> CheckResult {
-    let log_e = t.log_e();
-    let outcome = decided(log_e, threshold);
+    let standing = Standing::new(t.log_e(), &t.rollout, bars);
+    let outcome = standing.outcome();
     let (c, s) = (t.canary, t.stable);
     CheckResult {
         check: check.into(),
@@ -102,44 +189,52 @@ pub(super) fn relative(
         canary: c.rate(),
         stable: s.rate(),
         limit: s.rate().map(|r| r * k),
-        p_value: Some((-t.max_log_e).exp().min(1.0)),
-        reason: format!(
-            "{what} canary {} vs stable {} over the stage; sequential test of canary ≤ {:.2}× \
-             stable against {k}–{MAX_RATIO}×: e = {:.3e} {} 1/α = {:.0} (dispersion {:.2}){}",
-            measure.describe(c),
-            measure.describe(s),
-            Fixed(t.null_ratio),
-            log_e.exp(),
-            if outcome == Outcome::Fail { "≥" } else { "<" },
-            Fixed(threshold),
-            Fixed(t.dispersion),
-            if outcome == Outcome::Fail {
-                ": worse than stable"
-            } else {
-                ""
-            },
-        ),
+        p_value: Some(standing.p_value(t.max_log_e, &t.rollout)),
+        reason: reasons.write(|| {
+            format!(
+                "{what} canary {} vs stable {} over the stage ({} vs {} over the rollout); \
+             sequential test of canary ≤ {:.2}× stable against {k}–{MAX_RATIO}×: {} \
+             (dispersion {:.2}){}",
+                measure.describe(c),
+                measure.describe(s),
+                measure.describe(t.rollout.canary),
+                measure.describe(t.rollout.stable),
+                Fixed(t.null_ratio),
+                standing.describe(),
+                Fixed(t.dispersion),
+                if outcome == Outcome::Fail {
+                    ": worse than stable"
+                } else {
+                    ""
+                },
+            )
+        }),
         canary_n: Some(c.requests),
         stable_n: Some(s.requests),
         worse: Some(Worse::Higher),
-        sequential: Some(sequential(
+        sequential: Some(standing.summary(
             format!("canary ≤ {:.2}× stable", Fixed(t.null_ratio)),
-            log_e,
-            threshold,
-            t.windows,
+            (t.windows, t.rollout.windows),
             t.dispersion,
         )),
     }
 }
 
 /// Inconclusive until both versions have `min` samples (`unit`) over the stage.
-pub(super) fn gate(mut r: CheckResult, (nc, ns): (u64, u64), min: u64, unit: &str) -> CheckResult {
+pub(super) fn gate(
+    mut r: CheckResult,
+    (nc, ns): (u64, u64),
+    (min, unit): (u64, &str),
+    reasons: Reasons,
+) -> CheckResult {
     if nc < min || ns < min {
         r.outcome = Outcome::Inconclusive;
-        r.reason = format!(
-            "{}: too few {unit} over the stage ({nc} canary, {ns} stable, need {min}); {}",
-            r.check, r.reason
-        );
+        r.reason = reasons.write(|| {
+            format!(
+                "{}: too few {unit} over the stage ({nc} canary, {ns} stable, need {min}); {}",
+                r.check, r.reason
+            )
+        });
     }
     r
 }
@@ -150,12 +245,13 @@ pub(super) fn absolute(
     (check, what): (&str, &str),
     t: &RateTest,
     relative: &EventTest,
-    threshold: f64,
+    bars: Thresholds,
+    reasons: Reasons,
 ) -> CheckResult {
     let stable_rate = relative.stable.rate().unwrap_or(0.0);
     let stable_past = stable_rate > t.limit;
-    let log_e = t.log_e();
-    let outcome = match decided(log_e, threshold) {
+    let standing = Standing::new(t.log_e(), &t.rollout, bars);
+    let outcome = match standing.outcome() {
         Outcome::Fail if !stable_past => Outcome::Fail,
         _ => Outcome::Pass,
     };
@@ -166,34 +262,32 @@ pub(super) fn absolute(
         canary: c.rate(),
         stable: relative.stable.rate(),
         limit: Some(t.limit),
-        p_value: Some((-t.max_log_e).exp().min(1.0)),
-        reason: format!(
-            "{what} canary {:.2}% ({}/{}) against the absolute limit {:.2}%; sequential \
-             test of canary ≤ limit: e = {:.3e} {} 1/α = {:.0}{}",
-            Fixed(pct(c.events, c.requests)),
-            c.events,
-            c.requests,
-            Fixed(t.limit * 100.0),
-            log_e.exp(),
-            if log_e >= threshold.ln() { "≥" } else { "<" },
-            Fixed(threshold),
-            match (outcome, stable_past) {
-                (Outcome::Fail, _) => ": above the absolute limit".to_string(),
-                (_, true) => format!(
-                    "; stable is past it too ({:.2}%): not the canary's doing",
-                    Fixed(stable_rate * 100.0)
-                ),
-                _ => String::new(),
-            }
-        ),
+        p_value: Some(standing.p_value(t.max_log_e, &t.rollout)),
+        reason: reasons.write(|| {
+            format!(
+                "{what} canary {:.2}% ({}/{}) against the absolute limit {:.2}%; sequential \
+             test of canary ≤ limit: {}{}",
+                Fixed(pct(c.events, c.requests)),
+                c.events,
+                c.requests,
+                Fixed(t.limit * 100.0),
+                standing.describe(),
+                match (outcome, stable_past) {
+                    (Outcome::Fail, _) => ": above the absolute limit".to_string(),
+                    (_, true) => format!(
+                        "; stable is past it too ({:.2}%): not the canary's doing",
+                        Fixed(stable_rate * 100.0)
+                    ),
+                    _ => String::new(),
+                }
+            )
+        }),
         canary_n: Some(c.requests),
         stable_n: Some(relative.stable.requests),
         worse: Some(Worse::Higher),
-        sequential: Some(sequential(
+        sequential: Some(standing.summary(
             format!("canary ≤ {:.2}%", Fixed(t.limit * 100.0)),
-            log_e,
-            threshold,
-            t.windows,
+            (t.windows, t.rollout.windows),
             t.dispersion,
         )),
     }
@@ -238,7 +332,8 @@ pub(super) fn latency(
     drift: &mut Drift,
     stable_before: &Histogram,
     (canary, stable): (&Histogram, &Histogram),
-    threshold: f64,
+    bars: Thresholds,
+    reasons: Reasons,
 ) -> CheckResult {
     let name = if check.name.is_empty() {
         format!("latency_p{}", super::trim_quantile(check.quantile))
@@ -258,11 +353,11 @@ pub(super) fn latency(
         let noise = drift.add(slow_canary, slow_stable);
         test.add(slow_canary, slow_stable, noise);
     }
-    let log_e = test.log_e();
+    let standing = Standing::new(test.log_e(), &test.rollout, bars);
     let outcome = if test.windows == 0 && bounds.is_none() {
         Outcome::Inconclusive
     } else {
-        decided(log_e, threshold)
+        standing.outcome()
     };
     let (c, s) = (test.canary, test.stable);
     CheckResult {
@@ -271,41 +366,42 @@ pub(super) fn latency(
         canary: None,
         stable: None,
         limit: None,
-        p_value: Some((-test.max_log_e).exp().min(1.0)),
-        reason: match bounds {
+        p_value: Some(standing.p_value(test.max_log_e, &test.rollout)),
+        reason: reasons.write(|| match bounds {
             None if test.windows == 0 => format!(
                 "{name}: not enough of stable's durations in the stage yet to place the bound"
             ),
             _ => format!(
-                "slower than the bounds: canary {}/{} vs stable {}/{} over the stage; \
-                 sequential test of canary ≤ {:.2}× stable: e = {:.3e} {} 1/α = {:.0}{}",
+                "slower than the bounds: canary {}/{} vs stable {}/{} over the stage \
+                 ({}/{} vs {}/{} over the rollout); sequential test of canary ≤ {:.2}× \
+                 stable: {}{}",
                 c.events,
                 c.requests,
                 s.events,
                 s.requests,
+                test.rollout.canary.events,
+                test.rollout.canary.requests,
+                test.rollout.stable.events,
+                test.rollout.stable.requests,
                 Fixed(null_ratio(check.max_relative_increase)),
-                log_e.exp(),
-                if outcome == Outcome::Fail { "≥" } else { "<" },
-                Fixed(threshold),
+                standing.describe(),
                 if outcome == Outcome::Fail {
                     ": slower than stable beyond the limit"
                 } else {
                     ""
                 },
             ),
-        },
+        }),
         canary_n: Some(c.requests),
         stable_n: Some(s.requests),
         worse: Some(Worse::Higher),
         sequential: (test.windows > 0).then(|| {
-            sequential(
+            standing.summary(
                 format!(
                     "canary ≤ {:.2}× stable",
                     Fixed(null_ratio(check.max_relative_increase))
                 ),
-                log_e,
-                threshold,
-                test.windows,
+                (test.windows, test.rollout.windows),
                 test.dispersion,
             )
         }),
@@ -317,8 +413,8 @@ pub(super) fn latency(
 pub(super) fn describe_quantiles(
     result: &mut CheckResult,
     check: Quantile,
-    canary: &Histogram,
-    stable: &Histogram,
+    (canary, stable): (&Histogram, &Histogram),
+    reasons: Reasons,
 ) {
     let (cq, sq) = (
         canary.quantile(check.quantile),
@@ -327,6 +423,9 @@ pub(super) fn describe_quantiles(
     result.canary = cq;
     result.stable = sq;
     result.limit = sq.map(|s| s * check.max_relative_increase);
+    if reasons == Reasons::Skip {
+        return;
+    }
     let mut head = format!("{} canary ", result.check);
     match (cq, sq) {
         (Some(c), Some(s)) => head += &format!("{:.1} ms vs stable {:.1} ms; ", Fixed(c), Fixed(s)),

@@ -317,3 +317,85 @@ fn feedback_counts_near_2_64_do_not_overflow() {
     let v = verdict(&w);
     assert!(v.checks.iter().any(|c| c.check == "thumbs_down_rate"));
 }
+
+#[test]
+fn each_check_splits_its_share_between_the_stage_and_the_rollout() {
+    // Default: three judged stages; error rate, absolute limit, two latency checks and the
+    // thumbs-down rate at α = 0.01: a check's share is 1 / 500, halved for each side.
+    let bars = evidence::e_thresholds(&default_spec());
+    assert!((bars.rollout - 1_000.0).abs() < 1e-9, "{bars:?}");
+    assert!((bars.stage - 3_000.0).abs() < 1e-9, "{bars:?}");
+    // One judged stage: both tests see the same windows, so they are one test.
+    let one = RolloutSpec::from_yaml(
+        "name: t\nsources: {envoy_admin: [\"http://127.0.0.1:1\"]}\n\
+         stages: [{weight_pct: 10, hold: 1h}, {weight_pct: 100}]\n",
+    )
+    .expect("a valid spec");
+    let bars = evidence::e_thresholds(&one);
+    assert!((bars.rollout - 500.0).abs() < 1e-9 && bars.stage == bars.rollout);
+}
+
+#[test]
+fn the_reason_names_the_rollout_s_test_when_it_decides() {
+    // 1% vs 0.5% at 150 canary requests a window over three stages: each stage alone
+    // stays below its threshold, the rollout's test decides.
+    let spec = default_spec();
+    let mut evidence = Evidence::default();
+    let mut decided = None;
+    'stages: for stage in 0..3 {
+        for i in 0..120u64 {
+            let (c, s) = (
+                u64::from(i % 2 == 0) + u64::from(i % 5 == 0),
+                u64::from(i % 3 == 0),
+            );
+            let v = judge(
+                &window(version(150, c, 20.0), version(150, s, 20.0)),
+                &evidence,
+                &spec,
+            );
+            if v.outcome == Outcome::Fail {
+                decided = Some((stage, v));
+                break 'stages;
+            }
+            evidence = v.evidence.clone();
+        }
+        evidence = evidence.next_stage();
+    }
+    let (stage, v) = decided.expect("rolled back");
+    assert!(stage > 0, "not in the first stage");
+    let e = check(&v, "error_rate");
+    let test = e.sequential.as_ref().expect("a sequential test");
+    assert_eq!(test.scope, Scope::Rollout, "{test:?}");
+    assert!(test.e_value >= test.threshold, "{test:?}");
+    assert!(e.reason.contains("over the rollout"), "{}", e.reason);
+    assert!(
+        e.p_value.is_some_and(|p| p <= 1.0 / test.threshold),
+        "{e:?}"
+    );
+}
+
+/// Verdicts without reasons are the same verdicts: every field but the reasons, window
+/// after window, across a stage change (a canary with a slow window in seven).
+#[test]
+fn skipping_the_reasons_changes_nothing_else() {
+    let spec = default_spec();
+    let (mut written, mut skipped) = (Evidence::default(), Evidence::default());
+    for i in 0..60u64 {
+        if i == 30 {
+            (written, skipped) = (written.next_stage(), skipped.next_stage());
+        }
+        let slow = if i % 7 == 0 { 300.0 } else { 20.0 };
+        let w = window(version(150, i % 3, slow), version(1_350, i % 4, 20.0));
+        let a = judge_owned(&w, written.clone(), &spec);
+        let mut b = judge_outcomes(&w, skipped.clone(), &spec);
+        assert!(a.checks.iter().all(|c| !c.reason.is_empty()));
+        for (c, with) in b.checks.iter_mut().zip(&a.checks) {
+            if !matches!(c.check.as_str(), "traffic" | "circuit_breaker") {
+                assert!(c.reason.is_empty(), "{}: {}", c.check, c.reason);
+            }
+            c.reason.clone_from(&with.reason);
+        }
+        assert_eq!(a, b, "window {i}");
+        (written, skipped) = (a.evidence, b.evidence);
+    }
+}

@@ -273,7 +273,8 @@ impl RolloutState {
         self.stage_stable_requests = 0;
         self.consecutive_failures = 0;
         self.progress_since_ms = now_ms;
-        // A new stage, a new test: the last stage's evidence was about another weight.
+        // A new stage, a new test over the stage: the last stage's evidence was about
+        // another weight (the tests over the whole rollout go on).
         self.evidence = Arc::new(self.evidence.next_stage());
         self.set_weight(effects, next.weight_bp());
         self.open_stage_totals(stage, now_ms);
@@ -755,10 +756,18 @@ mod tests {
         assert_eq!(s.stages[0].canary_requests, 120);
         assert_eq!(s.stages[0].canary_errors, 2);
         assert_eq!(s.stages[0].stable_errors, 18);
-        // Held 10 s with enough requests: the next stage starts with no evidence.
+        // Held 10 s with enough requests: the next stage starts with no evidence over the
+        // stage, and the rollout's evidence goes on.
         let s = judged(&spec, &s, (60, 1), 11_000);
         assert_eq!(s.stage, 1);
-        assert_eq!(s.evidence.errors, None);
+        let errors = s
+            .evidence
+            .errors
+            .as_ref()
+            .expect("the rollout's error test");
+        assert_eq!((errors.canary.requests, errors.windows), (0, 0));
+        assert_eq!(errors.rollout.canary.requests, 180);
+        assert_eq!(errors.rollout.windows, 3);
         assert!(
             !s.evidence.drift.is_empty(),
             "what was learnt of the noise is kept"

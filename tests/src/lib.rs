@@ -4,6 +4,7 @@
 pub mod bench_cases;
 pub mod bootstrap;
 pub mod callgrind;
+pub mod canaryctl;
 pub mod client;
 pub mod controller;
 pub mod envoy;

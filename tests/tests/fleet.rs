@@ -133,6 +133,35 @@ fn rollouts(names: &[&str]) -> Vec<RolloutConfig> {
         .collect()
 }
 
+/// One Envoy with rollouts chat, shop and blog; specs for shop and chat that hold their
+/// first stage; a spec directory of those two.
+struct Held {
+    rig: ControlledRig,
+    sources: String,
+    shop: String,
+    chat: String,
+    specs: ConfigMapDir,
+}
+
+impl Held {
+    async fn start() -> Result<Held> {
+        let (stable, canary) = upstream_pair(0, 0);
+        let names = rollouts(&["chat", "shop", "blog"]);
+        let rig = ControlledRig::start_many(names, 1, POLL_MS, stable, canary).await?;
+        let sources = rig.sources_yaml();
+        let shop = spec("shop", &sources, HOLD);
+        let chat = spec("chat", &sources, HOLD);
+        let specs = ConfigMapDir::new(&[("shop.yaml", &shop), ("chat.yaml", &chat)])?;
+        Ok(Held {
+            rig,
+            sources,
+            shop,
+            chat,
+            specs,
+        })
+    }
+}
+
 async fn start(specs: &ConfigMapDir, rig: &ControlledRig) -> Result<Canaryctl> {
     let options = CtlOptions::token(TOKEN);
     Canaryctl::start_dir(
@@ -225,19 +254,13 @@ async fn two_rollouts_are_judged_side_by_side() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_spec_is_refused_while_the_good_ones_run() -> Result<()> {
     let _slot = envoy::exclusive().await;
-    let (stable, canary) = upstream_pair(0, 0);
-    let rig = ControlledRig::start_many(
-        rollouts(&["chat", "shop", "blog"]),
-        1,
-        POLL_MS,
-        stable,
-        canary,
-    )
-    .await?;
-    let sources = rig.sources_yaml();
-    let shop = spec("shop", &sources, HOLD);
-    let chat = spec("chat", &sources, HOLD);
-    let mut specs = ConfigMapDir::new(&[("shop.yaml", &shop), ("chat.yaml", &chat)])?;
+    let Held {
+        rig,
+        sources,
+        shop,
+        chat,
+        mut specs,
+    } = Held::start().await?;
     let ctl = start(&specs, &rig).await?;
     let weights = || served(&ctl);
     ensure!(weights().await? == [("chat".into(), 3_000), ("shop".into(), 3_000)]);
@@ -320,19 +343,13 @@ async fn a_bad_spec_is_refused_while_the_good_ones_run() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_spec_dir_changing_while_the_controller_is_down() -> Result<()> {
     let _slot = envoy::exclusive().await;
-    let (stable, canary) = upstream_pair(0, 0);
-    let rig = ControlledRig::start_many(
-        rollouts(&["chat", "shop", "blog"]),
-        1,
-        POLL_MS,
-        stable,
-        canary,
-    )
-    .await?;
-    let sources = rig.sources_yaml();
-    let shop = spec("shop", &sources, HOLD);
-    let chat = spec("chat", &sources, HOLD);
-    let mut specs = ConfigMapDir::new(&[("shop.yaml", &shop), ("chat.yaml", &chat)])?;
+    let Held {
+        rig,
+        sources,
+        shop,
+        chat: _,
+        mut specs,
+    } = Held::start().await?;
     let mut ctl = start(&specs, &rig).await?;
     ensure!(ctl.http_post("/rollouts/shop/promote", TOKEN).await? == 200);
     ensure!(served(&ctl).await? == [("chat".into(), 3_000), ("shop".into(), 6_000)]);

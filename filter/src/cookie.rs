@@ -33,6 +33,21 @@ pub fn set_cookie_value(cfg: &AnonymousCookie, id: &str) -> String {
     v
 }
 
+/// 128 bits for an anonymous id when the host gives no random ones: the clock and a counter
+/// hashed, so ids stay unique-ish and nothing panics.
+pub fn fallback_random(nanos: u64, counter: u64) -> [u8; 16] {
+    use std::hash::Hasher;
+    let mut random = [0u8; 16];
+    for (i, chunk) in random.chunks_mut(8).enumerate() {
+        let mut h = fnv::FnvHasher::default();
+        h.write_u64(nanos);
+        h.write_u64(counter);
+        h.write_usize(i);
+        chunk.copy_from_slice(&h.finish().to_le_bytes());
+    }
+    random
+}
+
 /// A new anonymous id: 128 random bits as 32 lower-case hex digits.
 pub fn anonymous_id(random: [u8; 16]) -> String {
     const HEX: &[u8; 16] = b"0123456789abcdef";
@@ -68,6 +83,15 @@ mod tests {
 
     /// (Cookie header, cookie name, expected value)
     type CookieCase = (&'static [u8], &'static str, Option<&'static [u8]>);
+
+    #[test]
+    fn fallback_ids_differ_by_counter_and_time() {
+        let a = fallback_random(1, 1);
+        assert_ne!(a, fallback_random(1, 2));
+        assert_ne!(a, fallback_random(2, 1));
+        assert_ne!(a[..8], a[8..], "each half hashed apart");
+        assert_eq!(a, fallback_random(1, 1));
+    }
 
     #[test]
     fn finds_cookies() {

@@ -15,7 +15,7 @@ use canary_contract::stats::Metric;
 use canary_contract::stats::MetricKind;
 use canary_contract::{FilterConfig, Version};
 use canary_filter::control::summary;
-use canary_filter::cookie::{anonymous_id, set_cookie_value};
+use canary_filter::cookie::{anonymous_id, fallback_random, set_cookie_value};
 use canary_filter::keyed::metric_set_key;
 use canary_filter::metrics::{Exchange, MetricHost, MetricOp, RolloutMetrics};
 use canary_filter::routing::{RequestHeaders, Router};
@@ -334,18 +334,11 @@ fn new_anonymous_id() -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let mut random = [0u8; 16];
     if getrandom::fill(&mut random).is_err() {
-        use std::hash::Hasher;
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let nanos = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64);
-        for (i, chunk) in random.chunks_mut(8).enumerate() {
-            let mut h = fnv::FnvHasher::default();
-            h.write_u64(nanos);
-            h.write_u64(n);
-            h.write_usize(i);
-            chunk.copy_from_slice(&h.finish().to_le_bytes());
-        }
+        random = fallback_random(nanos, n);
     }
     anonymous_id(random)
 }

@@ -131,7 +131,6 @@ pub(super) fn new_anonymous_id() -> String {
     let mut random = [0u8; 16];
     if getrandom::fill(&mut random).is_err() {
         use std::cell::Cell;
-        use std::hash::Hasher;
         thread_local!(static COUNTER: Cell<u64> = const { Cell::new(0) });
         let n = COUNTER.with(|c| {
             c.set(c.get().wrapping_add(1));
@@ -141,13 +140,7 @@ pub(super) fn new_anonymous_id() -> String {
             .ok()
             .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
             .map_or(0, |d| d.as_nanos() as u64);
-        for (i, chunk) in random.chunks_mut(8).enumerate() {
-            let mut h = fnv::FnvHasher::default();
-            h.write_u64(nanos);
-            h.write_u64(n);
-            h.write_usize(i);
-            chunk.copy_from_slice(&h.finish().to_le_bytes());
-        }
+        random = crate::cookie::fallback_random(nanos, n);
     }
     anonymous_id(random)
 }

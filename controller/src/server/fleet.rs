@@ -311,11 +311,9 @@ impl Fleet {
             return Ok(());
         }
         let name = spec.name.clone();
-        let controller = self.start(spec).map_err(|e| format!("{e:#}"))?;
-        let (spec, source) = {
-            let c = controller.try_lock().map_err(|e| e.to_string())?;
-            (c.spec.clone(), sources::from_spec(&c.spec.sources))
-        };
+        let source = sources::from_spec(&spec.sources);
+        let controller =
+            (self.start(spec.clone(), source.names())).map_err(|e| format!("{e:#}"))?;
         let task = tokio::spawn(analysis_loop::run(
             controller.clone(),
             spec,
@@ -333,7 +331,8 @@ impl Fleet {
     }
 
     /// A controller for `spec`, resumed from its saved state or started at stage 1.
-    fn start(&self, spec: RolloutSpec) -> anyhow::Result<Shared> {
+    /// `source_names`: the stats sources it reads, known before any reading (`/metrics`).
+    fn start(&self, spec: RolloutSpec, source_names: Vec<String>) -> anyhow::Result<Shared> {
         let store = StateStore::open(&self.state_dir, &spec.name)?;
         let webhooks = notify::Webhooks::from_spec(&spec.webhooks)?;
         // A saved state that does not fit the spec stops the start, the file untouched. The
@@ -360,7 +359,7 @@ impl Fleet {
             webhooks,
             self.publisher.clone(),
         );
-        c.source_names = sources::from_spec(&spec.sources).names();
+        c.source_names = source_names;
         c.weights
             .record(c.state.stage_started_ms, c.state.weight_bp);
         if let Some((next, effects)) = start_effects {

@@ -10,7 +10,7 @@
 //! with the prefix but not 16 lowercase hex digits after it is refused naming its field. This hides keys from readers of the
 //! configuration and of logs; it is not encryption: the salt is in the configuration, so
 //! whoever can enumerate the key space (numeric ids, a list of e-mail addresses) can tell
-//! which keys are listed. Keep `/filter-config` inside the mesh (see the README).
+//! which keys are listed. Keep `/filter-config` inside the mesh (see docs/controller.md).
 //!
 //! A leaf: imports only `bucket`.
 

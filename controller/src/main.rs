@@ -150,6 +150,32 @@ fn load_spec(path: &PathBuf) -> Result<RolloutSpec> {
     RolloutSpec::from_yaml(&text).with_context(|| path.display().to_string())
 }
 
+/// One stage's totals from `/status`: its windows by outcome and each version's requests
+/// and error rate, so nobody has to add up the timeline.
+fn stage_totals_line(t: &serde_json::Value) -> String {
+    let n = |k: &str| t[k].as_u64().unwrap_or(0);
+    let rate = |errors: u64, requests: u64| {
+        if requests == 0 {
+            "-".to_string()
+        } else {
+            format!("{:.2}%", errors as f64 * 100.0 / requests as f64)
+        }
+    };
+    format!(
+        "stage {} at {}: windows passed {}, failed {}, inconclusive {}; canary {} requests ({} errors), stable {} ({}){}",
+        n("stage") + 1,
+        pct(n("weight_bp") as u32),
+        n("passed"),
+        n("failed"),
+        n("inconclusive"),
+        n("canary_requests"),
+        rate(n("canary_errors"), n("canary_requests")),
+        n("stable_requests"),
+        rate(n("stable_errors"), n("stable_requests")),
+        if t["ended_ms"].is_null() { "" } else { "; ended" },
+    )
+}
+
 fn print_status(status: &serde_json::Value, output: Output) {
     if let Output::Json = output {
         println!(
@@ -234,6 +260,14 @@ fn print_status(status: &serde_json::Value, output: Output) {
             "feedback: canary {} up / {} down, stable {} up / {} down",
             f["canary"]["up"], f["canary"]["down"], f["stable"]["up"], f["stable"]["down"]
         );
+    }
+    let totals = status["stage_totals"].as_array().into_iter().flatten();
+    let lines: Vec<String> = totals.map(stage_totals_line).collect();
+    if !lines.is_empty() {
+        println!("stages (all windows, not only the last verdicts):");
+        for line in lines {
+            println!("  {line}");
+        }
     }
     println!("last verdicts:");
     for v in status["verdicts"]
@@ -506,5 +540,27 @@ async fn main() -> ExitCode {
             eprintln!("canaryctl: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::stage_totals_line;
+    use serde_json::json;
+
+    #[test]
+    fn a_stage_line_carries_its_windows_and_both_error_rates() {
+        let ended = json!({"stage": 0, "weight_bp": 500, "started_ms": 1, "ended_ms": 9,
+            "passed": 12, "failed": 1, "inconclusive": 3, "canary_requests": 400,
+            "stable_requests": 7600, "canary_errors": 2, "stable_errors": 38});
+        assert_eq!(
+            stage_totals_line(&ended),
+            "stage 1 at 5%: windows passed 12, failed 1, inconclusive 3; canary 400 requests \
+             (0.50% errors), stable 7600 (0.50%); ended"
+        );
+        let open = json!({"stage": 1, "weight_bp": 2500, "started_ms": 9, "passed": 0,
+            "failed": 0, "inconclusive": 1, "canary_requests": 0, "stable_requests": 0,
+            "canary_errors": 0, "stable_errors": 0});
+        assert!(stage_totals_line(&open).ends_with("canary 0 requests (- errors), stable 0 (-)"));
     }
 }

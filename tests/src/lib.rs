@@ -14,6 +14,7 @@ pub mod fleet_load;
 pub mod grpc;
 pub mod judge_sim;
 pub mod load;
+pub mod manifests;
 pub mod measure;
 pub mod paths;
 pub mod process;

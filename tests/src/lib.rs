@@ -7,6 +7,7 @@ pub mod callgrind;
 pub mod canaryctl;
 pub mod client;
 pub mod controller;
+pub mod doc_check;
 pub mod envoy;
 pub mod evaluator;
 pub mod fake_llm;

@@ -175,6 +175,9 @@ fn print_status(status: &serde_json::Value, output: Output) {
         status["consecutive_failures"],
         status["failure_limit"],
     );
+    for t in status["stage_totals"].as_array().into_iter().flatten() {
+        println!("  {}", describe_totals(t));
+    }
     if let Some(r) = status.get("spec_refused").filter(|r| !r.is_null()) {
         println!(
             "spec {} refused, running the previous version: {}",
@@ -273,6 +276,25 @@ fn describe_stage(stage: &canary_controller::spec::Stage, last: bool) -> String 
         "{weight} for {} ({} requests each)",
         humantime::format_duration(stage.hold),
         stage.min_requests
+    )
+}
+
+/// A stage's totals (`/status`'s `stage_totals`) as `status` says them: every window of the
+/// stage, where the verdicts list holds only the last few.
+fn describe_totals(t: &serde_json::Value) -> String {
+    let n = |field: &str| t[field].as_u64().unwrap_or(0);
+    let windows = n("passed") + n("failed") + n("inconclusive");
+    format!(
+        "stage {} at {}: {windows} windows ({} passed, {} failed, {} inconclusive); canary {} requests, {} errors; stable {} requests, {} errors",
+        n("stage") + 1,
+        pct(n("weight_bp") as u32),
+        n("passed"),
+        n("failed"),
+        n("inconclusive"),
+        n("canary_requests"),
+        n("canary_errors"),
+        n("stable_requests"),
+        n("stable_errors"),
     )
 }
 
@@ -506,5 +528,39 @@ async fn main() -> ExitCode {
             eprintln!("canaryctl: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 19: the last stage read "100% for 0ns".
+    #[test]
+    fn the_last_stage_is_said_without_a_hold() {
+        let spec = RolloutSpec::from_yaml(
+            "name: a\nsources: {envoy_admin: [\"http://127.0.0.1:1\"]}\n\
+             stages: [{weight_pct: 5, hold: 30m, min_requests: 100}, {weight_pct: 100}]\n",
+        )
+        .expect("valid spec");
+        assert_eq!(
+            describe_stage(&spec.stages[0], false),
+            "5% for 30m (100 requests each)"
+        );
+        let last = describe_stage(&spec.stages[1], true);
+        assert_eq!(last, "100% (promoted)");
+        assert!(!last.contains("0ns"));
+    }
+
+    #[test]
+    fn stage_totals_are_said_with_every_window() {
+        let t = serde_json::json!({
+            "stage": 0, "weight_bp": 1000, "passed": 10, "failed": 1, "inconclusive": 2,
+            "canary_requests": 130, "stable_requests": 1170, "canary_errors": 0, "stable_errors": 13
+        });
+        assert_eq!(
+            describe_totals(&t),
+            "stage 1 at 10%: 13 windows (10 passed, 1 failed, 2 inconclusive); canary 130 requests, 0 errors; stable 1170 requests, 13 errors"
+        );
     }
 }

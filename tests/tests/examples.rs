@@ -248,7 +248,8 @@ async fn the_example_splits_users_at_the_first_stage_and_the_controller_reads_it
     assert!(totals["canary_requests"].as_u64() > Some(0), "{totals}");
     assert!(totals["stable_requests"].as_u64() > Some(0), "{totals}");
     let text = ctl.status_text()?;
-    if !text.contains(&format!("rollout {}", spec.name)) {
+    let stage_line = format!("stage 1 at {}%: ", f64::from(weight) / 100.0);
+    if !text.contains(&format!("rollout {}", spec.name)) || !text.contains(&stage_line) {
         bail!("canaryctl status printed: {text}");
     }
     drop(envoy);

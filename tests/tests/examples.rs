@@ -115,20 +115,26 @@ fn the_example_bootstrap_and_spec_agree() -> Result<()> {
 
 /// The example's files with free ports and this checkout's module, and the ports (in the
 /// order listener, admin, stable, canary, controller).
-struct Started {
+struct Substituted {
     envoy_yaml: String,
     rollout_yaml: String,
     ports: [u16; 5],
 }
 
-fn substituted() -> Result<Started> {
+fn substituted() -> Result<Substituted> {
     let mut envoy_yaml = example("envoy.yaml")?;
     let mut ports = [0; 5];
     for (i, from) in [LISTENER, ADMIN, STABLE, CANARY, CONTROLLER]
         .into_iter()
         .enumerate()
     {
-        ports[i] = free_port()?;
+        // Five distinct ports: a free port is not reserved until its process binds it.
+        ports[i] = loop {
+            let port = free_port()?;
+            if !ports.contains(&port) {
+                break port;
+            }
+        };
         // The whole number only: `port_value: 8080` is not `port_value: 80800`.
         let pattern = regex::Regex::new(&format!(r"\bport_value: {from}\b"))?;
         let n = pattern.find_iter(&envoy_yaml).count();
@@ -143,7 +149,7 @@ fn substituted() -> Result<Started> {
     envoy_yaml = replace_once(&envoy_yaml, "envoy.yaml", WASM_PATH, &wasm)?;
     let admin = format!("http://127.0.0.1:{}", ports[1]);
     let rollout_yaml = replace_once(&example("rollout.yaml")?, "rollout.yaml", ADMIN_URL, &admin)?;
-    Ok(Started {
+    Ok(Substituted {
         envoy_yaml,
         rollout_yaml,
         ports,

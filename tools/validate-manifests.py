@@ -7,6 +7,9 @@
 - Kubernetes built-in kinds against the Kubernetes schemas bundled with kubernetes-validate;
 - kustomization files: every listed resource exists.
 
+With file arguments, checks those files instead (the docs' `istio` blocks, written out by
+tests/tests/docs.rs); each problem line starts with the path as given.
+
 The filter-specific content (the WasmPlugin's pluginConfig, the rollout spec in the ConfigMap)
 is checked by the Rust test tests/tests/manifests.rs with the filter's and controller's own
 validation. Exit status 1 on any problem; each is printed with its file and field path.
@@ -47,10 +50,15 @@ def main():
         return 1
     problems = []
     checked = 0
-    for path in sorted(glob.glob(os.path.join(root, "manifests", "**", "*.yaml"), recursive=True)):
-        rel = os.path.relpath(path, root)
-        if rel.startswith(os.path.join("manifests", "schemas")):
-            continue
+    if len(sys.argv) > 1:
+        paths = [(p, p) for p in sys.argv[1:]]
+    else:
+        paths = []
+        for path in sorted(glob.glob(os.path.join(root, "manifests", "**", "*.yaml"), recursive=True)):
+            rel = os.path.relpath(path, root)
+            if not rel.startswith(os.path.join("manifests", "schemas")):
+                paths.append((path, rel))
+    for path, rel in paths:
         with open(path) as f:
             docs = [d for d in yaml.safe_load_all(f) if d]
         for doc in docs:
@@ -78,6 +86,10 @@ def main():
                 kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
             except kubernetes_validate.ValidationError as e:
                 problems.append(f"{where}: {'.'.join(str(p) for p in e.path) or '(root)'}: {e.message}")
+            except (kubernetes_validate.utils.SchemaNotFoundError,
+                    kubernetes_validate.utils.VersionNotSupportedError):
+                # A typo in apiVersion or kind.
+                problems.append(f"{where}: no Kubernetes schema for {api} {kind}")
             checked += 1
     for p in problems:
         print(p, file=sys.stderr)

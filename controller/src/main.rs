@@ -545,8 +545,25 @@ async fn main() -> ExitCode {
 
 #[cfg(test)]
 mod tests {
-    use super::stage_totals_line;
+    use super::*;
     use serde_json::json;
+
+    /// Issue 19: the last stage read "100% for 0ns".
+    #[test]
+    fn the_last_stage_is_said_without_a_hold() {
+        let spec = RolloutSpec::from_yaml(
+            "name: a\nsources: {envoy_admin: [\"http://127.0.0.1:1\"]}\n\
+             stages: [{weight_pct: 5, hold: 30m, min_requests: 100}, {weight_pct: 100}]\n",
+        )
+        .expect("valid spec");
+        assert_eq!(
+            describe_stage(&spec.stages[0], false),
+            "5% for 30m (100 requests each)"
+        );
+        let last = describe_stage(&spec.stages[1], true);
+        assert_eq!(last, "100% (promoted)");
+        assert!(!last.contains("0ns"));
+    }
 
     #[test]
     fn a_stage_line_carries_its_windows_and_both_error_rates() {

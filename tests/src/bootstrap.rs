@@ -352,6 +352,32 @@ pub fn stats_tags() -> Value {
     )
 }
 
+/// Whether a bootstrap's `stats_config` (written by hand: a manifest, an example) carries the
+/// contract's tag rules, in order, and the fine latency buckets for the filter's histograms.
+pub fn check_stats_config(stats_config: &Value) -> anyhow::Result<()> {
+    let tags = stats_config["stats_tags"].as_array();
+    let got: Vec<(&str, &str)> = (tags.into_iter().flatten())
+        .filter_map(|t| Some((t["tag_name"].as_str()?, t["regex"].as_str()?)))
+        .collect();
+    anyhow::ensure!(
+        got == ENVOY_STATS_TAGS.to_vec(),
+        "stats_tags {got:?} are not the contract's {ENVOY_STATS_TAGS:?}"
+    );
+    let settings = &stats_config["histogram_bucket_settings"][0];
+    anyhow::ensure!(
+        settings["match"] == json!({"prefix": ENVOY_STAT_PREFIX}),
+        "histogram_bucket_settings[0].match is {}, not the prefix {ENVOY_STAT_PREFIX}",
+        settings["match"]
+    );
+    let buckets: Vec<f64> = serde_json::from_value(settings["buckets"].clone())
+        .map_err(|e| anyhow::anyhow!("histogram_bucket_settings[0].buckets: {e}"))?;
+    anyhow::ensure!(
+        buckets == latency_buckets_ms(),
+        "histogram_bucket_settings[0].buckets are not canary_contract::stats::latency_buckets_ms()"
+    );
+    Ok(())
+}
+
 /// An LDS file (a `DiscoveryResponse`) holding one listener.
 pub fn lds_file(listener: &Listener) -> Value {
     let mut resource = listener.to_json();

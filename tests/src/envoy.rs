@@ -110,6 +110,17 @@ impl Envoy {
         Self::start_with_config(&config_path, dir, options).await
     }
 
+    /// Starts Envoy with a bootstrap written in YAML (e.g. an example file), read by Envoy
+    /// itself as written.
+    pub async fn start_yaml(bootstrap_yaml: &str, options: EnvoyOptions) -> Result<Envoy> {
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("canary-{}-", options.name))
+            .tempdir()?;
+        let config_path = dir.path().join("bootstrap.yaml");
+        std::fs::write(&config_path, bootstrap_yaml)?;
+        Self::start_with_config(&config_path, dir, options).await
+    }
+
     async fn start_with_config(
         config_path: &Path,
         dir: tempfile::TempDir,

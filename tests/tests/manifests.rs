@@ -7,21 +7,14 @@
 use std::path::Path;
 
 use anyhow::{anyhow, Context, Result};
-use canary_contract::stats::{latency_buckets_ms, ENVOY_STATS_TAGS, ENVOY_STAT_PREFIX};
-use canary_contract::FilterConfig;
 use canary_controller::spec::RolloutSpec;
-use canary_e2e::paths::project_root;
+use canary_e2e::bootstrap::check_stats_config;
+use canary_e2e::manifests;
 use serde_json::Value;
 
 fn docs(relative: &str) -> Result<Vec<Value>> {
-    let path = project_root().join("manifests").join(relative);
-    let text = std::fs::read_to_string(&path).with_context(|| path.display().to_string())?;
-    serde_yaml_ng::Deserializer::from_str(&text)
-        .map(|d| {
-            use serde::Deserialize;
-            Value::deserialize(d).map_err(|e| anyhow!("{}: {e}", Path::new(relative).display()))
-        })
-        .collect()
+    manifests::documents(&manifests::manifest_text(relative)?)
+        .map_err(|e| anyhow!("{}: {e}", Path::new(relative).display()))
 }
 
 fn one(relative: &str, kind: &str) -> Result<Value> {
@@ -34,9 +27,7 @@ fn one(relative: &str, kind: &str) -> Result<Value> {
 #[test]
 fn plugin_config_is_valid_and_polls_the_controller_service() -> Result<()> {
     let plugin = one("base/wasmplugin.yaml", "WasmPlugin")?;
-    let json = plugin["spec"]["pluginConfig"].to_string();
-    let config =
-        FilterConfig::from_json(json.as_bytes()).map_err(|e| anyhow!("pluginConfig: {e}"))?;
+    let config = manifests::plugin_config(&plugin)?;
     let controller = config.controller.context("pluginConfig.controller")?;
 
     let service = one("base/controller-service.yaml", "Service")?;
@@ -192,33 +183,13 @@ fn stats_bootstrap() -> Result<Value> {
     )?)
 }
 
+/// The contract's tag rules (`rollout`, `version`, `tier` labels) and the fine buckets for the
+/// filter's histograms, as the test bootstraps carry them.
 #[test]
-fn stats_bootstrap_carries_the_contract_tag_rules() -> Result<()> {
+fn stats_bootstrap_carries_the_contract_stats_config() -> Result<()> {
     let bootstrap = stats_bootstrap()?;
-    let tags = bootstrap["stats_config"]["stats_tags"]
-        .as_array()
-        .context("stats_tags")?;
-    let got: Vec<(&str, &str)> = tags
-        .iter()
-        .filter_map(|t| Some((t["tag_name"].as_str()?, t["regex"].as_str()?)))
-        .collect();
-    assert_eq!(got, ENVOY_STATS_TAGS.to_vec());
-    Ok(())
-}
-
-#[test]
-fn stats_bootstrap_gives_the_filter_histograms_fine_buckets() -> Result<()> {
-    let bootstrap = stats_bootstrap()?;
-    let settings = &bootstrap["stats_config"]["histogram_bucket_settings"][0];
-    assert_eq!(settings["match"]["prefix"], ENVOY_STAT_PREFIX);
-    let buckets: Vec<f64> = serde_json::from_value(settings["buckets"].clone())?;
-    assert_eq!(buckets, latency_buckets_ms());
-    // The test bootstraps carry the same.
-    let tests = &canary_e2e::bootstrap::stats_config()["histogram_bucket_settings"][0];
-    assert_eq!(tests["match"], settings["match"]);
-    let test_buckets: Vec<f64> = serde_json::from_value(tests["buckets"].clone())?;
-    assert_eq!(test_buckets, buckets);
-    Ok(())
+    check_stats_config(&bootstrap["stats_config"])?;
+    check_stats_config(&canary_e2e::bootstrap::stats_config())
 }
 
 #[test]

@@ -242,3 +242,62 @@ fn retry_finalize_and_history_through_the_api() {
     let reopened = StateStore::open(dir.path(), "chat").expect("store");
     assert_eq!(reopened.load_history().expect("history").runs.len(), 1);
 }
+
+/// Issue 19: `/status` keeps only the last verdicts; the stage's totals are there too, so
+/// nobody rebuilds them from the timeline: windows by outcome, requests and errors per
+/// version, the stage's weight and start.
+#[test]
+fn status_carries_the_stage_totals_beyond_the_last_verdicts() {
+    use crate::judge::test_support::verdict_of;
+    use crate::judge::Outcome;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let spec = "name: shop\nsources: {envoy_admin: [\"http://127.0.0.1:1\"]}\n\
+                stages: [{weight_pct: 10, hold: 1h, min_requests: 10}, {weight_pct: 100}]\n";
+    let (app, controller) = app(spec, &dir);
+    let mut c = controller.try_lock().expect("free");
+    let spec = c.spec.clone();
+    let outcomes = [Outcome::Pass; 10]
+        .into_iter()
+        .chain([Outcome::Inconclusive; 2])
+        .chain([Outcome::Fail]);
+    for (i, outcome) in outcomes.enumerate() {
+        let mut verdict = verdict_of(outcome, false, false, 10, 90);
+        verdict.stable_errors = 1;
+        let input = Input::Analysis(verdict);
+        let (next, effects) = c
+            .state
+            .step(&spec, input, 1_000 * (i as u64 + 1))
+            .expect("step");
+        c.apply(next, effects, &app.http).expect("saved");
+    }
+    drop(c);
+    let status = now_or_never(api::status(State(app.clone())))
+        .expect("answered at once")
+        .0;
+    let verdicts = status["verdicts"].as_array().expect("verdicts").len();
+    assert!(verdicts < 13, "only the last verdicts are kept: {verdicts}");
+    let totals = &status["stage_totals"];
+    assert_eq!(totals.as_array().map(Vec::len), Some(1), "{totals}");
+    let t = &totals[0];
+    assert_eq!(
+        (t["stage"].as_u64(), t["weight_bp"].as_u64()),
+        (Some(0), Some(1_000)),
+        "{t}"
+    );
+    assert_eq!(
+        (
+            t["passed"].as_u64(),
+            t["inconclusive"].as_u64(),
+            t["failed"].as_u64()
+        ),
+        (Some(10), Some(2), Some(1)),
+        "{t}"
+    );
+    assert_eq!(t["canary_requests"], 130, "{t}");
+    assert_eq!(t["stable_requests"], 1_170, "{t}");
+    assert_eq!(
+        (t["canary_errors"].as_u64(), t["stable_errors"].as_u64()),
+        (Some(0), Some(13))
+    );
+    assert!(t["started_ms"].is_u64() && t["ended_ms"].is_null(), "{t}");
+}

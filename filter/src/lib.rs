@@ -6,6 +6,10 @@
 //! and the contract, never `host`. `host` (wasm32 only) only connects them to proxy-wasm:
 //! the contexts' callbacks, host calls, and per-request and per-worker state.
 
+// The lean build drops what the LLM build adds to the response path.
+#[cfg(all(feature = "lean", feature = "llm"))]
+compile_error!("the `lean` feature goes with --no-default-features: lean mode has no LLM signals");
+
 pub mod breaker;
 pub mod control;
 pub mod cookie;

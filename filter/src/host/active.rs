@@ -10,13 +10,19 @@ use canary_contract::stats::Metric;
 use canary_contract::{FilterConfig, Version};
 use proxy_wasm::hostcalls;
 
-use super::calls::{increment, now_ms, shared_with_cas, EnvoyMetrics};
+#[cfg(not(feature = "lean"))]
+use super::calls::EnvoyMetrics;
+use super::calls::{increment, now_ms, shared_with_cas};
 #[cfg(feature = "fallback")]
 use super::fallback::{ChainRoot, ChainView, Chains};
 use crate::breaker::{Local, Tick};
 use crate::control::{decode_ms, encode_ms};
-use crate::keyed::{keyed_entry, metric_set_key};
-use crate::metrics::{MetricOp, PendingCounters, RolloutMetrics};
+use crate::keyed::keyed_entry;
+#[cfg(not(feature = "lean"))]
+use crate::keyed::metric_set_key;
+#[cfg(not(feature = "lean"))]
+use crate::metrics::MetricOp;
+use crate::metrics::{PendingCounters, RolloutMetrics};
 use crate::routing::Router;
 
 /// A configuration that passed validation, with its metric ids.
@@ -125,6 +131,7 @@ impl Active {
     }
 
     /// Carries out one metric operation of rollout `rollout`.
+    #[cfg(not(feature = "lean"))]
     pub(super) fn apply_op(&self, rollout: usize, op: MetricOp, version: Version) {
         let Some(metrics) = self.metrics.get(rollout) else {
             return;
@@ -176,6 +183,7 @@ pub(super) struct Current {
     pub(super) active: Option<Rc<Active>>,
     /// Metric ids by rollout name and metric set, defined once per VM (a handful: a list
     /// is enough).
+    #[cfg(not(feature = "lean"))]
     metric_ids: Vec<(String, RolloutMetrics)>,
     /// Circuit breakers by rollout name and window: they outlive configurations.
     breakers: Vec<(String, Local)>,
@@ -191,7 +199,11 @@ impl Current {
         config: FilterConfig,
         raise_at_ms: Option<u64>,
     ) -> Result<(), String> {
-        let mut metrics = Vec::with_capacity(config.rollouts.len());
+        let rollouts = config.rollouts.len();
+        #[cfg_attr(feature = "lean", allow(unused_mut))]
+        let mut metrics = Vec::with_capacity(rollouts);
+        // The lean build defines no stats of its own (its rollouts read the clusters').
+        #[cfg(not(feature = "lean"))]
         for r in &config.rollouts {
             let key = metric_set_key(r);
             let ids = match self.metric_ids.iter().find(|(k, _)| *k == key) {
@@ -213,8 +225,8 @@ impl Current {
             _ => Router::new(config),
         };
         self.active = Some(Rc::new(Active {
-            pending: RefCell::new(PendingCounters::new(metrics.len())),
-            breaker_open_until: (0..metrics.len()).map(|_| Cell::new(0)).collect(),
+            pending: RefCell::new(PendingCounters::new(rollouts)),
+            breaker_open_until: (0..rollouts).map(|_| Cell::new(0)).collect(),
             #[cfg(feature = "fallback")]
             fallback,
             #[cfg(feature = "llm")]

@@ -10,21 +10,24 @@
 //! ever read as bytes, and nothing here unwraps it: a panic would kill the VM and, under the
 //! default failure policy, fail every later request on the worker.
 
+#[cfg(not(feature = "lean"))]
 use std::cell::Cell;
 use std::rc::Rc;
 use std::time::Duration;
 
-use canary_contract::stats::Metric;
-use canary_contract::{FilterConfig, Version};
+#[cfg(not(feature = "lean"))]
+use canary_contract::{stats::Metric, Version};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 #[cfg(feature = "llm")]
 use proxy_wasm::types::BufferType;
 use proxy_wasm::types::{Action, ContextType, LogLevel};
 
-use crate::control::{summary, sync_period_ms};
+use crate::control::{parse_config, summary, sync_period_ms};
+#[cfg(not(feature = "lean"))]
 use crate::cookie::set_cookie_value;
 use crate::hold::{Hold, Slot};
+#[cfg(not(feature = "lean"))]
 use crate::metrics::{Exchange, MetricOp};
 use crate::routing::RequestHeaders;
 
@@ -52,6 +55,7 @@ proxy_wasm::main! {{
 }}
 
 /// The gRPC status of an answer, in trailers-only response headers or in trailers.
+#[cfg(not(feature = "lean"))]
 const GRPC_STATUS: &str = "grpc-status";
 /// How often each VM hands its summed counters to Envoy.
 const COUNTER_FLUSH_PERIOD: Duration = Duration::from_millis(250);
@@ -72,6 +76,9 @@ struct CanaryRoot {
 
 struct CanaryHttp {
     active: Option<Rc<Active>>,
+    /// What the response callbacks and the end account for (none in the lean build, which
+    /// has neither: its stats are the clusters').
+    #[cfg(not(feature = "lean"))]
     routed: Option<Routed>,
     context_id: u32,
     /// The start-up hold, while it is on.
@@ -84,6 +91,7 @@ struct CanaryHttp {
     worker: Rc<llm::Worker>,
 }
 
+#[cfg(not(feature = "lean"))]
 struct Routed {
     rollout: usize,
     exchange: Exchange,
@@ -153,6 +161,7 @@ impl CanaryRoot {
     fn new_http(&self, context_id: u32, hold: Option<Rc<Hold<CanaryHttp>>>) -> CanaryHttp {
         CanaryHttp {
             active: self.current.active.clone(),
+            #[cfg(not(feature = "lean"))]
             routed: None,
             context_id,
             hold,
@@ -168,7 +177,7 @@ impl CanaryRoot {
 impl RootContext for CanaryRoot {
     fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
         let bytes = self.get_plugin_configuration().unwrap_or_default();
-        let config = match FilterConfig::from_json(&bytes) {
+        let config = match parse_config(&bytes) {
             Ok(config) => config,
             Err(e) => {
                 let kept = if self.current.active.is_some() {
@@ -255,6 +264,8 @@ impl RootContext for CanaryRoot {
 
 impl CanaryHttp {
     /// Takes over what the root decided for this request after a hold (see `crate::hold`).
+    /// (The lean build keeps nothing past the request headers, so it has nothing to adopt.)
+    #[cfg(not(feature = "lean"))]
     fn adopt(&mut self) {
         let Some(slot) = self.held.take() else {
             return;
@@ -263,7 +274,10 @@ impl CanaryHttp {
             return;
         };
         self.active = decided.active.take();
-        self.routed = decided.routed.take();
+        #[cfg(not(feature = "lean"))]
+        {
+            self.routed = decided.routed.take();
+        }
         #[cfg(feature = "fallback")]
         {
             self.fallback = std::mem::take(&mut decided.fallback);
@@ -314,7 +328,10 @@ impl HttpContext for CanaryHttp {
             return Action::Continue;
         };
         let now = now_ms();
+        #[cfg_attr(feature = "lean", allow(unused_mut))]
         let mut decision = active.router.decide(self, now, new_anonymous_id);
+        // The lean build takes no configuration with a breaker.
+        #[cfg(not(feature = "lean"))]
         if let Some(d) = decision.as_mut() {
             let open_until = active
                 .breaker_open_until
@@ -360,30 +377,37 @@ impl HttpContext for CanaryHttp {
             Err(()) => return Action::Pause,
         };
         self.set_http_request_header(&rollout.route_header, Some(decision.version.as_str()));
-        let (exchange, op) = Exchange::start(decision.version, now);
-        active.apply_op(decision.rollout, op, decision.version);
-        #[cfg(feature = "llm")]
-        let llm = llm::LlmRequest::start(
-            &self.worker,
-            &active,
-            rollout,
-            &decision,
-            now,
-            end_of_stream,
-            charge,
-        );
-        self.routed = Some(Routed {
+        // The lean build only routes: the clusters count the answers.
+        #[cfg(not(feature = "lean"))]
+        {
+            let (exchange, op) = Exchange::start(decision.version, now);
+            active.apply_op(decision.rollout, op, decision.version);
             #[cfg(feature = "llm")]
-            llm,
-            rollout: decision.rollout,
-            exchange,
-            set_cookie: decision
-                .new_anonymous_id
-                .map(|id| set_cookie_value(&rollout.anonymous_cookie, &id)),
-        });
+            let llm = llm::LlmRequest::start(
+                &self.worker,
+                &active,
+                rollout,
+                &decision,
+                now,
+                end_of_stream,
+                charge,
+            );
+            self.routed = Some(Routed {
+                #[cfg(feature = "llm")]
+                llm,
+                rollout: decision.rollout,
+                exchange,
+                set_cookie: decision
+                    .new_anonymous_id
+                    .map(|id| set_cookie_value(&rollout.anonymous_cookie, &id)),
+            });
+        }
         Action::Continue
     }
 
+    // The lean module does not export the response callbacks: Envoy never enters it for a
+    // response (filter/wasm-exports-lean.json).
+    #[cfg(not(feature = "lean"))]
     fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         self.adopt();
         #[cfg(feature = "fallback")]
@@ -426,6 +450,7 @@ impl HttpContext for CanaryHttp {
 
     // Envoy enters here only for a response with trailers (gRPC, HTTP/2): its gRPC status
     // decides the class of a 200 (see `Exchange`).
+    #[cfg(not(feature = "lean"))]
     fn on_http_response_trailers(&mut self, _num_trailers: usize) -> Action {
         let (Some(active), Some(mut routed)) = (self.active.clone(), self.routed.take()) else {
             return Action::Continue;
@@ -483,6 +508,7 @@ impl HttpContext for CanaryHttp {
 // saves one entry into the VM per request. The host context is still valid here.
 // A request released from the start-up hold that ends before adopting its state: the
 // stand-in in its slot is dropped with it and accounts for the end itself.
+#[cfg(not(feature = "lean"))]
 impl Drop for CanaryHttp {
     fn drop(&mut self) {
         let (Some(active), Some(routed)) = (self.active.clone(), self.routed.take()) else {

@@ -87,11 +87,21 @@ $(STAMPS)/venv: Makefile
 #    plain module response body chunks never enter V8; the LLM module keeps
 #    `proxy_on_response_body`. Both keep `proxy_on_response_trailers` (a gRPC status),
 #    which Envoy enters only for responses that have trailers. The lean module drops both
-#    response callbacks (filter/wasm-exports-lean.json): Envoy never enters it for a response.
-# 2. wasm-opt -Oz shrinks the rest.
+#    response callbacks and the SDK's context create and delete (filter/wasm-exports-lean.json):
+#    Envoy enters it once per request, for the request headers.
+# 2. With a 4th argument (the lean module): its own entries `canary_lean_on_*` are exported
+#    as `proxy_on_*` in place of the SDK's, through binaryen's text form (it has no pass that
+#    renames an export). See filter/src/host/lean.rs.
+# 3. wasm-opt -Oz shrinks the rest.
+LEAN_EXPORTS := s/^ [(]export "canary_lean_(on_[a-z_]+)"/ (export "proxy_\1"/
+LEAN_ENTRY := ^ [(]export "proxy_on_request_headers"
 define wasm_post
 	@mkdir -p $(dir $(2))
 	wasm-metadce $(WASM_FEATURES) --graph-file $(or $(3),filter/wasm-exports.json) $(1) -o $(2).dce >/dev/null
+	$(if $(4),wasm-dis $(WASM_FEATURES) $(2).dce -o $(2).wat && \
+		sed -E '$(LEAN_EXPORTS)' $(2).wat > $(2).renamed.wat && \
+		grep -q '$(LEAN_ENTRY)' $(2).renamed.wat && \
+		wasm-as $(WASM_FEATURES) $(2).renamed.wat -o $(2).dce && rm -f $(2).wat $(2).renamed.wat)
 	wasm-opt -Oz --strip-debug --strip-producers $(WASM_FEATURES) $(2).dce -o $(2)
 	@rm -f $(2).dce
 	@echo "$(2): $$(stat -c %s $(2)) bytes (cargo built $$(stat -c %s $(1)))"
@@ -105,7 +115,7 @@ build: setup native
 	$(call wasm_post,target/llm/wasm32-wasip1/release/canary_filter.wasm,$(LLM_WASM),filter/wasm-exports-llm.json)
 	cargo build --release -p canary-filter --target wasm32-wasip1 --no-default-features \
 		--features lean --target-dir target/lean
-	$(call wasm_post,target/lean/wasm32-wasip1/release/canary_filter.wasm,$(LEAN_WASM),filter/wasm-exports-lean.json)
+	$(call wasm_post,target/lean/wasm32-wasip1/release/canary_filter.wasm,$(LEAN_WASM),filter/wasm-exports-lean.json,rename)
 	cargo build --release -p canary-e2e -p canary-controller --bins
 
 ## native: the filter as an Envoy Dynamic Module for the pinned Envoy (x86_64 host, opt-level 3).

@@ -30,6 +30,10 @@ pub(super) struct Active {
     pub(super) router: Router,
     pub(super) metrics: Vec<RolloutMetrics>,
     pending: RefCell<PendingCounters>,
+    /// The lean build's request path reads the clock only while a raise waits (see
+    /// [`Active::routing_time`]): set once none does any more.
+    #[cfg(feature = "lean")]
+    raises_done: Cell<bool>,
     /// Per rollout: until when its circuit breaker sends canary users to stable (ms).
     pub(super) breaker_open_until: Vec<Cell<u64>>,
     /// Per rollout: its fallback chain, if configured.
@@ -130,6 +134,25 @@ impl Active {
         }
     }
 
+    /// The time a request is routed at. Routing reads it only for a raise that waits, and
+    /// the lean build for nothing else: once no raise waits, any time routes the same, and
+    /// `u64::MAX` saves a clock read (1.2k instructions) per request.
+    #[cfg(feature = "lean")]
+    pub(super) fn routing_time(&self) -> u64 {
+        if self.raises_done.get() {
+            return u64::MAX;
+        }
+        let now = now_ms();
+        if self
+            .router
+            .raises_until_ms()
+            .is_none_or(|until| now >= until)
+        {
+            self.raises_done.set(true);
+        }
+        now
+    }
+
     /// Carries out one metric operation of rollout `rollout`.
     #[cfg(not(feature = "lean"))]
     pub(super) fn apply_op(&self, rollout: usize, op: MetricOp, version: Version) {
@@ -227,6 +250,8 @@ impl Current {
         self.active = Some(Rc::new(Active {
             pending: RefCell::new(PendingCounters::new(rollouts)),
             breaker_open_until: (0..rollouts).map(|_| Cell::new(0)).collect(),
+            #[cfg(feature = "lean")]
+            raises_done: Cell::new(false),
             #[cfg(feature = "fallback")]
             fallback,
             #[cfg(feature = "llm")]

@@ -37,6 +37,8 @@ mod calls;
 mod eval;
 #[cfg(feature = "fallback")]
 mod fallback;
+#[cfg(feature = "lean")]
+mod lean;
 #[cfg(feature = "llm")]
 mod llm;
 mod poll;
@@ -126,6 +128,8 @@ impl Context for CanaryRoot {
                 self.release_held();
             }
         }
+        #[cfg(feature = "lean")]
+        self.serve(false);
     }
 }
 
@@ -138,7 +142,9 @@ impl CanaryRoot {
             return;
         }
         for w in waiting {
-            if !w.waiting() {
+            // (The lean build keeps no context per request to tell: an ended request's
+            // context is gone from Envoy, and `set_effective_context` fails for it.)
+            if !cfg!(feature = "lean") && !w.waiting() {
                 continue; // ended while waiting
             }
             // Host calls now act on that request's stream, as in its own callbacks.
@@ -223,6 +229,8 @@ impl RootContext for CanaryRoot {
             }
         }
         self.set_tick_period(tick);
+        #[cfg(feature = "lean")]
+        self.serve(true);
         true
     }
 
@@ -245,6 +253,8 @@ impl RootContext for CanaryRoot {
                 self.release_held();
             }
         }
+        #[cfg(feature = "lean")]
+        self.serve(false);
     }
 
     #[cfg(feature = "llm")]
@@ -327,7 +337,10 @@ impl HttpContext for CanaryHttp {
         let Some(active) = self.active.clone() else {
             return Action::Continue;
         };
+        #[cfg(not(feature = "lean"))]
         let now = now_ms();
+        #[cfg(feature = "lean")]
+        let now = active.routing_time();
         #[cfg_attr(feature = "lean", allow(unused_mut))]
         let mut decision = active.router.decide(self, now, new_anonymous_id);
         // The lean build takes no configuration with a breaker.
@@ -524,5 +537,27 @@ impl Drop for CanaryHttp {
             let mut llm = routed.llm;
             llm.end(&self.worker, &active, route);
         }
+    }
+}
+
+/// The lean build's request path (see `lean`): with no context per request in the SDK,
+/// Envoy's request headers come to the root that serves the VM's requests.
+#[cfg(feature = "lean")]
+impl CanaryRoot {
+    fn serve(&self, takes_over: bool) {
+        let active = self.current.active.clone();
+        let hold = self.hold.clone();
+        let on_request_headers = move |context_id, num_headers, end_of_stream| {
+            let hold = hold.active().then(|| hold.clone());
+            let (active, held) = (active.clone(), None);
+            let mut http = CanaryHttp {
+                active,
+                context_id,
+                hold,
+                held,
+            };
+            http.on_http_request_headers(num_headers, end_of_stream)
+        };
+        lean::serve(self.context_id, takes_over, on_request_headers);
     }
 }

@@ -2,11 +2,16 @@
 //! every user as the contract says, as the full filter does, with no stats of its own.
 
 use std::collections::BTreeSet;
+use std::time::Duration;
 
 use anyhow::Result;
 use canary_contract::{FilterConfig, RolloutConfig, StatsFrom, Version};
 use canary_e2e::client::{http_client, send_all, Probe};
+use canary_e2e::controller::{
+    passing_checks, rollback_message, upstream_pair, wait_status, ControlledRig,
+};
 use canary_e2e::envoy;
+use canary_e2e::load::{self, Load};
 use canary_e2e::paths;
 use canary_e2e::rig::{CanaryRig, RigOptions};
 
@@ -112,5 +117,99 @@ async fn lean_routes_every_user_as_the_contract_says() -> Result<()> {
         stats.trim().is_empty(),
         "the lean module keeps no stats: {stats}"
     );
+    // The clusters' request time has the filter histograms' fine bounds (the bootstrap's
+    // bucket setting), not Envoy's default ones.
+    let times = rig.envoys[0]
+        .admin_text("/stats/prometheus?filter=cluster%5C.canary%5C.upstream_rq_time")
+        .await?;
+    let bounds = times
+        .lines()
+        .filter(|l| l.starts_with("envoy_cluster_upstream_rq_time_bucket{"))
+        .count();
+    let fine = canary_contract::stats::latency_buckets_ms().len();
+    assert_eq!(bounds, fine + 1, "{times}");
+    Ok(())
+}
+
+const ROLLOUT: &str = "shop";
+const POLL_MS: u64 = 500;
+/// Lean mode needs `filter.anonymous_cookie.enabled: false` (the lean build sets no cookie).
+const LEAN_FILTER: &str = "filter: {anonymous_cookie: {enabled: false}}\n";
+
+/// The controller reading the clusters' stats rolls back a canary that starts answering
+/// 10% 5xx, on every Envoy, as it does with the filter's stats.
+#[tokio::test]
+async fn a_failing_canary_is_rolled_back_from_the_clusters_stats() -> Result<()> {
+    let _slot = envoy::exclusive().await;
+    let (stable, canary) = upstream_pair(50, 0);
+    let rig = ControlledRig::start_lean(ROLLOUT, 2, POLL_MS, stable, canary).await?;
+    let spec = format!(
+        "{LEAN_FILTER}analysis: {{interval: 1s, failure_limit: 3, min_window_requests: 30}}\n\
+         stages:\n  - {{weight_pct: 20, hold: 1h, min_requests: 100}}\n  - {{weight_pct: 100}}\n"
+    );
+    let ctl = rig
+        .start_controller_with_sources(&rig.lean_sources_yaml(), &spec)
+        .await?;
+    let load = Load::start(rig.bases.clone(), 5_000, 8, 100);
+    let watched = load::canary_users(ROLLOUT, 2_000, 20);
+    rig.wait_for_weight(2_000, &watched, Duration::from_secs(30))
+        .await?;
+    let passed = wait_status(&ctl, "a passing analysis", Duration::from_secs(30), |s| {
+        s["verdicts"]
+            .as_array()
+            .is_some_and(|v| v.iter().any(|v| v["verdict"]["outcome"] == "pass"))
+    })
+    .await;
+    if passed.is_err() {
+        load.stop().await;
+        anyhow::bail!("no passing analysis: {}", ctl.log());
+    }
+
+    rig.canary.set_error_rate_bp(1_000);
+    let rolled_back = rig
+        .wait_for_weight(0, &watched, Duration::from_secs(20))
+        .await;
+    load.stop().await;
+    rolled_back?;
+    let status = ctl.status().await?;
+    assert_eq!(status["phase"], "rolled_back", "{}", ctl.log());
+    let message = rollback_message(&status);
+    assert!(message.contains("error rate"), "{message}");
+    eprintln!("lean rollback: {message}");
+    Ok(())
+}
+
+/// A healthy canary advances through its stages to promotion on the clusters' stats, and
+/// the checks that passed saw both versions' requests.
+#[tokio::test]
+async fn a_healthy_canary_advances_on_the_clusters_stats() -> Result<()> {
+    let _slot = envoy::exclusive().await;
+    let (stable, canary) = upstream_pair(50, 50);
+    let rig = ControlledRig::start_lean(ROLLOUT, 2, POLL_MS, stable, canary).await?;
+    let spec = format!(
+        "{LEAN_FILTER}analysis: {{interval: 500ms, failure_limit: 3, min_window_requests: 30}}\n\
+         stages:\n  - {{weight_pct: 10, hold: 2s, min_requests: 100}}\n  - {{weight_pct: 50, hold: 2s, min_requests: 100}}\n  - {{weight_pct: 100}}\n"
+    );
+    let ctl = rig
+        .start_controller_with_sources(&rig.lean_sources_yaml(), &spec)
+        .await?;
+    let load = Load::start(rig.bases.clone(), 2_000, 8, 100);
+    let status = wait_status(&ctl, "promotion", Duration::from_secs(120), |s| {
+        s["phase"] == "promoted" || s["phase"] == "rolled_back"
+    })
+    .await;
+    load.stop().await;
+    let status = status?;
+    assert_eq!(status["phase"], "promoted", "{}", ctl.log());
+    assert!(
+        !passing_checks(&status).is_empty(),
+        "promoted with no passing check: {status}"
+    );
+    rig.wait_for_weight(
+        10_000,
+        &load::canary_users(ROLLOUT, 10_000, 50),
+        Duration::from_secs(10),
+    )
+    .await?;
     Ok(())
 }

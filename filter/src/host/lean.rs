@@ -53,6 +53,14 @@ pub(super) fn serve(
         if !takes_over && s.as_ref().is_none_or(|s| s.root != root) {
             return;
         }
+        if let Some(previous) = s.as_ref().map(|s| s.root).filter(|&p| p != root) {
+            // A reload's new instance, or a second plugin in this VM (which would route
+            // the other's requests: each lean plugin needs its own vm_id).
+            log::info!(
+                "wasm-canary: lean: plugin instance {root} now routes this VM's requests \
+                 (instead of {previous}); each lean plugin needs its own vm_id"
+            );
+        }
         *s = Some(Serving {
             root,
             on_request_headers: Box::new(on_request_headers),

@@ -2,15 +2,16 @@
 //! every user as the contract says, as the full filter does, with no stats of its own.
 
 use std::collections::BTreeSet;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use anyhow::Result;
+use anyhow::{ensure, Result};
 use canary_contract::{FilterConfig, RolloutConfig, StatsFrom, Version};
 use canary_e2e::client::{http_client, send_all, Probe};
 use canary_e2e::controller::{
     passing_checks, rollback_message, upstream_pair, wait_status, ControlledRig,
 };
 use canary_e2e::envoy;
+use canary_e2e::gate::GatedProxy;
 use canary_e2e::load::{self, Load};
 use canary_e2e::paths;
 use canary_e2e::rig::{CanaryRig, RigOptions};
@@ -211,5 +212,56 @@ async fn a_healthy_canary_advances_on_the_clusters_stats() -> Result<()> {
         Duration::from_secs(10),
     )
     .await?;
+    Ok(())
+}
+
+/// The start-up hold in the lean module, which keeps no context per request: a fresh Envoy
+/// whose bootstrap says 0% while the controller serves 50% sends none of the canary's users
+/// to stable. Its requests wait for the first poll's answer and are routed by it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fresh_lean_envoy_sends_no_canary_user_to_stable() -> Result<()> {
+    let _slot = envoy::exclusive().await;
+    let (stable, canary) = upstream_pair(0, 0);
+    let rig = ControlledRig::start_lean(ROLLOUT, 1, 1_000, stable, canary).await?;
+    let spec = format!(
+        "{LEAN_FILTER}analysis: {{interval: 1s, failure_limit: 1000, min_window_requests: 1000000}}\n\
+         stages:\n  - {{weight_pct: 50, hold: 1h}}\n  - {{weight_pct: 100}}\n"
+    );
+    let _ctl = rig
+        .start_controller_with_sources(&rig.lean_sources_yaml(), &spec)
+        .await?;
+    let users = load::canary_users(ROLLOUT, 5_000, 40);
+    rig.wait_for_weight(5_000, &users, Duration::from_secs(10))
+        .await?;
+
+    // The poll timeout is 500 ms; the fresh Envoy's first poll is held at most 350 ms.
+    let proxy = GatedProxy::start(rig.controller_addr, Duration::from_millis(350)).await?;
+    let envoy = rig.start_envoy_via(proxy.addr, "fresh").await?;
+    let base = envoy.url().await?;
+    let client = http_client(40)?;
+    let sent = Instant::now();
+    let probes: Vec<Probe> = users.iter().map(|u| Probe::user(&base, "/", u)).collect();
+    let open_later = async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        proxy.open();
+    };
+    let (answers, ()) = tokio::join!(send_all(&client, &probes, 40), open_later);
+    let answers = answers?;
+    let waited = sent.elapsed();
+    ensure!(
+        proxy.first_through().is_some_and(|t| t > sent),
+        "the first poll was answered before the requests were sent: nothing was tested"
+    );
+    let on_stable: Vec<_> = users
+        .iter()
+        .zip(&answers)
+        .filter(|(_, a)| a.served_by.as_deref() != Some("canary"))
+        .map(|(u, a)| (u.clone(), a.status, a.served_by.clone()))
+        .collect();
+    ensure!(
+        on_stable.is_empty(),
+        "canary users not served by canary: {on_stable:?}"
+    );
+    ensure!(waited < Duration::from_secs(2), "{waited:?}");
     Ok(())
 }

@@ -228,6 +228,12 @@ impl RootContext for CanaryRoot {
                 self.hold.start(now_ms() + c.hold_ms());
             }
         }
+        // The lean build has no counters to flush or breakers to check: it ticks only to
+        // poll the controller.
+        #[cfg(feature = "lean")]
+        if self.controlled.is_none() {
+            tick = Duration::ZERO;
+        }
         self.set_tick_period(tick);
         #[cfg(feature = "lean")]
         self.serve(true);

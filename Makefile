@@ -92,7 +92,7 @@ $(STAMPS)/venv: Makefile
 # 2. With a 4th argument (the lean module): its own entries `canary_lean_on_*` are exported
 #    as `proxy_on_*` in place of the SDK's, through binaryen's text form (it has no pass that
 #    renames an export). See filter/src/host/lean.rs.
-# 3. wasm-opt -Oz shrinks the rest.
+# 3. wasm-opt shrinks the rest: -Oz, or the 5th argument (the lean module: -O3, for speed).
 LEAN_EXPORTS := s/^ [(]export "canary_lean_(on_[a-z_]+)"/ (export "proxy_\1"/
 LEAN_ENTRY := ^ [(]export "proxy_on_request_headers"
 define wasm_post
@@ -102,7 +102,7 @@ define wasm_post
 		sed -E '$(LEAN_EXPORTS)' $(2).wat > $(2).renamed.wat && \
 		grep -q '$(LEAN_ENTRY)' $(2).renamed.wat && \
 		wasm-as $(WASM_FEATURES) $(2).renamed.wat -o $(2).dce && rm -f $(2).wat $(2).renamed.wat)
-	wasm-opt -Oz --strip-debug --strip-producers $(WASM_FEATURES) $(2).dce -o $(2)
+	wasm-opt $(or $(5),-Oz) --strip-debug --strip-producers $(WASM_FEATURES) $(2).dce -o $(2)
 	@rm -f $(2).dce
 	@echo "$(2): $$(stat -c %s $(2)) bytes (cargo built $$(stat -c %s $(1)))"
 endef
@@ -113,9 +113,11 @@ build: setup native
 	$(call wasm_post,$(WASM_RAW),$(WASM))
 	cargo build --release -p canary-filter --target wasm32-wasip1 --target-dir target/llm
 	$(call wasm_post,target/llm/wasm32-wasip1/release/canary_filter.wasm,$(LLM_WASM),filter/wasm-exports-llm.json)
-	cargo build --release -p canary-filter --target wasm32-wasip1 --no-default-features \
-		--features lean --target-dir target/lean
-	$(call wasm_post,target/lean/wasm32-wasip1/release/canary_filter.wasm,$(LEAN_WASM),filter/wasm-exports-lean.json,rename)
+	@# Lean mode is about speed: opt-level 3 and wasm-opt -O3 (0.2% fewer instructions per
+	@# request than "s" and -Oz, for 25 KB more module).
+	CARGO_PROFILE_RELEASE_OPT_LEVEL=3 cargo build --release -p canary-filter --target wasm32-wasip1 \
+		--no-default-features --features lean --target-dir target/lean
+	$(call wasm_post,target/lean/wasm32-wasip1/release/canary_filter.wasm,$(LEAN_WASM),filter/wasm-exports-lean.json,rename,-O3)
 	cargo build --release -p canary-e2e -p canary-controller --bins
 
 ## native: the filter as an Envoy Dynamic Module for the pinned Envoy (x86_64 host, opt-level 3).

@@ -1,7 +1,8 @@
 //! wasm-canary's proxy-wasm HTTP filter.
 //!
 //! Per request it picks `stable` or `canary` by a sticky hash of the user key, sets the
-//! routing header that Envoy's routes match on, and records per-rollout, per-version stats.
+//! routing header that Envoy's routes match on, and records per-rollout, per-version stats
+//! (except the lean build, feature `lean`, which only routes: docs/lean-mode.md).
 //! The logic lives in the plain modules below, tested natively; they import each other
 //! and the contract, never `host`. `host` (wasm32 only) only connects them to proxy-wasm:
 //! the contexts' callbacks, host calls, and per-request and per-worker state.

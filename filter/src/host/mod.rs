@@ -3,7 +3,8 @@
 //! beside it: `calls` (host calls: clock, metrics, shared data with CAS, randomness, the
 //! wake-up queue), `active` (the active configuration, and a root's slot for it), `poll`
 //! (polling the controller; until its first answer requests wait, see `crate::hold`), and one module per feature, each mounted under its cargo
-//! feature: `fallback`, `shadow`, `eval` and `llm`. Every decision is made in the plain
+//! feature: `fallback`, `shadow`, `eval`, `llm`, and `lean` (the lean build's own entries
+//! into the VM, which import nothing of `host`). Every decision is made in the plain
 //! modules (`crate::routing`, `crate::metrics`, ...), which never import `host`. Inside,
 //! imports go one way, each module only from those before it in `calls`, `fallback`,
 //! `active`, `poll`/`shadow`/`eval`, `llm`, and nothing imports this file. Host data is only

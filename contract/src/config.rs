@@ -10,6 +10,8 @@ use serde::{Deserialize, Serialize};
 use crate::bucket::{bucket_of_hash, key_hash, version_for_bucket};
 pub use crate::controller_source::ControllerSource;
 use crate::keys::{entry_hash, KeyHash, KeyLists, KEY_HASH_SCHEME};
+pub use crate::lean::StatsFrom;
+use crate::lean::{validate_lean_rollout, LeanRollout};
 use crate::validate::{
     field, first_common, is_header_name, is_rollout_name, is_token, repeats, Validator,
     MAX_NAME_LEN,
@@ -76,6 +78,10 @@ pub struct RolloutConfig {
     pub anonymous_cookie: AnonymousCookie,
     #[serde(default = "default_max_key_bytes")]
     pub max_key_bytes: usize,
+    /// Where the controller reads this rollout's per-version stats: the filter's own
+    /// (default), or the stable and canary clusters' (lean mode, see [`crate::lean`]).
+    #[serde(default, skip_serializing_if = "StatsFrom::is_filter")]
+    pub stats: StatsFrom,
     /// Sends the canary's users to stable at once when the canary's error rate in this
     /// proxy crosses a limit (see [`crate::breaker`]). Absent: no breaker.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -187,6 +193,7 @@ impl RolloutConfig {
             force_header: None,
             anonymous_cookie: AnonymousCookie::default(),
             max_key_bytes: DEFAULT_MAX_KEY_BYTES,
+            stats: StatsFrom::Filter,
             circuit_breaker: None,
             #[cfg(feature = "llm")]
             llm: None,
@@ -373,6 +380,22 @@ impl FilterConfig {
                 );
             }
             validate_rollout(&mut v, &at, r);
+        }
+        v.finish()
+    }
+
+    /// What the filter's lean build checks on top of [`validate`](Self::validate): every
+    /// rollout reads its stats from the clusters and needs no response callback (see
+    /// [`crate::lean`]); all problems are reported together, each naming its field.
+    pub fn validate_lean(&self) -> Result<(), ConfigError> {
+        let mut v = Validator::default();
+        for (i, r) in self.rollouts.iter().enumerate() {
+            let rollout = LeanRollout {
+                stats: r.stats,
+                anonymous_cookie: r.anonymous_cookie.enabled,
+                circuit_breaker: r.circuit_breaker.is_some(),
+            };
+            validate_lean_rollout(&mut v, &format!("rollouts[{i}]"), rollout);
         }
         v.finish()
     }
@@ -825,6 +848,47 @@ mod tests {
                 "{err}"
             );
         }
+    }
+
+    /// Lean mode: `stats` round-trips (absent when it is the default), and the lean build's
+    /// checks name each field a lean filter cannot honour.
+    #[test]
+    fn lean_rollouts_read_cluster_stats_and_need_no_responses() {
+        let plain = parse(r#"{"schema_version":1,"rollouts":[{"name":"a","weight_bp":5}]}"#)
+            .expect("valid");
+        assert_eq!(plain.rollouts[0].stats, StatsFrom::Filter);
+        assert!(!plain.to_json().contains("stats"), "{}", plain.to_json());
+        let err = plain
+            .validate_lean()
+            .expect_err("filter stats in a lean build");
+        assert_eq!(
+            fields(err.clone()),
+            ["rollouts[0].stats", "rollouts[0].anonymous_cookie.enabled"],
+            "{err}"
+        );
+        assert!(err.to_string().contains("\"clusters\""), "{err}");
+
+        let lean = parse(
+            r#"{"schema_version":1,"rollouts":[{"name":"a","weight_bp":5,"stats":"clusters",
+                "anonymous_cookie":{"enabled":false}}]}"#,
+        )
+        .expect("valid");
+        assert_eq!(lean.rollouts[0].stats, StatsFrom::Clusters);
+        lean.validate_lean().expect("a lean rollout");
+        assert_eq!(parse(&lean.to_json()).expect("round trip"), lean);
+
+        let mut breaker = lean.clone();
+        breaker.rollouts[0].circuit_breaker = Some(Default::default());
+        let err = breaker
+            .validate_lean()
+            .expect_err("a breaker needs filter stats");
+        assert_eq!(fields(err), ["rollouts[0].circuit_breaker"]);
+
+        let err = parse(
+            r#"{"schema_version":1,"rollouts":[{"name":"a","weight_bp":5,"stats":"envoy"}]}"#,
+        )
+        .expect_err("unknown source");
+        assert_eq!(fields(err), ["rollouts[0].stats"]);
     }
 
     #[test]

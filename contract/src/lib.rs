@@ -9,7 +9,7 @@
 //! `validate` (errors, `Validator`, name predicates), `bucket` and `stats` (stat names) are
 //! leaves, and so is `controller_source` (where a filter polls); `grpc` (how gRPC answers
 //! count in the response classes) imports `stats`; `keys` (allow and deny lists as key
-//! hashes) imports `bucket`; the configuration's parts (`breaker`, `llm`, `ratelimit`,
+//! hashes) imports `bucket`; the configuration's parts (`breaker`, `lean`, `llm`, `ratelimit`,
 //! `shadow`; then `fallback` on `breaker`, `eval` on `llm` and `shadow`) import those;
 //! `config` imports the parts. The crate may import only std, serde, serde_json,
 //! serde_path_to_error, fnv and thiserror: never the filter or the controller, nothing that
@@ -25,6 +25,7 @@ pub mod eval;
 pub mod fallback;
 pub mod grpc;
 pub mod keys;
+pub mod lean;
 #[cfg(feature = "llm")]
 pub mod llm;
 #[cfg(feature = "llm")]
@@ -38,7 +39,7 @@ pub use breaker::CircuitBreaker;
 pub use bucket::{bucket, bucket_of_hash, key_hash, version_for_bucket, BUCKETS};
 pub use config::{
     AnonymousCookie, Assignment, ControllerSource, FilterConfig, KeySource, RequestMatch,
-    RolloutConfig, SameSite, SCHEMA_VERSION,
+    RolloutConfig, SameSite, StatsFrom, SCHEMA_VERSION,
 };
 #[cfg(feature = "llm")]
 pub use eval::{EvalMetric, EvalSampling};

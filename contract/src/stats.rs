@@ -299,6 +299,26 @@ pub const ENVOY_STATS_TAGS: [(&str, &str); 3] = [
 /// match of the bootstrap's `histogram_bucket_settings` and of Istio's stats inclusion.
 pub const ENVOY_STAT_PREFIX: &str = "wasmcustom.canary_";
 
+/// Lean mode (see [`crate::lean`]): the stable and canary clusters' own stats the controller
+/// reads, as Envoy's `/stats/prometheus` names them, each labelled by [`CLUSTER_LABEL`].
+pub const CLUSTER_LABEL: &str = "envoy_cluster_name";
+/// Requests sent upstream (each try of a retried request counts).
+pub const CLUSTER_RQ_TOTAL: &str = "envoy_cluster_upstream_rq_total";
+/// Answers by class (`envoy_response_code_class` 2, 3, 4, 5); Envoy's own 503 for a reset or
+/// a failed connection and its 504 for a timeout are charged here too.
+pub const CLUSTER_RQ_CLASS: &str = "envoy_cluster_upstream_rq_xx";
+pub const CLUSTER_RQ_CLASS_LABEL: &str = "envoy_response_code_class";
+/// Upstream streams reset by the upstream (rx) or by Envoy (tx): the filter's `rq_reset`.
+pub const CLUSTER_RQ_RESETS: [&str; 2] = [
+    "envoy_cluster_upstream_rq_rx_reset",
+    "envoy_cluster_upstream_rq_tx_reset",
+];
+/// Time to the upstream's last byte (ms), a histogram.
+pub const CLUSTER_RQ_TIME: &str = "envoy_cluster_upstream_rq_time";
+/// The `histogram_bucket_settings` match (`suffix`) that gives every cluster's
+/// `upstream_rq_time` the same fine bounds as the filter's histograms.
+pub const CLUSTER_RQ_TIME_STAT_SUFFIX: &str = ".upstream_rq_time";
+
 /// The first and last bound (ms) of the filter's latency histograms, and the most one bound
 /// may be above the one before it.
 pub const LATENCY_BUCKET_FIRST_MS: f64 = 0.5;

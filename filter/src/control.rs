@@ -8,7 +8,18 @@
 
 use std::fmt::Write as _;
 
-use canary_contract::{ControllerSource, FilterConfig};
+use canary_contract::{ConfigError, ControllerSource, FilterConfig};
+
+/// Parses and validates a configuration as this build of the filter takes it: the
+/// contract's checks, and in the lean build (feature `lean`) its own on top (every rollout
+/// reads its stats from the clusters and needs no response callback), so a configuration
+/// that relies on what the lean filter does not do is refused naming the field.
+pub fn parse_config(bytes: &[u8]) -> Result<FilterConfig, ConfigError> {
+    let config = FilterConfig::from_json(bytes)?;
+    #[cfg(feature = "lean")]
+    config.validate_lean()?;
+    Ok(config)
+}
 
 /// Shared-data keys for one controller source (shared data is per VM id, across workers).
 pub struct SharedKeys {
@@ -117,7 +128,7 @@ pub fn interpret(status: Option<&[u8]>, etag: Option<&[u8]>, body: Option<&[u8]>
     let Some(body) = body else {
         return PollOutcome::Failed("empty configuration".into());
     };
-    let config = match FilterConfig::from_json(body) {
+    let config = match parse_config(body) {
         Ok(c) => c,
         Err(e) => {
             return PollOutcome::Failed(format!("invalid configuration from the controller: {e}"))
@@ -255,9 +266,19 @@ mod tests {
         assert!(lease_expired(Some(9_000), 2_000, 1_000), "clock went back");
     }
 
+    /// A rollout every build of the filter takes (the lean one included).
+    fn rollout(name: &str, weight_bp: u32) -> RolloutConfig {
+        let mut r = RolloutConfig::new(name, weight_bp);
+        if cfg!(feature = "lean") {
+            r.stats = canary_contract::StatsFrom::Clusters;
+            r.anonymous_cookie.enabled = false;
+        }
+        r
+    }
+
     #[test]
     fn answers() {
-        let good = FilterConfig::new(vec![RolloutConfig::new("a", 2_500)]).to_json();
+        let good = FilterConfig::new(vec![rollout("a", 2_500)]).to_json();
         match interpret(Some(b"200"), Some(b"\"3\""), Some(good.as_bytes())) {
             PollOutcome::Updated { etag, config, .. } => {
                 assert_eq!(etag, "\"3\"");
@@ -288,6 +309,32 @@ mod tests {
                 other => panic!("{other:?}"),
             }
         }
+    }
+
+    /// The lean build refuses, naming the fields, a configuration that relies on the
+    /// filter's own stats or on seeing responses; the full build takes it.
+    #[test]
+    fn the_lean_build_refuses_what_it_cannot_do() {
+        let full = FilterConfig::new(vec![RolloutConfig::new("a", 2_500)]).to_json();
+        let parsed = parse_config(full.as_bytes());
+        if cfg!(feature = "lean") {
+            let err = parsed.expect_err("filter stats and an anonymous cookie");
+            let fields: Vec<_> = err.errors.iter().map(|e| e.field.as_str()).collect();
+            assert_eq!(
+                fields,
+                ["rollouts[0].stats", "rollouts[0].anonymous_cookie.enabled"]
+            );
+            match interpret(Some(b"200"), None, Some(full.as_bytes())) {
+                PollOutcome::Failed(reason) => {
+                    assert!(reason.contains("rollouts[0].stats"), "{reason}")
+                }
+                other => panic!("{other:?}"),
+            }
+        } else {
+            parsed.expect("the full build keeps its own stats");
+        }
+        let lean = FilterConfig::new(vec![rollout("a", 2_500)]).to_json();
+        parse_config(lean.as_bytes()).expect("every build takes a lean rollout");
     }
 
     #[test]

@@ -125,6 +125,12 @@ impl Router {
         }
     }
 
+    /// Until when a raise waits (the latest of them), if any does: from then on the weights
+    /// are the configured ones at any time.
+    pub fn raises_until_ms(&self) -> Option<u64> {
+        self.raises.iter().flatten().map(|r| r.at_ms).max()
+    }
+
     pub fn rollouts(&self) -> &[RolloutConfig] {
         &self.rollouts
     }
@@ -321,6 +327,11 @@ mod tests {
         };
         assert_eq!(version_at(&at_50, 299), Some(Version::Stable));
         assert_eq!(version_at(&at_50, 300), Some(Version::Canary));
+        // Past the last raise's instant any time routes the same (the lean build routes
+        // by u64::MAX then, reading no clock).
+        assert_eq!(at_50.raises_until_ms(), Some(300));
+        assert_eq!(at_10.raises_until_ms(), None);
+        assert_eq!(version_at(&at_50, u64::MAX), Some(Version::Canary));
 
         // A second raise before the first is in force starts from the weight in force.
         let at_100 = Router::succeeding(config(10_000), &at_50, 200, 400);

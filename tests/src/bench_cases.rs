@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use anyhow::{bail, Context, Result};
-use canary_contract::{FilterConfig, RolloutConfig};
+use canary_contract::{FilterConfig, RolloutConfig, StatsFrom};
 use serde_json::Value;
 
 use crate::bootstrap::{CanaryBootstrap, FailurePolicy, Listener, ListenerSource, Routing};
@@ -47,6 +47,8 @@ impl BenchCase {
 ///   zero-wasm alternative a user could pick;
 /// - `filter`: canary-filter doing the same 10% split, with its stats;
 /// - `filter_passthrough`: the same module with a rollout that matches no request;
+/// - `lean`: the lean build (`canary_filter_lean.wasm`) doing the same split with no stats
+///   of its own (each version's come from its cluster's) and no response callbacks;
 /// - `native_module`: the same filter built as an Envoy Dynamic Module
 ///   (`libcanary_filter.so`), the same configuration and stats;
 /// - `wasm_noop`: a hand-written module that does nothing: the fixed price of any wasm
@@ -62,6 +64,10 @@ pub fn all() -> Result<Vec<BenchCase>> {
     let mut unmatched = RolloutConfig::new("bench", CANARY_WEIGHT_BP);
     unmatched.request_match.path_prefix = Some("/no-such-prefix/".into());
     let passthrough_config = FilterConfig::new(vec![unmatched]);
+    let mut lean = RolloutConfig::new("bench", CANARY_WEIGHT_BP);
+    lean.stats = StatsFrom::Clusters;
+    lean.anonymous_cookie.enabled = false;
+    let lean_config = FilterConfig::new(vec![lean]);
     let module = |wasm: PathBuf, config: &FilterConfig| Routing::Filter {
         wasm,
         config_json: config.to_json(),
@@ -89,6 +95,10 @@ pub fn all() -> Result<Vec<BenchCase>> {
         BenchCase {
             name: "filter_passthrough",
             routing: module(wasm, &passthrough_config),
+        },
+        BenchCase {
+            name: "lean",
+            routing: module(paths::lean_filter_wasm()?, &lean_config),
         },
         BenchCase {
             name: "native_module",

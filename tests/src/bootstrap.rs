@@ -9,7 +9,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use canary_contract::stats::{
-    latency_buckets_ms, ENVOY_STATS_TAGS, ENVOY_STAT_PREFIX, ENVOY_WASM_PREFIX,
+    latency_buckets_ms, CLUSTER_RQ_TIME_STAT_SUFFIX, ENVOY_STATS_TAGS, ENVOY_STAT_PREFIX,
+    ENVOY_WASM_PREFIX,
 };
 use serde_json::{json, Value};
 
@@ -337,6 +338,10 @@ pub fn stats_config() -> Value {
         "stats_tags": stats_tags(),
         "histogram_bucket_settings": [{
             "match": {"prefix": ENVOY_STAT_PREFIX},
+            "buckets": latency_buckets_ms(),
+        }, {
+            // Lean mode: the clusters' request time is each version's latency.
+            "match": {"suffix": CLUSTER_RQ_TIME_STAT_SUFFIX},
             "buckets": latency_buckets_ms(),
         }],
     })

@@ -106,6 +106,29 @@ impl ControlledRig {
         Self::start_inner(rollout, envoys, poll_ms, None, parts).await
     }
 
+    /// [`ControlledRig::start`] with the lean build of the filter (docs/lean-mode.md): its
+    /// rollout reads its stats from the clusters and has no anonymous cookie. Its controller
+    /// reads the clusters' stats ([`ControlledRig::lean_sources_yaml`]).
+    pub async fn start_lean(
+        rollout: &str,
+        envoys: usize,
+        poll_ms: u64,
+        stable: UpstreamSpec,
+        canary: UpstreamSpec,
+    ) -> Result<ControlledRig> {
+        let parts = RigParts {
+            build: FilterBuild::Wasm,
+            wasm: paths::lean_filter_wasm()?,
+            stable,
+            canary,
+            extra_clusters: Vec::new(),
+        };
+        let mut lean = RolloutConfig::new(rollout, 0);
+        lean.stats = canary_contract::StatsFrom::Clusters;
+        lean.anonymous_cookie.enabled = false;
+        Self::start_rollouts(vec![lean], envoys, poll_ms, None, parts).await
+    }
+
     /// [`ControlledRig::start`] with the LLM build of the filter (for specs whose `filter`
     /// has `llm`) and the upstreams answering as fake LLM services.
     pub async fn start_llm(
@@ -285,6 +308,14 @@ impl ControlledRig {
             .map(|e| format!("\"http://{}\"", e.admin_addr()))
             .collect();
         format!("sources: {{envoy_admin: [{}]}}\n", admins.join(", "))
+    }
+
+    /// The `sources:` block of lean mode: every Envoy's admin endpoint, read for the rig's
+    /// `stable` and `canary` clusters' stats.
+    pub fn lean_sources_yaml(&self) -> String {
+        let admin = self.sources_yaml();
+        let admin = admin.trim_end().trim_end_matches('}');
+        format!("{admin}, clusters: {{stable: stable, canary: canary}}}}\n")
     }
 
     /// Whether every Envoy routes `users` exactly as the contract does at `weight_bp`.

@@ -12,6 +12,7 @@ pub mod envoy;
 pub mod evaluator;
 pub mod fake_llm;
 pub mod fleet_load;
+pub mod gate;
 pub mod grpc;
 pub mod judge_sim;
 pub mod load;

@@ -67,6 +67,12 @@ pub fn llm_filter_wasm() -> Result<PathBuf> {
     module("CANARY_LLM_WASM", "canary_filter_llm.wasm")
 }
 
+/// The lean build (the `lean` feature: routes only, stats from the clusters):
+/// `$CANARY_LEAN_WASM`, else `make build`'s.
+pub fn lean_filter_wasm() -> Result<PathBuf> {
+    module("CANARY_LEAN_WASM", "canary_filter_lean.wasm")
+}
+
 /// The test-only build with the `fault-injection` feature: `$CANARY_FAULT_WASM`, else the
 /// one `make e2e` writes.
 pub fn fault_injection_wasm() -> Result<PathBuf> {

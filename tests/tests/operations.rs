@@ -8,6 +8,7 @@ use anyhow::{ensure, Result};
 use canary_e2e::client::{header_text, http_client, send, Probe};
 use canary_e2e::controller::{upstream_pair, Canaryctl, ControlledRig, CtlOptions};
 use canary_e2e::envoy;
+use canary_e2e::gate::GatedProxy;
 use canary_e2e::load;
 use canary_e2e::wait::eventually;
 use canary_e2e::webhook::{HttpsReceiver, TestCa};
@@ -200,60 +201,6 @@ async fn an_https_webhook_is_signed_and_retried() -> Result<()> {
     let log = ctl.log();
     ensure!(log.contains("attempt 2/5"), "{log}");
     Ok(())
-}
-
-/// A TCP proxy to the controller that holds each connection (the filter's first poll) until
-/// the test opens its gate or `max_hold` passes, and says when it first let one through.
-struct GatedProxy {
-    addr: std::net::SocketAddr,
-    gate: std::sync::Arc<tokio::sync::Notify>,
-    first_through: std::sync::Arc<std::sync::Mutex<Option<Instant>>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl GatedProxy {
-    async fn start(target: std::net::SocketAddr, max_hold: Duration) -> Result<GatedProxy> {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
-        let gate = std::sync::Arc::new(tokio::sync::Notify::new());
-        let first_through = std::sync::Arc::new(std::sync::Mutex::new(None));
-        let (g, first) = (gate.clone(), first_through.clone());
-        let task = tokio::spawn(async move {
-            while let Ok((mut inbound, _)) = listener.accept().await {
-                let (g, first) = (g.clone(), first.clone());
-                tokio::spawn(async move {
-                    let _ = tokio::time::timeout(max_hold, g.notified()).await;
-                    if let Ok(mut f) = first.lock() {
-                        f.get_or_insert_with(Instant::now);
-                    }
-                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await {
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
-                    }
-                });
-            }
-        });
-        Ok(GatedProxy {
-            addr,
-            gate,
-            first_through,
-            task,
-        })
-    }
-
-    fn open(&self) {
-        self.gate.notify_waiters();
-        self.gate.notify_one();
-    }
-
-    fn first_through(&self) -> Option<Instant> {
-        self.first_through.lock().ok().and_then(|f| *f)
-    }
-}
-
-impl Drop for GatedProxy {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
 }
 
 /// Issue 16, item 7: an Envoy started with a stale weight in its bootstrap (0%) while the

@@ -57,7 +57,7 @@ async fn read_one(http: &reqwest::Client, source: &str, rollout: &str) -> Readin
 }
 
 /// `name` with every character outside `[A-Za-z0-9_-]` escaped for Envoy's (RE2) regex.
-fn regex_escape(name: &str) -> String {
+pub(super) fn regex_escape(name: &str) -> String {
     let mut out = String::with_capacity(name.len());
     for c in name.chars() {
         if !(c.is_ascii_alphanumeric() || c == '_' || c == '-') {

@@ -1,6 +1,7 @@
 //! Where the filter's stats come from, as Flagger's metric providers: one small trait,
 //! [`StatsSource`], and one implementation per kind of source: [`envoy_admin`] (each
-//! Envoy's admin endpoint) and [`prometheus`] (a Prometheus server that scrapes them; in a
+//! Envoy's admin endpoint), [`envoy_clusters`] (lean mode: the same endpoints' stable and
+//! canary cluster stats) and [`prometheus`] (a Prometheus server that scrapes them; in a
 //! mesh the admin port is not reachable from outside the pod). Both give one
 //! [`Reading`] of cumulative counters per Envoy; [`crate::stats::window`] turns successive
 //! readings into windows the same way for both. The I/O edge of the `stats` floor: imports
@@ -12,6 +13,7 @@ use crate::spec::Sources;
 use crate::stats::window::Reading;
 
 pub mod envoy_admin;
+pub mod envoy_clusters;
 pub mod prometheus;
 
 /// One kind of stats source.
@@ -30,12 +32,16 @@ pub trait StatsSource: Send + Sync {
 
 /// The source the spec names (the spec allows exactly one kind).
 pub fn from_spec(sources: &Sources) -> Box<dyn StatsSource> {
-    match &sources.prometheus {
-        Some(p) => Box::new(prometheus::Prometheus {
+    match (&sources.prometheus, &sources.clusters) {
+        (Some(p), _) => Box::new(prometheus::Prometheus {
             url: p.url.clone(),
             lag: p.lag,
         }),
-        None => Box::new(envoy_admin::EnvoyAdmin {
+        (None, Some(clusters)) => Box::new(envoy_clusters::EnvoyClusters {
+            endpoints: sources.envoy_admin.clone(),
+            clusters: clusters.clone(),
+        }),
+        (None, None) => Box::new(envoy_admin::EnvoyAdmin {
             endpoints: sources.envoy_admin.clone(),
         }),
     }

@@ -55,6 +55,12 @@ impl RolloutSpec {
         config
             .validate()
             .map_err(|e| spec_errors(e.errors, shadow_copy, None))?;
+        // Lean mode serves the filter's lean build: refused now rather than by every proxy.
+        if self.sources.clusters.is_some() {
+            config
+                .validate_lean()
+                .map_err(|e| spec_errors(e.errors, shadow_copy, None))?;
+        }
         Ok(config)
     }
 
@@ -88,7 +94,9 @@ impl RolloutSpec {
         if let Some(shadow) = copy {
             rollout.shadow = Some(shadow.copy.clone());
         }
-        Ok((FilterConfig::new(vec![rollout]), copy.is_some()))
+        let mut config = FilterConfig::new(vec![rollout]);
+        super::clusters::mark_lean(self, &mut config);
+        Ok((config, copy.is_some()))
     }
 
     /// The spec's `filter` options (already parsed from the YAML) as the contract's typed

@@ -1,5 +1,6 @@
 //! The rollout spec (`rollout.yaml`): stages, analysis, checks, where the stats come from,
-//! parsed and validated once. Its sections live here too: [`blue_green`], [`shadow`],
+//! parsed and validated once. Its sections live here too: [`blue_green`], [`clusters`]
+//! (`sources.clusters`, lean mode), [`shadow`],
 //! [`quota`], [`llm_checks`] (`checks.llm`), [`release`] (`release`, `stable_release`), and
 //! [`filter`] builds the filter configuration the spec serves. The bottom floor: imports only
 //! the contract, never another module of the crate.
@@ -15,6 +16,7 @@ use canary_contract::MAX_WEIGHT_BP;
 use serde::{Deserialize, Serialize};
 
 pub mod blue_green;
+pub mod clusters;
 mod filter;
 pub mod llm_checks;
 pub mod quota;
@@ -260,6 +262,10 @@ pub struct Sources {
     /// A Prometheus server that scrapes the Envoys' `/stats/prometheus` (in a mesh).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prometheus: Option<PrometheusSource>,
+    /// Lean mode: each version's stats are its Envoy cluster's, not the filter's (see
+    /// [`clusters`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clusters: Option<clusters::VersionClusters>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -480,7 +486,7 @@ impl RolloutSpec {
         for e in webhook::validate(&self.webhooks) {
             push(e.field, e.reason);
         }
-        for owned in ["name", "weight_bp"] {
+        for owned in ["name", "weight_bp", "stats"] {
             if self.filter.contains_key(owned) {
                 push(
                     format!("filter.{owned}"),
@@ -496,6 +502,7 @@ impl RolloutSpec {
             errors.extend(quota.validate(&self.filter));
         }
         shadow::validate(self, &mut errors);
+        clusters::validate(self, &mut errors);
         blue_green::validate(self, &mut errors);
         release::validate(self, &mut errors);
         errors.extend(durations);

@@ -4,7 +4,8 @@
 //! - [`counters`]: the one table per counter struct, with `minus`/`plus` written once;
 //! - [`histogram`], [`llm`] (LLM signals and feedback), [`shadow`] (shadow counters);
 //! - [`parse`]: Envoy's `/stats/prometheus` text and Prometheus query answers into stats,
-//!   each source's reading checked for consistency by `sanity`;
+//!   each source's reading checked for consistency by `sanity`; [`clusters`]: lean mode's,
+//!   the stable and canary clusters' own stats in Envoy's text;
 //! - [`promql`]: every PromQL selector, generated from the contract's metric lists;
 //! - [`window`]: successive readings of several Envoys into analysis windows.
 //!
@@ -18,6 +19,7 @@ use canary_contract::stats::Metric;
 use canary_contract::Version;
 use serde::{Deserialize, Serialize};
 
+pub mod clusters;
 pub(crate) mod counters;
 pub mod histogram;
 pub mod llm;
@@ -243,6 +245,8 @@ pub enum StatsError {
     Unparsable(String),
     #[error("no `{metric}` series for rollout `{rollout}` (is the filter loaded and configured with it?)")]
     MissingSeries { rollout: String, metric: String },
+    #[error("no `{metric}` series for Envoy cluster `{cluster}` (sources.clusters names it: is that the cluster's name?)")]
+    MissingCluster { metric: String, cluster: String },
     #[error("`{metric}` for rollout `{rollout}` has an invalid value {value}")]
     BadValue {
         rollout: String,
@@ -258,7 +262,9 @@ impl StatsError {
     pub fn reason(&self) -> &'static str {
         match self {
             StatsError::Unparsable(_) => "unparsable",
-            StatsError::MissingSeries { .. } => "missing_series",
+            StatsError::MissingSeries { .. } | StatsError::MissingCluster { .. } => {
+                "missing_series"
+            }
             StatsError::BadValue { .. } | StatsError::Inconsistent { .. } => "invalid",
         }
     }

@@ -121,7 +121,7 @@ impl Accumulator {
 
 /// A counter's value as a `u64`: finite, not negative, whole, and below 2^64 (`as u64`
 /// would saturate a larger one, and sums of saturated counters are meaningless).
-fn counter_value(value: f64) -> Option<u64> {
+pub(super) fn counter_value(value: f64) -> Option<u64> {
     const TWO_POW_64: f64 = 18_446_744_073_709_551_616.0;
     (value.is_finite() && value >= 0.0 && value.fract() == 0.0 && value < TWO_POW_64)
         .then_some(value as u64)

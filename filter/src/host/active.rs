@@ -10,13 +10,19 @@ use canary_contract::stats::Metric;
 use canary_contract::{FilterConfig, Version};
 use proxy_wasm::hostcalls;
 
-use super::calls::{increment, now_ms, shared_with_cas, EnvoyMetrics};
+#[cfg(not(feature = "lean"))]
+use super::calls::EnvoyMetrics;
+use super::calls::{increment, now_ms, shared_with_cas};
 #[cfg(feature = "fallback")]
 use super::fallback::{ChainRoot, ChainView, Chains};
 use crate::breaker::{Local, Tick};
 use crate::control::{decode_ms, encode_ms};
-use crate::keyed::{keyed_entry, metric_set_key};
-use crate::metrics::{MetricOp, PendingCounters, RolloutMetrics};
+use crate::keyed::keyed_entry;
+#[cfg(not(feature = "lean"))]
+use crate::keyed::metric_set_key;
+#[cfg(not(feature = "lean"))]
+use crate::metrics::MetricOp;
+use crate::metrics::{PendingCounters, RolloutMetrics};
 use crate::routing::Router;
 
 /// A configuration that passed validation, with its metric ids.
@@ -24,6 +30,10 @@ pub(super) struct Active {
     pub(super) router: Router,
     pub(super) metrics: Vec<RolloutMetrics>,
     pending: RefCell<PendingCounters>,
+    /// The lean build's request path reads the clock only while a raise waits (see
+    /// [`Active::routing_time`]): set once none does any more.
+    #[cfg(feature = "lean")]
+    raises_done: Cell<bool>,
     /// Per rollout: until when its circuit breaker sends canary users to stable (ms).
     pub(super) breaker_open_until: Vec<Cell<u64>>,
     /// Per rollout: its fallback chain, if configured.
@@ -124,7 +134,27 @@ impl Active {
         }
     }
 
+    /// The time a request is routed at. Routing reads it only for a raise that waits, and
+    /// the lean build for nothing else: once no raise waits, any time routes the same, and
+    /// `u64::MAX` saves a clock read (1.2k instructions) per request.
+    #[cfg(feature = "lean")]
+    pub(super) fn routing_time(&self) -> u64 {
+        if self.raises_done.get() {
+            return u64::MAX;
+        }
+        let now = now_ms();
+        if self
+            .router
+            .raises_until_ms()
+            .is_none_or(|until| now >= until)
+        {
+            self.raises_done.set(true);
+        }
+        now
+    }
+
     /// Carries out one metric operation of rollout `rollout`.
+    #[cfg(not(feature = "lean"))]
     pub(super) fn apply_op(&self, rollout: usize, op: MetricOp, version: Version) {
         let Some(metrics) = self.metrics.get(rollout) else {
             return;
@@ -176,6 +206,7 @@ pub(super) struct Current {
     pub(super) active: Option<Rc<Active>>,
     /// Metric ids by rollout name and metric set, defined once per VM (a handful: a list
     /// is enough).
+    #[cfg(not(feature = "lean"))]
     metric_ids: Vec<(String, RolloutMetrics)>,
     /// Circuit breakers by rollout name and window: they outlive configurations.
     breakers: Vec<(String, Local)>,
@@ -191,7 +222,11 @@ impl Current {
         config: FilterConfig,
         raise_at_ms: Option<u64>,
     ) -> Result<(), String> {
-        let mut metrics = Vec::with_capacity(config.rollouts.len());
+        let rollouts = config.rollouts.len();
+        #[cfg_attr(feature = "lean", allow(unused_mut))]
+        let mut metrics = Vec::with_capacity(rollouts);
+        // The lean build defines no stats of its own (its rollouts read the clusters').
+        #[cfg(not(feature = "lean"))]
         for r in &config.rollouts {
             let key = metric_set_key(r);
             let ids = match self.metric_ids.iter().find(|(k, _)| *k == key) {
@@ -213,8 +248,10 @@ impl Current {
             _ => Router::new(config),
         };
         self.active = Some(Rc::new(Active {
-            pending: RefCell::new(PendingCounters::new(metrics.len())),
-            breaker_open_until: (0..metrics.len()).map(|_| Cell::new(0)).collect(),
+            pending: RefCell::new(PendingCounters::new(rollouts)),
+            breaker_open_until: (0..rollouts).map(|_| Cell::new(0)).collect(),
+            #[cfg(feature = "lean")]
+            raises_done: Cell::new(false),
             #[cfg(feature = "fallback")]
             fallback,
             #[cfg(feature = "llm")]

@@ -5,12 +5,15 @@
 use std::cell::Cell;
 use std::time::UNIX_EPOCH;
 
+#[cfg(not(feature = "lean"))]
 use canary_contract::stats::MetricKind;
 use proxy_wasm::hostcalls;
+#[cfg(not(feature = "lean"))]
 use proxy_wasm::types::MetricType;
 
 use crate::control::encode_ms;
 use crate::cookie::anonymous_id;
+#[cfg(not(feature = "lean"))]
 use crate::metrics::MetricHost;
 
 pub(super) fn now_ms() -> u64 {
@@ -30,8 +33,10 @@ pub(super) fn increment(metric_id: u32, delta: u64) {
     let _ = hostcalls::increment_metric(metric_id, i64::try_from(delta).unwrap_or(i64::MAX));
 }
 
+#[cfg(not(feature = "lean"))]
 pub(super) struct EnvoyMetrics;
 
+#[cfg(not(feature = "lean"))]
 impl MetricHost for EnvoyMetrics {
     fn define(&mut self, kind: MetricKind, name: &str) -> Result<u32, String> {
         let kind = match kind {

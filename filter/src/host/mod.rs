@@ -3,28 +3,32 @@
 //! beside it: `calls` (host calls: clock, metrics, shared data with CAS, randomness, the
 //! wake-up queue), `active` (the active configuration, and a root's slot for it), `poll`
 //! (polling the controller; until its first answer requests wait, see `crate::hold`), and one module per feature, each mounted under its cargo
-//! feature: `fallback`, `shadow`, `eval` and `llm`. Every decision is made in the plain
+//! feature: `fallback`, `shadow`, `eval`, `llm`, and `lean` (the lean build's own entries
+//! into the VM, which import nothing of `host`). Every decision is made in the plain
 //! modules (`crate::routing`, `crate::metrics`, ...), which never import `host`. Inside,
 //! imports go one way, each module only from those before it in `calls`, `fallback`,
 //! `active`, `poll`/`shadow`/`eval`, `llm`, and nothing imports this file. Host data is only
 //! ever read as bytes, and nothing here unwraps it: a panic would kill the VM and, under the
 //! default failure policy, fail every later request on the worker.
 
+#[cfg(not(feature = "lean"))]
 use std::cell::Cell;
 use std::rc::Rc;
 use std::time::Duration;
 
-use canary_contract::stats::Metric;
-use canary_contract::{FilterConfig, Version};
+#[cfg(not(feature = "lean"))]
+use canary_contract::{stats::Metric, Version};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 #[cfg(feature = "llm")]
 use proxy_wasm::types::BufferType;
 use proxy_wasm::types::{Action, ContextType, LogLevel};
 
-use crate::control::{summary, sync_period_ms};
+use crate::control::{parse_config, summary, sync_period_ms};
+#[cfg(not(feature = "lean"))]
 use crate::cookie::set_cookie_value;
 use crate::hold::{Hold, Slot};
+#[cfg(not(feature = "lean"))]
 use crate::metrics::{Exchange, MetricOp};
 use crate::routing::RequestHeaders;
 
@@ -34,6 +38,8 @@ mod calls;
 mod eval;
 #[cfg(feature = "fallback")]
 mod fallback;
+#[cfg(feature = "lean")]
+mod lean;
 #[cfg(feature = "llm")]
 mod llm;
 mod poll;
@@ -52,6 +58,7 @@ proxy_wasm::main! {{
 }}
 
 /// The gRPC status of an answer, in trailers-only response headers or in trailers.
+#[cfg(not(feature = "lean"))]
 const GRPC_STATUS: &str = "grpc-status";
 /// How often each VM hands its summed counters to Envoy.
 const COUNTER_FLUSH_PERIOD: Duration = Duration::from_millis(250);
@@ -72,6 +79,9 @@ struct CanaryRoot {
 
 struct CanaryHttp {
     active: Option<Rc<Active>>,
+    /// What the response callbacks and the end account for (none in the lean build, which
+    /// has neither: its stats are the clusters').
+    #[cfg(not(feature = "lean"))]
     routed: Option<Routed>,
     context_id: u32,
     /// The start-up hold, while it is on.
@@ -84,6 +94,7 @@ struct CanaryHttp {
     worker: Rc<llm::Worker>,
 }
 
+#[cfg(not(feature = "lean"))]
 struct Routed {
     rollout: usize,
     exchange: Exchange,
@@ -118,6 +129,8 @@ impl Context for CanaryRoot {
                 self.release_held();
             }
         }
+        #[cfg(feature = "lean")]
+        self.serve(false);
     }
 }
 
@@ -130,7 +143,9 @@ impl CanaryRoot {
             return;
         }
         for w in waiting {
-            if !w.waiting() {
+            // (The lean build keeps no context per request to tell: an ended request's
+            // context is gone from Envoy, and `set_effective_context` fails for it.)
+            if !cfg!(feature = "lean") && !w.waiting() {
                 continue; // ended while waiting
             }
             // Host calls now act on that request's stream, as in its own callbacks.
@@ -153,6 +168,7 @@ impl CanaryRoot {
     fn new_http(&self, context_id: u32, hold: Option<Rc<Hold<CanaryHttp>>>) -> CanaryHttp {
         CanaryHttp {
             active: self.current.active.clone(),
+            #[cfg(not(feature = "lean"))]
             routed: None,
             context_id,
             hold,
@@ -168,7 +184,7 @@ impl CanaryRoot {
 impl RootContext for CanaryRoot {
     fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
         let bytes = self.get_plugin_configuration().unwrap_or_default();
-        let config = match FilterConfig::from_json(&bytes) {
+        let config = match parse_config(&bytes) {
             Ok(config) => config,
             Err(e) => {
                 let kept = if self.current.active.is_some() {
@@ -213,7 +229,15 @@ impl RootContext for CanaryRoot {
                 self.hold.start(now_ms() + c.hold_ms());
             }
         }
+        // The lean build has no counters to flush or breakers to check: it ticks only to
+        // poll the controller.
+        #[cfg(feature = "lean")]
+        if self.controlled.is_none() {
+            tick = Duration::ZERO;
+        }
         self.set_tick_period(tick);
+        #[cfg(feature = "lean")]
+        self.serve(true);
         true
     }
 
@@ -236,6 +260,8 @@ impl RootContext for CanaryRoot {
                 self.release_held();
             }
         }
+        #[cfg(feature = "lean")]
+        self.serve(false);
     }
 
     #[cfg(feature = "llm")]
@@ -255,6 +281,8 @@ impl RootContext for CanaryRoot {
 
 impl CanaryHttp {
     /// Takes over what the root decided for this request after a hold (see `crate::hold`).
+    /// (The lean build keeps nothing past the request headers, so it has nothing to adopt.)
+    #[cfg(not(feature = "lean"))]
     fn adopt(&mut self) {
         let Some(slot) = self.held.take() else {
             return;
@@ -263,7 +291,10 @@ impl CanaryHttp {
             return;
         };
         self.active = decided.active.take();
-        self.routed = decided.routed.take();
+        #[cfg(not(feature = "lean"))]
+        {
+            self.routed = decided.routed.take();
+        }
         #[cfg(feature = "fallback")]
         {
             self.fallback = std::mem::take(&mut decided.fallback);
@@ -313,8 +344,14 @@ impl HttpContext for CanaryHttp {
         let Some(active) = self.active.clone() else {
             return Action::Continue;
         };
+        #[cfg(not(feature = "lean"))]
         let now = now_ms();
+        #[cfg(feature = "lean")]
+        let now = active.routing_time();
+        #[cfg_attr(feature = "lean", allow(unused_mut))]
         let mut decision = active.router.decide(self, now, new_anonymous_id);
+        // The lean build takes no configuration with a breaker.
+        #[cfg(not(feature = "lean"))]
         if let Some(d) = decision.as_mut() {
             let open_until = active
                 .breaker_open_until
@@ -360,30 +397,37 @@ impl HttpContext for CanaryHttp {
             Err(()) => return Action::Pause,
         };
         self.set_http_request_header(&rollout.route_header, Some(decision.version.as_str()));
-        let (exchange, op) = Exchange::start(decision.version, now);
-        active.apply_op(decision.rollout, op, decision.version);
-        #[cfg(feature = "llm")]
-        let llm = llm::LlmRequest::start(
-            &self.worker,
-            &active,
-            rollout,
-            &decision,
-            now,
-            end_of_stream,
-            charge,
-        );
-        self.routed = Some(Routed {
+        // The lean build only routes: the clusters count the answers.
+        #[cfg(not(feature = "lean"))]
+        {
+            let (exchange, op) = Exchange::start(decision.version, now);
+            active.apply_op(decision.rollout, op, decision.version);
             #[cfg(feature = "llm")]
-            llm,
-            rollout: decision.rollout,
-            exchange,
-            set_cookie: decision
-                .new_anonymous_id
-                .map(|id| set_cookie_value(&rollout.anonymous_cookie, &id)),
-        });
+            let llm = llm::LlmRequest::start(
+                &self.worker,
+                &active,
+                rollout,
+                &decision,
+                now,
+                end_of_stream,
+                charge,
+            );
+            self.routed = Some(Routed {
+                #[cfg(feature = "llm")]
+                llm,
+                rollout: decision.rollout,
+                exchange,
+                set_cookie: decision
+                    .new_anonymous_id
+                    .map(|id| set_cookie_value(&rollout.anonymous_cookie, &id)),
+            });
+        }
         Action::Continue
     }
 
+    // The lean module does not export the response callbacks: Envoy never enters it for a
+    // response (filter/wasm-exports-lean.json).
+    #[cfg(not(feature = "lean"))]
     fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         self.adopt();
         #[cfg(feature = "fallback")]
@@ -426,6 +470,7 @@ impl HttpContext for CanaryHttp {
 
     // Envoy enters here only for a response with trailers (gRPC, HTTP/2): its gRPC status
     // decides the class of a 200 (see `Exchange`).
+    #[cfg(not(feature = "lean"))]
     fn on_http_response_trailers(&mut self, _num_trailers: usize) -> Action {
         let (Some(active), Some(mut routed)) = (self.active.clone(), self.routed.take()) else {
             return Action::Continue;
@@ -483,6 +528,7 @@ impl HttpContext for CanaryHttp {
 // saves one entry into the VM per request. The host context is still valid here.
 // A request released from the start-up hold that ends before adopting its state: the
 // stand-in in its slot is dropped with it and accounts for the end itself.
+#[cfg(not(feature = "lean"))]
 impl Drop for CanaryHttp {
     fn drop(&mut self) {
         let (Some(active), Some(routed)) = (self.active.clone(), self.routed.take()) else {
@@ -498,5 +544,27 @@ impl Drop for CanaryHttp {
             let mut llm = routed.llm;
             llm.end(&self.worker, &active, route);
         }
+    }
+}
+
+/// The lean build's request path (see `lean`): with no context per request in the SDK,
+/// Envoy's request headers come to the root that serves the VM's requests.
+#[cfg(feature = "lean")]
+impl CanaryRoot {
+    fn serve(&self, takes_over: bool) {
+        let active = self.current.active.clone();
+        let hold = self.hold.clone();
+        let on_request_headers = move |context_id, num_headers, end_of_stream| {
+            let hold = hold.active().then(|| hold.clone());
+            let (active, held) = (active.clone(), None);
+            let mut http = CanaryHttp {
+                active,
+                context_id,
+                hold,
+                held,
+            };
+            http.on_http_request_headers(num_headers, end_of_stream)
+        };
+        lean::serve(self.context_id, takes_over, on_request_headers);
     }
 }

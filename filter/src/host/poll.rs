@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use canary_contract::{ControllerSource, FilterConfig};
+use canary_contract::ControllerSource;
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{BufferType, MapType};
 
@@ -12,8 +12,8 @@ use super::active::Current;
 use super::calls::now_ms;
 use crate::control::{
     decode_ms, decode_shared, encode_ms, encode_shared, fail_safe, interpret, is_stale,
-    jittered_interval, lease_expired, raise_delay_ms, summary, sync_period_ms, PollOutcome,
-    SharedKeys,
+    jittered_interval, lease_expired, parse_config, raise_delay_ms, summary, sync_period_ms,
+    PollOutcome, SharedKeys,
 };
 
 /// Polling the controller (when the plugin configuration names one).
@@ -77,7 +77,7 @@ impl Controlled {
             return;
         };
         // Stored only after validation, but shared data is host data: check again.
-        let Ok(config) = FilterConfig::from_json(shared.body) else {
+        let Ok(config) = parse_config(shared.body) else {
             return;
         };
         self.applied_etag = shared.etag;
@@ -101,7 +101,7 @@ impl Controlled {
         }
         self.in_fail_safe = stale;
         let config = self.latest.as_deref().unwrap_or(&self.plugin_config);
-        let Ok(config) = FilterConfig::from_json(config) else {
+        let Ok(config) = parse_config(config) else {
             return;
         };
         // Each worker notices the controller's return at its own tick: the raise back to the

@@ -7,6 +7,8 @@
 //!   this job can skip;
 //! - `wasm_floor` − `wasm_noop`: the calls into Envoy any filter with this job makes;
 //! - `filter` − `wasm_floor`: the filter's own code (SDK dispatch, matching, hashing);
+//! - `lean` − `native_hash_split`: the lean build, which only routes (stats from the
+//!   clusters, no response callbacks);
 //! - `native_module` − `native_hash_split`: the same filter as an Envoy Dynamic Module.
 //!
 //! Each proxy runs under callgrind with instrumentation off until it has served a warm-up,
@@ -111,6 +113,7 @@ async fn main() -> Result<()> {
         "over_native_hash_split": {
             "filter": get("filter") - native,
             "filter_passthrough": get("filter_passthrough") - native,
+            "lean": get("lean") - native,
             "native_module": get("native_module") - native,
             "wasm_floor": get("wasm_floor") - native,
             "wasm_reads": get("wasm_reads") - native,
@@ -123,6 +126,7 @@ async fn main() -> Result<()> {
             "filter_own_code": get("filter") - get("wasm_floor"),
         },
         "filter_vs_native_instructions": native / get("filter"),
+        "lean_vs_native_instr": native / get("lean"),
         "native_module_vs_native_instr": native / get("native_module"),
         "wasm_floor_vs_native_instructions": native / get("wasm_floor"),
         "wasm_reads_vs_native_instructions": native / get("wasm_reads"),
@@ -130,10 +134,12 @@ async fn main() -> Result<()> {
     let path = paths::project_root().join("target/bench/instructions.json");
     std::fs::write(&path, serde_json::to_vec_pretty(&report)?)?;
     println!(
-        "instructions/request: native {native:.0}, filter {:.0} (+{:.0}), native module {:.0} \
-         ({:.3} of native), floor of any filter doing its calls {:.0} (+{:.0}); wrote {}",
+        "instructions/request: native {native:.0}, filter {:.0} (+{:.0}), lean {:.0} ({:.3} of \
+         native), native module {:.0} ({:.3} of native), floor of any filter doing its calls {:.0} (+{:.0}); wrote {}",
         get("filter"),
         get("filter") - native,
+        get("lean"),
+        native / get("lean"),
         get("native_module"),
         native / get("native_module"),
         get("wasm_floor"),

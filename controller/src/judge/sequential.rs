@@ -337,12 +337,12 @@ pub struct EventTest {
     /// The same test over the rollout's windows so far.
     #[serde(default)]
     pub rollout: OverRollout,
-    /// `log_e` as of the last window, and the alternatives' ratios.
+    /// `log_e` as of the last window, and the alternatives' ratios with their `ln(ρ/ρ0)`
+    /// (boxed: the evidence moves from the state to the judge and back every window).
     #[serde(skip)]
     log_e: Derived<f64>,
-    /// (Boxed: the evidence moves from the state to the judge and back every window.)
     #[serde(skip)]
-    grid: Derived<Box<[f64; GRID]>>,
+    grid: Derived<Box<([f64; GRID], [f64; GRID])>>,
 }
 
 impl EventTest {
@@ -412,9 +412,10 @@ impl EventTest {
             canary.requests as f64 / total,
             stable.requests as f64 / total,
         );
-        let canary_share = |rho: f64| rho * s / (rho * s + q);
-        let stable_share = |rho: f64| q / (rho * s + q);
-        let (pi0, rest0) = (canary_share(self.null_ratio), stable_share(self.null_ratio));
+        let (pi0, rest0) = {
+            let rho = self.null_ratio;
+            (rho * s / (rho * s + q), q / (rho * s + q))
+        };
         let (x, y) = (canary.events as f64, stable.events as f64);
         let phi = unit_dispersion.max(1.0) + events as f64 * pi0 * rest0 * (v_canary + v_stable);
         if !phi.is_finite() {
@@ -422,18 +423,25 @@ impl EventTest {
         }
         self.windows = self.windows.saturating_add(1);
         self.dispersion = phi;
-        // `0 · ln 0 = 0`: a version without events says nothing about where they fall.
-        let term = |n: f64, ratio: f64| if n == 0.0 { 0.0 } else { n * ratio.ln() };
-        let (min, max) = (self.min_ratio, self.max_ratio);
-        let grid = self.grid.get_or(|| Box::new(grid(alternatives(min, max))));
-        for ((l, r), rho) in self
+        // The log-likelihood ratio of an event on stable is `ln(rest/rest0)` =
+        // `ln((ρ0·s + q) / (ρ·s + q))`, and of one on the canary `ln(ρ/ρ0)` more (a constant
+        // of the alternative): one `ln` per alternative and window. `0 · ln 0 = 0`: a version
+        // without events says nothing about where they fall.
+        let term = |n: f64, log_ratio: f64| if n == 0.0 { 0.0 } else { n * log_ratio };
+        let (null, min, max) = (self.null_ratio, self.min_ratio, self.max_ratio);
+        let (rhos, log_rhos) = &**self.grid.get_or(|| {
+            let rhos = grid(alternatives(min, max));
+            Box::new((rhos, grid(rhos.iter().map(|rho| (rho / null).ln()))))
+        });
+        let stable_null = null * s + q;
+        for ((l, r), (rho, log_rho)) in self
             .log_lr
             .iter_mut()
             .zip(self.rollout.log_lr_mut())
-            .zip(grid.iter().copied())
+            .zip(rhos.iter().zip(log_rhos))
         {
-            let (pi, rest) = (canary_share(rho), stable_share(rho));
-            let step = (term(x, pi / pi0) + term(y, rest / rest0)) / phi;
+            let on_stable = (stable_null / (rho * s + q)).ln();
+            let step = (term(x, log_rho + on_stable) + term(y, on_stable)) / phi;
             *l += step;
             *r += step;
         }

@@ -299,10 +299,15 @@ pub(super) fn absolute(
 
 /// The smallest finite bound at or above `ms`.
 fn bound_at_or_above(h: &Histogram, ms: f64) -> Option<f64> {
+    // By bisection: the bounds ascend, the infinite one last (see `Histogram::count_above`).
+    let at = ms * (1.0 - 1e-9);
+    let first = h
+        .buckets
+        .partition_point(|(b, _)| b.partial_cmp(&at).is_none_or(|o| o.is_lt()));
     h.buckets
-        .iter()
+        .get(first)
         .map(|(b, _)| *b)
-        .find(|b| b.is_finite() && *b >= ms * (1.0 - 1e-9))
+        .filter(|b| b.is_finite())
 }
 
 /// A quantile check: a request latency (`checks.latency`) or the time to first token.

@@ -264,8 +264,8 @@ impl LlmEvidence {
             bars,
             reasons,
         );
-        self.stable_ttft = self.stable_ttft.plus(s);
-        self.canary_ttft = self.canary_ttft.plus(c);
+        self.stable_ttft += s;
+        self.canary_ttft += c;
         if self.stable_ttft.count == 0 && self.canary_ttft.count == 0 {
             return None;
         }

@@ -288,7 +288,13 @@ fn judge_requests(
 }
 
 pub(crate) fn trim_quantile(q: f64) -> String {
-    let s = format!("{:.3}", decimal::Fixed(q * 100.0));
+    // A whole percentage (p99, p95) is the usual case, named for every window: no need for
+    // the decimal formatter then.
+    let pct = q * 100.0;
+    if pct.fract() == 0.0 && (0.0..=100.0).contains(&pct) {
+        return (pct as u64).to_string();
+    }
+    let s = format!("{:.3}", decimal::Fixed(pct));
     s.trim_end_matches('0').trim_end_matches('.').to_string()
 }
 

@@ -43,6 +43,25 @@ use serde::{Deserialize, Serialize};
 /// Alternatives in each mixture.
 const GRID: usize = 16;
 
+/// What a test works out from its own fields and keeps so as not to work it out again
+/// every window (the judge runs for every rollout every interval, a simulation millions of
+/// times): not state. It is left out of the state file (an empty one is worked out anew)
+/// and out of comparisons, since it always follows from what is compared.
+#[derive(Debug, Clone, Default)]
+pub struct Derived<T>(Option<T>);
+
+impl<T> PartialEq for Derived<T> {
+    fn eq(&self, _: &Derived<T>) -> bool {
+        true
+    }
+}
+
+impl<T> Derived<T> {
+    fn get_or(&mut self, work_out: impl FnOnce() -> T) -> &T {
+        self.0.get_or_insert_with(work_out)
+    }
+}
+
 /// Before any data, a version's rate is taken to vary by this relative variance between
 /// windows (a 45% standard deviation: cautious until the data says otherwise), weighted
 /// as this many windows at first; the prior fades with the data's own older windows, but
@@ -205,6 +224,15 @@ fn alternatives(min: f64, max: f64) -> impl Iterator<Item = f64> {
     std::iter::successors(Some(min), move |a| Some(a * step)).take(GRID)
 }
 
+/// A grid of alternatives (or what each of them gives) in an array.
+fn grid(values: impl Iterator<Item = f64>) -> [f64; GRID] {
+    let mut grid = [0.0; GRID];
+    for (g, v) in grid.iter_mut().zip(values) {
+        *g = v;
+    }
+    grid
+}
+
 /// Each alternative's weight in the mixture: `1/(j+1)`, normalised (the grid runs from the
 /// smallest ratio up).
 const WEIGHTS: [f64; GRID] = harmonic_weights();
@@ -256,6 +284,9 @@ pub struct OverRollout {
     pub stable: Counts,
     pub windows: u64,
     pub max_log_e: f64,
+    /// `log_e` as of the last window.
+    #[serde(skip)]
+    log_e: Derived<f64>,
 }
 
 impl OverRollout {
@@ -264,7 +295,7 @@ impl OverRollout {
         if self.log_lr.is_empty() {
             0.0
         } else {
-            log_mixture(&self.log_lr)
+            self.log_e.0.unwrap_or_else(|| log_mixture(&self.log_lr))
         }
     }
 
@@ -278,7 +309,9 @@ impl OverRollout {
 
     fn counted(&mut self) {
         self.windows = self.windows.saturating_add(1);
-        self.max_log_e = self.max_log_e.max(self.log_e());
+        let log_e = log_mixture(&self.log_lr);
+        self.log_e = Derived(Some(log_e));
+        self.max_log_e = self.max_log_e.max(log_e);
     }
 }
 
@@ -304,6 +337,12 @@ pub struct EventTest {
     /// The same test over the rollout's windows so far.
     #[serde(default)]
     pub rollout: OverRollout,
+    /// `log_e` as of the last window, and the alternatives' ratios with their `ln(ρ/ρ0)`
+    /// (boxed: the evidence moves from the state to the judge and back every window).
+    #[serde(skip)]
+    log_e: Derived<f64>,
+    #[serde(skip)]
+    grid: Derived<Box<([f64; GRID], [f64; GRID])>>,
 }
 
 impl EventTest {
@@ -321,6 +360,8 @@ impl EventTest {
             dispersion: 1.0,
             max_log_e: 0.0,
             rollout: OverRollout::default(),
+            log_e: Derived::default(),
+            grid: Derived::default(),
         }
     }
 
@@ -371,9 +412,10 @@ impl EventTest {
             canary.requests as f64 / total,
             stable.requests as f64 / total,
         );
-        let canary_share = |rho: f64| rho * s / (rho * s + q);
-        let stable_share = |rho: f64| q / (rho * s + q);
-        let (pi0, rest0) = (canary_share(self.null_ratio), stable_share(self.null_ratio));
+        let (pi0, rest0) = {
+            let rho = self.null_ratio;
+            (rho * s / (rho * s + q), q / (rho * s + q))
+        };
         let (x, y) = (canary.events as f64, stable.events as f64);
         let phi = unit_dispersion.max(1.0) + events as f64 * pi0 * rest0 * (v_canary + v_stable);
         if !phi.is_finite() {
@@ -381,26 +423,37 @@ impl EventTest {
         }
         self.windows = self.windows.saturating_add(1);
         self.dispersion = phi;
-        // `0 · ln 0 = 0`: a version without events says nothing about where they fall.
-        let term = |n: f64, ratio: f64| if n == 0.0 { 0.0 } else { n * ratio.ln() };
-        for ((l, r), rho) in self
+        // The log-likelihood ratio of an event on stable is `ln(rest/rest0)` =
+        // `ln((ρ0·s + q) / (ρ·s + q))`, and of one on the canary `ln(ρ/ρ0)` more (a constant
+        // of the alternative): one `ln` per alternative and window. `0 · ln 0 = 0`: a version
+        // without events says nothing about where they fall.
+        let term = |n: f64, log_ratio: f64| if n == 0.0 { 0.0 } else { n * log_ratio };
+        let (null, min, max) = (self.null_ratio, self.min_ratio, self.max_ratio);
+        let (rhos, log_rhos) = &**self.grid.get_or(|| {
+            let rhos = grid(alternatives(min, max));
+            Box::new((rhos, grid(rhos.iter().map(|rho| (rho / null).ln()))))
+        });
+        let stable_null = null * s + q;
+        for ((l, r), (rho, log_rho)) in self
             .log_lr
             .iter_mut()
             .zip(self.rollout.log_lr_mut())
-            .zip(alternatives(self.min_ratio, self.max_ratio))
+            .zip(rhos.iter().zip(log_rhos))
         {
-            let (pi, rest) = (canary_share(rho), stable_share(rho));
-            let step = (term(x, pi / pi0) + term(y, rest / rest0)) / phi;
+            let on_stable = (stable_null / (rho * s + q)).ln();
+            let step = (term(x, log_rho + on_stable) + term(y, on_stable)) / phi;
             *l += step;
             *r += step;
         }
-        self.max_log_e = self.max_log_e.max(self.log_e());
+        let log_e = log_mixture(&self.log_lr);
+        self.log_e = Derived(Some(log_e));
+        self.max_log_e = self.max_log_e.max(log_e);
         self.rollout.counted();
     }
 
     /// `ln` of the e-value: the mixture's likelihood ratio against "no worse".
     pub fn log_e(&self) -> f64 {
-        log_mixture(&self.log_lr)
+        self.log_e.0.unwrap_or_else(|| log_mixture(&self.log_lr))
     }
 
     /// The stage's ratio of canary over stable event rates (`None` without data).
@@ -431,6 +484,12 @@ pub struct RateTest {
     /// The same test over the rollout's windows so far.
     #[serde(default)]
     pub rollout: OverRollout,
+    /// `log_e` as of the last window, and each alternative's log-likelihood ratio of one
+    /// event and of one request without (they depend on the limit alone).
+    #[serde(skip)]
+    log_e: Derived<f64>,
+    #[serde(skip)]
+    steps: Derived<Box<([f64; GRID], [f64; GRID])>>,
 }
 
 impl RateTest {
@@ -443,6 +502,8 @@ impl RateTest {
             dispersion: 1.0,
             max_log_e: 0.0,
             rollout: OverRollout::default(),
+            log_e: Derived::default(),
+            steps: Derived::default(),
         }
     }
 
@@ -469,22 +530,30 @@ impl RateTest {
         self.windows = self.windows.saturating_add(1);
         self.dispersion = phi;
         // Alternatives from 1.2× the limit to (nearly) every request.
-        let top = (0.999 / p0).max(1.2 * 1.01);
-        for ((l, r), ratio) in (self.log_lr.iter_mut())
+        let (event, no_event) = &**self.steps.get_or(|| {
+            let top = (0.999 / p0).max(1.2 * 1.01);
+            let p = || alternatives(1.2, top).map(|ratio| (p0 * ratio).min(0.999));
+            Box::new((
+                grid(p().map(|p| (p / p0).ln())),
+                grid(p().map(|p| ((1.0 - p) / (1.0 - p0)).ln())),
+            ))
+        });
+        for ((l, r), (event, no_event)) in (self.log_lr.iter_mut())
             .zip(self.rollout.log_lr_mut())
-            .zip(alternatives(1.2, top))
+            .zip(event.iter().zip(no_event))
         {
-            let p = (p0 * ratio).min(0.999);
-            let step = (x * (p / p0).ln() + y * ((1.0 - p) / (1.0 - p0)).ln()) / phi;
+            let step = (x * event + y * no_event) / phi;
             *l += step;
             *r += step;
         }
-        self.max_log_e = self.max_log_e.max(self.log_e());
+        let log_e = log_mixture(&self.log_lr);
+        self.log_e = Derived(Some(log_e));
+        self.max_log_e = self.max_log_e.max(log_e);
         self.rollout.counted();
     }
 
     pub fn log_e(&self) -> f64 {
-        log_mixture(&self.log_lr)
+        self.log_e.0.unwrap_or_else(|| log_mixture(&self.log_lr))
     }
 }
 

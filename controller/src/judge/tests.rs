@@ -394,6 +394,10 @@ fn skipping_the_reasons_changes_nothing_else() {
                 assert!(c.reason.is_empty(), "{}: {}", c.check, c.reason);
             }
             c.reason.clone_from(&with.reason);
+            if let (Some(t), Some(with)) = (&mut c.sequential, &with.sequential) {
+                assert!(t.null.is_empty(), "{}: {}", c.check, t.null);
+                t.null.clone_from(&with.null);
+            }
         }
         assert_eq!(a, b, "window {i}");
         (written, skipped) = (a.evidence, b.evidence);

@@ -59,10 +59,14 @@ impl Histogram {
     /// Requests slower than `bound_ms`, counting whole buckets only: the buckets above the
     /// first bound ≥ `bound_ms`. Conservative (never more than the true number).
     pub fn count_above(&self, bound_ms: f64) -> u64 {
+        // The first bound ≥ `bound_ms`, by bisection: the bounds ascend (the parsers sort
+        // them and refuse unordered ones), and the judge asks for every window.
+        let first = self
+            .buckets
+            .partition_point(|(b, _)| b.partial_cmp(&bound_ms).is_none_or(|o| o.is_lt()));
         let at_or_below = self
             .buckets
-            .iter()
-            .find(|(bound, _)| *bound >= bound_ms)
+            .get(first)
             .map_or(self.count, |(_, cumulative)| *cumulative);
         self.count.saturating_sub(at_or_below)
     }
@@ -73,10 +77,25 @@ impl Histogram {
         if earlier.count > self.count {
             return None;
         }
-        let mut before = BoundCursor::new(&earlier.buckets);
         let mut buckets = Vec::with_capacity(self.buckets.len());
-        for &(bound, cumulative) in &self.buckets {
-            buckets.push((bound, cumulative.checked_sub(before.at(bound))?));
+        if same_bounds(&self.buckets, &earlier.buckets) {
+            // The usual case (one Envoy, its own bounds): bucket by bucket, in a loop without
+            // an exit, which the compiler makes fast.
+            let mut went_down = false;
+            let pairs = self.buckets.iter().zip(&earlier.buckets);
+            buckets.extend(pairs.map(|(&(bound, now), &(_, before))| {
+                let (delta, below) = now.overflowing_sub(before);
+                went_down |= below;
+                (bound, delta)
+            }));
+            if went_down {
+                return None;
+            }
+        } else {
+            let mut before = BoundCursor::new(&earlier.buckets);
+            for &(bound, cumulative) in &self.buckets {
+                buckets.push((bound, cumulative.checked_sub(before.at(bound))?));
+            }
         }
         Some(Histogram {
             buckets,
@@ -102,13 +121,7 @@ impl std::ops::AddAssign<&Histogram> for Histogram {
             self.clone_from(other);
             return;
         }
-        let same_bounds = self.buckets.len() == other.buckets.len()
-            && self
-                .buckets
-                .iter()
-                .zip(&other.buckets)
-                .all(|(a, b)| a.0 == b.0);
-        if same_bounds {
+        if same_bounds(&self.buckets, &other.buckets) {
             // The usual case (one fleet, one set of bounds): bucket by bucket.
             for (c, (_, theirs)) in self.buckets.iter_mut().zip(&other.buckets) {
                 c.1 = c.1.saturating_add(*theirs);
@@ -122,6 +135,16 @@ impl std::ops::AddAssign<&Histogram> for Histogram {
         self.count = self.count.saturating_add(other.count);
         self.sum_ms += other.sum_ms;
     }
+}
+
+/// Whether two histograms have the same bounds, in the same order.
+fn same_bounds(a: &[(f64, u64)], b: &[(f64, u64)]) -> bool {
+    // Every pair compared, without an early exit: a loop the compiler makes fast, and the
+    // bounds are the same nearly always.
+    a.len() == b.len()
+        && a.iter()
+            .zip(b)
+            .fold(true, |same, (x, y)| same & (x.0 == y.0))
 }
 
 /// Walks buckets in ascending bound order alongside another histogram's, so looking up each
@@ -164,6 +187,38 @@ mod tests {
         assert_eq!(Histogram::default().quantile(0.99), None);
         assert_eq!(h.count_above(10.0), 50);
         assert_eq!(h.count_above(11.0), 0);
+    }
+
+    /// The bisection of `count_above` finds the bucket a scan does, at, between and past
+    /// the bounds (and for a NaN bound: none).
+    #[test]
+    fn count_above_bisects_as_a_scan_finds() {
+        let mut buckets: Vec<(f64, u64)> = canary_contract::stats::latency_buckets_ms()
+            .into_iter()
+            .zip((0..).map(|i: u64| i * i))
+            .collect();
+        let n = buckets.len() as u64;
+        buckets.push((f64::INFINITY, n * n));
+        let h = Histogram {
+            buckets,
+            count: n * n,
+            sum_ms: 0.0,
+        };
+        let scan = |ms: f64| {
+            let below = h
+                .buckets
+                .iter()
+                .find(|(b, _)| *b >= ms)
+                .map_or(h.count, |b| b.1);
+            h.count - below
+        };
+        let mut probes = vec![0.0, -1.0, f64::NAN, f64::INFINITY, 1e9];
+        for &(b, _) in &h.buckets {
+            probes.extend([b, b * 0.999, b * 1.001]);
+        }
+        for ms in probes {
+            assert_eq!(h.count_above(ms), scan(ms), "{ms}");
+        }
     }
 
     /// The integer comparison of `quantile` finds the bucket the float one did, for small

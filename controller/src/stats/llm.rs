@@ -8,7 +8,7 @@ use canary_contract::stats::{Metric, QualityPart};
 use serde::{Deserialize, Serialize};
 
 use super::counters::{self, counters};
-use super::{minus_each, plus_each, Histogram};
+use super::{minus_each, Histogram};
 
 /// One quality signal's samples: their number, sum (thousandths) and sum of squares
 /// (millionths), as the filter counts them.
@@ -107,9 +107,8 @@ impl LlmStats {
     }
 
     pub fn plus(&self, other: &LlmStats) -> LlmStats {
-        let mut sum = counters::plus(self, other);
-        sum.ttft = self.ttft.plus(&other.ttft);
-        sum.quality = plus_each(&self.quality, &other.quality, counters::plus);
+        let mut sum = self.clone();
+        sum += other;
         sum
     }
 
@@ -153,6 +152,18 @@ impl LlmStats {
     /// Puts histogram buckets in bound order (samples may come in any order).
     pub(crate) fn finish(&mut self) {
         self.ttft.buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+    }
+}
+
+/// [`LlmStats::plus`] in place (a window's sum over its sources), without copying the
+/// histogram and the signals only to replace them.
+impl std::ops::AddAssign<&LlmStats> for LlmStats {
+    fn add_assign(&mut self, other: &LlmStats) {
+        counters::add_to(self, other);
+        self.ttft += &other.ttft;
+        for (signal, q) in &other.quality {
+            counters::add_to(self.quality.entry(signal.clone()).or_default(), q);
+        }
     }
 }
 

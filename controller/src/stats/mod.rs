@@ -95,7 +95,7 @@ impl std::ops::AddAssign<&VersionStats> for VersionStats {
     fn add_assign(&mut self, other: &VersionStats) {
         counters::add_to(self, other);
         self.duration += &other.duration;
-        self.llm = self.llm.plus(&other.llm);
+        self.llm += &other.llm;
     }
 }
 

@@ -101,7 +101,12 @@ impl Windower {
                     match self.baselines.get(&reading.source) {
                         Some(before) => match now.minus(before) {
                             Some(delta) => {
-                                window.stats += &delta;
+                                if window.sources_counted == 0 {
+                                    // The same as adding it to nothing, without a copy.
+                                    window.stats = delta;
+                                } else {
+                                    window.stats += &delta;
+                                }
                                 window.sources_counted += 1;
                             }
                             None => window.notes.push(format!(

@@ -95,7 +95,7 @@ pub fn run_one(
         );
         // The state's evidence goes to the judge and comes back in the verdict: no copy.
         let evidence = Arc::unwrap_or_clone(std::mem::take(&mut state.evidence));
-        let verdict = analyst(&window, evidence, &state, spec);
+        let verdict = analyst(window, evidence, &state, spec);
         if state
             .advance(spec, Input::Analysis(verdict), now_ms)
             .is_err()
@@ -139,14 +139,22 @@ pub fn run_one(
 /// through the controller's own windowing (which drops a source whose counters reset).
 struct Proxies {
     totals: Vec<RolloutStats>,
+    names: Vec<String>,
     windower: Windower,
+    /// One Envoy's share of the window as last drawn, and the last window: kept to draw
+    /// the next ones into the same allocations.
+    drawn: RolloutStats,
+    window: RolloutStats,
 }
 
 impl Proxies {
     fn new(n: usize) -> Proxies {
         Proxies {
             totals: vec![RolloutStats::default(); n.max(1)],
+            names: (0..n.max(1)).map(|i| format!("envoy-{i}")).collect(),
             windower: Windower::default(),
+            drawn: RolloutStats::default(),
+            window: RolloutStats::default(),
         }
     }
 
@@ -158,7 +166,7 @@ impl Proxies {
         weight: f64,
         (stable_buckets, canary_buckets): (&mut Buckets, &mut Buckets),
         llm: Option<&LlmSim>,
-    ) -> RolloutStats {
+    ) -> &RolloutStats {
         let seconds = INTERVAL_S as f64;
         // Shared burst: both versions' rate for the window, 8 s of it at 20%.
         let burst = rng.gen_bool(scenario.burst_chance);
@@ -174,38 +182,50 @@ impl Proxies {
         let n = self.totals.len();
         let llm_models = llm.map(|l| (l, l.window(rng)));
         // Each Envoy's share of the window: its requests, errors and durations.
-        let mut draw = |rng: &mut SmallRng| {
+        let mut draw = |rng: &mut SmallRng, w: &mut RolloutStats| {
             let requests = rate_rps * seconds / n as f64;
-            let mut w = RolloutStats {
-                stable: version_window(rng, stable_buckets, requests * (1.0 - weight), stable_rate),
-                canary: version_window(rng, canary_buckets, requests * weight, canary_rate),
-                ..RolloutStats::default()
-            };
-            subset_errors(rng, scenario, &mut w);
+            let stable_requests = requests * (1.0 - weight);
+            version_window(
+                rng,
+                stable_buckets,
+                stable_requests,
+                stable_rate,
+                &mut w.stable,
+            );
+            version_window(
+                rng,
+                canary_buckets,
+                requests * weight,
+                canary_rate,
+                &mut w.canary,
+            );
+            subset_errors(rng, scenario, w);
             if let Some((sim, models)) = &llm_models {
                 (w.stable.llm, w.canary.llm) =
                     sim.draw(rng, models, w.stable.rq_2xx, w.canary.rq_2xx);
             }
-            w
         };
         if n == 1 {
-            return draw(rng);
+            draw(rng, &mut self.window);
+            return &self.window;
         }
         let restart_chance = scenario.restarts_per_hour * seconds / 3_600.0;
         let mut readings = Vec::with_capacity(n);
-        for (i, total) in self.totals.iter_mut().enumerate() {
-            let delta = draw(rng);
+        for (total, name) in self.totals.iter_mut().zip(&self.names) {
+            let delta = &mut self.drawn;
+            draw(rng, delta);
             if rng.gen_bool(restart_chance.min(1.0)) {
-                *total = delta; // restarted: counters from zero
+                total.clone_from(delta); // restarted: counters from zero
             } else {
-                *total += &delta;
+                *total += &*delta;
             }
             readings.push(Reading {
-                source: format!("envoy-{i}"),
+                source: name.clone(),
                 result: Ok(total.clone()),
             });
         }
-        self.windower.close(readings).stats
+        self.window = self.windower.close(readings).stats;
+        &self.window
     }
 }
 

@@ -168,13 +168,16 @@ impl Buckets {
     /// The histogram of `Poisson(mean)` requests (Poisson splitting: each bucket's count is
     /// an independent Poisson draw, and their sum is the window's requests).
     pub fn draw(&self, rng: &mut SmallRng, mean: f64) -> Histogram {
-        self.histogram(|_, p| poisson(rng, mean * p))
+        let mut h = Histogram::default();
+        self.histogram(&mut h, |_, p| poisson(rng, mean * p));
+        h
     }
 
     /// [`Buckets::draw`] for a mean that stays the same from window to window (a stage's
     /// requests): what each bucket's draw needs of its mean is worked out once, when the
     /// mean changes. The same draws.
-    pub fn draw_same_mean(&mut self, rng: &mut SmallRng, mean: f64) -> Histogram {
+    /// The same draws into `out`, in its own allocation.
+    pub fn draw_same_mean(&mut self, rng: &mut SmallRng, mean: f64, out: &mut Histogram) {
         if self
             .means
             .as_ref()
@@ -188,30 +191,34 @@ impl Buckets {
             self.means = Some((mean, means));
         }
         let means = self.means.as_ref().map_or(&[][..], |(_, m)| m.as_slice());
-        self.histogram(|cell, _| means.get(cell).map_or(0, |m| m.draw(rng)))
+        self.histogram(out, |cell, _| means.get(cell).map_or(0, |m| m.draw(rng)));
     }
 
     /// The histogram with `count(cell, probability)` requests in each cell's bucket.
-    fn histogram(&self, mut count: impl FnMut(usize, f64) -> u64) -> Histogram {
-        // Per-bucket counts first, then summed up in place into Envoy's cumulative form.
-        let mut buckets: Vec<(f64, u64)> = self.bounds.iter().map(|&b| (b, 0)).collect();
-        buckets.push((f64::INFINITY, 0));
-        let mut sum_ms = 0.0;
+    fn histogram(&self, out: &mut Histogram, mut count: impl FnMut(usize, f64) -> u64) {
+        // In Envoy's cumulative form, cell by cell (they come in bucket order): the buckets
+        // between two cells hold the count so far.
+        let bounds = &self.bounds;
+        let buckets = &mut out.buckets;
+        buckets.clear();
+        buckets.reserve(bounds.len() + 1);
+        let (mut cumulative, mut sum_ms) = (0, 0.0);
         for (cell, &(i, p, mid)) in self.cells.iter().enumerate() {
+            let before = cumulative;
+            let gap = bounds.get(buckets.len()..i).unwrap_or_default();
+            buckets.extend(gap.iter().map(|&b| (b, before)));
             let c = count(cell, p);
-            buckets[i].1 = c;
+            cumulative += c;
             sum_ms += c as f64 * mid;
+            buckets.push((bounds.get(i).copied().unwrap_or(f64::INFINITY), cumulative));
         }
-        let mut cumulative = 0;
-        for (_, c) in &mut buckets {
-            cumulative += *c;
-            *c = cumulative;
+        let rest = bounds.get(buckets.len()..).unwrap_or_default();
+        buckets.extend(rest.iter().map(|&b| (b, cumulative)));
+        if buckets.len() == bounds.len() {
+            buckets.push((f64::INFINITY, cumulative));
         }
-        Histogram {
-            buckets,
-            count: cumulative,
-            sum_ms,
-        }
+        out.count = cumulative;
+        out.sum_ms = sum_ms;
     }
 }
 
@@ -222,9 +229,15 @@ struct PoissonMean {
     /// Small means (inversion): the CDF at 0, 1, 2... as the sequential search adds it up,
     /// up to where it stops growing. Large means: empty.
     cdf: Vec<f64>,
+    /// Where the search for a `u` in `[j/GUIDES, (j+1)/GUIDES)` can start: the first `k`
+    /// whose CDF reaches `j/GUIDES` (no earlier one can reach `u`).
+    guide: Vec<u16>,
     /// `√mean`, for the normal approximation of large means.
     sqrt: f64,
 }
+
+/// Entries of a [`PoissonMean`]'s guide table: a power of two, so `u · GUIDES` is exact.
+const GUIDES: usize = 32;
 
 /// The sequential search of the inversion stops here whatever the draw.
 const INVERSION_MAX_K: usize = 1_000;
@@ -251,9 +264,20 @@ impl PoissonMean {
                 }
             }
         }
+        let guide = if cdf.is_empty() {
+            Vec::new()
+        } else {
+            (0..GUIDES)
+                .map(|j| {
+                    let at = j as f64 / GUIDES as f64;
+                    cdf.partition_point(|c| at > *c) as u16
+                })
+                .collect()
+        };
         PoissonMean {
             mean,
             cdf,
+            guide,
             sqrt: mean.sqrt(),
         }
     }
@@ -267,7 +291,11 @@ impl PoissonMean {
             // Inversion: the first k whose CDF reaches u (the search goes on to its
             // limit past a CDF that stopped short of u).
             let u: f64 = rng.gen();
-            let k = self.cdf.partition_point(|c| u > *c);
+            let from = self.guide.get((u * GUIDES as f64) as usize).copied();
+            let mut k = usize::from(from.unwrap_or(0));
+            while self.cdf.get(k).is_some_and(|c| u > *c) {
+                k += 1;
+            }
             return if k < self.cdf.len() {
                 k as u64
             } else {
@@ -319,23 +347,26 @@ pub fn binomial(rng: &mut SmallRng, n: u64, p: f64) -> u64 {
     Binomial::new(n, p).map_or(0, |b| b.sample(rng))
 }
 
-/// One version's window: `requests` drawn over `buckets`, of which `error_rate` fail.
+/// One version's window into `out` (its histogram's allocation reused): `requests` drawn
+/// over `buckets`, of which `error_rate` fail.
 pub fn version_window(
     rng: &mut SmallRng,
     buckets: &mut Buckets,
     mean_requests: f64,
     error_rate: f64,
-) -> VersionStats {
-    let duration = buckets.draw_same_mean(rng, mean_requests);
+    out: &mut VersionStats,
+) {
+    let mut duration = std::mem::take(&mut out.duration);
+    buckets.draw_same_mean(rng, mean_requests, &mut duration);
     let requests = duration.count;
     let errors = binomial(rng, requests, error_rate.clamp(0.0, 1.0));
-    VersionStats {
+    *out = VersionStats {
         requests,
         rq_2xx: requests - errors,
         rq_5xx: errors,
         duration,
         ..VersionStats::default()
-    }
+    };
 }
 
 /// A log-normal multiplier with log-sd `sigma` (mean-one in the median sense).

@@ -2,7 +2,6 @@
 //! them (not inside a mesh).
 
 use futures::future::BoxFuture;
-use futures::FutureExt;
 
 use super::StatsSource;
 use crate::stats::parse_envoy_prometheus;
@@ -23,12 +22,9 @@ impl StatsSource for EnvoyAdmin {
         http: &'a reqwest::Client,
         rollout: &'a str,
     ) -> BoxFuture<'a, Vec<Reading>> {
-        futures::future::join_all(
-            self.endpoints
-                .iter()
-                .map(|endpoint| read_one(http, endpoint, rollout)),
-        )
-        .boxed()
+        super::read_each(&self.endpoints, |endpoint| {
+            read_one(http, endpoint, rollout)
+        })
     }
 }
 

@@ -3,7 +3,6 @@
 //! [`super::envoy_admin`]'s, so windows and the judge are the same for both.
 
 use futures::future::BoxFuture;
-use futures::FutureExt;
 
 use super::envoy_admin::regex_escape;
 use super::StatsSource;
@@ -27,10 +26,9 @@ impl StatsSource for EnvoyClusters {
         http: &'a reqwest::Client,
         rollout: &'a str,
     ) -> BoxFuture<'a, Vec<Reading>> {
-        futures::future::join_all(
-            (self.endpoints.iter()).map(|endpoint| self.read_one(http, endpoint, rollout)),
-        )
-        .boxed()
+        super::read_each(&self.endpoints, |endpoint| {
+            self.read_one(http, endpoint, rollout)
+        })
     }
 }
 

@@ -7,7 +7,9 @@
 //! readings into windows the same way for both. The I/O edge of the `stats` floor: imports
 //! `spec` and `stats`; only `server` imports it.
 
-use futures::future::BoxFuture;
+use std::future::Future;
+
+use futures::future::{BoxFuture, FutureExt};
 
 use crate::spec::Sources;
 use crate::stats::window::Reading;
@@ -28,6 +30,16 @@ pub trait StatsSource: Send + Sync {
         http: &'a reqwest::Client,
         rollout: &'a str,
     ) -> BoxFuture<'a, Vec<Reading>>;
+}
+
+/// Every admin endpoint read at once, one [`Reading`] each, in the endpoints' order: the
+/// `read` of the sources that ask each Envoy directly.
+fn read_each<'a, F, R>(endpoints: &'a [String], read_one: F) -> BoxFuture<'a, Vec<Reading>>
+where
+    F: Fn(&'a str) -> R,
+    R: Future<Output = Reading> + Send + 'a,
+{
+    futures::future::join_all(endpoints.iter().map(|e| read_one(e))).boxed()
 }
 
 /// The source the spec names (the spec allows exactly one kind).

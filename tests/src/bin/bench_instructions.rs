@@ -125,11 +125,11 @@ async fn main() -> Result<()> {
             "of_which_reading_key_and_status": get("wasm_reads") - get("wasm_noop"),
             "filter_own_code": get("filter") - get("wasm_floor"),
         },
-        "filter_vs_native_instructions": native / get("filter"),
+        "filter_vs_native_instr": native / get("filter"),
         "lean_vs_native_instr": native / get("lean"),
         "native_module_vs_native_instr": native / get("native_module"),
-        "wasm_floor_vs_native_instructions": native / get("wasm_floor"),
-        "wasm_reads_vs_native_instructions": native / get("wasm_reads"),
+        "wasm_floor_vs_native_instr": native / get("wasm_floor"),
+        "wasm_reads_vs_native_instr": native / get("wasm_reads"),
     });
     let path = paths::project_root().join("target/bench/instructions.json");
     std::fs::write(&path, serde_json::to_vec_pretty(&report)?)?;

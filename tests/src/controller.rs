@@ -2,6 +2,7 @@
 //! and the controller (a real process, [`crate::canaryctl`]) judging them.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Result;
@@ -59,15 +60,21 @@ struct RigParts {
 }
 
 impl RigParts {
-    /// The plain wasm filter between `stable` and `canary`, no other cluster.
-    fn plain(stable: UpstreamSpec, canary: UpstreamSpec) -> Result<RigParts> {
-        Ok(RigParts {
-            build: FilterBuild::Wasm,
-            wasm: paths::filter_wasm()?,
+    /// `build`'s module `wasm` between `stable` and `canary`, no other cluster.
+    fn new(build: FilterBuild, wasm: PathBuf, stable: UpstreamSpec, canary: UpstreamSpec) -> Self {
+        RigParts {
+            build,
+            wasm,
             stable,
             canary,
             extra_clusters: Vec::new(),
-        })
+        }
+    }
+
+    /// The plain wasm filter between `stable` and `canary`, no other cluster.
+    fn plain(stable: UpstreamSpec, canary: UpstreamSpec) -> Result<RigParts> {
+        let wasm = paths::filter_wasm()?;
+        Ok(RigParts::new(FilterBuild::Wasm, wasm, stable, canary))
     }
 }
 
@@ -93,16 +100,11 @@ impl ControlledRig {
         stable: UpstreamSpec,
         canary: UpstreamSpec,
     ) -> Result<ControlledRig> {
-        let parts = RigParts {
-            wasm: match build {
-                FilterBuild::Wasm => paths::filter_wasm()?,
-                FilterBuild::Native => paths::native_module()?,
-            },
-            build,
-            stable,
-            canary,
-            extra_clusters: Vec::new(),
+        let module = match build {
+            FilterBuild::Wasm => paths::filter_wasm()?,
+            FilterBuild::Native => paths::native_module()?,
         };
+        let parts = RigParts::new(build, module, stable, canary);
         Self::start_inner(rollout, envoys, poll_ms, None, parts).await
     }
 
@@ -116,13 +118,8 @@ impl ControlledRig {
         stable: UpstreamSpec,
         canary: UpstreamSpec,
     ) -> Result<ControlledRig> {
-        let parts = RigParts {
-            build: FilterBuild::Wasm,
-            wasm: paths::lean_filter_wasm()?,
-            stable,
-            canary,
-            extra_clusters: Vec::new(),
-        };
+        let wasm = paths::lean_filter_wasm()?;
+        let parts = RigParts::new(FilterBuild::Wasm, wasm, stable, canary);
         let mut lean = RolloutConfig::new(rollout, 0);
         lean.stats = canary_contract::StatsFrom::Clusters;
         lean.anonymous_cookie.enabled = false;
@@ -154,12 +151,10 @@ impl ControlledRig {
         stable_spec.llm = Some(stable);
         let mut canary_spec = UpstreamSpec::new("canary");
         canary_spec.llm = Some(canary);
+        let wasm = paths::llm_filter_wasm()?;
         let parts = RigParts {
-            build: FilterBuild::Wasm,
-            wasm: paths::llm_filter_wasm()?,
-            stable: stable_spec,
-            canary: canary_spec,
             extra_clusters,
+            ..RigParts::new(FilterBuild::Wasm, wasm, stable_spec, canary_spec)
         };
         Self::start_inner(rollout, envoys, poll_ms, None, parts).await
     }

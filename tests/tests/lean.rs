@@ -2,16 +2,16 @@
 //! every user as the contract says, as the full filter does, with no stats of its own.
 
 use std::collections::BTreeSet;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{ensure, Result};
+use anyhow::Result;
 use canary_contract::{FilterConfig, RolloutConfig, StatsFrom, Version};
 use canary_e2e::client::{http_client, send_all, Probe};
 use canary_e2e::controller::{
     passing_checks, rollback_message, upstream_pair, wait_status, ControlledRig,
 };
 use canary_e2e::envoy;
-use canary_e2e::gate::GatedProxy;
+use canary_e2e::gate::fresh_envoy_sends_canary_users_to_canary;
 use canary_e2e::load::{self, Load};
 use canary_e2e::paths;
 use canary_e2e::rig::{CanaryRig, RigOptions};
@@ -234,34 +234,5 @@ async fn a_fresh_lean_envoy_sends_no_canary_user_to_stable() -> Result<()> {
     rig.wait_for_weight(5_000, &users, Duration::from_secs(10))
         .await?;
 
-    // The poll timeout is 500 ms; the fresh Envoy's first poll is held at most 350 ms.
-    let proxy = GatedProxy::start(rig.controller_addr, Duration::from_millis(350)).await?;
-    let envoy = rig.start_envoy_via(proxy.addr, "fresh").await?;
-    let base = envoy.url().await?;
-    let client = http_client(40)?;
-    let sent = Instant::now();
-    let probes: Vec<Probe> = users.iter().map(|u| Probe::user(&base, "/", u)).collect();
-    let open_later = async {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        proxy.open();
-    };
-    let (answers, ()) = tokio::join!(send_all(&client, &probes, 40), open_later);
-    let answers = answers?;
-    let waited = sent.elapsed();
-    ensure!(
-        proxy.first_through().is_some_and(|t| t > sent),
-        "the first poll was answered before the requests were sent: nothing was tested"
-    );
-    let on_stable: Vec<_> = users
-        .iter()
-        .zip(&answers)
-        .filter(|(_, a)| a.served_by.as_deref() != Some("canary"))
-        .map(|(u, a)| (u.clone(), a.status, a.served_by.clone()))
-        .collect();
-    ensure!(
-        on_stable.is_empty(),
-        "canary users not served by canary: {on_stable:?}"
-    );
-    ensure!(waited < Duration::from_secs(2), "{waited:?}");
-    Ok(())
+    fresh_envoy_sends_canary_users_to_canary(&rig, &users).await
 }

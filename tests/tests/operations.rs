@@ -8,7 +8,7 @@ use anyhow::{ensure, Result};
 use canary_e2e::client::{header_text, http_client, send, Probe};
 use canary_e2e::controller::{upstream_pair, Canaryctl, ControlledRig, CtlOptions};
 use canary_e2e::envoy;
-use canary_e2e::gate::GatedProxy;
+use canary_e2e::gate::fresh_envoy_sends_canary_users_to_canary;
 use canary_e2e::load;
 use canary_e2e::wait::eventually;
 use canary_e2e::webhook::{HttpsReceiver, TestCa};
@@ -224,38 +224,5 @@ async fn a_fresh_envoy_sends_no_canary_user_to_stable() -> Result<()> {
     )
     .await?;
 
-    // The poll timeout is 500 ms; the fresh Envoy's first poll is held at most 350 ms.
-    let proxy = GatedProxy::start(rig.controller_addr, Duration::from_millis(350)).await?;
-    let envoy = rig.start_envoy_via(proxy.addr, "fresh").await?;
-    let base = envoy.url().await?;
-    let sent = Instant::now();
-    let probes: Vec<Probe> = users.iter().map(|u| Probe::user(&base, "/", u)).collect();
-    let open_later = async {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        proxy.open();
-    };
-    let (answers, ()) = tokio::join!(
-        canary_e2e::client::send_all(&client, &probes, 40),
-        open_later
-    );
-    let answers = answers?;
-    let waited = sent.elapsed();
-    let through = proxy.first_through();
-    ensure!(
-        through.is_some_and(|t| t > sent),
-        "the first poll was answered before the requests were sent: nothing was tested"
-    );
-    let on_stable: Vec<_> = users
-        .iter()
-        .zip(&answers)
-        .filter(|(_, a)| a.served_by.as_deref() != Some("canary"))
-        .map(|(u, a)| (u.clone(), a.status, a.served_by.clone()))
-        .collect();
-    eprintln!("{} canary users answered within {waited:?}", users.len());
-    ensure!(
-        on_stable.is_empty(),
-        "canary users not served by canary: {on_stable:?}"
-    );
-    ensure!(waited < Duration::from_secs(2), "{waited:?}");
-    Ok(())
+    fresh_envoy_sends_canary_users_to_canary(&rig, &users).await
 }

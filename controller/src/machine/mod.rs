@@ -546,7 +546,8 @@ mod tests {
         crate::judge::test_support::verdict_of(outcome, critical, clearly_better, n, n)
     }
 
-    fn run(
+    /// One step that must be accepted (also used by the `release` tests).
+    pub(super) fn run(
         spec: &RolloutSpec,
         state: &RolloutState,
         input: Input,

@@ -315,6 +315,7 @@ mod tests {
     use crate::judge::test_support::verdict_of;
     use crate::judge::Outcome;
     use crate::machine::history::History;
+    use crate::machine::tests::run;
 
     fn spec(release: Option<&str>, stable: Option<&str>) -> RolloutSpec {
         let mut yaml = "name: shop\nsources: {envoy_admin: [\"http://127.0.0.1:1\"]}\n\
@@ -329,15 +330,6 @@ mod tests {
             yaml.push_str(&format!("stable_release: {s}\n"));
         }
         RolloutSpec::from_yaml(&yaml).expect("valid spec")
-    }
-
-    fn run(
-        spec: &RolloutSpec,
-        s: &RolloutState,
-        input: Input,
-        at: u64,
-    ) -> (RolloutState, Vec<Effect>) {
-        s.step(spec, input, at).expect("accepted")
     }
 
     fn pass(n: u64) -> Input {

@@ -9,9 +9,9 @@ use canary_contract::stats::{
     CLUSTER_RQ_TOTAL,
 };
 use canary_contract::Version;
-use prometheus_parse::{Scrape, Value};
+use prometheus_parse::Value;
 
-use super::parse::counter_value;
+use super::parse::{counter_value, scrape_text};
 use super::{RolloutStats, StatsError};
 
 /// The Envoy cluster of each version.
@@ -40,8 +40,7 @@ pub fn parse_envoy_cluster_stats(
     rollout: &str,
     clusters: ClusterNames,
 ) -> Result<RolloutStats, StatsError> {
-    let scrape = Scrape::parse(text.lines().map(|l| Ok(l.to_string())))
-        .map_err(|e| StatsError::Unparsable(e.to_string()))?;
+    let scrape = scrape_text(text)?;
     let mut stats = RolloutStats::default();
     let mut found = [false; 2];
     for sample in &scrape.samples {

@@ -135,10 +135,16 @@ fn version_label(value: Option<&str>) -> Option<Version> {
     }
 }
 
+/// Envoy's `/stats/prometheus` text, parsed: what both readers of it (the filter's stats and
+/// lean mode's cluster stats) start from.
+pub(super) fn scrape_text(text: &str) -> Result<Scrape, StatsError> {
+    Scrape::parse(text.lines().map(|l| Ok(l.to_string())))
+        .map_err(|e| StatsError::Unparsable(e.to_string()))
+}
+
 /// Reads one rollout's stats from an Envoy `/stats/prometheus` payload.
 pub fn parse_envoy_prometheus(text: &str, rollout: &str) -> Result<RolloutStats, StatsError> {
-    let scrape = Scrape::parse(text.lines().map(|l| Ok(l.to_string())))
-        .map_err(|e| StatsError::Unparsable(e.to_string()))?;
+    let scrape = scrape_text(text)?;
     let mut acc = Accumulator::default();
     for sample in &scrape.samples {
         if sample.labels.get("rollout") != Some(rollout) {

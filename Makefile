@@ -81,26 +81,27 @@ $(STAMPS)/venv: Makefile
 	@mkdir -p $(@D) && touch $@
 
 # Post-processing of a cargo-built module ($(1)) into the shipped one ($(2)):
-# 1. wasm-metadce drops the proxy-wasm exports the filter does not use (body, request
+# 1. wasm-metadce drops the proxy-wasm exports the module does not use (body, request
 #    trailers, network and gRPC callbacks, on_done, foreign functions; list in $(3), default
 #    filter/wasm-exports.json). Envoy skips a callback the module does not export, so in the
 #    plain module response body chunks never enter V8; the LLM module keeps
-#    `proxy_on_response_body`. Both keep `proxy_on_response_trailers` (a gRPC status),
-#    which Envoy enters only for responses that have trailers. The lean module drops both
-#    response callbacks and the SDK's context create and delete (filter/wasm-exports-lean.json):
-#    Envoy enters it once per request, for the request headers.
-# 2. With a 4th argument (the lean module): its own entries `canary_lean_on_*` are exported
-#    as `proxy_on_*` in place of the SDK's, through binaryen's text form (it has no pass that
-#    renames an export). See filter/src/host/lean.rs.
+#    `proxy_on_response_body`. Both keep the response trailers' callback (a gRPC status),
+#    which Envoy enters only for responses that have trailers. The plain and lean modules
+#    export their own entries in place of the SDK's per-request dispatch, and no context
+#    create (filter/src/host/direct.rs); the lean module has no response callbacks and no
+#    delete either (filter/wasm-exports-lean.json): Envoy enters it once per request.
+# 2. With a 4th argument (the plain and lean modules): their own entries `canary_direct_on_*`
+#    are exported as `proxy_on_*` in place of the SDK's, through binaryen's text form (it
+#    has no pass that renames an export).
 # 3. wasm-opt shrinks the rest: -Oz, or the 5th argument (the lean module: -O3, for speed).
-LEAN_EXPORTS := s/^ [(]export "canary_lean_(on_[a-z_]+)"/ (export "proxy_\1"/
-LEAN_ENTRY := ^ [(]export "proxy_on_request_headers"
+DIRECT_EXPORTS := s/^ [(]export "canary_direct_(on_[a-z_]+)"/ (export "proxy_\1"/
+DIRECT_ENTRY := ^ [(]export "proxy_on_request_headers"
 define wasm_post
 	@mkdir -p $(dir $(2))
 	wasm-metadce $(WASM_FEATURES) --graph-file $(or $(3),filter/wasm-exports.json) $(1) -o $(2).dce >/dev/null
 	$(if $(4),wasm-dis $(WASM_FEATURES) $(2).dce -o $(2).wat && \
-		sed -E '$(LEAN_EXPORTS)' $(2).wat > $(2).renamed.wat && \
-		grep -q '$(LEAN_ENTRY)' $(2).renamed.wat && \
+		sed -E '$(DIRECT_EXPORTS)' $(2).wat > $(2).renamed.wat && \
+		grep -q '$(DIRECT_ENTRY)' $(2).renamed.wat && \
 		wasm-as $(WASM_FEATURES) $(2).renamed.wat -o $(2).dce && rm -f $(2).wat $(2).renamed.wat)
 	wasm-opt $(or $(5),-Oz) --strip-debug --strip-producers $(WASM_FEATURES) $(2).dce -o $(2)
 	@rm -f $(2).dce
@@ -110,7 +111,7 @@ endef
 ## build: the filter (release wasm, trimmed and optimised; and native), the host binaries.
 build: setup native
 	cargo build --release -p canary-filter --target wasm32-wasip1 --no-default-features
-	$(call wasm_post,$(WASM_RAW),$(WASM))
+	$(call wasm_post,$(WASM_RAW),$(WASM),,rename)
 	cargo build --release -p canary-filter --target wasm32-wasip1 --target-dir target/llm
 	$(call wasm_post,target/llm/wasm32-wasip1/release/canary_filter.wasm,$(LLM_WASM),filter/wasm-exports-llm.json)
 	@# Lean mode is about speed: opt-level 3 and wasm-opt -O3 (0.2% fewer instructions per
@@ -192,7 +193,7 @@ fuzz: $(STAMPS)/rust-target
 $(FAULT_WASM): setup
 	cargo build --release -p canary-filter --target wasm32-wasip1 --no-default-features \
 		--features fault-injection --target-dir target/fault-injection
-	$(call wasm_post,target/fault-injection/wasm32-wasip1/release/canary_filter.wasm,$@)
+	$(call wasm_post,target/fault-injection/wasm32-wasip1/release/canary_filter.wasm,$@,,rename)
 
 .PHONY: $(FAULT_WASM)
 

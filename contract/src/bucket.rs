@@ -21,12 +21,30 @@ pub fn bucket(salt: &str, key: &[u8]) -> u32 {
 /// form in which allow and deny lists are published (see the `keys` module), so a request
 /// hashes its key once for both.
 pub fn key_hash(salt: &str, key: &[u8]) -> u64 {
-    let mut hasher = fnv::FnvHasher::default();
-    hasher.write(salt.as_bytes());
-    // The separator keeps ("ab", "c") and ("a", "bc") apart; salts may not contain NUL.
-    hasher.write(&[0]);
-    hasher.write(key);
-    hasher.finish()
+    SaltedHasher::new(salt).hash(key)
+}
+
+/// [`key_hash`] with the salt's part done once: what the filter keeps per rollout, so a
+/// request hashes only its key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SaltedHasher(u64);
+
+impl SaltedHasher {
+    pub fn new(salt: &str) -> SaltedHasher {
+        let mut hasher = fnv::FnvHasher::default();
+        hasher.write(salt.as_bytes());
+        // The separator keeps ("ab", "c") and ("a", "bc") apart; salts may not contain NUL.
+        hasher.write(&[0]);
+        SaltedHasher(hasher.finish())
+    }
+
+    /// The [`key_hash`] of `key` under this salt.
+    pub fn hash(self, key: &[u8]) -> u64 {
+        // FNV-1a's state is its output so far: go on from the salt's.
+        let mut hasher = fnv::FnvHasher::with_key(self.0);
+        hasher.write(key);
+        hasher.finish()
+    }
 }
 
 /// The bucket of a [`key_hash`].
@@ -47,6 +65,18 @@ pub fn version_for_bucket(bucket: u32, weight_bp: u32) -> Version {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_salted_hasher_hashes_salt_separator_and_key_in_one() {
+        for (salt, key) in [("checkout", "user-1"), ("", ""), ("s", "a\u{e9}b")] {
+            let mut h = fnv::FnvHasher::default();
+            h.write(salt.as_bytes());
+            h.write(&[0]);
+            h.write(key.as_bytes());
+            assert_eq!(SaltedHasher::new(salt).hash(key.as_bytes()), h.finish());
+            assert_eq!(key_hash(salt, key.as_bytes()), h.finish());
+        }
+    }
 
     #[test]
     fn fnv1a_matches_reference_vectors() {

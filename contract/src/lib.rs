@@ -36,7 +36,7 @@ pub mod stats;
 pub mod validate;
 
 pub use breaker::CircuitBreaker;
-pub use bucket::{bucket, bucket_of_hash, key_hash, version_for_bucket, BUCKETS};
+pub use bucket::{bucket, bucket_of_hash, key_hash, version_for_bucket, SaltedHasher, BUCKETS};
 pub use config::{
     AnonymousCookie, Assignment, ControllerSource, FilterConfig, KeySource, RequestMatch,
     RolloutConfig, SameSite, StatsFrom, SCHEMA_VERSION,

@@ -29,6 +29,7 @@ pub mod ratelimit;
 pub mod routing;
 #[cfg(feature = "llm")]
 pub mod shadow;
+pub mod slots;
 
 #[cfg(target_arch = "wasm32")]
 mod host;

@@ -263,11 +263,14 @@ impl Exchange {
     }
 }
 
+/// A `:status` of exactly three ASCII digits, as a number (runs for every answer: digits
+/// by hand, not `str::parse`).
 pub fn parse_status(raw: &[u8]) -> Option<u16> {
-    if raw.len() != 3 || !raw.iter().all(u8::is_ascii_digit) {
+    let &[a, b, c] = raw else {
         return None;
-    }
-    std::str::from_utf8(raw).ok()?.parse().ok()
+    };
+    let digit = |d: u8| d.is_ascii_digit().then(|| u16::from(d - b'0'));
+    Some(digit(a)? * 100 + digit(b)? * 10 + digit(c)?)
 }
 
 #[cfg(test)]

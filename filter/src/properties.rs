@@ -24,11 +24,11 @@ fn cookie_value() -> impl Strategy<Value = String> {
 struct Headers(Vec<(String, Vec<u8>)>);
 
 impl RequestHeaders for Headers {
-    fn header(&self, name: &str) -> Option<Vec<u8>> {
+    fn header(&self, name: &str) -> Option<std::borrow::Cow<'_, [u8]>> {
         self.0
             .iter()
             .find(|(n, _)| n == name)
-            .map(|(_, v)| v.clone())
+            .map(|(_, v)| std::borrow::Cow::Borrowed(v.as_slice()))
     }
 }
 

@@ -1,14 +1,17 @@
 //! Per-request version choice, independent of proxy-wasm so it is unit-tested natively.
 
+use std::borrow::Cow;
+
 use canary_contract::{
-    key_hash, Assignment, FilterConfig, KeyLists, KeySource, RolloutConfig, Version,
+    Assignment, FilterConfig, KeyLists, KeySource, RolloutConfig, SaltedHasher, Version,
 };
 
 use crate::cookie::find_cookie;
 
-/// Read access to request headers (`:authority` and `:path` included), as raw bytes.
+/// Read access to request headers (`:authority` and `:path` included), as raw bytes:
+/// borrowed where the host can lend them for the callback (no allocation per read).
 pub trait RequestHeaders {
-    fn header(&self, name: &str) -> Option<Vec<u8>>;
+    fn header(&self, name: &str) -> Option<Cow<'_, [u8]>>;
 }
 
 /// Why a request got its version; useful in logs and tests.
@@ -30,6 +33,7 @@ pub struct Decision {
     /// A freshly generated anonymous id to set as a cookie on the response.
     pub new_anonymous_id: Option<String>,
     /// The user key the request was routed by, if any (rate limits are per user).
+    #[cfg(feature = "llm")]
     pub key: Option<String>,
 }
 
@@ -46,8 +50,12 @@ pub struct Router {
     /// Per rollout, a raise not in force yet.
     raises: Vec<Option<PendingRaise>>,
     /// Per rollout, its allow and deny lists by key hash: a request hashes its key once,
-    /// for the bucket and both lists.
+    /// for the bucket and both lists, from the rollout's salt hashed once here.
     lists: Vec<KeyLists>,
+    hashers: Vec<SaltedHasher>,
+    /// Per rollout, the other rollouts' routing headers (stripped from its requests; its
+    /// own is replaced).
+    strip: Vec<Vec<String>>,
 }
 
 /// A weight raise waiting for an instant every worker agrees on: until `at_ms` the rollout
@@ -83,6 +91,17 @@ impl Router {
         Router {
             raises: vec![None; rollouts.len()],
             lists: rollouts.iter().map(RolloutConfig::key_lists).collect(),
+            hashers: rollouts
+                .iter()
+                .map(|r| SaltedHasher::new(r.salt()))
+                .collect(),
+            strip: rollouts
+                .iter()
+                .map(|r| {
+                    let others = route_headers.iter().filter(|h| **h != r.route_header);
+                    others.cloned().collect()
+                })
+                .collect(),
             needs_authority: rollouts.iter().any(|r| !r.request_match.hosts.is_empty()),
             needs_path: rollouts
                 .iter()
@@ -139,6 +158,15 @@ impl Router {
         &self.route_headers
     }
 
+    /// The routing headers to strip from a request routed by rollout `index` (the other
+    /// rollouts'; its own is replaced), or from one no rollout routes (all of them).
+    pub fn headers_to_strip(&self, index: Option<usize>) -> &[String] {
+        match index {
+            Some(i) => self.strip.get(i).map_or(&[], Vec::as_slice),
+            None => &self.route_headers,
+        }
+    }
+
     /// The first rollout that applies to the request at `now_ms`, and the version for it.
     /// `new_id` is called only when an anonymous user needs a new id.
     pub fn decide(
@@ -147,28 +175,31 @@ impl Router {
         now_ms: u64,
         new_id: impl FnOnce() -> String,
     ) -> Option<Decision> {
-        let authority = self
-            .needs_authority
-            .then(|| req.header(":authority"))
-            .flatten();
-        let path = self.needs_path.then(|| req.header(":path")).flatten();
-        let (index, rollout) = self.rollouts.iter().enumerate().find(|(_, r)| {
-            matches_request(r, authority.as_deref(), path.as_deref().unwrap_or(b"/"))
-        })?;
-
-        let mut cookies: Option<Option<Vec<u8>>> = None;
-        let mut cookie = |name: &str| -> Option<String> {
-            let header = cookies.get_or_insert_with(|| req.header("cookie"));
-            header
-                .as_deref()
-                .and_then(|h| find_cookie(h, name))
-                .and_then(|v| usable_key(v.to_vec(), rollout.max_key_bytes))
+        let (index, rollout) = if self.needs_authority || self.needs_path {
+            let authority = self
+                .needs_authority
+                .then(|| req.header(":authority"))
+                .flatten();
+            let path = self.needs_path.then(|| req.header(":path")).flatten();
+            self.rollouts.iter().enumerate().find(|(_, r)| {
+                matches_request(r, authority.as_deref(), path.as_deref().unwrap_or(b"/"))
+            })?
+        } else {
+            // No rollout matches on host or path: the first takes every request.
+            (0, self.rollouts.first()?)
         };
 
+        // The key, as the header's bytes where it came from a header (no copy); a cookie's
+        // is copied out of the cookie header, read at most once.
+        let max_key_bytes = rollout.max_key_bytes;
+        let mut cookies: Option<Option<Cow<'_, [u8]>>> = None;
+        let mut cookie = |name: &str| -> Option<Cow<'_, [u8]>> {
+            let header = cookies.get_or_insert_with(|| req.header("cookie"));
+            let value = header.as_deref().and_then(|h| find_cookie(h, name))?;
+            usable_key(value, max_key_bytes).then(|| Cow::Owned(value.to_vec()))
+        };
         let mut key = rollout.key_sources.iter().find_map(|source| match source {
-            KeySource::Header(name) => req
-                .header(name)
-                .and_then(|v| usable_key(v, rollout.max_key_bytes)),
+            KeySource::Header(name) => req.header(name).filter(|v| usable_key(v, max_key_bytes)),
             KeySource::Cookie(name) => cookie(name),
         });
         let mut new_anonymous_id = None;
@@ -176,7 +207,7 @@ impl Router {
             key = cookie(&rollout.anonymous_cookie.name);
             if key.is_none() {
                 let id = new_id();
-                key = Some(id.clone());
+                key = Some(Cow::Owned(id.clone().into_bytes()));
                 new_anonymous_id = Some(id);
             }
         }
@@ -185,7 +216,7 @@ impl Router {
             .force_header
             .as_deref()
             .and_then(|name| req.header(name))
-            .and_then(|v| match v.as_slice() {
+            .and_then(|v| match &*v {
                 b"always" => Some(Version::Canary),
                 b"never" => Some(Version::Stable),
                 _ => None,
@@ -193,10 +224,10 @@ impl Router {
 
         // Operator lists beat the client's force header; the force header beats the hash.
         let weight_bp = self.weight_bp(index, now_ms);
-        let lists = self.lists.get(index);
-        let assigned = key.as_deref().zip(lists).map(|(k, lists)| {
+        let lists = self.lists.get(index).zip(self.hashers.get(index));
+        let assigned = key.as_deref().zip(lists).map(|(k, (lists, hasher))| {
             // One hash for the bucket and both lists.
-            lists.assign(key_hash(rollout.salt(), k.as_bytes()), weight_bp)
+            lists.assign(hasher.hash(k), weight_bp)
         });
         let (version, reason) = match (assigned, forced) {
             (Some((v, a @ (Assignment::DenyList | Assignment::AllowList))), _) => {
@@ -211,23 +242,25 @@ impl Router {
             version,
             reason,
             new_anonymous_id,
-            key,
+            // A usable key is valid UTF-8.
+            #[cfg(feature = "llm")]
+            key: key.and_then(|k| String::from_utf8(k.into_owned()).ok()),
         })
     }
 }
 
 /// A key is usable when it is non-empty, not longer than the limit, valid UTF-8 and free
 /// of control characters. Anything else takes the anonymous path rather than failing.
-/// Takes the header's bytes, so a usable key becomes a `String` without a copy.
-fn usable_key(value: Vec<u8>, max_bytes: usize) -> Option<String> {
+fn usable_key(value: &[u8], max_bytes: usize) -> bool {
     if value.is_empty() || value.len() > max_bytes {
-        return None;
+        return false;
     }
-    let s = String::from_utf8(value).ok()?;
-    if s.chars().any(char::is_control) {
-        return None;
+    // Keys are nearly always printable ASCII (0x20..0x7f: no control character, valid
+    // UTF-8): one pass over the bytes instead of decoding characters.
+    if value.iter().all(|b| (0x20..0x7f).contains(b)) {
+        return true;
     }
-    Some(s)
+    std::str::from_utf8(value).is_ok_and(|s| !s.chars().any(char::is_control))
 }
 
 fn matches_request(r: &RolloutConfig, authority: Option<&[u8]>, path: &[u8]) -> bool {
@@ -288,8 +321,8 @@ mod tests {
     }
 
     impl RequestHeaders for Req {
-        fn header(&self, name: &str) -> Option<Vec<u8>> {
-            self.0.get(name).cloned()
+        fn header(&self, name: &str) -> Option<Cow<'_, [u8]>> {
+            self.0.get(name).map(|v| Cow::Borrowed(v.as_slice()))
         }
     }
 

@@ -194,8 +194,9 @@ impl Stream {
 }
 
 impl RequestHeaders for Stream {
-    fn header(&self, name: &str) -> Option<Vec<u8>> {
+    fn header(&self, name: &str) -> Option<std::borrow::Cow<'_, [u8]>> {
         self.get(abi::REQUEST_HEADER, name)
+            .map(std::borrow::Cow::Owned)
     }
 }
 

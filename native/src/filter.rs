@@ -243,9 +243,9 @@ impl Request {
         // Only a header that is there is removed: a read costs less than a removal, and
         // far less than Envoy picking the route again (~2,400 instructions).
         let mut stripped = false;
-        for header in active.router.route_headers() {
-            if rollout.is_none_or(|r| r.route_header != *header) && stream.header(header).is_some()
-            {
+        let routed_by = rollout.and(decision.as_ref().map(|d| d.rollout));
+        for header in active.router.headers_to_strip(routed_by) {
+            if stream.header(header).is_some() {
                 stream.remove_request_header(header);
                 stripped = true;
             }

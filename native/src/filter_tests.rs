@@ -55,8 +55,12 @@ struct FakeStream {
 }
 
 impl RequestHeaders for FakeStream {
-    fn header(&self, name: &str) -> Option<Vec<u8>> {
-        self.request.borrow().get(name).cloned()
+    fn header(&self, name: &str) -> Option<std::borrow::Cow<'_, [u8]>> {
+        self.request
+            .borrow()
+            .get(name)
+            .cloned()
+            .map(std::borrow::Cow::Owned)
     }
 }
 

@@ -3,7 +3,6 @@
 
 #[cfg(feature = "llm")]
 use std::cell::Cell;
-use std::time::UNIX_EPOCH;
 
 #[cfg(not(feature = "lean"))]
 use canary_contract::stats::MetricKind;
@@ -16,16 +15,35 @@ use crate::cookie::anonymous_id;
 #[cfg(not(feature = "lean"))]
 use crate::metrics::MetricHost;
 
+// A proxy-wasm VM runs on one Envoy worker thread, and wasm32-wasip1 without the atomics
+// feature has no threads: `VmStatic` relies on it.
+#[cfg(target_feature = "atomics")]
+compile_error!("host::calls::VmStatic assumes a single-threaded module (no atomics)");
+
+/// A `static` of the module's one thread, for state the request path reaches on every
+/// request. `thread_local!` would do, but each access goes through a function pointer (a
+/// `call_indirect` in the module, ~15 of them a request).
+pub(super) struct VmStatic<T>(pub(super) T);
+
+// SAFETY: the module has one thread (see the `compile_error!` above): nothing is shared.
+unsafe impl<T> Sync for VmStatic<T> {}
+
+#[link(wasm_import_module = "env")]
+extern "C" {
+    // Declared here, not through the SDK's `get_current_time`: that builds a `SystemTime`
+    // (~200 instructions a read, twice a request) and panics on a status it does not expect.
+    fn proxy_get_current_time_nanoseconds(return_time: *mut u64) -> u32;
+}
+
+/// Milliseconds since the epoch, from Envoy's clock (0 if the host refuses).
 pub(super) fn now_ms() -> u64 {
-    hostcalls::get_current_time()
-        .ok()
-        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-        // Not `as_millis`: its u128 arithmetic is slow in wasm32, and this runs 3× a request.
-        .map_or(0, |d| {
-            d.as_secs()
-                .saturating_mul(1_000)
-                .saturating_add(u64::from(d.subsec_millis()))
-        })
+    let mut nanos = 0u64;
+    // SAFETY: the host writes one u64 where the pointer points, a local that outlives it.
+    let status = unsafe { proxy_get_current_time_nanoseconds(&mut nanos) };
+    if status != 0 {
+        return 0;
+    }
+    nanos / 1_000_000
 }
 
 pub(super) fn increment(metric_id: u32, delta: u64) {
@@ -141,11 +159,161 @@ pub(super) fn new_anonymous_id() -> String {
             c.set(c.get().wrapping_add(1));
             c.get()
         });
-        let nanos = hostcalls::get_current_time()
-            .ok()
-            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-            .map_or(0, |d| d.as_nanos() as u64);
+        let mut nanos = 0u64;
+        // SAFETY: as in `now_ms` (a failed read leaves 0: the counter still differs).
+        unsafe { proxy_get_current_time_nanoseconds(&mut nanos) };
         random = crate::cookie::fallback_random(nanos, n);
     }
     anonymous_id(random)
+}
+
+/// Request and response headers through Envoy's calls directly: the SDK's wrappers panic
+/// on a status they do not expect, and allocate for every value read. Envoy hands a value
+/// over by calling the module's `proxy_on_memory_allocate` for room to write it into; in
+/// the direct builds, while a read here is under way, that room comes from a bump region
+/// instead of the heap (`direct::canary_direct_on_memory_allocate`), so a value costs no
+/// allocation. The region starts over when a request's callback begins
+/// ([`headers::start_callback`]); values read in one callback are borrowed from the
+/// request for that callback only, so none is alive then.
+pub(super) mod headers {
+    use std::borrow::Cow;
+    use std::cell::{Cell, UnsafeCell};
+
+    use super::VmStatic;
+
+    /// Enough for the values one callback reads (key, cookie, host and path; `:status`).
+    const REGION_BYTES: usize = 16 * 1024;
+    /// Envoy's header maps: the request's and the response's.
+    pub(in crate::host) const REQUEST_HEADERS: u32 = 0;
+    #[cfg(not(feature = "lean"))]
+    pub(in crate::host) const RESPONSE_HEADERS: u32 = 2;
+
+    struct Region {
+        bytes: UnsafeCell<[u8; REGION_BYTES]>,
+        used: Cell<usize>,
+        /// A read is under way: the host's next allocation is its value.
+        reading: Cell<bool>,
+    }
+
+    static REGION: VmStatic<Region> = VmStatic(Region {
+        bytes: UnsafeCell::new([0; REGION_BYTES]),
+        used: Cell::new(0),
+        reading: Cell::new(false),
+    });
+
+    #[link(wasm_import_module = "env")]
+    extern "C" {
+        fn proxy_get_header_map_value(
+            map_type: u32,
+            key_data: *const u8,
+            key_size: usize,
+            return_value_data: *mut *mut u8,
+            return_value_size: *mut usize,
+        ) -> u32;
+        fn proxy_replace_header_map_value(
+            map_type: u32,
+            key_data: *const u8,
+            key_size: usize,
+            value_data: *const u8,
+            value_size: usize,
+        ) -> u32;
+        #[cfg(not(feature = "lean"))]
+        fn proxy_add_header_map_value(
+            map_type: u32,
+            key_data: *const u8,
+            key_size: usize,
+            value_data: *const u8,
+            value_size: usize,
+        ) -> u32;
+        fn proxy_remove_header_map_value(
+            map_type: u32,
+            key_data: *const u8,
+            key_size: usize,
+        ) -> u32;
+    }
+
+    /// Sets header `name` of map `map` to `value`, replacing every value it had. A refusal
+    /// (the map is gone) is not worth failing the request over.
+    pub(in crate::host) fn replace(map: u32, name: &str, value: &str) {
+        // SAFETY: both strings are read by the host during the call.
+        unsafe {
+            proxy_replace_header_map_value(
+                map,
+                name.as_ptr(),
+                name.len(),
+                value.as_ptr(),
+                value.len(),
+            )
+        };
+    }
+
+    /// Adds a value of header `name` to map `map`, beside any it has.
+    #[cfg(not(feature = "lean"))]
+    pub(in crate::host) fn add(map: u32, name: &str, value: &str) {
+        // SAFETY: both strings are read by the host during the call.
+        unsafe {
+            proxy_add_header_map_value(map, name.as_ptr(), name.len(), value.as_ptr(), value.len())
+        };
+    }
+
+    /// Removes header `name` of map `map` (every value), if it is there.
+    pub(in crate::host) fn remove(map: u32, name: &str) {
+        // SAFETY: as above.
+        unsafe { proxy_remove_header_map_value(map, name.as_ptr(), name.len()) };
+    }
+
+    /// A request's callback begins: the values of earlier callbacks are gone.
+    pub(in crate::host) fn start_callback() {
+        REGION.0.used.set(0);
+    }
+
+    /// Room for `size` bytes the host is about to write, if a read is under way and the
+    /// region has it (8-byte aligned).
+    #[cfg(not(feature = "fallback"))]
+    pub(in crate::host) fn room(size: usize) -> Option<*mut u8> {
+        let r = &REGION.0;
+        if !r.reading.get() {
+            return None;
+        }
+        let start = r.used.get().next_multiple_of(8);
+        let end = start.checked_add(size).filter(|&e| e <= REGION_BYTES)?;
+        r.used.set(end);
+        // SAFETY: `start..end` is inside the region and handed out once until the next
+        // `start_callback`.
+        Some(unsafe { r.bytes.get().cast::<u8>().add(start) })
+    }
+
+    fn in_region(ptr: *const u8) -> bool {
+        let base = REGION.0.bytes.get().cast::<u8>() as usize;
+        (base..base + REGION_BYTES).contains(&(ptr as usize))
+    }
+
+    /// Header `name` of map `map`, borrowed from the region for the callback
+    /// (`'a`: the request's borrow), or owned if the region was full.
+    pub(in crate::host) fn get<'a>(map: u32, name: &str) -> Option<Cow<'a, [u8]>> {
+        let (mut data, mut size) = (std::ptr::null_mut(), 0usize);
+        REGION.0.reading.set(true);
+        // SAFETY: the host writes a pointer and a size to the two locals, and the value to
+        // memory this module allocated for it (`room`, or the heap).
+        let status = unsafe {
+            proxy_get_header_map_value(map, name.as_ptr(), name.len(), &mut data, &mut size)
+        };
+        REGION.0.reading.set(false);
+        // 0 is Ok; anything else (1, NotFound) is no value. A null pointer is no value too,
+        // as the SDK reads it.
+        if status != 0 || data.is_null() {
+            return None;
+        }
+        if in_region(data) {
+            // SAFETY: the host wrote `size` bytes there, in room handed out for this read,
+            // which stays untouched until the next callback's `start_callback`; the
+            // caller's borrow of the request ends with its callback.
+            return Some(Cow::Borrowed(unsafe {
+                std::slice::from_raw_parts(data, size)
+            }));
+        }
+        // SAFETY: allocated by `Vec::with_capacity(size)` in the memory-allocate entry,
+        // as the SDK does, and written by the host.
+        Some(Cow::Owned(unsafe { Vec::from_raw_parts(data, size, size) }))
+    }
 }

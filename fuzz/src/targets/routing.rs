@@ -50,11 +50,11 @@ const HEADERS: [&str; 6] = [
 struct Request<'a>(Vec<(&'static str, &'a [u8])>);
 
 impl RequestHeaders for Request<'_> {
-    fn header(&self, name: &str) -> Option<Vec<u8>> {
+    fn header(&self, name: &str) -> Option<std::borrow::Cow<'_, [u8]>> {
         self.0
             .iter()
             .find(|(n, _)| *n == name)
-            .map(|(_, v)| v.to_vec())
+            .map(|(_, v)| std::borrow::Cow::Borrowed(*v))
     }
 }
 

@@ -27,7 +27,9 @@ use canary_e2e::paths;
 use futures::StreamExt;
 use serde_json::json;
 
+/// Requests before counting starts (`BENCH_INSTR_WARMUP`).
 const WARMUP_REQUESTS: usize = 300;
+const WARMUP_IN_FLIGHT: usize = 8;
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<()> {
@@ -41,6 +43,10 @@ async fn main() -> Result<()> {
         .and_then(|v| v.parse().ok())
         .unwrap_or(1)
         .max(1);
+    let warmup: usize = std::env::var("BENCH_INSTR_WARMUP")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(WARMUP_REQUESTS);
     let dir = paths::project_root().join("target/bench/callgrind");
     std::fs::create_dir_all(&dir)?;
     let upstream = Envoy::start(
@@ -74,13 +80,16 @@ async fn main() -> Result<()> {
         .await?;
         let url = format!("{}/", envoy.url().await?);
         // Distinct users, the same sequence for every case.
-        for i in 0..WARMUP_REQUESTS {
-            send(&client, &url, i).await?;
-        }
+        let warmed: Vec<Result<()>> = futures::stream::iter(0..warmup)
+            .map(|i| send(&client, &url, i))
+            .buffer_unordered(WARMUP_IN_FLIGHT)
+            .collect()
+            .await;
+        warmed.into_iter().collect::<Result<()>>()?;
         let pid = envoy.pid().to_string();
         callgrind::control(&["-i", "on", &pid])?;
         let results: Vec<Result<()>> = futures::stream::iter(0..requests)
-            .map(|i| send(&client, &url, WARMUP_REQUESTS + i))
+            .map(|i| send(&client, &url, warmup + i))
             .buffer_unordered(parallel)
             .collect()
             .await;
@@ -105,7 +114,7 @@ async fn main() -> Result<()> {
     let native = get("native_hash_split");
     let report = json!({
         "settings": {
-            "requests_counted": requests, "warmup_requests": WARMUP_REQUESTS,
+            "requests_counted": requests, "warmup_requests": warmup,
             "counter": "valgrind --tool=callgrind, user-space instructions of the proxy process",
             "envoy_workers": 1, "requests_in_flight": parallel
         },

@@ -19,6 +19,7 @@ pub mod copy;
 pub mod eval;
 #[cfg(feature = "fallback")]
 pub mod fallback;
+pub mod header_map;
 pub mod hold;
 pub mod keyed;
 #[cfg(feature = "llm")]

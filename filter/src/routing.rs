@@ -47,6 +47,10 @@ pub struct Router {
     /// host, so requests skip the ones no rollout looks at.
     needs_authority: bool,
     needs_path: bool,
+    /// Whether routing a request may read more than one header that is usually there
+    /// (host or path beside the key, two key sources, a key in a cookie): then the host
+    /// hands over all of them at once (see `crate::header_map`).
+    reads_several: bool,
     /// Per rollout, a raise not in force yet.
     raises: Vec<Option<PendingRaise>>,
     /// Per rollout, its allow and deny lists by key hash: a request hashes its key once,
@@ -88,7 +92,25 @@ impl Router {
             })
             .collect();
         let rollouts: Vec<RolloutConfig> = rollouts;
+        let needs_authority = rollouts.iter().any(|r| !r.request_match.hosts.is_empty());
+        let needs_path = rollouts
+            .iter()
+            .any(|r| r.request_match.path_prefix.is_some());
+        let key_reads = |r: &RolloutConfig| {
+            let cookie = r
+                .key_sources
+                .iter()
+                .any(|s| matches!(s, KeySource::Cookie(_)));
+            let headers = r
+                .key_sources
+                .iter()
+                .filter(|s| matches!(s, KeySource::Header(_)));
+            headers.count() + usize::from(cookie)
+        };
+        let most_key_reads = rollouts.iter().map(key_reads).max().unwrap_or(0);
+        let reads = usize::from(needs_authority) + usize::from(needs_path) + most_key_reads;
         Router {
+            reads_several: reads >= 2,
             raises: vec![None; rollouts.len()],
             lists: rollouts.iter().map(RolloutConfig::key_lists).collect(),
             hashers: rollouts
@@ -102,10 +124,8 @@ impl Router {
                     others.cloned().collect()
                 })
                 .collect(),
-            needs_authority: rollouts.iter().any(|r| !r.request_match.hosts.is_empty()),
-            needs_path: rollouts
-                .iter()
-                .any(|r| r.request_match.path_prefix.is_some()),
+            needs_authority,
+            needs_path,
             rollouts,
             route_headers,
         }
@@ -152,6 +172,11 @@ impl Router {
 
     pub fn rollouts(&self) -> &[RolloutConfig] {
         &self.rollouts
+    }
+
+    /// Whether to read a request's headers all at once (see the field).
+    pub fn reads_several_headers(&self) -> bool {
+        self.reads_several
     }
 
     pub fn route_headers(&self) -> &[String] {
@@ -330,6 +355,27 @@ mod tests {
         let config = FilterConfig::new(rollouts);
         config.validate().expect("test config is valid");
         Router::new(config)
+    }
+
+    #[test]
+    fn reads_all_headers_at_once_only_when_it_may_read_several() {
+        let plain = RolloutConfig::new("a", 100);
+        assert!(!router(vec![plain.clone()]).reads_several_headers());
+        let mut by_host = plain.clone();
+        by_host.request_match.hosts = vec!["shop.example.com".into()];
+        assert!(router(vec![by_host]).reads_several_headers());
+        let mut by_path = RolloutConfig::new("b", 100);
+        by_path.request_match.path_prefix = Some("/api/".into());
+        assert!(router(vec![plain.clone(), by_path]).reads_several_headers());
+        let mut two_keys = plain.clone();
+        two_keys.key_sources = vec![
+            KeySource::Header("x-user-id".into()),
+            KeySource::Cookie("uid".into()),
+        ];
+        assert!(router(vec![two_keys]).reads_several_headers());
+        let mut one_cookie = plain;
+        one_cookie.key_sources = vec![KeySource::Cookie("uid".into())];
+        assert!(!router(vec![one_cookie]).reads_several_headers());
     }
 
     fn no_id() -> String {

@@ -16,6 +16,8 @@ use crate::paths;
 pub const CANARY_WEIGHT_BP: u32 = 1_000;
 pub const USER_HEADER: &str = "x-user-id";
 pub const ROUTE_HEADER: &str = "x-canary-version";
+/// The host the benchmarks' requests go to (loopback).
+pub const BENCH_HOST: &str = "127.0.0.1";
 /// Longer than one case's counted requests take (Envoy takes at most 5 minutes).
 const STATS_FLUSH_MS: u64 = 290_000;
 
@@ -51,12 +53,14 @@ impl BenchCase {
 ///   zero-wasm alternative a user could pick;
 /// - `filter`: canary-filter doing the same 10% split, with its stats;
 /// - `filter_passthrough`: the same module with a rollout that matches no request;
+/// - `filter_host_path_match`: the same split by a rollout that matches on host and path
+///   (three request headers, which the filter reads in one call);
 /// - `lean`: the lean build (`canary_filter_lean.wasm`) doing the same split with no stats
 ///   of its own (each version's come from its cluster's) and no response callbacks;
 /// - `native_module`: the same filter built as an Envoy Dynamic Module
 ///   (`libcanary_filter.so`), the same configuration and stats;
 /// - `wasm_noop`: a hand-written module that does nothing: the fixed price of any wasm
-///   filter (Envoy entering the VM four times per request);
+///   filter (Envoy entering the VM three times per request, as it enters canary-filter);
 /// - `wasm_reads`: a hand-written module that only reads the two values no sticky split
 ///   with per-version status stats can do without (the user key, `:status`);
 /// - `wasm_floor`: a hand-written module making exactly the calls into Envoy that the
@@ -68,6 +72,11 @@ pub fn all() -> Result<Vec<BenchCase>> {
     let mut unmatched = RolloutConfig::new("bench", CANARY_WEIGHT_BP);
     unmatched.request_match.path_prefix = Some("/no-such-prefix/".into());
     let passthrough_config = FilterConfig::new(vec![unmatched]);
+    // Matching on host and path reads three request headers: all at once.
+    let mut matched = RolloutConfig::new("bench", CANARY_WEIGHT_BP);
+    matched.request_match.hosts = vec![BENCH_HOST.into()];
+    matched.request_match.path_prefix = Some("/".into());
+    let matched_config = FilterConfig::new(vec![matched]);
     let mut lean = RolloutConfig::new("bench", CANARY_WEIGHT_BP);
     lean.stats = StatsFrom::Clusters;
     lean.anonymous_cookie.enabled = false;
@@ -98,7 +107,11 @@ pub fn all() -> Result<Vec<BenchCase>> {
         },
         BenchCase {
             name: "filter_passthrough",
-            routing: module(wasm, &passthrough_config),
+            routing: module(wasm.clone(), &passthrough_config),
+        },
+        BenchCase {
+            name: "filter_host_path_match",
+            routing: module(wasm, &matched_config),
         },
         BenchCase {
             name: "lean",

@@ -210,6 +210,11 @@ pub(super) mod headers {
             return_value_data: *mut *mut u8,
             return_value_size: *mut usize,
         ) -> u32;
+        fn proxy_get_header_map_pairs(
+            map_type: u32,
+            return_map_data: *mut *mut u8,
+            return_map_size: *mut usize,
+        ) -> u32;
         fn proxy_replace_header_map_value(
             map_type: u32,
             key_data: *const u8,
@@ -291,13 +296,26 @@ pub(super) mod headers {
     /// Header `name` of map `map`, borrowed from the region for the callback
     /// (`'a`: the request's borrow), or owned if the region was full.
     pub(in crate::host) fn get<'a>(map: u32, name: &str) -> Option<Cow<'a, [u8]>> {
+        // SAFETY: the host reads the name during the call and writes the two out-params.
+        lend(|data, size| unsafe {
+            proxy_get_header_map_value(map, name.as_ptr(), name.len(), data, size)
+        })
+    }
+
+    /// All of map `map` in the proxy-wasm serialized form (see `crate::header_map`),
+    /// borrowed like [`get`]'s values.
+    pub(in crate::host) fn get_all<'a>(map: u32) -> Option<Cow<'a, [u8]>> {
+        // SAFETY: the host writes the two out-params.
+        lend(|data, size| unsafe { proxy_get_header_map_pairs(map, data, size) })
+    }
+
+    /// What a host call `read` hands over (through its pointer and size out-params).
+    fn lend<'a>(read: impl FnOnce(*mut *mut u8, *mut usize) -> u32) -> Option<Cow<'a, [u8]>> {
         let (mut data, mut size) = (std::ptr::null_mut(), 0usize);
         REGION.0.reading.set(true);
-        // SAFETY: the host writes a pointer and a size to the two locals, and the value to
-        // memory this module allocated for it (`room`, or the heap).
-        let status = unsafe {
-            proxy_get_header_map_value(map, name.as_ptr(), name.len(), &mut data, &mut size)
-        };
+        // The host writes the value to memory this module allocates for it (`room`, or
+        // the heap).
+        let status = read(&mut data, &mut size);
         REGION.0.reading.set(false);
         // 0 is Ok; anything else (1, NotFound) is no value. A null pointer is no value too,
         // as the SDK reads it.

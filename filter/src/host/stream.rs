@@ -19,6 +19,7 @@ use proxy_wasm::types::BufferType;
 
 #[cfg(not(feature = "lean"))]
 use crate::cookie::set_cookie_value;
+use crate::header_map::HeaderMap;
 use crate::hold::{Hold, Slot};
 #[cfg(not(feature = "lean"))]
 use crate::metrics::{Exchange, MetricOp};
@@ -124,9 +125,18 @@ impl CanaryHttp {
     }
 }
 
-impl RequestHeaders for CanaryHttp {
+/// A request's headers as routing reads them: all at once when it may read several (see
+/// `Router::reads_several_headers`), else one by one from the host.
+struct RequestView<'a> {
+    all: Option<HeaderMap<'a>>,
+}
+
+impl RequestHeaders for RequestView<'_> {
     fn header(&self, name: &str) -> Option<Cow<'_, [u8]>> {
-        headers::get(REQUEST_HEADERS, name)
+        match self.all {
+            Some(map) => map.get(name).map(Cow::Borrowed),
+            None => headers::get(REQUEST_HEADERS, name),
+        }
     }
 }
 
@@ -171,8 +181,14 @@ impl HttpContext for CanaryHttp {
         let now = now_ms();
         #[cfg(feature = "lean")]
         let now = active.routing_time();
+        let all = (active.router.reads_several_headers())
+            .then(|| headers::get_all(REQUEST_HEADERS))
+            .flatten();
+        let view = RequestView {
+            all: all.as_deref().map(HeaderMap),
+        };
         #[cfg_attr(feature = "lean", allow(unused_mut))]
-        let mut decision = active.router.decide(self, now, new_anonymous_id);
+        let mut decision = active.router.decide(&view, now, new_anonymous_id);
         // The lean build takes no configuration with a breaker.
         #[cfg(not(feature = "lean"))]
         if let Some(d) = decision.as_mut() {

@@ -6,25 +6,63 @@
 use canary_contract::grpc::answer_class;
 #[cfg(feature = "llm")]
 use canary_contract::stats::quality_stat_name;
-use canary_contract::stats::{stat_name, Metric, MetricKind, QualityPart};
+use canary_contract::stats::{
+    bucket_index, bucket_stat_name, bucket_sum_stat_name, latency_buckets_us, stat_name, Metric,
+    MetricKind, QualityPart,
+};
 use canary_contract::{RolloutConfig, Version};
 
-/// Counter increments not yet handed to Envoy, per rollout, version and metric.
+/// Counter increments not yet handed to Envoy, per rollout, version and metric, and the
+/// latency samples not yet handed over, per rollout, version and bucket.
 ///
 /// Each call into the host costs about as much as the rest of the filter's per-request work,
 /// so counters are summed in the VM (one per worker) and flushed to Envoy on a timer and
-/// when the configuration goes away. Histograms are recorded per request: Envoy needs each
-/// sample.
+/// when the configuration goes away. Latency ([`MetricKind::Buckets`]) is counted the same
+/// way, per bucket, with its sum in the metric's own counter slot; the other histograms
+/// (the LLM build's) are recorded per request: Envoy needs each sample.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PendingCounters {
     counts: Vec<[[u64; Metric::ALL.len()]; 2]>,
+    /// The latency bucket bounds (µs), then per rollout and version one count per bucket
+    /// and the overflow bucket: `(rollout * 2 + version) * (bounds + 1) + bucket`.
+    bounds_us: Vec<u64>,
+    buckets: Vec<u64>,
 }
 
 impl PendingCounters {
     pub fn new(rollouts: usize) -> PendingCounters {
+        let bounds_us = latency_buckets_us();
         PendingCounters {
             counts: vec![[[0; Metric::ALL.len()]; 2]; rollouts],
+            buckets: vec![0; rollouts * 2 * (bounds_us.len() + 1)],
+            bounds_us,
         }
+    }
+
+    /// One latency sample (`MetricKind::Buckets`): its bucket counts one more, the sum grows.
+    pub fn record(&mut self, rollout: usize, version: Version, metric: Metric, ms: u64) {
+        if rollout >= self.counts.len() {
+            return;
+        }
+        self.add(rollout, version, metric, ms);
+        let per = self.bounds_us.len() + 1;
+        let slot = (rollout * 2 + version.index()) * per + bucket_index(&self.bounds_us, ms);
+        if let Some(count) = self.buckets.get_mut(slot) {
+            *count = count.saturating_add(1);
+        }
+    }
+
+    /// Takes every non-zero bucket count: rollout, version, bucket index, count.
+    pub fn drain_buckets(&mut self) -> Vec<(usize, Version, usize, u64)> {
+        let per = self.bounds_us.len() + 1;
+        let mut out = Vec::new();
+        for (i, count) in self.buckets.iter_mut().enumerate() {
+            if *count > 0 {
+                let version = Version::ALL[(i / per) % 2];
+                out.push((i / per / 2, version, i % per, std::mem::take(count)));
+            }
+        }
+        out
     }
 
     pub fn add(&mut self, rollout: usize, version: Version, metric: Metric, delta: u64) {
@@ -65,10 +103,13 @@ pub trait MetricHost {
 }
 
 /// Envoy metric ids of one rollout, per version and metric. LLM metrics exist only for
-/// rollouts with LLM signals configured.
+/// rollouts with LLM signals configured. A [`MetricKind::Buckets`] metric's id is its sum
+/// counter's; its bucket counters are in `buckets`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RolloutMetrics {
     ids: [[Option<u32>; Metric::ALL.len()]; 2],
+    /// Per version: the latency bucket counters, in bucket order, the overflow bucket last.
+    buckets: [Vec<u32>; 2],
     /// Per quality header of the configuration, in order: ids per version and part.
     quality: Vec<[[u32; QualityPart::ALL.len()]; 2]>,
 }
@@ -85,6 +126,8 @@ impl RolloutMetrics {
     ) -> Result<RolloutMetrics, String> {
         let name = rollout.name.as_str();
         let mut ids = [[None; Metric::ALL.len()]; 2];
+        let mut buckets = [Vec::new(), Vec::new()];
+        let bounds_us = latency_buckets_us();
         #[cfg(feature = "llm")]
         let signals = rollout.llm.as_ref();
         #[cfg(not(feature = "llm"))]
@@ -105,6 +148,21 @@ impl RolloutMetrics {
                 {
                     continue;
                 }
+                if metric.kind() == MetricKind::Buckets {
+                    let per_bucket = bounds_us.iter().map(|us| Some(*us)).chain([None]);
+                    for upper_us in per_bucket {
+                        let stat = bucket_stat_name(metric, name, version, upper_us);
+                        buckets[version.index()].push(define_one(
+                            host,
+                            MetricKind::Counter,
+                            &stat,
+                        )?);
+                    }
+                    let sum = bucket_sum_stat_name(metric, name, version);
+                    ids[version.index()][metric.index()] =
+                        Some(define_one(host, MetricKind::Counter, &sum)?);
+                    continue;
+                }
                 let stat = stat_name(metric, name, version);
                 ids[version.index()][metric.index()] =
                     Some(define_one(host, metric.kind(), &stat)?);
@@ -114,11 +172,20 @@ impl RolloutMetrics {
         let quality = define_quality(host, rollout)?;
         #[cfg(not(feature = "llm"))]
         let quality = Vec::new();
-        Ok(RolloutMetrics { ids, quality })
+        Ok(RolloutMetrics {
+            ids,
+            buckets,
+            quality,
+        })
     }
 
     pub fn id(&self, version: Version, metric: Metric) -> Option<u32> {
         self.ids[version.index()][metric.index()]
+    }
+
+    /// The counter of latency bucket `bucket` (an index of `bucket_index`).
+    pub fn bucket_id(&self, version: Version, bucket: usize) -> Option<u32> {
+        self.buckets[version.index()].get(bucket).copied()
     }
 
     /// Ids of quality header `index`'s count, sum and sum of squares; the index after the
@@ -188,7 +255,9 @@ impl Exchange {
         (exchange, MetricOp::Increment(Metric::RqTotal))
     }
 
-    /// Response headers are on their way to the client. `status` is the raw `:status`;
+    /// Response headers are on their way to the client (no clock read here: a read is a
+    /// call into the host, and the request's only latency is taken at its end). `status` is
+    /// the raw `:status`;
     /// `end_of_stream`: the headers are the whole response. Each read is a call into the
     /// host, so they are closures called only when they can matter: `grpc_status` reads the
     /// `grpc-status` header, only for a 200 that ends here (a trailers-only gRPC answer; a
@@ -200,12 +269,11 @@ impl Exchange {
         &mut self,
         status: Option<&[u8]>,
         end_of_stream: bool,
-        now_ms: u64,
         grpc_status: impl FnOnce() -> Option<Vec<u8>>,
         code_details: impl FnOnce() -> Option<Vec<u8>>,
     ) -> impl Iterator<Item = MetricOp> {
         // A fixed array, not a Vec: no allocation on every request's path.
-        let mut ops = [None; 3];
+        let mut ops = [None; 2];
         if self.answer == Answer::Awaited {
             let status = status.and_then(parse_status);
             if status == Some(200) && !end_of_stream {
@@ -226,10 +294,6 @@ impl Exchange {
                     ops[1] = Some(MetricOp::Increment(Metric::RqReset));
                 }
             }
-            ops[2] = Some(MetricOp::Record(
-                Metric::RqHeaderTimeMs,
-                now_ms.saturating_sub(self.started_ms),
-            ));
         }
         ops.into_iter().flatten()
     }
@@ -298,17 +362,32 @@ mod tests {
             .iter()
             .filter(|m| !m.is_llm() && !m.is_rate_limit() && !m.is_breaker())
             .count();
+        // A latency metric is its sum and a counter per bucket and for the overflow.
+        let buckets = latency_buckets_us().len() + 1;
         assert_eq!(
             host.0.len(),
-            2 * base,
+            2 * (base + buckets),
             "no LLM, rate-limit or breaker metrics without their configuration"
         );
         assert_eq!(m.id(Version::Canary, Metric::BreakerTrips), None);
         assert_eq!(m.id(Version::Canary, Metric::LlmResponses), None);
         let name_of = |id: Option<u32>| host.0[id.expect("defined") as usize].clone();
         let (kind, name) = name_of(m.id(Version::Canary, Metric::RqTimeMs));
-        assert_eq!(kind, MetricKind::Histogram);
-        assert_eq!(name, "canary_rq_time_ms.rollout.checkout.version.canary");
+        assert_eq!(kind, MetricKind::Counter);
+        assert_eq!(
+            name,
+            "canary_rq_time_ms_sum.rollout.checkout.version.canary"
+        );
+        let (kind, name) = name_of(m.bucket_id(Version::Stable, 1));
+        assert_eq!(kind, MetricKind::Counter);
+        assert_eq!(
+            name,
+            "canary_rq_time_ms_in_bucket.rollout.checkout.version.stable.upper_us.550"
+        );
+        let overflow = latency_buckets_us().len();
+        let (_, name) = name_of(m.bucket_id(Version::Canary, overflow));
+        assert!(name.ends_with(".version.canary.upper_us.inf"), "{name}");
+        assert_eq!(m.bucket_id(Version::Canary, overflow + 1), None);
         let (kind, name) = name_of(m.id(Version::Stable, Metric::Rq5xx));
         assert_eq!(kind, MetricKind::Counter);
         assert_eq!(name, "canary_rq_5xx.rollout.checkout.version.stable");
@@ -352,9 +431,10 @@ mod tests {
         let m = RolloutMetrics::define(&mut host, &chat).expect("defined");
         let rate_limit = Metric::ALL.iter().filter(|m| m.is_rate_limit()).count();
         let breaker = Metric::ALL.iter().filter(|m| m.is_breaker()).count();
+        let buckets = latency_buckets_us().len() + 1;
         assert_eq!(
             host.0.len(),
-            2 * (Metric::ALL.len() - rate_limit - breaker) + 2 * 3
+            2 * (Metric::ALL.len() - rate_limit - breaker + buckets) + 2 * 3
         );
         let ttft = m.id(Version::Canary, Metric::LlmTtftMs).expect("defined");
         assert_eq!(
@@ -414,17 +494,14 @@ mod tests {
         let (mut x, op) = Exchange::start(Version::Canary, 1_000);
         assert_eq!(op, MetricOp::Increment(Metric::RqTotal));
         assert_eq!(
-            x.on_response_headers(Some(b"503"), false, 1_040, no_read, || {
+            x.on_response_headers(Some(b"503"), false, no_read, || {
                 Some(b"via_upstream".to_vec())
             })
             .collect::<Vec<_>>(),
-            vec![
-                MetricOp::Increment(Metric::Rq5xx),
-                MetricOp::Record(Metric::RqHeaderTimeMs, 40)
-            ]
+            vec![MetricOp::Increment(Metric::Rq5xx)]
         );
         assert_eq!(
-            x.on_response_headers(Some(b"200"), false, 1_041, no_read, no_read)
+            x.on_response_headers(Some(b"200"), false, no_read, no_read)
                 .collect::<Vec<_>>(),
             vec![]
         );
@@ -451,12 +528,11 @@ mod tests {
         let (mut x, _) = Exchange::start(Version::Canary, 0);
         let details = b"upstream_reset_before_response_started{connection_termination}";
         assert_eq!(
-            x.on_response_headers(Some(b"503"), false, 1, no_read, || Some(details.to_vec()))
+            x.on_response_headers(Some(b"503"), false, no_read, || Some(details.to_vec()))
                 .collect::<Vec<_>>(),
             vec![
                 MetricOp::Increment(Metric::Rq5xx),
-                MetricOp::Increment(Metric::RqReset),
-                MetricOp::Record(Metric::RqHeaderTimeMs, 1)
+                MetricOp::Increment(Metric::RqReset)
             ]
         );
         assert_eq!(
@@ -485,14 +561,44 @@ mod tests {
     }
 
     #[test]
+    fn latency_samples_are_counted_per_bucket_with_their_sum() {
+        let bounds = latency_buckets_us();
+        let mut pending = PendingCounters::new(2);
+        for ms in [0, 30, 30, 31, 999_999] {
+            pending.record(1, Version::Canary, Metric::RqTimeMs, ms);
+        }
+        pending.record(0, Version::Stable, Metric::RqTimeMs, 1);
+        pending.record(2, Version::Stable, Metric::RqTimeMs, 1); // unknown rollout: ignored
+        let at = |us: u64| bounds.iter().position(|b| *b == us).expect("a bound");
+        assert_eq!(
+            pending.drain_buckets(),
+            vec![
+                (0, Version::Stable, at(1_060), 1),
+                (1, Version::Canary, 0, 1),
+                (1, Version::Canary, at(30_000), 2),
+                (1, Version::Canary, at(33_000), 1),
+                (1, Version::Canary, bounds.len(), 1),
+            ]
+        );
+        assert_eq!(
+            pending.drain(),
+            vec![
+                (0, Version::Stable, Metric::RqTimeMs, 1),
+                (1, Version::Canary, Metric::RqTimeMs, 1_000_090)
+            ]
+        );
+        assert!(pending.drain_buckets().is_empty());
+    }
+
+    #[test]
     fn code_details_are_read_only_when_they_can_matter() {
         let (mut ok, _) = Exchange::start(Version::Canary, 0);
-        let _ = ok.on_response_headers(Some(b"404"), true, 1, no_read, || {
+        let _ = ok.on_response_headers(Some(b"404"), true, no_read, || {
             panic!("read details for a 404")
         });
         let (mut odd, _) = Exchange::start(Version::Canary, 0);
         let mut read = false;
-        let _ = odd.on_response_headers(Some(b"abc"), false, 1, no_read, || {
+        let _ = odd.on_response_headers(Some(b"abc"), false, no_read, || {
             read = true;
             None
         });
@@ -504,9 +610,9 @@ mod tests {
         for raw in [&b"99"[..], b"abc", b"1000", b"", b"\xff\xff\xff", b"600"] {
             let (mut x, _) = Exchange::start(Version::Canary, 0);
             assert_eq!(
-                x.on_response_headers(Some(raw), false, 0, no_read, || None)
+                x.on_response_headers(Some(raw), false, no_read, || None)
                     .collect::<Vec<_>>(),
-                vec![MetricOp::Record(Metric::RqHeaderTimeMs, 0)]
+                vec![]
             );
         }
     }
@@ -537,7 +643,6 @@ mod tests {
             .on_response_headers(
                 Some(status),
                 end_of_stream,
-                3,
                 || header_grpc.map(<[u8]>::to_vec),
                 || Some(details.to_vec()),
             )
@@ -553,9 +658,9 @@ mod tests {
     fn a_200_with_a_body_is_counted_at_its_end() {
         let (mut x, _) = Exchange::start(Version::Canary, 0);
         assert_eq!(
-            x.on_response_headers(Some(b"200"), false, 3, no_read, no_read)
+            x.on_response_headers(Some(b"200"), false, no_read, no_read)
                 .collect::<Vec<_>>(),
-            vec![MetricOp::Record(Metric::RqHeaderTimeMs, 3)]
+            vec![]
         );
         assert_eq!(
             x.on_end(9).collect::<Vec<_>>(),
@@ -610,17 +715,17 @@ mod tests {
         // A 204 ends at its headers: its class stands, whatever it carries.
         let (mut x, _) = Exchange::start(Version::Canary, 0);
         let ops: Vec<_> = x
-            .on_response_headers(Some(b"204"), true, 0, no_read, no_read)
+            .on_response_headers(Some(b"204"), true, no_read, no_read)
             .collect();
         assert_eq!(classes(&ops), vec![Metric::Rq2xx]);
         assert_eq!(x.on_response_trailers(no_read), None);
         // A 503 with trailers.
         let (mut x, _) = Exchange::start(Version::Canary, 0);
-        let _ = x.on_response_headers(Some(b"503"), false, 0, no_read, || None);
+        let _ = x.on_response_headers(Some(b"503"), false, no_read, || None);
         assert_eq!(x.on_response_trailers(no_read), None);
         // Trailers are read once.
         let (mut x, _) = Exchange::start(Version::Canary, 0);
-        let _ = x.on_response_headers(Some(b"200"), false, 0, no_read, no_read);
+        let _ = x.on_response_headers(Some(b"200"), false, no_read, no_read);
         let first = x.on_response_trailers(|| Some(b"14".to_vec()));
         assert_eq!(first, Some(MetricOp::Increment(Metric::Rq5xx)));
         assert_eq!(x.on_response_trailers(no_read), None);

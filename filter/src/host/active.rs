@@ -7,6 +7,8 @@ use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
 use canary_contract::stats::Metric;
+#[cfg(not(feature = "lean"))]
+use canary_contract::stats::MetricKind;
 use canary_contract::{FilterConfig, Version};
 use proxy_wasm::hostcalls;
 
@@ -156,16 +158,20 @@ impl Active {
     /// Carries out one metric operation of rollout `rollout`.
     #[cfg(not(feature = "lean"))]
     pub(super) fn apply_op(&self, rollout: usize, op: MetricOp, version: Version) {
-        let Some(metrics) = self.metrics.get(rollout) else {
-            return;
-        };
         let (m, delta) = match op {
             MetricOp::Increment(m) => (m, 1),
             MetricOp::Add(m, delta) => (m, delta),
-            MetricOp::Record(m, v) => {
-                if let Some(id) = metrics.id(version, m) {
+            MetricOp::Record(m, v) if m.kind() != MetricKind::Buckets => {
+                if let Some(id) = self.metrics.get(rollout).and_then(|ids| ids.id(version, m)) {
                     // A failed metric update is not worth failing the request over.
                     let _ = hostcalls::record_metric(id, v);
+                }
+                return;
+            }
+            // Latency is counted per bucket in the VM, as counters are.
+            MetricOp::Record(m, ms) => {
+                if let Ok(mut pending) = self.pending.try_borrow_mut() {
+                    pending.record(rollout, version, m, ms);
                 }
                 return;
             }
@@ -187,6 +193,12 @@ impl Active {
                 .and_then(|m| m.id(version, metric))
             {
                 increment(id, delta);
+            }
+        }
+        for (rollout, version, bucket, count) in pending.drain_buckets() {
+            if let Some(id) = (self.metrics.get(rollout)).and_then(|m| m.bucket_id(version, bucket))
+            {
+                increment(id, count);
             }
         }
     }

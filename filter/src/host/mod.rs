@@ -441,7 +441,6 @@ impl HttpContext for CanaryHttp {
         let ops = routed.exchange.on_response_headers(
             status.as_deref(),
             end_of_stream,
-            now_ms(),
             || self.get_http_response_header_bytes(GRPC_STATUS),
             || self.get_property(vec!["response", "code_details"]),
         );

@@ -31,7 +31,7 @@ pub enum MetricKind {
     Histogram,
     Gauge,
     /// Latency summed in the VM: one counter per bucket of [`latency_buckets_us`] (named by
-    /// [`bucket_stat_name`]) and one of the samples' sum in ms ([`bucket_sum_stat_name`]).
+    /// [`bucket_stat_name`]) and one of the samples' sum in ms ([`stat_name`]).
     /// An Envoy histogram would take a call into Envoy per sample; counters are summed in
     /// the VM and handed over on the filter's tick.
     Buckets,
@@ -222,9 +222,11 @@ pub fn rollout_stat_name(metric: &str, rollout: &str, tag: StatTag<'_>) -> Strin
     format!("{metric}.rollout.{rollout}.{key}.{value}")
 }
 
-/// The stat name as the filter defines it (without Envoy's `wasmcustom.` prefix).
+/// The stat name as the filter defines it (without Envoy's `wasmcustom.` prefix); for a
+/// [`MetricKind::Buckets`] metric its sum counter's (its buckets': [`bucket_stat_name`]).
 pub fn stat_name(metric: Metric, rollout: &str, version: Version) -> String {
-    rollout_stat_name(metric.name(), rollout, StatTag::Version(version))
+    let name = metric.sum_name().unwrap_or(metric.name());
+    rollout_stat_name(name, rollout, StatTag::Version(version))
 }
 
 /// The three counters of a quality signal: samples, their sum in thousandths and the sum of
@@ -343,12 +345,6 @@ pub fn bucket_stat_name(
     }
 }
 
-/// The stat name of a latency metric's sum counter (ms) as the filter defines it.
-pub fn bucket_sum_stat_name(metric: Metric, rollout: &str, version: Version) -> String {
-    let name = metric.sum_name().unwrap_or(metric.name());
-    rollout_stat_name(name, rollout, StatTag::Version(version))
-}
-
 /// The upper bound (ms) an `upper_us` label names: whole µs, or `inf`. `None` if it is neither.
 pub fn bucket_upper_ms(label: &str) -> Option<f64> {
     if label == BUCKET_OVERFLOW {
@@ -409,6 +405,10 @@ pub fn latency_buckets_ms() -> Vec<f64> {
         .map(|us| us as f64 / 1_000.0)
         .collect()
 }
+
+/// The latency buckets of one rollout and version: one per bound of [`latency_buckets_us`]
+/// and the overflow bucket. A constant, so the wasm filter's tables have a fixed size.
+pub const LATENCY_BUCKETS: usize = 145;
 
 /// The latency bucket bounds in whole µs: log-spaced from 0.5 ms to 5 min, each at most 10%
 /// above the last, rounded down to three significant digits (144 bounds). Integer arithmetic
@@ -471,6 +471,7 @@ mod tests {
         }
         let us = latency_buckets_us();
         assert_eq!(us.len(), 144);
+        assert_eq!(LATENCY_BUCKETS, us.len() + 1);
         assert_eq!(latency_buckets_ms(), float);
         for (ms, us) in float.iter().zip(&us) {
             // Three significant digits from 0.5 ms: a whole number of µs (up to the product's
@@ -506,7 +507,7 @@ mod tests {
             "canary_rq_time_ms_in_bucket.rollout.shop.version.stable.upper_us.inf"
         );
         assert_eq!(
-            bucket_sum_stat_name(Metric::RqTimeMs, "shop", Version::Stable),
+            stat_name(Metric::RqTimeMs, "shop", Version::Stable),
             "canary_rq_time_ms_sum.rollout.shop.version.stable"
         );
         assert_eq!(bucket_upper_ms("550"), Some(0.55));

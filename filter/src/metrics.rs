@@ -7,8 +7,8 @@ use canary_contract::grpc::answer_class;
 #[cfg(feature = "llm")]
 use canary_contract::stats::quality_stat_name;
 use canary_contract::stats::{
-    bucket_index, bucket_stat_name, bucket_sum_stat_name, latency_buckets_us, stat_name, Metric,
-    MetricKind, QualityPart,
+    bucket_index, bucket_stat_name, latency_buckets_us, stat_name, Metric, MetricKind, QualityPart,
+    LATENCY_BUCKETS,
 };
 use canary_contract::{RolloutConfig, Version};
 
@@ -22,47 +22,22 @@ use canary_contract::{RolloutConfig, Version};
 /// (the LLM build's) are recorded per request: Envoy needs each sample.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PendingCounters {
-    counts: Vec<[[u64; Metric::ALL.len()]; 2]>,
-    /// The latency bucket bounds (µs), then per rollout and version one count per bucket
-    /// and the overflow bucket: `(rollout * 2 + version) * (bounds + 1) + bucket`.
+    /// The latency bucket bounds (µs).
     bounds_us: Vec<u64>,
-    buckets: Vec<u64>,
+    /// Per rollout and version, one count per slot.
+    counts: Vec<[[u64; SLOTS]; 2]>,
 }
+
+/// The slots of one rollout and version: the metrics (by `Metric::index`), then the latency
+/// buckets, the overflow bucket last (see [`RolloutMetrics::pending_id`]).
+pub const SLOTS: usize = Metric::ALL.len() + LATENCY_BUCKETS;
 
 impl PendingCounters {
     pub fn new(rollouts: usize) -> PendingCounters {
-        let bounds_us = latency_buckets_us();
         PendingCounters {
-            counts: vec![[[0; Metric::ALL.len()]; 2]; rollouts],
-            buckets: vec![0; rollouts * 2 * (bounds_us.len() + 1)],
-            bounds_us,
+            bounds_us: latency_buckets_us(),
+            counts: vec![[[0; SLOTS]; 2]; rollouts],
         }
-    }
-
-    /// One latency sample (`MetricKind::Buckets`): its bucket counts one more, the sum grows.
-    pub fn record(&mut self, rollout: usize, version: Version, metric: Metric, ms: u64) {
-        if rollout >= self.counts.len() {
-            return;
-        }
-        self.add(rollout, version, metric, ms);
-        let per = self.bounds_us.len() + 1;
-        let slot = (rollout * 2 + version.index()) * per + bucket_index(&self.bounds_us, ms);
-        if let Some(count) = self.buckets.get_mut(slot) {
-            *count = count.saturating_add(1);
-        }
-    }
-
-    /// Takes every non-zero bucket count: rollout, version, bucket index, count.
-    pub fn drain_buckets(&mut self) -> Vec<(usize, Version, usize, u64)> {
-        let per = self.bounds_us.len() + 1;
-        let mut out = Vec::new();
-        for (i, count) in self.buckets.iter_mut().enumerate() {
-            if *count > 0 {
-                let version = Version::ALL[(i / per) % 2];
-                out.push((i / per / 2, version, i % per, std::mem::take(count)));
-            }
-        }
-        out
     }
 
     pub fn add(&mut self, rollout: usize, version: Version, metric: Metric, delta: u64) {
@@ -72,20 +47,31 @@ impl PendingCounters {
         }
     }
 
-    /// Takes every non-zero count, leaving zeros behind.
-    pub fn drain(&mut self) -> Vec<(usize, Version, Metric, u64)> {
-        let mut out = Vec::new();
+    /// One latency sample (`MetricKind::Buckets`): the sum (the metric's slot) grows, its
+    /// bucket counts one more.
+    pub fn record(&mut self, rollout: usize, version: Version, metric: Metric, ms: u64) {
+        let bucket = Metric::ALL.len() + bucket_index(&self.bounds_us, ms);
+        if let Some(per_version) = self.counts.get_mut(rollout) {
+            let slots = &mut per_version[version.index()];
+            slots[metric.index()] = slots[metric.index()].saturating_add(ms);
+            if let Some(count) = slots.get_mut(bucket) {
+                *count = count.saturating_add(1);
+            }
+        }
+    }
+
+    /// Hands every non-zero count to `flush` (rollout, version, slot, count), leaving zeros
+    /// behind; a metric's sum before its buckets.
+    pub fn drain(&mut self, mut flush: impl FnMut(usize, Version, usize, u64)) {
         for (rollout, per_version) in self.counts.iter_mut().enumerate() {
             for version in Version::ALL {
-                for metric in Metric::ALL {
-                    let slot = &mut per_version[version.index()][metric.index()];
-                    if *slot > 0 {
-                        out.push((rollout, version, metric, std::mem::take(slot)));
+                for (slot, count) in per_version[version.index()].iter_mut().enumerate() {
+                    if *count > 0 {
+                        flush(rollout, version, slot, std::mem::take(count));
                     }
                 }
             }
         }
-        out
     }
 }
 
@@ -104,12 +90,14 @@ pub trait MetricHost {
 
 /// Envoy metric ids of one rollout, per version and metric. LLM metrics exist only for
 /// rollouts with LLM signals configured. A [`MetricKind::Buckets`] metric's id is its sum
-/// counter's; its bucket counters are in `buckets`.
+/// counter's; its bucket counters come after the metrics.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RolloutMetrics {
-    ids: [[Option<u32>; Metric::ALL.len()]; 2],
-    /// Per version: the latency bucket counters, in bucket order, the overflow bucket last.
-    buckets: [Vec<u32>; 2],
+    /// Stable's ids, then canary's, each in the slots of [`PendingCounters`]: the metrics
+    /// (by `Metric::index`), then the latency buckets with the overflow bucket last. Each is
+    /// the id + 1, 0 where the metric is not defined (Envoy's ids start at 0): a plain table
+    /// is the cheapest to build in the size-capped wasm module.
+    ids: [[u32; SLOTS]; 2],
     /// Per quality header of the configuration, in order: ids per version and part.
     quality: Vec<[[u32; QualityPart::ALL.len()]; 2]>,
 }
@@ -125,9 +113,8 @@ impl RolloutMetrics {
         rollout: &RolloutConfig,
     ) -> Result<RolloutMetrics, String> {
         let name = rollout.name.as_str();
-        let mut ids = [[None; Metric::ALL.len()]; 2];
-        let mut buckets = [Vec::new(), Vec::new()];
         let bounds_us = latency_buckets_us();
+        let mut ids = [[0u32; SLOTS]; 2];
         #[cfg(feature = "llm")]
         let signals = rollout.llm.as_ref();
         #[cfg(not(feature = "llm"))]
@@ -137,6 +124,7 @@ impl RolloutMetrics {
         #[cfg(not(feature = "llm"))]
         let rate_limited = false;
         for version in Version::ALL {
+            let ids = &mut ids[version.index()];
             for metric in Metric::ALL {
                 if (metric.is_llm() && signals.is_none())
                     || (metric.is_rate_limit() && !rate_limited)
@@ -149,43 +137,37 @@ impl RolloutMetrics {
                     continue;
                 }
                 if metric.kind() == MetricKind::Buckets {
-                    let per_bucket = bounds_us.iter().map(|us| Some(*us)).chain([None]);
-                    for upper_us in per_bucket {
+                    let buckets = &mut ids[Metric::ALL.len()..];
+                    for (i, slot) in buckets.iter_mut().enumerate() {
+                        let upper_us = bounds_us.get(i).copied();
                         let stat = bucket_stat_name(metric, name, version, upper_us);
-                        buckets[version.index()].push(define_one(
-                            host,
-                            MetricKind::Counter,
-                            &stat,
-                        )?);
+                        *slot = define_one(host, MetricKind::Counter, &stat)?.wrapping_add(1);
                     }
-                    let sum = bucket_sum_stat_name(metric, name, version);
-                    ids[version.index()][metric.index()] =
-                        Some(define_one(host, MetricKind::Counter, &sum)?);
-                    continue;
                 }
+                // A latency metric's sum counter (its kind is defined as a counter).
                 let stat = stat_name(metric, name, version);
-                ids[version.index()][metric.index()] =
-                    Some(define_one(host, metric.kind(), &stat)?);
+                ids[metric.index()] = define_one(host, metric.kind(), &stat)?.wrapping_add(1);
             }
         }
         #[cfg(feature = "llm")]
         let quality = define_quality(host, rollout)?;
         #[cfg(not(feature = "llm"))]
         let quality = Vec::new();
-        Ok(RolloutMetrics {
-            ids,
-            buckets,
-            quality,
-        })
+        Ok(RolloutMetrics { ids, quality })
     }
 
     pub fn id(&self, version: Version, metric: Metric) -> Option<u32> {
-        self.ids[version.index()][metric.index()]
+        self.pending_id(version, metric.index())
     }
 
     /// The counter of latency bucket `bucket` (an index of `bucket_index`).
     pub fn bucket_id(&self, version: Version, bucket: usize) -> Option<u32> {
-        self.buckets[version.index()].get(bucket).copied()
+        self.pending_id(version, Metric::ALL.len() + bucket)
+    }
+
+    /// The counter of a [`PendingCounters`] slot: a metric's, or past them a bucket's.
+    pub fn pending_id(&self, version: Version, slot: usize) -> Option<u32> {
+        self.ids[version.index()].get(slot)?.checked_sub(1)
     }
 
     /// Ids of quality header `index`'s count, sum and sum of squares; the index after the
@@ -373,7 +355,7 @@ mod tests {
         assert_eq!(m.id(Version::Canary, Metric::LlmResponses), None);
         let name_of = |id: Option<u32>| host.0[id.expect("defined") as usize].clone();
         let (kind, name) = name_of(m.id(Version::Canary, Metric::RqTimeMs));
-        assert_eq!(kind, MetricKind::Counter);
+        assert_eq!(kind, MetricKind::Buckets, "a counter at Envoy");
         assert_eq!(
             name,
             "canary_rq_time_ms_sum.rollout.checkout.version.canary"
@@ -541,6 +523,13 @@ mod tests {
         );
     }
 
+    /// What `pending.drain` hands over.
+    fn drained(pending: &mut PendingCounters) -> Vec<(usize, Version, usize, u64)> {
+        let mut out = Vec::new();
+        pending.drain(|rollout, version, slot, count| out.push((rollout, version, slot, count)));
+        out
+    }
+
     #[test]
     fn pending_counters_drain_once() {
         let mut pending = PendingCounters::new(2);
@@ -550,14 +539,14 @@ mod tests {
         pending.add(0, Version::Stable, Metric::LlmInputTokens, 120);
         pending.add(7, Version::Stable, Metric::RqTotal, 1); // unknown rollout: ignored
         assert_eq!(
-            pending.drain(),
+            drained(&mut pending),
             vec![
-                (0, Version::Stable, Metric::RqTotal, 1),
-                (0, Version::Stable, Metric::LlmInputTokens, 120),
-                (1, Version::Canary, Metric::Rq5xx, 2)
+                (0, Version::Stable, Metric::RqTotal.index(), 1),
+                (0, Version::Stable, Metric::LlmInputTokens.index(), 120),
+                (1, Version::Canary, Metric::Rq5xx.index(), 2)
             ]
         );
-        assert!(pending.drain().is_empty());
+        assert!(drained(&mut pending).is_empty());
     }
 
     #[test]
@@ -570,24 +559,41 @@ mod tests {
         pending.record(0, Version::Stable, Metric::RqTimeMs, 1);
         pending.record(2, Version::Stable, Metric::RqTimeMs, 1); // unknown rollout: ignored
         let at = |us: u64| bounds.iter().position(|b| *b == us).expect("a bound");
+        let bucket = |b: usize| Metric::ALL.len() + b;
+        let sum = Metric::RqTimeMs.index();
         assert_eq!(
-            pending.drain_buckets(),
+            drained(&mut pending),
             vec![
-                (0, Version::Stable, at(1_060), 1),
-                (1, Version::Canary, 0, 1),
-                (1, Version::Canary, at(30_000), 2),
-                (1, Version::Canary, at(33_000), 1),
-                (1, Version::Canary, bounds.len(), 1),
+                (0, Version::Stable, sum, 1),
+                (0, Version::Stable, bucket(at(1_060)), 1),
+                (1, Version::Canary, sum, 1_000_090),
+                (1, Version::Canary, bucket(0), 1),
+                (1, Version::Canary, bucket(at(30_000)), 2),
+                (1, Version::Canary, bucket(at(33_000)), 1),
+                (1, Version::Canary, bucket(bounds.len()), 1),
             ]
         );
+        assert!(drained(&mut pending).is_empty());
+        // Each slot names its counter.
+        let mut host = Recorder::default();
+        let m = RolloutMetrics::define(&mut host, &RolloutConfig::new("shop", 0)).expect("ok");
+        let name = |slot| {
+            host.0[m.pending_id(Version::Canary, slot).expect("id") as usize]
+                .1
+                .clone()
+        };
         assert_eq!(
-            pending.drain(),
-            vec![
-                (0, Version::Stable, Metric::RqTimeMs, 1),
-                (1, Version::Canary, Metric::RqTimeMs, 1_000_090)
-            ]
+            name(sum),
+            "canary_rq_time_ms_sum.rollout.shop.version.canary"
         );
-        assert!(pending.drain_buckets().is_empty());
+        assert_eq!(
+            name(bucket(at(30_000))),
+            "canary_rq_time_ms_in_bucket.rollout.shop.version.canary.upper_us.30000"
+        );
+        assert_eq!(
+            m.pending_id(Version::Canary, bucket(bounds.len() + 1)),
+            None
+        );
     }
 
     #[test]

@@ -225,7 +225,9 @@ impl Config {
             MetricOp::Add(m, delta) => (m, delta),
             MetricOp::Record(m, v) => (m, v),
         };
-        // A latency sample: one to its bucket, then the sample to the sum (the metric's id).
+        // A latency sample: the sample to the sum (the metric's id), then one to its bucket.
+        // In that order, as the wasm filter flushes them: a reading taken between the two
+        // has the sum ahead of the buckets, which the controller's sanity check allows.
         let bucket =
             (metric.kind() == MetricKind::Buckets).then(|| bucket_index(&self.bounds_us, value));
         match active.metrics.get(rollout) {
@@ -234,22 +236,22 @@ impl Config {
                     return;
                 };
                 let native = |id: Option<u32>| id.and_then(|id| self.table.get(id as usize));
-                if let Some(bucket) = native(bucket.and_then(|b| ids.bucket_id(version, b))) {
-                    stream.update(*bucket, 1);
-                }
                 if let Some(native) = native(ids.id(version, metric)) {
                     stream.update(*native, value);
+                }
+                if let Some(bucket) = native(bucket.and_then(|b| ids.bucket_id(version, b))) {
+                    stream.update(*bucket, 1);
                 }
             }
             Some(RolloutIds::Labeled(name)) => {
                 let labels = [name.as_bytes(), version.as_str().as_bytes()];
+                if let Some(Some(family)) = self.families.get(metric.index()) {
+                    stream.update_labeled(*family, &labels, value);
+                }
                 let upper_us = bucket.and_then(|b| self.bucket_labels.get(b));
                 if let (Some(family), Some(upper_us)) = (self.bucket_family, upper_us) {
                     let labels = [labels[0], labels[1], upper_us.as_bytes()];
                     stream.update_labeled(family, &labels, 1);
-                }
-                if let Some(Some(family)) = self.families.get(metric.index()) {
-                    stream.update_labeled(*family, &labels, value);
                 }
             }
             None => {}

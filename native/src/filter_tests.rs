@@ -4,9 +4,7 @@
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 
-use canary_contract::stats::{
-    bucket_stat_name, bucket_sum_stat_name, latency_buckets_us, stat_name, Metric, MetricKind,
-};
+use canary_contract::stats::{bucket_stat_name, latency_buckets_us, stat_name, Metric, MetricKind};
 use canary_contract::{FilterConfig, RolloutConfig, Version};
 use canary_filter::metrics::{MetricHost, RolloutMetrics};
 use canary_filter::routing::RequestHeaders;
@@ -162,17 +160,17 @@ fn routes_as_the_contract_and_counts_the_exchange() {
             .map(|(n, _)| n)
             .collect();
         // The test takes well under 1 ms: 0 or 1 ms (if the clock's ms turned), the first
-        // bucket or the one holding 1 ms; then the sum.
+        // bucket or the one holding 1 ms, after the sum.
         let bucket = |us| bucket_stat_name(Metric::RqTimeMs, "shop", version, Some(us));
         assert!(
-            names.len() == 4 && [bucket(500), bucket(1_060)].contains(&names[2]),
+            names.len() == 4 && [bucket(500), bucket(1_060)].contains(&names[3]),
             "{user}: {names:?}"
         );
         let expect = [
             stat_name(Metric::RqTotal, "shop", version),
             stat_name(Metric::Rq2xx, "shop", version),
-            names[2].clone(),
-            bucket_sum_stat_name(Metric::RqTimeMs, "shop", version),
+            stat_name(Metric::RqTimeMs, "shop", version),
+            names[3].clone(),
         ];
         assert_eq!(names, expect, "{user}");
         assert!(
@@ -332,27 +330,27 @@ fn a_rollout_published_later_counts_in_the_families_under_the_same_names() {
     );
     assert_eq!(labeled[0].1, ["cart".to_string(), "canary".to_string()]);
     drop(labeled);
-    // Its end (no answer: a reset): a latency sample to a bucket of the family and to the sum.
+    // Its end (no answer: a reset): a latency sample to the sum and to a bucket of the family.
     request2.on_stream_complete(&config, &stream2);
     let labeled = stream2.labeled.borrow();
     let names: Vec<(&str, &[String])> = (labeled.iter())
         .map(|(m, l, _)| (defs.names[m.id].1.as_str(), &l[..]))
         .collect();
-    let upper_us = labeled[1].1.get(2).map(String::as_str);
+    let upper_us = labeled[2].1.get(2).map(String::as_str);
     // 0 ms, or 1 ms if the clock's ms turned.
     assert!(matches!(upper_us, Some("500" | "1060")), "{names:?}");
     let bucket = labels(&["cart", "canary", upper_us.unwrap_or_default()]);
-    let sum = labeled[2].2;
+    let sum = labeled[1].2;
     assert_eq!(
         names[1..],
         [
             (
-                "canary_rq_time_ms_in_bucket{rollout,version,upper_us}",
-                &bucket[..]
-            ),
-            (
                 "canary_rq_time_ms_sum{rollout,version}",
                 &labels(&["cart", "canary"])[..]
+            ),
+            (
+                "canary_rq_time_ms_in_bucket{rollout,version,upper_us}",
+                &bucket[..]
             ),
             (
                 "canary_rq_reset{rollout,version}",
@@ -361,7 +359,7 @@ fn a_rollout_published_later_counts_in_the_families_under_the_same_names() {
         ][..],
         "{names:?}"
     );
-    assert!(sum <= 1 && labeled[1].2 == 1, "{labeled:?}");
+    assert!(sum <= 1 && labeled[2].2 == 1, "{labeled:?}");
     // A request under way keeps the configuration it was routed by.
     stream.response.insert(":status".into(), b"200".to_vec());
     request.on_response_headers(&config, &stream, true);

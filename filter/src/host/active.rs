@@ -7,7 +7,7 @@ use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
 use canary_contract::stats::Metric;
-#[cfg(not(feature = "lean"))]
+#[cfg(feature = "llm")]
 use canary_contract::stats::MetricKind;
 use canary_contract::{FilterConfig, Version};
 use proxy_wasm::hostcalls;
@@ -158,27 +158,22 @@ impl Active {
     /// Carries out one metric operation of rollout `rollout`.
     #[cfg(not(feature = "lean"))]
     pub(super) fn apply_op(&self, rollout: usize, op: MetricOp, version: Version) {
-        let (m, delta) = match op {
-            MetricOp::Increment(m) => (m, 1),
-            MetricOp::Add(m, delta) => (m, delta),
+        // Counters and latency are summed in the VM and flushed on tick.
+        let Ok(mut pending) = self.pending.try_borrow_mut() else {
+            return;
+        };
+        match op {
+            MetricOp::Increment(m) => pending.add(rollout, version, m, 1),
+            MetricOp::Add(m, delta) => pending.add(rollout, version, m, delta),
+            // The LLM build's histograms: Envoy needs each sample.
+            #[cfg(feature = "llm")]
             MetricOp::Record(m, v) if m.kind() != MetricKind::Buckets => {
                 if let Some(id) = self.metrics.get(rollout).and_then(|ids| ids.id(version, m)) {
                     // A failed metric update is not worth failing the request over.
                     let _ = hostcalls::record_metric(id, v);
                 }
-                return;
             }
-            // Latency is counted per bucket in the VM, as counters are.
-            MetricOp::Record(m, ms) => {
-                if let Ok(mut pending) = self.pending.try_borrow_mut() {
-                    pending.record(rollout, version, m, ms);
-                }
-                return;
-            }
-        };
-        // Counters are summed in the VM and flushed on tick.
-        if let Ok(mut pending) = self.pending.try_borrow_mut() {
-            pending.add(rollout, version, m, delta);
+            MetricOp::Record(m, ms) => pending.record(rollout, version, m, ms),
         }
     }
 
@@ -186,21 +181,12 @@ impl Active {
         let Ok(mut pending) = self.pending.try_borrow_mut() else {
             return;
         };
-        for (rollout, version, metric, delta) in pending.drain() {
-            if let Some(id) = self
-                .metrics
-                .get(rollout)
-                .and_then(|m| m.id(version, metric))
+        pending.drain(|rollout, version, slot, delta| {
+            if let Some(id) = (self.metrics.get(rollout)).and_then(|m| m.pending_id(version, slot))
             {
                 increment(id, delta);
             }
-        }
-        for (rollout, version, bucket, count) in pending.drain_buckets() {
-            if let Some(id) = (self.metrics.get(rollout)).and_then(|m| m.bucket_id(version, bucket))
-            {
-                increment(id, count);
-            }
-        }
+        });
     }
 }
 

@@ -358,9 +358,21 @@ pub fn bucket_upper_ms(label: &str) -> Option<f64> {
 
 /// The bucket a sample of `sample_ms` goes to: the first whose bound (µs, ascending) is at
 /// least the sample, like Prometheus' `le`; `bounds_us.len()` is the overflow bucket.
-pub fn bucket_index(bounds_us: &[u64], sample_ms: u64) -> usize {
+pub fn bucket_index(bounds_us: &[u64; LATENCY_BUCKETS - 1], sample_ms: u64) -> usize {
     let sample_us = sample_ms.saturating_mul(1_000);
-    bounds_us.partition_point(|&bound| bound < sample_us)
+    // Bisection in fixed steps over the fixed table: `index` bounds are below the sample.
+    let mut index = 0;
+    let mut step = 128;
+    while step > 0 {
+        if bounds_us
+            .get(index + step - 1)
+            .is_some_and(|&bound| bound < sample_us)
+        {
+            index += step;
+        }
+        step /= 2;
+    }
+    index
 }
 
 /// Every stat the filter defines starts with this (after Envoy's [`ENVOY_WASM_PREFIX`]): the
@@ -411,23 +423,20 @@ pub fn latency_buckets_ms() -> Vec<f64> {
 pub const LATENCY_BUCKETS: usize = 145;
 
 /// The latency bucket bounds in whole µs: log-spaced from 0.5 ms to 5 min, each at most 10%
-/// above the last, rounded down to three significant digits (144 bounds). Integer arithmetic
-/// only: the wasm filter builds its bucket names from these without formatting a float.
-pub fn latency_buckets_us() -> Vec<u64> {
-    const FIRST_US: u64 = 500;
-    const LAST_US: u64 = 300_000_000;
-    let mut bounds = vec![FIRST_US];
-    let mut last = FIRST_US;
-    while last < LAST_US {
-        // Ten times last × 1.1, cut to three significant digits, then divided by ten: the
-        // place of the third digit is at least 10 (ten times 500 × 1.1 is 5,500).
-        let tenfold = last * 11;
-        let mut place = 1;
+/// above the last, rounded down to three significant digits (144 bounds, the last the first
+/// at or above 5 min). Integer arithmetic only, into an array: the wasm filter builds its
+/// bucket names from these without formatting a float, and its size is capped.
+pub fn latency_buckets_us() -> [u64; LATENCY_BUCKETS - 1] {
+    let mut bounds = [500; LATENCY_BUCKETS - 1];
+    for i in 1..bounds.len() {
+        // Ten times the last × 1.1, cut to three significant digits, then divided by ten:
+        // the place of the third digit is at least 10 (ten times 500 × 1.1 is 5,500).
+        let tenfold = bounds[i - 1] * 11;
+        let mut place = 10;
         while tenfold / place >= 1_000 {
             place *= 10;
         }
-        last = tenfold / place * (place / 10);
-        bounds.push(last);
+        bounds[i] = tenfold / place * (place / 10);
     }
     bounds
 }
@@ -481,6 +490,8 @@ mod tests {
             assert_eq!(scaled.round() as u64, *us);
         }
         assert_eq!((us[0], us[1], us[143]), (500, 550, 311_000_000));
+        // The last is the first at or above 5 min.
+        assert!(us[142] < 300_000_000 && us[143] >= 300_000_000);
     }
 
     #[test]
@@ -494,6 +505,15 @@ mod tests {
         assert_eq!(bucket_index(&us, 311_000), 143);
         assert_eq!(bucket_index(&us, 311_001), 144, "overflow");
         assert_eq!(bucket_index(&us, u64::MAX), 144);
+        // The fixed-step bisection is the plain one.
+        for ms in (0..320_000).step_by(7).chain([310_999, 311_000, 311_001]) {
+            let sample_us = ms * 1_000;
+            assert_eq!(
+                bucket_index(&us, ms),
+                us.partition_point(|&b| b < sample_us),
+                "{ms}"
+            );
+        }
     }
 
     #[test]

@@ -23,7 +23,7 @@ use canary_contract::{RolloutConfig, Version};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PendingCounters {
     /// The latency bucket bounds (µs).
-    bounds_us: Vec<u64>,
+    bounds_us: [u64; LATENCY_BUCKETS - 1],
     /// Per rollout and version, one count per slot.
     counts: Vec<[[u64; SLOTS]; 2]>,
 }

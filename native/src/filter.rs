@@ -13,7 +13,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use canary_contract::stats::{
-    bucket_index, latency_buckets_us, Metric, MetricKind, BUCKET_OVERFLOW,
+    bucket_index, latency_buckets_us, Metric, MetricKind, BUCKET_OVERFLOW, LATENCY_BUCKETS,
 };
 use canary_contract::{FilterConfig, Version};
 use canary_filter::control::summary;
@@ -59,7 +59,7 @@ pub struct Config {
     /// The latency buckets' family, labelled also by `upper_us`.
     bucket_family: Option<NativeMetric>,
     /// The latency bucket bounds (µs), and each bucket's `upper_us` label, the overflow last.
-    bounds_us: Vec<u64>,
+    bounds_us: [u64; LATENCY_BUCKETS - 1],
     bucket_labels: Vec<String>,
     /// The rollouts and weights, as the wasm filter logs them.
     pub summary: String,

@@ -24,8 +24,8 @@ use canary_contract::{RolloutConfig, Version};
 pub struct PendingCounters {
     /// The latency bucket bounds (µs).
     bounds_us: [u64; LATENCY_BUCKETS - 1],
-    /// Per rollout and version, one count per slot.
-    counts: Vec<[[u64; SLOTS]; 2]>,
+    /// Per rollout and version (stable, canary), one count per slot.
+    counts: Vec<u64>,
 }
 
 /// The slots of one rollout and version: the metrics (by `Metric::index`), then the latency
@@ -36,13 +36,19 @@ impl PendingCounters {
     pub fn new(rollouts: usize) -> PendingCounters {
         PendingCounters {
             bounds_us: latency_buckets_us(),
-            counts: vec![[[0; SLOTS]; 2]; rollouts],
+            // Zeros: the cheapest table to allocate.
+            counts: vec![0; rollouts * 2 * SLOTS],
         }
     }
 
+    fn slots(&mut self, rollout: usize, version: Version) -> Option<&mut [u64; SLOTS]> {
+        let start = (rollout * 2 + version.index()) * SLOTS;
+        self.counts.get_mut(start..)?.first_chunk_mut()
+    }
+
     pub fn add(&mut self, rollout: usize, version: Version, metric: Metric, delta: u64) {
-        if let Some(per_version) = self.counts.get_mut(rollout) {
-            let slot = &mut per_version[version.index()][metric.index()];
+        if let Some(slots) = self.slots(rollout, version) {
+            let slot = &mut slots[metric.index()];
             *slot = slot.saturating_add(delta);
         }
     }
@@ -51,8 +57,7 @@ impl PendingCounters {
     /// bucket counts one more.
     pub fn record(&mut self, rollout: usize, version: Version, metric: Metric, ms: u64) {
         let bucket = Metric::ALL.len() + bucket_index(&self.bounds_us, ms);
-        if let Some(per_version) = self.counts.get_mut(rollout) {
-            let slots = &mut per_version[version.index()];
+        if let Some(slots) = self.slots(rollout, version) {
             slots[metric.index()] = slots[metric.index()].saturating_add(ms);
             if let Some(count) = slots.get_mut(bucket) {
                 *count = count.saturating_add(1);
@@ -63,12 +68,11 @@ impl PendingCounters {
     /// Hands every non-zero count to `flush` (rollout, version, slot, count), leaving zeros
     /// behind; a metric's sum before its buckets.
     pub fn drain(&mut self, mut flush: impl FnMut(usize, Version, usize, u64)) {
-        for (rollout, per_version) in self.counts.iter_mut().enumerate() {
-            for version in Version::ALL {
-                for (slot, count) in per_version[version.index()].iter_mut().enumerate() {
-                    if *count > 0 {
-                        flush(rollout, version, slot, std::mem::take(count));
-                    }
+        for (i, slots) in self.counts.chunks_exact_mut(SLOTS).enumerate() {
+            let version = Version::ALL[i % 2];
+            for (slot, count) in slots.iter_mut().enumerate() {
+                if *count > 0 {
+                    flush(i / 2, version, slot, std::mem::take(count));
                 }
             }
         }

@@ -30,6 +30,11 @@ pub enum MetricKind {
     Counter,
     Histogram,
     Gauge,
+    /// Latency summed in the VM: one counter per bucket of [`latency_buckets_us`] (named by
+    /// [`bucket_stat_name`]) and one of the samples' sum in ms ([`stat_name`]).
+    /// An Envoy histogram would take a call into Envoy per sample; counters are summed in
+    /// the VM and handed over on the filter's tick.
+    Buckets,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -44,10 +49,9 @@ pub enum Metric {
     /// reset before sending response headers (Envoy then answers 503 itself, which is
     /// also counted in `canary_rq_5xx`).
     RqReset,
-    /// Milliseconds from request headers to the end of the stream.
+    /// Milliseconds from request headers to the end of the stream, as bucket counters
+    /// ([`MetricKind::Buckets`]).
     RqTimeMs,
-    /// Milliseconds from request headers to response headers.
-    RqHeaderTimeMs,
     // Circuit breaker, defined only for rollouts with `circuit_breaker` configured and only
     // with `version="canary"` (the version whose breaker it is).
     /// Times the breaker opened in this proxy.
@@ -87,7 +91,7 @@ pub enum Metric {
 }
 
 impl Metric {
-    pub const ALL: [Metric; 24] = [
+    pub const ALL: [Metric; 23] = [
         Metric::RqTotal,
         Metric::Rq2xx,
         Metric::Rq3xx,
@@ -95,7 +99,6 @@ impl Metric {
         Metric::Rq5xx,
         Metric::RqReset,
         Metric::RqTimeMs,
-        Metric::RqHeaderTimeMs,
         Metric::BreakerTrips,
         Metric::BreakerOpen,
         Metric::BreakerDiverted,
@@ -148,7 +151,6 @@ impl Metric {
             Metric::Rq5xx => "canary_rq_5xx",
             Metric::RqReset => "canary_rq_reset",
             Metric::RqTimeMs => "canary_rq_time_ms",
-            Metric::RqHeaderTimeMs => "canary_rq_header_time_ms",
             Metric::BreakerTrips => "canary_breaker_trips",
             Metric::BreakerOpen => "canary_breaker_open",
             Metric::BreakerDiverted => "canary_breaker_diverted",
@@ -170,9 +172,8 @@ impl Metric {
 
     pub fn kind(self) -> MetricKind {
         match self {
-            Metric::RqTimeMs | Metric::RqHeaderTimeMs | Metric::LlmTtftMs | Metric::LlmStreamMs => {
-                MetricKind::Histogram
-            }
+            Metric::RqTimeMs => MetricKind::Buckets,
+            Metric::LlmTtftMs | Metric::LlmStreamMs => MetricKind::Histogram,
             Metric::BreakerOpen => MetricKind::Gauge,
             _ => MetricKind::Counter,
         }
@@ -221,9 +222,11 @@ pub fn rollout_stat_name(metric: &str, rollout: &str, tag: StatTag<'_>) -> Strin
     format!("{metric}.rollout.{rollout}.{key}.{value}")
 }
 
-/// The stat name as the filter defines it (without Envoy's `wasmcustom.` prefix).
+/// The stat name as the filter defines it (without Envoy's `wasmcustom.` prefix); for a
+/// [`MetricKind::Buckets`] metric its sum counter's (its buckets': [`bucket_stat_name`]).
 pub fn stat_name(metric: Metric, rollout: &str, version: Version) -> String {
-    rollout_stat_name(metric.name(), rollout, StatTag::Version(version))
+    let name = metric.sum_name().unwrap_or(metric.name());
+    rollout_stat_name(name, rollout, StatTag::Version(version))
 }
 
 /// The three counters of a quality signal: samples, their sum in thousandths and the sum of
@@ -279,14 +282,21 @@ pub fn quality_stat_name(
     )
 }
 
-/// `stats_config.stats_tags` entries that turn the stat name into `rollout` and `version`
-/// labels. Envoy matches each regex against the full stat name; the first group is removed
-/// from the name, the second is the tag value.
-pub const ENVOY_STATS_TAGS: [(&str, &str); 3] = [
+/// `stats_config.stats_tags` entries that turn the stat name into `rollout`, `version` (and
+/// for a latency bucket `upper_us`) labels. Envoy matches each regex against the full stat
+/// name; the first group is removed from the name, the second is the tag value. A bucket's
+/// `.upper_us.<N>` goes with its leading dot, so what is left of its name has the shape of
+/// every other stat's.
+pub const ENVOY_STATS_TAGS: [(&str, &str); 4] = [
     ("rollout", r"^wasmcustom\.canary_\w+\.(rollout\.([^.]+)\.)"),
     (
         "version",
-        r"^wasmcustom\.canary_\w+\.rollout\.[^.]+\.(version\.([^.]+))$",
+        r"^wasmcustom\.canary_\w+\.rollout\.[^.]+\.(version\.([^.]+))(?:\.upper_us\.[^.]+)?$",
+    ),
+    // The latency buckets (`canary_rq_time_ms_in_bucket`, see [`bucket_stat_name`]).
+    (
+        BUCKET_LABEL,
+        r"^wasmcustom\.canary_\w+\.rollout\.[^.]+\.version\.[^.]+(\.upper_us\.([^.]+))$",
     ),
     // The fallback chain's per-tier stats (`canary_tier_*`).
     (
@@ -294,6 +304,76 @@ pub const ENVOY_STATS_TAGS: [(&str, &str); 3] = [
         r"^wasmcustom\.canary_tier_\w+\.rollout\.[^.]+\.(tier\.([^.]+))$",
     ),
 ];
+
+/// The label (and stat name tag) of a latency bucket: its upper bound in whole µs, or
+/// [`BUCKET_OVERFLOW`] for the bucket above the last bound.
+pub const BUCKET_LABEL: &str = "upper_us";
+pub const BUCKET_OVERFLOW: &str = "inf";
+
+impl Metric {
+    /// A [`MetricKind::Buckets`] metric's bucket counters: the metric (and Prometheus) name.
+    pub fn in_bucket_name(self) -> Option<&'static str> {
+        match self {
+            Metric::RqTimeMs => Some("canary_rq_time_ms_in_bucket"),
+            _ => None,
+        }
+    }
+
+    /// A [`MetricKind::Buckets`] metric's counter of the samples' sum (ms).
+    pub fn sum_name(self) -> Option<&'static str> {
+        match self {
+            Metric::RqTimeMs => Some("canary_rq_time_ms_sum"),
+            _ => None,
+        }
+    }
+}
+
+/// The stat name of one latency bucket counter as the filter defines it:
+/// `<metric>_in_bucket.rollout.<rollout>.version.<version>.upper_us.<N>`, N the bucket's upper
+/// bound in µs (`upper_us: None`: the overflow bucket, `upper_us.inf`).
+pub fn bucket_stat_name(
+    metric: Metric,
+    rollout: &str,
+    version: Version,
+    upper_us: Option<u64>,
+) -> String {
+    let name = metric.in_bucket_name().unwrap_or(metric.name());
+    let stat = rollout_stat_name(name, rollout, StatTag::Version(version));
+    match upper_us {
+        Some(us) => format!("{stat}.{BUCKET_LABEL}.{us}"),
+        None => format!("{stat}.{BUCKET_LABEL}.{BUCKET_OVERFLOW}"),
+    }
+}
+
+/// The upper bound (ms) an `upper_us` label names: whole µs, or `inf`. `None` if it is neither.
+pub fn bucket_upper_ms(label: &str) -> Option<f64> {
+    if label == BUCKET_OVERFLOW {
+        return Some(f64::INFINITY);
+    }
+    if label.is_empty() || !label.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some(label.parse::<u64>().ok()? as f64 / 1_000.0)
+}
+
+/// The bucket a sample of `sample_ms` goes to: the first whose bound (µs, ascending) is at
+/// least the sample, like Prometheus' `le`; `bounds_us.len()` is the overflow bucket.
+pub fn bucket_index(bounds_us: &[u64; LATENCY_BUCKETS - 1], sample_ms: u64) -> usize {
+    let sample_us = sample_ms.saturating_mul(1_000);
+    // Bisection in fixed steps over the fixed table: `index` bounds are below the sample.
+    let mut index = 0;
+    let mut step = 128;
+    while step > 0 {
+        if bounds_us
+            .get(index + step - 1)
+            .is_some_and(|&bound| bound < sample_us)
+        {
+            index += step;
+        }
+        step /= 2;
+    }
+    index
+}
 
 /// Every stat the filter defines starts with this (after Envoy's [`ENVOY_WASM_PREFIX`]): the
 /// match of the bootstrap's `histogram_bucket_settings` and of Istio's stats inclusion.
@@ -319,38 +399,46 @@ pub const CLUSTER_RQ_TIME: &str = "envoy_cluster_upstream_rq_time";
 /// `upstream_rq_time` the same fine bounds as the filter's histograms.
 pub const CLUSTER_RQ_TIME_STAT_SUFFIX: &str = ".upstream_rq_time";
 
-/// The first and last bound (ms) of the filter's latency histograms, and the most one bound
+/// The first and last bound (ms) of the filter's latency buckets, and the most one bound
 /// may be above the one before it.
 pub const LATENCY_BUCKET_FIRST_MS: f64 = 0.5;
 pub const LATENCY_BUCKET_LAST_MS: f64 = 300_000.0;
 pub const LATENCY_BUCKET_RATIO: f64 = 1.1;
 
-/// The bucket bounds (ms) every bootstrap sets for the filter's histograms
-/// (`stats_config.histogram_bucket_settings`): log-spaced from 0.5 ms to 5 min, each at most
-/// 10% above the last, rounded to three significant digits (141 bounds). Envoy's default
-/// bounds (… 50, 100, 250, 500 …) would hide a change of a quantile inside one bucket from
-/// any latency test.
+/// The bucket bounds (ms) of the filter's latency buckets ([`latency_buckets_us`]), also the
+/// bounds every bootstrap sets for the filter's histograms and lean mode's cluster
+/// `upstream_rq_time` (`stats_config.histogram_bucket_settings`). Envoy's default bounds
+/// (… 50, 100, 250, 500 …) would hide a change of a quantile inside one bucket from any
+/// latency test.
 pub fn latency_buckets_ms() -> Vec<f64> {
-    let mut bounds = vec![LATENCY_BUCKET_FIRST_MS];
-    let mut last = LATENCY_BUCKET_FIRST_MS;
-    while last < LATENCY_BUCKET_LAST_MS {
-        let next = round_down_3(last * LATENCY_BUCKET_RATIO);
-        // Rounding down keeps every step ≤ the ratio; never stand still.
-        last = if next > last {
-            next
-        } else {
-            last * LATENCY_BUCKET_RATIO
-        };
-        bounds.push(last);
-    }
-    bounds
+    // A whole number of µs over 1,000 is the double nearest the bound's decimal text.
+    latency_buckets_us()
+        .into_iter()
+        .map(|us| us as f64 / 1_000.0)
+        .collect()
 }
 
-/// `x` rounded down to three significant digits, as the nearest double of its decimal text.
-fn round_down_3(x: f64) -> f64 {
-    let exponent = x.log10().floor() as i32 - 2;
-    let mantissa = (x / 10f64.powi(exponent) + 1e-9).floor();
-    format!("{mantissa}e{exponent}").parse().unwrap_or(x)
+/// The latency buckets of one rollout and version: one per bound of [`latency_buckets_us`]
+/// and the overflow bucket. A constant, so the wasm filter's tables have a fixed size.
+pub const LATENCY_BUCKETS: usize = 145;
+
+/// The latency bucket bounds in whole µs: log-spaced from 0.5 ms to 5 min, each at most 10%
+/// above the last, rounded down to three significant digits (144 bounds, the last the first
+/// at or above 5 min). Integer arithmetic only, into an array: the wasm filter builds its
+/// bucket names from these without formatting a float, and its size is capped.
+pub fn latency_buckets_us() -> [u64; LATENCY_BUCKETS - 1] {
+    let mut bounds = [500; LATENCY_BUCKETS - 1];
+    for i in 1..bounds.len() {
+        // Ten times the last × 1.1, cut to three significant digits, then divided by ten:
+        // the place of the third digit is at least 10 (ten times 500 × 1.1 is 5,500).
+        let tenfold = bounds[i - 1] * 11;
+        let mut place = 10;
+        while tenfold / place >= 1_000 {
+            place *= 10;
+        }
+        bounds[i] = tenfold / place * (place / 10);
+    }
+    bounds
 }
 
 #[cfg(test)]
@@ -374,6 +462,89 @@ mod tests {
         assert!(b.iter().all(|v| round_down_3(*v) == *v), "{b:?}");
     }
 
+    /// `x` rounded down to three significant digits, as the nearest double of its decimal
+    /// text (how the bounds were first defined, in floating point).
+    fn round_down_3(x: f64) -> f64 {
+        let exponent = x.log10().floor() as i32 - 2;
+        let mantissa = (x / 10f64.powi(exponent) + 1e-9).floor();
+        format!("{mantissa}e{exponent}").parse().unwrap_or(x)
+    }
+
+    #[test]
+    fn the_bounds_in_us_are_the_floating_point_definitions_times_1000() {
+        let mut float = vec![LATENCY_BUCKET_FIRST_MS];
+        let mut last = LATENCY_BUCKET_FIRST_MS;
+        while last < LATENCY_BUCKET_LAST_MS {
+            last = round_down_3(last * LATENCY_BUCKET_RATIO);
+            float.push(last);
+        }
+        let us = latency_buckets_us();
+        assert_eq!(us.len(), 144);
+        assert_eq!(LATENCY_BUCKETS, us.len() + 1);
+        assert_eq!(latency_buckets_ms(), float);
+        for (ms, us) in float.iter().zip(&us) {
+            // Three significant digits from 0.5 ms: a whole number of µs (up to the product's
+            // rounding: 2.01 × 1000 is 2009.9999999999998).
+            let scaled = ms * 1_000.0;
+            assert!((scaled - scaled.round()).abs() < 1e-6, "{ms}");
+            assert_eq!(scaled.round() as u64, *us);
+        }
+        assert_eq!((us[0], us[1], us[143]), (500, 550, 311_000_000));
+        // The last is the first at or above 5 min.
+        assert!(us[142] < 300_000_000 && us[143] >= 300_000_000);
+    }
+
+    #[test]
+    fn samples_go_to_the_first_bucket_at_or_above_them() {
+        let us = latency_buckets_us();
+        assert_eq!(bucket_index(&us, 0), 0);
+        // 1 ms: above 0.972, at most 1.06.
+        assert_eq!(us[bucket_index(&us, 1)], 1_060);
+        assert_eq!(us[bucket_index(&us, 30)], 30_000, "upper-inclusive");
+        assert_eq!(us[bucket_index(&us, 31)], 33_000);
+        assert_eq!(bucket_index(&us, 311_000), 143);
+        assert_eq!(bucket_index(&us, 311_001), 144, "overflow");
+        assert_eq!(bucket_index(&us, u64::MAX), 144);
+        // The fixed-step bisection is the plain one.
+        for ms in (0..320_000).step_by(7).chain([310_999, 311_000, 311_001]) {
+            let sample_us = ms * 1_000;
+            assert_eq!(
+                bucket_index(&us, ms),
+                us.partition_point(|&b| b < sample_us),
+                "{ms}"
+            );
+        }
+    }
+
+    #[test]
+    fn bucket_names_parse_back() {
+        assert_eq!(
+            bucket_stat_name(Metric::RqTimeMs, "shop", Version::Canary, Some(550)),
+            "canary_rq_time_ms_in_bucket.rollout.shop.version.canary.upper_us.550"
+        );
+        assert_eq!(
+            bucket_stat_name(Metric::RqTimeMs, "shop", Version::Stable, None),
+            "canary_rq_time_ms_in_bucket.rollout.shop.version.stable.upper_us.inf"
+        );
+        assert_eq!(
+            stat_name(Metric::RqTimeMs, "shop", Version::Stable),
+            "canary_rq_time_ms_sum.rollout.shop.version.stable"
+        );
+        assert_eq!(bucket_upper_ms("550"), Some(0.55));
+        assert_eq!(bucket_upper_ms("308000000"), Some(308_000.0));
+        assert_eq!(bucket_upper_ms("inf"), Some(f64::INFINITY));
+        for bad in ["", "+5", "-1", "0.5", "1e3", "Inf", "99999999999999999999"] {
+            assert_eq!(bucket_upper_ms(bad), None, "{bad}");
+        }
+        for m in Metric::ALL {
+            assert_eq!(
+                m.kind() == MetricKind::Buckets,
+                m.in_bucket_name().is_some() && m.sum_name().is_some(),
+                "{m:?}"
+            );
+        }
+    }
+
     #[test]
     fn stat_names_follow_the_documented_shape() {
         assert_eq!(
@@ -381,8 +552,8 @@ mod tests {
             "canary_rq_total.rollout.checkout.version.canary"
         );
         assert_eq!(
-            stat_name(Metric::RqHeaderTimeMs, "a-b_c", Version::Stable),
-            "canary_rq_header_time_ms.rollout.a-b_c.version.stable"
+            stat_name(Metric::Rq5xx, "a-b_c", Version::Stable),
+            "canary_rq_5xx.rollout.a-b_c.version.stable"
         );
         assert_eq!(
             rollout_stat_name("canary_tier_rq_total", "chat", StatTag::Tier("lite")),
@@ -420,7 +591,7 @@ mod tests {
         }
         assert_eq!(QualityPart::parse("canary_quality__count"), None);
         assert_eq!(QualityPart::parse("canary_rq_total"), None);
-        assert!(Metric::LlmTtftMs.is_llm() && !Metric::RqHeaderTimeMs.is_llm());
+        assert!(Metric::LlmTtftMs.is_llm() && !Metric::RqTimeMs.is_llm());
         assert!(Metric::LlmCostSumSqMicroUsd2.is_llm());
         assert!(Metric::Throttled.is_rate_limit() && !Metric::Throttled.is_llm());
         assert!(!Metric::LlmCostSumSqMicroUsd2.is_rate_limit());

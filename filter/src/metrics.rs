@@ -6,48 +6,76 @@
 use canary_contract::grpc::answer_class;
 #[cfg(feature = "llm")]
 use canary_contract::stats::quality_stat_name;
-use canary_contract::stats::{stat_name, Metric, MetricKind, QualityPart};
+use canary_contract::stats::{
+    bucket_index, bucket_stat_name, latency_buckets_us, stat_name, Metric, MetricKind, QualityPart,
+    LATENCY_BUCKETS,
+};
 use canary_contract::{RolloutConfig, Version};
 
-/// Counter increments not yet handed to Envoy, per rollout, version and metric.
+/// Counter increments not yet handed to Envoy, per rollout, version and metric, and the
+/// latency samples not yet handed over, per rollout, version and bucket.
 ///
 /// Each call into the host costs about as much as the rest of the filter's per-request work,
 /// so counters are summed in the VM (one per worker) and flushed to Envoy on a timer and
-/// when the configuration goes away. Histograms are recorded per request: Envoy needs each
-/// sample.
+/// when the configuration goes away. Latency ([`MetricKind::Buckets`]) is counted the same
+/// way, per bucket, with its sum in the metric's own counter slot; the other histograms
+/// (the LLM build's) are recorded per request: Envoy needs each sample.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PendingCounters {
-    counts: Vec<[[u64; Metric::ALL.len()]; 2]>,
+    /// The latency bucket bounds (µs).
+    bounds_us: [u64; LATENCY_BUCKETS - 1],
+    /// Per rollout and version (stable, canary), one count per slot.
+    counts: Vec<u64>,
 }
+
+/// The slots of one rollout and version: the metrics (by `Metric::index`), then the latency
+/// buckets, the overflow bucket last (see [`RolloutMetrics::pending_id`]).
+pub const SLOTS: usize = Metric::ALL.len() + LATENCY_BUCKETS;
 
 impl PendingCounters {
     pub fn new(rollouts: usize) -> PendingCounters {
         PendingCounters {
-            counts: vec![[[0; Metric::ALL.len()]; 2]; rollouts],
+            bounds_us: latency_buckets_us(),
+            // Zeros: the cheapest table to allocate.
+            counts: vec![0; rollouts * 2 * SLOTS],
         }
     }
 
+    fn slots(&mut self, rollout: usize, version: Version) -> Option<&mut [u64; SLOTS]> {
+        let start = (rollout * 2 + version.index()) * SLOTS;
+        self.counts.get_mut(start..)?.first_chunk_mut()
+    }
+
     pub fn add(&mut self, rollout: usize, version: Version, metric: Metric, delta: u64) {
-        if let Some(per_version) = self.counts.get_mut(rollout) {
-            let slot = &mut per_version[version.index()][metric.index()];
+        if let Some(slots) = self.slots(rollout, version) {
+            let slot = &mut slots[metric.index()];
             *slot = slot.saturating_add(delta);
         }
     }
 
-    /// Takes every non-zero count, leaving zeros behind.
-    pub fn drain(&mut self) -> Vec<(usize, Version, Metric, u64)> {
-        let mut out = Vec::new();
-        for (rollout, per_version) in self.counts.iter_mut().enumerate() {
-            for version in Version::ALL {
-                for metric in Metric::ALL {
-                    let slot = &mut per_version[version.index()][metric.index()];
-                    if *slot > 0 {
-                        out.push((rollout, version, metric, std::mem::take(slot)));
-                    }
+    /// One latency sample (`MetricKind::Buckets`): the sum (the metric's slot) grows, its
+    /// bucket counts one more.
+    pub fn record(&mut self, rollout: usize, version: Version, metric: Metric, ms: u64) {
+        let bucket = Metric::ALL.len() + bucket_index(&self.bounds_us, ms);
+        if let Some(slots) = self.slots(rollout, version) {
+            slots[metric.index()] = slots[metric.index()].saturating_add(ms);
+            if let Some(count) = slots.get_mut(bucket) {
+                *count = count.saturating_add(1);
+            }
+        }
+    }
+
+    /// Hands every non-zero count to `flush` (rollout, version, slot, count), leaving zeros
+    /// behind; a metric's sum before its buckets.
+    pub fn drain(&mut self, mut flush: impl FnMut(usize, Version, usize, u64)) {
+        for (i, slots) in self.counts.chunks_exact_mut(SLOTS).enumerate() {
+            let version = Version::ALL[i % 2];
+            for (slot, count) in slots.iter_mut().enumerate() {
+                if *count > 0 {
+                    flush(i / 2, version, slot, std::mem::take(count));
                 }
             }
         }
-        out
     }
 }
 
@@ -65,10 +93,15 @@ pub trait MetricHost {
 }
 
 /// Envoy metric ids of one rollout, per version and metric. LLM metrics exist only for
-/// rollouts with LLM signals configured.
+/// rollouts with LLM signals configured. A [`MetricKind::Buckets`] metric's id is its sum
+/// counter's; its bucket counters come after the metrics.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RolloutMetrics {
-    ids: [[Option<u32>; Metric::ALL.len()]; 2],
+    /// Stable's ids, then canary's, each in the slots of [`PendingCounters`]: the metrics
+    /// (by `Metric::index`), then the latency buckets with the overflow bucket last. Each is
+    /// the id + 1, 0 where the metric is not defined (Envoy's ids start at 0): a plain table
+    /// is the cheapest to build in the size-capped wasm module.
+    ids: [[u32; SLOTS]; 2],
     /// Per quality header of the configuration, in order: ids per version and part.
     quality: Vec<[[u32; QualityPart::ALL.len()]; 2]>,
 }
@@ -84,7 +117,8 @@ impl RolloutMetrics {
         rollout: &RolloutConfig,
     ) -> Result<RolloutMetrics, String> {
         let name = rollout.name.as_str();
-        let mut ids = [[None; Metric::ALL.len()]; 2];
+        let bounds_us = latency_buckets_us();
+        let mut ids = [[0u32; SLOTS]; 2];
         #[cfg(feature = "llm")]
         let signals = rollout.llm.as_ref();
         #[cfg(not(feature = "llm"))]
@@ -94,6 +128,7 @@ impl RolloutMetrics {
         #[cfg(not(feature = "llm"))]
         let rate_limited = false;
         for version in Version::ALL {
+            let ids = &mut ids[version.index()];
             for metric in Metric::ALL {
                 if (metric.is_llm() && signals.is_none())
                     || (metric.is_rate_limit() && !rate_limited)
@@ -105,9 +140,17 @@ impl RolloutMetrics {
                 {
                     continue;
                 }
+                if metric.kind() == MetricKind::Buckets {
+                    let buckets = &mut ids[Metric::ALL.len()..];
+                    for (i, slot) in buckets.iter_mut().enumerate() {
+                        let upper_us = bounds_us.get(i).copied();
+                        let stat = bucket_stat_name(metric, name, version, upper_us);
+                        *slot = define_one(host, MetricKind::Counter, &stat)?.wrapping_add(1);
+                    }
+                }
+                // A latency metric's sum counter (its kind is defined as a counter).
                 let stat = stat_name(metric, name, version);
-                ids[version.index()][metric.index()] =
-                    Some(define_one(host, metric.kind(), &stat)?);
+                ids[metric.index()] = define_one(host, metric.kind(), &stat)?.wrapping_add(1);
             }
         }
         #[cfg(feature = "llm")]
@@ -118,7 +161,17 @@ impl RolloutMetrics {
     }
 
     pub fn id(&self, version: Version, metric: Metric) -> Option<u32> {
-        self.ids[version.index()][metric.index()]
+        self.pending_id(version, metric.index())
+    }
+
+    /// The counter of latency bucket `bucket` (an index of `bucket_index`).
+    pub fn bucket_id(&self, version: Version, bucket: usize) -> Option<u32> {
+        self.pending_id(version, Metric::ALL.len() + bucket)
+    }
+
+    /// The counter of a [`PendingCounters`] slot: a metric's, or past them a bucket's.
+    pub fn pending_id(&self, version: Version, slot: usize) -> Option<u32> {
+        self.ids[version.index()].get(slot)?.checked_sub(1)
     }
 
     /// Ids of quality header `index`'s count, sum and sum of squares; the index after the
@@ -188,7 +241,9 @@ impl Exchange {
         (exchange, MetricOp::Increment(Metric::RqTotal))
     }
 
-    /// Response headers are on their way to the client. `status` is the raw `:status`;
+    /// Response headers are on their way to the client (no clock read here: a read is a
+    /// call into the host, and the request's only latency is taken at its end). `status` is
+    /// the raw `:status`;
     /// `end_of_stream`: the headers are the whole response. Each read is a call into the
     /// host, so they are closures called only when they can matter: `grpc_status` reads the
     /// `grpc-status` header, only for a 200 that ends here (a trailers-only gRPC answer; a
@@ -200,12 +255,11 @@ impl Exchange {
         &mut self,
         status: Option<&[u8]>,
         end_of_stream: bool,
-        now_ms: u64,
         grpc_status: impl FnOnce() -> Option<Vec<u8>>,
         code_details: impl FnOnce() -> Option<Vec<u8>>,
     ) -> impl Iterator<Item = MetricOp> {
         // A fixed array, not a Vec: no allocation on every request's path.
-        let mut ops = [None; 3];
+        let mut ops = [None; 2];
         if self.answer == Answer::Awaited {
             let status = status.and_then(parse_status);
             if status == Some(200) && !end_of_stream {
@@ -226,10 +280,6 @@ impl Exchange {
                     ops[1] = Some(MetricOp::Increment(Metric::RqReset));
                 }
             }
-            ops[2] = Some(MetricOp::Record(
-                Metric::RqHeaderTimeMs,
-                now_ms.saturating_sub(self.started_ms),
-            ));
         }
         ops.into_iter().flatten()
     }
@@ -301,17 +351,32 @@ mod tests {
             .iter()
             .filter(|m| !m.is_llm() && !m.is_rate_limit() && !m.is_breaker())
             .count();
+        // A latency metric is its sum and a counter per bucket and for the overflow.
+        let buckets = latency_buckets_us().len() + 1;
         assert_eq!(
             host.0.len(),
-            2 * base,
+            2 * (base + buckets),
             "no LLM, rate-limit or breaker metrics without their configuration"
         );
         assert_eq!(m.id(Version::Canary, Metric::BreakerTrips), None);
         assert_eq!(m.id(Version::Canary, Metric::LlmResponses), None);
         let name_of = |id: Option<u32>| host.0[id.expect("defined") as usize].clone();
         let (kind, name) = name_of(m.id(Version::Canary, Metric::RqTimeMs));
-        assert_eq!(kind, MetricKind::Histogram);
-        assert_eq!(name, "canary_rq_time_ms.rollout.checkout.version.canary");
+        assert_eq!(kind, MetricKind::Buckets, "a counter at Envoy");
+        assert_eq!(
+            name,
+            "canary_rq_time_ms_sum.rollout.checkout.version.canary"
+        );
+        let (kind, name) = name_of(m.bucket_id(Version::Stable, 1));
+        assert_eq!(kind, MetricKind::Counter);
+        assert_eq!(
+            name,
+            "canary_rq_time_ms_in_bucket.rollout.checkout.version.stable.upper_us.550"
+        );
+        let overflow = latency_buckets_us().len();
+        let (_, name) = name_of(m.bucket_id(Version::Canary, overflow));
+        assert!(name.ends_with(".version.canary.upper_us.inf"), "{name}");
+        assert_eq!(m.bucket_id(Version::Canary, overflow + 1), None);
         let (kind, name) = name_of(m.id(Version::Stable, Metric::Rq5xx));
         assert_eq!(kind, MetricKind::Counter);
         assert_eq!(name, "canary_rq_5xx.rollout.checkout.version.stable");
@@ -355,9 +420,10 @@ mod tests {
         let m = RolloutMetrics::define(&mut host, &chat).expect("defined");
         let rate_limit = Metric::ALL.iter().filter(|m| m.is_rate_limit()).count();
         let breaker = Metric::ALL.iter().filter(|m| m.is_breaker()).count();
+        let buckets = latency_buckets_us().len() + 1;
         assert_eq!(
             host.0.len(),
-            2 * (Metric::ALL.len() - rate_limit - breaker) + 2 * 3
+            2 * (Metric::ALL.len() - rate_limit - breaker + buckets) + 2 * 3
         );
         let ttft = m.id(Version::Canary, Metric::LlmTtftMs).expect("defined");
         assert_eq!(
@@ -417,17 +483,14 @@ mod tests {
         let (mut x, op) = Exchange::start(Version::Canary, 1_000);
         assert_eq!(op, MetricOp::Increment(Metric::RqTotal));
         assert_eq!(
-            x.on_response_headers(Some(b"503"), false, 1_040, no_read, || {
+            x.on_response_headers(Some(b"503"), false, no_read, || {
                 Some(b"via_upstream".to_vec())
             })
             .collect::<Vec<_>>(),
-            vec![
-                MetricOp::Increment(Metric::Rq5xx),
-                MetricOp::Record(Metric::RqHeaderTimeMs, 40)
-            ]
+            vec![MetricOp::Increment(Metric::Rq5xx)]
         );
         assert_eq!(
-            x.on_response_headers(Some(b"200"), false, 1_041, no_read, no_read)
+            x.on_response_headers(Some(b"200"), false, no_read, no_read)
                 .collect::<Vec<_>>(),
             vec![]
         );
@@ -454,18 +517,24 @@ mod tests {
         let (mut x, _) = Exchange::start(Version::Canary, 0);
         let details = b"upstream_reset_before_response_started{connection_termination}";
         assert_eq!(
-            x.on_response_headers(Some(b"503"), false, 1, no_read, || Some(details.to_vec()))
+            x.on_response_headers(Some(b"503"), false, no_read, || Some(details.to_vec()))
                 .collect::<Vec<_>>(),
             vec![
                 MetricOp::Increment(Metric::Rq5xx),
-                MetricOp::Increment(Metric::RqReset),
-                MetricOp::Record(Metric::RqHeaderTimeMs, 1)
+                MetricOp::Increment(Metric::RqReset)
             ]
         );
         assert_eq!(
             x.on_end(2).collect::<Vec<_>>(),
             vec![MetricOp::Record(Metric::RqTimeMs, 2)]
         );
+    }
+
+    /// What `pending.drain` hands over.
+    fn drained(pending: &mut PendingCounters) -> Vec<(usize, Version, usize, u64)> {
+        let mut out = Vec::new();
+        pending.drain(|rollout, version, slot, count| out.push((rollout, version, slot, count)));
+        out
     }
 
     #[test]
@@ -477,25 +546,72 @@ mod tests {
         pending.add(0, Version::Stable, Metric::LlmInputTokens, 120);
         pending.add(7, Version::Stable, Metric::RqTotal, 1); // unknown rollout: ignored
         assert_eq!(
-            pending.drain(),
+            drained(&mut pending),
             vec![
-                (0, Version::Stable, Metric::RqTotal, 1),
-                (0, Version::Stable, Metric::LlmInputTokens, 120),
-                (1, Version::Canary, Metric::Rq5xx, 2)
+                (0, Version::Stable, Metric::RqTotal.index(), 1),
+                (0, Version::Stable, Metric::LlmInputTokens.index(), 120),
+                (1, Version::Canary, Metric::Rq5xx.index(), 2)
             ]
         );
-        assert!(pending.drain().is_empty());
+        assert!(drained(&mut pending).is_empty());
+    }
+
+    #[test]
+    fn latency_samples_are_counted_per_bucket_with_their_sum() {
+        let bounds = latency_buckets_us();
+        let mut pending = PendingCounters::new(2);
+        for ms in [0, 30, 30, 31, 999_999] {
+            pending.record(1, Version::Canary, Metric::RqTimeMs, ms);
+        }
+        pending.record(0, Version::Stable, Metric::RqTimeMs, 1);
+        pending.record(2, Version::Stable, Metric::RqTimeMs, 1); // unknown rollout: ignored
+        let at = |us: u64| bounds.iter().position(|b| *b == us).expect("a bound");
+        let bucket = |b: usize| Metric::ALL.len() + b;
+        let sum = Metric::RqTimeMs.index();
+        assert_eq!(
+            drained(&mut pending),
+            vec![
+                (0, Version::Stable, sum, 1),
+                (0, Version::Stable, bucket(at(1_060)), 1),
+                (1, Version::Canary, sum, 1_000_090),
+                (1, Version::Canary, bucket(0), 1),
+                (1, Version::Canary, bucket(at(30_000)), 2),
+                (1, Version::Canary, bucket(at(33_000)), 1),
+                (1, Version::Canary, bucket(bounds.len()), 1),
+            ]
+        );
+        assert!(drained(&mut pending).is_empty());
+        // Each slot names its counter.
+        let mut host = Recorder::default();
+        let m = RolloutMetrics::define(&mut host, &RolloutConfig::new("shop", 0)).expect("ok");
+        let name = |slot| {
+            host.0[m.pending_id(Version::Canary, slot).expect("id") as usize]
+                .1
+                .clone()
+        };
+        assert_eq!(
+            name(sum),
+            "canary_rq_time_ms_sum.rollout.shop.version.canary"
+        );
+        assert_eq!(
+            name(bucket(at(30_000))),
+            "canary_rq_time_ms_in_bucket.rollout.shop.version.canary.upper_us.30000"
+        );
+        assert_eq!(
+            m.pending_id(Version::Canary, bucket(bounds.len() + 1)),
+            None
+        );
     }
 
     #[test]
     fn code_details_are_read_only_when_they_can_matter() {
         let (mut ok, _) = Exchange::start(Version::Canary, 0);
-        let _ = ok.on_response_headers(Some(b"404"), true, 1, no_read, || {
+        let _ = ok.on_response_headers(Some(b"404"), true, no_read, || {
             panic!("read details for a 404")
         });
         let (mut odd, _) = Exchange::start(Version::Canary, 0);
         let mut read = false;
-        let _ = odd.on_response_headers(Some(b"abc"), false, 1, no_read, || {
+        let _ = odd.on_response_headers(Some(b"abc"), false, no_read, || {
             read = true;
             None
         });
@@ -507,9 +623,9 @@ mod tests {
         for raw in [&b"99"[..], b"abc", b"1000", b"", b"\xff\xff\xff", b"600"] {
             let (mut x, _) = Exchange::start(Version::Canary, 0);
             assert_eq!(
-                x.on_response_headers(Some(raw), false, 0, no_read, || None)
+                x.on_response_headers(Some(raw), false, no_read, || None)
                     .collect::<Vec<_>>(),
-                vec![MetricOp::Record(Metric::RqHeaderTimeMs, 0)]
+                vec![]
             );
         }
     }
@@ -540,7 +656,6 @@ mod tests {
             .on_response_headers(
                 Some(status),
                 end_of_stream,
-                3,
                 || header_grpc.map(<[u8]>::to_vec),
                 || Some(details.to_vec()),
             )
@@ -556,9 +671,9 @@ mod tests {
     fn a_200_with_a_body_is_counted_at_its_end() {
         let (mut x, _) = Exchange::start(Version::Canary, 0);
         assert_eq!(
-            x.on_response_headers(Some(b"200"), false, 3, no_read, no_read)
+            x.on_response_headers(Some(b"200"), false, no_read, no_read)
                 .collect::<Vec<_>>(),
-            vec![MetricOp::Record(Metric::RqHeaderTimeMs, 3)]
+            vec![]
         );
         assert_eq!(
             x.on_end(9).collect::<Vec<_>>(),
@@ -613,17 +728,17 @@ mod tests {
         // A 204 ends at its headers: its class stands, whatever it carries.
         let (mut x, _) = Exchange::start(Version::Canary, 0);
         let ops: Vec<_> = x
-            .on_response_headers(Some(b"204"), true, 0, no_read, no_read)
+            .on_response_headers(Some(b"204"), true, no_read, no_read)
             .collect();
         assert_eq!(classes(&ops), vec![Metric::Rq2xx]);
         assert_eq!(x.on_response_trailers(no_read), None);
         // A 503 with trailers.
         let (mut x, _) = Exchange::start(Version::Canary, 0);
-        let _ = x.on_response_headers(Some(b"503"), false, 0, no_read, || None);
+        let _ = x.on_response_headers(Some(b"503"), false, no_read, || None);
         assert_eq!(x.on_response_trailers(no_read), None);
         // Trailers are read once.
         let (mut x, _) = Exchange::start(Version::Canary, 0);
-        let _ = x.on_response_headers(Some(b"200"), false, 0, no_read, no_read);
+        let _ = x.on_response_headers(Some(b"200"), false, no_read, no_read);
         let first = x.on_response_trailers(|| Some(b"14".to_vec()));
         assert_eq!(first, Some(MetricOp::Increment(Metric::Rq5xx)));
         assert_eq!(x.on_response_trailers(no_read), None);

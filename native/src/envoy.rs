@@ -3,7 +3,7 @@
 //! created, and Envoy's log. Every pointer Envoy hands back is checked for null and read as
 //! bytes, copied before the hook returns.
 
-use canary_contract::stats::MetricKind;
+use canary_contract::stats::{MetricKind, BUCKET_LABEL};
 use canary_filter::routing::RequestHeaders;
 
 use crate::abi::{
@@ -136,7 +136,7 @@ impl Stream {
         // labels.
         unsafe {
             match metric.kind {
-                MetricKind::Counter => {
+                MetricKind::Counter | MetricKind::Buckets => {
                     abi::envoy_dynamic_module_callback_http_filter_increment_counter(
                         self.0,
                         metric.id,
@@ -163,13 +163,14 @@ impl Stream {
 
 impl Stream {
     /// Adds to a labelled counter, or records into a labelled histogram (`labels` in the
-    /// order of the family's label names).
-    pub fn update_labeled(self, metric: NativeMetric, labels: &[&[u8]; 2], value: u64) {
-        let labels = labels.map(ModuleBuffer::of);
+    /// order of the family's label names, at most [`MAX_LABELS`]).
+    pub fn update_labeled(self, metric: NativeMetric, labels: &[&[u8]], value: u64) {
+        let labels = label_buffers(labels);
+        let labels = &labels.0[..labels.1];
         // SAFETY: valid stream pointer; the labels are ours for the call.
         unsafe {
             match metric.kind {
-                MetricKind::Counter => {
+                MetricKind::Counter | MetricKind::Buckets => {
                     abi::envoy_dynamic_module_callback_http_filter_increment_counter(
                         self.0,
                         metric.id,
@@ -193,6 +194,18 @@ impl Stream {
     }
 }
 
+/// The most labels a family has: rollout, version, and a latency bucket's `upper_us`.
+pub const MAX_LABELS: usize = 3;
+
+/// Labels as Envoy takes them, on the stack (no allocation per request), and how many.
+fn label_buffers(labels: &[&[u8]]) -> ([ModuleBuffer; MAX_LABELS], usize) {
+    let mut buffers = [ModuleBuffer::of(&[]); MAX_LABELS];
+    for (buffer, label) in buffers.iter_mut().zip(labels) {
+        *buffer = ModuleBuffer::of(label);
+    }
+    (buffers, labels.len().min(MAX_LABELS))
+}
+
 impl RequestHeaders for Stream {
     fn header(&self, name: &str) -> Option<std::borrow::Cow<'_, [u8]>> {
         self.get(abi::REQUEST_HEADER, name)
@@ -210,12 +223,20 @@ pub struct NativeMetric {
 /// Defines metrics on a configuration Envoy is creating (`on_http_filter_config_new`).
 pub trait DefineMetric {
     fn define_metric(&mut self, kind: MetricKind, name: &str) -> Result<usize, String>;
-    /// A family whose stats are named `name.rollout.<r>.version.<v>` when updated.
-    fn define_family(&mut self, kind: MetricKind, name: &str) -> Result<usize, String>;
+    /// A family whose stats are named `name.<label>.<value>…` when updated (e.g.
+    /// `name.rollout.<r>.version.<v>`, labels [`FAMILY_LABELS`]).
+    fn define_family(
+        &mut self,
+        kind: MetricKind,
+        name: &str,
+        labels: &[&str],
+    ) -> Result<usize, String>;
 }
 
 /// The label names of every metric family: the wasm filter's stat name, taken apart.
 pub const FAMILY_LABELS: [&str; 2] = ["rollout", "version"];
+/// The label names of the latency bucket family: a bucket's name taken apart.
+pub const BUCKET_FAMILY_LABELS: [&str; MAX_LABELS] = ["rollout", "version", BUCKET_LABEL];
 
 /// The configuration Envoy is creating; only valid inside `on_http_filter_config_new`.
 pub struct NewConfig(ConfigEnvoyPtr);
@@ -231,7 +252,8 @@ impl NewConfig {
 impl NewConfig {
     fn define(&mut self, kind: MetricKind, name: &str, labels: &[&str]) -> Result<usize, String> {
         let define = match kind {
-            MetricKind::Counter => {
+            // A latency metric's parts are counters.
+            MetricKind::Counter | MetricKind::Buckets => {
                 abi::envoy_dynamic_module_callback_http_filter_config_define_counter
             }
             MetricKind::Histogram => {
@@ -268,8 +290,13 @@ impl DefineMetric for NewConfig {
         self.define(kind, name, &[])
     }
 
-    fn define_family(&mut self, kind: MetricKind, name: &str) -> Result<usize, String> {
-        self.define(kind, name, &FAMILY_LABELS)
+    fn define_family(
+        &mut self,
+        kind: MetricKind,
+        name: &str,
+        labels: &[&str],
+    ) -> Result<usize, String> {
+        self.define(kind, name, labels)
     }
 }
 
@@ -326,8 +353,9 @@ impl LiveConfig {
 
     /// Brings a labelled counter into existence at 0, so it is exported before its first
     /// request, as the wasm filter's are.
-    pub fn touch_counter(self, id: usize, labels: &[&[u8]; 2]) {
-        let labels = labels.map(ModuleBuffer::of);
+    pub fn touch_counter(self, id: usize, labels: &[&[u8]]) {
+        let labels = label_buffers(labels);
+        let labels = &labels.0[..labels.1];
         // SAFETY: the live config pointer; labels ours for the call.
         unsafe {
             abi::envoy_dynamic_module_callback_http_filter_config_increment_counter(

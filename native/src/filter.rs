@@ -5,14 +5,16 @@
 //!
 //! Unlike the wasm VM, counters are not summed here and flushed: a native counter update is
 //! an atomic add inside Envoy, cheaper than any bookkeeping of ours, so each goes straight
-//! to Envoy and the admin endpoint sees it at once.
+//! to Envoy and the admin endpoint sees it at once. So does a latency sample: one add to
+//! its bucket's counter and one to the sum's, the wasm filter's stats by name.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use canary_contract::stats::Metric;
-use canary_contract::stats::MetricKind;
+use canary_contract::stats::{
+    bucket_index, latency_buckets_us, Metric, MetricKind, BUCKET_OVERFLOW, LATENCY_BUCKETS,
+};
 use canary_contract::{FilterConfig, Version};
 use canary_filter::control::summary;
 use canary_filter::cookie::{anonymous_id, fallback_random, set_cookie_value};
@@ -20,7 +22,7 @@ use canary_filter::keyed::metric_set_key;
 use canary_filter::metrics::{Exchange, MetricHost, MetricOp, RolloutMetrics};
 use canary_filter::routing::{RequestHeaders, Router};
 
-use crate::envoy::{DefineMetric, NativeMetric};
+use crate::envoy::{DefineMetric, NativeMetric, BUCKET_FAMILY_LABELS, FAMILY_LABELS};
 
 /// The gRPC status of an answer, in trailers-only response headers or in trailers.
 const GRPC_STATUS: &str = "grpc-status";
@@ -36,8 +38,9 @@ pub trait HttpStream: RequestHeaders {
     fn add_response_header(&self, name: &str, value: &[u8]);
     fn response_code_details(&self) -> Option<Vec<u8>>;
     fn update(&self, metric: NativeMetric, value: u64);
-    /// The same for a family's stat of `labels` (rollout, version).
-    fn update_labeled(&self, metric: NativeMetric, labels: &[&[u8]; 2], value: u64);
+    /// The same for a family's stat of `labels` (rollout, version; a latency bucket's also
+    /// its `upper_us`).
+    fn update_labeled(&self, metric: NativeMetric, labels: &[&[u8]], value: u64);
 }
 
 /// The filter configuration of one `DynamicModuleFilter`, shared by every worker's requests:
@@ -50,8 +53,14 @@ pub struct Config {
     /// Envoy's metrics, indexed by the ids `RolloutMetrics` holds.
     table: Vec<NativeMetric>,
     /// Per metric (`Metric::index`): its family labelled by rollout and version, for
-    /// rollouts a later configuration brings. A family's stats have the same names.
+    /// rollouts a later configuration brings. A family's stats have the same names. A
+    /// latency metric's is its sum's.
     families: Vec<Option<NativeMetric>>,
+    /// The latency buckets' family, labelled also by `upper_us`.
+    bucket_family: Option<NativeMetric>,
+    /// The latency bucket bounds (µs), and each bucket's `upper_us` label, the overflow last.
+    bounds_us: [u64; LATENCY_BUCKETS - 1],
+    bucket_labels: Vec<String>,
     /// The rollouts and weights, as the wasm filter logs them.
     pub summary: String,
 }
@@ -112,12 +121,25 @@ impl Config {
             defined.push((key, RolloutMetrics::define(&mut definer, r)?));
         }
         let mut families = vec![None; Metric::ALL.len()];
+        let mut bucket_family = None;
         if config.controller.is_some() {
             for m in Metric::ALL.into_iter().filter(|m| family_metric(*m)) {
-                let id = host.define_family(m.kind(), m.name())?;
-                families[m.index()] = Some(NativeMetric { kind: m.kind(), id });
+                let (Some(buckets), Some(sum)) = (m.in_bucket_name(), m.sum_name()) else {
+                    let id = host.define_family(m.kind(), m.name(), &FAMILY_LABELS)?;
+                    families[m.index()] = Some(NativeMetric { kind: m.kind(), id });
+                    continue;
+                };
+                let kind = MetricKind::Counter;
+                let id = host.define_family(kind, buckets, &BUCKET_FAMILY_LABELS)?;
+                bucket_family = Some(NativeMetric { kind, id });
+                let id = host.define_family(kind, sum, &FAMILY_LABELS)?;
+                families[m.index()] = Some(NativeMetric { kind, id });
             }
         }
+        let bounds_us = latency_buckets_us();
+        let bucket_labels = (bounds_us.iter().map(u64::to_string))
+            .chain([BUCKET_OVERFLOW.to_string()])
+            .collect();
         let mut native = Config {
             current: RwLock::new(Arc::new(Active {
                 router: Router::new(FilterConfig::new(Vec::new())),
@@ -126,6 +148,9 @@ impl Config {
             defined,
             table,
             families,
+            bucket_family,
+            bounds_us,
+            bucket_labels,
             summary: summary(&config),
         };
         native.current = RwLock::new(Arc::new(native.prepare(config.clone())));
@@ -151,20 +176,27 @@ impl Config {
     /// Puts `config` in force for new requests (requests under way keep theirs). Returns
     /// the counters of rollouts new to this filter, by family id and labels, for the caller
     /// to bring into existence.
-    pub fn activate(&self, config: FilterConfig) -> Vec<(usize, [String; 2])> {
+    pub fn activate(&self, config: FilterConfig) -> Vec<(usize, Vec<String>)> {
         let active = self.prepare(config);
         let mut fresh = Vec::new();
         for ids in &active.metrics {
             let RolloutIds::Labeled(name) = ids else {
                 continue;
             };
-            for m in Metric::ALL
-                .into_iter()
-                .filter(|m| m.kind() == MetricKind::Counter)
-            {
-                if let Some(family) = self.families[m.index()] {
-                    for version in Version::ALL {
-                        fresh.push((family.id, [name.clone(), version.as_str().to_string()]));
+            for version in Version::ALL {
+                let labels = vec![name.clone(), version.as_str().to_string()];
+                for m in Metric::ALL {
+                    // Counters, and a latency metric's sum.
+                    let counter = matches!(m.kind(), MetricKind::Counter | MetricKind::Buckets);
+                    if let (true, Some(family)) = (counter, self.families[m.index()]) {
+                        fresh.push((family.id, labels.clone()));
+                    }
+                }
+                if let Some(family) = self.bucket_family {
+                    for upper_us in &self.bucket_labels {
+                        let mut labels = labels.clone();
+                        labels.push(upper_us.clone());
+                        fresh.push((family.id, labels));
                     }
                 }
             }
@@ -193,19 +225,33 @@ impl Config {
             MetricOp::Add(m, delta) => (m, delta),
             MetricOp::Record(m, v) => (m, v),
         };
+        // A latency sample: the sample to the sum (the metric's id), then one to its bucket.
+        // In that order, as the wasm filter flushes them: a reading taken between the two
+        // has the sum ahead of the buckets, which the controller's sanity check allows.
+        let bucket =
+            (metric.kind() == MetricKind::Buckets).then(|| bucket_index(&self.bounds_us, value));
         match active.metrics.get(rollout) {
             Some(RolloutIds::Defined(i)) => {
-                let native = (self.defined.get(*i))
-                    .and_then(|(_, ids)| ids.id(version, metric))
-                    .and_then(|id| self.table.get(id as usize));
-                if let Some(native) = native {
+                let Some((_, ids)) = self.defined.get(*i) else {
+                    return;
+                };
+                let native = |id: Option<u32>| id.and_then(|id| self.table.get(id as usize));
+                if let Some(native) = native(ids.id(version, metric)) {
                     stream.update(*native, value);
+                }
+                if let Some(bucket) = native(bucket.and_then(|b| ids.bucket_id(version, b))) {
+                    stream.update(*bucket, 1);
                 }
             }
             Some(RolloutIds::Labeled(name)) => {
+                let labels = [name.as_bytes(), version.as_str().as_bytes()];
                 if let Some(Some(family)) = self.families.get(metric.index()) {
-                    let labels = [name.as_bytes(), version.as_str().as_bytes()];
                     stream.update_labeled(*family, &labels, value);
+                }
+                let upper_us = bucket.and_then(|b| self.bucket_labels.get(b));
+                if let (Some(family), Some(upper_us)) = (self.bucket_family, upper_us) {
+                    let labels = [labels[0], labels[1], upper_us.as_bytes()];
+                    stream.update_labeled(family, &labels, 1);
                 }
             }
             None => {}
@@ -287,7 +333,6 @@ impl Request {
         let ops = routed.exchange.on_response_headers(
             status.as_deref(),
             end_of_stream,
-            now_ms(),
             || stream.response_header(GRPC_STATUS),
             || stream.response_code_details(),
         );

@@ -4,7 +4,7 @@
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 
-use canary_contract::stats::{stat_name, Metric, MetricKind};
+use canary_contract::stats::{bucket_stat_name, latency_buckets_us, stat_name, Metric, MetricKind};
 use canary_contract::{FilterConfig, RolloutConfig, Version};
 use canary_filter::metrics::{MetricHost, RolloutMetrics};
 use canary_filter::routing::RequestHeaders;
@@ -24,9 +24,14 @@ impl DefineMetric for FakeDefinitions {
         Ok(self.names.len() - 1)
     }
 
-    fn define_family(&mut self, kind: MetricKind, name: &str) -> Result<usize, String> {
+    fn define_family(
+        &mut self,
+        kind: MetricKind,
+        name: &str,
+        labels: &[&str],
+    ) -> Result<usize, String> {
         self.names
-            .push((kind, format!("{name}{{rollout,version}}")));
+            .push((kind, format!("{name}{{{}}}", labels.join(","))));
         Ok(self.names.len() - 1)
     }
 }
@@ -51,7 +56,7 @@ struct FakeStream {
     added_response: RefCell<Vec<(String, Vec<u8>)>>,
     route_cache_cleared: RefCell<u32>,
     updates: RefCell<Vec<(NativeMetric, u64)>>,
-    labeled: RefCell<Vec<(NativeMetric, [String; 2], u64)>>,
+    labeled: RefCell<Vec<(NativeMetric, Vec<String>, u64)>>,
 }
 
 impl RequestHeaders for FakeStream {
@@ -91,8 +96,10 @@ impl HttpStream for FakeStream {
     fn update(&self, metric: NativeMetric, value: u64) {
         self.updates.borrow_mut().push((metric, value));
     }
-    fn update_labeled(&self, metric: NativeMetric, labels: &[&[u8]; 2], value: u64) {
-        let labels = labels.map(|l| String::from_utf8_lossy(l).into_owned());
+    fn update_labeled(&self, metric: NativeMetric, labels: &[&[u8]], value: u64) {
+        let labels = (labels.iter())
+            .map(|l| String::from_utf8_lossy(l).into_owned())
+            .collect();
         (self.labeled.borrow_mut()).push((metric, labels, value));
     }
 }
@@ -156,13 +163,19 @@ fn routes_as_the_contract_and_counts_the_exchange() {
             .into_iter()
             .map(|(n, _)| n)
             .collect();
+        // The test takes well under 1 ms: 0 or 1 ms (if the clock's ms turned), the first
+        // bucket or the one holding 1 ms, after the sum.
+        let bucket = |us| bucket_stat_name(Metric::RqTimeMs, "shop", version, Some(us));
+        assert!(
+            names.len() == 4 && [bucket(500), bucket(1_060)].contains(&names[3]),
+            "{user}: {names:?}"
+        );
         let expect = [
-            Metric::RqTotal,
-            Metric::Rq2xx,
-            Metric::RqHeaderTimeMs,
-            Metric::RqTimeMs,
-        ]
-        .map(|m| stat_name(m, "shop", version));
+            stat_name(Metric::RqTotal, "shop", version),
+            stat_name(Metric::Rq2xx, "shop", version),
+            stat_name(Metric::RqTimeMs, "shop", version),
+            names[3].clone(),
+        ];
         assert_eq!(names, expect, "{user}");
         assert!(
             stream.added_response.borrow().is_empty(),
@@ -272,12 +285,27 @@ fn a_rollout_published_later_counts_in_the_families_under_the_same_names() {
     let mut later = config_json.clone();
     later.rollouts.push(RolloutConfig::new("cart", 10_000));
     let fresh = config.activate(later);
+    let family = |name: &str| {
+        (defs.names.iter())
+            .position(|(_, n)| n == name)
+            .expect("family")
+    };
+    let labels = |l: &[&str]| l.iter().map(|l| l.to_string()).collect::<Vec<_>>();
     assert!(fresh.contains(&(
-        defs.names
-            .iter()
-            .position(|(_, n)| n == "canary_rq_total{rollout,version}")
-            .expect("family"),
-        ["cart".to_string(), "canary".to_string()]
+        family("canary_rq_total{rollout,version}"),
+        labels(&["cart", "canary"])
+    )));
+    // The latency buckets and their sum too, as the wasm filter defines them all.
+    let buckets = family("canary_rq_time_ms_in_bucket{rollout,version,upper_us}");
+    assert!(fresh.contains(&(buckets, labels(&["cart", "stable", "550"]))));
+    assert!(fresh.contains(&(buckets, labels(&["cart", "canary", "inf"]))));
+    assert_eq!(
+        fresh.iter().filter(|(id, _)| *id == buckets).count(),
+        2 * (latency_buckets_us().len() + 1)
+    );
+    assert!(fresh.contains(&(
+        family("canary_rq_time_ms_sum{rollout,version}"),
+        labels(&["cart", "stable"])
     )));
     let mut stream = user_stream("ann");
     stream.set_request_header(":path", b"/");
@@ -305,6 +333,37 @@ fn a_rollout_published_later_counts_in_the_families_under_the_same_names() {
         "canary_rq_total{rollout,version}"
     );
     assert_eq!(labeled[0].1, ["cart".to_string(), "canary".to_string()]);
+    drop(labeled);
+    // Its end (no answer: a reset): a latency sample to the sum and to a bucket of the family.
+    request2.on_stream_complete(&config, &stream2);
+    let labeled = stream2.labeled.borrow();
+    let names: Vec<(&str, &[String])> = (labeled.iter())
+        .map(|(m, l, _)| (defs.names[m.id].1.as_str(), &l[..]))
+        .collect();
+    let upper_us = labeled[2].1.get(2).map(String::as_str);
+    // 0 ms, or 1 ms if the clock's ms turned.
+    assert!(matches!(upper_us, Some("500" | "1060")), "{names:?}");
+    let bucket = labels(&["cart", "canary", upper_us.unwrap_or_default()]);
+    let sum = labeled[1].2;
+    assert_eq!(
+        names[1..],
+        [
+            (
+                "canary_rq_time_ms_sum{rollout,version}",
+                &labels(&["cart", "canary"])[..]
+            ),
+            (
+                "canary_rq_time_ms_in_bucket{rollout,version,upper_us}",
+                &bucket[..]
+            ),
+            (
+                "canary_rq_reset{rollout,version}",
+                &labels(&["cart", "canary"])[..]
+            ),
+        ][..],
+        "{names:?}"
+    );
+    assert!(sum <= 1 && labeled[2].2 == 1, "{labeled:?}");
     // A request under way keeps the configuration it was routed by.
     stream.response.insert(":status".into(), b"200".to_vec());
     request.on_response_headers(&config, &stream, true);

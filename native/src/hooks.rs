@@ -51,7 +51,7 @@ impl HttpStream for Stream {
     fn update(&self, metric: NativeMetric, value: u64) {
         Stream::update(*self, metric, value)
     }
-    fn update_labeled(&self, metric: NativeMetric, labels: &[&[u8]; 2], value: u64) {
+    fn update_labeled(&self, metric: NativeMetric, labels: &[&[u8]], value: u64) {
         Stream::update_labeled(*self, metric, labels, value)
     }
 }
@@ -118,10 +118,9 @@ fn run(module: &Module, poll: &mut Poll, step: Step) {
         log_warn(message);
     }
     if let Some(config) = step.activate {
-        for (id, [rollout, version]) in module.config.activate(config) {
-            module
-                .envoy
-                .touch_counter(id, &[rollout.as_bytes(), version.as_bytes()]);
+        for (id, labels) in module.config.activate(config) {
+            let labels: Vec<&[u8]> = labels.iter().map(|l| l.as_bytes()).collect();
+            module.envoy.touch_counter(id, &labels);
         }
     }
     if let Some(headers) = step.call {

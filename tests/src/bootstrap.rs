@@ -332,7 +332,7 @@ impl CanaryBootstrap {
 }
 
 /// The bootstrap's `stats_config`: the contract's tag rules, and its fine latency buckets
-/// for the filter's histograms.
+/// for the filter's histograms (the LLM build's) and the clusters' request time.
 pub fn stats_config() -> Value {
     json!({
         "stats_tags": stats_tags(),
@@ -347,7 +347,8 @@ pub fn stats_config() -> Value {
     })
 }
 
-/// The tag extraction rules that turn our stat names into `rollout` / `version` labels.
+/// The tag extraction rules that turn our stat names into `rollout` / `version` (and a latency
+/// bucket's `upper_us`) labels.
 pub fn stats_tags() -> Value {
     Value::Array(
         ENVOY_STATS_TAGS

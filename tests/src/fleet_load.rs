@@ -1,7 +1,7 @@
 //! The judge loop at fleet scale (`bench_rollout`): one controller running many rollouts,
 //! each reading many proxies. The proxies are one stand-in admin server that answers
 //! `/p<i>/stats/prometheus?filter=…` as an Envoy would for the rollout the filter names: its
-//! counters and fine-bucketed latency histograms, growing with time, for both versions.
+//! counters and latency bucket counters, growing with time, for both versions.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -16,7 +16,7 @@ use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use tokio::task::JoinHandle;
 
-use canary_contract::stats::latency_buckets_ms;
+use canary_contract::stats::{latency_buckets_us, Metric, BUCKET_LABEL, BUCKET_OVERFLOW};
 
 /// Requests per second each stand-in proxy saw for one rollout (stable, canary).
 const RATE: (u64, u64) = (90, 10);
@@ -65,16 +65,17 @@ impl FakeAdmins {
     }
 }
 
-/// The share of requests at or below each latency bucket's bound: a log-normal around
-/// 40 ms, as cumulative counts need.
-fn bucket_shape() -> Vec<(f64, f64)> {
-    latency_buckets_ms()
-        .into_iter()
-        .map(|le| {
-            let z = (le.ln() - 40f64.ln()) / 0.6;
-            (le, 0.5 * (1.0 + erf(z / std::f64::consts::SQRT_2)))
-        })
-        .collect()
+/// Each latency bucket's `upper_us` label and the share of requests at or below its bound:
+/// a log-normal around 40 ms (the overflow bucket: all of them).
+fn bucket_shape() -> Vec<(String, f64)> {
+    let shares = latency_buckets_us().into_iter().map(|us| {
+        let z = ((us as f64 / 1_000.0).ln() - 40f64.ln()) / 0.6;
+        (
+            us.to_string(),
+            0.5 * (1.0 + erf(z / std::f64::consts::SQRT_2)),
+        )
+    });
+    shares.chain([(BUCKET_OVERFLOW.to_string(), 1.0)]).collect()
 }
 
 /// Abramowitz and Stegun 7.1.26 (|error| < 1.5e-7): enough for a bucket shape.
@@ -97,7 +98,7 @@ fn erf(x: f64) -> f64 {
 fn stats_text(
     req: &Request<hyper::body::Incoming>,
     elapsed: Duration,
-    shape: &[(f64, f64)],
+    shape: &[(String, f64)],
 ) -> Bytes {
     // `filter=%5C.rollout%5C.<name>%5C.`: the name, percent-decoded.
     let filter = req
@@ -128,16 +129,28 @@ fn stats_text(
                 "# TYPE {metric} counter\n{metric}{{{l}}} {value}\n"
             ));
         }
-        for metric in ["canary_rq_time_ms", "canary_rq_header_time_ms"] {
-            out.push_str(&format!("# TYPE {metric} histogram\n"));
-            for (le, share) in shape {
-                let n = (total as f64 * share) as u64;
-                out.push_str(&format!("{metric}_bucket{{{l},le=\"{le}\"}} {n}\n"));
-            }
-            out.push_str(&format!("{metric}_bucket{{{l},le=\"+Inf\"}} {total}\n"));
-            out.push_str(&format!("{metric}_sum{{{l}}} {}\n", total * 45));
-            out.push_str(&format!("{metric}_count{{{l}}} {total}\n"));
+        // The filter's latency: a counter per bucket (each its own bucket's requests) and
+        // the sum.
+        let (Some(buckets), Some(sum)) = (
+            Metric::RqTimeMs.in_bucket_name(),
+            Metric::RqTimeMs.sum_name(),
+        ) else {
+            continue;
+        };
+        out.push_str(&format!("# TYPE {buckets} counter\n"));
+        let mut below = 0;
+        for (upper_us, share) in shape {
+            let at_or_below = (total as f64 * share) as u64;
+            let n = at_or_below.saturating_sub(below);
+            below = below.max(at_or_below);
+            out.push_str(&format!(
+                "{buckets}{{{l},{BUCKET_LABEL}=\"{upper_us}\"}} {n}\n"
+            ));
         }
+        out.push_str(&format!(
+            "# TYPE {sum} counter\n{sum}{{{l}}} {}\n",
+            total * 45
+        ));
     }
     Bytes::from(out)
 }

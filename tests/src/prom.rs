@@ -18,8 +18,26 @@ pub fn value(samples: &[Sample], metric: &str, labels: &[(&str, &str)]) -> Optio
         .iter()
         .filter(|s| prometheus_metric_name(&s.metric) == metric)
         .filter(|s| labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
-        .find_map(|s| match s.value {
-            Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => Some(v),
-            Value::Histogram(_) | Value::Summary(_) => None,
-        })
+        .find_map(scalar)
+}
+
+/// The samples named `metric` (as [`value`] matches names) whose labels include all of
+/// `labels`: e.g. every latency bucket counter of one version.
+pub fn series<'a>(
+    samples: &'a [Sample],
+    metric: &'a str,
+    labels: &'a [(&str, &str)],
+) -> impl Iterator<Item = &'a Sample> + 'a {
+    samples
+        .iter()
+        .filter(move |s| prometheus_metric_name(&s.metric) == metric)
+        .filter(move |s| labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+}
+
+/// A scalar sample's value (a counter, gauge or untyped sample).
+pub fn scalar(sample: &Sample) -> Option<f64> {
+    match sample.value {
+        Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => Some(v),
+        Value::Histogram(_) | Value::Summary(_) => None,
+    }
 }

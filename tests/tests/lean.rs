@@ -118,8 +118,8 @@ async fn lean_routes_every_user_as_the_contract_says() -> Result<()> {
         stats.trim().is_empty(),
         "the lean module keeps no stats: {stats}"
     );
-    // The clusters' request time has the filter histograms' fine bounds (the bootstrap's
-    // bucket setting), not Envoy's default ones.
+    // The clusters' request time has the fine bounds of the filter's latency buckets (the
+    // bootstrap's bucket setting), not Envoy's default ones.
     let times = rig.envoys[0]
         .admin_text("/stats/prometheus?filter=cluster%5C.canary%5C.upstream_rq_time")
         .await?;

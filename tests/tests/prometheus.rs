@@ -140,16 +140,25 @@ async fn prometheus_and_admin_sources_agree() -> Result<()> {
             .await?;
         anyhow::Ok(parse_prometheus_query(&body, ROLLOUT)?)
     };
-    // Quiet now: wait until the admin side is flushed and Prometheus has scraped it.
-    let admin = eventually(
-        "admin histograms flushed",
+    // Quiet now: wait until the admin side is flushed and Prometheus has scraped it. The
+    // latency buckets are flushed with the other counters, every 250 ms by each worker: a
+    // reading whose counts agree may still miss a worker's last flush, so it must also stay
+    // the same over two flushes.
+    let read_admin_twice = || async {
+        let first = read_admin().await?;
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        anyhow::Ok((first, read_admin().await?))
+    };
+    let (admin, _) = eventually(
+        "admin counters flushed",
         Duration::from_secs(10),
-        read_admin,
-        |m| {
-            m.values().all(|s| {
-                s.canary.duration.count == s.canary.requests
-                    && s.stable.duration.count == s.stable.requests
-            })
+        read_admin_twice,
+        |(first, again)| {
+            first == again
+                && first.values().all(|s| {
+                    s.canary.duration.count == s.canary.requests
+                        && s.stable.duration.count == s.stable.requests
+                })
         },
     )
     .await?;

@@ -1,11 +1,15 @@
 //! Issue test 7: after a known load, the per-version stats at Envoy's admin endpoint equal
-//! what the test sent, exactly, with `rollout` and `version` as Prometheus labels.
+//! what the test sent, exactly, with `rollout` and `version` (and a latency bucket's
+//! `upper_us`) as Prometheus labels.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::Result;
-use canary_contract::stats::{stat_name, Metric, ENVOY_WASM_PREFIX};
+use canary_contract::stats::{
+    bucket_stat_name, bucket_upper_ms, latency_buckets_us, stat_name, Metric, BUCKET_LABEL,
+    BUCKET_OVERFLOW, ENVOY_WASM_PREFIX,
+};
 use canary_contract::{FilterConfig, RolloutConfig, Version};
 use canary_e2e::bootstrap::FilterBuild;
 use canary_e2e::client::{http_client, send_all, Probe};
@@ -135,8 +139,8 @@ async fn per_version_stats_equal_the_load_sent(build: FilterBuild) -> Result<()>
         }
     }
 
-    // Counters reach Envoy on the filter's flush timer and histograms at Envoy's stats
-    // flush, both after the responses: wait until the totals are in, then check everything.
+    // Counters and latency buckets reach Envoy on the filter's flush timer, after the
+    // responses: wait until the totals are in, then check everything.
     let envoy = rig.envoy();
     let labels = |version: Version| [("rollout", "shop"), ("version", version.as_str())];
     let samples = eventually(
@@ -146,9 +150,8 @@ async fn per_version_stats_equal_the_load_sent(build: FilterBuild) -> Result<()>
         |samples| {
             Version::ALL.iter().all(|v| {
                 let total = Some(expected[v].total as f64);
-                ["canary_rq_total", "canary_rq_time_ms_count"]
-                    .iter()
-                    .all(|metric| prom::value(samples, metric, &labels(*v)) == total)
+                prom::value(samples, "canary_rq_total", &labels(*v)) == total
+                    && Some(latency(samples, &labels(*v)).1) == total
             })
         },
     )
@@ -186,14 +189,28 @@ async fn per_version_stats_equal_the_load_sent(build: FilterBuild) -> Result<()>
                 metric.name()
             );
         }
-        // Every request got response headers (a reset gets Envoy's local 503).
-        for histogram in ["canary_rq_time_ms_count", "canary_rq_header_time_ms_count"] {
-            assert_eq!(
-                value(histogram),
-                Some(e.total as f64),
-                "{version:?} {histogram}"
-            );
-        }
+        // Every request's duration is counted once, in one bucket: the buckets are exactly
+        // the contract's bounds and the overflow, and the slow requests are in buckets at or
+        // above SLOW_MS.
+        let (buckets, count) = latency(&samples, &labels(version));
+        assert_eq!(count, e.total as f64, "{version:?} latency samples");
+        let bounds_us: Vec<String> = (latency_buckets_us().iter().map(u64::to_string))
+            .chain([BUCKET_OVERFLOW.to_string()])
+            .collect();
+        assert_eq!(
+            buckets.iter().map(|(us, _)| us.clone()).collect::<Vec<_>>(),
+            bounds_us,
+            "{version:?}: one series per bucket"
+        );
+        let slow_or_more: f64 = (buckets.iter())
+            .filter(|(us, _)| bucket_upper_ms(us).is_some_and(|ms| ms >= SLOW_MS as f64))
+            .map(|(_, n)| n)
+            .sum();
+        assert!(
+            slow_or_more >= e.slow as f64,
+            "{version:?}: {slow_or_more} samples ≥ {SLOW_MS} ms, {} slow requests",
+            e.slow
+        );
         // Durations are in milliseconds: the slow requests alone add SLOW_MS each.
         let sum = value("canary_rq_time_ms_sum").unwrap_or(0.0);
         let floor = (e.slow * SLOW_MS) as f64;
@@ -205,6 +222,16 @@ async fn per_version_stats_equal_the_load_sent(build: FilterBuild) -> Result<()>
             sum < floor + 50.0 * e.total as f64,
             "{version:?}: rq_time_ms_sum {sum} too big"
         );
+        // A bucket under its Envoy name at /stats.
+        let name = format!(
+            "{ENVOY_WASM_PREFIX}{}",
+            bucket_stat_name(Metric::RqTimeMs, "shop", version, Some(550))
+        );
+        let at_550 = buckets
+            .iter()
+            .find(|(us, _)| us == "550")
+            .map(|(_, n)| *n as u64);
+        assert_eq!(envoy.counter(&name).await?, at_550, "{name}");
         // The same counter under its Envoy name at /stats.
         let name = format!(
             "{ENVOY_WASM_PREFIX}{}",
@@ -212,8 +239,37 @@ async fn per_version_stats_equal_the_load_sent(build: FilterBuild) -> Result<()>
         );
         assert_eq!(envoy.counter(&name).await?, Some(e.total), "{name}");
     }
+    // The header-time histogram is gone, and no tag is left in a filter series' name.
+    for sample in &samples {
+        let name = canary_contract::stats::prometheus_metric_name(&sample.metric);
+        assert!(
+            !name.starts_with("canary_rq_header_time") && !name.contains("upper_us"),
+            "{}",
+            sample.metric
+        );
+    }
     eprintln!("expected per version: {expected:?}");
     Ok(())
+}
+
+/// One version's latency bucket counters (`labels`: rollout and version), by ascending bound
+/// (`upper_us` label, count), and their total. Each series carries exactly the three labels.
+fn latency(samples: &[prom::Sample], labels: &[(&str, &str); 2]) -> (Vec<(String, f64)>, f64) {
+    let metric = Metric::RqTimeMs.in_bucket_name().unwrap_or_default();
+    let mut buckets: Vec<(String, f64)> = prom::series(samples, metric, labels)
+        .map(|s| {
+            let keys: Vec<&String> = s.labels.keys().collect();
+            assert_eq!(keys.len(), 3, "{}: labels {keys:?}", s.metric);
+            let upper_us = s.labels.get(BUCKET_LABEL).unwrap_or_default().to_string();
+            (upper_us, prom::scalar(s).unwrap_or(f64::NAN))
+        })
+        .collect();
+    buckets.sort_by(|a, b| {
+        let bound = |us: &str| bucket_upper_ms(us).unwrap_or(f64::NAN);
+        bound(&a.0).total_cmp(&bound(&b.0))
+    });
+    let total = buckets.iter().map(|(_, n)| n).sum();
+    (buckets, total)
 }
 
 canary_e2e::for_both_builds!(per_version_stats_equal_the_load_sent,);

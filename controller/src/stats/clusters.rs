@@ -80,7 +80,7 @@ pub fn parse_envoy_cluster_stats(
                     }
                 }
             }
-            // As the filter's histograms are read: every bucket, `+Inf` included.
+            // As Envoy's histograms are read: every bucket, `+Inf` included.
             Value::Histogram(buckets) if name == CLUSTER_RQ_TIME => {
                 for b in buckets {
                     v.duration.buckets.push((b.less_than, count(b.count)?));

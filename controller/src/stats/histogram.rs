@@ -1,5 +1,6 @@
-//! Envoy's cumulative histograms (request duration, time to first token) and the quantiles
-//! the judge reads from them.
+//! Cumulative latency histograms and the quantiles the judge reads from them: the request
+//! duration (the filter's bucket counters, made cumulative by the parser; lean mode's
+//! cluster `upstream_rq_time`) and the time to first token (Envoy's histograms).
 
 use serde::{Deserialize, Serialize};
 

@@ -1,9 +1,13 @@
 //! Reads the filter's stats of one rollout from Envoy's `/stats/prometheus` text and from a
 //! Prometheus `/api/v1/query` answer, both through one [`Accumulator`] of flat samples.
+//!
+//! The request duration comes as counters (`canary_rq_time_ms_in_bucket{upper_us="…"}`, one
+//! per bucket, not cumulative, and `canary_rq_time_ms_sum`): the accumulator gathers them
+//! into the cumulative [`super::Histogram`] the judge reads, as Envoy's own histograms are.
 
 use std::collections::BTreeMap;
 
-use canary_contract::stats::{prometheus_metric_name, Metric};
+use canary_contract::stats::{bucket_upper_ms, prometheus_metric_name, Metric, BUCKET_LABEL};
 use canary_contract::{ShadowMetric, Version};
 use prometheus_parse::{Scrape, Value};
 
@@ -15,11 +19,15 @@ struct FlatSample<'a> {
     version: Version,
     /// The `le` bound of a `_bucket` sample.
     le: Option<f64>,
+    /// The `upper_us` label of a latency bucket counter.
+    upper_us: Option<&'a str>,
     value: f64,
 }
 
 /// Builds one source's [`RolloutStats`] from flat samples (counters, `_bucket`, `_count`,
-/// `_sum`), as both Envoy's text format and Prometheus' query API deliver them.
+/// `_sum`), as both Envoy's text format and Prometheus' query API deliver them. The
+/// duration's buckets are gathered as (bound, count in the bucket) and made cumulative in
+/// [`Accumulator::finish`].
 #[derive(Default)]
 struct Accumulator {
     stats: RolloutStats,
@@ -70,17 +78,23 @@ impl Accumulator {
             return Ok(());
         }
         let v = self.stats.version_mut(s.version);
-        let duration = Metric::RqTimeMs.name();
-        if let Some(suffix) = s.name.strip_prefix(duration) {
-            match (suffix, s.le) {
-                ("_bucket", Some(le)) => v.duration.buckets.push((le, count(s.value)?)),
-                ("_count", _) => {
-                    v.duration.count = count(s.value)?;
-                    self.found[s.version.index()][Metric::RqTimeMs.index()] = true;
-                }
-                ("_sum", _) => v.duration.sum_ms = s.value,
-                _ => {}
-            }
+        let duration = Metric::RqTimeMs;
+        if Some(s.name) == duration.in_bucket_name() {
+            let bound =
+                s.upper_us
+                    .and_then(bucket_upper_ms)
+                    .ok_or_else(|| StatsError::BadValue {
+                        rollout: rollout.to_string(),
+                        metric: format!("{}{{{BUCKET_LABEL}}}", s.name),
+                        value: format!("{:?}", s.upper_us.unwrap_or("")),
+                    })?;
+            v.duration.buckets.push((bound, count(s.value)?));
+            return Ok(());
+        }
+        if Some(s.name) == duration.sum_name() {
+            // A counter of whole ms.
+            v.duration.sum_ms = count(s.value)? as f64;
+            self.found[s.version.index()][duration.index()] = true;
             return Ok(());
         }
         if v.llm.add_sample(s.name, s.le, s.value, count)? {
@@ -110,13 +124,24 @@ impl Accumulator {
                     });
                 }
             }
-            let buckets = &mut self.stats.version_mut(version).duration.buckets;
-            buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+            cumulate(&mut self.stats.version_mut(version).duration);
             self.stats.version_mut(version).llm.finish();
         }
         super::sanity::check(&self.stats, rollout)?;
         Ok(self.stats)
     }
+}
+
+/// Bucket counts in any order, each of its own bucket, into a cumulative histogram: sorted
+/// by bound, each the count at or below it, the total the count.
+fn cumulate(h: &mut super::Histogram) {
+    h.buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let mut total = 0u64;
+    for (_, count) in &mut h.buckets {
+        total = total.saturating_add(*count);
+        *count = total;
+    }
+    h.count = total;
 }
 
 /// A counter's value as a `u64`: finite, not negative, whole, and below 2^64 (`as u64`
@@ -168,6 +193,7 @@ pub fn parse_envoy_prometheus(text: &str, rollout: &str) -> Result<RolloutStats,
                     name: metric,
                     version,
                     le: None,
+                    upper_us: sample.labels.get(BUCKET_LABEL),
                     value: *x,
                 },
             )?,
@@ -180,6 +206,7 @@ pub fn parse_envoy_prometheus(text: &str, rollout: &str) -> Result<RolloutStats,
                             name: &name,
                             version,
                             le: Some(b.less_than),
+                            upper_us: None,
                             value: b.count,
                         },
                     )?;
@@ -280,6 +307,7 @@ fn add_query_sample(
             name,
             version,
             le,
+            upper_us: labels[BUCKET_LABEL].as_str(),
             value,
         },
     )
@@ -306,22 +334,24 @@ mod tests {
                 "{metric}{{rollout=\"{rollout}\",version=\"canary\"}} {canary}\n"
             ));
         }
-        out.push_str("# TYPE canary_rq_time_ms histogram\n");
+        // The duration as the filter counts it: per bucket (not cumulative) and the sum.
+        out.push_str("# TYPE canary_rq_time_ms_in_bucket counter\n");
         for (version, n) in [("stable", 900), ("canary", canary_total)] {
             let l = format!("rollout=\"{rollout}\",version=\"{version}\"");
-            out.push_str(&format!(
-                "canary_rq_time_ms_bucket{{{l},le=\"1\"}} {}\n",
-                n / 2
-            ));
-            out.push_str(&format!(
-                "canary_rq_time_ms_bucket{{{l},le=\"10\"}} {}\n",
-                n - n / 10
-            ));
-            out.push_str(&format!(
-                "canary_rq_time_ms_bucket{{{l},le=\"+Inf\"}} {n}\n"
-            ));
+            for (upper_us, c) in [
+                ("1000", n / 2),
+                ("10000", n - n / 10 - n / 2),
+                ("inf", n / 10),
+            ] {
+                out.push_str(&format!(
+                    "canary_rq_time_ms_in_bucket{{{l},upper_us=\"{upper_us}\"}} {c}\n"
+                ));
+            }
+        }
+        out.push_str("# TYPE canary_rq_time_ms_sum counter\n");
+        for (version, n) in [("stable", 900), ("canary", canary_total)] {
+            let l = format!("rollout=\"{rollout}\",version=\"{version}\"");
             out.push_str(&format!("canary_rq_time_ms_sum{{{l}}} {}\n", n * 3));
-            out.push_str(&format!("canary_rq_time_ms_count{{{l}}} {n}\n"));
         }
         // Another rollout's series must be ignored.
         out.push_str("canary_rq_total{rollout=\"other\",version=\"canary\"} 77\n");
@@ -336,8 +366,33 @@ mod tests {
         assert_eq!(stats.canary.resets, 1);
         assert_eq!(stats.stable.requests, 900);
         assert_eq!(stats.canary.duration.count, 100);
-        assert_eq!(stats.canary.duration.buckets.len(), 3);
+        assert_eq!(
+            stats.canary.duration.buckets,
+            vec![(1.0, 50), (10.0, 90), (f64::INFINITY, 100)],
+            "bucket counts made cumulative, bounds in ms"
+        );
         assert_eq!(stats.canary.duration.sum_ms, 300.0);
+        assert_eq!(stats.stable.duration.count, 900);
+    }
+
+    #[test]
+    fn a_latency_bucket_whose_upper_us_does_not_parse_is_refused_naming_it() {
+        let good = envoy_payload("shop", 100, 7);
+        for bad in [
+            "upper_us=\"1.5\"",
+            "upper_us=\"+Inf\"",
+            "upper_us=\"\"",
+            "le=\"1\"",
+        ] {
+            let text = good.replacen("upper_us=\"1000\"", bad, 1);
+            let err = parse_envoy_prometheus(&text, "shop").expect_err(bad);
+            assert!(matches!(err, StatsError::BadValue { .. }), "{bad}: {err}");
+            assert!(
+                err.to_string()
+                    .contains("canary_rq_time_ms_in_bucket{upper_us}"),
+                "{bad}: {err}"
+            );
+        }
     }
 
     /// The native build's `/stats/prometheus` (every series with Envoy's `envoy_wasmcustom_`
@@ -672,14 +727,14 @@ mod tests {
             |series: &str, labels: &str, value: &str| format!("{series}{{{l}{labels}}} {value}\n");
         let cases: Vec<(&str, String, String)> = vec![
             (
-                "a NaN bound",
-                line("canary_rq_time_ms_bucket", ",le=\"1\"", "50"),
-                line("canary_rq_time_ms_bucket", ",le=\"-NaN\"", "50"),
+                "an upper_us not in whole µs",
+                line("canary_rq_time_ms_in_bucket", ",upper_us=\"1000\"", "50"),
+                line("canary_rq_time_ms_in_bucket", ",upper_us=\"NaN\"", "50"),
             ),
             (
                 "a negative bound",
-                line("canary_rq_time_ms_bucket", ",le=\"1\"", "50"),
-                line("canary_rq_time_ms_bucket", ",le=\"-1\"", "50"),
+                line("canary_rq_time_ms_in_bucket", ",upper_us=\"1000\"", "50"),
+                line("canary_rq_time_ms_in_bucket", ",upper_us=\"-1000\"", "50"),
             ),
             (
                 "a count past 2^64",
@@ -688,8 +743,8 @@ mod tests {
             ),
             (
                 "a negative bucket",
-                line("canary_rq_time_ms_bucket", ",le=\"1\"", "50"),
-                line("canary_rq_time_ms_bucket", ",le=\"1\"", "-50"),
+                line("canary_rq_time_ms_in_bucket", ",upper_us=\"1000\"", "50"),
+                line("canary_rq_time_ms_in_bucket", ",upper_us=\"1000\"", "-50"),
             ),
             (
                 "more 5xx than requests",
@@ -702,14 +757,15 @@ mod tests {
                 line("canary_rq_time_ms_sum", "", "NaN"),
             ),
             (
-                "buckets going down",
-                line("canary_rq_time_ms_bucket", ",le=\"10\"", "90"),
-                line("canary_rq_time_ms_bucket", ",le=\"10\"", "20"),
+                "two buckets of one bound",
+                line("canary_rq_time_ms_in_bucket", ",upper_us=\"10000\"", "40"),
+                line("canary_rq_time_ms_in_bucket", ",upper_us=\"1000\"", "40"),
             ),
             (
-                "+Inf other than the count",
-                line("canary_rq_time_ms_bucket", ",le=\"+Inf\"", "100"),
-                line("canary_rq_time_ms_bucket", ",le=\"+Inf\"", "99"),
+                // 40 samples above 1 ms and 10 above 10 ms: at least 140 ms.
+                "a sum below what its buckets hold",
+                line("canary_rq_time_ms_sum", "", "300"),
+                line("canary_rq_time_ms_sum", "", "139"),
             ),
         ];
         let mut shadow = good.clone();

@@ -11,8 +11,8 @@ use canary_contract::ShadowMetric;
 
 use super::{LlmStats, TierStats, VersionStats};
 
-/// The histograms the stats read: each version's request duration and the LLM time to first
-/// token.
+/// The latency the stats read: each version's request duration (bucket counters) and the
+/// LLM time to first token (an Envoy histogram).
 const HISTOGRAMS: [Metric; 2] = [Metric::RqTimeMs, Metric::LlmTtftMs];
 
 /// The PromQL selector for every series of `rollout` the judge needs.
@@ -40,6 +40,11 @@ fn judge_names() -> String {
             MetricKind::Histogram => ["_bucket", "_count", "_sum"]
                 .map(|part| format!("{}{part}", m.name()))
                 .to_vec(),
+            MetricKind::Buckets => [m.in_bucket_name(), m.sum_name()]
+                .into_iter()
+                .flatten()
+                .map(str::to_string)
+                .collect(),
             MetricKind::Counter | MetricKind::Gauge => vec![m.name().to_string()],
         });
     let tiers = TierStats::METRICS.map(|m| m.name().to_string());
@@ -93,7 +98,7 @@ mod tests {
     fn selectors_group_the_read_series_by_family() {
         assert_eq!(
             prometheus_selector("shop"),
-            "{__name__=~\"canary_rq_(total|2xx|3xx|4xx|5xx|reset|time_ms_bucket|time_ms_count|time_ms_sum)\
+            "{__name__=~\"canary_rq_(total|2xx|3xx|4xx|5xx|reset|time_ms_in_bucket|time_ms_sum)\
              |canary_breaker_(trips|open|diverted)\
              |canary_llm_(responses|unparsed|input_tokens|output_tokens|cost_nanousd|refusals|ttft_ms_bucket|ttft_ms_count|ttft_ms_sum|cost_sumsq_microusd2)\
              |canary_tier_(rq_total|rq_5xx|breaker_trips|breaker_state)\

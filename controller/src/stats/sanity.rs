@@ -1,8 +1,11 @@
 //! Whether one source's reading could have been counted by a filter at all. A reading that
-//! could not (a NaN or negative bucket bound, buckets going down, a `+Inf` bucket other than
-//! the count, a NaN `_sum`, more 5xx than requests, more agreeing shadow answers than
-//! compared ones) is refused for that source, as an unreadable one is, so it never reaches a
-//! window: one `le="-NaN"` bucket made a canary 10× slower pass.
+//! could not (a NaN or negative bucket bound, two buckets of one bound, buckets going down, a
+//! `+Inf` bucket other than the count, a NaN `_sum`, a duration sum below what its buckets
+//! hold, more 5xx than requests, more agreeing shadow answers than compared ones) is refused
+//! for that source, as an unreadable one is, so it never reaches a window: one `le="-NaN"`
+//! bucket made a canary 10× slower pass. The duration's bucket counters are made cumulative
+//! by the parser (so they cannot go down, and their total is the count); Envoy's histograms
+//! (the LLM time to first token) come cumulative and are checked as they come.
 
 use canary_contract::stats::Metric;
 use canary_contract::Version;
@@ -37,6 +40,9 @@ fn inconsistency(stats: &RolloutStats) -> Option<String> {
                 return Some(format!("{at}: {name}: {why}"));
             }
         }
+        if let Some(why) = sum_below_buckets(&v.duration) {
+            return Some(format!("{at}: {}: {why}", Metric::RqTimeMs.name()));
+        }
     }
     let s = &stats.shadow;
     for (name, agree) in [
@@ -61,6 +67,26 @@ fn inconsistency(stats: &RolloutStats) -> Option<String> {
         }
     }
     None
+}
+
+/// A sum of samples below the least its buckets allow (each sample above the bound below
+/// its bucket). Only for the filter's own bucket counters, which count exact samples: the
+/// filter adds a sample to the sum before its bucket, and Envoy prints the buckets before
+/// the sum, so a reading taken mid-update has the sum ahead, never behind. (Envoy's
+/// histograms place samples in approximate bins.)
+fn sum_below_buckets(h: &Histogram) -> Option<String> {
+    let mut least = 0.0;
+    let mut lower = (0.0, 0u64);
+    for &(bound, cumulative) in &h.buckets {
+        least += lower.0 * cumulative.saturating_sub(lower.1) as f64;
+        lower = (bound, cumulative);
+    }
+    (h.sum_ms < least * (1.0 - 1e-9)).then(|| {
+        format!(
+            "_sum is {} ms, its buckets hold at least {least} ms",
+            h.sum_ms
+        )
+    })
 }
 
 /// What is wrong with a cumulative histogram whose buckets are sorted by bound, if anything.

@@ -7,6 +7,8 @@ use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
 use canary_contract::stats::Metric;
+#[cfg(feature = "llm")]
+use canary_contract::stats::MetricKind;
 use canary_contract::{FilterConfig, Version};
 use proxy_wasm::hostcalls;
 
@@ -156,23 +158,22 @@ impl Active {
     /// Carries out one metric operation of rollout `rollout`.
     #[cfg(not(feature = "lean"))]
     pub(super) fn apply_op(&self, rollout: usize, op: MetricOp, version: Version) {
-        let Some(metrics) = self.metrics.get(rollout) else {
+        // Counters and latency are summed in the VM and flushed on tick.
+        let Ok(mut pending) = self.pending.try_borrow_mut() else {
             return;
         };
-        let (m, delta) = match op {
-            MetricOp::Increment(m) => (m, 1),
-            MetricOp::Add(m, delta) => (m, delta),
-            MetricOp::Record(m, v) => {
-                if let Some(id) = metrics.id(version, m) {
+        match op {
+            MetricOp::Increment(m) => pending.add(rollout, version, m, 1),
+            MetricOp::Add(m, delta) => pending.add(rollout, version, m, delta),
+            // The LLM build's histograms: Envoy needs each sample.
+            #[cfg(feature = "llm")]
+            MetricOp::Record(m, v) if m.kind() != MetricKind::Buckets => {
+                if let Some(id) = self.metrics.get(rollout).and_then(|ids| ids.id(version, m)) {
                     // A failed metric update is not worth failing the request over.
                     let _ = hostcalls::record_metric(id, v);
                 }
-                return;
             }
-        };
-        // Counters are summed in the VM and flushed on tick.
-        if let Ok(mut pending) = self.pending.try_borrow_mut() {
-            pending.add(rollout, version, m, delta);
+            MetricOp::Record(m, ms) => pending.record(rollout, version, m, ms),
         }
     }
 
@@ -180,15 +181,12 @@ impl Active {
         let Ok(mut pending) = self.pending.try_borrow_mut() else {
             return;
         };
-        for (rollout, version, metric, delta) in pending.drain() {
-            if let Some(id) = self
-                .metrics
-                .get(rollout)
-                .and_then(|m| m.id(version, metric))
+        pending.drain(|rollout, version, slot, delta| {
+            if let Some(id) = (self.metrics.get(rollout)).and_then(|m| m.pending_id(version, slot))
             {
                 increment(id, delta);
             }
-        }
+        });
     }
 }
 

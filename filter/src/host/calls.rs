@@ -58,7 +58,8 @@ pub(super) struct EnvoyMetrics;
 impl MetricHost for EnvoyMetrics {
     fn define(&mut self, kind: MetricKind, name: &str) -> Result<u32, String> {
         let kind = match kind {
-            MetricKind::Counter => MetricType::Counter,
+            // A latency metric's parts are counters (`RolloutMetrics::define`).
+            MetricKind::Counter | MetricKind::Buckets => MetricType::Counter,
             MetricKind::Histogram => MetricType::Histogram,
             MetricKind::Gauge => MetricType::Gauge,
         };

@@ -284,7 +284,6 @@ impl HttpContext for CanaryHttp {
         let ops = routed.exchange.on_response_headers(
             status.as_deref(),
             end_of_stream,
-            now_ms(),
             || headers::get(RESPONSE_HEADERS, GRPC_STATUS).map(Cow::into_owned),
             || {
                 hostcalls::get_property(vec!["response", "code_details"])

@@ -129,22 +129,25 @@ impl HashSet64 {
 pub struct KeyLists {
     allow: HashSet64,
     deny: HashSet64,
+    /// Neither list has an entry (most rollouts): a lookup is skipped.
+    empty: bool,
 }
 
 impl KeyLists {
     pub fn new(allow: Vec<u64>, deny: Vec<u64>) -> Self {
         KeyLists {
+            empty: allow.is_empty() && deny.is_empty(),
             allow: HashSet64::new(allow),
             deny: HashSet64::new(deny),
         }
     }
 
     pub fn allows(&self, hash: u64) -> bool {
-        self.allow.contains(hash)
+        !self.empty && self.allow.contains(hash)
     }
 
     pub fn denies(&self, hash: u64) -> bool {
-        self.deny.contains(hash)
+        !self.empty && self.deny.contains(hash)
     }
 }
 

@@ -158,10 +158,35 @@ impl Active {
     /// Carries out one metric operation of rollout `rollout`.
     #[cfg(not(feature = "lean"))]
     pub(super) fn apply_op(&self, rollout: usize, op: MetricOp, version: Version) {
+        self.apply_ops(rollout, [op], version);
+    }
+
+    /// Carries out rollout `rollout`'s metric operations `ops` (one borrow of the pending
+    /// counts for all of them: a request's end has two).
+    #[cfg(not(feature = "lean"))]
+    pub(super) fn apply_ops(
+        &self,
+        rollout: usize,
+        ops: impl IntoIterator<Item = MetricOp>,
+        version: Version,
+    ) {
         // Counters and latency are summed in the VM and flushed on tick.
         let Ok(mut pending) = self.pending.try_borrow_mut() else {
             return;
         };
+        for op in ops {
+            self.apply_pending(&mut pending, rollout, op, version);
+        }
+    }
+
+    #[cfg(not(feature = "lean"))]
+    fn apply_pending(
+        &self,
+        pending: &mut PendingCounters,
+        rollout: usize,
+        op: MetricOp,
+        version: Version,
+    ) {
         match op {
             MetricOp::Increment(m) => pending.add(rollout, version, m, 1),
             MetricOp::Add(m, delta) => pending.add(rollout, version, m, delta),

@@ -174,7 +174,7 @@ impl HttpContext for CanaryHttp {
                 return Action::Pause;
             }
         }
-        let Some(active) = self.active.clone() else {
+        let Some(active) = self.active.as_ref() else {
             return Action::Continue;
         };
         #[cfg(not(feature = "lean"))]
@@ -229,7 +229,7 @@ impl HttpContext for CanaryHttp {
                 .keep_for_retry(decision.rollout, rollout, end_of_stream);
         }
         #[cfg(feature = "llm")]
-        let charge = match self.worker.rate_limit(&active, &decision, now) {
+        let charge = match self.worker.rate_limit(active, &decision, now) {
             Ok(charge) => charge,
             // Answered locally with 429: not routed, so not in the request counts.
             Err(()) => return Action::Pause,
@@ -247,7 +247,7 @@ impl HttpContext for CanaryHttp {
             #[cfg(feature = "llm")]
             let llm = llm::LlmRequest::start(
                 &self.worker,
-                &active,
+                active,
                 rollout,
                 &decision,
                 now,
@@ -291,9 +291,7 @@ impl HttpContext for CanaryHttp {
                     .flatten()
             },
         );
-        for op in ops {
-            active.apply_op(routed.rollout, op, routed.exchange.version);
-        }
+        active.apply_ops(routed.rollout, ops, routed.exchange.version);
         if let Some(cookie) = routed.set_cookie.take() {
             headers::add(RESPONSE_HEADERS, "set-cookie", &cookie);
         }
@@ -376,18 +374,17 @@ impl HttpContext for CanaryHttp {
 #[cfg(not(feature = "lean"))]
 impl Drop for CanaryHttp {
     fn drop(&mut self) {
-        let (Some(active), Some(routed)) = (self.active.clone(), self.routed.take()) else {
+        let (Some(active), Some(routed)) = (self.active.as_ref(), self.routed.take()) else {
             return;
         };
-        for op in routed.exchange.on_end(now_ms()) {
-            active.apply_op(routed.rollout, op, routed.exchange.version);
-        }
+        let ops = routed.exchange.on_end(now_ms());
+        active.apply_ops(routed.rollout, ops, routed.exchange.version);
         // A stream that ended early (reset, client gone): counted as unparsed.
         #[cfg(feature = "llm")]
         {
             let route = routed.route();
             let mut llm = routed.llm;
-            llm.end(&self.worker, &active, route);
+            llm.end(&self.worker, active, route);
         }
     }
 }

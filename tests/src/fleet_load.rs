@@ -139,17 +139,27 @@ fn stats_text(
         };
         out.push_str(&format!("# TYPE {buckets} counter\n"));
         let mut below = 0;
+        // Each bucket's requests at the middle of the bucket (the overflow's at its lower
+        // bound): a sum the buckets can hold, as the controller checks.
+        let (mut lower_ms, mut sum_ms) = (0.0, 0.0);
         for (upper_us, share) in shape {
             let at_or_below = (total as f64 * share) as u64;
             let n = at_or_below.saturating_sub(below);
             below = below.max(at_or_below);
+            // ("inf" would parse as a float: the overflow bucket has no upper bound.)
+            let upper_ms = match upper_us.parse::<u64>() {
+                Ok(us) => us as f64 / 1_000.0,
+                Err(_) => lower_ms,
+            };
+            sum_ms += n as f64 * (lower_ms + upper_ms) / 2.0;
+            lower_ms = upper_ms;
             out.push_str(&format!(
                 "{buckets}{{{l},{BUCKET_LABEL}=\"{upper_us}\"}} {n}\n"
             ));
         }
         out.push_str(&format!(
             "# TYPE {sum} counter\n{sum}{{{l}}} {}\n",
-            total * 45
+            sum_ms.ceil() as u64
         ));
     }
     Bytes::from(out)

@@ -179,10 +179,6 @@ impl Router {
         self.reads_several
     }
 
-    pub fn route_headers(&self) -> &[String] {
-        &self.route_headers
-    }
-
     /// The routing headers to strip from a request routed by rollout `index` (the other
     /// rollouts'; its own is replaced), or from one no rollout routes (all of them).
     pub fn headers_to_strip(&self, index: Option<usize>) -> &[String] {
@@ -616,6 +612,10 @@ mod tests {
             b,
             RolloutConfig::new("c", 0),
         ]);
-        assert_eq!(r.route_headers(), ["x-canary-version", "x-other"]);
+        assert_eq!(r.headers_to_strip(None), ["x-canary-version", "x-other"]);
+        // A rollout's request strips the other rollouts' headers, not its own.
+        assert_eq!(r.headers_to_strip(Some(0)), ["x-other"]);
+        assert_eq!(r.headers_to_strip(Some(1)), ["x-canary-version"]);
+        assert_eq!(r.headers_to_strip(Some(2)), ["x-other"]);
     }
 }

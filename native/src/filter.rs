@@ -495,6 +495,33 @@ fn decimal(mut n: u64, buffer: &mut [u8; 20]) -> &[u8] {
     }
 }
 
+/// Wall-clock ms since the epoch, read twice per request: on Linux straight from
+/// `clock_gettime`, without `SystemTime`'s checked subtraction (~40 instructions a read).
+#[cfg(target_os = "linux")]
+pub fn now_ms() -> u64 {
+    #[repr(C)]
+    struct Timespec {
+        tv_sec: i64,
+        tv_nsec: i64,
+    }
+    extern "C" {
+        fn clock_gettime(clock: i32, now: *mut Timespec) -> i32;
+    }
+    const CLOCK_REALTIME: i32 = 0;
+    let mut now = Timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: libc's clock_gettime writes one timespec to the pointer we own.
+    if unsafe { clock_gettime(CLOCK_REALTIME, &mut now) } != 0 {
+        return 0;
+    }
+    let secs = u64::try_from(now.tv_sec).unwrap_or(0);
+    let ms = u64::try_from(now.tv_nsec / 1_000_000).unwrap_or(0);
+    secs.saturating_mul(1_000).saturating_add(ms)
+}
+
+#[cfg(not(target_os = "linux"))]
 pub fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| {
         d.as_secs()

@@ -49,8 +49,11 @@ pub enum FilterBuild {
     /// `canary_filter.wasm` on Envoy's V8 (`envoy.filters.http.wasm`).
     #[default]
     Wasm,
-    /// `libcanary_filter.so`, an Envoy Dynamic Module (`envoy.filters.http.dynamic_modules`).
+    /// `libcanary_filter.so`, an Envoy Dynamic Module (`envoy.filters.http.dynamic_modules`),
+    /// its routes' cluster picked by the module's cluster specifier.
     Native,
+    /// The same module on the wasm build's header-matched routes.
+    NativeHeaderRoutes,
 }
 
 impl FilterBuild {
@@ -73,11 +76,15 @@ impl FilterBuild {
                 route_header,
                 failure_policy,
             },
-            FilterBuild::Native => Routing::NativeFilter {
+            FilterBuild::Native | FilterBuild::NativeHeaderRoutes => Routing::NativeFilter {
                 module,
                 config_json,
                 route_header,
-                routes: NativeRoutes::Specifier,
+                routes: if self == FilterBuild::Native {
+                    NativeRoutes::Specifier
+                } else {
+                    NativeRoutes::Header
+                },
             },
         }
     }

@@ -392,13 +392,16 @@ impl Request {
         stream: &impl HttpStream,
         handoff: Handoff,
     ) {
+        let cluster = handoff.cluster();
         let Handoff {
-            active, decided, ..
+            active,
+            decided,
+            route,
+            ..
         } = &handoff;
         let served = decided.as_ref().and_then(|d| {
             let rollout = active.router.rollouts().get(d.rollout)?;
-            let route = &handoff.route;
-            let version = if stream.routes_to(handoff.cluster()) {
+            let version = if stream.routes_to(cluster) {
                 d.version
             } else {
                 (Version::ALL.into_iter())
@@ -427,7 +430,7 @@ impl Request {
             set_cookie: (decided.new_anonymous_id.as_ref())
                 .map(|id| set_cookie_value(&rollout.anonymous_cookie, id)),
         });
-        self.active = Some(Arc::clone(active));
+        self.active = Some(handoff.active);
     }
 
     pub fn on_response_headers(

@@ -32,8 +32,12 @@ pub struct Binding {
 }
 
 impl Binding {
-    pub fn current(&self) -> Option<Arc<Config>> {
-        self.configs.read().ok().and_then(|c| c.last().cloned())
+    /// The newest configuration (identity only) and its rollouts in force, without
+    /// counting a reference to the configuration itself.
+    pub fn current(&self) -> Option<(*const Config, Arc<Active>)> {
+        let configs = self.configs.read().ok()?;
+        let config = configs.last()?;
+        Some((Arc::as_ptr(config), config.current()?))
     }
 }
 
@@ -92,9 +96,7 @@ thread_local! {
 /// stream's random value (one per stream, the same on a re-pick), from which a new anonymous
 /// id is made, so a re-pick makes the same one.
 pub fn select(specifier: &Arc<Specifier>, headers: &impl RequestHeaders, random: u64) -> Handoff {
-    let config = specifier.binding.current();
-    let active = config.as_ref().and_then(|c| c.current());
-    let (Some(config), Some(active)) = (config, active) else {
+    let Some((config, active)) = specifier.binding.current() else {
         // No configuration (yet): stable, as an unrouted request.
         let active = Arc::new(Active::empty());
         return Handoff {
@@ -113,7 +115,7 @@ pub fn select(specifier: &Arc<Specifier>, headers: &impl RequestHeaders, random:
         new_anonymous_id: d.new_anonymous_id,
     });
     Handoff {
-        config: Arc::as_ptr(&config),
+        config,
         active,
         decided,
         route: Arc::clone(&specifier.route),

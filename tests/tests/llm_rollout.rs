@@ -120,37 +120,38 @@ async fn refusing_canary_is_rolled_back_for_refusals() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lower_scores_roll_the_canary_back() -> Result<()> {
     let _slot = envoy::exclusive().await;
-    let canary = LlmBehaviour {
+    let lower_quality = LlmBehaviour {
         quality_score_milli: 600,
         ..LlmBehaviour::default()
     };
-    let (rig, ctl) = start(LlmBehaviour::default(), canary, &spec("1h", 2)).await?;
-    let status = run_until_done(&rig, &ctl, Duration::from_secs(90)).await?;
-    assert_eq!(status["phase"], "rolled_back", "{}", ctl.log());
-    let message = rollback_message(&status);
-    eprintln!("{message}");
-    assert!(
-        message.contains("quality quality_score canary 0.600")
-            && message.contains("vs stable 0.900")
-            && message.contains("worse than stable beyond the limit"),
-        "{message}"
-    );
-    drop((rig, ctl));
-
-    let canary = LlmBehaviour {
+    let failing_tasks = LlmBehaviour {
         task_success_bp: 7_000,
         ..LlmBehaviour::default()
     };
-    let (rig, ctl) = start(LlmBehaviour::default(), canary, &spec("1h", 2)).await?;
-    let status = run_until_done(&rig, &ctl, Duration::from_secs(90)).await?;
-    assert_eq!(status["phase"], "rolled_back", "{}", ctl.log());
-    let message = rollback_message(&status);
-    eprintln!("{message}");
-    assert!(
-        message.contains("task success (task_success) canary")
-            && message.contains("below the minimum"),
-        "{message}"
-    );
+    let cases: [(LlmBehaviour, &[&str]); 2] = [
+        (
+            lower_quality,
+            &[
+                "quality quality_score canary 0.600",
+                "vs stable 0.900",
+                "worse than stable beyond the limit",
+            ],
+        ),
+        (
+            failing_tasks,
+            &["task success (task_success) canary", "below the minimum"],
+        ),
+    ];
+    for (canary, expected) in cases {
+        let (rig, ctl) = start(LlmBehaviour::default(), canary, &spec("1h", 2)).await?;
+        let status = run_until_done(&rig, &ctl, Duration::from_secs(90)).await?;
+        assert_eq!(status["phase"], "rolled_back", "{}", ctl.log());
+        let message = rollback_message(&status);
+        eprintln!("{message}");
+        for part in expected {
+            assert!(message.contains(part), "{part:?} not in {message}");
+        }
+    }
     Ok(())
 }
 

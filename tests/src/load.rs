@@ -13,7 +13,9 @@ use crate::client::{http_client, send, Probe};
 
 #[derive(Debug, Clone)]
 pub struct Observation {
+    /// When the request was sent, and when its answer came back.
     pub at: Instant,
+    pub done: Instant,
     pub envoy: usize,
     pub user: u32,
     pub version: Option<Version>,
@@ -68,6 +70,7 @@ impl Load {
                         if let Ok(answer) = send(&client, &probe).await {
                             seen.push(Observation {
                                 at: started,
+                                done: Instant::now(),
                                 envoy,
                                 user,
                                 version: match answer.served_by.as_deref() {

@@ -1,7 +1,7 @@
 //! The controller closing the loop on real Envoys: ramps, rollbacks, crashes, bad input.
 //! Timings are compressed (seconds per stage) so the suite stays fast.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -76,17 +76,29 @@ async fn healthy_canary_is_promoted_and_users_stay_put(build: FilterBuild) -> Re
 /// How often a user went from canary back to stable on the same Envoy (weights only go up,
 /// so never), and how many (user, Envoy) pairs were observed.
 fn moves_back_to_stable(seen: &[load::Observation]) -> (usize, usize) {
-    let mut last: BTreeMap<(u32, usize), Version> = BTreeMap::new();
+    // Requests on different connections overlap, and one sent first may reach Envoy last
+    // (on a busy machine, by tens of milliseconds): a stable answer is a move back only if
+    // its request was sent after a canary answer for the same user had come back.
+    let mut canary_done: BTreeMap<(u32, usize), tokio::time::Instant> = BTreeMap::new();
+    let mut users = BTreeSet::new();
     let mut back = 0;
     for o in seen {
         let Some(v) = o.version else { continue };
-        if let Some(prev) = last.insert((o.user, o.envoy), v) {
-            if prev == Version::Canary && v == Version::Stable {
-                back += 1;
+        let key = (o.user, o.envoy);
+        users.insert(key);
+        match v {
+            Version::Canary => {
+                let done = canary_done.entry(key).or_insert(o.done);
+                *done = (*done).min(o.done);
+            }
+            Version::Stable => {
+                if canary_done.get(&key).is_some_and(|done| o.at > *done) {
+                    back += 1;
+                }
             }
         }
     }
-    (back, last.len())
+    (back, users.len())
 }
 
 /// A raise reaches each worker's root context at its own tick; it must still take effect on

@@ -58,15 +58,9 @@ pub fn e_thresholds(spec: &RolloutSpec) -> Thresholds {
     let tests = 2 + spec.checks.latency.len() + llm_evidence::budgeted(spec);
     let check = tests as f64 / spec.analysis.alpha;
     if stages == 1 {
-        return Thresholds {
-            stage: check,
-            rollout: check,
-        };
+        return Thresholds::new(check, check);
     }
-    Thresholds {
-        stage: 2.0 * stages as f64 * check,
-        rollout: 2.0 * check,
-    }
+    Thresholds::new(2.0 * stages as f64 * check, 2.0 * check)
 }
 
 impl Evidence {
@@ -123,7 +117,8 @@ impl Evidence {
             .get_or_insert_with(|| EventTest::new(1.0, 2.0, MAX_RATIO));
         better.add(stable_errors, canary_errors, (v_stable, v_canary));
 
-        let mut checks = vec![
+        let mut checks = Vec::with_capacity(2 + spec.checks.latency.len());
+        checks.extend([
             relative(
                 ("error_rate", "error rate"),
                 Measure::Share,
@@ -139,7 +134,7 @@ impl Evidence {
                 bars,
                 reasons,
             ),
-        ];
+        ]);
         if self.latency.len() != spec.checks.latency.len() {
             self.latency = spec
                 .checks
@@ -178,6 +173,6 @@ impl Evidence {
     pub fn clearly_better(&self, spec: &RolloutSpec) -> bool {
         self.errors_better
             .as_ref()
-            .is_some_and(|t| t.log_e() >= e_thresholds(spec).stage.ln())
+            .is_some_and(|t| t.log_e() >= e_thresholds(spec).ln.0)
     }
 }

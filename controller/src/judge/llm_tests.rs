@@ -99,7 +99,7 @@ fn stage_with(
     let mut last = None;
     for _ in 0..windows {
         let v = judge(&next(), &evidence, spec);
-        evidence = v.evidence.clone();
+        evidence = Evidence::clone(&v.evidence);
         last = Some(v);
     }
     last.expect("at least one window")

@@ -22,6 +22,8 @@
 //! (10% errors against 0.5%) passes the bar in one or two windows, so there is no separate
 //! critical rule for requests.
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 
 use crate::spec::RolloutSpec;
@@ -125,8 +127,9 @@ pub struct Verdict {
     pub checks: Vec<CheckResult>,
     /// The stage's evidence with this window in: the state machine keeps it for the next
     /// window (and starts it anew with each stage). Not part of `/status`'s verdicts.
+    /// Shared, so that handing it from the state to the judge and back moves a pointer.
     #[serde(skip)]
-    pub evidence: Evidence,
+    pub evidence: Arc<Evidence>,
 }
 
 impl Verdict {
@@ -159,25 +162,30 @@ impl Verdict {
 /// is rolled back, and one that recovers after a blip goes on. The LLM score checks are
 /// judged window by window.
 pub fn judge(window: &RolloutStats, evidence: &Evidence, spec: &RolloutSpec) -> Verdict {
-    judge_owned(window, evidence.clone(), spec)
+    judge_owned(window, Arc::new(evidence.clone()), spec)
 }
 
 /// [`judge`] for a caller that hands the stage's evidence over rather than keeping it
-/// (a simulation of thousands of windows): the same verdict, without copying the evidence.
-pub fn judge_owned(window: &RolloutStats, evidence: Evidence, spec: &RolloutSpec) -> Verdict {
+/// (a simulation of thousands of windows): the same verdict, without copying the evidence
+/// (when no one else holds it).
+pub fn judge_owned(window: &RolloutStats, evidence: Arc<Evidence>, spec: &RolloutSpec) -> Verdict {
     judge_with(window, evidence, spec, Reasons::Write)
 }
 
 /// [`judge_owned`] for a caller that reads only what the checks decided (a simulation of
 /// millions of windows): the same verdict, but the request and LLM checks' reasons are
 /// left empty.
-pub fn judge_outcomes(window: &RolloutStats, evidence: Evidence, spec: &RolloutSpec) -> Verdict {
+pub fn judge_outcomes(
+    window: &RolloutStats,
+    evidence: Arc<Evidence>,
+    spec: &RolloutSpec,
+) -> Verdict {
     judge_with(window, evidence, spec, Reasons::Skip)
 }
 
 fn judge_with(
     window: &RolloutStats,
-    evidence: Evidence,
+    evidence: Arc<Evidence>,
     spec: &RolloutSpec,
     reasons: Reasons,
 ) -> Verdict {
@@ -215,7 +223,7 @@ fn breaker_check(canary: &VersionStats) -> Option<CheckResult> {
 
 fn judge_requests(
     window: &RolloutStats,
-    evidence: Evidence,
+    evidence: Arc<Evidence>,
     spec: &RolloutSpec,
     reasons: Reasons,
 ) -> Verdict {
@@ -255,9 +263,9 @@ fn judge_requests(
         });
         return verdict;
     }
-    verdict.checks = verdict.evidence.add(window, spec, reasons);
-    let mut llm = verdict
-        .evidence
+    let stage = Arc::make_mut(&mut verdict.evidence);
+    verdict.checks = stage.add(window, spec, reasons);
+    let mut llm = stage
         .llm
         .add(window, spec, (evidence::e_thresholds(spec), reasons));
     llm.extend(llm::judge_llm(window, analysis, &spec.checks.llm));
@@ -287,6 +295,24 @@ fn judge_requests(
     verdict
 }
 
+/// `prefix` and the quantile as a percentage (`latency_p99`), in one allocation for a
+/// whole percentage: every latency check names itself so every window.
+pub(crate) fn quantile_name(prefix: &str, q: f64) -> String {
+    let pct = q * 100.0;
+    if !(pct.fract() == 0.0 && (0.0..=100.0).contains(&pct)) {
+        return format!("{prefix}{}", trim_quantile(q));
+    }
+    let mut name = String::with_capacity(prefix.len() + 3);
+    name.push_str(prefix);
+    let whole = pct as u32;
+    for place in [100, 10, 1] {
+        if whole >= place || place == 1 {
+            name.push(char::from(b'0' + (whole / place % 10) as u8));
+        }
+    }
+    name
+}
+
 pub(crate) fn trim_quantile(q: f64) -> String {
     // A whole percentage (p99, p95) is the usual case, named for every window: no need for
     // the decimal formatter then.
@@ -304,7 +330,7 @@ mod llm_tests;
 /// Shared by the controller's test modules.
 #[cfg(test)]
 pub(crate) mod test_support {
-    use super::{CheckResult, Evidence, Outcome, Verdict};
+    use super::{CheckResult, Outcome, Verdict};
     use crate::spec::RolloutSpec;
     use crate::stats::Histogram;
 
@@ -367,7 +393,7 @@ pub(crate) mod test_support {
                 worse: None,
                 sequential: None,
             }],
-            evidence: Evidence::default(),
+            evidence: Default::default(),
         }
     }
 }

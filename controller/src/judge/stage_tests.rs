@@ -52,6 +52,19 @@ impl Reasons {
 pub struct Thresholds {
     pub stage: f64,
     pub rollout: f64,
+    /// `ln` of each: what the tests' `ln e` is compared with (worked out once for the
+    /// window's checks, not once per check).
+    pub(super) ln: (f64, f64),
+}
+
+impl Thresholds {
+    pub(super) fn new(stage: f64, rollout: f64) -> Thresholds {
+        Thresholds {
+            stage,
+            rollout,
+            ln: (stage.ln(), rollout.ln()),
+        }
+    }
 }
 
 /// One check's two tests, read against their thresholds.
@@ -69,7 +82,7 @@ impl Standing {
             stage: stage_log_e,
             rollout: rollout.log_e(),
             bars,
-            ln_bars: (bars.stage.ln(), bars.rollout.ln()),
+            ln_bars: bars.ln,
         }
     }
 
@@ -345,7 +358,7 @@ pub(super) fn latency(
     reasons: Reasons,
 ) -> CheckResult {
     let name = if check.name.is_empty() {
-        format!("latency_p{}", super::trim_quantile(check.quantile))
+        super::quantile_name("latency_p", check.quantile)
     } else {
         check.name.to_string()
     };
@@ -369,38 +382,39 @@ pub(super) fn latency(
         standing.outcome()
     };
     let (c, s) = (test.canary, test.stable);
+    let reason = reasons.write(|| match bounds {
+        None if test.windows == 0 => {
+            format!("{name}: not enough of stable's durations in the stage yet to place the bound")
+        }
+        _ => format!(
+            "slower than the bounds: canary {}/{} vs stable {}/{} over the stage \
+             ({}/{} vs {}/{} over the rollout); sequential test of canary ≤ {:.2}× \
+             stable: {}{}",
+            c.events,
+            c.requests,
+            s.events,
+            s.requests,
+            test.rollout.canary.events,
+            test.rollout.canary.requests,
+            test.rollout.stable.events,
+            test.rollout.stable.requests,
+            Fixed(null_ratio(check.max_relative_increase)),
+            standing.describe(),
+            if outcome == Outcome::Fail {
+                ": slower than stable beyond the limit"
+            } else {
+                ""
+            },
+        ),
+    });
     CheckResult {
-        check: name.clone(),
+        check: name,
         outcome,
         canary: None,
         stable: None,
         limit: None,
         p_value: Some(standing.p_value(test.max_log_e, &test.rollout)),
-        reason: reasons.write(|| match bounds {
-            None if test.windows == 0 => format!(
-                "{name}: not enough of stable's durations in the stage yet to place the bound"
-            ),
-            _ => format!(
-                "slower than the bounds: canary {}/{} vs stable {}/{} over the stage \
-                 ({}/{} vs {}/{} over the rollout); sequential test of canary ≤ {:.2}× \
-                 stable: {}{}",
-                c.events,
-                c.requests,
-                s.events,
-                s.requests,
-                test.rollout.canary.events,
-                test.rollout.canary.requests,
-                test.rollout.stable.events,
-                test.rollout.stable.requests,
-                Fixed(null_ratio(check.max_relative_increase)),
-                standing.describe(),
-                if outcome == Outcome::Fail {
-                    ": slower than stable beyond the limit"
-                } else {
-                    ""
-                },
-            ),
-        }),
+        reason,
         canary_n: Some(c.requests),
         stable_n: Some(s.requests),
         worse: Some(Worse::Higher),

@@ -28,7 +28,7 @@ pub const INTERVAL_S: u64 = 30;
 
 /// The judge under test: the verdict on one window, given the rollout's state before it and
 /// the stage's evidence so far (handed over: the verdict brings it back, updated).
-pub type Analyst = fn(&RolloutStats, Evidence, &RolloutState, &RolloutSpec) -> Verdict;
+pub type Analyst = fn(&RolloutStats, Arc<Evidence>, &RolloutState, &RolloutSpec) -> Verdict;
 
 /// A spec with the schedule's stages and everything else at its defaults (with `llm` in
 /// the filter options for a scenario with LLM answers).
@@ -94,7 +94,7 @@ pub fn run_one(
             llm.as_ref(),
         );
         // The state's evidence goes to the judge and comes back in the verdict: no copy.
-        let evidence = Arc::unwrap_or_clone(std::mem::take(&mut state.evidence));
+        let evidence = std::mem::take(&mut state.evidence);
         let verdict = analyst(window, evidence, &state, spec);
         if state
             .advance(spec, Input::Analysis(verdict), now_ms)

@@ -33,6 +33,7 @@ mod decimal;
 pub mod evidence;
 mod llm;
 pub mod llm_evidence;
+mod ln_batch;
 pub mod sequential;
 pub mod significance;
 mod stage_tests;

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use super::llm_evidence::{self, LlmEvidence};
 use super::sequential::{Counts, Drift, EventTest, RateTest};
 use super::stage_tests::{
-    absolute, describe_quantiles, latency, relative, saved_histogram, Measure, Quantile,
+    absolute, describe_quantiles, latency, relative, saved_histogram, Measure, Quantile, Totals,
     LATENCY_MIN_RATIO, MAX_RATIO,
 };
 use super::CheckResult;
@@ -45,6 +45,21 @@ pub struct Evidence {
     /// The LLM checks that accumulate over the stage too.
     #[serde(default, skip_serializing_if = "LlmEvidence::is_empty")]
     pub llm: LlmEvidence,
+    /// Whether `stable_duration` and `canary_duration` ascend, as of the last window.
+    #[serde(skip)]
+    ascending: Ascending,
+}
+
+/// What [`Evidence::add`] knows of its stage histograms' counts: worked out from them when
+/// unknown (a state just read), then kept as each window is added. Not state: left out of
+/// comparisons, since it follows from what is compared.
+#[derive(Debug, Clone, Copy, Default)]
+struct Ascending(Option<(bool, bool)>);
+
+impl PartialEq for Ascending {
+    fn eq(&self, _: &Ascending) -> bool {
+        true
+    }
 }
 
 /// The e-values each check's tests must reach: `analysis.alpha` shared by every sequential
@@ -143,26 +158,45 @@ impl Evidence {
                 .map(|_| EventTest::new(1.0, LATENCY_MIN_RATIO, MAX_RATIO))
                 .collect();
         }
+        let (stable_up, _) = *self.ascending.0.get_or_insert_with(|| {
+            (
+                self.stable_duration.ascends(),
+                self.canary_duration.ascends(),
+            )
+        });
         for (k, check) in spec.checks.latency.iter().enumerate() {
             let mut drift = std::mem::take(self.drift(1 + k));
             checks.push(latency(
                 Quantile::of(check),
                 &mut self.latency[k],
                 &mut drift,
-                &self.stable_duration,
+                Totals {
+                    histogram: &self.stable_duration,
+                    ascending: stable_up,
+                },
                 (&canary.duration, &stable.duration),
                 bars,
                 reasons,
             ));
             self.drift[1 + k] = drift;
         }
-        self.stable_duration += &stable.duration;
-        self.canary_duration += &canary.duration;
+        let stable_up = self.stable_duration.add_ascending(&stable.duration);
+        let canary_up = self.canary_duration.add_ascending(&canary.duration);
+        self.ascending = Ascending(Some((stable_up, canary_up)));
         for (check, result) in spec.checks.latency.iter().zip(checks.iter_mut().skip(2)) {
             describe_quantiles(
                 result,
                 Quantile::of(check),
-                (&self.canary_duration, &self.stable_duration),
+                (
+                    Totals {
+                        histogram: &self.canary_duration,
+                        ascending: canary_up,
+                    },
+                    Totals {
+                        histogram: &self.stable_duration,
+                        ascending: stable_up,
+                    },
+                ),
                 reasons,
             );
         }

@@ -323,6 +323,33 @@ fn bound_at_or_above(h: &Histogram, ms: f64) -> Option<f64> {
         .filter(|b| b.is_finite())
 }
 
+/// A stage's running histogram, and whether its cumulative counts are known to ascend
+/// (then its quantiles are found by bisection: the same values, for every window).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Totals<'a> {
+    pub histogram: &'a Histogram,
+    pub ascending: bool,
+}
+
+impl Totals<'_> {
+    fn quantile(&self, q: f64) -> Option<f64> {
+        if self.ascending {
+            self.histogram.quantile_of_ascending(q)
+        } else {
+            self.histogram.quantile(q)
+        }
+    }
+}
+
+impl<'a> From<&'a Histogram> for Totals<'a> {
+    fn from(histogram: &'a Histogram) -> Totals<'a> {
+        Totals {
+            histogram,
+            ascending: false,
+        }
+    }
+}
+
 /// A quantile check: a request latency (`checks.latency`) or the time to first token.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Quantile<'a> {
@@ -348,21 +375,22 @@ impl Quantile<'_> {
 /// canary is at most halfway to `k`× slower" the canary's share of those is at most its
 /// share of the requests; a canary `k`× slower puts far more of its requests past the
 /// second bound. `(canary, stable)` are the window's histograms.
-pub(super) fn latency(
+pub(super) fn latency<'a>(
     check: Quantile,
     test: &mut EventTest,
     drift: &mut Drift,
-    stable_before: &Histogram,
+    stable_before: impl Into<Totals<'a>>,
     (canary, stable): (&Histogram, &Histogram),
     bars: Thresholds,
     reasons: Reasons,
 ) -> CheckResult {
+    let stable_before = stable_before.into();
     let name = if check.name.is_empty() {
         super::quantile_name("latency_p", check.quantile)
     } else {
         check.name.to_string()
     };
-    let enough = stable_before.count as f64 * (1.0 - check.quantile) >= 10.0;
+    let enough = stable_before.histogram.count as f64 * (1.0 - check.quantile) >= 10.0;
     let quantile = stable_before.quantile(check.quantile).filter(|_| enough);
     let bounds = quantile.and_then(|q| {
         let b = bound_at_or_above(stable, q)?;
@@ -435,16 +463,18 @@ pub(super) fn latency(
 
 /// Puts the stage's quantiles in a latency result, and says so where the buckets are too
 /// coarse to see a change of the quantile within them.
-pub(super) fn describe_quantiles(
+pub(super) fn describe_quantiles<'a>(
     result: &mut CheckResult,
     check: Quantile,
-    (canary, stable): (&Histogram, &Histogram),
+    (canary, stable): (impl Into<Totals<'a>>, impl Into<Totals<'a>>),
     reasons: Reasons,
 ) {
+    let (canary, stable) = (canary.into(), stable.into());
     let (cq, sq) = (
         canary.quantile(check.quantile),
         stable.quantile(check.quantile),
     );
+    let stable = stable.histogram;
     result.canary = cq;
     result.stable = sq;
     result.limit = sq.map(|s| s * check.max_relative_increase);

@@ -23,15 +23,16 @@ pub(crate) fn ln_each<const N: usize>(values: &mut [f64; N]) {
 /// fdlibm's `__ieee754_log` for a positive normal finite `x`: `x = 2^k·(1 + f)` with
 /// `1 + f` in `[√2/2, √2)`, and `ln(1 + f)` from a minimax polynomial in `s = f/(2 + f)`.
 fn ln_normal(x: f64) -> f64 {
-    const LN2_HI: f64 = 6.931_471_803_691_238_164_90e-01;
-    const LN2_LO: f64 = 1.908_214_929_270_587_700_02e-10;
-    const LG1: f64 = 6.666_666_666_666_735_130e-01;
-    const LG2: f64 = 3.999_999_999_940_941_908e-01;
-    const LG3: f64 = 2.857_142_874_366_239_149e-01;
-    const LG4: f64 = 2.222_219_843_214_978_396e-01;
-    const LG5: f64 = 1.818_357_216_161_805_012e-01;
-    const LG6: f64 = 1.531_383_769_920_937_332e-01;
-    const LG7: f64 = 1.479_819_860_511_658_591e-01;
+    // fdlibm's constants, by their bits: ln 2 in two parts, and the polynomial's.
+    const LN2_HI: f64 = f64::from_bits(0x3fe6_2e42_fee0_0000);
+    const LN2_LO: f64 = f64::from_bits(0x3dea_39ef_3579_3c76);
+    const LG1: f64 = f64::from_bits(0x3fe5_5555_5555_5593);
+    const LG2: f64 = f64::from_bits(0x3fd9_9999_9997_fa04);
+    const LG3: f64 = f64::from_bits(0x3fd2_4924_9422_9359);
+    const LG4: f64 = f64::from_bits(0x3fcc_71c5_1d8e_78af);
+    const LG5: f64 = f64::from_bits(0x3fc7_4664_96cb_03de);
+    const LG6: f64 = f64::from_bits(0x3fc3_9a09_d078_c69f);
+    const LG7: f64 = f64::from_bits(0x3fc2_f112_df3e_5244);
     let bits = x.to_bits();
     // The high word moved so that the exponent counts from √2/2: then its mantissa with
     // √2/2's exponent put back is `1 + f`.

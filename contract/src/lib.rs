@@ -11,7 +11,8 @@
 //! count in the response classes) imports `stats`; `keys` (allow and deny lists as key
 //! hashes) imports `bucket`; the configuration's parts (`breaker`, `lean`, `llm`, `ratelimit`,
 //! `shadow`; then `fallback` on `breaker`, `eval` on `llm` and `shadow`) import those;
-//! `config` imports the parts. The crate may import only std, serde, serde_json,
+//! `config` imports the parts; `native_route` (the native build's route-time
+//! routing) imports `validate`. The crate may import only std, serde, serde_json,
 //! serde_path_to_error, fnv and thiserror: never the filter or the controller, nothing that
 //! does not build for wasm32-wasip1.
 
@@ -28,6 +29,7 @@ pub mod keys;
 pub mod lean;
 #[cfg(feature = "llm")]
 pub mod llm;
+pub mod native_route;
 #[cfg(feature = "llm")]
 pub mod ratelimit;
 #[cfg(feature = "llm")]

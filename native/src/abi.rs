@@ -20,6 +20,13 @@ pub type ConfigEnvoyPtr = *mut c_void;
 /// Envoy's `DynamicModuleHttpFilter`: valid inside the event hook it is passed to.
 pub type FilterEnvoyPtr = *mut c_void;
 
+/// Envoy's `DynamicModuleClusterSpecifierConfig`: valid from `cluster_specifier_config_new`
+/// to `cluster_specifier_config_destroy`.
+pub type SpecifierConfigEnvoyPtr = *mut c_void;
+/// Envoy's `ClusterSpecifierContext` of one selection: valid inside
+/// `on_cluster_specifier_select` only.
+pub type SpecifierContextEnvoyPtr = *mut c_void;
+
 /// Bytes owned by Envoy (`envoy_dynamic_module_type_envoy_buffer`).
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
@@ -86,6 +93,9 @@ pub const REQUEST_HEADER: HeaderType = 0;
 pub const RESPONSE_HEADER: HeaderType = 2;
 pub const RESPONSE_TRAILER: HeaderType = 3;
 
+/// `envoy_dynamic_module_type_attribute_id_ResponseCode` (`response.code`): in the pinned
+/// binary, the stream info's response code, set before the filter sees response headers.
+pub const ATTRIBUTE_RESPONSE_CODE: u32 = 15;
 /// `envoy_dynamic_module_type_attribute_id_ResponseCodeDetails` (`response.code_details`).
 pub const ATTRIBUTE_RESPONSE_CODE_DETAILS: u32 = 16;
 
@@ -132,6 +142,14 @@ extern "C" {
     /// Makes Envoy pick the route again: it chose one before the filter chain ran, so a
     /// routing header set here is seen only after this.
     pub fn envoy_dynamic_module_callback_http_clear_route_cache(filter: FilterEnvoyPtr);
+
+    /// (filter, attribute id, result) in the pinned binary; false when the attribute has no
+    /// value (no response code yet).
+    pub fn envoy_dynamic_module_callback_http_filter_get_attribute_int(
+        filter: FilterEnvoyPtr,
+        attribute_id: u32,
+        result: *mut u64,
+    ) -> bool;
 
     pub fn envoy_dynamic_module_callback_http_filter_get_attribute_string(
         filter: FilterEnvoyPtr,
@@ -217,4 +235,37 @@ extern "C" {
     ) -> u32;
 
     pub fn envoy_dynamic_module_callback_log(level: LogLevel, message: ModuleBuffer);
+
+    /// The route's cluster, as the route Envoy picked names it (a cluster specifier's
+    /// choice included). Checked in the pinned binary: (filter, result), false when the
+    /// stream has no route or cluster.
+    pub fn envoy_dynamic_module_callback_http_get_cluster_name(
+        filter: FilterEnvoyPtr,
+        result: *mut EnvoyBuffer,
+    ) -> bool;
+
+    // The cluster specifier (`envoy.router.cluster_specifier_plugin` of type
+    // `DynamicModuleClusterSpecifier`): Envoy calls `on_cluster_specifier_select` while it
+    // picks the route, with a context holding the request headers, the stream's random
+    // value and the cluster chosen. In the pinned binary the context's request-header read
+    // forwards (headers, key, result, index, count) to the HTTP filter's header lookup,
+    // `set_cluster_name` assigns the name to the selection's string, and `get_random_value`
+    // returns a field of the context: one value per stream, the same on a re-pick.
+
+    pub fn envoy_dynamic_module_callback_cluster_specifier_get_request_header_value(
+        context: SpecifierContextEnvoyPtr,
+        key: ModuleBuffer,
+        result: *mut EnvoyBuffer,
+        index: usize,
+        optional_size: *mut usize,
+    ) -> bool;
+
+    pub fn envoy_dynamic_module_callback_cluster_specifier_set_cluster_name(
+        context: SpecifierContextEnvoyPtr,
+        name: ModuleBuffer,
+    );
+
+    pub fn envoy_dynamic_module_callback_cluster_specifier_get_random_value(
+        context: SpecifierContextEnvoyPtr,
+    ) -> u64;
 }

@@ -1,14 +1,15 @@
 //! Safe wrappers over the ABI calls in `abi`: the stream a hook is running for (header reads
 //! and writes, an attribute, metric updates), metric definitions on a configuration being
 //! created, and Envoy's log. Every pointer Envoy hands back is checked for null and read as
-//! bytes, copied before the hook returns.
+//! bytes, copied before the hook returns or borrowed only until it does. Also the context of a
+//! cluster specifier's selection: its request headers, random value and chosen cluster.
 
 use canary_contract::stats::{MetricKind, BUCKET_LABEL};
 use canary_filter::routing::RequestHeaders;
 
 use crate::abi::{
     self, ConfigEnvoyPtr, EnvoyBuffer, EnvoyHttpHeader, FilterEnvoyPtr, HeaderType, ModuleBuffer,
-    ModuleHttpHeader, SchedulerPtr,
+    ModuleHttpHeader, SchedulerPtr, SpecifierContextEnvoyPtr,
 };
 
 /// Copies an Envoy-owned buffer; `None` for a null pointer.
@@ -23,6 +24,19 @@ unsafe fn copy(buffer: EnvoyBuffer) -> Option<Vec<u8>> {
     Some(unsafe { std::slice::from_raw_parts(buffer.ptr, buffer.length) }.to_vec())
 }
 
+/// An Envoy-owned buffer as a slice; `None` for a null pointer.
+///
+/// # Safety
+/// `buffer` must be as Envoy filled it in during the current hook, and the slice used only
+/// during it.
+unsafe fn borrowed<'a>(buffer: EnvoyBuffer) -> Option<&'a [u8]> {
+    if buffer.ptr.is_null() {
+        return None;
+    }
+    // SAFETY: Envoy guarantees `length` bytes at `ptr` for the rest of the hook.
+    Some(unsafe { std::slice::from_raw_parts(buffer.ptr, buffer.length) })
+}
+
 /// The HTTP stream a hook runs for. Only made inside a hook, from the pointer Envoy passed.
 #[derive(Clone, Copy)]
 pub struct Stream(FilterEnvoyPtr);
@@ -32,6 +46,41 @@ impl Stream {
     /// `ptr` must be the filter pointer of the hook being run, used only during it.
     pub unsafe fn new(ptr: FilterEnvoyPtr) -> Stream {
         Stream(ptr)
+    }
+
+    /// A header's first value, zero-copy: Envoy's bytes, which stay put until the hook
+    /// returns (the stream is only borrowed inside one).
+    fn borrow(&self, header_type: HeaderType, name: &str) -> Option<&[u8]> {
+        let mut out = EnvoyBuffer {
+            ptr: std::ptr::null(),
+            length: 0,
+        };
+        // SAFETY: as in `get`.
+        let found = unsafe {
+            abi::envoy_dynamic_module_callback_http_get_header(
+                self.0,
+                header_type,
+                ModuleBuffer::of(name.as_bytes()),
+                &mut out,
+                0,
+                std::ptr::null_mut(),
+            )
+        };
+        // SAFETY: filled in by Envoy just now, valid for the hook.
+        found.then(|| unsafe { borrowed(out) }).flatten()
+    }
+
+    /// The cluster the stream's route names, zero-copy.
+    pub fn route_cluster(&self) -> Option<&[u8]> {
+        let mut out = EnvoyBuffer {
+            ptr: std::ptr::null(),
+            length: 0,
+        };
+        // SAFETY: valid stream pointer, result slot on our stack.
+        let found =
+            unsafe { abi::envoy_dynamic_module_callback_http_get_cluster_name(self.0, &mut out) };
+        // SAFETY: filled in by Envoy just now, valid for the hook.
+        found.then(|| unsafe { borrowed(out) }).flatten()
     }
 
     fn get(self, header_type: HeaderType, name: &str) -> Option<Vec<u8>> {
@@ -58,8 +107,8 @@ impl Stream {
         unsafe { copy(out) }
     }
 
-    pub fn response_header(self, name: &str) -> Option<Vec<u8>> {
-        self.get(abi::RESPONSE_HEADER, name)
+    pub fn response_header(&self, name: &str) -> Option<&[u8]> {
+        self.borrow(abi::RESPONSE_HEADER, name)
     }
 
     pub fn response_trailer(self, name: &str) -> Option<Vec<u8>> {
@@ -106,6 +155,21 @@ impl Stream {
                 ModuleBuffer::of(value),
             );
         }
+    }
+
+    /// Envoy's `response.code`: a field of the stream info, far cheaper than the `:status`
+    /// header.
+    pub fn response_code(self) -> Option<u64> {
+        let mut code = 0u64;
+        // SAFETY: valid stream pointer, result slot on our stack.
+        let found = unsafe {
+            abi::envoy_dynamic_module_callback_http_filter_get_attribute_int(
+                self.0,
+                abi::ATTRIBUTE_RESPONSE_CODE,
+                &mut code,
+            )
+        };
+        found.then_some(code)
     }
 
     /// Envoy's `response.code_details`.
@@ -208,8 +272,59 @@ fn label_buffers(labels: &[&[u8]]) -> ([ModuleBuffer; MAX_LABELS], usize) {
 
 impl RequestHeaders for Stream {
     fn header(&self, name: &str) -> Option<std::borrow::Cow<'_, [u8]>> {
-        self.get(abi::REQUEST_HEADER, name)
-            .map(std::borrow::Cow::Owned)
+        self.borrow(abi::REQUEST_HEADER, name)
+            .map(std::borrow::Cow::Borrowed)
+    }
+}
+
+/// The context of one cluster selection (`on_cluster_specifier_select`). Only made inside
+/// that hook, from the pointer Envoy passed.
+pub struct SelectContext(SpecifierContextEnvoyPtr);
+
+impl SelectContext {
+    /// # Safety
+    /// `ptr` must be the context of the selection being run, used only during it.
+    pub unsafe fn new(ptr: SpecifierContextEnvoyPtr) -> SelectContext {
+        SelectContext(ptr)
+    }
+
+    /// The stream's random value: the same on every pick of its route.
+    pub fn random_value(&self) -> u64 {
+        // SAFETY: valid context pointer.
+        unsafe { abi::envoy_dynamic_module_callback_cluster_specifier_get_random_value(self.0) }
+    }
+
+    pub fn set_cluster(&self, name: &str) {
+        // SAFETY: valid context pointer; Envoy copies the name.
+        unsafe {
+            abi::envoy_dynamic_module_callback_cluster_specifier_set_cluster_name(
+                self.0,
+                ModuleBuffer::of(name.as_bytes()),
+            )
+        }
+    }
+}
+
+impl RequestHeaders for SelectContext {
+    fn header(&self, name: &str) -> Option<std::borrow::Cow<'_, [u8]>> {
+        let mut out = EnvoyBuffer {
+            ptr: std::ptr::null(),
+            length: 0,
+        };
+        // SAFETY: valid context pointer, a key we own for the call, a result slot on our
+        // stack, no count wanted.
+        let found = unsafe {
+            abi::envoy_dynamic_module_callback_cluster_specifier_get_request_header_value(
+                self.0,
+                ModuleBuffer::of(name.as_bytes()),
+                &mut out,
+                0,
+                std::ptr::null_mut(),
+            )
+        };
+        // SAFETY: filled in by Envoy just now, valid for the selection.
+        let value = found.then(|| unsafe { borrowed(out) }).flatten();
+        value.map(std::borrow::Cow::Borrowed)
     }
 }
 

@@ -9,8 +9,13 @@ use canary_contract::{FilterConfig, RolloutConfig, Version};
 use canary_filter::metrics::{MetricHost, RolloutMetrics};
 use canary_filter::routing::RequestHeaders;
 
+use std::sync::Arc;
+
+use canary_contract::native_route::NativeRouteConfig;
+
 use super::{Config, HttpStream, Request};
 use crate::envoy::{DefineMetric, NativeMetric};
+use crate::route_time::{self, Specifier};
 
 /// Envoy as far as `config_new` sees it: every definition by kind and name.
 #[derive(Default)]
@@ -55,6 +60,7 @@ struct FakeStream {
     code_details: Option<Vec<u8>>,
     added_response: RefCell<Vec<(String, Vec<u8>)>>,
     route_cache_cleared: RefCell<u32>,
+    route_cluster: Option<String>,
     updates: RefCell<Vec<(NativeMetric, u64)>>,
     labeled: RefCell<Vec<(NativeMetric, Vec<String>, u64)>>,
 }
@@ -81,8 +87,14 @@ impl HttpStream for FakeStream {
     fn clear_route_cache(&self) {
         *self.route_cache_cleared.borrow_mut() += 1;
     }
-    fn response_header(&self, name: &str) -> Option<Vec<u8>> {
-        self.response.get(name).cloned()
+    fn routes_to(&self, cluster: &str) -> bool {
+        self.route_cluster.as_deref() == Some(cluster)
+    }
+    fn response_code(&self) -> Option<u64> {
+        None
+    }
+    fn response_header(&self, name: &str) -> Option<std::borrow::Cow<'_, [u8]>> {
+        (self.response.get(name)).map(|v| std::borrow::Cow::Borrowed(v.as_slice()))
     }
     fn response_trailer(&self, _name: &str) -> Option<Vec<u8>> {
         None
@@ -370,4 +382,149 @@ fn a_rollout_published_later_counts_in_the_families_under_the_same_names() {
     assert!(updated(&defs, &stream)
         .iter()
         .any(|(n, _)| *n == stat_name(Metric::Rq2xx, "shop", Version::Stable)));
+}
+
+/// A route-time specifier over `config`, bound under `name` (unique per test: the bindings
+/// are the process's).
+fn specifier(name: &str, config: &Arc<Config>) -> Arc<Specifier> {
+    route_time::bind(name, config);
+    Arc::new(Specifier {
+        route: Arc::new(NativeRouteConfig {
+            filter_name: name.to_string(),
+            stable_cluster: "s".into(),
+            canary_cluster: "c".into(),
+            rollout: None,
+        }),
+        binding: route_time::binding(name),
+    })
+}
+
+#[test]
+fn routed_at_route_time_sets_the_header_and_counts_without_a_second_pick() {
+    let rollout = RolloutConfig::new("shop", 5_000);
+    let (config, defs) = config(&rollout);
+    let config = Arc::new(config);
+    let spec = specifier("t-routed", &config);
+    for (i, user) in ["ann", "bob", "cy", "dee", "eve", "fay"]
+        .into_iter()
+        .enumerate()
+    {
+        let mut stream = user_stream(user);
+        stream.set_request_header(&rollout.route_header, b"canary");
+        let handoff = route_time::select(&spec, &stream, i as u64);
+        let version = rollout.version_for_key(user);
+        let cluster = if version == Version::Canary { "c" } else { "s" };
+        assert_eq!(handoff.cluster(), cluster, "{user}");
+        stream.route_cluster = Some(cluster.to_string());
+        let mut request = Request::routed_at_route_time(Some(handoff));
+        request.on_request_headers(&config, &stream);
+        assert_eq!(
+            stream.header(&rollout.route_header).as_deref(),
+            Some(version.as_str().as_bytes()),
+            "{user}"
+        );
+        assert_eq!(*stream.route_cache_cleared.borrow(), 0, "no second pick");
+        assert_eq!(
+            updated(&defs, &stream),
+            [(stat_name(Metric::RqTotal, "shop", version), 1)]
+        );
+    }
+}
+
+#[test]
+fn the_version_counted_is_the_one_the_route_sends_to() {
+    let rollout = RolloutConfig::new("shop", 10_000);
+    let (config, defs) = config(&rollout);
+    let config = Arc::new(config);
+    let spec = specifier("t-route-wins", &config);
+    let mut stream = user_stream("ann");
+    let handoff = route_time::select(&spec, &stream, 7);
+    assert_eq!(handoff.cluster(), "c");
+    // The route was picked again, by a newer configuration, to stable.
+    stream.route_cluster = Some("s".into());
+    let mut request = Request::routed_at_route_time(Some(handoff));
+    request.on_request_headers(&config, &stream);
+    assert_eq!(
+        stream.header(&rollout.route_header).as_deref(),
+        Some(&b"stable"[..])
+    );
+    assert_eq!(
+        updated(&defs, &stream),
+        [(stat_name(Metric::RqTotal, "shop", Version::Stable), 1)]
+    );
+    // A route to neither cluster: not counted, the routing header stripped.
+    let mut stream = user_stream("bob");
+    stream.set_request_header(&rollout.route_header, b"canary");
+    let handoff = route_time::select(&spec, &stream, 8);
+    stream.route_cluster = Some("elsewhere".into());
+    let mut request = Request::routed_at_route_time(Some(handoff));
+    request.on_request_headers(&config, &stream);
+    assert_eq!(stream.header(&rollout.route_header), None);
+    assert!(updated(&defs, &stream).is_empty());
+}
+
+#[test]
+fn a_decision_goes_to_its_own_configurations_next_filter_once() {
+    let rollout = RolloutConfig::new("shop", 5_000);
+    let (config, _) = config(&rollout);
+    let config = Arc::new(config);
+    let spec = specifier("t-handoff", &config);
+    let stream = user_stream("ann");
+    let other = Arc::new(self::config(&rollout).0);
+    route_time::leave(route_time::select(&spec, &stream, 1), 1);
+    assert!(route_time::take(Arc::as_ptr(&other)).is_none(), "not ours");
+    route_time::leave(route_time::select(&spec, &stream, 1), 1);
+    assert!(route_time::take(Arc::as_ptr(&config)).is_some());
+    assert!(
+        route_time::take(Arc::as_ptr(&config)).is_none(),
+        "taken once"
+    );
+    // The same stream's route picked again: its filter has its decision already.
+    route_time::leave(route_time::select(&spec, &stream, 1), 1);
+    assert!(route_time::take(Arc::as_ptr(&config)).is_none());
+    route_time::leave(route_time::select(&spec, &stream, 2), 2);
+    assert!(route_time::take(Arc::as_ptr(&config)).is_some());
+    // A newer configuration decides; dropped, the one before does again.
+    route_time::bind("t-handoff", &other);
+    route_time::leave(route_time::select(&spec, &stream, 3), 3);
+    assert!(route_time::take(Arc::as_ptr(&other)).is_some());
+    route_time::unbind("t-handoff", &other);
+    route_time::leave(route_time::select(&spec, &stream, 4), 4);
+    assert!(route_time::take(Arc::as_ptr(&config)).is_some());
+    // Unbound: requests route to stable and count nothing.
+    route_time::unbind("t-handoff", &config);
+    let handoff = route_time::select(&spec, &stream, 3);
+    assert!(handoff.decided.is_none());
+    assert_eq!(handoff.cluster(), "s");
+}
+
+#[test]
+fn a_new_anonymous_id_is_the_same_on_a_second_pick_and_set_as_a_cookie() {
+    let rollout = RolloutConfig::new("anon", 5_000);
+    let (config, _) = config(&rollout);
+    let config = Arc::new(config);
+    let spec = specifier("t-anon", &config);
+    let mut stream = FakeStream::default();
+    let id = |random| {
+        let handoff = route_time::select(&spec, &stream, random);
+        handoff.decided.and_then(|d| d.new_anonymous_id)
+    };
+    let first = id(11).expect("an anonymous user gets an id");
+    assert_eq!(first.len(), 32);
+    assert_eq!(id(11).as_deref(), Some(first.as_str()));
+    assert_ne!(id(12).as_deref(), Some(first.as_str()));
+    let handoff = route_time::select(&spec, &stream, 11);
+    stream.route_cluster = Some(handoff.cluster().to_string());
+    let version = rollout.version_for_key(&first);
+    assert_eq!(
+        handoff.cluster(),
+        if version == Version::Canary { "c" } else { "s" }
+    );
+    let mut request = Request::routed_at_route_time(Some(handoff));
+    request.on_request_headers(&config, &stream);
+    stream.response.insert(":status".into(), b"200".to_vec());
+    request.on_response_headers(&config, &stream, true);
+    let added = stream.added_response.borrow();
+    assert_eq!(added.len(), 1);
+    assert!(String::from_utf8_lossy(&added[0].1).starts_with(&format!("canary_uid={first};")));
 }

@@ -10,6 +10,7 @@
 //! takes it back; likewise `filter_new` / `filter_destroy` for each [`Request`]. Envoy
 //! keeps a configuration alive while any of its filters is.
 
+use std::borrow::Cow;
 use std::ffi::{c_char, c_void};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -25,6 +26,7 @@ use crate::envoy::{
 };
 use crate::filter::{now_ms, Config, HttpStream, Request};
 use crate::poll::{Poll, Step};
+use crate::route_time;
 
 impl HttpStream for Stream {
     fn set_request_header(&self, name: &str, value: &[u8]) {
@@ -36,8 +38,14 @@ impl HttpStream for Stream {
     fn clear_route_cache(&self) {
         Stream::clear_route_cache(*self)
     }
-    fn response_header(&self, name: &str) -> Option<Vec<u8>> {
-        Stream::response_header(*self, name)
+    fn routes_to(&self, cluster: &str) -> bool {
+        Stream::route_cluster(self) == Some(cluster.as_bytes())
+    }
+    fn response_header(&self, name: &str) -> Option<Cow<'_, [u8]>> {
+        Stream::response_header(self, name).map(Cow::Borrowed)
+    }
+    fn response_code(&self) -> Option<u64> {
+        Stream::response_code(*self)
     }
     fn response_trailer(&self, name: &str) -> Option<Vec<u8>> {
         Stream::response_trailer(*self, name)
@@ -62,7 +70,10 @@ struct Module {
     /// Declared first, so dropped first: the thread is stopped and joined, and its
     /// scheduler deleted, before anything else of the configuration goes.
     ticker: Option<Ticker>,
-    config: Config,
+    /// Shared with the cluster specifiers that name this filter (`route_time`).
+    config: Arc<Config>,
+    /// The filter's `filter_name`, under which `config` is bound.
+    name: String,
     envoy: LiveConfig,
     poll: Option<Mutex<Poll>>,
 }
@@ -152,11 +163,18 @@ pub extern "C" fn envoy_dynamic_module_on_program_init() -> *const c_char {
 #[no_mangle]
 pub extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
     config_envoy: ConfigEnvoyPtr,
-    _name_ptr: *const u8,
-    _name_length: usize,
+    name_ptr: *const u8,
+    name_length: usize,
     config_ptr: *const u8,
     config_length: usize,
 ) -> *const c_void {
+    let name: &[u8] = if name_ptr.is_null() {
+        &[]
+    } else {
+        // SAFETY: as `config` below.
+        unsafe { std::slice::from_raw_parts(name_ptr, name_length) }
+    };
+    let name = String::from_utf8_lossy(name).into_owned();
     let json: &[u8] = if config_ptr.is_null() {
         &[]
     } else {
@@ -178,9 +196,12 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
     ));
     // SAFETY: Envoy's config pointer, used on the main thread until `config_destroy`.
     let envoy = unsafe { LiveConfig::new(config_envoy) };
+    let config = Arc::new(config);
+    route_time::bind(&name, &config);
     let mut module = Module {
         ticker: None,
         config,
+        name,
         envoy,
         poll: None,
     };
@@ -204,7 +225,9 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
 pub extern "C" fn envoy_dynamic_module_on_http_filter_config_destroy(config: *mut c_void) {
     if !config.is_null() {
         // SAFETY: made by `Box::into_raw` in `config_new`, destroyed once by Envoy.
-        drop(unsafe { Box::from_raw(config.cast::<Module>()) });
+        let module = unsafe { Box::from_raw(config.cast::<Module>()) };
+        route_time::unbind(&module.name, &module.config);
+        drop(module);
     }
 }
 
@@ -264,7 +287,9 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_config_http_callout_done(
 }
 
 /// One filter instance: its request state, and the configuration it was made from (Envoy
-/// passes that to `filter_new` only).
+/// passes that to `filter_new` only). A stream whose route the `wasm-canary` cluster
+/// specifier picked has its decision: Envoy picks the route, then creates the stream's
+/// filters, on the same thread with no other stream in between.
 struct Filter {
     module: *const Module,
     request: Request,
@@ -275,9 +300,12 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_new(
     config: *mut c_void,
     _filter_envoy: FilterEnvoyPtr,
 ) -> *mut c_void {
+    let module: *const Module = config.cast_const().cast();
+    // SAFETY: our `Module`, alive while its filters are.
+    let handoff = unsafe { module.as_ref() }.and_then(|m| route_time::take(Arc::as_ptr(&m.config)));
     let filter = Filter {
-        module: config.cast_const().cast(),
-        request: Request::default(),
+        module,
+        request: Request::routed_at_route_time(handoff),
     };
     Box::into_raw(Box::new(filter)).cast()
 }

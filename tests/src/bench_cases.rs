@@ -10,7 +10,9 @@ use anyhow::{bail, Context, Result};
 use canary_contract::{FilterConfig, RolloutConfig, StatsFrom};
 use serde_json::Value;
 
-use crate::bootstrap::{CanaryBootstrap, FailurePolicy, Listener, ListenerSource, Routing};
+use crate::bootstrap::{
+    CanaryBootstrap, FailurePolicy, Listener, ListenerSource, NativeRoutes, Routing,
+};
 use crate::paths;
 
 pub const CANARY_WEIGHT_BP: u32 = 1_000;
@@ -58,7 +60,10 @@ impl BenchCase {
 /// - `lean`: the lean build (`canary_filter_lean.wasm`) doing the same split with no stats
 ///   of its own (each version's come from its cluster's) and no response callbacks;
 /// - `native_module`: the same filter built as an Envoy Dynamic Module
-///   (`libcanary_filter.so`), the same configuration and stats;
+///   (`libcanary_filter.so`), the same configuration and stats, routed by the module's
+///   cluster specifier as Envoy picks the route;
+/// - `native_module_header_routes`: the same module with the wasm build's header-matched
+///   routes (the filter sets the header and has Envoy pick the route again);
 /// - `wasm_noop`: a hand-written module that does nothing: the fixed price of any wasm
 ///   filter (Envoy entering the VM three times per request, as it enters canary-filter);
 /// - `wasm_reads`: a hand-written module that only reads the two values no sticky split
@@ -123,6 +128,16 @@ pub fn all() -> Result<Vec<BenchCase>> {
                 module: paths::native_module()?,
                 config_json: filter_config.to_json(),
                 route_header: ROUTE_HEADER.into(),
+                routes: NativeRoutes::Specifier,
+            },
+        },
+        BenchCase {
+            name: "native_module_header_routes",
+            routing: Routing::NativeFilter {
+                module: paths::native_module()?,
+                config_json: filter_config.to_json(),
+                route_header: ROUTE_HEADER.into(),
+                routes: NativeRoutes::Header,
             },
         },
         // The reference modules ignore their configuration.

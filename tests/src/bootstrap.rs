@@ -49,8 +49,11 @@ pub enum FilterBuild {
     /// `canary_filter.wasm` on Envoy's V8 (`envoy.filters.http.wasm`).
     #[default]
     Wasm,
-    /// `libcanary_filter.so`, an Envoy Dynamic Module (`envoy.filters.http.dynamic_modules`).
+    /// `libcanary_filter.so`, an Envoy Dynamic Module (`envoy.filters.http.dynamic_modules`),
+    /// its routes' cluster picked by the module's cluster specifier.
     Native,
+    /// The same module on the wasm build's header-matched routes.
+    NativeHeaderRoutes,
 }
 
 impl FilterBuild {
@@ -73,10 +76,15 @@ impl FilterBuild {
                 route_header,
                 failure_policy,
             },
-            FilterBuild::Native => Routing::NativeFilter {
+            FilterBuild::Native | FilterBuild::NativeHeaderRoutes => Routing::NativeFilter {
                 module,
                 config_json,
                 route_header,
+                routes: if self == FilterBuild::Native {
+                    NativeRoutes::Specifier
+                } else {
+                    NativeRoutes::Header
+                },
             },
         }
     }
@@ -93,11 +101,12 @@ pub enum Routing {
         route_header: String,
         failure_policy: FailurePolicy,
     },
-    /// The same filter built as an Envoy Dynamic Module; the same configuration and routes.
+    /// The same filter built as an Envoy Dynamic Module; the same configuration.
     NativeFilter {
         module: PathBuf,
         config_json: String,
         route_header: String,
+        routes: NativeRoutes,
     },
     /// Header-matched routes with no filter at all: the cheapest possible routing.
     HeaderOnly { route_header: String },
@@ -107,6 +116,18 @@ pub enum Routing {
         user_header: String,
         canary_weight_bp: u32,
     },
+}
+
+/// How the native build's routes pick the cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NativeRoutes {
+    /// One route whose cluster the module's `wasm-canary` cluster specifier picks, by the
+    /// filter's configuration, as Envoy picks the route: nothing picks it again. The filter
+    /// still sets the routing header, for the upstream to see.
+    Specifier,
+    /// The wasm build's header-matched routes: the filter sets the header and has Envoy pick
+    /// the route again.
+    Header,
 }
 
 /// The listener half of a canary Envoy's configuration.
@@ -133,9 +154,13 @@ impl Listener {
                 module,
                 config_json,
                 route_header,
+                routes,
             } => {
                 http_filters.push(native_filter(module, config_json));
-                header_routes(route_header)
+                match routes {
+                    NativeRoutes::Specifier => specifier_routes(module),
+                    NativeRoutes::Header => header_routes(route_header),
+                }
             }
             Routing::HeaderOnly { route_header } => header_routes(route_header),
             Routing::NativeHashSplit {
@@ -191,6 +216,9 @@ fn wasm_filter(wasm: &Path, config_json: &str, failure_policy: FailurePolicy) ->
     })
 }
 
+/// The native filter's `filter_name`, which its routes' cluster specifier names.
+pub const NATIVE_FILTER_NAME: &str = "wasm-canary";
+
 /// The dynamic-modules HTTP filter loading our `.so` by path, with the plugin configuration
 /// as its `filter_config`. Its metrics go under the wasm filter's namespace, so both builds'
 /// stats have the same names, tags and Prometheus series.
@@ -203,7 +231,7 @@ fn native_filter(module: &Path, config_json: &str) -> Value {
                 "module": {"local": {"filename": module.display().to_string()}},
                 "metrics_namespace": ENVOY_WASM_PREFIX.trim_end_matches('.'),
             },
-            "filter_name": "wasm-canary",
+            "filter_name": NATIVE_FILTER_NAME,
             "filter_config": {
                 "@type": "type.googleapis.com/google.protobuf.StringValue",
                 "value": config_json
@@ -222,6 +250,33 @@ fn header_routes(route_header: &str) -> Vec<Value> {
         }),
         json!({"match": {"prefix": "/"}, "route": {"cluster": STABLE_CLUSTER}}),
     ]
+}
+
+/// One route to the cluster the module's cluster specifier picks: the version the
+/// `wasm-canary` filter's configuration decides, `canary` to the canary cluster, anything
+/// else to stable.
+fn specifier_routes(module: &Path) -> Vec<Value> {
+    let route = canary_contract::native_route::NativeRouteConfig {
+        filter_name: NATIVE_FILTER_NAME.to_string(),
+        stable_cluster: STABLE_CLUSTER.to_string(),
+        canary_cluster: CANARY_CLUSTER.to_string(),
+        rollout: None,
+    };
+    vec![json!({
+        "match": {"prefix": "/"},
+        "route": {"inline_cluster_specifier_plugin": {"extension": {
+            "name": "wasm-canary",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.router.cluster_specifiers.dynamic_modules.v3.DynamicModuleClusterSpecifier",
+                "dynamic_module_config": {"module": {"local": {"filename": module.display().to_string()}}},
+                "specifier_name": "wasm-canary",
+                "specifier_config": {
+                    "@type": "type.googleapis.com/google.protobuf.StringValue",
+                    "value": route.to_json()
+                }
+            }
+        }}}
+    })]
 }
 
 fn native_split_routes(user_header: &str, canary_weight_bp: u32) -> Vec<Value> {

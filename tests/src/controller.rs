@@ -102,7 +102,7 @@ impl ControlledRig {
     ) -> Result<ControlledRig> {
         let module = match build {
             FilterBuild::Wasm => paths::filter_wasm()?,
-            FilterBuild::Native => paths::native_module()?,
+            FilterBuild::Native | FilterBuild::NativeHeaderRoutes => paths::native_module()?,
         };
         let parts = RigParts::new(build, module, stable, canary);
         Self::start_inner(rollout, envoys, poll_ms, None, parts).await

@@ -30,7 +30,8 @@ pub mod wait;
 pub mod webhook;
 
 /// Runs each named test body, an `async fn(FilterBuild) -> anyhow::Result<()>`, against both
-/// builds of the filter: `name::wasm` and `name::native`.
+/// builds of the filter: `name::wasm` and `name::native`, and the native build on header
+/// routes, `name::native_header_routes`.
 #[macro_export]
 macro_rules! for_both_builds {
     ($($body:ident),* $(,)?) => {$(
@@ -43,6 +44,11 @@ macro_rules! for_both_builds {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn native() -> anyhow::Result<()> {
                 super::$body($crate::bootstrap::FilterBuild::Native).await
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn native_header_routes() -> anyhow::Result<()> {
+                super::$body($crate::bootstrap::FilterBuild::NativeHeaderRoutes).await
             }
         }
     )*};

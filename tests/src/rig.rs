@@ -87,7 +87,7 @@ impl RigOptions {
     fn module(&self) -> Result<PathBuf> {
         match self.build {
             FilterBuild::Wasm => self.wasm.clone().map_or_else(paths::filter_wasm, Ok),
-            FilterBuild::Native => paths::native_module(),
+            FilterBuild::Native | FilterBuild::NativeHeaderRoutes => paths::native_module(),
         }
     }
 

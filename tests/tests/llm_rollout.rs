@@ -113,6 +113,48 @@ async fn refusing_canary_is_rolled_back_for_refusals() -> Result<()> {
     Ok(())
 }
 
+/// The score checks on real Envoy: a canary whose quality header says 0.6 against stable's
+/// 0.9 is rolled back by the sequential mean test (its first window already shows it), and
+/// the reason names the quality score with both stage means; one succeeding at 70% of tasks
+/// against the 90% minimum is rolled back for task success.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lower_scores_roll_the_canary_back() -> Result<()> {
+    let _slot = envoy::exclusive().await;
+    let lower_quality = LlmBehaviour {
+        quality_score_milli: 600,
+        ..LlmBehaviour::default()
+    };
+    let failing_tasks = LlmBehaviour {
+        task_success_bp: 7_000,
+        ..LlmBehaviour::default()
+    };
+    let cases: [(LlmBehaviour, &[&str]); 2] = [
+        (
+            lower_quality,
+            &[
+                "quality quality_score canary 0.600",
+                "vs stable 0.900",
+                "worse than stable beyond the limit",
+            ],
+        ),
+        (
+            failing_tasks,
+            &["task success (task_success) canary", "below the minimum"],
+        ),
+    ];
+    for (canary, expected) in cases {
+        let (rig, ctl) = start(LlmBehaviour::default(), canary, &spec("1h", 2)).await?;
+        let status = run_until_done(&rig, &ctl, Duration::from_secs(90)).await?;
+        assert_eq!(status["phase"], "rolled_back", "{}", ctl.log());
+        let message = rollback_message(&status);
+        eprintln!("{message}");
+        for part in expected {
+            assert!(message.contains(part), "{part:?} not in {message}");
+        }
+    }
+    Ok(())
+}
+
 /// Issue test 3c: equal LLM signals pass every check and the canary is promoted through
 /// every stage.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

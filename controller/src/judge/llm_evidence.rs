@@ -3,7 +3,8 @@
 //! thumbs-down rate. Each is a sequential test of "no worse than stable" whose e-value
 //! shares the rollout's error budget ([`super::evidence::e_thresholds`]), so an identical
 //! model is not rolled back by looking at these every window either. The score checks
-//! (quality, eval, task success) stay window by window in [`super::llm`].
+//! (quality, eval, task success) are sequential too, in [`super::score_evidence`], and
+//! their evidence is kept here with the rest.
 //!
 //! - **Refusals** and **thumbs-down** are counts of bad answers among answers (ratings): the
 //!   conditional test of [`super::sequential`], as for errors.
@@ -17,11 +18,11 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::llm::not_required;
+use super::score_evidence::{self, ScoreEvidence};
 use super::sequential::{Counts, Drift, EventTest, RateTest};
 use super::stage_tests::{
-    absolute, describe_quantiles, gate, latency, null_ratio, relative, saved_histogram, Measure,
-    Quantile, Reasons, Thresholds, LATENCY_MIN_RATIO, MAX_RATIO,
+    absolute, describe_quantiles, gate, latency, not_required, null_ratio, relative,
+    saved_histogram, Measure, Quantile, Reasons, Thresholds, LATENCY_MIN_RATIO, MAX_RATIO,
 };
 use super::{trim_quantile, CheckResult};
 use crate::spec::RolloutSpec;
@@ -56,6 +57,9 @@ pub struct LlmEvidence {
     pub canary_ttft: Histogram,
     #[serde(default)]
     pub drift: LlmDrift,
+    /// The score checks (quality, eval, task success).
+    #[serde(default, skip_serializing_if = "ScoreEvidence::is_empty")]
+    pub scores: ScoreEvidence,
 }
 
 /// Whether the filter reads LLM answers for this rollout (`filter.llm` is set): the cost,
@@ -65,8 +69,9 @@ fn reads_llm(spec: &RolloutSpec) -> bool {
 }
 
 /// The sequential LLM tests a rollout's error budget is shared with: the answer signals
-/// when the filter reads them, and the thumbs-down rate (with its absolute ceiling, if
-/// set) whenever it is on, since ratings reach `/feedback` for any service.
+/// when the filter reads them, the thumbs-down rate (with its absolute ceiling, if set)
+/// whenever it is on, since ratings reach `/feedback` for any service, and the score
+/// checks ([`score_evidence::budgeted`]).
 pub fn budgeted(spec: &RolloutSpec) -> usize {
     let l = &spec.checks.llm;
     let answers = if reads_llm(spec) {
@@ -79,7 +84,7 @@ pub fn budgeted(spec: &RolloutSpec) -> usize {
     } else {
         0
     };
-    answers + ratings
+    answers + ratings + score_evidence::budgeted(spec)
 }
 
 /// The variance of one response's cost in nano-USD², from the filter's sums.
@@ -108,6 +113,7 @@ impl LlmEvidence {
             thumbs_down: next(&self.thumbs_down),
             thumbs_down_absolute: self.thumbs_down_absolute.as_ref().map(RateTest::next_stage),
             drift: self.drift.clone(),
+            scores: self.scores.next_stage(),
             ..LlmEvidence::default()
         }
     }
@@ -234,6 +240,7 @@ impl LlmEvidence {
                 }
             }
         }
+        out.extend(self.scores.add(window, spec, (bars, reasons)));
         out
     }
 

@@ -1,11 +1,9 @@
-//! Unit tests of the LLM checks ([`super::llm`]), in their own file for the size of their
-//! tables.
+//! Unit tests of the LLM checks ([`super::llm_evidence`], [`super::score_evidence`]), in
+//! their own file for the size of their tables.
 
-use super::llm::judge_llm;
 use super::{CheckResult, Outcome, Worse};
 use crate::judge::{judge, Evidence, Verdict};
-use crate::spec::llm_checks::LlmChecks;
-use crate::spec::{Analysis, RolloutSpec};
+use crate::spec::RolloutSpec;
 use crate::stats::{Histogram, VersionStats};
 use crate::stats::{LlmStats, QualityStats, RolloutStats};
 use canary_contract::stats::cost_sumsq_micro_usd2;
@@ -14,13 +12,11 @@ use canary_contract::stats::cost_sumsq_micro_usd2;
 type ProportionRow = ((u64, u64), (u64, u64), Option<Outcome>);
 /// (canary ms, n, stable ms, n, windows, expected)
 type TtftRow = (f64, u64, f64, u64, usize, Option<Outcome>);
-/// (signal, canary mean, canary n, stable mean, stable n, score?, check, expected)
-type QualityRow<'a> = (&'a str, f64, u64, f64, u64, bool, &'a str, Option<Outcome>);
 
 /// A repeatable PRNG (xorshift) giving values in 0..1.
-struct Rng(u64);
+pub(super) struct Rng(pub(super) u64);
 impl Rng {
-    fn next(&mut self) -> f64 {
+    pub(super) fn next(&mut self) -> f64 {
         self.0 ^= self.0 << 13;
         self.0 ^= self.0 >> 7;
         self.0 ^= self.0 << 17;
@@ -48,7 +44,7 @@ fn answers(rng: &mut Rng, n: u64, output_tokens: f64, refusals: u64) -> LlmStats
 }
 
 /// `n` quality samples, each 1 with probability `mean` (or the score itself if `score`).
-fn quality(rng: &mut Rng, n: u64, mean: f64, score: bool) -> QualityStats {
+pub(super) fn quality(rng: &mut Rng, n: u64, mean: f64, score: bool) -> QualityStats {
     let mut q = QualityStats::default();
     for _ in 0..n {
         let v = if score {
@@ -66,7 +62,7 @@ fn quality(rng: &mut Rng, n: u64, mean: f64, score: bool) -> QualityStats {
     q
 }
 
-fn window(canary: LlmStats, stable: LlmStats) -> RolloutStats {
+pub(super) fn window(canary: LlmStats, stable: LlmStats) -> RolloutStats {
     let version = |llm: LlmStats| VersionStats {
         requests: 1_000,
         rq_2xx: 1_000,
@@ -89,8 +85,19 @@ fn llm_spec() -> RolloutSpec {
     .expect("a valid spec")
 }
 
+/// A spec whose filter reads LLM answers with two quality headers (`helpful` and task
+/// success) and samples evals: every score check judged.
+pub(super) fn score_spec() -> RolloutSpec {
+    RolloutSpec::from_yaml(
+        "name: t\nsources: {envoy_admin: [\"http://127.0.0.1:1\"]}\nfilter:\n  llm:\n    \
+         quality_headers:\n      - {header: x-helpful, signal: helpful}\n      - {header: x-task, \
+         signal: task_success}\n  eval: {cluster: evaluator, sample_bp: 100}\n",
+    )
+    .expect("a valid spec")
+}
+
 /// The verdict on the last of `windows` windows of one stage, each from `next`.
-fn stage_with(
+pub(super) fn stage_with(
     spec: &RolloutSpec,
     windows: usize,
     mut next: impl FnMut() -> RolloutStats,
@@ -115,13 +122,6 @@ fn run(w: &RolloutStats) -> (Vec<CheckResult>, bool) {
     (v.checks.into_iter().skip(4).collect(), v.critical)
 }
 
-/// The score checks of one window, and whether each counts towards the verdict.
-fn run_counted(w: &RolloutStats) -> (Vec<CheckResult>, Vec<bool>) {
-    judge_llm(w, &Analysis::default(), &LlmChecks::default())
-        .into_iter()
-        .unzip()
-}
-
 fn outcome_of(w: &RolloutStats, check: &str) -> Option<Outcome> {
     run(w)
         .0
@@ -131,7 +131,7 @@ fn outcome_of(w: &RolloutStats, check: &str) -> Option<Outcome> {
 }
 
 /// A check's result in the verdict.
-fn find<'a>(v: &'a Verdict, check: &str) -> Option<&'a CheckResult> {
+pub(super) fn find<'a>(v: &'a Verdict, check: &str) -> Option<&'a CheckResult> {
     v.checks.iter().find(|c| c.check == check)
 }
 
@@ -235,172 +235,6 @@ fn refusal_table() {
             assert!(r.reason.contains(&totals), "{}", r.reason);
         }
     }
-}
-
-#[test]
-fn quality_and_task_success_table() {
-    use Outcome::*;
-    // (signal, canary mean, canary n, stable mean, stable n, score?, check, expected)
-    let table: &[QualityRow] = &[
-        (
-            "helpful",
-            0.80,
-            300,
-            0.90,
-            2_700,
-            true,
-            "quality_helpful",
-            Some(Fail),
-        ),
-        (
-            "helpful",
-            0.89,
-            300,
-            0.90,
-            2_700,
-            true,
-            "quality_helpful",
-            Some(Pass),
-        ),
-        (
-            "helpful",
-            0.80,
-            10,
-            0.90,
-            2_700,
-            true,
-            "quality_helpful",
-            Some(Inconclusive),
-        ),
-        (
-            "helpful",
-            0.95,
-            300,
-            0.90,
-            2_700,
-            true,
-            "quality_helpful",
-            Some(Pass),
-        ),
-        // Task success: absolute minimum 0.90, confidently below fails.
-        (
-            "task_success",
-            0.75,
-            300,
-            0.95,
-            2_700,
-            false,
-            "task_success_rate",
-            Some(Fail),
-        ),
-        (
-            "task_success",
-            0.97,
-            300,
-            0.97,
-            2_700,
-            false,
-            "task_success_rate",
-            Some(Pass),
-        ),
-        (
-            "task_success",
-            0.80,
-            10,
-            0.95,
-            2_700,
-            false,
-            "task_success_rate",
-            Some(Inconclusive),
-        ),
-        // Task success is not judged as a relative score by default.
-        (
-            "task_success",
-            0.75,
-            300,
-            0.95,
-            2_700,
-            false,
-            "quality_task_success",
-            None,
-        ),
-        // Eval scores: 10% below stable fails (seed 002), not the quality check's 5%.
-        ("eval", 0.60, 60, 0.90, 500, true, "eval_score", Some(Fail)),
-        (
-            "eval",
-            0.78,
-            200,
-            0.90,
-            2_000,
-            true,
-            "eval_score",
-            Some(Fail),
-        ),
-        (
-            "eval",
-            0.84,
-            200,
-            0.90,
-            2_000,
-            true,
-            "eval_score",
-            Some(Pass),
-        ),
-        (
-            "eval",
-            0.60,
-            10,
-            0.90,
-            500,
-            true,
-            "eval_score",
-            Some(Inconclusive),
-        ),
-        ("eval", 0.60, 60, 0.90, 500, true, "quality_eval", None),
-    ];
-    for (i, &(signal, cm, cn, sm, sn, score, check, want)) in table.iter().enumerate() {
-        let mut rng = Rng(99 + i as u64);
-        let mut c = LlmStats::default();
-        let mut s = LlmStats::default();
-        c.quality
-            .insert(signal.into(), quality(&mut rng, cn, cm, score));
-        s.quality
-            .insert(signal.into(), quality(&mut rng, sn, sm, score));
-        let results = run(&window(c, s)).0;
-        let got = results.iter().find(|r| r.check == check);
-        assert_eq!(got.map(|r| r.outcome), want, "row {i}: {got:?}");
-        if let Some(r) = got {
-            assert_eq!(r.worse, Some(Worse::Lower));
-            assert_eq!((r.canary_n, r.stable_n), (Some(cn), Some(sn)));
-        }
-    }
-    // Too few eval scores is reported, but does not hold the stage (not required).
-    let mut c = LlmStats::default();
-    let mut s = LlmStats::default();
-    let mut rng = Rng(7);
-    c.quality
-        .insert("eval".into(), quality(&mut rng, 5, 0.5, true));
-    s.quality
-        .insert("eval".into(), quality(&mut rng, 50, 0.9, true));
-    let (results, counted) = run_counted(&window(c, s));
-    let i = results.iter().position(|r| r.check == "eval_score");
-    let i = i.expect("eval_score reported");
-    assert_eq!(results[i].outcome, Outcome::Inconclusive);
-    assert!(!counted[i], "{:?}", results[i]);
-    // A canary at 0.88 success with only 40 samples is not confidently below 0.90.
-    let mut c = LlmStats::default();
-    c.quality.insert(
-        "task_success".into(),
-        QualityStats {
-            count: 40,
-            sum_milli: 35_000,
-            sumsq_micro: 35_000_000,
-        },
-    );
-    assert_eq!(
-        outcome_of(&window(c, LlmStats::default()), "task_success_rate"),
-        Some(Outcome::Pass)
-    );
 }
 
 #[test]
@@ -522,6 +356,7 @@ fn the_verdict_names_the_llm_check_that_failed() {
     let thumbs = find(&v, "thumbs_down_rate");
     assert_eq!(thumbs.map(|c| c.outcome), Some(Outcome::Inconclusive));
     // ...but a required quality signal with too few samples does.
+    let spec = score_spec();
     w.canary
         .llm
         .quality
@@ -530,7 +365,10 @@ fn the_verdict_names_the_llm_check_that_failed() {
         .llm
         .quality
         .insert("helpful".into(), quality(&mut rng, 500, 0.9, true));
-    assert_eq!(stage(2, || w.clone()).outcome, Outcome::Inconclusive);
+    assert_eq!(
+        stage_with(&spec, 2, || w.clone()).outcome,
+        Outcome::Inconclusive
+    );
     // A plain rollout gets no LLM checks at all.
     let plain = window(LlmStats::default(), LlmStats::default());
     assert_eq!(stage(2, || plain.clone()).checks.len(), 4);

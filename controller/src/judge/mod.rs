@@ -31,16 +31,14 @@ use crate::stats::{RolloutStats, VersionStats};
 
 mod decimal;
 pub mod evidence;
-mod llm;
 pub mod llm_evidence;
 mod ln_batch;
+mod mean_test;
+mod score_evidence;
 pub mod sequential;
-pub mod significance;
 mod stage_tests;
 
 pub use evidence::{Evidence, Reasons};
-
-pub use significance::{binomial_less, welch_greater};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -160,8 +158,7 @@ impl Verdict {
 /// A circuit breaker that tripped in the window, or is open at its end, fails it whatever
 /// the other checks say (the canary then has little or no traffic): it counts toward the
 /// failure limit like any failed analysis, so a canary that keeps tripping (or stays open)
-/// is rolled back, and one that recovers after a blip goes on. The LLM score checks are
-/// judged window by window.
+/// is rolled back, and one that recovers after a blip goes on.
 pub fn judge(window: &RolloutStats, evidence: &Evidence, spec: &RolloutSpec) -> Verdict {
     judge_owned(window, Arc::new(evidence.clone()), spec)
 }
@@ -266,10 +263,9 @@ fn judge_requests(
     }
     let stage = Arc::make_mut(&mut verdict.evidence);
     verdict.checks = stage.add(window, spec, reasons);
-    let mut llm = stage
+    let llm = stage
         .llm
         .add(window, spec, (evidence::e_thresholds(spec), reasons));
-    llm.extend(llm::judge_llm(window, analysis, &spec.checks.llm));
     // A rejection by a sequential test is final for the stage: roll back now.
     verdict.critical = verdict
         .checks
@@ -327,6 +323,8 @@ pub(crate) fn trim_quantile(q: f64) -> String {
 
 #[cfg(test)]
 mod llm_tests;
+#[cfg(test)]
+mod score_tests;
 
 /// Shared by the controller's test modules.
 #[cfg(test)]

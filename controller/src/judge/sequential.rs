@@ -41,14 +41,14 @@
 use serde::{Deserialize, Serialize};
 
 /// Alternatives in each mixture.
-const GRID: usize = 16;
+pub(super) const GRID: usize = 16;
 
 /// What a test works out from its own fields and keeps so as not to work it out again
 /// every window (the judge runs for every rollout every interval, a simulation millions of
 /// times): not state. It is left out of the state file (an empty one is worked out anew)
 /// and out of comparisons, since it always follows from what is compared.
 #[derive(Debug, Clone, Default)]
-pub struct Derived<T>(Option<T>);
+pub struct Derived<T>(pub(super) Option<T>);
 
 impl<T> PartialEq for Derived<T> {
     fn eq(&self, _: &Derived<T>) -> bool {
@@ -57,7 +57,7 @@ impl<T> PartialEq for Derived<T> {
 }
 
 impl<T> Derived<T> {
-    fn get_or(&mut self, work_out: impl FnOnce() -> T) -> &T {
+    pub(super) fn get_or(&mut self, work_out: impl FnOnce() -> T) -> &T {
         self.0.get_or_insert_with(work_out)
     }
 }
@@ -72,6 +72,11 @@ const DRIFT_PRIOR: f64 = 0.2;
 /// standard deviation), and with thousands of nano-USD per answer the prior, not the
 /// counts, would otherwise set the evidence a window can give.
 const MEAN_DRIFT_PRIOR: f64 = 0.02;
+/// The same for a mean score (a quality signal, the eval score: [`Drift::add_score`]):
+/// scores are bounded and an answer's score varies far less than its cost, so a 5%
+/// standard deviation between windows; at 14% a gross drop (0.6 against 0.9) would take
+/// several windows to show.
+const SCORE_DRIFT_PRIOR: f64 = 0.0025;
 const DRIFT_PRIOR_WINDOWS: f64 = 3.0;
 const DRIFT_PRIOR_FLOOR: f64 = 1.0;
 /// Older windows count less: the estimate follows the last ~20 windows.
@@ -202,15 +207,23 @@ impl Drift {
 
     /// As [`Drift::add`] for a mean value per request, with each version's variance of
     /// one request's value in this window.
-    pub fn add_mean(
+    pub fn add_mean(&mut self, canary: (Counts, f64), stable: (Counts, f64)) -> (f64, f64) {
+        self.add_mean_from(MEAN_DRIFT_PRIOR, canary, stable)
+    }
+
+    /// As [`Drift::add_mean`] for a mean score (0..1), from [`SCORE_DRIFT_PRIOR`].
+    pub fn add_score(&mut self, canary: (Counts, f64), stable: (Counts, f64)) -> (f64, f64) {
+        self.add_mean_from(SCORE_DRIFT_PRIOR, canary, stable)
+    }
+
+    fn add_mean_from(
         &mut self,
+        prior: f64,
         (canary, canary_variance): (Counts, f64),
         (stable, stable_variance): (Counts, f64),
     ) -> (f64, f64) {
-        let v_stable = self.stable.relative_variance_from(MEAN_DRIFT_PRIOR);
-        let v_canary = (self.canary)
-            .relative_variance_from(MEAN_DRIFT_PRIOR)
-            .max(v_stable);
+        let v_stable = self.stable.relative_variance_from(prior);
+        let v_canary = (self.canary).relative_variance_from(prior).max(v_stable);
         self.canary.observe_mean(canary, canary_variance);
         self.stable.observe_mean(stable, stable_variance);
         (v_canary, v_stable)
@@ -219,13 +232,13 @@ impl Drift {
 
 /// The grid of alternatives, log-spaced from `min` to `max` (one `powf` per window, not one
 /// per alternative: the judge runs for every rollout every interval).
-fn alternatives(min: f64, max: f64) -> impl Iterator<Item = f64> {
+pub(super) fn alternatives(min: f64, max: f64) -> impl Iterator<Item = f64> {
     let step = (max / min).powf(1.0 / (GRID - 1) as f64);
     std::iter::successors(Some(min), move |a| Some(a * step)).take(GRID)
 }
 
 /// A grid of alternatives (or what each of them gives) in an array.
-fn grid(values: impl Iterator<Item = f64>) -> [f64; GRID] {
+pub(super) fn grid(values: impl Iterator<Item = f64>) -> [f64; GRID] {
     let mut grid = [0.0; GRID];
     for (g, v) in grid.iter_mut().zip(values) {
         *g = v;
@@ -256,7 +269,7 @@ const fn harmonic_weights() -> [f64; GRID] {
 
 /// `ln(Σ w_j·exp(x_j))` over the alternatives' log-likelihood ratios `x`, with the
 /// mixture's [`WEIGHTS`], without overflow.
-fn log_mixture(x: &[f64]) -> f64 {
+pub(super) fn log_mixture(x: &[f64]) -> f64 {
     let top = x.iter().copied().fold(f64::NEG_INFINITY, f64::max);
     if !top.is_finite() {
         return top;
@@ -300,14 +313,14 @@ impl OverRollout {
     }
 
     /// The alternatives' log-likelihood ratios, ready to add a window to.
-    fn log_lr_mut(&mut self) -> &mut [f64] {
+    pub(super) fn log_lr_mut(&mut self) -> &mut [f64] {
         if self.log_lr.len() != GRID {
             self.log_lr = vec![0.0; GRID];
         }
         &mut self.log_lr
     }
 
-    fn counted(&mut self) {
+    pub(super) fn counted(&mut self) {
         self.windows = self.windows.saturating_add(1);
         let log_e = log_mixture(&self.log_lr);
         self.log_e = Derived(Some(log_e));

@@ -68,7 +68,7 @@ impl Thresholds {
 }
 
 /// One check's two tests, read against their thresholds.
-struct Standing {
+pub(super) struct Standing {
     stage: f64,
     rollout: f64,
     bars: Thresholds,
@@ -77,7 +77,7 @@ struct Standing {
 }
 
 impl Standing {
-    fn new(stage_log_e: f64, rollout: &OverRollout, bars: Thresholds) -> Standing {
+    pub(super) fn new(stage_log_e: f64, rollout: &OverRollout, bars: Thresholds) -> Standing {
         Standing {
             stage: stage_log_e,
             rollout: rollout.log_e(),
@@ -90,7 +90,7 @@ impl Standing {
         self.stage >= self.ln_bars.0 || self.rollout >= self.ln_bars.1
     }
 
-    fn outcome(&self) -> Outcome {
+    pub(super) fn outcome(&self) -> Outcome {
         if self.fails() {
             Outcome::Fail
         } else {
@@ -109,7 +109,7 @@ impl Standing {
 
     /// The check's anytime-valid p-value from both tests' largest e-values so far, on the
     /// rollout test's scale: the check fails once it is at most `1 / rollout threshold`.
-    fn p_value(&self, stage_max_log_e: f64, rollout: &OverRollout) -> f64 {
+    pub(super) fn p_value(&self, stage_max_log_e: f64, rollout: &OverRollout) -> f64 {
         let scale = self.bars.stage / self.bars.rollout;
         ((-stage_max_log_e).exp() * scale)
             .min((-rollout.max_log_e).exp())
@@ -117,7 +117,7 @@ impl Standing {
     }
 
     /// `e = … < 1/α = … over the stage, e = … ≥ … over the rollout`.
-    fn describe(&self) -> String {
+    pub(super) fn describe(&self) -> String {
         let side = |log_e: f64, bar: f64| if log_e >= bar.ln() { "≥" } else { "<" };
         format!(
             "e = {:.3e} {} 1/α = {:.0} over the stage, e = {:.3e} {} {:.0} over the rollout",
@@ -131,7 +131,7 @@ impl Standing {
     }
 
     /// The `sequential` summary: the test nearer its threshold, with its windows.
-    fn summary(
+    pub(super) fn summary(
         &self,
         null: String,
         (stage_windows, rollout_windows): (u64, u64),
@@ -234,6 +234,20 @@ pub(super) fn relative(
             (t.windows, t.rollout.windows),
             t.dispersion,
         )),
+    }
+}
+
+/// A check that is not `required` does not hold the stage while it has too few samples.
+pub(super) fn not_required(mut r: CheckResult, required: bool) -> (CheckResult, bool) {
+    if required || r.outcome != Outcome::Inconclusive {
+        (r, true)
+    } else {
+        // Not written into a reason that was skipped (see `Reasons`).
+        if !r.reason.is_empty() {
+            r.reason
+                .push_str(" (not required: does not hold the stage)");
+        }
+        (r, false)
     }
 }
 

@@ -67,13 +67,16 @@ impl Default for RefusalCheck {
 #[serde(deny_unknown_fields, default)]
 pub struct QualityCheck {
     pub enabled: bool,
-    /// Seed 000: a mean more than 5% below stable's fails.
+    /// Seed 000: a mean more than 5% below stable's fails (a sequential test; a mean at
+    /// most half as far below passes).
     pub max_relative_decrease: f64,
+    /// Scores each version needs over the stage before the check decides.
     pub min_samples: u64,
-    /// Signals judged as scores; empty: every signal except `task_success.signal`.
+    /// Signals judged as scores; empty: every signal of the filter's `llm.quality_headers`
+    /// except `task_success.signal` (the error budget needs them known in advance).
     pub signals: Vec<String>,
-    /// Whether a window with too few samples is inconclusive (holds the stage); when false
-    /// it is reported but does not hold the stage (for sparsely sampled scores).
+    /// Whether too few samples is inconclusive (holds the stage); when false it is
+    /// reported but does not hold the stage (for sparsely sampled scores).
     pub required: bool,
 }
 
@@ -99,10 +102,10 @@ pub struct EvalCheck {
     pub signal: String,
     /// Seed 002: a mean score more than 10% below stable's rolls back.
     pub max_relative_decrease: f64,
-    /// Scores each version needs in the window.
+    /// Scores each version needs over the stage before the check decides.
     pub min_samples: u64,
-    /// As `quality.required`; off by default: at the seed's 1% sample a window often has
-    /// too few scores, and that should not hold the stage.
+    /// As `quality.required`; off by default: at the seed's 1% sample a stage may have
+    /// too few scores for a while, and that should not hold it.
     pub required: bool,
 }
 
@@ -125,8 +128,10 @@ pub struct TaskSuccessCheck {
     pub enabled: bool,
     /// The quality signal holding task success.
     pub signal: String,
-    /// Seed 000: the canary's success rate must be at least 0.90.
+    /// Seed 000: the canary's success rate must be at least 0.90 (a sequential test of its
+    /// failed tasks against 10%; windows in which stable too is below it are left out).
     pub min_absolute: f64,
+    /// Canary samples over the stage before the check decides.
     pub min_samples: u64,
     /// As `quality.required`.
     pub required: bool,

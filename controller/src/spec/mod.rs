@@ -152,15 +152,15 @@ pub struct Analysis {
     /// How often the canary is judged, over the stats of the last interval.
     #[serde(with = "humantime_serde")]
     pub interval: Duration,
-    /// Consecutive failed analyses that roll back (circuit breaker trips and LLM checks;
-    /// a request check's sequential test rolls back at once).
+    /// Consecutive failed analyses that roll back (circuit breaker trips; every request
+    /// and LLM check is a sequential test, whose rejection rolls back at once).
     pub failure_limit: u32,
     /// Fewer requests than this for either version in a window: the window is not judged
     /// (inconclusive) and adds nothing to the stage's evidence. The sequential tests need
     /// no minimum; set it higher to leave windows out.
     pub min_window_requests: u64,
     /// The chance that a canary no worse than stable is ever rolled back by the request
-    /// checks over the whole rollout; for the LLM checks, each window's significance level.
+    /// and LLM checks over the whole rollout, shared among them.
     pub alpha: f64,
     /// A stage that has not advanced this long after its hold (too little traffic, or
     /// inconclusive windows) pauses or rolls back: seed 000's `progressDeadlineSeconds`.

@@ -127,6 +127,7 @@ fn main() -> Result<()> {
         "buckets": buckets_name,
         "aa_false_rollback_max": worst("aa", |f| f.rolled_back, true),
         "regression_detected_min": worst("regression", |f| f.rolled_back, false),
+        "sparse_regression_detected_min": worst("regression_sparse", |f| f.rolled_back, false),
         "seconds": started.elapsed().as_secs_f64(),
         "figures": figures,
     });

@@ -1,9 +1,10 @@
-//! LLM answers in the judge simulation: each version's cost per answer, refusals and time
-//! to first token, as the filter's counters and TTFT histogram hold them for a window.
+//! LLM answers in the judge simulation: each version's cost per answer, refusals, time to
+//! first token and scores (a quality header on every answer, task success, eval scores of
+//! a 1% sample), as the filter's counters and TTFT histogram hold them for a window.
 //! Sums are drawn from their moments (a window holds up to 300,000 answers), so a window
 //! costs the same at every rate.
 
-use canary_controller::stats::LlmStats;
+use canary_controller::stats::{LlmStats, QualityStats};
 use rand::rngs::SmallRng;
 use rand_distr::{Distribution, StandardNormal};
 
@@ -18,7 +19,21 @@ pub struct LlmModel {
     /// Share of answers that are refusals.
     pub refusal_rate: f64,
     pub ttft: Latency,
+    /// Mean of the `helpful` quality score (each answer's: normal, sd [`SCORE_SD`], in
+    /// 0..1), the share of tasks that succeed, and the mean eval score.
+    pub helpful_mean: f64,
+    pub task_success: f64,
+    pub eval_mean: f64,
 }
+
+/// One answer's score varies around its version's mean by this much.
+pub const SCORE_SD: f64 = 0.2;
+/// The share of answers sent to the evaluator (seed 002: 1%).
+pub const EVAL_SAMPLE: f64 = 0.01;
+/// The quality header signals the simulated filter records (and its eval's signal).
+pub const HELPFUL: &str = "helpful";
+pub const TASK_SUCCESS: &str = "task_success";
+pub const EVAL: &str = "eval";
 
 /// Both versions' answers, and how much each version's mean cost and refusal rate drift
 /// between windows (log-sd of a multiplier drawn anew every window, per version).
@@ -39,6 +54,9 @@ pub const BASE_LLM: LlmModel = LlmModel {
         median_ms: 400.0,
         sigma: 0.3,
     },
+    helpful_mean: 0.8,
+    task_success: 0.95,
+    eval_mean: 0.75,
 };
 
 /// A scenario's LLM answers, with the TTFT buckets cut once.
@@ -63,12 +81,17 @@ impl LlmSim {
         }
     }
 
-    /// The window's models: each version's cost and refusal rate moved by its own drift.
+    /// The window's models: each version's cost, refusal rate and task failure rate moved
+    /// by its own drift, and its mean scores by a quarter of it (an answer mix that moves
+    /// cost by 10% moves a mean score by a few per cent).
     pub fn window(&self, rng: &mut SmallRng) -> LlmWindow {
         let sigma = self.scenario.drift_sigma;
         let mut moved = |m: LlmModel| LlmModel {
             cost_median_nanousd: m.cost_median_nanousd * drift(rng, sigma),
             refusal_rate: (m.refusal_rate * drift(rng, sigma)).min(1.0),
+            task_success: 1.0 - ((1.0 - m.task_success) * drift(rng, sigma)).min(1.0),
+            helpful_mean: (m.helpful_mean * drift(rng, sigma / 4.0)).min(1.0),
+            eval_mean: (m.eval_mean * drift(rng, sigma / 4.0)).min(1.0),
             ..m
         };
         LlmWindow {
@@ -105,6 +128,20 @@ fn answers(rng: &mut SmallRng, m: &LlmModel, ttft: &Buckets, n: u64) -> LlmStats
     };
     let cost = normal(count * m1, count * (m2 - m1 * m1));
     let squares = normal(count * m2, count * (m4 - m2 * m2));
+    let successes = binomial(rng, n, m.task_success) * 1_000;
+    let evals = binomial(rng, n, EVAL_SAMPLE);
+    let quality = [
+        (HELPFUL, scores(rng, n, m.helpful_mean)),
+        (
+            TASK_SUCCESS,
+            QualityStats {
+                count: n,
+                sum_milli: successes,
+                sumsq_micro: successes * 1_000,
+            },
+        ),
+        (EVAL, scores(rng, evals, m.eval_mean)),
+    ];
     LlmStats {
         responses: n,
         cost_nanousd: cost.round() as u64,
@@ -112,6 +149,31 @@ fn answers(rng: &mut SmallRng, m: &LlmModel, ttft: &Buckets, n: u64) -> LlmStats
         cost_sumsq_microusd2: (squares / 1e6).round() as u64,
         refusals: binomial(rng, n, m.refusal_rate),
         ttft: ttft.draw(rng, count),
+        quality: quality
+            .into_iter()
+            .filter(|(_, q)| q.count > 0)
+            .map(|(k, q)| (k.to_string(), q))
+            .collect(),
         ..LlmStats::default()
+    }
+}
+
+/// `n` scores of mean `mean` and sd [`SCORE_SD`] as the filter sums them (thousandths and
+/// millionths), from the sums' moments: `Σx ≈ N(nμ, nσ²)`, `Σx² ≈ N(n(μ² + σ²), 4nμ²σ²)`,
+/// kept where samples in 0..1 could put them.
+fn scores(rng: &mut SmallRng, n: u64, mean: f64) -> QualityStats {
+    let count = n as f64;
+    let var = SCORE_SD * SCORE_SD;
+    let mut normal = |mean: f64, var: f64| {
+        let z: f64 = StandardNormal.sample(rng);
+        mean + z * var.max(0.0).sqrt()
+    };
+    let sum = normal(count * mean, count * var).clamp(0.0, count);
+    let squares = normal(count * (mean * mean + var), 4.0 * count * mean * mean * var)
+        .clamp(sum * sum / count.max(1.0), sum);
+    QualityStats {
+        count: n,
+        sum_milli: (sum * 1e3).round() as u64,
+        sumsq_micro: (squares * 1e6).round() as u64,
     }
 }

@@ -30,6 +30,12 @@ pub const INTERVAL_S: u64 = 30;
 /// the stage's evidence so far (handed over: the verdict brings it back, updated).
 pub type Analyst = fn(&RolloutStats, Arc<Evidence>, &RolloutState, &RolloutSpec) -> Verdict;
 
+/// The filter options of a scenario with LLM answers: quality headers for the `helpful`
+/// score and task success, and eval sampling ([`llm`]'s signals).
+const LLM_FILTER: &str = "filter:\n  llm:\n    quality_headers:\n      \
+    - {header: x-helpful, signal: helpful}\n      - {header: x-task-success, signal: task_success}\n  \
+    eval: {cluster: evaluator, sample_bp: 100}\n";
+
 /// A spec with the schedule's stages and everything else at its defaults (with `llm` in
 /// the filter options for a scenario with LLM answers).
 pub fn spec(schedule: &Schedule, scenario: &Scenario) -> RolloutSpec {
@@ -38,7 +44,7 @@ pub fn spec(schedule: &Schedule, scenario: &Scenario) -> RolloutSpec {
          analysis: {{interval: {INTERVAL_S}s}}\nstages: {}\n{}",
         schedule.stages_yaml,
         if scenario.llm.is_some() {
-            "filter: {llm: {}}\n"
+            LLM_FILTER
         } else {
             ""
         }
@@ -291,6 +297,7 @@ pub fn tally(scenario: &Scenario, schedule: &Schedule, rate_rps: f64, ends: &[En
         kind: match scenario.kind {
             Kind::AA => "aa",
             Kind::Regression => "regression",
+            Kind::SparseRegression => "regression_sparse",
         },
         schedule: schedule.name.into(),
         rate_rps,

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use super::llm_evidence::{self, LlmEvidence};
 use super::sequential::{Counts, Drift, EventTest, RateTest};
 use super::stage_tests::{
-    absolute, describe_quantiles, latency, relative, saved_histogram, Measure, Quantile,
+    absolute, describe_quantiles, latency, relative, saved_histogram, Measure, Quantile, Totals,
     LATENCY_MIN_RATIO, MAX_RATIO,
 };
 use super::CheckResult;
@@ -45,6 +45,21 @@ pub struct Evidence {
     /// The LLM checks that accumulate over the stage too.
     #[serde(default, skip_serializing_if = "LlmEvidence::is_empty")]
     pub llm: LlmEvidence,
+    /// Whether `stable_duration` and `canary_duration` ascend, as of the last window.
+    #[serde(skip)]
+    ascending: Ascending,
+}
+
+/// What [`Evidence::add`] knows of its stage histograms' counts: worked out from them when
+/// unknown (a state just read), then kept as each window is added. Not state: left out of
+/// comparisons, since it follows from what is compared.
+#[derive(Debug, Clone, Copy, Default)]
+struct Ascending(Option<(bool, bool)>);
+
+impl PartialEq for Ascending {
+    fn eq(&self, _: &Ascending) -> bool {
+        true
+    }
 }
 
 /// The e-values each check's tests must reach: `analysis.alpha` shared by every sequential
@@ -58,15 +73,9 @@ pub fn e_thresholds(spec: &RolloutSpec) -> Thresholds {
     let tests = 2 + spec.checks.latency.len() + llm_evidence::budgeted(spec);
     let check = tests as f64 / spec.analysis.alpha;
     if stages == 1 {
-        return Thresholds {
-            stage: check,
-            rollout: check,
-        };
+        return Thresholds::new(check, check);
     }
-    Thresholds {
-        stage: 2.0 * stages as f64 * check,
-        rollout: 2.0 * check,
-    }
+    Thresholds::new(2.0 * stages as f64 * check, 2.0 * check)
 }
 
 impl Evidence {
@@ -123,7 +132,8 @@ impl Evidence {
             .get_or_insert_with(|| EventTest::new(1.0, 2.0, MAX_RATIO));
         better.add(stable_errors, canary_errors, (v_stable, v_canary));
 
-        let mut checks = vec![
+        let mut checks = Vec::with_capacity(2 + spec.checks.latency.len());
+        checks.extend([
             relative(
                 ("error_rate", "error rate"),
                 Measure::Share,
@@ -139,7 +149,7 @@ impl Evidence {
                 bars,
                 reasons,
             ),
-        ];
+        ]);
         if self.latency.len() != spec.checks.latency.len() {
             self.latency = spec
                 .checks
@@ -148,26 +158,45 @@ impl Evidence {
                 .map(|_| EventTest::new(1.0, LATENCY_MIN_RATIO, MAX_RATIO))
                 .collect();
         }
+        let (stable_up, _) = *self.ascending.0.get_or_insert_with(|| {
+            (
+                self.stable_duration.ascends(),
+                self.canary_duration.ascends(),
+            )
+        });
         for (k, check) in spec.checks.latency.iter().enumerate() {
             let mut drift = std::mem::take(self.drift(1 + k));
             checks.push(latency(
                 Quantile::of(check),
                 &mut self.latency[k],
                 &mut drift,
-                &self.stable_duration,
+                Totals {
+                    histogram: &self.stable_duration,
+                    ascending: stable_up,
+                },
                 (&canary.duration, &stable.duration),
                 bars,
                 reasons,
             ));
             self.drift[1 + k] = drift;
         }
-        self.stable_duration += &stable.duration;
-        self.canary_duration += &canary.duration;
+        let stable_up = self.stable_duration.add_ascending(&stable.duration);
+        let canary_up = self.canary_duration.add_ascending(&canary.duration);
+        self.ascending = Ascending(Some((stable_up, canary_up)));
         for (check, result) in spec.checks.latency.iter().zip(checks.iter_mut().skip(2)) {
             describe_quantiles(
                 result,
                 Quantile::of(check),
-                (&self.canary_duration, &self.stable_duration),
+                (
+                    Totals {
+                        histogram: &self.canary_duration,
+                        ascending: canary_up,
+                    },
+                    Totals {
+                        histogram: &self.stable_duration,
+                        ascending: stable_up,
+                    },
+                ),
                 reasons,
             );
         }
@@ -178,6 +207,6 @@ impl Evidence {
     pub fn clearly_better(&self, spec: &RolloutSpec) -> bool {
         self.errors_better
             .as_ref()
-            .is_some_and(|t| t.log_e() >= e_thresholds(spec).stage.ln())
+            .is_some_and(|t| t.log_e() >= e_thresholds(spec).ln.0)
     }
 }

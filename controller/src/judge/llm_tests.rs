@@ -106,7 +106,7 @@ pub(super) fn stage_with(
     let mut last = None;
     for _ in 0..windows {
         let v = judge(&next(), &evidence, spec);
-        evidence = v.evidence.clone();
+        evidence = Evidence::clone(&v.evidence);
         last = Some(v);
     }
     last.expect("at least one window")

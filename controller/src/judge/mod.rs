@@ -22,6 +22,8 @@
 //! (10% errors against 0.5%) passes the bar in one or two windows, so there is no separate
 //! critical rule for requests.
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 
 use crate::spec::RolloutSpec;
@@ -30,6 +32,7 @@ use crate::stats::{RolloutStats, VersionStats};
 mod decimal;
 pub mod evidence;
 pub mod llm_evidence;
+mod ln_batch;
 mod mean_test;
 mod score_evidence;
 pub mod sequential;
@@ -123,8 +126,9 @@ pub struct Verdict {
     pub checks: Vec<CheckResult>,
     /// The stage's evidence with this window in: the state machine keeps it for the next
     /// window (and starts it anew with each stage). Not part of `/status`'s verdicts.
+    /// Shared, so that handing it from the state to the judge and back moves a pointer.
     #[serde(skip)]
-    pub evidence: Evidence,
+    pub evidence: Arc<Evidence>,
 }
 
 impl Verdict {
@@ -156,25 +160,30 @@ impl Verdict {
 /// failure limit like any failed analysis, so a canary that keeps tripping (or stays open)
 /// is rolled back, and one that recovers after a blip goes on.
 pub fn judge(window: &RolloutStats, evidence: &Evidence, spec: &RolloutSpec) -> Verdict {
-    judge_owned(window, evidence.clone(), spec)
+    judge_owned(window, Arc::new(evidence.clone()), spec)
 }
 
 /// [`judge`] for a caller that hands the stage's evidence over rather than keeping it
-/// (a simulation of thousands of windows): the same verdict, without copying the evidence.
-pub fn judge_owned(window: &RolloutStats, evidence: Evidence, spec: &RolloutSpec) -> Verdict {
+/// (a simulation of thousands of windows): the same verdict, without copying the evidence
+/// (when no one else holds it).
+pub fn judge_owned(window: &RolloutStats, evidence: Arc<Evidence>, spec: &RolloutSpec) -> Verdict {
     judge_with(window, evidence, spec, Reasons::Write)
 }
 
 /// [`judge_owned`] for a caller that reads only what the checks decided (a simulation of
 /// millions of windows): the same verdict, but the request and LLM checks' reasons are
 /// left empty.
-pub fn judge_outcomes(window: &RolloutStats, evidence: Evidence, spec: &RolloutSpec) -> Verdict {
+pub fn judge_outcomes(
+    window: &RolloutStats,
+    evidence: Arc<Evidence>,
+    spec: &RolloutSpec,
+) -> Verdict {
     judge_with(window, evidence, spec, Reasons::Skip)
 }
 
 fn judge_with(
     window: &RolloutStats,
-    evidence: Evidence,
+    evidence: Arc<Evidence>,
     spec: &RolloutSpec,
     reasons: Reasons,
 ) -> Verdict {
@@ -212,7 +221,7 @@ fn breaker_check(canary: &VersionStats) -> Option<CheckResult> {
 
 fn judge_requests(
     window: &RolloutStats,
-    evidence: Evidence,
+    evidence: Arc<Evidence>,
     spec: &RolloutSpec,
     reasons: Reasons,
 ) -> Verdict {
@@ -252,9 +261,9 @@ fn judge_requests(
         });
         return verdict;
     }
-    verdict.checks = verdict.evidence.add(window, spec, reasons);
-    let llm = verdict
-        .evidence
+    let stage = Arc::make_mut(&mut verdict.evidence);
+    verdict.checks = stage.add(window, spec, reasons);
+    let llm = stage
         .llm
         .add(window, spec, (evidence::e_thresholds(spec), reasons));
     // A rejection by a sequential test is final for the stage: roll back now.
@@ -283,6 +292,24 @@ fn judge_requests(
     verdict
 }
 
+/// `prefix` and the quantile as a percentage (`latency_p99`), in one allocation for a
+/// whole percentage: every latency check names itself so every window.
+pub(crate) fn quantile_name(prefix: &str, q: f64) -> String {
+    let pct = q * 100.0;
+    if !(pct.fract() == 0.0 && (0.0..=100.0).contains(&pct)) {
+        return format!("{prefix}{}", trim_quantile(q));
+    }
+    let mut name = String::with_capacity(prefix.len() + 3);
+    name.push_str(prefix);
+    let whole = pct as u32;
+    for place in [100, 10, 1] {
+        if whole >= place || place == 1 {
+            name.push(char::from(b'0' + (whole / place % 10) as u8));
+        }
+    }
+    name
+}
+
 pub(crate) fn trim_quantile(q: f64) -> String {
     // A whole percentage (p99, p95) is the usual case, named for every window: no need for
     // the decimal formatter then.
@@ -302,7 +329,7 @@ mod score_tests;
 /// Shared by the controller's test modules.
 #[cfg(test)]
 pub(crate) mod test_support {
-    use super::{CheckResult, Evidence, Outcome, Verdict};
+    use super::{CheckResult, Outcome, Verdict};
     use crate::spec::RolloutSpec;
     use crate::stats::Histogram;
 
@@ -365,7 +392,7 @@ pub(crate) mod test_support {
                 worse: None,
                 sequential: None,
             }],
-            evidence: Evidence::default(),
+            evidence: Default::default(),
         }
     }
 }

@@ -32,7 +32,7 @@ fn score_over_stage(
     let mut last = None;
     for _ in 0..windows {
         let v = judge(&next(), &evidence, spec);
-        evidence = v.evidence.clone();
+        evidence = Evidence::clone(&v.evidence);
         last = find(&v, check).cloned();
         if last.as_ref().is_some_and(|c| c.outcome == Outcome::Fail) {
             break;
@@ -278,7 +278,7 @@ fn identical_scores_pass_long_stages() {
             let t = check.sequential.as_ref().expect("sequential");
             most = most.max(t.e_value / t.threshold);
         }
-        evidence = v.evidence;
+        evidence = Evidence::clone(&v.evidence);
     }
     assert!(most < 0.05, "an e-value reached {most} of its threshold");
 }

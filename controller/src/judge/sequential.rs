@@ -447,13 +447,14 @@ impl EventTest {
             Box::new((rhos, grid(rhos.iter().map(|rho| (rho / null).ln()))))
         });
         let stable_null = null * s + q;
-        for ((l, r), (rho, log_rho)) in self
+        let mut on_stable = rhos.map(|rho| stable_null / (rho * s + q));
+        super::ln_batch::ln_each(&mut on_stable);
+        for ((l, r), (on_stable, log_rho)) in self
             .log_lr
             .iter_mut()
             .zip(self.rollout.log_lr_mut())
-            .zip(rhos.iter().zip(log_rhos))
+            .zip(on_stable.into_iter().zip(log_rhos))
         {
-            let on_stable = (stable_null / (rho * s + q)).ln();
             let step = (term(x, log_rho + on_stable) + term(y, on_stable)) / phi;
             *l += step;
             *r += step;

@@ -52,6 +52,19 @@ impl Reasons {
 pub struct Thresholds {
     pub stage: f64,
     pub rollout: f64,
+    /// `ln` of each: what the tests' `ln e` is compared with (worked out once for the
+    /// window's checks, not once per check).
+    pub(super) ln: (f64, f64),
+}
+
+impl Thresholds {
+    pub(super) fn new(stage: f64, rollout: f64) -> Thresholds {
+        Thresholds {
+            stage,
+            rollout,
+            ln: (stage.ln(), rollout.ln()),
+        }
+    }
 }
 
 /// One check's two tests, read against their thresholds.
@@ -69,7 +82,7 @@ impl Standing {
             stage: stage_log_e,
             rollout: rollout.log_e(),
             bars,
-            ln_bars: (bars.stage.ln(), bars.rollout.ln()),
+            ln_bars: bars.ln,
         }
     }
 
@@ -324,6 +337,33 @@ fn bound_at_or_above(h: &Histogram, ms: f64) -> Option<f64> {
         .filter(|b| b.is_finite())
 }
 
+/// A stage's running histogram, and whether its cumulative counts are known to ascend
+/// (then its quantiles are found by bisection: the same values, for every window).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Totals<'a> {
+    pub histogram: &'a Histogram,
+    pub ascending: bool,
+}
+
+impl Totals<'_> {
+    fn quantile(&self, q: f64) -> Option<f64> {
+        if self.ascending {
+            self.histogram.quantile_of_ascending(q)
+        } else {
+            self.histogram.quantile(q)
+        }
+    }
+}
+
+impl<'a> From<&'a Histogram> for Totals<'a> {
+    fn from(histogram: &'a Histogram) -> Totals<'a> {
+        Totals {
+            histogram,
+            ascending: false,
+        }
+    }
+}
+
 /// A quantile check: a request latency (`checks.latency`) or the time to first token.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Quantile<'a> {
@@ -349,21 +389,22 @@ impl Quantile<'_> {
 /// canary is at most halfway to `k`× slower" the canary's share of those is at most its
 /// share of the requests; a canary `k`× slower puts far more of its requests past the
 /// second bound. `(canary, stable)` are the window's histograms.
-pub(super) fn latency(
+pub(super) fn latency<'a>(
     check: Quantile,
     test: &mut EventTest,
     drift: &mut Drift,
-    stable_before: &Histogram,
+    stable_before: impl Into<Totals<'a>>,
     (canary, stable): (&Histogram, &Histogram),
     bars: Thresholds,
     reasons: Reasons,
 ) -> CheckResult {
+    let stable_before = stable_before.into();
     let name = if check.name.is_empty() {
-        format!("latency_p{}", super::trim_quantile(check.quantile))
+        super::quantile_name("latency_p", check.quantile)
     } else {
         check.name.to_string()
     };
-    let enough = stable_before.count as f64 * (1.0 - check.quantile) >= 10.0;
+    let enough = stable_before.histogram.count as f64 * (1.0 - check.quantile) >= 10.0;
     let quantile = stable_before.quantile(check.quantile).filter(|_| enough);
     let bounds = quantile.and_then(|q| {
         let b = bound_at_or_above(stable, q)?;
@@ -383,38 +424,39 @@ pub(super) fn latency(
         standing.outcome()
     };
     let (c, s) = (test.canary, test.stable);
+    let reason = reasons.write(|| match bounds {
+        None if test.windows == 0 => {
+            format!("{name}: not enough of stable's durations in the stage yet to place the bound")
+        }
+        _ => format!(
+            "slower than the bounds: canary {}/{} vs stable {}/{} over the stage \
+             ({}/{} vs {}/{} over the rollout); sequential test of canary ≤ {:.2}× \
+             stable: {}{}",
+            c.events,
+            c.requests,
+            s.events,
+            s.requests,
+            test.rollout.canary.events,
+            test.rollout.canary.requests,
+            test.rollout.stable.events,
+            test.rollout.stable.requests,
+            Fixed(null_ratio(check.max_relative_increase)),
+            standing.describe(),
+            if outcome == Outcome::Fail {
+                ": slower than stable beyond the limit"
+            } else {
+                ""
+            },
+        ),
+    });
     CheckResult {
-        check: name.clone(),
+        check: name,
         outcome,
         canary: None,
         stable: None,
         limit: None,
         p_value: Some(standing.p_value(test.max_log_e, &test.rollout)),
-        reason: reasons.write(|| match bounds {
-            None if test.windows == 0 => format!(
-                "{name}: not enough of stable's durations in the stage yet to place the bound"
-            ),
-            _ => format!(
-                "slower than the bounds: canary {}/{} vs stable {}/{} over the stage \
-                 ({}/{} vs {}/{} over the rollout); sequential test of canary ≤ {:.2}× \
-                 stable: {}{}",
-                c.events,
-                c.requests,
-                s.events,
-                s.requests,
-                test.rollout.canary.events,
-                test.rollout.canary.requests,
-                test.rollout.stable.events,
-                test.rollout.stable.requests,
-                Fixed(null_ratio(check.max_relative_increase)),
-                standing.describe(),
-                if outcome == Outcome::Fail {
-                    ": slower than stable beyond the limit"
-                } else {
-                    ""
-                },
-            ),
-        }),
+        reason,
         canary_n: Some(c.requests),
         stable_n: Some(s.requests),
         worse: Some(Worse::Higher),
@@ -435,16 +477,18 @@ pub(super) fn latency(
 
 /// Puts the stage's quantiles in a latency result, and says so where the buckets are too
 /// coarse to see a change of the quantile within them.
-pub(super) fn describe_quantiles(
+pub(super) fn describe_quantiles<'a>(
     result: &mut CheckResult,
     check: Quantile,
-    (canary, stable): (&Histogram, &Histogram),
+    (canary, stable): (impl Into<Totals<'a>>, impl Into<Totals<'a>>),
     reasons: Reasons,
 ) {
+    let (canary, stable) = (canary.into(), stable.into());
     let (cq, sq) = (
         canary.quantile(check.quantile),
         stable.quantile(check.quantile),
     );
+    let stable = stable.histogram;
     result.canary = cq;
     result.stable = sq;
     result.limit = sq.map(|s| s * check.max_relative_increase);

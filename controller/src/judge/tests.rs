@@ -36,7 +36,7 @@ fn stage(windows: impl IntoIterator<Item = RolloutStats>) -> Vec<Verdict> {
         .into_iter()
         .map(|w| {
             let v = judge(&w, &evidence, &spec);
-            evidence = v.evidence.clone();
+            evidence = Evidence::clone(&v.evidence);
             v
         })
         .collect()
@@ -357,7 +357,7 @@ fn the_reason_names_the_rollout_s_test_when_it_decides() {
                 decided = Some((stage, v));
                 break 'stages;
             }
-            evidence = v.evidence.clone();
+            evidence = Evidence::clone(&v.evidence);
         }
         evidence = evidence.next_stage();
     }
@@ -386,8 +386,8 @@ fn skipping_the_reasons_changes_nothing_else() {
         }
         let slow = if i % 7 == 0 { 300.0 } else { 20.0 };
         let w = window(version(150, i % 3, slow), version(1_350, i % 4, 20.0));
-        let a = judge_owned(&w, written.clone(), &spec);
-        let mut b = judge_outcomes(&w, skipped.clone(), &spec);
+        let a = judge_owned(&w, written.clone().into(), &spec);
+        let mut b = judge_outcomes(&w, skipped.clone().into(), &spec);
         assert!(a.checks.iter().all(|c| !c.reason.is_empty()));
         for (c, with) in b.checks.iter_mut().zip(&a.checks) {
             if !matches!(c.check.as_str(), "traffic" | "circuit_breaker") {
@@ -400,6 +400,6 @@ fn skipping_the_reasons_changes_nothing_else() {
             }
         }
         assert_eq!(a, b, "window {i}");
-        (written, skipped) = (a.evidence, b.evidence);
+        (written, skipped) = (Evidence::clone(&a.evidence), Evidence::clone(&b.evidence));
     }
 }

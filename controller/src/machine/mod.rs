@@ -409,7 +409,7 @@ impl RolloutState {
                 self.shadow_window(spec, &verdict, &counts, now_ms, &mut effects)
             }
             Input::Analysis(mut verdict) | Input::ShadowWindow(mut verdict, _) => {
-                self.evidence = Arc::new(std::mem::take(&mut verdict.evidence));
+                self.evidence = std::mem::take(&mut verdict.evidence);
                 self.count_verdict(&verdict);
                 let decision = canary::decide(spec, self, &verdict, now_ms);
                 self.keep_verdict(verdict, now_ms);

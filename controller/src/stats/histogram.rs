@@ -34,27 +34,54 @@ impl Histogram {
         })
     }
 
+    /// [`Histogram::quantile`] of a histogram whose cumulative counts ascend (see
+    /// [`Histogram::ascends`]; Envoy's always do): the same value, with the bucket that
+    /// holds it found by bisection instead of a scan.
+    pub fn quantile_of_ascending(&self, q: f64) -> Option<f64> {
+        debug_assert!(self.ascends());
+        if self.count == 0 {
+            return None;
+        }
+        let rank = q * self.count as f64;
+        let first = |reached: &dyn Fn(u64) -> bool| {
+            let i = self.buckets.partition_point(|b| !reached(b.1));
+            (i < self.buckets.len()).then_some(i)
+        };
+        Some(if (0.0..EXACT_BELOW).contains(&rank) {
+            let need = rank.ceil() as u64;
+            self.at(rank, first(&|cumulative| cumulative >= need))
+        } else {
+            self.at(rank, first(&|cumulative| cumulative as f64 >= rank))
+        })
+    }
+
+    /// Whether the cumulative counts never go down from one bucket to the next.
+    pub fn ascends(&self) -> bool {
+        self.buckets.windows(2).all(|w| w[0].1 <= w[1].1)
+    }
+
     /// The value at `rank` in the first bucket whose cumulative count has `reached` it.
     fn interpolate(&self, rank: f64, reached: impl Fn(u64) -> bool) -> f64 {
-        let mut lower_bound = 0.0;
-        let mut lower_count = 0u64;
-        for &(bound, cumulative) in &self.buckets {
-            if reached(cumulative) {
-                if bound.is_infinite() {
-                    return lower_bound;
-                }
-                let in_bucket = (cumulative - lower_count) as f64;
-                let fraction = if in_bucket > 0.0 {
-                    (rank - lower_count as f64) / in_bucket
-                } else {
-                    1.0
-                };
-                return lower_bound + (bound - lower_bound) * fraction;
-            }
-            lower_bound = bound;
-            lower_count = cumulative;
+        self.at(rank, self.buckets.iter().position(|b| reached(b.1)))
+    }
+
+    /// The value at `rank` in bucket `i`, the first to reach it (`None`: none did).
+    fn at(&self, rank: f64, i: Option<usize>) -> f64 {
+        let Some(i) = i else {
+            return self.buckets.last().map_or(0.0, |b| b.0);
+        };
+        let (lower_bound, lower_count) = i.checked_sub(1).map_or((0.0, 0), |j| self.buckets[j]);
+        let (bound, cumulative) = self.buckets[i];
+        if bound.is_infinite() {
+            return lower_bound;
         }
-        lower_bound
+        let in_bucket = cumulative.wrapping_sub(lower_count) as f64;
+        let fraction = if in_bucket > 0.0 {
+            (rank - lower_count as f64) / in_bucket
+        } else {
+            1.0
+        };
+        lower_bound + (bound - lower_bound) * fraction
     }
 
     /// Requests slower than `bound_ms`, counting whole buckets only: the buckets above the
@@ -103,6 +130,25 @@ impl Histogram {
             count: self.count - earlier.count,
             sum_ms: (self.sum_ms - earlier.sum_ms).max(0.0),
         })
+    }
+
+    /// `*self += other`, saying whether the sum's cumulative counts ascend (checked in the
+    /// same pass where the bounds are the same: a stage's running totals grow every window,
+    /// and their quantiles want to know).
+    pub fn add_ascending(&mut self, other: &Histogram) -> bool {
+        if self.buckets.is_empty() || !same_bounds(&self.buckets, &other.buckets) {
+            *self += other;
+            return self.ascends();
+        }
+        let (mut ascending, mut last) = (true, 0);
+        for (c, (_, theirs)) in self.buckets.iter_mut().zip(&other.buckets) {
+            c.1 = c.1.saturating_add(*theirs);
+            ascending &= last <= c.1;
+            last = c.1;
+        }
+        self.count = self.count.saturating_add(other.count);
+        self.sum_ms += other.sum_ms;
+        ascending
     }
 
     /// `self + other` over `self`'s bounds (a bound only `other` has is left out, as all
@@ -174,6 +220,40 @@ impl<'a> BoundCursor<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Bisection finds the bucket the scan finds, for every quantile of ascending counts
+    /// (empty buckets and ties included), and `add_ascending` is `+=` that says whether
+    /// the sum ascends.
+    #[test]
+    fn quantiles_by_bisection_are_the_scan() {
+        let bounds = [0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, f64::INFINITY];
+        for per_bucket in [[0, 0, 3, 0, 0, 1, 0, 2], [5, 1, 0, 0, 7, 0, 0, 0], [0; 8]] {
+            let mut cumulative = 0;
+            let buckets: Vec<(f64, u64)> = (bounds.iter().zip(per_bucket))
+                .map(|(&b, n)| {
+                    cumulative += n;
+                    (b, cumulative)
+                })
+                .collect();
+            let h = Histogram {
+                buckets,
+                count: cumulative,
+                sum_ms: 0.0,
+            };
+            assert!(h.ascends());
+            for q in (0..=200).map(|i| i as f64 / 200.0) {
+                assert_eq!(h.quantile_of_ascending(q), h.quantile(q), "{q} {h:?}");
+            }
+            let mut sum = h.clone();
+            assert!(sum.add_ascending(&h));
+            assert_eq!(sum, h.plus(&h));
+            let mut down = h.clone();
+            down.buckets[3].1 = 100;
+            let mut sum = h.clone();
+            assert!(!sum.add_ascending(&down));
+            assert_eq!(sum, h.plus(&down));
+        }
+    }
 
     #[test]
     fn quantiles_interpolate_inside_buckets() {

@@ -80,15 +80,15 @@ impl Windower {
         };
         // A source missing from this round (a Prometheus target gone stale) loses its
         // baseline too: its next delta must not span the gap.
-        let present: std::collections::BTreeSet<String> = readings
+        let present: std::collections::BTreeSet<&str> = readings
             .iter()
             .filter(|r| r.result.is_ok())
-            .map(|r| r.source.clone())
+            .map(|r| r.source.as_str())
             .collect();
         let vanished: Vec<String> = self
             .baselines
             .keys()
-            .filter(|k| !present.contains(*k) && !readings.iter().any(|r| &r.source == *k))
+            .filter(|k| !present.contains(k.as_str()) && !readings.iter().any(|r| &r.source == *k))
             .cloned()
             .collect();
         for source in vanished {

@@ -9,6 +9,7 @@
 //! comma-separated list of scenario names), `BENCH_JUDGE_SCHEDULES`, `BENCH_JUDGE_RATES`,
 //! `BENCH_JUDGE_BUCKETS` (`fine`, the default, or `envoy_default`), `BENCH_JUDGE_OUT`.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Result;
@@ -26,7 +27,7 @@ use serde_json::json;
 /// time.
 fn analyst(
     window: &RolloutStats,
-    evidence: Evidence,
+    evidence: Arc<Evidence>,
     _state: &RolloutState,
     spec: &RolloutSpec,
 ) -> Verdict {

@@ -28,7 +28,7 @@ pub const INTERVAL_S: u64 = 30;
 
 /// The judge under test: the verdict on one window, given the rollout's state before it and
 /// the stage's evidence so far (handed over: the verdict brings it back, updated).
-pub type Analyst = fn(&RolloutStats, Evidence, &RolloutState, &RolloutSpec) -> Verdict;
+pub type Analyst = fn(&RolloutStats, Arc<Evidence>, &RolloutState, &RolloutSpec) -> Verdict;
 
 /// The filter options of a scenario with LLM answers: quality headers for the `helpful`
 /// score and task success, and eval sampling ([`llm`]'s signals).
@@ -100,7 +100,7 @@ pub fn run_one(
             llm.as_ref(),
         );
         // The state's evidence goes to the judge and comes back in the verdict: no copy.
-        let evidence = Arc::unwrap_or_clone(std::mem::take(&mut state.evidence));
+        let evidence = std::mem::take(&mut state.evidence);
         let verdict = analyst(window, evidence, &state, spec);
         if state
             .advance(spec, Input::Analysis(verdict), now_ms)

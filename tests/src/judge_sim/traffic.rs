@@ -129,17 +129,42 @@ fn erfc(x: f64) -> f64 {
 
 /// A latency distribution cut into histogram buckets: the probability of each bucket
 /// (the last one above the last bound), and only the buckets that matter.
+///
+/// Each bucket's count is an independent Poisson draw (Poisson splitting: their sum is the
+/// window's requests). The buckets far out in the tails, whose means add up to at most
+/// [`GROUP_MEAN`], are drawn together: their total is one Poisson draw of the summed mean,
+/// and each of its requests (there are none in most windows) falls in one of them with its
+/// share of that mean. That is the same joint distribution as a draw per bucket, for one
+/// random number instead of a dozen or more.
 #[derive(Debug, Clone)]
 pub struct Buckets {
     bounds: Vec<f64>,
     /// (bucket index, probability, midpoint ms) of the buckets with a probability that
-    /// can show up at all.
+    /// can show up at all, in bucket order.
     cells: Vec<(usize, f64, f64)>,
-    /// Each cell's Poisson mean and what its draw needs of it, for the last window's mean
-    /// requests: a stage's windows all have the same mean, so the `exp` and `sqrt` of a
-    /// cell's mean are worked out once per stage, not once per window.
-    means: Option<(f64, Vec<PoissonMean>)>,
+    /// The cells from the least probable up, and the sum of their probabilities up to each
+    /// (`least_sums[k]`: the first `k` of them): the tail group is a run of these.
+    least: Vec<usize>,
+    least_sums: Vec<f64>,
+    /// What a draw needs for the last window's mean requests: a stage's windows all have
+    /// the same mean, so the `exp` and `sqrt` of a cell's mean are worked out once per
+    /// stage, not once per window.
+    plan: Option<(f64, Plan)>,
 }
+
+/// How one mean's histogram is drawn: the cells drawn one by one, and the tail group.
+#[derive(Debug, Clone)]
+struct Plan {
+    /// (bucket index, midpoint ms, mean) of each cell drawn on its own.
+    singles: Vec<(usize, f64, PoissonMean)>,
+    /// The group's size (the first cells of `least`) and its summed mean.
+    group: usize,
+    group_mean: PoissonMean,
+}
+
+/// The tail group's cells add up to at most this mean: it draws nothing in most windows,
+/// and then costs one random number.
+const GROUP_MEAN: f64 = 0.5;
 
 impl Buckets {
     pub fn new(latency: Latency, bounds: &[f64]) -> Buckets {
@@ -158,64 +183,124 @@ impl Buckets {
             below = cdf.max(below);
             lower = upper;
         }
+        let mut least: Vec<usize> = (0..cells.len()).collect();
+        least.sort_by(|&a, &b| cells[a].1.total_cmp(&cells[b].1).then(a.cmp(&b)));
+        let least_sums = std::iter::once(0.0)
+            .chain(least.iter().scan(0.0, |sum, &c| {
+                *sum += cells[c].1;
+                Some(*sum)
+            }))
+            .collect();
         Buckets {
             bounds: bounds.to_vec(),
             cells,
-            means: None,
+            least,
+            least_sums,
+            plan: None,
         }
     }
 
-    /// The histogram of `Poisson(mean)` requests (Poisson splitting: each bucket's count is
-    /// an independent Poisson draw, and their sum is the window's requests).
+    /// How many of the least probable cells make the tail group for `mean` requests.
+    fn group_size(&self, mean: f64) -> usize {
+        self.least_sums
+            .partition_point(|&p| mean * p <= GROUP_MEAN)
+            .saturating_sub(1)
+    }
+
+    /// The histogram of `Poisson(mean)` requests.
     pub fn draw(&self, rng: &mut SmallRng, mean: f64) -> Histogram {
         let mut h = Histogram::default();
-        self.histogram(&mut h, |_, p| poisson(rng, mean * p));
+        let group = self.group_size(mean);
+        self.clear(&mut h);
+        let mut sum_ms = 0.0;
+        for &c in &self.least[group..] {
+            let (i, p, mid) = self.cells[c];
+            let n = poisson(rng, mean * p);
+            h.buckets[i].1 += n;
+            sum_ms += n as f64 * mid;
+        }
+        let n = poisson(rng, mean * self.least_sums[group]);
+        self.finish(&mut h, rng, (group, n), sum_ms);
         h
     }
 
     /// [`Buckets::draw`] for a mean that stays the same from window to window (a stage's
-    /// requests): what each bucket's draw needs of its mean is worked out once, when the
-    /// mean changes. The same draws.
-    /// The same draws into `out`, in its own allocation.
+    /// requests), into `out` in its own allocation: what each cell's draw needs of its
+    /// mean is worked out once, when the mean changes. The same distribution.
     pub fn draw_same_mean(&mut self, rng: &mut SmallRng, mean: f64, out: &mut Histogram) {
         if self
-            .means
+            .plan
             .as_ref()
             .is_none_or(|(m, _)| m.to_bits() != mean.to_bits())
         {
-            let means = self
-                .cells
-                .iter()
-                .map(|&(_, p, _)| PoissonMean::new(mean * p))
+            let group = self.group_size(mean);
+            let singles = (self.least[group..].iter())
+                .map(|&c| {
+                    let (i, p, mid) = self.cells[c];
+                    (i, mid, PoissonMean::new(mean * p))
+                })
                 .collect();
-            self.means = Some((mean, means));
+            let group_mean = PoissonMean::new(mean * self.least_sums[group]);
+            let plan = Plan {
+                singles,
+                group,
+                group_mean,
+            };
+            self.plan = Some((mean, plan));
         }
-        let means = self.means.as_ref().map_or(&[][..], |(_, m)| m.as_slice());
-        self.histogram(out, |cell, _| means.get(cell).map_or(0, |m| m.draw(rng)));
+        let Some((_, plan)) = self.plan.as_ref() else {
+            return;
+        };
+        self.clear(out);
+        let mut sum_ms = 0.0;
+        for (i, mid, m) in &plan.singles {
+            let n = m.draw(rng);
+            if let Some(b) = out.buckets.get_mut(*i) {
+                b.1 += n;
+            }
+            sum_ms += n as f64 * mid;
+        }
+        let n = plan.group_mean.draw(rng);
+        self.finish(out, rng, (plan.group, n), sum_ms);
     }
 
-    /// The histogram with `count(cell, probability)` requests in each cell's bucket.
-    fn histogram(&self, out: &mut Histogram, mut count: impl FnMut(usize, f64) -> u64) {
-        // In Envoy's cumulative form, cell by cell (they come in bucket order): the buckets
-        // between two cells hold the count so far.
-        let bounds = &self.bounds;
+    /// Every bucket of `out` at these bounds, empty (a reused histogram keeps its
+    /// allocation).
+    fn clear(&self, out: &mut Histogram) {
         let buckets = &mut out.buckets;
-        buckets.clear();
-        buckets.reserve(bounds.len() + 1);
-        let (mut cumulative, mut sum_ms) = (0, 0.0);
-        for (cell, &(i, p, mid)) in self.cells.iter().enumerate() {
-            let before = cumulative;
-            let gap = bounds.get(buckets.len()..i).unwrap_or_default();
-            buckets.extend(gap.iter().map(|&b| (b, before)));
-            let c = count(cell, p);
-            cumulative += c;
-            sum_ms += c as f64 * mid;
-            buckets.push((bounds.get(i).copied().unwrap_or(f64::INFINITY), cumulative));
+        buckets.resize(self.bounds.len() + 1, (f64::INFINITY, 0));
+        for (b, &bound) in buckets.iter_mut().zip(&self.bounds) {
+            *b = (bound, 0);
         }
-        let rest = bounds.get(buckets.len()..).unwrap_or_default();
-        buckets.extend(rest.iter().map(|&b| (b, cumulative)));
-        if buckets.len() == bounds.len() {
-            buckets.push((f64::INFINITY, cumulative));
+        if let Some(last) = buckets.last_mut() {
+            *last = (f64::INFINITY, 0);
+        }
+    }
+
+    /// The tail group's `n` requests, each in one of its `group` cells with its share of
+    /// their probability, then the counts in Envoy's cumulative form.
+    fn finish(
+        &self,
+        out: &mut Histogram,
+        rng: &mut SmallRng,
+        (group, n): (usize, u64),
+        mut sum_ms: f64,
+    ) {
+        let buckets = &mut out.buckets;
+        let total = self.least_sums[group];
+        for _ in 0..n {
+            let u = rng.gen::<f64>() * total;
+            let k = self.least_sums[1..=group]
+                .partition_point(|&s| s <= u)
+                .min(group.saturating_sub(1));
+            let (i, _, mid) = self.cells[self.least[k]];
+            buckets[i].1 += 1;
+            sum_ms += mid;
+        }
+        let mut cumulative = 0u64;
+        for b in buckets.iter_mut() {
+            cumulative += b.1;
+            b.1 = cumulative;
         }
         out.count = cumulative;
         out.sum_ms = sum_ms;

@@ -83,28 +83,9 @@ impl Stream {
         found.then(|| unsafe { borrowed(out) }).flatten()
     }
 
+    /// A header's first value, copied.
     fn get(self, header_type: HeaderType, name: &str) -> Option<Vec<u8>> {
-        let mut out = EnvoyBuffer {
-            ptr: std::ptr::null(),
-            length: 0,
-        };
-        // SAFETY: a valid stream pointer, a key we own for the call, a result slot on our
-        // stack; no count wanted (null is allowed).
-        let found = unsafe {
-            abi::envoy_dynamic_module_callback_http_get_header(
-                self.0,
-                header_type,
-                ModuleBuffer::of(name.as_bytes()),
-                &mut out,
-                0,
-                std::ptr::null_mut(),
-            )
-        };
-        if !found {
-            return None;
-        }
-        // SAFETY: filled in by Envoy just now.
-        unsafe { copy(out) }
+        self.borrow(header_type, name).map(<[u8]>::to_vec)
     }
 
     pub fn response_header(&self, name: &str) -> Option<&[u8]> {

@@ -21,6 +21,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::sequential::{alternatives, grid, log_mixture, Derived, OverRollout, GRID};
+use crate::stats::counters::add_to;
 use crate::stats::QualityStats;
 
 /// Scores are counted in thousandths: a variance below that resolution is not believed.
@@ -61,15 +62,6 @@ pub struct MeanTest {
     log_e: Derived<f64>,
     #[serde(skip)]
     shortfalls: Derived<Box<[f64; GRID]>>,
-}
-
-/// `a + b`, field by field, saturating.
-fn plus(a: QualityStats, b: QualityStats) -> QualityStats {
-    QualityStats {
-        count: a.count.saturating_add(b.count),
-        sum_milli: a.sum_milli.saturating_add(b.sum_milli),
-        sumsq_micro: a.sumsq_micro.saturating_add(b.sumsq_micro),
-    }
 }
 
 /// Mean and sample variance (0..1 units), `None` without samples or with sums no samples
@@ -139,10 +131,10 @@ impl MeanTest {
     /// Adds one window's samples of each version, with each version's relative variance
     /// of its mean between windows (from the windows before this one).
     pub fn add(&mut self, canary: QualityStats, stable: QualityStats, (v_c, v_s): (f64, f64)) {
-        self.canary = plus(self.canary, canary);
-        self.stable = plus(self.stable, stable);
-        self.rollout_canary = plus(self.rollout_canary, canary);
-        self.rollout_stable = plus(self.rollout_stable, stable);
+        add_to(&mut self.canary, &canary);
+        add_to(&mut self.stable, &stable);
+        add_to(&mut self.rollout_canary, &canary);
+        add_to(&mut self.rollout_stable, &stable);
         let (Some((mc, wvc)), Some((ms, wvs))) = (moments(&canary), moments(&stable)) else {
             return;
         };

@@ -210,9 +210,7 @@ impl ScoreEvidence {
         if sf.rate().is_none_or(|r| r <= limit) {
             test.add(cf, v_canary);
         }
-        self.task_success_stable.events = self.task_success_stable.events.saturating_add(sf.events);
-        self.task_success_stable.requests =
-            (self.task_success_stable.requests).saturating_add(sf.requests);
+        self.task_success_stable.add(sf);
         let (canary, stable) = (test.totals, self.task_success_stable);
         if canary.requests == 0 && stable.requests == 0 {
             return None;

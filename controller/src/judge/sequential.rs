@@ -101,7 +101,7 @@ impl Counts {
         (self.requests > 0).then(|| self.events as f64 / self.requests as f64)
     }
 
-    fn add(&mut self, other: Counts) {
+    pub(super) fn add(&mut self, other: Counts) {
         self.events = self.events.saturating_add(other.events);
         self.requests = self.requests.saturating_add(other.requests);
     }

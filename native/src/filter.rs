@@ -502,21 +502,12 @@ fn decimal(mut n: u64, buffer: &mut [u8; 20]) -> &[u8] {
 /// `clock_gettime`, without `SystemTime`'s checked subtraction (~40 instructions a read).
 #[cfg(target_os = "linux")]
 pub fn now_ms() -> u64 {
-    #[repr(C)]
-    struct Timespec {
-        tv_sec: i64,
-        tv_nsec: i64,
-    }
-    extern "C" {
-        fn clock_gettime(clock: i32, now: *mut Timespec) -> i32;
-    }
-    const CLOCK_REALTIME: i32 = 0;
-    let mut now = Timespec {
+    let mut now = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
     };
-    // SAFETY: libc's clock_gettime writes one timespec to the pointer we own.
-    if unsafe { clock_gettime(CLOCK_REALTIME, &mut now) } != 0 {
+    // SAFETY: clock_gettime writes one timespec to the pointer, which we own.
+    if unsafe { libc::clock_gettime(libc::CLOCK_REALTIME, &mut now) } != 0 {
         return 0;
     }
     let secs = u64::try_from(now.tv_sec).unwrap_or(0);

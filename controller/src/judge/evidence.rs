@@ -100,14 +100,14 @@ impl Evidence {
         &mut self.drift[i]
     }
 
-    /// Adds one window and says what each request check makes of the stage so far.
+    /// Adds one window and says what each request check makes of the stage so far, against
+    /// the spec's [`e_thresholds`].
     pub fn add(
         &mut self,
         window: &RolloutStats,
         spec: &RolloutSpec,
-        reasons: Reasons,
+        (bars, reasons): (Thresholds, Reasons),
     ) -> Vec<CheckResult> {
-        let bars = e_thresholds(spec);
         let e = &spec.checks.error_rate;
         let (canary, stable) = (&window.canary, &window.stable);
         let canary_errors = Counts::new(canary.errors(), canary.requests);
@@ -203,10 +203,11 @@ impl Evidence {
         checks
     }
 
-    /// Stable's error rate is significantly above the canary's (2× or more).
-    pub fn clearly_better(&self, spec: &RolloutSpec) -> bool {
+    /// Stable's error rate is significantly above the canary's (2× or more), against the
+    /// spec's [`e_thresholds`].
+    pub fn clearly_better(&self, bars: Thresholds) -> bool {
         self.errors_better
             .as_ref()
-            .is_some_and(|t| t.log_e() >= e_thresholds(spec).ln.0)
+            .is_some_and(|t| t.log_e() >= bars.ln.0)
     }
 }

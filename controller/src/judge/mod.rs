@@ -261,11 +261,11 @@ fn judge_requests(
         });
         return verdict;
     }
+    // The thresholds come from the spec's checks: worked out once for the window's tests.
+    let bars = evidence::e_thresholds(spec);
     let stage = Arc::make_mut(&mut verdict.evidence);
-    verdict.checks = stage.add(window, spec, reasons);
-    let llm = stage
-        .llm
-        .add(window, spec, (evidence::e_thresholds(spec), reasons));
+    verdict.checks = stage.add(window, spec, (bars, reasons));
+    let llm = stage.llm.add(window, spec, (bars, reasons));
     // A rejection by a sequential test is final for the stage: roll back now.
     verdict.critical = verdict
         .checks
@@ -288,7 +288,7 @@ fn judge_requests(
         Outcome::Pass
     };
     verdict.clearly_better =
-        verdict.outcome == Outcome::Pass && verdict.evidence.clearly_better(spec);
+        verdict.outcome == Outcome::Pass && verdict.evidence.clearly_better(bars);
     verdict
 }
 

@@ -96,6 +96,19 @@ fn samples(window: &RolloutStats, signal: &str) -> (QualityStats, QualityStats) 
     )
 }
 
+/// `map` with an entry for `key`, made with `new` if missing: the key is copied only then
+/// (the signals are looked up every window).
+fn with_key<'a, T>(
+    map: &'a mut BTreeMap<String, T>,
+    key: &str,
+    new: impl FnOnce() -> T,
+) -> &'a mut BTreeMap<String, T> {
+    if !map.contains_key(key) {
+        map.insert(key.to_string(), new());
+    }
+    map
+}
+
 /// `(sum, count)` as a [`Counts`] of thousandths, with a per-score variance (0..1 units)
 /// in thousandths², for a drift of the mean.
 fn as_mean(q: QualityStats, variance: f64) -> (Counts, f64) {
@@ -182,10 +195,10 @@ impl ScoreEvidence {
         let test = if is_eval {
             self.eval.get_or_insert_with(|| MeanTest::new(margin))
         } else {
-            (self.quality.entry(signal.to_string())).or_insert_with(|| MeanTest::new(margin))
+            with_key(&mut self.quality, signal, || MeanTest::new(margin)).get_mut(signal)?
         };
         let (var_c, var_s) = test.sample_variances();
-        let drift = self.drift.entry(signal.to_string()).or_default();
+        let drift = with_key(&mut self.drift, signal, Drift::default).get_mut(signal)?;
         let noise = drift.add_score(as_mean(c, var_c), as_mean(s, var_s));
         test.add(c, s, noise);
         (test.canary.count > 0 || test.stable.count > 0).then_some(&*test)

@@ -100,28 +100,45 @@ impl LlmSim {
         }
     }
 
-    /// One Envoy's LLM counters for the window, over each version's answered requests.
+    /// One Envoy's LLM counters for the window into `(stable, canary)` (their allocations
+    /// reused), over each version's answered requests: `(answered, mean)`, the count and
+    /// its expectation (which the TTFT histogram is drawn for).
     pub fn draw(
-        &self,
+        &mut self,
         rng: &mut SmallRng,
         models: &LlmWindow,
-        stable: u64,
-        canary: u64,
-    ) -> (LlmStats, LlmStats) {
-        (
-            answers(rng, &models.stable, &self.stable_ttft, stable),
-            answers(rng, &models.canary, &self.canary_ttft, canary),
-        )
+        answered: ((u64, f64), (u64, f64)),
+        (stable, canary): (&mut LlmStats, &mut LlmStats),
+    ) {
+        let (s, c) = answered;
+        answers(rng, &models.stable, &mut self.stable_ttft, s, stable);
+        answers(rng, &models.canary, &mut self.canary_ttft, c, canary);
     }
 }
 
-/// `n` answers: the cost sum and sum of squares from a log-normal's moments (normal
-/// approximations of the sums), binomial refusals, the TTFT histogram.
-fn answers(rng: &mut SmallRng, m: &LlmModel, ttft: &Buckets, n: u64) -> LlmStats {
+/// `n` answers into `out`: the cost sum and sum of squares from a log-normal's moments
+/// (normal approximations of the sums), binomial refusals, the TTFT histogram of
+/// `Poisson(mean)` answers (`mean` stays the same over a stage, so the draw's plan is
+/// worked out once: see [`Buckets::draw_same_mean`]).
+fn answers(
+    rng: &mut SmallRng,
+    m: &LlmModel,
+    ttft: &mut Buckets,
+    (n, mean): (u64, f64),
+    out: &mut LlmStats,
+) {
     let count = n as f64;
-    let (median, s2) = (m.cost_median_nanousd, m.cost_sigma * m.cost_sigma);
-    let moment = |k: f64| median.powf(k) * (k * k * s2 / 2.0).exp();
-    let (m1, m2, m4) = (moment(1.0), moment(2.0), moment(4.0));
+    // The k-th moment is median^k · e^(k²σ²/2): for k = 1, 2, 4 one `exp` and squarings.
+    let (median, g) = (
+        m.cost_median_nanousd,
+        (m.cost_sigma * m.cost_sigma / 2.0).exp(),
+    );
+    let (g4, median2) = (g * g * (g * g), median * median);
+    let (m1, m2, m4) = (
+        median * g,
+        median2 * g4,
+        median2 * median2 * (g4 * g4) * (g4 * g4),
+    );
     let mut normal = |mean: f64, var: f64| {
         let z: f64 = StandardNormal.sample(rng);
         (mean + z * var.max(0.0).sqrt()).max(0.0)
@@ -142,20 +159,30 @@ fn answers(rng: &mut SmallRng, m: &LlmModel, ttft: &Buckets, n: u64) -> LlmStats
         ),
         (EVAL, scores(rng, evals, m.eval_mean)),
     ];
-    LlmStats {
+    let mut ttft_histogram = std::mem::take(&mut out.ttft);
+    ttft.draw_same_mean(rng, mean, &mut ttft_histogram);
+    let mut signals = std::mem::take(&mut out.quality);
+    for (signal, q) in quality {
+        match signals.get_mut(signal) {
+            _ if q.count == 0 => {
+                signals.remove(signal);
+            }
+            Some(kept) => *kept = q,
+            None => {
+                signals.insert(signal.to_string(), q);
+            }
+        }
+    }
+    *out = LlmStats {
         responses: n,
         cost_nanousd: cost.round() as u64,
         // The filter sums squares in µUSD² (10⁶ nano-USD²).
         cost_sumsq_microusd2: (squares / 1e6).round() as u64,
         refusals: binomial(rng, n, m.refusal_rate),
-        ttft: ttft.draw(rng, count),
-        quality: quality
-            .into_iter()
-            .filter(|(_, q)| q.count > 0)
-            .map(|(k, q)| (k.to_string(), q))
-            .collect(),
+        ttft: ttft_histogram,
+        quality: signals,
         ..LlmStats::default()
-    }
+    };
 }
 
 /// `n` scores of mean `mean` and sd [`SCORE_SD`] as the filter sums them (thousandths and

@@ -14,7 +14,7 @@ use canary_controller::judge::{Evidence, Verdict};
 use canary_controller::machine::{Input, Phase, RolloutState};
 use canary_controller::spec::RolloutSpec;
 use canary_controller::stats::window::{Reading, Windower};
-use canary_controller::stats::RolloutStats;
+use canary_controller::stats::{RolloutStats, VersionStats};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
@@ -80,7 +80,7 @@ pub fn run_one(
     let mut rng = SmallRng::seed_from_u64(seed);
     let mut stable_buckets = Buckets::new(scenario.stable_latency, bounds);
     let mut canary_buckets = Buckets::new(scenario.canary_latency, bounds);
-    let llm = scenario.llm.map(|l| LlmSim::new(l, bounds));
+    let mut llm = scenario.llm.map(|l| LlmSim::new(l, bounds));
     let schedule_ms: u64 = spec.stages.iter().map(|s| s.hold.as_millis() as u64).sum();
     let limit_ms = 2 * schedule_ms + 3_600_000;
     let (mut state, _) = RolloutState::start(spec, 0);
@@ -97,7 +97,7 @@ pub fn run_one(
             rate_rps,
             weight,
             (&mut stable_buckets, &mut canary_buckets),
-            llm.as_ref(),
+            llm.as_mut(),
         );
         // The state's evidence goes to the judge and comes back in the verdict: no copy.
         let evidence = std::mem::take(&mut state.evidence);
@@ -171,7 +171,7 @@ impl Proxies {
         rate_rps: f64,
         weight: f64,
         (stable_buckets, canary_buckets): (&mut Buckets, &mut Buckets),
-        llm: Option<&LlmSim>,
+        llm: Option<&mut LlmSim>,
     ) -> &RolloutStats {
         let seconds = INTERVAL_S as f64;
         // Shared burst: both versions' rate for the window, 8 s of it at 20%.
@@ -186,7 +186,10 @@ impl Proxies {
         let stable_rate = mix(BASE_ERROR_RATE * drift(rng, scenario.drift_sigma));
         let canary_rate = mix(scenario.canary_error_rate * drift(rng, scenario.drift_sigma));
         let n = self.totals.len();
-        let llm_models = llm.map(|l| (l, l.window(rng)));
+        let mut llm_models = llm.map(|l| {
+            let models = l.window(rng);
+            (l, models)
+        });
         // Each Envoy's share of the window: its requests, errors and durations.
         let mut draw = |rng: &mut SmallRng, w: &mut RolloutStats| {
             let requests = rate_rps * seconds / n as f64;
@@ -206,9 +209,21 @@ impl Proxies {
                 &mut w.canary,
             );
             subset_errors(rng, scenario, w);
-            if let Some((sim, models)) = &llm_models {
-                (w.stable.llm, w.canary.llm) =
-                    sim.draw(rng, models, w.stable.rq_2xx, w.canary.rq_2xx);
+            if let Some((sim, models)) = &mut llm_models {
+                // Each version's answers, and what they are expected to be.
+                let answered = |v: &VersionStats, mean: f64, rate: f64| {
+                    (v.rq_2xx, mean * (1.0 - rate.clamp(0.0, 1.0)))
+                };
+                let answered = (
+                    answered(&w.stable, stable_requests, stable_rate),
+                    answered(&w.canary, requests * weight, canary_rate),
+                );
+                sim.draw(
+                    rng,
+                    models,
+                    answered,
+                    (&mut w.stable.llm, &mut w.canary.llm),
+                );
             }
         };
         if n == 1 {

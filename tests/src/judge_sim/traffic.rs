@@ -207,26 +207,9 @@ impl Buckets {
             .saturating_sub(1)
     }
 
-    /// The histogram of `Poisson(mean)` requests.
-    pub fn draw(&self, rng: &mut SmallRng, mean: f64) -> Histogram {
-        let mut h = Histogram::default();
-        let group = self.group_size(mean);
-        self.clear(&mut h);
-        let mut sum_ms = 0.0;
-        for &c in &self.least[group..] {
-            let (i, p, mid) = self.cells[c];
-            let n = poisson(rng, mean * p);
-            h.buckets[i].1 += n;
-            sum_ms += n as f64 * mid;
-        }
-        let n = poisson(rng, mean * self.least_sums[group]);
-        self.finish(&mut h, rng, (group, n), sum_ms);
-        h
-    }
-
-    /// [`Buckets::draw`] for a mean that stays the same from window to window (a stage's
-    /// requests), into `out` in its own allocation: what each cell's draw needs of its
-    /// mean is worked out once, when the mean changes. The same distribution.
+    /// The histogram of `Poisson(mean)` requests into `out`, in its own allocation. The mean
+    /// stays the same from window to window (a stage's requests), so what each cell's draw
+    /// needs of it is worked out once, when it changes.
     pub fn draw_same_mean(&mut self, rng: &mut SmallRng, mean: f64, out: &mut Histogram) {
         if self
             .plan
@@ -307,7 +290,7 @@ impl Buckets {
     }
 }
 
-/// A Poisson mean with what [`poisson`] works out from it before drawing.
+/// A Poisson mean with what a draw from it needs, worked out before drawing.
 #[derive(Debug, Clone)]
 struct PoissonMean {
     mean: f64,
@@ -331,7 +314,7 @@ impl PoissonMean {
     fn new(mean: f64) -> PoissonMean {
         let mut cdf = Vec::new();
         if mean > 0.0 && mean < POISSON_INVERSION_BELOW {
-            // The same sums, in the same order, as the search in `draw_by_search`: a
+            // The same sums, in the same order, as a sequential search of the inversion: a
             // draw then looks its answer up instead of adding the terms up again.
             let mut p = (-mean).exp();
             let mut c = p;
@@ -392,34 +375,8 @@ impl PoissonMean {
     }
 }
 
-/// Inversion by sequential search (what [`PoissonMean::draw`] looks up).
-fn draw_by_search(rng: &mut SmallRng, mean: f64) -> u64 {
-    let u: f64 = rng.gen();
-    let mut k = 0u64;
-    let mut p = (-mean).exp();
-    let mut cdf = p;
-    while u > cdf && k < INVERSION_MAX_K as u64 {
-        k += 1;
-        p *= mean / k as f64;
-        cdf += p;
-    }
-    k
-}
-
 /// Means below this are drawn exactly, by inversion.
 const POISSON_INVERSION_BELOW: f64 = 40.0;
-
-/// A Poisson draw: exact (inversion) for small means, normal with continuity otherwise.
-pub fn poisson(rng: &mut SmallRng, mean: f64) -> u64 {
-    if mean <= 0.0 {
-        return 0;
-    }
-    if mean < POISSON_INVERSION_BELOW {
-        return draw_by_search(rng, mean);
-    }
-    let z: f64 = StandardNormal.sample(rng);
-    (mean + mean.sqrt() * z + 0.5).max(0.0) as u64
-}
 
 /// An exact binomial draw (rand_distr's BTPE).
 pub fn binomial(rng: &mut SmallRng, n: u64, p: f64) -> u64 {
@@ -433,7 +390,7 @@ pub fn binomial(rng: &mut SmallRng, n: u64, p: f64) -> u64 {
 }
 
 /// One version's window into `out` (its histogram's allocation reused): `requests` drawn
-/// over `buckets`, of which `error_rate` fail.
+/// over `buckets`, of which `error_rate` fail. Its LLM stats are left as they were.
 pub fn version_window(
     rng: &mut SmallRng,
     buckets: &mut Buckets,
@@ -450,6 +407,8 @@ pub fn version_window(
         rq_2xx: requests - errors,
         rq_5xx: errors,
         duration,
+        // Left for the LLM answers to be drawn into (in its allocations), if any.
+        llm: std::mem::take(&mut out.llm),
         ..VersionStats::default()
     };
 }
@@ -477,9 +436,10 @@ mod tests {
         assert!((l.cdf(120.0) - 0.5).abs() < 1e-6);
         // p99 = 120 · e^(2.326 σ) = 151.
         assert!((l.cdf(151.0) - 0.99).abs() < 2e-3, "{}", l.cdf(151.0));
-        let b = Buckets::new(l, &ENVOY_DEFAULT_BUCKETS_MS);
+        let mut b = Buckets::new(l, &ENVOY_DEFAULT_BUCKETS_MS);
         let mut rng = SmallRng::seed_from_u64(1);
-        let h = b.draw(&mut rng, 100_000.0);
+        let mut h = Histogram::default();
+        b.draw_same_mean(&mut rng, 100_000.0, &mut h);
         assert!((h.count as f64 - 100_000.0).abs() < 2_000.0);
         let q = h.quantile(0.5).expect("samples");
         assert!((100.0..250.0).contains(&q), "{q}");
@@ -487,6 +447,20 @@ mod tests {
 
     /// The looked-up inversion draws what the search draws, draw for draw (the CDF
     /// table ends where the search's sums stop changing), also for u past its end.
+    /// Inversion by sequential search (what [`PoissonMean::draw`] looks up).
+    fn draw_by_search(rng: &mut SmallRng, mean: f64) -> u64 {
+        let u: f64 = rng.gen();
+        let mut k = 0u64;
+        let mut p = (-mean).exp();
+        let mut cdf = p;
+        while u > cdf && k < INVERSION_MAX_K as u64 {
+            k += 1;
+            p *= mean / k as f64;
+            cdf += p;
+        }
+        k
+    }
+
     #[test]
     fn inversion_by_table_is_the_search() {
         for mean in [1e-9, 1e-4, 0.3, 1.0, 2.5, 7.0, 17.3, 39.999] {
@@ -523,7 +497,8 @@ mod tests {
         let mut rng = SmallRng::seed_from_u64(2);
         for mean in [0.3, 5.0, 39.0, 41.0, 5_000.0] {
             let n = 4_000;
-            let total: u64 = (0..n).map(|_| poisson(&mut rng, mean)).sum();
+            let draw = PoissonMean::new(mean);
+            let total: u64 = (0..n).map(|_| draw.draw(&mut rng)).sum();
             let m = total as f64 / n as f64;
             assert!(
                 (m - mean).abs() < 4.0 * (mean / n as f64).sqrt() + 0.01,

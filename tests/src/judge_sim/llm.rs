@@ -163,14 +163,13 @@ fn answers(
     ttft.draw_same_mean(rng, mean, &mut ttft_histogram);
     let mut signals = std::mem::take(&mut out.quality);
     for (signal, q) in quality {
-        match signals.get_mut(signal) {
-            _ if q.count == 0 => {
-                signals.remove(signal);
-            }
-            Some(kept) => *kept = q,
-            None => {
-                signals.insert(signal.to_string(), q);
-            }
+        // A signal without samples is not in the filter's stats at all.
+        if q.count == 0 {
+            signals.remove(signal);
+        } else if let Some(kept) = signals.get_mut(signal) {
+            *kept = q;
+        } else {
+            signals.insert(signal.to_string(), q);
         }
     }
     *out = LlmStats {

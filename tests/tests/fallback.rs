@@ -27,6 +27,8 @@ use serde_json::json;
 
 const ROLLOUT: &str = "fb";
 const BATCH: usize = 40;
+/// A breaker trips only on a window of at least this many requests.
+const MIN_REQUESTS: u32 = 20;
 const PRIMARY_OPEN_S: u32 = 6;
 const LITE_OPEN_S: u32 = 4;
 const BODY: &str = r#"{"answer":"rules","source":"deterministic_fallback","degraded":true}"#;
@@ -35,7 +37,7 @@ fn breaker(open_s: u32) -> CircuitBreaker {
     CircuitBreaker {
         error_rate_bp: 5_000,
         window_s: 5,
-        min_requests: 20,
+        min_requests: MIN_REQUESTS,
         open_s,
     }
 }
@@ -130,6 +132,11 @@ async fn send(client: &reqwest::Client, base: &str, user: &str) -> Result<Reply>
 
 /// A batch from 20 users, each request on a fresh connection so both workers get some.
 async fn batch(base: &str) -> Result<Vec<Reply>> {
+    batch_of(base, BATCH).await
+}
+
+/// [`batch`] of `size` requests.
+async fn batch_of(base: &str, size: usize) -> Result<Vec<Reply>> {
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
         .build()?;
@@ -138,7 +145,7 @@ async fn batch(base: &str) -> Result<Vec<Reply>> {
         users
             .iter()
             .cycle()
-            .take(BATCH)
+            .take(size)
             .map(|u| send(&client, base, u)),
     )
     .buffered(8)
@@ -236,14 +243,18 @@ async fn chain_serves_lite_then_the_degraded_response_then_recovers() -> Result<
     })
     .await?;
 
-    // The canary fails every request until the primary tier's breaker trips.
-    let first = batch(&base).await?;
+    // The canary fails every request until the primary tier's breaker trips. Fewer
+    // requests than a window needs cannot trip it, however the ticks fall: all reach the
+    // canary. The next batch crosses the minimum, and the breaker trips at a tick, perhaps
+    // in the middle of it.
+    let first = batch_of(&base, MIN_REQUESTS as usize - 1).await?;
     ensure!(
         first
             .iter()
             .all(|r| r.status == 503 && r.served_by.as_deref() == Some("canary")),
         "before the trip: {first:?}"
     );
+    batch(&base).await?;
     let tripped = eventually(
         "the primary tier's breaker trips",
         Duration::from_secs(20),

@@ -193,7 +193,7 @@ impl Proxies {
         // Each Envoy's share of the window: its requests, errors and durations.
         let mut draw = |rng: &mut SmallRng, w: &mut RolloutStats| {
             let requests = rate_rps * seconds / n as f64;
-            let stable_requests = requests * (1.0 - weight);
+            let (stable_requests, canary_requests) = (requests * (1.0 - weight), requests * weight);
             version_window(
                 rng,
                 stable_buckets,
@@ -204,7 +204,7 @@ impl Proxies {
             version_window(
                 rng,
                 canary_buckets,
-                requests * weight,
+                canary_requests,
                 canary_rate,
                 &mut w.canary,
             );
@@ -216,7 +216,7 @@ impl Proxies {
                 };
                 let answered = (
                     answered(&w.stable, stable_requests, stable_rate),
-                    answered(&w.canary, requests * weight, canary_rate),
+                    answered(&w.canary, canary_requests, canary_rate),
                 );
                 sim.draw(
                     rng,

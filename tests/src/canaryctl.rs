@@ -158,8 +158,12 @@ impl Canaryctl {
             child,
             addr,
             log_path,
+            // A hang detector, not a latency goal: a command answers once its state is
+            // fsynced, and reads wait behind a save holding the rollout's lock. On a busy
+            // CI disk one fsync took seconds and 5 s failed `make test` (reproduced with
+            // fsync delayed 1.5 s under strace).
             http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(5))
+                .timeout(Duration::from_secs(60))
                 .build()?,
         };
         let url = format!("http://{addr}/healthz");

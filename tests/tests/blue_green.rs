@@ -17,6 +17,9 @@ use canary_e2e::wait::eventually;
 
 const ROLLOUT: &str = "shop";
 const POLL_MS: u64 = 500;
+/// Forced checks in a row, each on its own connection, that show every worker of an Envoy
+/// forces them (a worker left out would be missed by all of them with chance 2^-20).
+const FRESH_CHECKS: usize = 20;
 
 /// Synthetic checks: requests forced to the candidate on every Envoy, as an operator's
 /// smoke tests would be; returns (sent, answered by the old version).
@@ -77,17 +80,24 @@ async fn verified_at_zero_flips_everyone_at_once_and_rolls_back_as_fast() -> Res
         )
         .await?;
 
-    // The controller's configuration (with the force header) is in place on both Envoys.
-    let client = http_client(1)?;
+    // The controller's configuration (with the force header) is in place on every worker
+    // of both Envoys. Each worker applies it at its own tick and a connection stays on one
+    // worker: a row of checks, each on a fresh connection, must all reach the candidate.
     for base in &rig.bases {
         eventually(
             "forced checks reach the candidate",
             Duration::from_secs(30),
             || async {
-                let probe = Probe::user(base, "/", "synthetic").header("x-canary-user", "always");
-                send(&client, &probe).await
+                let mut on_candidate = 0;
+                for _ in 0..FRESH_CHECKS {
+                    let probe =
+                        Probe::user(base, "/", "synthetic").header("x-canary-user", "always");
+                    let answer = send(&http_client(1)?, &probe).await?;
+                    on_candidate += usize::from(answer.served_by.as_deref() == Some("canary"));
+                }
+                Ok(on_candidate)
             },
-            |a| a.served_by.as_deref() == Some("canary"),
+            |n| *n == FRESH_CHECKS,
         )
         .await?;
     }

@@ -102,6 +102,23 @@ fn shadow_value(view: &CanaryView, metric: &str) -> f64 {
     view.get(metric).copied().unwrap_or(0.0)
 }
 
+/// Waits until the canary's view reads every `(metric, value)` of `want`, and returns it.
+/// Envoy's admin reads the series one by one while the workers count (the canary's request
+/// counters once a tick, in one go), so one read can catch a count half made: a test waits
+/// for everything it checks, never for one series and then reads the others.
+async fn wait_for_counts(envoy: &Envoy, what: &str, want: &[(&str, u64)]) -> Result<CanaryView> {
+    eventually(
+        what,
+        Duration::from_secs(30),
+        || canary_view(envoy),
+        |s| {
+            want.iter()
+                .all(|&(metric, value)| shadow_value(s, metric) == value as f64)
+        },
+    )
+    .await
+}
+
 /// Sends every (path, stream) combination for `users` users, `parallel` at a time, and
 /// checks each answer is the stable service's, byte for byte. Returns how many were sent.
 async fn send_and_check(
@@ -177,26 +194,20 @@ async fn users_only_ever_see_the_primary() -> Result<()> {
     let envoy = rig.envoy();
 
     let disagreeing = send_and_check(&rig, 0..10, 4, None).await?;
-    let samples = eventually(
+    // Same status and structure, other text.
+    wait_for_counts(
+        envoy,
         "every copy compared",
-        Duration::from_secs(30),
-        || canary_view(envoy),
-        |s| {
-            shadow_value(s, "canary_shadow_compared") == disagreeing as f64
-                && shadow_value(s, "canary_llm_responses") == disagreeing as f64
-        },
+        &[
+            ("canary_shadow_compared", disagreeing),
+            ("canary_llm_responses", disagreeing),
+            ("canary_shadow_agree_status", disagreeing),
+            ("canary_shadow_agree_structure", disagreeing),
+            ("canary_shadow_agree_text", 0),
+            ("canary_shadow_agree", 0),
+        ],
     )
     .await?;
-    assert_eq!(
-        shadow_value(&samples, "canary_shadow_agree_status"),
-        disagreeing as f64
-    );
-    assert_eq!(
-        shadow_value(&samples, "canary_shadow_agree_structure"),
-        disagreeing as f64
-    );
-    assert_eq!(shadow_value(&samples, "canary_shadow_agree_text"), 0.0);
-    assert_eq!(shadow_value(&samples, "canary_shadow_agree"), 0.0);
     assert_eq!(rig.canary.requests(), disagreeing, "one copy per request");
 
     // Late: the candidate answers 2.5 s after the user got the primary's answer and the
@@ -204,14 +215,15 @@ async fn users_only_ever_see_the_primary() -> Result<()> {
     // call, not the user's stream). Users never wait for it.
     rig.canary.set_delay(Duration::from_millis(2_500));
     let late = send_and_check(&rig, 10..14, 8, Some(Duration::from_secs(2))).await?;
-    let samples = eventually(
+    wait_for_counts(
+        envoy,
         "late answers compared",
-        Duration::from_secs(30),
-        || canary_view(envoy),
-        |s| shadow_value(s, "canary_shadow_compared") == (disagreeing + late) as f64,
+        &[
+            ("canary_shadow_compared", disagreeing + late),
+            ("canary_shadow_failed", 0),
+        ],
     )
     .await?;
-    assert_eq!(shadow_value(&samples, "canary_shadow_failed"), 0.0);
     // Too slow: the candidate answers after 6 s, past the 4 s timeout; users do not wait.
     rig.canary.set_delay(Duration::from_secs(6));
     let slow = send_and_check(&rig, 14..18, 8, Some(Duration::from_secs(3))).await?;
@@ -228,35 +240,24 @@ async fn users_only_ever_see_the_primary() -> Result<()> {
     rig.canary.set_error_rate_bp(10_000);
     let failing = send_and_check(&rig, 18..24, 4, None).await?;
 
-    let samples = eventually(
+    let total = disagreeing + late + slow + failing;
+    wait_for_counts(
+        envoy,
         "timeouts and failures counted",
-        Duration::from_secs(30),
-        || canary_view(envoy),
-        |s| {
-            shadow_value(s, "canary_shadow_failed") == slow as f64
-                && shadow_value(s, "canary_shadow_compared")
-                    == (disagreeing + late + failing) as f64
-                && shadow_value(s, "canary_rq_total")
-                    == (disagreeing + late + slow + failing) as f64
-        },
+        &[
+            ("canary_shadow_requests", total),
+            ("canary_shadow_failed", slow),
+            ("canary_shadow_compared", disagreeing + late + failing),
+            ("canary_shadow_agree_status", disagreeing + late),
+            ("canary_shadow_dropped", 0),
+            // The candidate's own answers are the canary's signals (its weight is 0).
+            ("canary_rq_total", total),
+            ("canary_rq_5xx", slow + failing),
+            ("canary_rq_reset", slow),
+            ("canary_llm_responses", disagreeing + late),
+        ],
     )
     .await?;
-    let total = disagreeing + late + slow + failing;
-    assert_eq!(
-        shadow_value(&samples, "canary_shadow_requests"),
-        total as f64
-    );
-    assert_eq!(
-        shadow_value(&samples, "canary_shadow_agree_status"),
-        (disagreeing + late) as f64
-    );
-    assert_eq!(shadow_value(&samples, "canary_shadow_dropped"), 0.0);
-    // The candidate's own answers are the canary's signals (its weight is 0).
-    let canary = |metric: &str| shadow_value(&samples, metric);
-    assert_eq!(canary("canary_rq_total"), total as f64);
-    assert_eq!(canary("canary_rq_5xx"), (slow + failing) as f64);
-    assert_eq!(canary("canary_rq_reset"), slow as f64);
-    assert_eq!(canary("canary_llm_responses"), (disagreeing + late) as f64);
     assert!(!envoy.log().contains("panicked"), "{}", envoy.log_tail(30));
     eprintln!(
         "shadow: {disagreeing} disagreeing, {late} late (compared after the user's stream ended), {slow} slow (timed out), {failing} failing copies; every user answer was the primary's"
@@ -283,11 +284,21 @@ async fn measured_agreement_is_the_candidates() -> Result<()> {
         "every copy answered and compared",
         Duration::from_secs(60),
         || canary_view(envoy),
+        // Everything checked below, in one read (see `wait_for_counts`): the candidate
+        // answers alike in status and structure, and its answers are the canary's.
         |s| {
             let requests = shadow_value(s, "canary_shadow_requests");
+            let compared = shadow_value(s, "canary_shadow_compared");
             requests > 0.0
-                && shadow_value(s, "canary_shadow_compared") == requests
+                && rig.canary.requests() as f64 == requests
+                && compared == requests
+                && shadow_value(s, "canary_shadow_agree_status") == compared
+                && shadow_value(s, "canary_shadow_agree_structure") == compared
+                && shadow_value(s, "canary_shadow_agree_text")
+                    == shadow_value(s, "canary_shadow_agree")
                 && shadow_value(s, "canary_rq_total") == requests
+                && shadow_value(s, "canary_rq_2xx") == requests
+                && shadow_value(s, "canary_llm_responses") == requests
         },
     )
     .await?;
@@ -300,25 +311,12 @@ async fn measured_agreement_is_the_candidates() -> Result<()> {
         (requests - half).abs() <= 2.0,
         "{requests} copies of {sent}"
     );
-    assert_eq!(rig.canary.requests() as f64, requests);
     let measured = agree / compared;
     let configured = f64::from(agreement_bp) / 10_000.0;
     assert!(
         (measured - configured).abs() <= 0.02,
         "measured agreement {measured:.4}, configured {configured}"
     );
-    assert_eq!(
-        shadow_value(&samples, "canary_shadow_agree_status"),
-        compared
-    );
-    assert_eq!(
-        shadow_value(&samples, "canary_shadow_agree_structure"),
-        compared
-    );
-    assert_eq!(shadow_value(&samples, "canary_shadow_agree_text"), agree);
-    let canary = |metric: &str| shadow_value(&samples, metric);
-    assert_eq!(canary("canary_rq_2xx"), requests);
-    assert_eq!(canary("canary_llm_responses"), requests);
     eprintln!(
         "shadow: {sent} requests, {requests} copies, {compared} compared, agreement {:.2}% (configured {:.2}%)",
         measured * 100.0,

@@ -88,10 +88,9 @@ async fn verified_at_zero_flips_everyone_at_once_and_rolls_back_as_fast() -> Res
             "forced checks reach the candidate",
             Duration::from_secs(30),
             || async {
+                let probe = Probe::user(base, "/", "synthetic").header("x-canary-user", "always");
                 let mut on_candidate = 0;
                 for _ in 0..FRESH_CHECKS {
-                    let probe =
-                        Probe::user(base, "/", "synthetic").header("x-canary-user", "always");
                     let answer = send(&http_client(1)?, &probe).await?;
                     on_candidate += usize::from(answer.served_by.as_deref() == Some("canary"));
                 }
